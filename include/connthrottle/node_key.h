@@ -1,0 +1,72 @@
+// connthrottle/node_key.h — the unit a shared connection counter is kept for.
+//
+// A NodeKey names one worker endpoint and one database on it: (host, port,
+// database id). Keys are validated once, when they are made, and carry their
+// hash so that the hot path of the counter table never re-validates or
+// re-hashes them.
+//
+// Keys are ordered by host, then port, then database. That order is the
+// *global order* in which reservations are taken (see reservation_ledger.h):
+// two sessions that each take slots in this order can never each hold what
+// the other waits for.
+//
+// NodeKey is a value type: copyable, movable, thread-compatible.
+
+#ifndef CONNTHROTTLE_NODE_KEY_H_
+#define CONNTHROTTLE_NODE_KEY_H_
+
+#include <compare>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace connthrottle {
+
+class NodeKey {
+ public:
+  // Host names longer than this are refused (PostgreSQL's and DNS's limit).
+  static constexpr size_t kMaxHostLength = 255;
+
+  // Returns a validated key, or InvalidArgument naming the bad value when the
+  // host is empty, longer than kMaxHostLength bytes or contains a NUL byte, or
+  // when the port is outside 1..65535.
+  static absl::StatusOr<NodeKey> Create(std::string_view host, int port, uint32_t database);
+
+  std::string_view host() const { return host_; }
+  int port() const { return port_; }
+  uint32_t database() const { return database_; }
+
+  // A 64-bit hash of (host, port, database). It places the key in the shared
+  // table, so it is the same in every process and every build of one table
+  // layout version (unlike absl::Hash, which is seeded per process).
+  uint64_t hash() const { return hash_; }
+
+  // "host:port/database", for messages.
+  std::string ToString() const;
+
+  friend bool operator==(const NodeKey& a, const NodeKey& b) {
+    return a.hash_ == b.hash_ && a.port_ == b.port_ && a.database_ == b.database_ &&
+           a.host_ == b.host_;
+  }
+  // The global order: host (bytewise), then port, then database.
+  friend std::strong_ordering operator<=>(const NodeKey& a, const NodeKey& b);
+
+  template <typename H>
+  friend H AbslHashValue(H h, const NodeKey& k) {
+    return H::combine(std::move(h), k.hash_);
+  }
+
+ private:
+  NodeKey(std::string_view host, uint16_t port, uint32_t database);
+
+  std::string host_;
+  uint16_t port_;
+  uint32_t database_;
+  uint64_t hash_;
+};
+
+}  // namespace connthrottle
+
+#endif  // CONNTHROTTLE_NODE_KEY_H_

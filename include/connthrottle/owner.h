@@ -1,0 +1,94 @@
+// connthrottle/owner.h — a registered participant of a CounterTable.
+//
+// Every slot is taken through an Owner and recorded against it in the shared
+// region: per key, how many slots of each kind it holds, and which key it is
+// waiting on. That record is what lets a backend that exits on an error give
+// back what it held, and (with TableOptions::reclaim_dead_owners) lets live
+// processes give back exactly what a killed process held.
+
+#ifndef CONNTHROTTLE_OWNER_H_
+#define CONNTHROTTLE_OWNER_H_
+
+#include <cstdint>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "connthrottle/counter_table.h"
+#include "connthrottle/limit.h"
+#include "connthrottle/node_key.h"
+#include "connthrottle/slot.h"
+
+namespace connthrottle {
+
+// A registered participant: a PostgreSQL backend, a process, or one thread of
+// a process. Every slot taken through an Owner is recorded against it in the
+// shared region. Destroying an Owner gives back every slot still recorded
+// against it (Slots must not outlive their Owner) and unregisters it.
+//
+// Thread-compatible: use an Owner from one thread at a time; its Slots are
+// released through it and count as its operations.
+class Owner {
+ public:
+  Owner(const Owner&) = delete;
+  Owner& operator=(const Owner&) = delete;
+  ~Owner();
+
+  // Optional acquire: a slot if `limit` admits one now, else ResourceExhausted
+  // naming the key and the figures. Never waits.
+  absl::StatusOr<Slot> TryAcquire(const NodeKey& key, Limit limit,
+                                  const AcquireOptions& options = {});
+
+  // Waiting acquire. `limit` is evaluated at every decision (the first try and
+  // every wake-up), so a configuration change applies while waiting. Returns
+  // DeadlineExceeded when `deadline` passes and Cancelled when `interrupted`
+  // returns true (it is called at least every options.poll_interval and must
+  // not block or throw). A limit that never_waits() makes this an optional
+  // acquire.
+  absl::StatusOr<Slot> AcquireWaiting(const NodeKey& key, absl::FunctionRef<Limit()> limit,
+                                      absl::Time deadline,
+                                      absl::FunctionRef<bool()> interrupted,
+                                      const AcquireOptions& options = {});
+  // Same, with a fixed limit and no interrupt check.
+  absl::StatusOr<Slot> AcquireWaiting(const NodeKey& key, Limit limit, absl::Time deadline,
+                                      const AcquireOptions& options = {});
+
+  // Forced acquire: always counted, even above the limit. Fails only when the
+  // table is full under FullTablePolicy::kRefuse, or when the key's count
+  // would exceed kMaxSlotsPerKey.
+  absl::StatusOr<Slot> AcquireForced(const NodeKey& key, const AcquireOptions& options = {});
+
+  // Gives back every slot recorded against this owner, including those whose
+  // Slot objects were lost (for example on a PostgreSQL error path). Returns
+  // the number of slots given back. Slot objects still alive become empty
+  // only logically: releasing them afterwards is a no-op.
+  uint64_t ReleaseAll();
+
+  // Slots currently recorded against this owner (every kind).
+  uint64_t SlotsHeld() const;
+
+  // With TableOptions::reclaim_dead_owners: checks every registered owner now
+  // and gives back exactly what owners of dead processes held. Returns how
+  // many owners were reclaimed. (Live owners also do this by themselves, at
+  // most every 200 ms; see reclaim.cc.) A no-op returning 0 otherwise.
+  int ReclaimDeadOwners();
+
+  uint32_t id() const { return id_; }
+  const CounterTable& table() const { return table_; }
+
+ private:
+  friend class CounterTable;
+  friend class Slot;
+  friend class OwnerOps;
+  Owner(CounterTable table, uint32_t id, uint32_t first_seq);
+
+  CounterTable table_;
+  uint32_t id_;              // 1-based index of this owner's record
+  uint32_t next_seq_;        // sequence number of this owner's next locked operation
+  uint64_t release_epoch_;   // bumped by ReleaseAll; Slots of older epochs are void
+  uint32_t ops_since_check_ = 0;  // releases since the last check for dead owners
+};
+
+}  // namespace connthrottle
+
+#endif  // CONNTHROTTLE_OWNER_H_

@@ -1,0 +1,58 @@
+// connthrottle/slot.h — the right to hold one open connection to a node.
+//
+// A Slot is what every acquire of an Owner (owner.h) returns. It is move-only
+// and gives the slot back exactly once: on Release() or on destruction, and
+// never again after its Owner's ReleaseAll(). A Slot must not outlive the
+// Owner that took it, and it is released through that Owner, so it shares the
+// Owner's thread-compatibility: release it on the thread that uses the Owner.
+
+#ifndef CONNTHROTTLE_SLOT_H_
+#define CONNTHROTTLE_SLOT_H_
+
+#include <cstdint>
+#include <utility>
+
+namespace connthrottle {
+
+class Owner;
+
+enum class SlotKind : uint8_t {
+  kConnection,   // optional or waiting acquire
+  kForced,       // forced acquire, may exceed the limit
+  kReservation,  // taken up front for a connection that may come later
+  kUncounted,    // admitted uncounted because the table was full
+};
+
+// The right to hold one open connection to a key's node. Move-only; gives the
+// slot back on Release() or destruction, exactly once. Must not outlive the
+// Owner that took it.
+class Slot {
+ public:
+  Slot() = default;
+  Slot(Slot&& other) noexcept { *this = std::move(other); }
+  Slot& operator=(Slot&& other) noexcept;
+  Slot(const Slot&) = delete;
+  Slot& operator=(const Slot&) = delete;
+  ~Slot() { Release(); }
+
+  // Gives the slot back and wakes one waiter of its key. No-op when empty.
+  void Release();
+
+  bool held() const { return owner_ != nullptr; }
+  SlotKind kind() const { return kind_; }
+
+ private:
+  friend class Owner;
+  friend class OwnerOps;
+  Slot(Owner* owner, uint32_t entry, SlotKind kind, uint64_t epoch)
+      : owner_(owner), entry_(entry), kind_(kind), epoch_(epoch) {}
+
+  Owner* owner_ = nullptr;
+  uint32_t entry_ = 0;
+  SlotKind kind_ = SlotKind::kConnection;
+  uint64_t epoch_ = 0;
+};
+
+}  // namespace connthrottle
+
+#endif  // CONNTHROTTLE_SLOT_H_

@@ -1,0 +1,330 @@
+// counter_table.cc — laying out, attaching and reading a CounterTable.
+// Changes to the counters are in owner_ops.cc, with the locking protocol.
+
+#include "connthrottle/counter_table.h"
+
+#include <bit>
+#include <climits>
+#include <cstring>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "connthrottle/owner.h"
+#include "internal/futex.h"
+#include "internal/layout.h"
+#include "internal/owner_ops.h"
+#include "internal/process_identity.h"
+
+namespace connthrottle {
+
+using internal::Entry;
+using internal::EntryAt;
+using internal::OwnerAt;
+using internal::TableHeader;
+
+namespace {
+
+constexpr auto kRelaxed = std::memory_order_relaxed;
+constexpr auto kAcquire = std::memory_order_acquire;
+constexpr auto kRelease = std::memory_order_release;
+
+// Refuse layouts larger than this: a typo, not a configuration.
+constexpr uint64_t kMaxRegionBytes = uint64_t{16} << 30;
+
+struct Layout {
+  uint32_t index_buckets;
+  uint64_t owners_offset, holds_offset, index_offset, entries_offset, total_bytes;
+};
+
+absl::StatusOr<Layout> ComputeLayout(const TableOptions& options) {
+  if (options.capacity < 1 || options.capacity > internal::kMaxCapacity) {
+    return absl::InvalidArgumentError(absl::StrCat("table capacity ", options.capacity,
+                                                   " is outside 1..", internal::kMaxCapacity));
+  }
+  if (options.max_owners < 1 || options.max_owners > internal::kMaxOwners) {
+    return absl::InvalidArgumentError(absl::StrCat("max_owners ", options.max_owners,
+                                                   " is outside 1..", internal::kMaxOwners));
+  }
+  Layout l;
+  l.index_buckets = std::bit_ceil(uint64_t{options.capacity} * 2) > (uint64_t{1} << 31)
+                        ? 0
+                        : static_cast<uint32_t>(std::bit_ceil(uint64_t{options.capacity} * 2));
+  uint64_t offset = internal::AlignUp(sizeof(TableHeader));
+  l.owners_offset = offset;
+  offset += internal::AlignUp(uint64_t{options.max_owners} * sizeof(internal::OwnerRecord));
+  l.holds_offset = offset;
+  offset += internal::AlignUp(uint64_t{options.max_owners} * options.capacity *
+                              sizeof(internal::HoldCell));
+  l.index_offset = offset;
+  offset += internal::AlignUp(uint64_t{l.index_buckets} * sizeof(internal::Bucket));
+  l.entries_offset = offset;
+  offset += uint64_t{options.capacity} * sizeof(Entry);
+  l.total_bytes = offset;
+  if (l.total_bytes > kMaxRegionBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a table of capacity ", options.capacity, " for ", options.max_owners,
+                     " owners needs ", l.total_bytes, " bytes, more than the ", kMaxRegionBytes,
+                     "-byte maximum"));
+  }
+  return l;
+}
+
+absl::Status CheckRegion(const void* region, size_t bytes, size_t needed) {
+  if (region == nullptr) return absl::InvalidArgumentError("region is null");
+  if (reinterpret_cast<uintptr_t>(region) % internal::kCacheLine != 0) {
+    return absl::InvalidArgumentError("region is not 64-byte aligned");
+  }
+  if (bytes < needed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("region has ", bytes, " bytes; the table needs ", needed));
+  }
+  return absl::OkStatus();
+}
+
+// Reads an entry's counters and key consistently without locking it.
+// Returns false when the entry holds no key.
+bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out) {
+  const Entry& entry = EntryAt(h, index);
+  for (;;) {
+    uint32_t v1 = entry.version.load(kAcquire);
+    if (v1 & 1) continue;
+    uint32_t state = entry.state.load(kRelaxed);
+    if (state == internal::kFree) return false;
+    out->connections = entry.count.load(kRelaxed);
+    out->waiters = entry.waiters.load(kRelaxed);
+    out->forced = entry.forced.load(kRelaxed);
+    out->reserved = entry.reserved.load(kRelaxed);
+    out->port = static_cast<int>(entry.port.load(kRelaxed));
+    out->database = entry.database.load(kRelaxed);
+    uint32_t len = std::min<uint32_t>(entry.host_len.load(kRelaxed), internal::kHostWords * 8);
+    char host[internal::kHostWords * 8];
+    for (size_t w = 0; w < (len + 7) / 8; ++w) {
+      uint64_t word = entry.host[w].load(kRelaxed);
+      std::memcpy(host + w * 8, &word, 8);
+    }
+    out->acquired = entry.acquired.load(kRelaxed);
+    out->refused = entry.refused.load(kRelaxed);
+    out->waited = entry.waited.load(kRelaxed);
+    out->forced_total = entry.forced_total.load(kRelaxed);
+    uint64_t wait_ns = entry.wait_ns.load(kRelaxed);
+    std::atomic_thread_fence(kAcquire);
+    if (entry.version.load(kRelaxed) != v1) continue;
+    out->host.assign(host, len);
+    out->wait_time = absl::Nanoseconds(wait_ns);
+    return true;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<size_t> CounterTable::RequiredBytes(const TableOptions& options) {
+  absl::StatusOr<Layout> layout = ComputeLayout(options);
+  if (!layout.ok()) return layout.status();
+  return layout->total_bytes;
+}
+
+absl::StatusOr<CounterTable> CounterTable::Initialize(void* region, size_t bytes,
+                                                      const TableOptions& options) {
+  absl::StatusOr<Layout> layout = ComputeLayout(options);
+  if (!layout.ok()) return layout.status();
+  if (absl::Status s = CheckRegion(region, bytes, layout->total_bytes); !s.ok()) return s;
+
+  std::memset(region, 0, layout->total_bytes);
+  auto* h = new (region) TableHeader();
+  h->layout_version = internal::kLayoutVersion;
+  h->capacity = options.capacity;
+  h->max_owners = options.max_owners;
+  h->index_buckets = layout->index_buckets;
+  h->total_bytes = layout->total_bytes;
+  h->owners_offset = layout->owners_offset;
+  h->holds_offset = layout->holds_offset;
+  h->index_offset = layout->index_offset;
+  h->entries_offset = layout->entries_offset;
+  h->flags = options.reclaim_dead_owners ? internal::kFlagReclaimDeadOwners : 0;
+  char* base = static_cast<char*>(region);
+  for (uint32_t i = 0; i < options.max_owners; ++i) {
+    new (base + h->owners_offset + i * sizeof(internal::OwnerRecord)) internal::OwnerRecord();
+  }
+  for (uint64_t i = 0; i < uint64_t{options.max_owners} * options.capacity; ++i) {
+    new (base + h->holds_offset + i * sizeof(internal::HoldCell)) internal::HoldCell(0);
+  }
+  for (uint32_t i = 0; i < h->index_buckets; ++i) {
+    new (base + h->index_offset + i * sizeof(internal::Bucket)) internal::Bucket(0);
+  }
+  for (uint32_t i = 0; i < options.capacity; ++i) {
+    new (base + h->entries_offset + i * sizeof(Entry)) Entry();
+  }
+  h->magic.store(internal::kMagic, kRelease);
+  return CounterTable(h);
+}
+
+absl::StatusOr<CounterTable> CounterTable::Attach(void* region, size_t bytes) {
+  if (absl::Status s = CheckRegion(region, bytes, sizeof(TableHeader)); !s.ok()) return s;
+  auto* h = static_cast<TableHeader*>(region);
+  uint64_t magic = h->magic.load(kAcquire);
+  if (magic != internal::kMagic) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the region holds no connthrottle counter table (magic 0x",
+                     absl::Hex(magic), ", expected 0x", absl::Hex(internal::kMagic), ")"));
+  }
+  if (h->layout_version != internal::kLayoutVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the region holds a counter table of layout version ", h->layout_version,
+                     "; this library reads layout version ", internal::kLayoutVersion));
+  }
+  TableOptions options{h->capacity, h->max_owners,
+                       (h->flags & internal::kFlagReclaimDeadOwners) != 0};
+  absl::StatusOr<Layout> layout = ComputeLayout(options);
+  if (!layout.ok() || layout->total_bytes != h->total_bytes ||
+      layout->index_buckets != h->index_buckets || layout->owners_offset != h->owners_offset ||
+      layout->holds_offset != h->holds_offset || layout->index_offset != h->index_offset ||
+      layout->entries_offset != h->entries_offset) {
+    return absl::FailedPreconditionError(
+        "the counter table header is inconsistent with its own capacity and owner count");
+  }
+  if (h->total_bytes > bytes) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the counter table needs ", h->total_bytes, " bytes but the region has ",
+                     bytes));
+  }
+  return CounterTable(h);
+}
+
+TableOptions CounterTable::options() const {
+  return TableOptions{header_->capacity, header_->max_owners,
+                      (header_->flags & internal::kFlagReclaimDeadOwners) != 0};
+}
+
+absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
+  internal::ProcessIdentity self = internal::SelfIdentity();
+  const uint64_t identity = internal::EncodeAlive(self.pid, self.start_time);
+  for (uint32_t id = 1; id <= header_->max_owners; ++id) {
+    internal::OwnerRecord& record = OwnerAt(header_, id);
+    uint64_t expected = 0;
+    if (record.identity.load(kRelaxed) != 0 ||
+        !record.identity.compare_exchange_strong(expected, identity, kAcquire, kRelaxed)) {
+      continue;
+    }
+    // Every lock word of the record's previous owner was resolved before the
+    // record was freed; continuing its sequence keeps a stale intent from ever
+    // matching one of our lock words.
+    uint32_t first_seq = record.intent.seq.load(kRelaxed) + 1;
+    auto owner = std::unique_ptr<Owner>(new Owner(*this, id, first_seq));
+    OwnerOps(*owner).MaybeReclaimDeadOwners();
+    return owner;
+  }
+  if (header_->flags & internal::kFlagReclaimDeadOwners) {
+    // Every record is taken; adopt one whose process has died.
+    for (uint32_t id = 1; id <= header_->max_owners; ++id) {
+      internal::OwnerRecord& record = OwnerAt(header_, id);
+      uint64_t current = record.identity.load(kAcquire);
+      bool dead = false;
+      if (internal::StatusOf(current) == internal::kOwnerAlive) {
+        dead = internal::PidOf(current) != (self.pid & 0x3fffff) &&
+               !internal::IsAlive(internal::PidOf(current), internal::StartTimeOf(current));
+      } else if (internal::StatusOf(current) == internal::kOwnerReclaiming) {
+        uint64_t reclaimer =
+            OwnerAt(header_, internal::ReclaimerOf(current)).identity.load(kAcquire);
+        dead = internal::StatusOf(reclaimer) != internal::kOwnerAlive ||
+               !internal::IsAlive(internal::PidOf(reclaimer), internal::StartTimeOf(reclaimer));
+      }
+      if (!dead ||
+          !record.identity.compare_exchange_strong(current, identity, kAcquire, kRelaxed)) {
+        continue;
+      }
+      // Skip far past any sequence number the dead owner may have used in a
+      // lock word without publishing an intent for it.
+      uint32_t first_seq = record.intent.seq.load(kRelaxed) + (1u << 20);
+      auto owner = std::unique_ptr<Owner>(new Owner(*this, id, first_seq));
+      OwnerOps(*owner).RecoverAdoptedRecord();
+      return owner;
+    }
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "all ", header_->max_owners, " owner records of the counter table are in use"));
+}
+
+std::vector<KeyStats> CounterTable::Snapshot() const {
+  std::vector<KeyStats> keys;
+  for (uint32_t e = 0; e < header_->capacity; ++e) {
+    KeyStats stats;
+    if (ReadEntry(header_, e, &stats) && (stats.connections > 0 || stats.waiters > 0)) {
+      keys.push_back(std::move(stats));
+    }
+  }
+  return keys;
+}
+
+TableStats CounterTable::Stats() const {
+  TableStats t;
+  const TableHeader* h = header_;
+  t.capacity = h->capacity;
+  t.max_owners = h->max_owners;
+  for (;;) {
+    uint32_t seq = h->retire_seq.load(kAcquire);
+    if (seq & 1) continue;
+    t.acquired = h->retired_acquired.load(kRelaxed);
+    t.refused = h->retired_refused.load(kRelaxed) + h->refused_without_entry.load(kRelaxed);
+    t.waited = h->retired_waited.load(kRelaxed);
+    uint64_t wait_ns = h->retired_wait_ns.load(kRelaxed);
+    t.forced_total = h->retired_forced_total.load(kRelaxed);
+    t.entries_in_use = 0;
+    for (uint32_t e = 0; e < h->capacity; ++e) {
+      KeyStats k;
+      if (!ReadEntry(header_, e, &k)) continue;
+      if (k.connections > 0 || k.waiters > 0) ++t.entries_in_use;
+      t.acquired += k.acquired;
+      t.refused += k.refused;
+      t.waited += k.waited;
+      t.forced_total += k.forced_total;
+      wait_ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(k.wait_time));
+    }
+    std::atomic_thread_fence(kAcquire);
+    if (h->retire_seq.load(kRelaxed) != seq) continue;
+    t.wait_time = absl::Nanoseconds(wait_ns);
+    break;
+  }
+  for (uint32_t id = 1; id <= h->max_owners; ++id) {
+    const internal::OwnerRecord& record = OwnerAt(header_, id);
+    if (internal::StatusOf(record.identity.load(kRelaxed)) != internal::kOwnerAlive) continue;
+    ++t.owners;
+    t.uncounted_in_use += record.uncounted.load(kRelaxed);
+  }
+  t.full_table_events = h->full_table_events.load(kRelaxed);
+  t.entries_created = h->entries_created.load(kRelaxed);
+  t.entries_dropped = h->entries_dropped.load(kRelaxed);
+  t.dead_owners_reclaimed = h->dead_owners_reclaimed.load(kRelaxed);
+  t.slots_reclaimed = h->slots_reclaimed.load(kRelaxed);
+  return t;
+}
+
+uint32_t CounterTable::ConnectionCount(const NodeKey& key) const {
+  const uint32_t mask = header_->index_buckets - 1;
+  const uint32_t tag = static_cast<uint32_t>(key.hash());
+  const internal::Bucket* buckets = internal::Buckets(header_);
+  uint32_t i = tag & mask;
+  for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
+    uint64_t value = buckets[i].load(kAcquire);
+    if (value == 0) break;
+    if (static_cast<uint32_t>(value >> 32) != tag) continue;
+    KeyStats k;
+    if (ReadEntry(header_, static_cast<uint32_t>(value) - 1, &k) && k.host == key.host() &&
+        k.port == key.port() && k.database == key.database()) {
+      return k.connections;
+    }
+  }
+  return 0;
+}
+
+void CounterTable::WakeAllWaiters() const {
+  for (uint32_t e = 0; e < header_->capacity; ++e) {
+    Entry& entry = EntryAt(header_, e);
+    if (entry.state.load(kRelaxed) == internal::kFree) continue;
+    // Unconditionally: a waiter that read wake_seq before this increment
+    // will not sleep; one that reads it after sees the new limit.
+    entry.wake_seq.fetch_add(1, kRelease);
+    internal::FutexWake(entry.wake_seq, INT_MAX);
+  }
+}
+
+}  // namespace connthrottle

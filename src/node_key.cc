@@ -1,0 +1,72 @@
+#include "connthrottle/node_key.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/escaping.h"
+
+namespace connthrottle {
+namespace {
+
+// The key hash places keys in the shared index, so every process must compute
+// the same value: absl::Hash is seeded per process and cannot be used. This is
+// FNV-1a over the bytes followed by the murmur3 finaliser; it runs once per
+// NodeKey, never on the acquire path. Changing it changes the table layout
+// (bump internal::kLayoutVersion).
+// Debian's Abseil is built with its own absl::string_view.
+absl::string_view View(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+uint64_t Mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+uint64_t StableHash(std::string_view host, uint16_t port, uint32_t database) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : host) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  h ^= (uint64_t{port} << 32) | database;
+  return Mix(h);
+}
+
+}  // namespace
+
+absl::StatusOr<NodeKey> NodeKey::Create(std::string_view host, int port, uint32_t database) {
+  if (host.empty()) return absl::InvalidArgumentError("host name is empty");
+  if (host.size() > kMaxHostLength) {
+    return absl::InvalidArgumentError(absl::StrCat("host name is ", host.size(),
+                                                   " bytes long; the maximum is ",
+                                                   kMaxHostLength, ": \"",
+                                                   absl::CHexEscape(View(host.substr(0, 32))), "...\""));
+  }
+  if (host.find('\0') != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("host name contains a NUL byte: \"", absl::CHexEscape(View(host)), "\""));
+  }
+  if (port < 1 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("port ", port, " is outside 1..65535 (host \"", absl::CHexEscape(View(host)),
+                     "\")"));
+  }
+  return NodeKey(host, static_cast<uint16_t>(port), database);
+}
+
+NodeKey::NodeKey(std::string_view host, uint16_t port, uint32_t database)
+    : host_(host), port_(port), database_(database), hash_(StableHash(host, port, database)) {}
+
+std::string NodeKey::ToString() const { return absl::StrCat(host_, ":", port_, "/", database_); }
+
+std::strong_ordering operator<=>(const NodeKey& a, const NodeKey& b) {
+  if (auto c = a.host_.compare(b.host_); c != 0) {
+    return c < 0 ? std::strong_ordering::less : std::strong_ordering::greater;
+  }
+  if (auto c = a.port_ <=> b.port_; c != 0) return c;
+  return a.database_ <=> b.database_;
+}
+
+}  // namespace connthrottle

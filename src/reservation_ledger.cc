@@ -1,0 +1,80 @@
+#include "connthrottle/reservation_ledger.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace connthrottle {
+
+absl::Status ReservationLedger::ReserveAll(
+    std::vector<ReservationKey> targets, absl::FunctionRef<Limit(const NodeKey&)> limit,
+    absl::Time deadline, absl::FunctionRef<bool()> interrupted,
+    absl::FunctionRef<bool(const ReservationKey&)> has_connection) {
+  // The global order; duplicates collapse to one reservation.
+  std::sort(targets.begin(), targets.end());
+  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+
+  std::vector<ReservationKey> taken;
+  for (const ReservationKey& target : targets) {
+    if (items_.contains(target) || has_connection(target)) continue;
+    AcquireOptions options;
+    options.reservation = true;
+    options.when_full = when_full_;
+    absl::StatusOr<Slot> slot = owner_.AcquireWaiting(
+        target.node, [&] { return limit(target.node); }, deadline, interrupted, options);
+    if (!slot.ok()) {
+      for (const ReservationKey& undo : taken) items_.erase(undo);  // Slot gives back
+      return absl::Status(slot.status().code(),
+                          absl::StrCat("could not reserve a connection to ",
+                                       target.node.ToString(), ": ", slot.status().message()));
+    }
+    items_.emplace(target, Item{std::move(*slot), false});
+    taken.push_back(target);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReservationLedger::TryReserve(const ReservationKey& target, Limit limit,
+                                           bool has_connection) {
+  if (items_.contains(target) || has_connection) return absl::OkStatus();
+  AcquireOptions options;
+  options.reservation = true;
+  options.when_full = when_full_;
+  absl::StatusOr<Slot> slot = owner_.TryAcquire(target.node, limit, options);
+  if (!slot.ok()) return slot.status();
+  items_.emplace(target, Item{std::move(*slot), false});
+  return absl::OkStatus();
+}
+
+std::optional<Slot> ReservationLedger::Consume(const ReservationKey& target) {
+  auto it = items_.find(target);
+  if (it == items_.end() || it->second.used) return std::nullopt;
+  it->second.used = true;
+  return std::move(it->second.slot);
+}
+
+bool ReservationLedger::HasUnused(const ReservationKey& target) const {
+  auto it = items_.find(target);
+  return it != items_.end() && !it->second.used;
+}
+
+int ReservationLedger::EndTransaction() {
+  int given_back = 0;
+  for (auto& [key, item] : items_) {
+    if (!item.used && item.slot.held()) {
+      item.slot.Release();
+      ++given_back;
+    }
+  }
+  items_.clear();
+  return given_back;
+}
+
+std::vector<ReservationLedger::Reservation> ReservationLedger::List() const {
+  std::vector<Reservation> out;
+  out.reserve(items_.size());
+  for (const auto& [key, item] : items_) out.push_back({key, item.used});
+  return out;
+}
+
+}  // namespace connthrottle
