@@ -3,12 +3,15 @@
 
 #include "connthrottle/counter_table.h"
 
+#include <sched.h>
+
 #include <bit>
 #include <climits>
 #include <cstring>
 #include <new>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "connthrottle/owner.h"
 #include "internal/futex.h"
 #include "internal/layout.h"
@@ -42,8 +45,8 @@ absl::StatusOr<Layout> ComputeLayout(const TableOptions& options) {
                                                    " is outside 1..", internal::kMaxCapacity));
   }
   if (options.max_owners < 1 || options.max_owners > internal::kMaxOwners) {
-    return absl::InvalidArgumentError(absl::StrCat("max_owners ", options.max_owners,
-                                                   " is outside 1..", internal::kMaxOwners));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_owners ", options.max_owners, " is outside 1..", internal::kMaxOwners));
   }
   Layout l;
   l.index_buckets = std::bit_ceil(uint64_t{options.capacity} * 2) > (uint64_t{1} << 31)
@@ -61,10 +64,9 @@ absl::StatusOr<Layout> ComputeLayout(const TableOptions& options) {
   offset += uint64_t{options.capacity} * sizeof(Entry);
   l.total_bytes = offset;
   if (l.total_bytes > kMaxRegionBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a table of capacity ", options.capacity, " for ", options.max_owners,
-                     " owners needs ", l.total_bytes, " bytes, more than the ", kMaxRegionBytes,
-                     "-byte maximum"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a table of capacity ", options.capacity, " for ", options.max_owners, " owners needs ",
+        l.total_bytes, " bytes, more than the ", kMaxRegionBytes, "-byte maximum"));
   }
   return l;
 }
@@ -81,11 +83,25 @@ absl::Status CheckRegion(const void* region, size_t bytes, size_t needed) {
   return absl::OkStatus();
 }
 
+// Bounds how long a lock-free reader retries an entry whose version keeps
+// changing (or stays odd because its writer died and has not been reclaimed
+// yet): spin, then yield, then give up on that entry.
+class ReadRetry {
+ public:
+  bool Again() {
+    if (++tries_ > 64) sched_yield();
+    return tries_ < 20000;
+  }
+
+ private:
+  int tries_ = 0;
+};
+
 // Reads an entry's counters and key consistently without locking it.
-// Returns false when the entry holds no key.
+// Returns false when the entry holds no key (or could not be read).
 bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out) {
   const Entry& entry = EntryAt(h, index);
-  for (;;) {
+  for (ReadRetry retry; retry.Again();) {
     uint32_t v1 = entry.version.load(kAcquire);
     if (v1 & 1) continue;
     uint32_t state = entry.state.load(kRelaxed);
@@ -106,6 +122,7 @@ bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out) {
     out->refused = entry.refused.load(kRelaxed);
     out->waited = entry.waited.load(kRelaxed);
     out->forced_total = entry.forced_total.load(kRelaxed);
+    out->wakeups = entry.wakeups.load(kRelaxed);
     uint64_t wait_ns = entry.wait_ns.load(kRelaxed);
     std::atomic_thread_fence(kAcquire);
     if (entry.version.load(kRelaxed) != v1) continue;
@@ -113,6 +130,7 @@ bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out) {
     out->wait_time = absl::Nanoseconds(wait_ns);
     return true;
   }
+  return false;
 }
 
 }  // namespace
@@ -164,8 +182,8 @@ absl::StatusOr<CounterTable> CounterTable::Attach(void* region, size_t bytes) {
   uint64_t magic = h->magic.load(kAcquire);
   if (magic != internal::kMagic) {
     return absl::FailedPreconditionError(
-        absl::StrCat("the region holds no connthrottle counter table (magic 0x",
-                     absl::Hex(magic), ", expected 0x", absl::Hex(internal::kMagic), ")"));
+        absl::StrCat("the region holds no connthrottle counter table (magic 0x", absl::Hex(magic),
+                     ", expected 0x", absl::Hex(internal::kMagic), ")"));
   }
   if (h->layout_version != internal::kLayoutVersion) {
     return absl::FailedPreconditionError(
@@ -183,9 +201,8 @@ absl::StatusOr<CounterTable> CounterTable::Attach(void* region, size_t bytes) {
         "the counter table header is inconsistent with its own capacity and owner count");
   }
   if (h->total_bytes > bytes) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the counter table needs ", h->total_bytes, " bytes but the region has ",
-                     bytes));
+    return absl::FailedPreconditionError(absl::StrCat("the counter table needs ", h->total_bytes,
+                                                      " bytes but the region has ", bytes));
   }
   return CounterTable(h);
 }
@@ -240,8 +257,8 @@ absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
       return owner;
     }
   }
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "all ", header_->max_owners, " owner records of the counter table are in use"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("all ", header_->max_owners, " owner records of the counter table are in use"));
 }
 
 std::vector<KeyStats> CounterTable::Snapshot() const {
@@ -260,7 +277,7 @@ TableStats CounterTable::Stats() const {
   const TableHeader* h = header_;
   t.capacity = h->capacity;
   t.max_owners = h->max_owners;
-  for (;;) {
+  for (ReadRetry retry; retry.Again();) {
     uint32_t seq = h->retire_seq.load(kAcquire);
     if (seq & 1) continue;
     t.acquired = h->retired_acquired.load(kRelaxed);
@@ -314,6 +331,81 @@ uint32_t CounterTable::ConnectionCount(const NodeKey& key) const {
     }
   }
   return 0;
+}
+
+absl::Status CounterTable::Audit() const {
+  TableHeader* h = header_;
+  std::vector<std::string> problems;
+  auto problem = [&](std::string text) {
+    if (problems.size() < 20) problems.push_back(std::move(text));
+  };
+  for (uint32_t e = 0; e < h->capacity; ++e) {
+    const Entry& entry = EntryAt(h, e);
+    // Read the entry and every hold cell on it inside one seqlock window:
+    // hold cells and waiting_on change only inside Apply, under the version.
+    for (ReadRetry retry; retry.Again();) {
+      uint32_t v1 = entry.version.load(kAcquire);
+      if (v1 & 1) continue;
+      uint32_t state = entry.state.load(kRelaxed);
+      uint64_t count = entry.count.load(kRelaxed), forced = entry.forced.load(kRelaxed),
+               reserved = entry.reserved.load(kRelaxed), waiters = entry.waiters.load(kRelaxed);
+      uint64_t held = 0, held_forced = 0, held_reserved = 0, queued = 0;
+      for (uint32_t id = 1; id <= h->max_owners; ++id) {
+        internal::Hold hold = internal::Hold::Unpack(internal::HoldAt(h, id, e).load(kRelaxed));
+        held += hold.total;
+        held_forced += hold.forced;
+        held_reserved += hold.reserved;
+        if (OwnerAt(h, id).waiting_on.load(kRelaxed) == e + 1) ++queued;
+      }
+      std::atomic_thread_fence(kAcquire);
+      if (entry.version.load(kRelaxed) != v1) continue;
+      if (count != held || forced != held_forced || reserved != held_reserved ||
+          waiters != queued) {
+        problem(absl::StrCat("entry ", e, " (state ", state, "): count ", count, " vs held ", held,
+                             ", forced ", forced, " vs ", held_forced, ", reserved ", reserved,
+                             " vs ", held_reserved, ", waiters ", waiters, " vs queued ", queued));
+      }
+      if (state == internal::kFree && (count != 0 || waiters != 0)) {
+        problem(absl::StrCat("free entry ", e, " has count ", count, ", waiters ", waiters));
+      }
+      break;
+    }
+  }
+  for (uint32_t id = 1; id <= h->max_owners; ++id) {
+    if (OwnerAt(h, id).identity.load(kAcquire) != 0) continue;
+    for (uint32_t e = 0; e < h->capacity; ++e) {
+      if (internal::HoldAt(h, id, e).load(kRelaxed) != 0) {
+        problem(absl::StrCat("free owner record ", id, " still holds slots on entry ", e));
+        break;
+      }
+    }
+  }
+  // Every busy entry must be reachable through the index: its bucket lies
+  // between its home bucket and the next empty one. A concurrent removal can
+  // hide it for a moment, so a miss is reported only if it persists.
+  auto indexed = [&](uint32_t e) {
+    const uint32_t mask = h->index_buckets - 1;
+    uint32_t i = static_cast<uint32_t>(EntryAt(h, e).hash.load(kRelaxed)) & mask;
+    for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
+      uint64_t value = internal::Buckets(h)[i].load(kAcquire);
+      if (value == 0) return false;
+      if (static_cast<uint32_t>(value) == e + 1) return true;
+    }
+    return false;
+  };
+  for (uint32_t e = 0; e < h->capacity; ++e) {
+    KeyStats k;
+    bool missing = true;
+    for (int attempt = 0; attempt < 3 && missing; ++attempt) {
+      missing = ReadEntry(h, e, &k) && (k.connections > 0 || k.waiters > 0) && !indexed(e);
+    }
+    if (missing)
+      problem(absl::StrCat("busy entry ", e, " (", k.host, ":", k.port, "/", k.database,
+                           ") is not reachable through the index"));
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat("counter table audit found ", problems.size(),
+                                          " problem(s): ", absl::StrJoin(problems, "; ")));
 }
 
 void CounterTable::WakeAllWaiters() const {

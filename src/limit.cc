@@ -9,8 +9,8 @@ namespace {
 
 absl::Status CheckSetting(const char* name, int value, int lowest) {
   if (value < lowest || value > kMaxSlotsPerKey) {
-    return absl::InvalidArgumentError(absl::StrCat(name, " = ", value, " is outside ", lowest,
-                                                   "..", kMaxSlotsPerKey));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " = ", value, " is outside ", lowest, "..", kMaxSlotsPerKey));
   }
   return absl::OkStatus();
 }
@@ -23,8 +23,7 @@ absl::Status PoolLimits::Validate() const {
     return s;
   }
   if (auto s = CheckSetting("max_connections", max_connections, 1); !s.ok()) return s;
-  if (auto s = CheckSetting("local_shared_pool_size", local_shared_pool_size,
-                            kNeverConnectToSelf);
+  if (auto s = CheckSetting("local_shared_pool_size", local_shared_pool_size, kNeverConnectToSelf);
       !s.ok()) {
     return s;
   }
@@ -49,7 +48,8 @@ Limit Limit::ForLocal(const PoolLimits& limits, int active_client_backends) {
       max = 0;
       break;
     case kHalfOfMaxClientConnections:
-      max = static_cast<uint32_t>(std::max(limits.max_client_connections, 1) / 2);
+      // At least one: only -1 means "never connect to self".
+      max = static_cast<uint32_t>(std::max(limits.max_client_connections / 2, 1));
       break;
     default:
       max = static_cast<uint32_t>(limits.local_shared_pool_size);

@@ -1,8 +1,8 @@
 #include "connthrottle/node_key.h"
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 
 namespace connthrottle {
 namespace {
@@ -39,19 +39,17 @@ uint64_t StableHash(std::string_view host, uint16_t port, uint32_t database) {
 absl::StatusOr<NodeKey> NodeKey::Create(std::string_view host, int port, uint32_t database) {
   if (host.empty()) return absl::InvalidArgumentError("host name is empty");
   if (host.size() > kMaxHostLength) {
-    return absl::InvalidArgumentError(absl::StrCat("host name is ", host.size(),
-                                                   " bytes long; the maximum is ",
-                                                   kMaxHostLength, ": \"",
-                                                   absl::CHexEscape(View(host.substr(0, 32))), "...\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("host name is ", host.size(), " bytes long; the maximum is ", kMaxHostLength,
+                     ": \"", absl::CHexEscape(View(host.substr(0, 32))), "...\""));
   }
   if (host.find('\0') != std::string_view::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("host name contains a NUL byte: \"", absl::CHexEscape(View(host)), "\""));
   }
   if (port < 1 || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("port ", port, " is outside 1..65535 (host \"", absl::CHexEscape(View(host)),
-                     "\")"));
+    return absl::InvalidArgumentError(absl::StrCat("port ", port, " is outside 1..65535 (host \"",
+                                                   absl::CHexEscape(View(host)), "\")"));
   }
   return NodeKey(host, static_cast<uint16_t>(port), database);
 }

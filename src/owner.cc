@@ -49,8 +49,8 @@ uint64_t Owner::SlotsHeld() const {
   internal::TableHeader* h = table_.header_;
   uint64_t held = internal::OwnerAt(h, id_).uncounted.load(std::memory_order_relaxed);
   for (uint32_t e = 0; e < h->capacity; ++e) {
-    held += internal::Hold::Unpack(internal::HoldAt(h, id_, e).load(std::memory_order_relaxed))
-                .total;
+    held +=
+        internal::Hold::Unpack(internal::HoldAt(h, id_, e).load(std::memory_order_relaxed)).total;
   }
   return held;
 }
@@ -67,6 +67,8 @@ Slot& Slot::operator=(Slot&& other) noexcept {
   }
   return *this;
 }
+
+bool Slot::held() const { return owner_ != nullptr && epoch_ == owner_->release_epoch_; }
 
 void Slot::Release() {
   Owner* owner = std::exchange(owner_, nullptr);

@@ -250,6 +250,7 @@ void OwnerOps::Apply(uint32_t entry_index, const EntryImage& image, uint32_t tar
   add(entry.waited, stats.waited);
   add(entry.wait_ns, stats.wait_ns);
   add(entry.forced_total, stats.forced_total);
+  add(entry.wakeups, stats.wakeups);
   entry.version.store(version + 1, kRelease);
 }
 
@@ -261,8 +262,7 @@ EntryImage OwnerOps::Read(uint32_t entry_index) const {
 
 void OwnerOps::AddStats(uint32_t entry_index, const StatDelta& stats) {
   Apply(entry_index, Read(entry_index), owner_.id_,
-        HoldAt(h_, owner_.id_, entry_index).load(kRelaxed), self_.waiting_on.load(kRelaxed),
-        stats);
+        HoldAt(h_, owner_.id_, entry_index).load(kRelaxed), self_.waiting_on.load(kRelaxed), stats);
 }
 
 // ---------------------------------------------------------------------------
@@ -294,8 +294,7 @@ std::optional<Locked> OwnerOps::FindLive(const NodeKey& key) {
     if (value == 0) return std::nullopt;
     if (static_cast<uint32_t>(value >> 32) != tag) continue;
     Locked locked = LockEntry(static_cast<uint32_t>(value) - 1);
-    if (EntryAt(h_, locked.entry).state.load(kRelaxed) == kLive &&
-        KeyMatches(locked.entry, key)) {
+    if (EntryAt(h_, locked.entry).state.load(kRelaxed) == kLive && KeyMatches(locked.entry, key)) {
       return locked;
     }
     Unlock(locked);
@@ -348,8 +347,8 @@ std::optional<Locked> OwnerOps::FindOrInsert(const NodeKey& key) {
   for (size_t w = 0; w < internal::kHostWords; ++w) {
     entry.host[w].store(w * 8 < host.size() ? HostWord(host, w) : 0, kRelaxed);
   }
-  for (auto* counter :
-       {&entry.acquired, &entry.refused, &entry.waited, &entry.wait_ns, &entry.forced_total}) {
+  for (auto* counter : {&entry.acquired, &entry.refused, &entry.waited, &entry.wait_ns,
+                        &entry.forced_total, &entry.wakeups}) {
     counter->store(0, kRelaxed);
   }
   Commit(locked, EntryImage{kLive, 0, 0, 0, 0}, owner_.id_, 0, self_.waiting_on.load(kRelaxed));
@@ -479,10 +478,9 @@ void OwnerOps::RepairIndexLocked() {
 // Acquire and release
 
 absl::Status OwnerOps::Refusal(const NodeKey& key, Limit limit, const EntryImage& image) const {
-  return absl::ResourceExhaustedError(absl::StrCat("no free connection slot for node ",
-                                                   key.ToString(), ": ", image.count,
-                                                   " in use, ", image.waiters,
-                                                   " waiting, limit ", limit.ToString()));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("no free connection slot for node ", key.ToString(), ": ", image.count,
+                   " in use, ", image.waiters, " waiting, limit ", limit.ToString()));
 }
 
 absl::StatusOr<Slot> OwnerOps::TableFull(const NodeKey& key, const AcquireOptions& options) {
@@ -541,8 +539,8 @@ absl::StatusOr<Slot> OwnerOps::TryAcquire(const NodeKey& key, Limit limit,
     MaybeReclaimDeadOwners();
     return Refusal(key, limit, image);
   }
-  return Grant(*locked, options.reservation ? SlotKind::kReservation : SlotKind::kConnection,
-               false, {});
+  return Grant(*locked, options.reservation ? SlotKind::kReservation : SlotKind::kConnection, false,
+               {});
 }
 
 absl::StatusOr<Slot> OwnerOps::AcquireForced(const NodeKey& key, const AcquireOptions& options) {
@@ -578,7 +576,7 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
   Unlock(*locked);
 
   const absl::Duration poll =
-      std::clamp(options.poll_interval, absl::Milliseconds(1), absl::Seconds(1));
+      std::clamp(options.poll_interval, absl::Milliseconds(1), absl::Hours(1));
   absl::Status gave_up;
   for (;;) {
     absl::Time now = absl::Now();
@@ -602,25 +600,28 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
     image = Read(e);
     // Woken waiters compete only with each other: no one queued is ahead.
     if (limit.Admits(image.count, 0)) {
-      return Grant(relocked, kind, /*dequeue=*/true,
-                   StatDelta{.wait_ns = static_cast<uint64_t>(
-                                 absl::ToInt64Nanoseconds(absl::Now() - start))});
+      return Grant(
+          relocked, kind, /*dequeue=*/true,
+          StatDelta{.wait_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start)),
+                    .wakeups = 1});
     }
+    AddStats(e, StatDelta{.wakeups = 1});
     Unlock(relocked);
   }
 
-  // Leave the queue. If a slot is free for the waiters behind, the wake-up
-  // this waiter may have consumed is passed on.
+  // Leave the queue. The wake-up this waiter may have consumed is passed on
+  // to the next one whenever others are queued: their limits may differ from
+  // ours, so only they can tell whether a slot is free for them.
   Locked relocked = LockEntry(e);
-  limit = limit_now();
   image = Read(e);
   --image.waiters;
-  const bool pass_on = image.waiters > 0 && limit.Admits(image.count, 0);
+  const bool pass_on = image.waiters > 0;
   const bool zombie = image.count == 0 && image.waiters == 0;
   if (zombie) image.state = kZombie;
-  Commit(relocked, image, owner_.id_, HoldAt(h_, owner_.id_, e).load(kRelaxed), 0,
-         StatDelta{.refused = 1,
-                   .wait_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start))});
+  Commit(
+      relocked, image, owner_.id_, HoldAt(h_, owner_.id_, e).load(kRelaxed), 0,
+      StatDelta{.refused = 1,
+                .wait_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start))});
   if (pass_on) entry.wake_seq.fetch_add(1, kRelease);
   Unlock(relocked);
   if (pass_on) internal::FutexWake(entry.wake_seq, 1);

@@ -25,8 +25,8 @@ absl::Status ReservationLedger::ReserveAll(
     if (!slot.ok()) {
       for (const ReservationKey& undo : taken) items_.erase(undo);  // Slot gives back
       return absl::Status(slot.status().code(),
-                          absl::StrCat("could not reserve a connection to ",
-                                       target.node.ToString(), ": ", slot.status().message()));
+                          absl::StrCat("could not reserve a connection to ", target.node.ToString(),
+                                       ": ", slot.status().message()));
     }
     items_.emplace(target, Item{std::move(*slot), false});
     taken.push_back(target);

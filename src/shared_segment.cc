@@ -27,6 +27,8 @@ absl::Status ErrnoStatus(int err, std::string_view what) {
     case EACCES:
     case EPERM:
       return absl::PermissionDeniedError(message);
+    case ELOOP:  // O_NOFOLLOW: a symbolic link where the segment should be
+      return absl::PermissionDeniedError(absl::StrCat(message, " (a symbolic link is refused)"));
     case ENOSPC:
     case ENOMEM:
     case EMFILE:
@@ -52,8 +54,8 @@ absl::Status SharedSegment::ValidateName(std::string_view name) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '.' || c == '_' || c == '-';
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "segment name \"", std::string(name), "\" may only contain [A-Za-z0-9._-]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("segment name \"", std::string(name), "\" may only contain [A-Za-z0-9._-]"));
     }
   }
   return absl::OkStatus();
@@ -74,8 +76,7 @@ absl::StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::CreateOrAttach(
   // Build the table under a private temporary name, then publish it with
   // link(), which fails if someone else published first.
   std::random_device random;
-  std::string temp = absl::StrCat(kDirectory, ".", std::string(name), ".", getpid(), ".",
-                                  random());
+  std::string temp = absl::StrCat(kDirectory, ".", std::string(name), ".", getpid(), ".", random());
   int fd = open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot create ", temp));
   absl::Cleanup close_and_unlink = [&] {
@@ -127,9 +128,8 @@ absl::StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::OpenExisting(
   struct stat st;
   if (fstat(fd, &st) != 0) return ErrnoStatus(errno, absl::StrCat("cannot stat ", path));
   if (st.st_uid != geteuid()) {
-    return absl::PermissionDeniedError(absl::StrCat("segment ", path, " belongs to uid ",
-                                                    st.st_uid, ", not to this user (uid ",
-                                                    geteuid(), ")"));
+    return absl::PermissionDeniedError(absl::StrCat("segment ", path, " belongs to uid ", st.st_uid,
+                                                    ", not to this user (uid ", geteuid(), ")"));
   }
   if ((st.st_mode & 07777) != 0600) {
     return absl::PermissionDeniedError(absl::StrCat(
@@ -152,10 +152,10 @@ absl::StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::OpenExisting(
     TableOptions actual = table->options();
     if (actual.capacity != expected->capacity || actual.max_owners != expected->max_owners) {
       munmap(base, size);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "segment ", path, " holds a table of capacity ", actual.capacity, " for ",
-          actual.max_owners, " owners; requested capacity ", expected->capacity, " for ",
-          expected->max_owners));
+      return absl::FailedPreconditionError(
+          absl::StrCat("segment ", path, " holds a table of capacity ", actual.capacity, " for ",
+                       actual.max_owners, " owners; requested capacity ", expected->capacity,
+                       " for ", expected->max_owners));
     }
   }
   return std::unique_ptr<SharedSegment>(

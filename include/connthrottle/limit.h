@@ -9,7 +9,7 @@
 //                            0  derive: max_connections of the coordinator
 //                            n  at most n slots per key
 //   local_shared_pool_size  -1  never connect to the local node
-//                            0  half of max_client_connections
+//                            0  half of max_client_connections (at least 1)
 //                            n  at most n slots for the local node
 //
 // The local node's limit applies whatever max_shared_pool_size says: turning

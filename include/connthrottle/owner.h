@@ -46,8 +46,7 @@ class Owner {
   // not block or throw). A limit that never_waits() makes this an optional
   // acquire.
   absl::StatusOr<Slot> AcquireWaiting(const NodeKey& key, absl::FunctionRef<Limit()> limit,
-                                      absl::Time deadline,
-                                      absl::FunctionRef<bool()> interrupted,
+                                      absl::Time deadline, absl::FunctionRef<bool()> interrupted,
                                       const AcquireOptions& options = {});
   // Same, with a fixed limit and no interrupt check.
   absl::StatusOr<Slot> AcquireWaiting(const NodeKey& key, Limit limit, absl::Time deadline,
@@ -83,9 +82,9 @@ class Owner {
   Owner(CounterTable table, uint32_t id, uint32_t first_seq);
 
   CounterTable table_;
-  uint32_t id_;              // 1-based index of this owner's record
-  uint32_t next_seq_;        // sequence number of this owner's next locked operation
-  uint64_t release_epoch_;   // bumped by ReleaseAll; Slots of older epochs are void
+  uint32_t id_;                   // 1-based index of this owner's record
+  uint32_t next_seq_;             // sequence number of this owner's next locked operation
+  uint64_t release_epoch_;        // bumped by ReleaseAll; Slots of older epochs are void
   uint32_t ops_since_check_ = 0;  // releases since the last check for dead owners
 };
 

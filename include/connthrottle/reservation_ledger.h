@@ -73,8 +73,7 @@ class ReservationLedger {
 
   // Reserves `target` only if a slot is free now. OK when reserved, already
   // reserved, or connected already; ResourceExhausted when refused.
-  absl::Status TryReserve(const ReservationKey& target, Limit limit,
-                          bool has_connection = false);
+  absl::Status TryReserve(const ReservationKey& target, Limit limit, bool has_connection = false);
 
   // The reservation's slot for a connection being opened to `target`, or
   // nullopt when there is no unused reservation for it.

@@ -37,8 +37,8 @@ class SharedSegment {
 
   // Attaches the segment `name`, creating it with a new table laid out for
   // `options` if it does not exist. reclaim_dead_owners is forced on.
-  static absl::StatusOr<std::unique_ptr<SharedSegment>> CreateOrAttach(
-      std::string_view name, const TableOptions& options);
+  static absl::StatusOr<std::unique_ptr<SharedSegment>> CreateOrAttach(std::string_view name,
+                                                                       const TableOptions& options);
 
   // Attaches an existing segment; NotFound when there is none.
   static absl::StatusOr<std::unique_ptr<SharedSegment>> Attach(std::string_view name);
@@ -60,8 +60,8 @@ class SharedSegment {
  private:
   // Opens and maps an existing segment after checking who owns it and, when
   // `expected` is given, that its table was laid out for those options.
-  static absl::StatusOr<std::unique_ptr<SharedSegment>> OpenExisting(
-      std::string_view name, const TableOptions* expected);
+  static absl::StatusOr<std::unique_ptr<SharedSegment>> OpenExisting(std::string_view name,
+                                                                     const TableOptions* expected);
 
   SharedSegment(std::string name, void* base, size_t size, CounterTable table, bool created)
       : name_(std::move(name)), base_(base), size_(size), table_(table), created_(created) {}

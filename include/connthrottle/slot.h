@@ -38,7 +38,9 @@ class Slot {
   // Gives the slot back and wakes one waiter of its key. No-op when empty.
   void Release();
 
-  bool held() const { return owner_ != nullptr; }
+  // Whether this Slot still holds its slot: false once released, moved from,
+  // or given back by its Owner's ReleaseAll().
+  bool held() const;
   SlotKind kind() const { return kind_; }
 
  private:

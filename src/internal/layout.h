@@ -70,6 +70,7 @@ struct alignas(kCacheLine) Entry {
   std::atomic<uint64_t> waited;
   std::atomic<uint64_t> wait_ns;
   std::atomic<uint64_t> forced_total;
+  std::atomic<uint64_t> wakeups;  // times a queued waiter woke and re-checked
 };
 static_assert(offsetof(Entry, host) <= kCacheLine);
 
@@ -199,9 +200,7 @@ inline constexpr size_t AlignUp(size_t n) { return (n + kCacheLine - 1) & ~(kCac
 inline OwnerRecord* Owners(TableHeader* h) {
   return reinterpret_cast<OwnerRecord*>(reinterpret_cast<char*>(h) + h->owners_offset);
 }
-inline OwnerRecord& OwnerAt(TableHeader* h, uint32_t owner_id) {
-  return Owners(h)[owner_id - 1];
-}
+inline OwnerRecord& OwnerAt(TableHeader* h, uint32_t owner_id) { return Owners(h)[owner_id - 1]; }
 inline HoldCell& HoldAt(TableHeader* h, uint32_t owner_id, uint32_t entry) {
   auto* cells = reinterpret_cast<HoldCell*>(reinterpret_cast<char*>(h) + h->holds_offset);
   return cells[size_t{owner_id - 1} * h->capacity + entry];

@@ -39,6 +39,7 @@ struct StatDelta {
   uint64_t waited = 0;
   uint64_t wait_ns = 0;
   uint64_t forced_total = 0;
+  uint64_t wakeups = 0;
 };
 
 // An entry this owner has locked, and the lock word it used.
@@ -86,8 +87,8 @@ class OwnerOps {
   void ResolveDeadEntryLock(const Locked& locked, uint64_t dead_word);
 
   // ---- committed changes ----
-  void Commit(const Locked& locked, const EntryImage& image, uint32_t target_owner,
-              uint64_t hold, uint32_t waiting_on, const StatDelta& stats = {});
+  void Commit(const Locked& locked, const EntryImage& image, uint32_t target_owner, uint64_t hold,
+              uint32_t waiting_on, const StatDelta& stats = {});
   void Apply(uint32_t entry, const EntryImage& image, uint32_t target_owner, uint64_t hold,
              uint32_t waiting_on, const StatDelta& stats);
   EntryImage Read(uint32_t entry) const;

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs everything connthrottle needs to build, test and demo, from
+# Debian 12 packages. Run as root (or through sudo). Idempotent.
+set -eu
+
+PACKAGES="build-essential cmake git pkg-config clang-format
+  libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libpq-dev postgresql-15 postgresql-client-15 postgresql-server-dev-15
+  gnuplot-nox procps"
+
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+    missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "connthrottle: installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi

@@ -1,0 +1,176 @@
+// Forked processes share one named segment and hammer a few keys with small
+// limits — optional, waiting and reserved acquires mixed — while the parent
+// samples the table and every process's own account of what it holds, and
+// fails on any moment where a key has more non-forced slots than its limit.
+
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "connthrottle/counter_table.h"
+#include "connthrottle/owner.h"
+#include "connthrottle/reservation_ledger.h"
+#include "connthrottle/shared_segment.h"
+#include "gtest/gtest.h"
+
+namespace connthrottle {
+namespace {
+
+constexpr int kProcesses = 8;
+constexpr int kKeys = 3;
+constexpr uint32_t kLimit = 2;
+
+// Shared with the children through an anonymous MAP_SHARED mapping: what the
+// processes themselves believe they hold, and what went wrong.
+struct Truth {
+  std::atomic<int> held[kKeys];  // non-forced slots held, per key
+  std::atomic<int> over_limit;   // times a process saw more than kLimit held
+  std::atomic<int> errors;       // unexpected statuses
+  std::atomic<long> operations;
+};
+
+NodeKey KeyOf(int k) { return *NodeKey::Create(absl::StrCat("worker-", k), 5432, 1); }
+
+void Hold(Truth& truth, int k) {
+  if (truth.held[k].fetch_add(1) + 1 > static_cast<int>(kLimit)) truth.over_limit.fetch_add(1);
+}
+
+void Drop(Truth& truth, int k) { truth.held[k].fetch_sub(1); }
+
+bool Expected(const absl::Status& s) {
+  return s.ok() || absl::IsResourceExhausted(s) || absl::IsDeadlineExceeded(s);
+}
+
+// One child's life: attach by name, mix every kind of acquire, leave.
+int RunChild(const std::string& segment, Truth& truth, int seed, absl::Duration run_for) {
+  absl::StatusOr<std::unique_ptr<SharedSegment>> shm = SharedSegment::Attach(segment);
+  if (!shm.ok()) return 10;
+  absl::StatusOr<std::unique_ptr<Owner>> owner = (*shm)->table().RegisterOwner();
+  if (!owner.ok()) return 11;
+  std::mt19937 rng(seed);
+  const absl::Time end = absl::Now() + run_for;
+  std::vector<NodeKey> keys;
+  for (int k = 0; k < kKeys; ++k) keys.push_back(KeyOf(k));
+  auto limit = [](const NodeKey&) { return Limit::AtMost(kLimit); };
+  while (absl::Now() < end) {
+    truth.operations.fetch_add(1);
+    int k = static_cast<int>(rng() % kKeys);
+    switch (rng() % 3) {
+      case 0: {  // optional
+        absl::StatusOr<Slot> s = (*owner)->TryAcquire(keys[k], Limit::AtMost(kLimit));
+        if (!Expected(s.status())) truth.errors.fetch_add(1);
+        if (s.ok()) {
+          Hold(truth, k);
+          Drop(truth, k);
+        }
+        break;
+      }
+      case 1: {  // waiting, with a short deadline
+        absl::StatusOr<Slot> s = (*owner)->AcquireWaiting(keys[k], Limit::AtMost(kLimit),
+                                                          absl::Now() + absl::Milliseconds(20));
+        if (!Expected(s.status())) truth.errors.fetch_add(1);
+        if (s.ok()) {
+          Hold(truth, k);
+          Drop(truth, k);
+        }
+        break;
+      }
+      case 2: {  // reserve two nodes in global order, use one, end the transaction
+        ReservationLedger ledger(**owner);
+        int other = (k + 1 + static_cast<int>(rng() % (kKeys - 1))) % kKeys;
+        std::vector<ReservationKey> targets = {{keys[k], 10}, {keys[other], 10}};
+        absl::Status s = ledger.ReserveAll(
+            targets, limit, absl::Now() + absl::Milliseconds(30), [] { return false; },
+            [](const ReservationKey&) { return false; });
+        if (!Expected(s)) truth.errors.fetch_add(1);
+        if (s.ok()) {
+          Hold(truth, k);
+          Hold(truth, other);
+          std::optional<Slot> used = ledger.Consume({keys[k], 10});
+          if (!used.has_value()) truth.errors.fetch_add(1);
+          Drop(truth, other);  // given back by EndTransaction below
+          ledger.EndTransaction();
+          Drop(truth, k);
+        }
+        break;
+      }
+    }
+  }
+  return 0;
+}
+
+TEST(MultiProcessTest, StrictLimitAcrossForkedProcesses) {
+  const std::string name = absl::StrCat("connthrottle-mp-", getpid());
+  (void)SharedSegment::Remove(name);
+  absl::StatusOr<std::unique_ptr<SharedSegment>> shm =
+      SharedSegment::CreateOrAttach(name, TableOptions{16, 64});
+  ASSERT_TRUE(shm.ok()) << shm.status();
+  CounterTable table = (*shm)->table();
+
+  void* mem =
+      mmap(nullptr, sizeof(Truth), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  Truth& truth = *new (mem) Truth();
+
+  std::vector<pid_t> children;
+  for (int i = 0; i < kProcesses; ++i) {
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) _exit(RunChild(name, truth, 1000 + i, absl::Seconds(3)));
+    children.push_back(pid);
+  }
+
+  // The checker: sample until every child has exited.
+  long samples = 0, table_violations = 0;
+  uint32_t peak[kKeys] = {};
+  int running = kProcesses;
+  std::vector<int> exit_codes;
+  while (running > 0) {
+    for (const KeyStats& k : table.Snapshot()) {
+      ++samples;
+      if (k.connections - k.forced > kLimit) ++table_violations;
+      for (int i = 0; i < kKeys; ++i) {
+        if (k.host == absl::StrCat("worker-", i)) peak[i] = std::max(peak[i], k.connections);
+      }
+    }
+    int status = 0;
+    pid_t done = waitpid(-1, &status, WNOHANG);
+    if (done > 0) {
+      --running;
+      exit_codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
+    }
+  }
+
+  for (int code : exit_codes) EXPECT_EQ(code, 0);
+  EXPECT_GT(samples, 100);
+  EXPECT_EQ(table_violations, 0);
+  EXPECT_EQ(truth.over_limit.load(), 0);
+  EXPECT_EQ(truth.errors.load(), 0);
+  for (int i = 0; i < kKeys; ++i) {
+    EXPECT_LE(peak[i], kLimit);
+    EXPECT_EQ(peak[i], kLimit) << "the load never reached the limit: the test proves nothing";
+    EXPECT_EQ(truth.held[i].load(), 0);
+  }
+  // Everything given back: no busy key, every counter zero, books balanced.
+  EXPECT_TRUE(table.Snapshot().empty());
+  TableStats stats = table.Stats();
+  EXPECT_EQ(stats.entries_in_use, 0u);
+  EXPECT_EQ(stats.owners, 0u);
+  EXPECT_GT(stats.waited, 0u) << "no waiting acquire ever queued";
+  EXPECT_TRUE(table.Audit().ok()) << table.Audit();
+  std::printf("%ld operations in %d processes, %ld samples, %lu acquired, %lu waited\n",
+              truth.operations.load(), kProcesses, samples,
+              static_cast<unsigned long>(stats.acquired), static_cast<unsigned long>(stats.waited));
+  munmap(mem, sizeof(Truth));
+  EXPECT_TRUE(SharedSegment::Remove(name).ok());
+}
+
+}  // namespace
+}  // namespace connthrottle
