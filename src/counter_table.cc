@@ -36,7 +36,7 @@ constexpr uint64_t kMaxRegionBytes = uint64_t{16} << 30;
 
 struct Layout {
   uint32_t index_buckets;
-  uint64_t owners_offset, holds_offset, index_offset, entries_offset, total_bytes;
+  uint64_t owners_offset, cells_offset, index_offset, entries_offset, keys_offset, total_bytes;
 };
 
 absl::StatusOr<Layout> ComputeLayout(const TableOptions& options) {
@@ -55,13 +55,15 @@ absl::StatusOr<Layout> ComputeLayout(const TableOptions& options) {
   uint64_t offset = internal::AlignUp(sizeof(TableHeader));
   l.owners_offset = offset;
   offset += internal::AlignUp(uint64_t{options.max_owners} * sizeof(internal::OwnerRecord));
-  l.holds_offset = offset;
-  offset += internal::AlignUp(uint64_t{options.max_owners} * options.capacity *
-                              sizeof(internal::HoldCell));
+  l.cells_offset = offset;
+  offset +=
+      internal::AlignUp(uint64_t{options.max_owners} * options.capacity * sizeof(internal::Cell));
   l.index_offset = offset;
   offset += internal::AlignUp(uint64_t{l.index_buckets} * sizeof(internal::Bucket));
   l.entries_offset = offset;
   offset += uint64_t{options.capacity} * sizeof(Entry);
+  l.keys_offset = offset;
+  offset += uint64_t{options.capacity} * sizeof(internal::EntryKey);
   l.total_bytes = offset;
   if (l.total_bytes > kMaxRegionBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -97,35 +99,46 @@ class ReadRetry {
   int tries_ = 0;
 };
 
-// Reads an entry's counters and key consistently without locking it.
+// Reads an entry's counters and key consistently without locking it: the
+// word must be unlocked and, with Entry::version, unchanged across the read.
 // Returns false when the entry holds no key (or could not be read).
 bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out) {
   const Entry& entry = EntryAt(h, index);
   for (ReadRetry retry; retry.Again();) {
     uint32_t v1 = entry.version.load(kAcquire);
-    if (v1 & 1) continue;
-    uint32_t state = entry.state.load(kRelaxed);
-    if (state == internal::kFree) return false;
-    out->connections = entry.count.load(kRelaxed);
+    uint64_t w1 = entry.word.load(kAcquire);
+    if (w1 & internal::Word::kLocked) continue;
+    if (!entry.in_use.load(kRelaxed)) {
+      std::atomic_thread_fence(kAcquire);
+      if (entry.word.load(kRelaxed) != w1) continue;
+      return false;
+    }
+    out->connections = internal::Word::Count(w1);
     out->waiters = entry.waiters.load(kRelaxed);
     out->forced = entry.forced.load(kRelaxed);
     out->reserved = entry.reserved.load(kRelaxed);
-    out->port = static_cast<int>(entry.port.load(kRelaxed));
-    out->database = entry.database.load(kRelaxed);
-    uint32_t len = std::min<uint32_t>(entry.host_len.load(kRelaxed), internal::kHostWords * 8);
+    uint64_t meta = entry.meta.load(kRelaxed);
+    out->port = static_cast<int>(internal::MetaPort(meta));
+    out->database = internal::MetaDatabase(meta);
+    uint32_t len = std::min<uint32_t>(internal::MetaHostLen(meta), internal::kHostWords * 8);
     char host[internal::kHostWords * 8];
+    const internal::EntryKey& key = internal::KeyAt(h, index);
     for (size_t w = 0; w < (len + 7) / 8; ++w) {
-      uint64_t word = entry.host[w].load(kRelaxed);
+      uint64_t word = key.host[w].load(kRelaxed);
       std::memcpy(host + w * 8, &word, 8);
     }
-    out->acquired = entry.acquired.load(kRelaxed);
+    uint64_t acquired = entry.acquired_base.load(kRelaxed);
+    for (uint32_t id = 1; id <= h->max_owners; ++id) {
+      acquired += internal::CellAt(h, id, index).acquired.load(kRelaxed);
+    }
+    out->acquired = acquired;
     out->refused = entry.refused.load(kRelaxed);
-    out->waited = entry.waited.load(kRelaxed);
-    out->forced_total = entry.forced_total.load(kRelaxed);
-    out->wakeups = entry.wakeups.load(kRelaxed);
-    uint64_t wait_ns = entry.wait_ns.load(kRelaxed);
+    out->waited = key.waited.load(kRelaxed);
+    out->forced_total = key.forced_total.load(kRelaxed);
+    out->wakeups = key.wakeups.load(kRelaxed);
+    uint64_t wait_ns = key.wait_ns.load(kRelaxed);
     std::atomic_thread_fence(kAcquire);
-    if (entry.version.load(kRelaxed) != v1) continue;
+    if (entry.word.load(kRelaxed) != w1 || entry.version.load(kRelaxed) != v1) continue;
     out->host.assign(host, len);
     out->wait_time = absl::Nanoseconds(wait_ns);
     return true;
@@ -155,22 +168,24 @@ absl::StatusOr<CounterTable> CounterTable::Initialize(void* region, size_t bytes
   h->index_buckets = layout->index_buckets;
   h->total_bytes = layout->total_bytes;
   h->owners_offset = layout->owners_offset;
-  h->holds_offset = layout->holds_offset;
+  h->cells_offset = layout->cells_offset;
   h->index_offset = layout->index_offset;
   h->entries_offset = layout->entries_offset;
+  h->keys_offset = layout->keys_offset;
   h->flags = options.reclaim_dead_owners ? internal::kFlagReclaimDeadOwners : 0;
   char* base = static_cast<char*>(region);
   for (uint32_t i = 0; i < options.max_owners; ++i) {
     new (base + h->owners_offset + i * sizeof(internal::OwnerRecord)) internal::OwnerRecord();
   }
   for (uint64_t i = 0; i < uint64_t{options.max_owners} * options.capacity; ++i) {
-    new (base + h->holds_offset + i * sizeof(internal::HoldCell)) internal::HoldCell(0);
+    new (base + h->cells_offset + i * sizeof(internal::Cell)) internal::Cell();
   }
   for (uint32_t i = 0; i < h->index_buckets; ++i) {
     new (base + h->index_offset + i * sizeof(internal::Bucket)) internal::Bucket(0);
   }
   for (uint32_t i = 0; i < options.capacity; ++i) {
     new (base + h->entries_offset + i * sizeof(Entry)) Entry();
+    new (base + h->keys_offset + i * sizeof(internal::EntryKey)) internal::EntryKey();
   }
   h->magic.store(internal::kMagic, kRelease);
   return CounterTable(h);
@@ -195,8 +210,8 @@ absl::StatusOr<CounterTable> CounterTable::Attach(void* region, size_t bytes) {
   absl::StatusOr<Layout> layout = ComputeLayout(options);
   if (!layout.ok() || layout->total_bytes != h->total_bytes ||
       layout->index_buckets != h->index_buckets || layout->owners_offset != h->owners_offset ||
-      layout->holds_offset != h->holds_offset || layout->index_offset != h->index_offset ||
-      layout->entries_offset != h->entries_offset) {
+      layout->cells_offset != h->cells_offset || layout->index_offset != h->index_offset ||
+      layout->entries_offset != h->entries_offset || layout->keys_offset != h->keys_offset) {
     return absl::FailedPreconditionError(
         "the counter table header is inconsistent with its own capacity and owner count");
   }
@@ -222,11 +237,7 @@ absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
         !record.identity.compare_exchange_strong(expected, identity, kAcquire, kRelaxed)) {
       continue;
     }
-    // Every lock word of the record's previous owner was resolved before the
-    // record was freed; continuing its sequence keeps a stale intent from ever
-    // matching one of our lock words.
-    uint32_t first_seq = record.intent.seq.load(kRelaxed) + 1;
-    auto owner = std::unique_ptr<Owner>(new Owner(*this, id, first_seq));
+    auto owner = std::unique_ptr<Owner>(new Owner(*this, id, /*first_seq=*/1));
     OwnerOps(*owner).MaybeReclaimDeadOwners();
     return owner;
   }
@@ -249,10 +260,9 @@ absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
           !record.identity.compare_exchange_strong(current, identity, kAcquire, kRelaxed)) {
         continue;
       }
-      // Skip far past any sequence number the dead owner may have used in a
-      // lock word without publishing an intent for it.
-      uint32_t first_seq = record.intent.seq.load(kRelaxed) + (1u << 20);
-      auto owner = std::unique_ptr<Owner>(new Owner(*this, id, first_seq));
+      // Structure-lock words carry a sequence number; start far from any the
+      // dead owner may have used, so that a word it left is never ours.
+      auto owner = std::unique_ptr<Owner>(new Owner(*this, id, /*first_seq=*/1u << 31));
       OwnerOps(*owner).RecoverAdoptedRecord();
       return owner;
     }
@@ -341,32 +351,43 @@ absl::Status CounterTable::Audit() const {
   };
   for (uint32_t e = 0; e < h->capacity; ++e) {
     const Entry& entry = EntryAt(h, e);
-    // Read the entry and every hold cell on it inside one seqlock window:
-    // hold cells and waiting_on change only inside Apply, under the version.
+    // Read the entry and every cell on it while no one is in flight on it and
+    // the word stays the same: then the ledger must balance exactly.
     for (ReadRetry retry; retry.Again();) {
       uint32_t v1 = entry.version.load(kAcquire);
-      if (v1 & 1) continue;
-      uint32_t state = entry.state.load(kRelaxed);
-      uint64_t count = entry.count.load(kRelaxed), forced = entry.forced.load(kRelaxed),
+      uint64_t w1 = entry.word.load(kAcquire);
+      if (w1 & internal::Word::kLocked) continue;
+      uint64_t count = internal::Word::Count(w1), forced = entry.forced.load(kRelaxed),
                reserved = entry.reserved.load(kRelaxed), waiters = entry.waiters.load(kRelaxed);
+      bool in_use = entry.in_use.load(kRelaxed) != 0;
       uint64_t held = 0, held_forced = 0, held_reserved = 0, queued = 0;
+      bool in_flight = false;
       for (uint32_t id = 1; id <= h->max_owners; ++id) {
-        internal::Hold hold = internal::Hold::Unpack(internal::HoldAt(h, id, e).load(kRelaxed));
+        internal::Hold hold =
+            internal::Hold::Unpack(internal::CellAt(h, id, e).hold.load(kAcquire));
         held += hold.total;
         held_forced += hold.forced;
         held_reserved += hold.reserved;
-        if (OwnerAt(h, id).waiting_on.load(kRelaxed) == e + 1) ++queued;
+        const internal::OwnerRecord& record = OwnerAt(h, id);
+        if (record.waiting_on.load(kRelaxed) == e + 1) ++queued;
+        if (record.in_flight.load(kAcquire) == e + 1) in_flight = true;
       }
       std::atomic_thread_fence(kAcquire);
-      if (entry.version.load(kRelaxed) != v1) continue;
+      if (in_flight || entry.word.load(kRelaxed) != w1 || entry.version.load(kRelaxed) != v1) {
+        continue;
+      }
       if (count != held || forced != held_forced || reserved != held_reserved ||
           waiters != queued) {
-        problem(absl::StrCat("entry ", e, " (state ", state, "): count ", count, " vs held ", held,
-                             ", forced ", forced, " vs ", held_forced, ", reserved ", reserved,
-                             " vs ", held_reserved, ", waiters ", waiters, " vs queued ", queued));
+        problem(absl::StrCat("entry ", e, ": count ", count, " vs held ", held, ", forced ", forced,
+                             " vs ", held_forced, ", reserved ", reserved, " vs ", held_reserved,
+                             ", waiters ", waiters, " vs queued ", queued));
       }
-      if (state == internal::kFree && (count != 0 || waiters != 0)) {
+      if (!in_use && (count != 0 || waiters != 0)) {
         problem(absl::StrCat("free entry ", e, " has count ", count, ", waiters ", waiters));
+      }
+      if (((w1 & internal::Word::kHasWaiters) != 0) != (waiters != 0)) {
+        problem(
+            absl::StrCat("entry ", e, ": has_waiters flag disagrees with ", waiters, " waiters"));
       }
       break;
     }
@@ -374,7 +395,7 @@ absl::Status CounterTable::Audit() const {
   for (uint32_t id = 1; id <= h->max_owners; ++id) {
     if (OwnerAt(h, id).identity.load(kAcquire) != 0) continue;
     for (uint32_t e = 0; e < h->capacity; ++e) {
-      if (internal::HoldAt(h, id, e).load(kRelaxed) != 0) {
+      if (internal::CellAt(h, id, e).hold.load(kRelaxed) != 0) {
         problem(absl::StrCat("free owner record ", id, " still holds slots on entry ", e));
         break;
       }
@@ -411,7 +432,7 @@ absl::Status CounterTable::Audit() const {
 void CounterTable::WakeAllWaiters() const {
   for (uint32_t e = 0; e < header_->capacity; ++e) {
     Entry& entry = EntryAt(header_, e);
-    if (entry.state.load(kRelaxed) == internal::kFree) continue;
+    if (!entry.in_use.load(kRelaxed)) continue;
     // Unconditionally: a waiter that read wake_seq before this increment
     // will not sleep; one that reads it after sees the new limit.
     entry.wake_seq.fetch_add(1, kRelease);

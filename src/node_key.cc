@@ -1,5 +1,7 @@
 #include "connthrottle/node_key.h"
 
+#include <atomic>
+
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -23,6 +25,9 @@ uint64_t Mix(uint64_t h) {
   h ^= h >> 33;
   return h;
 }
+
+// Ids start at 1: 0 marks an empty slot in an owner's entry cache.
+std::atomic<uint64_t> next_id{1};
 
 uint64_t StableHash(std::string_view host, uint16_t port, uint32_t database) {
   uint64_t h = 0xcbf29ce484222325ULL;
@@ -55,12 +60,21 @@ absl::StatusOr<NodeKey> NodeKey::Create(std::string_view host, int port, uint32_
 }
 
 NodeKey::NodeKey(std::string_view host, uint16_t port, uint32_t database)
-    : host_(host), port_(port), database_(database), hash_(StableHash(host, port, database)) {}
+    : padded_host_(host),
+      host_len_(static_cast<uint16_t>(host.size())),
+      port_(port),
+      database_(database),
+      hash_(StableHash(host, port, database)),
+      id_(next_id.fetch_add(1, std::memory_order_relaxed)) {
+  padded_host_.resize((host.size() + 7) / 8 * 8, '\0');
+}
 
-std::string NodeKey::ToString() const { return absl::StrCat(host_, ":", port_, "/", database_); }
+std::string NodeKey::ToString() const {
+  return absl::StrCat(View(host()), ":", port_, "/", database_);
+}
 
 std::strong_ordering operator<=>(const NodeKey& a, const NodeKey& b) {
-  if (auto c = a.host_.compare(b.host_); c != 0) {
+  if (auto c = a.host().compare(b.host()); c != 0) {
     return c < 0 ? std::strong_ordering::less : std::strong_ordering::greater;
   }
   if (auto c = a.port_ <=> b.port_; c != 0) return c;

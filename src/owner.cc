@@ -1,29 +1,110 @@
-// owner.cc — the public faces of Owner and Slot; the work is in owner_ops.cc.
+// owner.cc — Owner and Slot, with the two hot paths inlined here: an optional
+// acquire of a connection slot on a cached entry, and its release. Each is
+// one compare-and-swap on the entry's word plus plain stores to the owner's
+// own cell (protocol: owner_ops.cc). Everything else is in owner_ops.cc.
 
 #include "connthrottle/owner.h"
 
+#include <algorithm>
+#include <bit>
+
+#include "absl/base/optimization.h"
 #include "internal/layout.h"
 #include "internal/owner_ops.h"
 
 namespace connthrottle {
 
+using internal::Word;
+
+namespace {
+constexpr auto kRelaxed = std::memory_order_relaxed;
+constexpr auto kRelease = std::memory_order_release;
+constexpr auto kAcqRel = std::memory_order_acq_rel;
+}  // namespace
+
 Owner::Owner(CounterTable table, uint32_t id, uint32_t first_seq)
-    : table_(table), id_(id), next_seq_(first_seq), release_epoch_(1) {}
+    : table_(table),
+      entries_(&internal::EntryAt(table.header_, 0)),
+      cells_(internal::CellRow(table.header_, id)),
+      record_(&internal::OwnerAt(table.header_, id)),
+      id_(id),
+      next_seq_(first_seq),
+      release_epoch_(1) {
+  const size_t slots =
+      std::clamp<size_t>(std::bit_ceil(size_t{table.header_->capacity}), 64, 16384);
+  cache_ = std::make_unique<CachedEntry[]>(slots);
+  cache_mask_ = slots - 1;
+}
 
 Owner::~Owner() {
   OwnerOps ops(*this);
-  ops.ReleaseAll();
-  internal::OwnerRecord& record = internal::OwnerAt(table_.header_, id_);
+  ops.ReleaseAll(/*fold_acquired=*/true);
   // Leaving is a moment when a standalone process is sure to be alive and
   // about to stop looking; check for dead peers before going.
   ops.MaybeReclaimDeadOwners();
-  record.waiting_on.store(0, std::memory_order_relaxed);
-  record.identity.store(0, std::memory_order_release);
+  record_->waiting_on.store(0, kRelaxed);
+  record_->in_flight.store(0, kRelaxed);
+  record_->identity.store(0, kRelease);
 }
 
 absl::StatusOr<Slot> Owner::TryAcquire(const NodeKey& key, Limit limit,
                                        const AcquireOptions& options) {
-  return OwnerOps(*this).TryAcquire(key, limit, options);
+  const CachedEntry& cached = CacheSlot(key);
+  if (ABSL_PREDICT_TRUE(cached.key_id == key.id() && !options.reservation)) {
+    const uint32_t e = cached.entry;
+    std::atomic<uint64_t>& word = entries_[e].word;
+    uint64_t w = word.load(kRelaxed);
+    // Live, unlocked, nobody queued, and still the cached key's tag.
+    constexpr uint64_t kState = ~(Word::kCountMask | Word::kTakeover);
+    const uint64_t expected_state = Word::kLive | Word::WithTag(cached.tag);
+    const uint32_t count = Word::Count(w);
+    if (ABSL_PREDICT_TRUE((w & kState) == expected_state && limit.Admits(count, 0) &&
+                          count < static_cast<uint32_t>(kMaxSlotsPerKey))) {
+      record_->in_flight.store(e + 1, kRelaxed);
+      if (ABSL_PREDICT_TRUE(word.compare_exchange_strong(w, w + 1, kAcqRel, kRelaxed))) {
+        internal::Cell& cell = cells_[e];
+        cell.hold.store(cell.hold.load(kRelaxed) + 1, kRelaxed);
+        cell.acquired.store(cell.acquired.load(kRelaxed) + 1, kRelaxed);
+        record_->in_flight.store(0, kRelease);
+        return Slot(this, e, SlotKind::kConnection, release_epoch_);
+      }
+      record_->in_flight.store(0, kRelaxed);
+    }
+  }
+  return OwnerOps(*this).TryAcquireSlow(key, limit, options);
+}
+
+void Slot::Release() {
+  Owner* owner = std::exchange(owner_, nullptr);
+  if (owner == nullptr || epoch_ != owner->release_epoch_) return;
+  const uint32_t e = entry_;
+  if (ABSL_PREDICT_TRUE(kind_ == SlotKind::kConnection)) {
+    std::atomic<uint64_t>& word = owner->entries_[e].word;
+    internal::Cell& cell = owner->cells_[e];
+    const uint64_t hold = cell.hold.load(kRelaxed);
+    uint64_t w = word.load(kRelaxed);
+    const uint32_t count = Word::Count(w);
+    // Unlocked, nobody queued to wake, and this owner's hold recorded.
+    if (ABSL_PREDICT_TRUE(!(w & (Word::kLocked | Word::kHasWaiters)) && count > 0 &&
+                          (hold & internal::Hold::kMask) > 0)) {
+      // The last slot of a key with no waiter makes the entry a zombie.
+      const bool zombie = count == 1;
+      const uint64_t next = (w - 1) & ~(zombie ? Word::kLive : 0);
+      owner->record_->in_flight.store(e + 1, kRelaxed);
+      if (ABSL_PREDICT_TRUE(word.compare_exchange_strong(w, next, kAcqRel, kRelaxed))) {
+        cell.hold.store(hold - 1, kRelaxed);
+        owner->record_->in_flight.store(0, kRelease);
+        if (ABSL_PREDICT_FALSE(zombie || (++owner->ops_since_check_ & 1023) == 0)) {
+          OwnerOps(*owner).AfterRelease(e, zombie);
+        }
+        return;
+      }
+      owner->record_->in_flight.store(0, kRelaxed);
+    }
+  } else if (kind_ == SlotKind::kUncounted) {
+    return OwnerOps(*owner).ReleaseUncounted();
+  }
+  OwnerOps(*owner).ReleaseSlow(e, kind_);
 }
 
 absl::StatusOr<Slot> Owner::AcquireWaiting(const NodeKey& key, absl::FunctionRef<Limit()> limit,
@@ -43,14 +124,12 @@ absl::StatusOr<Slot> Owner::AcquireForced(const NodeKey& key, const AcquireOptio
   return OwnerOps(*this).AcquireForced(key, options);
 }
 
-uint64_t Owner::ReleaseAll() { return OwnerOps(*this).ReleaseAll(); }
+uint64_t Owner::ReleaseAll() { return OwnerOps(*this).ReleaseAll(/*fold_acquired=*/false); }
 
 uint64_t Owner::SlotsHeld() const {
-  internal::TableHeader* h = table_.header_;
-  uint64_t held = internal::OwnerAt(h, id_).uncounted.load(std::memory_order_relaxed);
-  for (uint32_t e = 0; e < h->capacity; ++e) {
-    held +=
-        internal::Hold::Unpack(internal::HoldAt(h, id_, e).load(std::memory_order_relaxed)).total;
+  uint64_t held = record_->uncounted.load(kRelaxed);
+  for (uint32_t e = 0; e < table_.header_->capacity; ++e) {
+    held += internal::Hold::Unpack(cells_[e].hold.load(kRelaxed)).total;
   }
   return held;
 }
@@ -69,11 +148,5 @@ Slot& Slot::operator=(Slot&& other) noexcept {
 }
 
 bool Slot::held() const { return owner_ != nullptr && epoch_ == owner_->release_epoch_; }
-
-void Slot::Release() {
-  Owner* owner = std::exchange(owner_, nullptr);
-  if (owner == nullptr || epoch_ != owner->release_epoch_) return;
-  OwnerOps(*owner).Release(entry_, kind_);
-}
 
 }  // namespace connthrottle

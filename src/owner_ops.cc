@@ -2,56 +2,66 @@
 //
 // LOCKING AND ATOMICITY PROTOCOL
 // ==============================
-// Locks
-//   Entry lock (Entry::lock). A word holding (owner id << 32 | seq) of its
-//   holder, 0 when free; seq is the holder's own operation counter. Every
-//   change to an entry's counters (state, count, waiters, forced, reserved),
-//   to a hold cell (owner, entry) or to an owner's waiting_on is made with
-//   that entry's lock held. Taking it is one compare-and-swap; it is held for
-//   a few dozen instructions, never across a sleep or a system call, and the
-//   only foreign code run under it is the caller's limit function.
-//   Structure lock (TableHeader::structure_lock), same encoding. Serialises
-//   changes to the index and to entry lifecycle: kFree -> kLive (insert),
-//   kZombie -> kLive (revive), kZombie -> kFree (drop). kLive -> kZombie
-//   happens under the entry lock alone, when count and waiters reach zero.
-//   Order: the structure lock before an entry lock, never the reverse; an
-//   owner holds at most one entry lock at a time.
+// The ledger
+//   Every slot is recorded twice: in its entry's count (Entry::word), which
+//   is what limits are checked against, and in the cell of the owner that
+//   holds it (Cell::hold: total, forced, reserved). The invariant is
+//       count == sum over owners of cell.hold.total   (and likewise forced,
+//       reserved; and waiters == owners whose waiting_on names the entry)
+//   at every moment when no owner is in flight on the entry (see below).
+// Hot paths (owner.cc), one compare-and-swap each
+//   An optional acquire of a kConnection slot on an entry this owner has
+//   cached, and the release of such a slot, change Entry::word with a single
+//   compare-and-swap: it fails if the entry is locked, has waiters, is not
+//   live, or carries another tag (it took another key). Around it the owner
+//   sets OwnerRecord::in_flight to the entry, and after it updates its own
+//   cell with plain stores, then clears in_flight (release).
+// Entry lock (Entry::word's locked bit)
+//   Everything else — creating and dropping entries, waiting, forced and
+//   reserved slots, refusals, statistics, other owners' cells — happens with
+//   the entry locked. The locker sets its in_flight to the entry just before
+//   the compare-and-swap that sets the bit (and clears it if that fails), so
+//   while an entry is locked, the one live owner whose in_flight names it is
+//   its holder. While locked, hot-path compare-and-swaps fail, so the holder
+//   changes the word and the fields beside it with plain stores and unlocks
+//   by storing the new word (release), then clears in_flight. An owner holds
+//   at most one entry lock and is never in flight on two entries.
+// Structure lock (TableHeader::structure_lock: owner id << 32 | seq)
+//   Serialises the index and entry lifecycle: free -> live (insert), zombie
+//   -> live (revive), zombie -> free (drop). live -> zombie happens on the
+//   word alone, when count and waiters reach zero. Order: the structure lock
+//   before an entry lock, never the reverse.
 // Lookup
-//   Lock-free: probe the index, lock the candidate entry, and accept it only
-//   if it is kLive and holds the key (entries are re-used, so only a check
-//   made under the entry lock counts). A miss is confirmed under the structure
-//   lock, where the index is exact, before an entry is created; so there is
-//   never more than one entry for a key and the limit is never split.
-// Commit and redo
-//   A change under an entry lock first writes the owner's Intent (the new
-//   counters, the new hold cell and waiting_on of the target owner), then
-//   publishes it by storing Intent::seq = the seq of its lock word, then
-//   applies it, then unlocks. If the holder dies at any instruction, whoever
-//   takes over the lock (compare-and-swap from the dead holder's word, see
-//   reclaim.cc) finds one of two cases:
-//     Intent::seq != the lock's seq: nothing was applied yet; the entry,
-//       its hold cells and waiting_on are exactly as before the operation.
-//     Intent::seq == the lock's seq: the intent is complete; applying it
-//       again writes the same absolute values, so the entry ends exactly as
-//       after the operation.
-//   Therefore at every unlock: count == sum of all hold cells' totals (forced
-//   and reserved alike), and waiters == number of owners whose waiting_on
-//   names the entry. Cumulative statistics are not logged and may miss the
-//   dead holder's last increment; slots never are.
+//   Lock-free: probe the index, lock the candidate, and accept it only if it
+//   is live and holds the key (entries are re-used, so only a check made
+//   under the lock counts). A miss is confirmed under the structure lock,
+//   where the index is exact, before an entry is created: there is never more
+//   than one entry per key, so a limit is never split. Each owner caches
+//   (key -> entry, tag); the tag in the hot path's expected word makes a
+//   stale hint fail instead of touching another key.
+// Recovery (only with TableOptions::reclaim_dead_owners; see reclaim.cc)
+//   Whoever finds an entry locked by no live owner, or reclaims a dead owner,
+//   locks the entry, waits until no live owner is in flight on it, and then
+//   recomputes its counters from the cells of live owners alone, clearing the
+//   cells of dead ones. Whatever a dead owner was doing — at any instruction,
+//   locked or in flight — drops out: its cells were its only claim. The
+//   recomputation is a pure function of the live ledger, so doing it twice,
+//   or in two processes one after the other, gives the same result.
 // Readers
-//   Snapshots never lock. Apply brackets its stores with Entry::version (odd
-//   while writing); readers retry when the version was odd or changed.
+//   Snapshots never lock: they read the word (unlocked), the fields, and the
+//   word and Entry::version again, and retry on any change.
 // Wake-ups
 //   Waiters sleep on Entry::wake_seq (futex). A waiter reads wake_seq before
 //   evaluating its condition and sleeps only while wake_seq still holds that
-//   value. A release that leaves waiters queued increments wake_seq under the
+//   value. A release that finds waiters queued increments wake_seq under the
 //   entry lock and wakes one sleeper after unlocking; WakeAllWaiters
 //   increments it without the lock and wakes all. An increment that lands
 //   between a waiter's read and its sleep makes the sleep return at once, so
 //   no wake-up is lost.
 // Fairness
-//   A freed slot goes to a queued waiter: optional acquires and not yet queued
-//   waiting acquires are admitted only while count + waiters < limit.
+//   A freed slot goes to a queued waiter: optional acquires and not yet
+//   queued waiting acquires are admitted only while count + waiters < limit
+//   (the hot path only runs while there are no waiters).
 
 #include "internal/owner_ops.h"
 
@@ -60,7 +70,6 @@
 #include <algorithm>
 #include <cassert>
 #include <climits>
-#include <cstring>
 
 #include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
@@ -70,24 +79,21 @@ namespace connthrottle {
 
 using internal::Bucket;
 using internal::Buckets;
+using internal::Cell;
+using internal::CellAt;
 using internal::Entry;
-using internal::EntryAt;
 using internal::Hold;
-using internal::HoldAt;
-using internal::Intent;
-using internal::kFree;
-using internal::kLive;
-using internal::kZombie;
 using internal::LockOwner;
-using internal::LockSeq;
 using internal::LockWord;
 using internal::OwnerAt;
+using internal::Word;
 
 namespace {
 
 constexpr auto kRelaxed = std::memory_order_relaxed;
 constexpr auto kAcquire = std::memory_order_acquire;
 constexpr auto kRelease = std::memory_order_release;
+constexpr auto kAcqRel = std::memory_order_acq_rel;
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -103,8 +109,8 @@ inline void CpuRelax() {
 class Backoff {
  public:
   bool Pause() {
-    if (spins_ < 64) {
-      for (int i = 0; i < (1 << std::min(spins_ / 8, 5)); ++i) CpuRelax();
+    if (spins_ < 32) {
+      for (int i = 0; i < (1 << std::min(spins_ / 8, 3)); ++i) CpuRelax();
       ++spins_;
       return false;
     }
@@ -117,58 +123,157 @@ class Backoff {
   uint32_t yields_ = 0;
 };
 
-// Host names are compared and stored as zero-padded 64-bit words.
-inline uint64_t HostWord(std::string_view host, size_t word) {
-  uint64_t w = 0;
-  size_t offset = word * 8;
-  std::memcpy(&w, host.data() + offset, std::min<size_t>(8, host.size() - offset));
-  return w;
+void AddTo(std::atomic<uint64_t>& counter, uint64_t delta) {
+  if (delta != 0) counter.store(counter.load(kRelaxed) + delta, kRelaxed);
 }
 
 }  // namespace
 
-// ---------------------------------------------------------------------------
-// Locks
-
-Locked OwnerOps::LockEntry(uint32_t entry) {
-  uint64_t mine = LockWord(owner_.id_, NextSeq());
-  uint64_t expected = 0;
-  if (ABSL_PREDICT_TRUE(
-          EntryAt(h_, entry).lock.compare_exchange_strong(expected, mine, kAcquire, kRelaxed))) {
-    return {entry, mine};
-  }
-  return LockEntrySlow(entry, mine);
+void OwnerOps::Remember(const NodeKey& key, uint32_t entry) {
+  owner_.CacheSlot(key) = {key.id(), Word::Tag(EntryOf(entry).word.load(kRelaxed)), entry};
 }
 
-Locked OwnerOps::LockEntrySlow(uint32_t entry, uint64_t mine) {
-  std::atomic<uint64_t>& lock = EntryAt(h_, entry).lock;
-  const bool reclaim = (h_->flags & internal::kFlagReclaimDeadOwners) != 0;
+// ---------------------------------------------------------------------------
+// The entry lock
+
+void OwnerOps::LockEntry(uint32_t e) {
+  std::atomic<uint64_t>& word = EntryOf(e).word;
   Backoff backoff;
   for (;;) {
-    uint64_t current = lock.load(kRelaxed);
-    if (current == 0) {
-      if (lock.compare_exchange_weak(current, mine, kAcquire, kRelaxed)) return {entry, mine};
+    uint64_t current = word.load(kRelaxed);
+    if (!(current & Word::kLocked)) {
+      self_.in_flight.store(e + 1, kRelaxed);
+      if (word.compare_exchange_weak(current, current | Word::kLocked, kAcqRel, kRelaxed)) {
+        // Readers that see any store made under the lock also see the lock.
+        std::atomic_thread_fence(kRelease);
+        return;
+      }
+      self_.in_flight.store(0, kRelaxed);
       continue;
     }
-    if (backoff.Pause() && reclaim && HolderIsDead(LockOwner(current)) &&
-        lock.compare_exchange_strong(current, mine, kAcquire, kRelaxed)) {
-      Locked locked{entry, mine};
-      ResolveDeadEntryLock(locked, current);
-      return locked;
+    if (backoff.Pause() && reclaiming() && EntryHolderIsDead(e)) {
+      // Take the lock over by flipping the takeover bit: of several live
+      // owners that all judged the holder dead, exactly one succeeds.
+      self_.in_flight.store(e + 1, kRelaxed);
+      if (word.compare_exchange_strong(current, current ^ Word::kTakeover, kAcqRel, kRelaxed)) {
+        std::atomic_thread_fence(kRelease);
+        // The dead holder may have left anything half-written under the
+        // lock; the live ledger is the truth.
+        EntryCounts counts = RecomputeLocked(e, /*exclude_self=*/false);
+        uint64_t w = word.load(kRelaxed);
+        w = (w & ~(Word::kCountMask | Word::kHasWaiters | Word::kLive)) | counts.count |
+            (counts.waiters ? Word::kHasWaiters : 0) | (counts.live ? Word::kLive : 0);
+        word.store(w, kRelaxed);
+        // A waiter may be owed a wake-up from whatever the holder was doing.
+        Entry& entry = EntryOf(e);
+        entry.wake_seq.fetch_add(1, kRelease);
+        internal::FutexWake(entry.wake_seq, INT_MAX);
+        return;
+      }
+      self_.in_flight.store(0, kRelaxed);
     }
   }
 }
 
-void OwnerOps::Unlock(const Locked& locked) { EntryAt(h_, locked.entry).lock.store(0, kRelease); }
+EntryCounts OwnerOps::ReadLocked(uint32_t e) {
+  const Entry& entry = EntryOf(e);
+  const uint64_t w = entry.word.load(kRelaxed);
+  return {Word::Count(w), entry.waiters.load(kRelaxed), entry.forced.load(kRelaxed),
+          entry.reserved.load(kRelaxed), (w & Word::kLive) != 0};
+}
+
+void OwnerOps::Unlock(uint32_t e, const EntryCounts& counts) {
+  Entry& entry = EntryOf(e);
+  entry.waiters.store(counts.waiters, kRelaxed);
+  entry.forced.store(counts.forced, kRelaxed);
+  entry.reserved.store(counts.reserved, kRelaxed);
+  entry.version.store(entry.version.load(kRelaxed) + 1, kRelaxed);
+  const uint64_t w = entry.word.load(kRelaxed);
+  const uint64_t keep = w & ((Word::kTagMask << Word::kTagShift) | Word::kTakeover);
+  entry.word.store(keep | counts.count | (counts.waiters ? Word::kHasWaiters : 0) |
+                       (counts.live ? Word::kLive : 0),
+                   kRelease);
+  self_.in_flight.store(0, kRelease);
+}
+
+void OwnerOps::UnlockUnchanged(uint32_t e) {
+  std::atomic<uint64_t>& word = EntryOf(e).word;
+  word.store(word.load(kRelaxed) & ~Word::kLocked, kRelease);
+  self_.in_flight.store(0, kRelease);
+}
+
+void OwnerOps::AddStats(uint32_t e, const StatDelta& stats) {
+  // Under the entry lock, so a load and a store suffice.
+  internal::EntryKey& cold = internal::KeyAt(h_, e);
+  AddTo(EntryOf(e).refused, stats.refused);
+  AddTo(cold.waited, stats.waited);
+  AddTo(cold.wait_ns, stats.wait_ns);
+  AddTo(cold.forced_total, stats.forced_total);
+  AddTo(cold.wakeups, stats.wakeups);
+}
+
+bool OwnerOps::EntryHolderIsDead(uint32_t e) {
+  for (uint32_t id = 1; id <= h_->max_owners; ++id) {
+    if (id == owner_.id_) continue;
+    if (OwnerAt(h_, id).in_flight.load(kAcquire) == e + 1 && OwnerIsAlive(id)) return false;
+  }
+  return true;
+}
+
+void OwnerOps::AwaitInFlight(uint32_t e) {
+  for (uint32_t id = 1; id <= h_->max_owners; ++id) {
+    if (id == owner_.id_) continue;
+    std::atomic<uint32_t>& in_flight = OwnerAt(h_, id).in_flight;
+    if (in_flight.load(kAcquire) != e + 1) continue;
+    // A live owner in flight here changed the word before we locked it and is
+    // a few instructions from updating its cell; a dead one never will.
+    if (reclaiming() && !OwnerIsAlive(id)) continue;
+    Backoff backoff;
+    while (in_flight.load(kAcquire) == e + 1) backoff.Pause();
+  }
+}
+
+EntryCounts OwnerOps::RecomputeLocked(uint32_t e, bool exclude_self) {
+  AwaitInFlight(e);
+  Entry& entry = EntryOf(e);
+  EntryCounts counts;
+  uint64_t folded = 0;
+  for (uint32_t id = 1; id <= h_->max_owners; ++id) {
+    Cell& cell = CellAt(h_, id, e);
+    internal::OwnerRecord& record = OwnerAt(h_, id);
+    const uint64_t hold_word = cell.hold.load(kAcquire);
+    const uint64_t acquired = cell.acquired.load(kRelaxed);
+    const bool queued = record.waiting_on.load(kRelaxed) == e + 1;
+    const bool in_flight = record.in_flight.load(kRelaxed) == e + 1 && id != owner_.id_;
+    if (hold_word == 0 && acquired == 0 && !queued && !in_flight) continue;
+    const bool alive = id == owner_.id_ ? !exclude_self : OwnerIsAlive(id);
+    if (alive) {
+      Hold hold = Hold::Unpack(hold_word);
+      counts.count += hold.total;
+      counts.forced += hold.forced;
+      counts.reserved += hold.reserved;
+      if (queued) ++counts.waiters;
+      continue;
+    }
+    // A dead owner's claims on this entry end here.
+    folded += acquired;
+    cell.hold.store(0, kRelaxed);
+    cell.acquired.store(0, kRelaxed);
+    if (queued) record.waiting_on.store(0, kRelaxed);
+    if (in_flight) record.in_flight.store(0, kRelaxed);
+  }
+  AddTo(entry.acquired_base, folded);
+  // In use with nothing held or awaited is a zombie, to be dropped.
+  counts.live = entry.in_use.load(kRelaxed) != 0 && (counts.count > 0 || counts.waiters > 0);
+  return counts;
+}
+
+// ---------------------------------------------------------------------------
+// The structure lock
 
 uint64_t OwnerOps::LockStructure() {
-  uint64_t mine = LockWord(owner_.id_, NextSeq());
+  uint64_t mine = LockWord(owner_.id_, owner_.next_seq_++);
   std::atomic<uint64_t>& lock = h_->structure_lock;
-  uint64_t expected = 0;
-  if (ABSL_PREDICT_TRUE(lock.compare_exchange_strong(expected, mine, kAcquire, kRelaxed))) {
-    return mine;
-  }
-  const bool reclaim = (h_->flags & internal::kFlagReclaimDeadOwners) != 0;
   Backoff backoff;
   for (;;) {
     uint64_t current = lock.load(kRelaxed);
@@ -176,7 +281,7 @@ uint64_t OwnerOps::LockStructure() {
       if (lock.compare_exchange_weak(current, mine, kAcquire, kRelaxed)) return mine;
       continue;
     }
-    if (backoff.Pause() && reclaim && HolderIsDead(LockOwner(current)) &&
+    if (backoff.Pause() && reclaiming() && HolderIsDead(LockOwner(current)) &&
         lock.compare_exchange_strong(current, mine, kAcquire, kRelaxed)) {
       // The holder died between any two of its steps; the entries are the
       // truth and the index is rebuilt from them.
@@ -188,103 +293,23 @@ uint64_t OwnerOps::LockStructure() {
 
 void OwnerOps::UnlockStructure() { h_->structure_lock.store(0, kRelease); }
 
-void OwnerOps::ResolveDeadEntryLock(const Locked& locked, uint64_t dead_word) {
-  // The dead holder's stores reached memory before the kernel reported it
-  // dead; the fence orders our reads after the takeover.
-  std::atomic_thread_fence(kAcquire);
-  Intent& intent = OwnerAt(h_, LockOwner(dead_word)).intent;
-  if (intent.seq.load(kAcquire) == LockSeq(dead_word) &&
-      intent.entry.load(kRelaxed) == locked.entry) {
-    EntryImage image{intent.state.load(kRelaxed), intent.count.load(kRelaxed),
-                     intent.waiters.load(kRelaxed), intent.forced.load(kRelaxed),
-                     intent.reserved.load(kRelaxed)};
-    Commit(locked, image, intent.target_owner.load(kRelaxed), intent.hold.load(kRelaxed),
-           intent.waiting_on.load(kRelaxed));
-  }
-  // Whatever the holder was doing, a waiter may be owed a wake-up.
-  Entry& entry = EntryAt(h_, locked.entry);
-  entry.wake_seq.fetch_add(1, kRelease);
-  internal::FutexWake(entry.wake_seq, INT_MAX);
-}
-
 // ---------------------------------------------------------------------------
-// Committed changes
+// Index and lifecycle
 
-void OwnerOps::Commit(const Locked& locked, const EntryImage& image, uint32_t target_owner,
-                      uint64_t hold, uint32_t waiting_on, const StatDelta& stats) {
-  Intent& intent = self_.intent;
-  intent.entry.store(locked.entry, kRelaxed);
-  intent.state.store(image.state, kRelaxed);
-  intent.count.store(image.count, kRelaxed);
-  intent.waiters.store(image.waiters, kRelaxed);
-  intent.forced.store(image.forced, kRelaxed);
-  intent.reserved.store(image.reserved, kRelaxed);
-  intent.target_owner.store(target_owner, kRelaxed);
-  intent.hold.store(hold, kRelaxed);
-  intent.waiting_on.store(waiting_on, kRelaxed);
-  intent.seq.store(LockSeq(locked.word), kRelease);
-  // No store of Apply may become visible before the intent is published.
-  std::atomic_thread_fence(kRelease);
-  Apply(locked.entry, image, target_owner, hold, waiting_on, stats);
-}
-
-void OwnerOps::Apply(uint32_t entry_index, const EntryImage& image, uint32_t target_owner,
-                     uint64_t hold, uint32_t waiting_on, const StatDelta& stats) {
-  Entry& entry = EntryAt(h_, entry_index);
-  // Odd while writing; `| 1` also repairs a version left odd by a dead writer.
-  uint32_t version = entry.version.load(kRelaxed) | 1;
-  entry.version.store(version, kRelaxed);
-  std::atomic_thread_fence(kRelease);
-  entry.state.store(image.state, kRelaxed);
-  entry.count.store(image.count, kRelaxed);
-  entry.waiters.store(image.waiters, kRelaxed);
-  entry.forced.store(image.forced, kRelaxed);
-  entry.reserved.store(image.reserved, kRelaxed);
-  HoldAt(h_, target_owner, entry_index).store(hold, kRelaxed);
-  OwnerAt(h_, target_owner).waiting_on.store(waiting_on, kRelaxed);
-  auto add = [](std::atomic<uint64_t>& counter, uint64_t delta) {
-    if (delta != 0) counter.store(counter.load(kRelaxed) + delta, kRelaxed);
-  };
-  add(entry.acquired, stats.acquired);
-  add(entry.refused, stats.refused);
-  add(entry.waited, stats.waited);
-  add(entry.wait_ns, stats.wait_ns);
-  add(entry.forced_total, stats.forced_total);
-  add(entry.wakeups, stats.wakeups);
-  entry.version.store(version + 1, kRelease);
-}
-
-EntryImage OwnerOps::Read(uint32_t entry_index) const {
-  const Entry& entry = EntryAt(h_, entry_index);
-  return {entry.state.load(kRelaxed), entry.count.load(kRelaxed), entry.waiters.load(kRelaxed),
-          entry.forced.load(kRelaxed), entry.reserved.load(kRelaxed)};
-}
-
-void OwnerOps::AddStats(uint32_t entry_index, const StatDelta& stats) {
-  Apply(entry_index, Read(entry_index), owner_.id_,
-        HoldAt(h_, owner_.id_, entry_index).load(kRelaxed), self_.waiting_on.load(kRelaxed), stats);
-}
-
-// ---------------------------------------------------------------------------
-// Index
-
-bool OwnerOps::KeyMatches(uint32_t entry_index, const NodeKey& key) const {
-  const Entry& entry = EntryAt(h_, entry_index);
-  std::string_view host = key.host();
-  if (entry.hash.load(kRelaxed) != key.hash() ||
-      entry.port.load(kRelaxed) != static_cast<uint32_t>(key.port()) ||
-      entry.database.load(kRelaxed) != key.database() ||
-      entry.host_len.load(kRelaxed) != host.size()) {
+bool OwnerOps::KeyMatches(uint32_t e, const NodeKey& key) const {
+  const Entry& entry = owner_.entries_[e];
+  if (entry.hash.load(kRelaxed) != key.hash() || entry.meta.load(kRelaxed) != key.meta()) {
     return false;
   }
-  const size_t words = (host.size() + 7) / 8;
+  const internal::EntryKey& stored = internal::KeyAt(h_, e);
+  const size_t words = key.host_words();
   for (size_t i = 0; i < words; ++i) {
-    if (entry.host[i].load(kRelaxed) != HostWord(host, i)) return false;
+    if (stored.host[i].load(kRelaxed) != key.host_word(i)) return false;
   }
   return true;
 }
 
-std::optional<Locked> OwnerOps::FindLive(const NodeKey& key) {
+std::optional<uint32_t> OwnerOps::FindLive(const NodeKey& key) {
   const uint32_t mask = h_->index_buckets - 1;
   const uint32_t tag = static_cast<uint32_t>(key.hash());
   Bucket* buckets = Buckets(h_);
@@ -293,17 +318,16 @@ std::optional<Locked> OwnerOps::FindLive(const NodeKey& key) {
     uint64_t value = buckets[i].load(kAcquire);
     if (value == 0) return std::nullopt;
     if (static_cast<uint32_t>(value >> 32) != tag) continue;
-    Locked locked = LockEntry(static_cast<uint32_t>(value) - 1);
-    if (EntryAt(h_, locked.entry).state.load(kRelaxed) == kLive && KeyMatches(locked.entry, key)) {
-      return locked;
-    }
-    Unlock(locked);
+    const uint32_t e = static_cast<uint32_t>(value) - 1;
+    LockEntry(e);
+    if (ReadLocked(e).live && KeyMatches(e, key)) return e;
+    UnlockUnchanged(e);
   }
   return std::nullopt;
 }
 
-std::optional<Locked> OwnerOps::FindOrInsert(const NodeKey& key) {
-  if (std::optional<Locked> found = FindLive(key)) return found;
+std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
+  if (std::optional<uint32_t> found = FindLive(key)) return found;
 
   LockStructure();
   // Under the structure lock the index is exact: a miss here is a real miss.
@@ -315,18 +339,16 @@ std::optional<Locked> OwnerOps::FindOrInsert(const NodeKey& key) {
     uint64_t value = buckets[i].load(kAcquire);
     if (value == 0) break;
     if (static_cast<uint32_t>(value >> 32) != tag) continue;
-    Locked locked = LockEntry(static_cast<uint32_t>(value) - 1);
-    EntryImage image = Read(locked.entry);
-    if ((image.state == kLive || image.state == kZombie) && KeyMatches(locked.entry, key)) {
-      if (image.state == kZombie) {
-        image.state = kLive;  // revived before anyone dropped it
-        Commit(locked, image, owner_.id_, HoldAt(h_, owner_.id_, locked.entry).load(kRelaxed),
-               self_.waiting_on.load(kRelaxed));
-      }
+    const uint32_t e = static_cast<uint32_t>(value) - 1;
+    LockEntry(e);
+    if (EntryOf(e).in_use.load(kRelaxed) && KeyMatches(e, key)) {
+      // A zombie is revived before anyone dropped it: same key, same tag.
+      std::atomic<uint64_t>& word = EntryOf(e).word;
+      word.store(word.load(kRelaxed) | Word::kLive, kRelaxed);
       UnlockStructure();
-      return locked;
+      return e;
     }
-    Unlock(locked);
+    UnlockUnchanged(e);
   }
 
   std::optional<uint32_t> free_entry = AllocateEntryLocked();
@@ -335,38 +357,45 @@ std::optional<Locked> OwnerOps::FindOrInsert(const NodeKey& key) {
     UnlockStructure();
     return std::nullopt;
   }
-  Locked locked = LockEntry(*free_entry);
-  Entry& entry = EntryAt(h_, locked.entry);
-  // The entry is kFree, so no reader looks at the key until the commit below
-  // publishes kLive (and the version change tells snapshot readers to retry).
-  std::string_view host = key.host();
+  const uint32_t e = *free_entry;
+  LockEntry(e);
+  Entry& entry = EntryOf(e);
+  // The entry is not in use, so no reader looks at its key until the unlock
+  // below publishes it live with a new tag.
+  internal::EntryKey& cold = internal::KeyAt(h_, e);
   entry.hash.store(key.hash(), kRelaxed);
-  entry.port.store(static_cast<uint32_t>(key.port()), kRelaxed);
-  entry.database.store(key.database(), kRelaxed);
-  entry.host_len.store(static_cast<uint32_t>(host.size()), kRelaxed);
+  entry.meta.store(key.meta(), kRelaxed);
   for (size_t w = 0; w < internal::kHostWords; ++w) {
-    entry.host[w].store(w * 8 < host.size() ? HostWord(host, w) : 0, kRelaxed);
+    cold.host[w].store(w < key.host_words() ? key.host_word(w) : 0, kRelaxed);
   }
-  for (auto* counter : {&entry.acquired, &entry.refused, &entry.waited, &entry.wait_ns,
-                        &entry.forced_total, &entry.wakeups}) {
+  for (auto* counter : {&entry.acquired_base, &entry.refused, &cold.waited, &cold.wait_ns,
+                        &cold.forced_total, &cold.wakeups}) {
     counter->store(0, kRelaxed);
   }
-  Commit(locked, EntryImage{kLive, 0, 0, 0, 0}, owner_.id_, 0, self_.waiting_on.load(kRelaxed));
-  InsertBucketLocked(locked.entry, key.hash());
+  entry.waiters.store(0, kRelaxed);
+  entry.forced.store(0, kRelaxed);
+  entry.reserved.store(0, kRelaxed);
+  entry.in_use.store(1, kRelaxed);
+  // A new tag: cached hints for the key this entry held before now fail.
+  const uint64_t w = entry.word.load(kRelaxed);
+  entry.word.store(
+      Word::WithTag(Word::Tag(w) + 1) | Word::kLive | Word::kLocked | (w & Word::kTakeover),
+      kRelaxed);
+  InsertBucketLocked(e, key.hash());
   h_->live_entries.fetch_add(1, kRelaxed);
   h_->entries_created.fetch_add(1, kRelaxed);
   UnlockStructure();
-  return locked;
+  return e;
 }
 
 std::optional<uint32_t> OwnerOps::AllocateEntryLocked() {
   const uint32_t capacity = h_->capacity;
   if (h_->live_entries.load(kRelaxed) < capacity) {
-    // kFree -> anything happens only under the structure lock, which we hold.
+    // in_use changes only under the structure lock, which we hold.
     uint32_t start = h_->alloc_hint.load(kRelaxed);
     for (uint32_t n = 0; n < capacity; ++n) {
       uint32_t e = (start + n) % capacity;
-      if (EntryAt(h_, e).state.load(kRelaxed) == kFree) {
+      if (!EntryOf(e).in_use.load(kRelaxed)) {
         h_->alloc_hint.store((e + 1) % capacity, kRelaxed);
         return e;
       }
@@ -374,12 +403,18 @@ std::optional<uint32_t> OwnerOps::AllocateEntryLocked() {
   }
   // Full of busy keys, unless a zombie is waiting to be dropped: take it.
   for (uint32_t e = 0; e < capacity; ++e) {
-    if (EntryAt(h_, e).state.load(kRelaxed) != kZombie) continue;
-    Locked locked = LockEntry(e);
-    bool freed = Read(e).state == kZombie;
-    if (freed) FreeZombieLocked(locked);
-    Unlock(locked);
-    if (freed) return e;
+    if (EntryOf(e).word.load(kRelaxed) & Word::kLive) continue;
+    LockEntry(e);
+    EntryCounts counts = ReadLocked(e);
+    if (EntryOf(e).in_use.load(kRelaxed) && !counts.live && counts.count == 0 &&
+        counts.waiters == 0) {
+      RemoveBucketLocked(e);
+      RetireLocked(e);
+      h_->live_entries.fetch_sub(1, kRelaxed);
+      UnlockUnchanged(e);
+      return e;
+    }
+    UnlockUnchanged(e);
   }
   return std::nullopt;
 }
@@ -396,7 +431,7 @@ void OwnerOps::InsertBucketLocked(uint32_t entry, uint64_t hash) {
 void OwnerOps::RemoveBucketLocked(uint32_t entry) {
   const uint32_t mask = h_->index_buckets - 1;
   Bucket* buckets = Buckets(h_);
-  uint32_t i = static_cast<uint32_t>(EntryAt(h_, entry).hash.load(kRelaxed)) & mask;
+  uint32_t i = static_cast<uint32_t>(EntryOf(entry).hash.load(kRelaxed)) & mask;
   uint32_t probes = 0;
   while (static_cast<uint32_t>(buckets[i].load(kRelaxed)) != entry + 1) {
     if (buckets[i].load(kRelaxed) == 0 || ++probes > mask) return;  // not indexed
@@ -418,37 +453,45 @@ void OwnerOps::RemoveBucketLocked(uint32_t entry) {
   buckets[hole].store(0, kRelease);
 }
 
-void OwnerOps::DropIfZombie(uint32_t entry) {
+void OwnerOps::DropIfZombie(uint32_t e) {
   LockStructure();
-  Locked locked = LockEntry(entry);
-  if (Read(entry).state == kZombie) FreeZombieLocked(locked);
-  Unlock(locked);
+  LockEntry(e);
+  EntryCounts counts = ReadLocked(e);
+  if (EntryOf(e).in_use.load(kRelaxed) && !counts.live && counts.count == 0 &&
+      counts.waiters == 0) {
+    RemoveBucketLocked(e);
+    RetireLocked(e);
+    h_->live_entries.fetch_sub(1, kRelaxed);
+  }
+  UnlockUnchanged(e);
   UnlockStructure();
 }
 
-void OwnerOps::FreeZombieLocked(const Locked& locked) {
-  RemoveBucketLocked(locked.entry);
-  RetireLocked(locked);
-  h_->live_entries.fetch_sub(1, kRelaxed);
-}
-
-void OwnerOps::RetireLocked(const Locked& locked) {
-  Entry& entry = EntryAt(h_, locked.entry);
+void OwnerOps::RetireLocked(uint32_t e) {
+  // The hot-path release that made this entry a zombie may still be writing
+  // its cell; after this no one can be in flight here (the entry is not live).
+  AwaitInFlight(e);
+  Entry& entry = EntryOf(e);
   // Fold the entry's statistics into the table totals. Stats() reads both
   // inside the retire_seq window, so a dropped key is counted exactly once.
   uint32_t seq = h_->retire_seq.load(kRelaxed) | 1;
   h_->retire_seq.store(seq, kRelaxed);
   std::atomic_thread_fence(kRelease);
-  auto fold = [](std::atomic<uint64_t>& total, const std::atomic<uint64_t>& part) {
-    total.store(total.load(kRelaxed) + part.load(kRelaxed), kRelaxed);
-  };
-  fold(h_->retired_acquired, entry.acquired);
-  fold(h_->retired_refused, entry.refused);
-  fold(h_->retired_waited, entry.waited);
-  fold(h_->retired_wait_ns, entry.wait_ns);
-  fold(h_->retired_forced_total, entry.forced_total);
-  Commit(locked, EntryImage{kFree, 0, 0, 0, 0}, owner_.id_,
-         HoldAt(h_, owner_.id_, locked.entry).load(kRelaxed), self_.waiting_on.load(kRelaxed));
+  uint64_t acquired = entry.acquired_base.load(kRelaxed);
+  for (uint32_t id = 1; id <= h_->max_owners; ++id) {
+    Cell& cell = CellAt(h_, id, e);
+    acquired += cell.acquired.load(kRelaxed);
+    cell.acquired.store(0, kRelaxed);
+  }
+  AddTo(h_->retired_acquired, acquired);
+  const internal::EntryKey& cold = internal::KeyAt(h_, e);
+  AddTo(h_->retired_refused, entry.refused.load(kRelaxed));
+  AddTo(h_->retired_waited, cold.waited.load(kRelaxed));
+  AddTo(h_->retired_wait_ns, cold.wait_ns.load(kRelaxed));
+  AddTo(h_->retired_forced_total, cold.forced_total.load(kRelaxed));
+  entry.acquired_base.store(0, kRelaxed);
+  entry.in_use.store(0, kRelaxed);
+  entry.version.store(entry.version.load(kRelaxed) + 1, kRelaxed);
   h_->retire_seq.store(seq + 1, kRelease);
   h_->entries_dropped.fetch_add(1, kRelaxed);
 }
@@ -458,18 +501,20 @@ void OwnerOps::RepairIndexLocked() {
   for (uint32_t i = 0; i < h_->index_buckets; ++i) buckets[i].store(0, kRelease);
   uint32_t live = 0;
   for (uint32_t e = 0; e < h_->capacity; ++e) {
-    Locked locked = LockEntry(e);  // also resolves entry locks of dead holders
-    EntryImage image = Read(e);
-    if (image.state != kFree) {
-      if (image.count == 0 && image.waiters == 0) {
+    LockEntry(e);  // also takes over entry locks of dead holders
+    EntryCounts counts = ReadLocked(e);
+    if (EntryOf(e).in_use.load(kRelaxed)) {
+      if (counts.count == 0 && counts.waiters == 0) {
         // A zombie, or an entry whose inserter died before using it.
-        RetireLocked(locked);
-      } else {
-        InsertBucketLocked(e, EntryAt(h_, e).hash.load(kRelaxed));
-        ++live;
+        RetireLocked(e);
+        counts.live = false;
+        Unlock(e, counts);
+        continue;
       }
+      InsertBucketLocked(e, EntryOf(e).hash.load(kRelaxed));
+      ++live;
     }
-    Unlock(locked);
+    UnlockUnchanged(e);
   }
   h_->live_entries.store(live, kRelaxed);
 }
@@ -477,10 +522,10 @@ void OwnerOps::RepairIndexLocked() {
 // ---------------------------------------------------------------------------
 // Acquire and release
 
-absl::Status OwnerOps::Refusal(const NodeKey& key, Limit limit, const EntryImage& image) const {
+absl::Status OwnerOps::Refusal(const NodeKey& key, Limit limit, const EntryCounts& counts) const {
   return absl::ResourceExhaustedError(
-      absl::StrCat("no free connection slot for node ", key.ToString(), ": ", image.count,
-                   " in use, ", image.waiters, " waiting, limit ", limit.ToString()));
+      absl::StrCat("no free connection slot for node ", key.ToString(), ": ", counts.count,
+                   " in use, ", counts.waiters, " waiting, limit ", limit.ToString()));
 }
 
 absl::StatusOr<Slot> OwnerOps::TableFull(const NodeKey& key, const AcquireOptions& options) {
@@ -493,60 +538,61 @@ absl::StatusOr<Slot> OwnerOps::TableFull(const NodeKey& key, const AcquireOption
   return Slot(&owner_, 0, SlotKind::kUncounted, owner_.release_epoch_);
 }
 
-absl::StatusOr<Slot> OwnerOps::Grant(const Locked& locked, SlotKind kind, bool dequeue,
+absl::StatusOr<Slot> OwnerOps::Grant(uint32_t e, SlotKind kind, bool dequeue,
                                      const StatDelta& stats) {
-  EntryImage image = Read(locked.entry);
-  if (image.count >= static_cast<uint32_t>(kMaxSlotsPerKey)) {
-    Unlock(locked);
+  EntryCounts counts = ReadLocked(e);
+  if (counts.count >= static_cast<uint32_t>(kMaxSlotsPerKey)) {
+    UnlockUnchanged(e);
     return absl::ResourceExhaustedError(
         absl::StrCat("node already has the maximum of ", kMaxSlotsPerKey, " slots counted"));
   }
-  Hold hold = Hold::Unpack(HoldAt(h_, owner_.id_, locked.entry).load(kRelaxed));
-  ++image.count;
+  Cell& cell = MyCell(e);
+  Hold hold = Hold::Unpack(cell.hold.load(kRelaxed));
+  ++counts.count;
   ++hold.total;
   if (kind == SlotKind::kForced) {
-    ++image.forced;
+    ++counts.forced;
     ++hold.forced;
   } else if (kind == SlotKind::kReservation) {
-    ++image.reserved;
+    ++counts.reserved;
     ++hold.reserved;
   }
-  uint32_t waiting_on = self_.waiting_on.load(kRelaxed);
   if (dequeue) {
-    --image.waiters;
-    waiting_on = 0;
+    --counts.waiters;
+    self_.waiting_on.store(0, kRelaxed);
   }
-  StatDelta delta = stats;
-  delta.acquired += 1;
-  Commit(locked, image, owner_.id_, hold.Pack(), waiting_on, delta);
-  Unlock(locked);
-  return Slot(&owner_, locked.entry, kind, owner_.release_epoch_);
+  counts.live = true;
+  cell.hold.store(hold.Pack(), kRelaxed);
+  cell.acquired.store(cell.acquired.load(kRelaxed) + 1, kRelaxed);
+  AddStats(e, stats);
+  Unlock(e, counts);
+  return Slot(&owner_, e, kind, owner_.release_epoch_);
 }
 
-absl::StatusOr<Slot> OwnerOps::TryAcquire(const NodeKey& key, Limit limit,
-                                          const AcquireOptions& options) {
+absl::StatusOr<Slot> OwnerOps::TryAcquireSlow(const NodeKey& key, Limit limit,
+                                              const AcquireOptions& options) {
   if (!limit.Admits(0, 0)) {
     // Refused whatever the key's count: do not create an entry for it.
     h_->refused_without_entry.fetch_add(1, kRelaxed);
-    return Refusal(key, limit, EntryImage{});
+    return Refusal(key, limit, EntryCounts{});
   }
-  std::optional<Locked> locked = FindOrInsert(key);
-  if (!locked) return TableFull(key, options);
-  EntryImage image = Read(locked->entry);
-  if (!limit.Admits(image.count, image.waiters)) {
-    AddStats(locked->entry, StatDelta{.refused = 1});
-    Unlock(*locked);
+  std::optional<uint32_t> e = FindOrInsert(key);
+  if (!e) return TableFull(key, options);
+  Remember(key, *e);
+  EntryCounts counts = ReadLocked(*e);
+  if (!limit.Admits(counts.count, counts.waiters)) {
+    AddStats(*e, StatDelta{.refused = 1});
+    UnlockUnchanged(*e);
     MaybeReclaimDeadOwners();
-    return Refusal(key, limit, image);
+    return Refusal(key, limit, counts);
   }
-  return Grant(*locked, options.reservation ? SlotKind::kReservation : SlotKind::kConnection, false,
-               {});
+  return Grant(*e, options.reservation ? SlotKind::kReservation : SlotKind::kConnection, false, {});
 }
 
 absl::StatusOr<Slot> OwnerOps::AcquireForced(const NodeKey& key, const AcquireOptions& options) {
-  std::optional<Locked> locked = FindOrInsert(key);
-  if (!locked) return TableFull(key, options);
-  return Grant(*locked, SlotKind::kForced, false, StatDelta{.forced_total = 1});
+  std::optional<uint32_t> e = FindOrInsert(key);
+  if (!e) return TableFull(key, options);
+  return Grant(*e, SlotKind::kForced, false, StatDelta{.forced_total = 1});
 }
 
 absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
@@ -556,24 +602,24 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
                                               const AcquireOptions& options) {
   const SlotKind kind = options.reservation ? SlotKind::kReservation : SlotKind::kConnection;
   Limit limit = limit_now();
-  if (limit.never_waits()) return TryAcquire(key, limit, options);
+  if (limit.never_waits()) return owner_.TryAcquire(key, limit, options);
 
-  std::optional<Locked> locked = FindOrInsert(key);
-  if (!locked) return TableFull(key, options);
-  const uint32_t e = locked->entry;
-  Entry& entry = EntryAt(h_, e);
+  std::optional<uint32_t> found = FindOrInsert(key);
+  if (!found) return TableFull(key, options);
+  const uint32_t e = *found;
+  Entry& entry = EntryOf(e);
   // Read wake_seq before evaluating the limit (see "Wake-ups" above).
   uint32_t seen = entry.wake_seq.load(kAcquire);
   limit = limit_now();
-  EntryImage image = Read(e);
-  if (limit.Admits(image.count, image.waiters)) return Grant(*locked, kind, false, {});
+  EntryCounts counts = ReadLocked(e);
+  if (limit.Admits(counts.count, counts.waiters)) return Grant(e, kind, false, {});
 
   // Queue behind the waiters already there.
   const absl::Time start = absl::Now();
-  ++image.waiters;
-  Commit(*locked, image, owner_.id_, HoldAt(h_, owner_.id_, e).load(kRelaxed), e + 1,
-         StatDelta{.waited = 1});
-  Unlock(*locked);
+  ++counts.waiters;
+  self_.waiting_on.store(e + 1, kRelaxed);
+  AddStats(e, StatDelta{.waited = 1});
+  Unlock(e, counts);
 
   const absl::Duration poll =
       std::clamp(options.poll_interval, absl::Milliseconds(1), absl::Hours(1));
@@ -595,118 +641,115 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
     MaybeReclaimDeadOwners();
 
     seen = entry.wake_seq.load(kAcquire);
-    Locked relocked = LockEntry(e);
+    LockEntry(e);
     limit = limit_now();
-    image = Read(e);
+    counts = ReadLocked(e);
     // Woken waiters compete only with each other: no one queued is ahead.
-    if (limit.Admits(image.count, 0)) {
+    if (limit.Admits(counts.count, 0)) {
       return Grant(
-          relocked, kind, /*dequeue=*/true,
+          e, kind, /*dequeue=*/true,
           StatDelta{.wait_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start)),
                     .wakeups = 1});
     }
     AddStats(e, StatDelta{.wakeups = 1});
-    Unlock(relocked);
+    UnlockUnchanged(e);
   }
 
   // Leave the queue. The wake-up this waiter may have consumed is passed on
   // to the next one whenever others are queued: their limits may differ from
   // ours, so only they can tell whether a slot is free for them.
-  Locked relocked = LockEntry(e);
-  image = Read(e);
-  --image.waiters;
-  const bool pass_on = image.waiters > 0;
-  const bool zombie = image.count == 0 && image.waiters == 0;
-  if (zombie) image.state = kZombie;
-  Commit(
-      relocked, image, owner_.id_, HoldAt(h_, owner_.id_, e).load(kRelaxed), 0,
-      StatDelta{.refused = 1,
-                .wait_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start))});
+  LockEntry(e);
+  counts = ReadLocked(e);
+  --counts.waiters;
+  self_.waiting_on.store(0, kRelaxed);
+  const bool pass_on = counts.waiters > 0;
+  const bool zombie = counts.count == 0 && counts.waiters == 0;
+  if (zombie) counts.live = false;
+  AddStats(e, StatDelta{
+                  .refused = 1,
+                  .wait_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start))});
   if (pass_on) entry.wake_seq.fetch_add(1, kRelease);
-  Unlock(relocked);
+  Unlock(e, counts);
   if (pass_on) internal::FutexWake(entry.wake_seq, 1);
   if (zombie) DropIfZombie(e);
   return gave_up;
 }
 
-void OwnerOps::Release(uint32_t e, SlotKind kind) {
-  if (kind == SlotKind::kUncounted) {
-    uint32_t uncounted = self_.uncounted.load(kRelaxed);
-    if (uncounted > 0) self_.uncounted.store(uncounted - 1, kRelaxed);
-    return;
+void OwnerOps::ReleaseSlow(uint32_t e, SlotKind kind) {
+  LockEntry(e);
+  EntryCounts counts = ReadLocked(e);
+  Cell& cell = MyCell(e);
+  Hold hold = Hold::Unpack(cell.hold.load(kRelaxed));
+  // One hold of this kind must be recorded. Epochs make it so; the check
+  // keeps a bookkeeping error from turning into a wrong count.
+  bool recorded = hold.total > 0 && counts.count > 0;
+  if (kind == SlotKind::kForced) recorded = recorded && hold.forced > 0 && counts.forced > 0;
+  if (kind == SlotKind::kReservation) {
+    recorded = recorded && hold.reserved > 0 && counts.reserved > 0;
   }
-  Locked locked = LockEntry(e);
-  EntryImage image = Read(e);
-  Hold hold = Hold::Unpack(HoldAt(h_, owner_.id_, e).load(kRelaxed));
-  assert(hold.total > 0 && image.count > 0);
-  if (ABSL_PREDICT_FALSE(hold.total == 0 || image.count == 0)) {
-    Unlock(locked);  // given back already (by ReleaseAll or reclamation)
-    return;
-  }
-  --image.count;
+  assert(recorded);
+  if (ABSL_PREDICT_FALSE(!recorded)) return UnlockUnchanged(e);
+  --counts.count;
   --hold.total;
-  if (kind == SlotKind::kForced && hold.forced > 0) {
-    --image.forced;
+  if (kind == SlotKind::kForced) {
+    --counts.forced;
     --hold.forced;
-  } else if (kind == SlotKind::kReservation && hold.reserved > 0) {
-    --image.reserved;
+  } else if (kind == SlotKind::kReservation) {
+    --counts.reserved;
     --hold.reserved;
   }
-  const bool wake = image.waiters > 0;
-  const bool zombie = image.count == 0 && !wake;
-  if (zombie) image.state = kZombie;
-  Commit(locked, image, owner_.id_, hold.Pack(), self_.waiting_on.load(kRelaxed));
-  Entry& entry = EntryAt(h_, e);
+  const bool wake = counts.waiters > 0;
+  const bool zombie = counts.count == 0 && !wake;
+  if (zombie) counts.live = false;
+  cell.hold.store(hold.Pack(), kRelaxed);
+  Entry& entry = EntryOf(e);
   if (wake) entry.wake_seq.fetch_add(1, kRelease);
-  Unlock(locked);
+  Unlock(e, counts);
   if (wake) internal::FutexWake(entry.wake_seq, 1);
   if (zombie) DropIfZombie(e);
-  if ((++owner_.ops_since_check_ & 1023) == 0) MaybeReclaimDeadOwners();
 }
 
-uint64_t OwnerOps::ReleaseAll() {
-  uint64_t released = GiveBackHoldsOf(owner_.id_, /*target_is_dead=*/false);
-  released += self_.uncounted.load(kRelaxed);
-  self_.uncounted.store(0, kRelaxed);
-  ++owner_.release_epoch_;
-  return released;
+void OwnerOps::ReleaseUncounted() {
+  uint32_t uncounted = self_.uncounted.load(kRelaxed);
+  if (uncounted > 0) self_.uncounted.store(uncounted - 1, kRelaxed);
 }
 
-uint64_t OwnerOps::GiveBackHoldsOf(uint32_t target, bool target_is_dead) {
+void OwnerOps::AfterRelease(uint32_t e, bool zombie) {
+  if (zombie) DropIfZombie(e);
+  if ((owner_.ops_since_check_ & 1023) == 0) MaybeReclaimDeadOwners();
+}
+
+uint64_t OwnerOps::ReleaseAll(bool fold_acquired) {
   uint64_t released = 0;
-  internal::OwnerRecord& record = OwnerAt(h_, target);
   for (uint32_t e = 0; e < h_->capacity; ++e) {
-    if (HoldAt(h_, target, e).load(kRelaxed) == 0 &&
-        !(target_is_dead && record.waiting_on.load(kRelaxed) == e + 1)) {
+    Cell& cell = MyCell(e);
+    if (cell.hold.load(kRelaxed) == 0 && !(fold_acquired && cell.acquired.load(kRelaxed))) {
       continue;
     }
-    Locked locked = LockEntry(e);
-    EntryImage image = Read(e);
-    Hold hold = Hold::Unpack(HoldAt(h_, target, e).load(kRelaxed));
-    uint32_t waiting_on = record.waiting_on.load(kRelaxed);
-    bool was_waiting = target_is_dead && waiting_on == e + 1;
-    if (hold.total == 0 && !was_waiting) {
-      Unlock(locked);
-      continue;
+    LockEntry(e);
+    EntryCounts counts = ReadLocked(e);
+    Hold hold = Hold::Unpack(cell.hold.load(kRelaxed));
+    counts.count -= std::min(counts.count, hold.total);
+    counts.forced -= std::min(counts.forced, hold.forced);
+    counts.reserved -= std::min(counts.reserved, hold.reserved);
+    cell.hold.store(0, kRelaxed);
+    if (fold_acquired) {
+      AddTo(EntryOf(e).acquired_base, cell.acquired.load(kRelaxed));
+      cell.acquired.store(0, kRelaxed);
     }
-    image.count -= std::min(image.count, hold.total);
-    image.forced -= std::min(image.forced, hold.forced);
-    image.reserved -= std::min(image.reserved, hold.reserved);
-    if (was_waiting) {
-      image.waiters -= std::min<uint32_t>(image.waiters, 1);
-      waiting_on = 0;
-    }
-    const bool wake = image.waiters > 0;
-    const bool zombie = image.state == kLive && image.count == 0 && !wake;
-    if (zombie) image.state = kZombie;
-    Commit(locked, image, target, 0, waiting_on);
-    Entry& entry = EntryAt(h_, e);
+    const bool wake = counts.waiters > 0 && hold.total > 0;
+    const bool zombie = counts.live && counts.count == 0 && counts.waiters == 0;
+    if (zombie) counts.live = false;
+    Entry& entry = EntryOf(e);
     if (wake) entry.wake_seq.fetch_add(1, kRelease);
-    Unlock(locked);
+    Unlock(e, counts);
     if (wake) internal::FutexWake(entry.wake_seq, INT_MAX);
     if (zombie) DropIfZombie(e);
     released += hold.total;
   }
+  released += self_.uncounted.load(kRelaxed);
+  self_.uncounted.store(0, kRelaxed);
+  ++owner_.release_epoch_;
   return released;
 }
 

@@ -1,54 +1,58 @@
 // reclaim.cc — giving back exactly what a dead process held.
 //
-// DEATH PROTOCOL (TableOptions::reclaim_dead_owners; see owner_ops.cc for
-// locks, intents and the invariant count == sum of hold cells)
+// DEATH PROTOCOL (TableOptions::reclaim_dead_owners; the ledger, locks and
+// in-flight markers are described at the top of owner_ops.cc)
 // ==============
 // Identity
-//   An owner record's identity word holds (kAlive, pid, process start time).
-//   A process is dead when /proc/<pid>/stat is gone, shows a zombie, or shows
-//   another start time (the pid was reused). Threads of one process share its
-//   identity, and an owner never judges owners of its own process.
+//   An owner record's identity word holds (kOwnerAlive, pid, process start
+//   time). A process is dead when /proc/<pid>/stat is gone, shows a zombie,
+//   or shows another start time (the pid was reused). Threads of one process
+//   share its identity, and an owner never judges owners of its own process.
 // Who notices
 //   Any live owner, with no daemon: on a refused optional acquire, on every
 //   wait tick of a waiting acquire, every 1024 releases, on registration and
-//   on unregistration, at most once per 200 ms across the table
-//   (TableHeader::next_liveness_check_ns), and whenever it has spun on a lock
-//   long enough to ask whether the holder is alive.
+//   on unregistration — at most once per 200 ms across the table
+//   (TableHeader::next_liveness_check_ns) — and whenever it has waited on an
+//   entry lock long enough to ask whether its holder is alive.
 // Claiming
 //   The reclaimer swaps the dead owner's identity from the exact word it saw
-//   to (kReclaiming, reclaimer id) with one compare-and-swap, so only one
+//   to (kOwnerReclaiming, reclaimer id) with one compare-and-swap, so one
 //   process reclaims a given death. If the reclaimer dies too, the next one
-//   takes over from (kReclaiming, dead reclaimer) the same way. Reclaiming is
-//   idempotent, so resuming a half-done reclamation is safe.
+//   takes over from (kOwnerReclaiming, dead reclaimer) the same way.
 // Reclaiming owner D
-//   1. Entry lock held by D (at most one): taken over. D's intent is re-applied
-//      if it was published for that lock, otherwise nothing of D's operation
-//      was applied (owner_ops.cc, "Commit and redo"). Either way the entry's
-//      counters agree with every hold cell again.
-//   2. Structure lock held by D: taken over, and the index is rebuilt from
-//      the entries, which are the truth.
-//   3. For every entry where D holds slots or is queued: under the entry lock,
-//      count -= hold.total (and forced, reserved likewise), waiters -= 1 if D
-//      was queued there, and D's hold cell and waiting_on are cleared — one
-//      committed change, itself redo-logged, so a reclaimer that dies here is
-//      resolved the same way. Waiters of the entry are woken.
-//   4. Reclamations that D itself was running are taken over.
-//   5. D's record is freed; only then can a new process register into it.
-//   A process that registers while every record is taken may instead adopt
-//   the record of a dead process: it swaps the identity to its own and runs
-//   steps 1-4 on it before its first operation (CounterTable::RegisterOwner).
-//   Because of 1, an operation of D cut short at any instruction ends either
-//   entirely applied or not at all, and 3 then gives back exactly what the
-//   hold cells say D held — no slot is lost and none is invented.
+//   For every entry D has a cell on, is queued on or is in flight on: lock
+//   the entry (taking the lock over if D held it: no live owner's in_flight
+//   names it), wait until no live owner is in flight on it, and recompute it
+//   from the cells of live owners (owner_ops.cc, "Recovery"), which clears
+//   D's cells, waiting_on and in_flight there. Wake its waiters. Then take
+//   over the structure lock if D held it (rebuilding the index from the
+//   entries), finish the reclamations D was running, and free D's record —
+//   only then can another process register into it.
+//   Why this is exact: an entry's counters are a function of the live cells.
+//   D's operations — a hot-path compare-and-swap not yet in its cell, a
+//   locked change half-written, a queue place — exist only as D's cells and
+//   as effects the recomputation overwrites, so whatever instruction D died
+//   at, it leaves nothing behind and takes nothing of anyone else's. Two
+//   reclaimers of the same entry, one after the other, compute the same
+//   values, so a reclamation cut short and resumed gives back nothing twice.
+// Adopting
+//   A process that registers while every record is taken may adopt the
+//   record of a dead process: it swaps the identity to its own and recovers
+//   every entry the record touches, treating the record's old cells as dead,
+//   before its first operation (CounterTable::RegisterOwner).
 
 #include <time.h>
 #include <unistd.h>
 
+#include <climits>
+
+#include "internal/futex.h"
 #include "internal/owner_ops.h"
 #include "internal/process_identity.h"
 
 namespace connthrottle {
 
+using internal::CellAt;
 using internal::EntryAt;
 using internal::OwnerAt;
 
@@ -78,23 +82,22 @@ bool IsSelfProcess(uint64_t identity) {
 
 }  // namespace
 
+bool OwnerOps::OwnerIsAlive(uint32_t id) {
+  if (id == owner_.id_) return true;
+  uint64_t identity = OwnerAt(h_, id).identity.load(kAcquire);
+  if (internal::StatusOf(identity) != internal::kOwnerAlive) return false;
+  // Without reclamation no owner can die without the region dying with it.
+  if (!reclaiming() || IsSelfProcess(identity)) return true;
+  return internal::IsAlive(internal::PidOf(identity), internal::StartTimeOf(identity));
+}
+
 bool OwnerOps::HolderIsDead(uint32_t holder_id) {
   if (holder_id == 0 || holder_id > h_->max_owners || holder_id == owner_.id_) return false;
-  uint64_t identity = OwnerAt(h_, holder_id).identity.load(kAcquire);
-  switch (internal::StatusOf(identity)) {
-    case internal::kOwnerAlive:
-      if (IsSelfProcess(identity)) return false;
-      return !internal::IsAlive(internal::PidOf(identity), internal::StartTimeOf(identity));
-    case internal::kOwnerReclaiming:
-    case internal::kOwnerFree:
-      // A record is reclaimed or freed only after its process died.
-      return true;
-  }
-  return false;
+  return !OwnerIsAlive(holder_id);
 }
 
 void OwnerOps::MaybeReclaimDeadOwners(absl::Duration interval) {
-  if ((h_->flags & internal::kFlagReclaimDeadOwners) == 0) return;
+  if (!reclaiming()) return;
   int64_t now = MonotonicNanos();
   int64_t next = h_->next_liveness_check_ns.load(kRelaxed);
   if (now < next) return;
@@ -106,26 +109,23 @@ void OwnerOps::MaybeReclaimDeadOwners(absl::Duration interval) {
 }
 
 int OwnerOps::ReclaimDeadOwners() {
-  if ((h_->flags & internal::kFlagReclaimDeadOwners) == 0) return 0;
+  if (!reclaiming()) return 0;
   int reclaimed = 0;
   for (uint32_t id = 1; id <= h_->max_owners; ++id) {
     if (id == owner_.id_) continue;
     uint64_t identity = OwnerAt(h_, id).identity.load(kAcquire);
     switch (internal::StatusOf(identity)) {
       case internal::kOwnerAlive:
-        if (IsSelfProcess(identity) ||
-            internal::IsAlive(internal::PidOf(identity), internal::StartTimeOf(identity))) {
-          continue;
-        }
+        if (OwnerIsAlive(id)) continue;
         break;
       case internal::kOwnerReclaiming:
         // Resume a reclamation whose reclaimer died.
         if (internal::ReclaimerOf(identity) == owner_.id_ ||
-            !HolderIsDead(internal::ReclaimerOf(identity))) {
+            OwnerIsAlive(internal::ReclaimerOf(identity))) {
           continue;
         }
         break;
-      case internal::kOwnerFree:
+      default:
         continue;
     }
     if (ReclaimOwner(id, identity)) ++reclaimed;
@@ -152,46 +152,60 @@ void OwnerOps::RecoverAdoptedRecord() {
 }
 
 uint64_t OwnerOps::RecoverRecord(uint32_t dead) {
-  // 1. The entry lock, if it held one: take it over and resolve its intent.
+  const bool adopted = dead == owner_.id_;
+  internal::OwnerRecord& record = OwnerAt(h_, dead);
+  // Where the dead owner was in flight: possibly an entry where its cell does
+  // not show the compare-and-swap it made, or whose lock it held.
+  const uint32_t was_in_flight = record.in_flight.load(kAcquire);
+  // An adopted record's in_flight is the previous holder's; clearing it lets
+  // anyone take over a lock that holder left.
+  if (adopted) record.in_flight.store(0, std::memory_order_release);
+  uint64_t slots = 0;
   for (uint32_t e = 0; e < h_->capacity; ++e) {
-    std::atomic<uint64_t>& lock = EntryAt(h_, e).lock;
-    uint64_t current = lock.load(kAcquire);
-    if (current == 0 || internal::LockOwner(current) != dead) continue;
-    Locked locked{e, internal::LockWord(owner_.id_, NextSeq())};
-    if (lock.compare_exchange_strong(current, locked.word, kAcquire, kRelaxed)) {
-      ResolveDeadEntryLock(locked, current);
-      Unlock(locked);
+    internal::Cell& cell = CellAt(h_, dead, e);
+    const uint64_t hold = cell.hold.load(kAcquire);
+    if (hold == 0 && cell.acquired.load(kRelaxed) == 0 &&
+        record.waiting_on.load(kRelaxed) != e + 1 && was_in_flight != e + 1) {
+      continue;
     }
+    LockEntry(e);  // takes the lock over if the dead owner held it
+    slots += internal::Hold::Unpack(cell.hold.load(kAcquire)).total;
+    EntryCounts counts = RecomputeLocked(e, /*exclude_self=*/adopted);
+    internal::Entry& entry = EntryAt(h_, e);
+    const bool zombie = !counts.live && entry.in_use.load(kRelaxed);
+    entry.wake_seq.fetch_add(1, std::memory_order_release);
+    Unlock(e, counts);
+    internal::FutexWake(entry.wake_seq, INT_MAX);
+    if (zombie) DropIfZombie(e);
   }
-  // 2. The structure lock, if it held it. After step 1, because rebuilding
-  //    the index locks every entry.
+  record.uncounted.store(0, kRelaxed);
+  if (!adopted) record.in_flight.store(0, kRelaxed);
+  // The structure lock, if it held it: the entries are the truth.
   std::atomic<uint64_t>& structure = h_->structure_lock;
   uint64_t current = structure.load(kAcquire);
   if (current != 0 && internal::LockOwner(current) == dead) {
-    uint64_t mine = internal::LockWord(owner_.id_, NextSeq());
+    uint64_t mine = internal::LockWord(owner_.id_, owner_.next_seq_++);
     if (structure.compare_exchange_strong(current, mine, kAcquire, kRelaxed)) {
       RepairIndexLocked();
       UnlockStructure();
     }
   }
-  // 3. Every slot and queue place it had.
-  uint64_t slots = GiveBackHoldsOf(dead, /*target_is_dead=*/true);
-  OwnerAt(h_, dead).uncounted.store(0, kRelaxed);
-  // 4. Reclamations it was running.
+  // Reclamations it was running.
   for (uint32_t id = 1; id <= h_->max_owners; ++id) {
     uint64_t identity = OwnerAt(h_, id).identity.load(kAcquire);
-    if (internal::StatusOf(identity) == internal::kOwnerReclaiming &&
-        internal::ReclaimerOf(identity) == dead) {
-      if (dead == owner_.id_) {
-        // Adopted: those reclamations are ours now; finish them.
-        RecoverRecord(id);
-        uint64_t expected = identity;
-        OwnerAt(h_, id).identity.compare_exchange_strong(expected, 0, std::memory_order_release,
-                                                         kRelaxed);
-        h_->dead_owners_reclaimed.fetch_add(1, kRelaxed);
-      } else {
-        ReclaimOwner(id, identity);
-      }
+    if (internal::StatusOf(identity) != internal::kOwnerReclaiming ||
+        internal::ReclaimerOf(identity) != dead) {
+      continue;
+    }
+    if (adopted) {
+      // Those reclamations are ours now; finish them.
+      slots += RecoverRecord(id);
+      uint64_t expected = identity;
+      OwnerAt(h_, id).identity.compare_exchange_strong(expected, 0, std::memory_order_release,
+                                                       kRelaxed);
+      h_->dead_owners_reclaimed.fetch_add(1, kRelaxed);
+    } else {
+      ReclaimOwner(id, identity);
     }
   }
   return slots;

@@ -95,7 +95,7 @@ enum class FullTablePolicy {
 struct TableOptions {
   // Distinct keys that can be busy at once. 1 .. 1<<24.
   uint32_t capacity = 1024;
-  // Owners that can be registered at once. 1 .. 1<<16.
+  // Owners that can be registered at once. 1 .. 65535.
   uint32_t max_owners = 128;
   // Whether live participants reclaim the slots of owners whose process died
   // (standalone segments). Inside PostgreSQL the postmaster re-initialises

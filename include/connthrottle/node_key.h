@@ -17,6 +17,7 @@
 
 #include <compare>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -34,7 +35,7 @@ class NodeKey {
   // when the port is outside 1..65535.
   static absl::StatusOr<NodeKey> Create(std::string_view host, int port, uint32_t database);
 
-  std::string_view host() const { return host_; }
+  std::string_view host() const { return std::string_view(padded_host_.data(), host_len_); }
   int port() const { return port_; }
   uint32_t database() const { return database_; }
 
@@ -48,7 +49,7 @@ class NodeKey {
 
   friend bool operator==(const NodeKey& a, const NodeKey& b) {
     return a.hash_ == b.hash_ && a.port_ == b.port_ && a.database_ == b.database_ &&
-           a.host_ == b.host_;
+           a.padded_host_ == b.padded_host_;
   }
   // The global order: host (bytewise), then port, then database.
   friend std::strong_ordering operator<=>(const NodeKey& a, const NodeKey& b);
@@ -59,12 +60,31 @@ class NodeKey {
   }
 
  private:
+  friend class Owner;
+  friend class OwnerOps;
   NodeKey(std::string_view host, uint16_t port, uint32_t database);
 
-  std::string host_;
+  // How the shared table stores and compares a key: the host as zero-padded
+  // 64-bit words, and (port, host length, database) packed in one word.
+  size_t host_words() const { return padded_host_.size() / 8; }
+  uint64_t host_word(size_t i) const {
+    uint64_t word;
+    std::memcpy(&word, padded_host_.data() + 8 * i, sizeof(word));
+    return word;
+  }
+  uint64_t meta() const {
+    return uint64_t{port_} | (uint64_t{host_len_} << 16) | (uint64_t{database_} << 32);
+  }
+  // Unique within the process for each key made by Create; copies share it.
+  // Owners cache "this key lives in that entry" under it (owner.h).
+  uint64_t id() const { return id_; }
+
+  std::string padded_host_;  // the host, zero-padded to a multiple of 8 bytes
+  uint16_t host_len_;
   uint16_t port_;
   uint32_t database_;
   uint64_t hash_;
+  uint64_t id_;
 };
 
 }  // namespace connthrottle

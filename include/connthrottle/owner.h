@@ -9,7 +9,9 @@
 #ifndef CONNTHROTTLE_OWNER_H_
 #define CONNTHROTTLE_OWNER_H_
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
@@ -20,6 +22,12 @@
 #include "connthrottle/slot.h"
 
 namespace connthrottle {
+
+namespace internal {
+struct Cell;
+struct Entry;
+struct OwnerRecord;
+}  // namespace internal
 
 // A registered participant: a PostgreSQL backend, a process, or one thread of
 // a process. Every slot taken through an Owner is recorded against it in the
@@ -81,11 +89,28 @@ class Owner {
   friend class OwnerOps;
   Owner(CounterTable table, uint32_t id, uint32_t first_seq);
 
+  // "The key with this NodeKey id lives in that entry, with that tag": lets a
+  // repeated acquire skip the index probe and the key comparison. The tag is
+  // part of the word the acquire compares-and-swaps, so a stale hint fails
+  // safely. Direct-mapped by key id; as many slots as the table has entries
+  // (a power of two, 64 .. 16384), so that every busy key can stay cached.
+  struct CachedEntry {
+    uint64_t key_id = 0;
+    uint64_t tag = 0;
+    uint32_t entry = 0;
+  };
+  CachedEntry& CacheSlot(const NodeKey& key) { return cache_[key.id() & cache_mask_]; }
+
   CounterTable table_;
-  uint32_t id_;                   // 1-based index of this owner's record
-  uint32_t next_seq_;             // sequence number of this owner's next locked operation
-  uint64_t release_epoch_;        // bumped by ReleaseAll; Slots of older epochs are void
-  uint32_t ops_since_check_ = 0;  // releases since the last check for dead owners
+  internal::Entry* entries_;       // the table's entries
+  internal::Cell* cells_;          // this owner's row of cells
+  internal::OwnerRecord* record_;  // this owner's record
+  uint32_t id_;                    // 1-based index of this owner's record
+  uint32_t next_seq_;              // sequence number for this owner's structure locks
+  uint64_t release_epoch_;         // bumped by ReleaseAll; Slots of older epochs are void
+  uint32_t ops_since_check_ = 0;   // releases since the last check for dead owners
+  std::unique_ptr<CachedEntry[]> cache_;
+  uint64_t cache_mask_;
 };
 
 }  // namespace connthrottle

@@ -29,7 +29,11 @@ enum class SlotKind : uint8_t {
 class Slot {
  public:
   Slot() = default;
-  Slot(Slot&& other) noexcept { *this = std::move(other); }
+  Slot(Slot&& other) noexcept
+      : owner_(std::exchange(other.owner_, nullptr)),
+        entry_(other.entry_),
+        kind_(other.kind_),
+        epoch_(other.epoch_) {}
   Slot& operator=(Slot&& other) noexcept;
   Slot(const Slot&) = delete;
   Slot& operator=(const Slot&) = delete;

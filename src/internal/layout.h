@@ -2,12 +2,14 @@
 //
 // The region holds, in this order, each part 64-byte aligned:
 //
-//   TableHeader                    magic, layout version, sizes, table-wide
-//                                  counters, the structure lock
-//   OwnerRecord[max_owners]        identity and redo intent of each owner
-//   HoldCell[max_owners][capacity] slots each owner holds on each entry
-//   Bucket[index_buckets]          open-addressing index: hash -> entry
-//   Entry[capacity]                one key's counters
+//   TableHeader               magic, layout version, sizes, table-wide
+//                             counters, the structure lock
+//   OwnerRecord[max_owners]   identity, waiting_on and in-flight marker
+//   Cell[max_owners][cap]     what each owner holds on each entry, and how
+//                             many slots it has taken there
+//   Bucket[index_buckets]     open-addressing index: hash -> entry
+//   Entry[capacity]           one key's counters: one cache line each
+//   EntryKey[capacity]        the same key's host and cold statistics
 //
 // Everything is addressed by index, never by pointer, so the region may be
 // mapped at different addresses in different processes. Every field that more
@@ -15,7 +17,7 @@
 // same code is correct for threads, processes, and ThreadSanitizer.
 //
 // The locking and atomicity protocol is described at the top of
-// counter_table.cc.
+// owner_ops.cc; the death protocol at the top of reclaim.cc.
 
 #ifndef CONNTHROTTLE_SRC_INTERNAL_LAYOUT_H_
 #define CONNTHROTTLE_SRC_INTERNAL_LAYOUT_H_
@@ -27,52 +29,74 @@
 namespace connthrottle::internal {
 
 inline constexpr uint64_t kMagic = 0x6374687274626c31ULL;  // "cthrtbl1"
-// Bump on any change to this file or to the key hash.
+// Bump on any change to this file or to the key hash once released.
 inline constexpr uint32_t kLayoutVersion = 1;
 inline constexpr size_t kCacheLine = 64;
 
 inline constexpr uint32_t kMaxCapacity = 1u << 24;
-inline constexpr uint32_t kMaxOwners = 1u << 16;
+inline constexpr uint32_t kMaxOwners = (1u << 16) - 1;
 
 // ---- Entry --------------------------------------------------------------
 
-enum EntryState : uint32_t {
-  kFree = 0,    // not in the index, holds no key
-  kLive = 1,    // in the index, holds a key; slots may be taken
-  kZombie = 2,  // count and waiters reached zero; in the index until dropped
+// Entry::word, the one word every acquire and release changes:
+//   bits  0..19  count: slots held, of every kind
+//   bit  20      has_waiters: waiters > 0
+//   bit  21      live: the entry holds a key and slots may be taken (else it
+//                is free, or a zombie waiting to be dropped; see in_use)
+//   bit  22      locked: an owner holds the entry lock
+//   bit  23      takeover: flipped when a dead holder's lock is taken over
+//   bits 24..63  tag: the entry's generation, which changes whenever the
+//                entry takes a new key. A compare-and-swap that expects a tag
+//                cannot succeed on an entry that has since changed keys.
+struct Word {
+  static constexpr uint64_t kCountMask = (uint64_t{1} << 20) - 1;
+  static constexpr uint64_t kHasWaiters = uint64_t{1} << 20;
+  static constexpr uint64_t kLive = uint64_t{1} << 21;
+  static constexpr uint64_t kLocked = uint64_t{1} << 22;
+  static constexpr uint64_t kTakeover = uint64_t{1} << 23;
+  static constexpr int kTagShift = 24;
+  static constexpr uint64_t kTagMask = (uint64_t{1} << 40) - 1;
+
+  static constexpr uint32_t Count(uint64_t w) { return static_cast<uint32_t>(w & kCountMask); }
+  static constexpr uint64_t Tag(uint64_t w) { return w >> kTagShift; }
+  static constexpr uint64_t WithTag(uint64_t tag) { return (tag & kTagMask) << kTagShift; }
 };
 
 // Host names are stored as zero-padded 64-bit words so that they can be read
-// with relaxed atomic loads by lock-free snapshot readers.
+// with relaxed atomic loads by lock-free readers.
 inline constexpr size_t kHostWords = 32;  // 256 bytes >= NodeKey::kMaxHostLength
 
 struct alignas(kCacheLine) Entry {
-  // --- first line: everything the fast path reads or writes ---
-  // 0 when unlocked, else (owner id << 32) | the owner's operation sequence.
-  std::atomic<uint64_t> lock;
-  // Seqlock version for lock-free readers: odd while a commit is in progress.
-  std::atomic<uint32_t> version;
-  std::atomic<uint32_t> state;     // EntryState
-  std::atomic<uint32_t> count;     // slots held, of every kind
-  std::atomic<uint32_t> waiters;   // waiting acquires queued
-  std::atomic<uint32_t> forced;    // of count: forced slots
-  std::atomic<uint32_t> reserved;  // of count: reservation slots
+  // --- first line: everything an acquire or release reads or writes ---
+  std::atomic<uint64_t> word;      // see Word
+  std::atomic<uint32_t> in_use;    // 1 from insert until dropped (live or zombie)
+  std::atomic<uint32_t> waiters;   // waiting acquires queued (under the lock)
+  std::atomic<uint32_t> forced;    // of count: forced slots (under the lock)
+  std::atomic<uint32_t> reserved;  // of count: reservation slots (under the lock)
   std::atomic<uint32_t> wake_seq;  // futex word waiters sleep on
-  std::atomic<uint32_t> port;
-  std::atomic<uint32_t> database;
-  std::atomic<uint32_t> host_len;
+  std::atomic<uint32_t> version;   // bumped by every locked change, for readers
   std::atomic<uint64_t> hash;
-  std::atomic<uint64_t> acquired;  // cumulative, updated under the lock
-  // --- key ---
-  std::atomic<uint64_t> host[kHostWords];
-  // --- cold statistics, updated under the lock ---
-  std::atomic<uint64_t> refused;
+  std::atomic<uint64_t> meta;           // port | host length << 16 | database << 32
+  std::atomic<uint64_t> acquired_base;  // acquisitions folded in from owners' cells
+  std::atomic<uint64_t> refused;        // cumulative, under the lock
+};
+static_assert(sizeof(Entry) == kCacheLine, "the hot part of an entry is one cache line");
+
+// The cold part of an entry, in a parallel array so that the hot array stays
+// dense: the key's host and statistics that only slow paths touch.
+struct alignas(kCacheLine) EntryKey {
+  std::atomic<uint64_t> host[kHostWords];  // the host as zero-padded words
+  // Cumulative, updated under the entry lock.
   std::atomic<uint64_t> waited;
   std::atomic<uint64_t> wait_ns;
   std::atomic<uint64_t> forced_total;
   std::atomic<uint64_t> wakeups;  // times a queued waiter woke and re-checked
 };
-static_assert(offsetof(Entry, host) <= kCacheLine);
+inline constexpr uint32_t MetaPort(uint64_t meta) { return static_cast<uint32_t>(meta & 0xffff); }
+inline constexpr uint32_t MetaHostLen(uint64_t meta) {
+  return static_cast<uint32_t>((meta >> 16) & 0xffff);
+}
+inline constexpr uint32_t MetaDatabase(uint64_t meta) { return static_cast<uint32_t>(meta >> 32); }
 
 // ---- Index ----------------------------------------------------------------
 
@@ -83,10 +107,9 @@ using Bucket = std::atomic<uint64_t>;
 // ---- Owners -------------------------------------------------------------
 
 // Identity word of an owner record:
-//   0                                  free
-//   kAlive     | pid << 40 ... see EncodeAlive: status 2 bits, pid 22 bits,
-//                                      process start time 40 bits
-//   kReclaiming| reclaimer owner id    being reclaimed by that owner
+//   0                               free
+//   kOwnerAlive << 62 | pid (22 bits) << 40 | process start time (40 bits)
+//   kOwnerReclaiming << 62 | reclaimer owner id
 enum OwnerStatus : uint64_t {
   kOwnerFree = 0,
   kOwnerAlive = 1,
@@ -111,14 +134,16 @@ inline constexpr uint32_t ReclaimerOf(uint64_t identity) {
   return static_cast<uint32_t>(identity & 0xffffffff);
 }
 
-// A hold cell: what one owner holds on one entry, packed so that it changes
-// with a single store. total includes forced and reserved.
+// What one owner holds on one entry, packed so that it changes with a single
+// store. total includes forced and reserved.
 struct Hold {
   uint32_t total = 0;
   uint32_t forced = 0;
   uint32_t reserved = 0;
 
   static constexpr uint64_t kMask = (1u << 21) - 1;
+  static constexpr uint64_t kOneForced = uint64_t{1} << 21;
+  static constexpr uint64_t kOneReserved = uint64_t{1} << 42;
   static Hold Unpack(uint64_t v) {
     return {static_cast<uint32_t>(v & kMask), static_cast<uint32_t>((v >> 21) & kMask),
             static_cast<uint32_t>((v >> 42) & kMask)};
@@ -127,29 +152,22 @@ struct Hold {
     return uint64_t{total} | (uint64_t{forced} << 21) | (uint64_t{reserved} << 42);
   }
 };
-using HoldCell = std::atomic<uint64_t>;
 
-// The redo record of an owner's operation in progress. Written completely,
-// then published by storing `seq` (release), before any field of the entry,
-// the hold cell or the waiting_on word is changed. See the protocol block.
-struct Intent {
-  std::atomic<uint32_t> seq;  // equals the seq in the entry's lock word once valid
-  std::atomic<uint32_t> entry;
-  std::atomic<uint32_t> state;
-  std::atomic<uint32_t> count;
-  std::atomic<uint32_t> waiters;
-  std::atomic<uint32_t> forced;
-  std::atomic<uint32_t> reserved;
-  std::atomic<uint32_t> target_owner;  // whose hold cell / waiting_on follow (1-based)
-  std::atomic<uint64_t> hold;          // new HoldCell value of (target_owner, entry)
-  std::atomic<uint32_t> waiting_on;    // new waiting_on of target_owner
+// One owner's cell for one entry. Written by that owner (or, for a dead
+// owner, by whoever recomputes the entry under its lock).
+struct Cell {
+  std::atomic<uint64_t> hold;      // Hold::Pack
+  std::atomic<uint64_t> acquired;  // slots this owner took here since the entry's last fold
 };
 
 struct alignas(kCacheLine) OwnerRecord {
   std::atomic<uint64_t> identity;
   std::atomic<uint32_t> waiting_on;  // entry index + 1 while queued, else 0
-  std::atomic<uint32_t> uncounted;   // kUncounted slots held
-  Intent intent;
+  // entry index + 1 from just before this owner's compare-and-swap on that
+  // entry's word until its cell agrees with it again, else 0. While an owner
+  // holds an entry lock it names that entry, which identifies the holder.
+  std::atomic<uint32_t> in_flight;
+  std::atomic<uint32_t> uncounted;  // kUncounted slots held
 };
 
 // ---- Header -------------------------------------------------------------
@@ -163,22 +181,22 @@ struct alignas(kCacheLine) TableHeader {
   uint32_t index_buckets;  // power of two >= 2 * capacity
   uint64_t total_bytes;
   uint64_t owners_offset;
-  uint64_t holds_offset;
+  uint64_t cells_offset;
   uint64_t index_offset;
   uint64_t entries_offset;
+  uint64_t keys_offset;
   uint32_t flags;
 
-  // Structure lock: serialises changes to the index and entry lifecycle.
-  // Same encoding as Entry::lock.
+  // Structure lock: serialises changes to the index and to entry lifecycle.
+  // 0 when free, else (owner id << 32) | the owner's sequence number.
   alignas(kCacheLine) std::atomic<uint64_t> structure_lock;
-  std::atomic<uint32_t> live_entries;  // kLive + kZombie entries
+  std::atomic<uint32_t> live_entries;  // entries in use (live + zombie)
   std::atomic<uint32_t> alloc_hint;    // where to start looking for a free entry
+  std::atomic<uint32_t> retire_seq;    // odd while folding a dropped entry's statistics
   std::atomic<uint64_t> full_table_events;
   std::atomic<uint64_t> entries_created;
   std::atomic<uint64_t> entries_dropped;
-  // Statistics of dropped entries, folded in under the structure lock inside
-  // a retire_seq window (odd while folding) so Stats() counts them once.
-  std::atomic<uint32_t> retire_seq;
+  // Statistics of dropped entries, folded in inside a retire_seq window.
   std::atomic<uint64_t> retired_acquired;
   std::atomic<uint64_t> retired_refused;
   std::atomic<uint64_t> retired_waited;
@@ -201,9 +219,12 @@ inline OwnerRecord* Owners(TableHeader* h) {
   return reinterpret_cast<OwnerRecord*>(reinterpret_cast<char*>(h) + h->owners_offset);
 }
 inline OwnerRecord& OwnerAt(TableHeader* h, uint32_t owner_id) { return Owners(h)[owner_id - 1]; }
-inline HoldCell& HoldAt(TableHeader* h, uint32_t owner_id, uint32_t entry) {
-  auto* cells = reinterpret_cast<HoldCell*>(reinterpret_cast<char*>(h) + h->holds_offset);
-  return cells[size_t{owner_id - 1} * h->capacity + entry];
+inline Cell* CellRow(TableHeader* h, uint32_t owner_id) {
+  auto* cells = reinterpret_cast<Cell*>(reinterpret_cast<char*>(h) + h->cells_offset);
+  return cells + size_t{owner_id - 1} * h->capacity;
+}
+inline Cell& CellAt(TableHeader* h, uint32_t owner_id, uint32_t entry) {
+  return CellRow(h, owner_id)[entry];
 }
 inline Bucket* Buckets(TableHeader* h) {
   return reinterpret_cast<Bucket*>(reinterpret_cast<char*>(h) + h->index_offset);
@@ -211,12 +232,14 @@ inline Bucket* Buckets(TableHeader* h) {
 inline Entry& EntryAt(TableHeader* h, uint32_t index) {
   return reinterpret_cast<Entry*>(reinterpret_cast<char*>(h) + h->entries_offset)[index];
 }
+inline EntryKey& KeyAt(TableHeader* h, uint32_t index) {
+  return reinterpret_cast<EntryKey*>(reinterpret_cast<char*>(h) + h->keys_offset)[index];
+}
 
 inline constexpr uint64_t LockWord(uint32_t owner_id, uint32_t seq) {
   return (uint64_t{owner_id} << 32) | seq;
 }
 inline constexpr uint32_t LockOwner(uint64_t lock) { return static_cast<uint32_t>(lock >> 32); }
-inline constexpr uint32_t LockSeq(uint64_t lock) { return static_cast<uint32_t>(lock); }
 
 }  // namespace connthrottle::internal
 

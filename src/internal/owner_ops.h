@@ -1,7 +1,7 @@
-// The operations an Owner performs on the shared region: entry and structure
-// locks, committed changes with their redo intent, the index, and the
-// reclamation of dead owners. Internal; the protocol is documented at the top
-// of owner_ops.cc.
+// The operations an Owner performs on the shared region beyond its two hot
+// paths (owner.cc): entry and structure locks, the index, entry lifecycle,
+// waits, and the recovery of entries touched by dead owners. Internal; the
+// protocol is documented at the top of owner_ops.cc.
 
 #ifndef CONNTHROTTLE_SRC_INTERNAL_OWNER_OPS_H_
 #define CONNTHROTTLE_SRC_INTERNAL_OWNER_OPS_H_
@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "absl/base/attributes.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -21,20 +23,19 @@
 
 namespace connthrottle {
 
-// The values an operation gives an entry's counters; committed atomically
-// with respect to owner death (redo intent) and to snapshot readers (seqlock).
-struct EntryImage {
-  uint32_t state;
-  uint32_t count;
-  uint32_t waiters;
-  uint32_t forced;
-  uint32_t reserved;
+// An entry's counters as one locked operation sees and changes them. count
+// and the flags live in Entry::word; the rest in fields beside it.
+struct EntryCounts {
+  uint32_t count = 0;
+  uint32_t waiters = 0;
+  uint32_t forced = 0;
+  uint32_t reserved = 0;
+  bool live = false;
 };
 
-// Statistics an operation adds to an entry. Not part of the redo intent: a
-// process killed mid-operation may lose its last increment, never a slot.
+// Statistics a locked operation adds to an entry. A process killed in the
+// middle of an operation may lose its last increment; never a slot.
 struct StatDelta {
-  uint64_t acquired = 0;
   uint64_t refused = 0;
   uint64_t waited = 0;
   uint64_t wait_ns = 0;
@@ -42,25 +43,26 @@ struct StatDelta {
   uint64_t wakeups = 0;
 };
 
-// An entry this owner has locked, and the lock word it used.
-struct Locked {
-  uint32_t entry;
-  uint64_t word;
-};
-
 class OwnerOps {
  public:
   explicit OwnerOps(Owner& owner)
-      : owner_(owner), h_(owner.table_.header_), self_(internal::OwnerAt(h_, owner.id_)) {}
+      : owner_(owner), h_(owner.table_.header_), self_(*owner.record_) {}
 
-  // ---- acquire and release (owner.cc calls these) ----
-  absl::StatusOr<Slot> TryAcquire(const NodeKey& key, Limit limit, const AcquireOptions& options);
+  // ---- acquire and release beyond the hot paths (owner.cc) ----
+  absl::StatusOr<Slot> TryAcquireSlow(const NodeKey& key, Limit limit,
+                                      const AcquireOptions& options);
   absl::StatusOr<Slot> AcquireWaiting(const NodeKey& key, absl::FunctionRef<Limit()> limit,
                                       absl::Time deadline, absl::FunctionRef<bool()> interrupted,
                                       const AcquireOptions& options);
   absl::StatusOr<Slot> AcquireForced(const NodeKey& key, const AcquireOptions& options);
-  void Release(uint32_t entry, SlotKind kind);
-  uint64_t ReleaseAll();
+  void ReleaseSlow(uint32_t entry, SlotKind kind);
+  void ReleaseUncounted();
+  // After a hot-path release: drop the entry if it became a zombie, and now
+  // and then look for dead owners.
+  void AfterRelease(uint32_t entry, bool zombie);
+  // Gives back every slot recorded against this owner. With fold_acquired,
+  // also folds its acquisition counts into the entries (when it leaves).
+  uint64_t ReleaseAll(bool fold_acquired);
 
   // ---- reclamation (reclaim.cc) ----
   // Checks, at most every `interval`, whether any registered owner's process
@@ -68,66 +70,73 @@ class OwnerOps {
   void MaybeReclaimDeadOwners(absl::Duration interval = absl::Milliseconds(200));
   // Checks every owner now. Returns the number of owners reclaimed.
   int ReclaimDeadOwners();
-  // Run by a new owner that adopted a dead process's record, before its
-  // first operation: gives back everything the previous holder left.
+  // Run by a new owner that adopted a dead process's record, before its first
+  // operation: gives back everything the previous holder left.
   void RecoverAdoptedRecord();
 
  private:
-  // ---- locks ----
-  uint32_t NextSeq() { return owner_.next_seq_++; }
-  Locked LockEntry(uint32_t entry);
-  Locked LockEntrySlow(uint32_t entry, uint64_t mine);
-  void Unlock(const Locked& locked);
+  bool reclaiming() const { return (h_->flags & internal::kFlagReclaimDeadOwners) != 0; }
+  internal::Entry& EntryOf(uint32_t entry) { return owner_.entries_[entry]; }
+  internal::Cell& MyCell(uint32_t entry) { return owner_.cells_[entry]; }
+  void Remember(const NodeKey& key, uint32_t entry);
+
+  // ---- the entry lock (a bit of Entry::word) ----
+  // Locks the entry; this owner's in_flight names it until Unlock. With
+  // reclamation, takes the lock over from a holder that died, and recomputes
+  // the entry before returning.
+  void LockEntry(uint32_t entry);
+  EntryCounts ReadLocked(uint32_t entry);
+  // Writes `counts` and unlocks (same tag).
+  void Unlock(uint32_t entry, const EntryCounts& counts);
+  // Unlocks without changing anything.
+  void UnlockUnchanged(uint32_t entry);
+  void AddStats(uint32_t entry, const StatDelta& stats);
+  // Whether no live owner names `entry` in its in_flight: then the lock bit
+  // was left by a dead holder.
+  bool EntryHolderIsDead(uint32_t entry);
+  // Waits until no live owner other than this one is in flight on `entry`
+  // (a hot-path operation that changed the word before the entry was locked).
+  void AwaitInFlight(uint32_t entry);
+  // With the entry locked: sets its counters to what the live owners' cells
+  // say, and clears the cells of dead owners (and, for an adopted record,
+  // this owner's own). Returns the new counters (not yet unlocked).
+  EntryCounts RecomputeLocked(uint32_t entry, bool exclude_self);
+
+  // ---- the structure lock ----
   uint64_t LockStructure();
   void UnlockStructure();
-  // Whether the owner that holds a lock word is known to be dead.
   bool HolderIsDead(uint32_t holder_id);
-  // After taking over `dead_word` on `entry`, finishes the dead holder's
-  // operation if its intent was published.
-  void ResolveDeadEntryLock(const Locked& locked, uint64_t dead_word);
 
-  // ---- committed changes ----
-  void Commit(const Locked& locked, const EntryImage& image, uint32_t target_owner, uint64_t hold,
-              uint32_t waiting_on, const StatDelta& stats = {});
-  void Apply(uint32_t entry, const EntryImage& image, uint32_t target_owner, uint64_t hold,
-             uint32_t waiting_on, const StatDelta& stats);
-  EntryImage Read(uint32_t entry) const;
-  // Adds statistics without changing counters (for example a refusal).
-  void AddStats(uint32_t entry, const StatDelta& stats);
-
-  // ---- index ----
+  // ---- index and lifecycle ----
   bool KeyMatches(uint32_t entry, const NodeKey& key) const;
-  std::optional<Locked> FindLive(const NodeKey& key);
-  // Returns the key's entry, locked, creating it if needed. nullopt when the
-  // table is full (the event is counted).
-  std::optional<Locked> FindOrInsert(const NodeKey& key);
+  std::optional<uint32_t> FindLive(const NodeKey& key);
+  // The key's entry, locked, created if needed; nullopt when the table is
+  // full (the event is counted).
+  std::optional<uint32_t> FindOrInsert(const NodeKey& key);
   std::optional<uint32_t> AllocateEntryLocked();
   void InsertBucketLocked(uint32_t entry, uint64_t hash);
   void RemoveBucketLocked(uint32_t entry);
   // Drops `entry` if it is still a zombie. Takes the structure lock.
   void DropIfZombie(uint32_t entry);
-  // With the structure lock and the entry lock held: frees a zombie entry.
-  void FreeZombieLocked(const Locked& locked);
-  // Same locks held: folds the entry's statistics into the table totals and
-  // marks it kFree (the caller has removed or will rebuild its bucket).
-  void RetireLocked(const Locked& locked);
+  // With the structure lock and the entry lock held, on an entry with no
+  // slot and no waiter: folds its statistics into the table totals and frees
+  // it (the caller removes or rebuilds its bucket).
+  void RetireLocked(uint32_t entry);
   // Rebuilds the index from the entries after a structure-lock holder died.
   void RepairIndexLocked();
 
   // ---- shared pieces of the acquire paths ----
-  absl::StatusOr<Slot> Grant(const Locked& locked, SlotKind kind, bool dequeue,
-                             const StatDelta& stats);
+  absl::StatusOr<Slot> Grant(uint32_t entry, SlotKind kind, bool dequeue, const StatDelta& stats);
   absl::StatusOr<Slot> TableFull(const NodeKey& key, const AcquireOptions& options);
-  absl::Status Refusal(const NodeKey& key, Limit limit, const EntryImage& image) const;
-  // Gives the slot back's wake-up to one waiter of `entry`.
-  void WakeOne(uint32_t entry);
+  absl::Status Refusal(const NodeKey& key, Limit limit, const EntryCounts& counts) const;
 
   // ---- reclamation ----
   bool ReclaimOwner(uint32_t dead_id, uint64_t observed_identity);
-  // Steps 1-4 of the death protocol (reclaim.cc) for record `dead`, which the
-  // caller has claimed. Returns the number of slots given back.
+  // Recovers every entry record `dead` touches (which the caller claimed).
+  // Returns the number of slots given back.
   uint64_t RecoverRecord(uint32_t dead);
-  uint64_t GiveBackHoldsOf(uint32_t target_id, bool target_is_dead);
+  // Whether owner `id` is alive: registered and its process running.
+  bool OwnerIsAlive(uint32_t id);
 
   Owner& owner_;
   internal::TableHeader* h_;
