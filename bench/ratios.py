@@ -8,8 +8,9 @@ Usage:
   bench/ratios.py bench.json            # or: ... --benchmark_format=json | bench/ratios.py -
   bench/ratios.py --check bench.json    # exit status 1 when a target is missed
 
-For every case it prints connthrottle, the reference design (one mutex over a
-hash table) and the floor (a bare atomic counter), in ns per acquire + release
+For every case it prints connthrottle, connthrottle with ownership tracking
+for reclamation (a standalone segment's setting), the reference design (one
+mutex over a hash table) and the floor (a bare atomic counter), in ns per acquire + release
 pair of wall-clock time (real_time; the benchmark uses it for every case, and
 for the two-thread cases Google Benchmark divides it by the iterations of both
 threads, so it is the inverse of the aggregate throughput). With repetitions
@@ -21,7 +22,8 @@ check that the threads really ran: a case whose threads were on a CPU for less
 than 90% of the wall time (another job on the machine) is flagged.
 
 Targets:
-  single thread              connthrottle <= 2.0x floor, >= 2.5x faster than reference
+  single thread              connthrottle <= 2.0x floor, >= 2.5x faster than reference;
+                             with reclamation <= 2.5x floor
   two threads, distinct keys connthrottle >= 4x faster than reference
 """
 
@@ -31,16 +33,17 @@ import re
 import statistics
 import sys
 
-IMPLS = ("Connthrottle", "ReferenceMutexHash", "AtomicFloor")
+IMPLS = ("Connthrottle", "ConnthrottleReclaiming", "ReferenceMutexHash", "AtomicFloor")
 NAME_RE = re.compile(r"^BM_(%s)_([^/]+)(.*)$" % "|".join(IMPLS))
 UNIT_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
-# case family -> (max connthrottle/floor, min reference/connthrottle)
+# case family -> (max connthrottle/floor, min reference/connthrottle,
+#                 max reclaiming/floor)
 TARGETS = {
-    "Optional": (2.0, 2.5),
-    "OptionalFixedKey": (2.0, 2.5),
-    "TwoThreadsDistinctKeys": (None, 4.0),
-    "TwoThreadsOneKey": (None, None),
+    "Optional": (2.0, 2.5, 2.5),
+    "OptionalFixedKey": (2.0, 2.5, 2.5),
+    "TwoThreadsDistinctKeys": (None, 4.0, None),
+    "TwoThreadsOneKey": (None, None, None),
 }
 
 
@@ -142,9 +145,10 @@ def main():
         " ".join("%.2f" % x for x in ctx.get("load_avg", [])) or "?"))
     print("ns per acquire + release pair, real_time, %s\n" % (
         "%s of %d repetitions" % (args.stat, reps) if reps > 1 else "single run"))
-    print("| case | connthrottle ns/op | reference ns/op | floor ns/op | "
-          "connthrottle/floor | target | reference/connthrottle speed-up | target | met | max CV |")
-    print("|---|---:|---:|---:|---:|---|---:|---|---|---:|")
+    print("| case | connthrottle ns/op | with reclamation ns/op | reference ns/op | floor ns/op | "
+          "connthrottle/floor (target) | with reclamation/floor (target) | "
+          "reference/connthrottle speed-up (target) | met | max CV |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
 
     missed = 0
     families = list(TARGETS)
@@ -158,17 +162,20 @@ def main():
 
     # Fixed order, whatever order the benchmark ran in (random interleaving).
     for label, c in sorted(cases.items(), key=order):
-        ct, ref, fl = (c.get(i, {}) for i in IMPLS)
-        errors = [r["error"] for r in (ct, ref, fl) if r.get("error")]
-        ct_ns, ref_ns, fl_ns = (r.get("ns") for r in (ct, ref, fl))
+        ct, rc, ref, fl = (c.get(i, {}) for i in IMPLS)
+        errors = [r["error"] for r in (ct, rc, ref, fl) if r.get("error")]
+        ct_ns, rc_ns, ref_ns, fl_ns = (r.get("ns") for r in (ct, rc, ref, fl))
         ratio = ct_ns / fl_ns if ct_ns and fl_ns else None
+        rc_ratio = rc_ns / fl_ns if rc_ns and fl_ns else None
         speedup = ref_ns / ct_ns if ct_ns and ref_ns else None
-        max_ratio, min_speedup = TARGETS.get(c["family"], (None, None))
+        max_ratio, min_speedup, max_rc_ratio = TARGETS.get(c["family"], (None, None, None))
         verdicts = []
         if max_ratio is not None:
             verdicts.append(ratio is not None and ratio <= max_ratio)
         if min_speedup is not None:
             verdicts.append(speedup is not None and speedup >= min_speedup)
+        if max_rc_ratio is not None and rc_ns is not None:
+            verdicts.append(rc_ratio <= max_rc_ratio)
         if errors:
             met = "error: " + "; ".join(errors)
             missed += 1
@@ -179,18 +186,24 @@ def main():
         else:
             met = "**no**"
             missed += 1
-        cvs = [r["cv"] for r in (ct, ref, fl) if r.get("cv") is not None]
-        for impl, r in zip(IMPLS, (ct, ref, fl)):
+        cvs = [r["cv"] for r in (ct, rc, ref, fl) if r.get("cv") is not None]
+        for impl, r in zip(IMPLS, (ct, rc, ref, fl)):
             if r.get("on_cpu") is not None and r["on_cpu"] < 0.9:
                 warnings.append("%s %s: its threads were on a CPU only %.0f%% of the wall time "
                                 "(machine busy?); the figure is suspect" %
                                 (impl, label, 100 * r["on_cpu"]))
+
+        def with_target(value, target, fmt, cmp):
+            if value is None:
+                return "—"
+            text = fmt % value
+            return "%s (%s %.1fx)" % (text, cmp, target) if target is not None else text
+
         print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            label, fmt_ns(ct_ns), fmt_ns(ref_ns), fmt_ns(fl_ns),
-            "—" if ratio is None else "%.2fx" % ratio,
-            "<= %.1fx" % max_ratio if max_ratio is not None else "—",
-            "—" if speedup is None else "%.2fx" % speedup,
-            ">= %.1fx" % min_speedup if min_speedup is not None else "—",
+            label, fmt_ns(ct_ns), fmt_ns(rc_ns), fmt_ns(ref_ns), fmt_ns(fl_ns),
+            with_target(ratio, max_ratio, "%.2fx", "<="),
+            with_target(rc_ratio, max_rc_ratio, "%.2fx", "<="),
+            with_target(speedup, min_speedup, "%.2fx", ">="),
             met,
             "%.1f%%" % (100 * max(cvs)) if cvs else "—"))
 

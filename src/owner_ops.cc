@@ -130,7 +130,8 @@ void AddTo(std::atomic<uint64_t>& counter, uint64_t delta) {
 }  // namespace
 
 void OwnerOps::Remember(const NodeKey& key, uint32_t entry) {
-  owner_.CacheSlot(key) = {key.id(), Word::Tag(EntryOf(entry).word.load(kRelaxed)), entry};
+  owner_.CacheSlot(key) = {key.id(),
+                           (Word::Tag(EntryOf(entry).word.load(kRelaxed)) << 24) | entry};
 }
 
 // ---------------------------------------------------------------------------

@@ -96,8 +96,9 @@ class Owner {
   // (a power of two, 64 .. 16384), so that every busy key can stay cached.
   struct CachedEntry {
     uint64_t key_id = 0;
-    uint64_t tag = 0;
-    uint32_t entry = 0;
+    uint64_t tag_and_entry = 0;  // the entry's tag << 24 | entry index
+    uint64_t tag() const { return tag_and_entry >> 24; }
+    uint32_t entry() const { return static_cast<uint32_t>(tag_and_entry & 0xffffff); }
   };
   CachedEntry& CacheSlot(const NodeKey& key) { return cache_[key.id() & cache_mask_]; }
 
