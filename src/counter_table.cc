@@ -248,7 +248,9 @@ absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
       uint64_t current = record.identity.load(kAcquire);
       bool dead = false;
       if (internal::StatusOf(current) == internal::kOwnerAlive) {
-        dead = internal::PidOf(current) != (self.pid & 0x3fffff) &&
+        // Not our own process (same pid and start time); a dead predecessor
+        // that had our (re-used) pid is fair game.
+        dead = current != identity &&
                !internal::IsAlive(internal::PidOf(current), internal::StartTimeOf(current));
       } else if (internal::StatusOf(current) == internal::kOwnerReclaiming) {
         uint64_t reclaimer =
@@ -260,9 +262,10 @@ absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
           !record.identity.compare_exchange_strong(current, identity, kAcquire, kRelaxed)) {
         continue;
       }
-      // Structure-lock words carry a sequence number; start far from any the
-      // dead owner may have used, so that a word it left is never ours.
-      auto owner = std::unique_ptr<Owner>(new Owner(*this, id, /*first_seq=*/1u << 31));
+      // A structure-lock word the dead owner left names our id too; we take
+      // it over in RecoverAdoptedRecord (and LockStructure never mistakes it
+      // for ours, since an owner never waits for the lock while holding it).
+      auto owner = std::unique_ptr<Owner>(new Owner(*this, id, /*first_seq=*/1));
       OwnerOps(*owner).RecoverAdoptedRecord();
       return owner;
     }
@@ -344,89 +347,9 @@ uint32_t CounterTable::ConnectionCount(const NodeKey& key) const {
 }
 
 absl::Status CounterTable::Audit() const {
-  TableHeader* h = header_;
-  std::vector<std::string> problems;
-  auto problem = [&](std::string text) {
-    if (problems.size() < 20) problems.push_back(std::move(text));
-  };
-  for (uint32_t e = 0; e < h->capacity; ++e) {
-    const Entry& entry = EntryAt(h, e);
-    // Read the entry and every cell on it while no one is in flight on it and
-    // the word stays the same: then the ledger must balance exactly.
-    for (ReadRetry retry; retry.Again();) {
-      uint32_t v1 = entry.version.load(kAcquire);
-      uint64_t w1 = entry.word.load(kAcquire);
-      if (w1 & internal::Word::kLocked) continue;
-      uint64_t count = internal::Word::Count(w1), forced = entry.forced.load(kRelaxed),
-               reserved = entry.reserved.load(kRelaxed), waiters = entry.waiters.load(kRelaxed);
-      bool in_use = entry.in_use.load(kRelaxed) != 0;
-      uint64_t held = 0, held_forced = 0, held_reserved = 0, queued = 0;
-      bool in_flight = false;
-      for (uint32_t id = 1; id <= h->max_owners; ++id) {
-        internal::Hold hold =
-            internal::Hold::Unpack(internal::CellAt(h, id, e).hold.load(kAcquire));
-        held += hold.total;
-        held_forced += hold.forced;
-        held_reserved += hold.reserved;
-        const internal::OwnerRecord& record = OwnerAt(h, id);
-        if (record.waiting_on.load(kRelaxed) == e + 1) ++queued;
-        if (record.in_flight.load(kAcquire) == e + 1) in_flight = true;
-      }
-      std::atomic_thread_fence(kAcquire);
-      if (in_flight || entry.word.load(kRelaxed) != w1 || entry.version.load(kRelaxed) != v1) {
-        continue;
-      }
-      if (count != held || forced != held_forced || reserved != held_reserved ||
-          waiters != queued) {
-        problem(absl::StrCat("entry ", e, ": count ", count, " vs held ", held, ", forced ", forced,
-                             " vs ", held_forced, ", reserved ", reserved, " vs ", held_reserved,
-                             ", waiters ", waiters, " vs queued ", queued));
-      }
-      if (!in_use && (count != 0 || waiters != 0)) {
-        problem(absl::StrCat("free entry ", e, " has count ", count, ", waiters ", waiters));
-      }
-      if (((w1 & internal::Word::kHasWaiters) != 0) != (waiters != 0)) {
-        problem(
-            absl::StrCat("entry ", e, ": has_waiters flag disagrees with ", waiters, " waiters"));
-      }
-      break;
-    }
-  }
-  for (uint32_t id = 1; id <= h->max_owners; ++id) {
-    if (OwnerAt(h, id).identity.load(kAcquire) != 0) continue;
-    for (uint32_t e = 0; e < h->capacity; ++e) {
-      if (internal::CellAt(h, id, e).hold.load(kRelaxed) != 0) {
-        problem(absl::StrCat("free owner record ", id, " still holds slots on entry ", e));
-        break;
-      }
-    }
-  }
-  // Every busy entry must be reachable through the index: its bucket lies
-  // between its home bucket and the next empty one. A concurrent removal can
-  // hide it for a moment, so a miss is reported only if it persists.
-  auto indexed = [&](uint32_t e) {
-    const uint32_t mask = h->index_buckets - 1;
-    uint32_t i = static_cast<uint32_t>(EntryAt(h, e).hash.load(kRelaxed)) & mask;
-    for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
-      uint64_t value = internal::Buckets(h)[i].load(kAcquire);
-      if (value == 0) return false;
-      if (static_cast<uint32_t>(value) == e + 1) return true;
-    }
-    return false;
-  };
-  for (uint32_t e = 0; e < h->capacity; ++e) {
-    KeyStats k;
-    bool missing = true;
-    for (int attempt = 0; attempt < 3 && missing; ++attempt) {
-      missing = ReadEntry(h, e, &k) && (k.connections > 0 || k.waiters > 0) && !indexed(e);
-    }
-    if (missing)
-      problem(absl::StrCat("busy entry ", e, " (", k.host, ":", k.port, "/", k.database,
-                           ") is not reachable through the index"));
-  }
-  if (problems.empty()) return absl::OkStatus();
-  return absl::DataLossError(absl::StrCat("counter table audit found ", problems.size(),
-                                          " problem(s): ", absl::StrJoin(problems, "; ")));
+  absl::StatusOr<std::unique_ptr<Owner>> auditor = RegisterOwner();
+  if (!auditor.ok()) return auditor.status();
+  return OwnerOps(**auditor).Audit();
 }
 
 void CounterTable::WakeAllWaiters() const {

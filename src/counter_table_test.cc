@@ -321,7 +321,9 @@ TEST(CounterTableTest, FullTableRefusesUnderRefusePolicy) {
   for (const absl::Status& s : results) {
     EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
     EXPECT_THAT(Message(s), HasSubstr("full"));
+    EXPECT_TRUE(IsTableFullError(s));
   }
+  EXPECT_FALSE(IsTableFullError(owner->TryAcquire(Key("a"), Limit::AtMost(1)).status()));
   EXPECT_EQ(t->Stats().full_table_events, 3u);
 }
 

@@ -5,8 +5,11 @@
 
 #include "connthrottle/owner.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <bit>
+#include <mutex>
 
 #include "absl/base/optimization.h"
 #include "internal/layout.h"
@@ -20,6 +23,23 @@ namespace {
 constexpr auto kRelaxed = std::memory_order_relaxed;
 constexpr auto kRelease = std::memory_order_release;
 constexpr auto kAcqRel = std::memory_order_acq_rel;
+
+// Bumped in every forked child: an Owner registered before the fork belongs
+// to the parent, and the child must neither use nor release it.
+std::atomic<uint32_t> fork_generation{0};
+std::once_flag fork_handler_once;
+
+uint32_t CurrentForkGeneration() {
+  std::call_once(fork_handler_once, [] {
+    pthread_atfork(nullptr, nullptr, [] { fork_generation.fetch_add(1, kRelaxed); });
+  });
+  return fork_generation.load(kRelaxed);
+}
+
+absl::Status ForeignOwner() {
+  return absl::FailedPreconditionError(
+      "this Owner was registered by the parent of this forked process; register a new one");
+}
 }  // namespace
 
 Owner::Owner(CounterTable table, uint32_t id, uint32_t first_seq)
@@ -29,7 +49,8 @@ Owner::Owner(CounterTable table, uint32_t id, uint32_t first_seq)
       record_(&internal::OwnerAt(table.header_, id)),
       id_(id),
       next_seq_(first_seq),
-      release_epoch_(1) {
+      release_epoch_(1),
+      fork_generation_(CurrentForkGeneration()) {
   const size_t slots =
       std::clamp<size_t>(std::bit_ceil(size_t{table.header_->capacity}), 64, 16384);
   cache_ = std::make_unique<CachedEntry[]>(slots);
@@ -37,6 +58,7 @@ Owner::Owner(CounterTable table, uint32_t id, uint32_t first_seq)
 }
 
 Owner::~Owner() {
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return;  // the parent's
   OwnerOps ops(*this);
   ops.ReleaseAll(/*fold_acquired=*/true);
   // Leaving is a moment when a standalone process is sure to be alive and
@@ -50,7 +72,8 @@ Owner::~Owner() {
 absl::StatusOr<Slot> Owner::TryAcquire(const NodeKey& key, Limit limit,
                                        const AcquireOptions& options) {
   const CachedEntry& cached = CacheSlot(key);
-  if (ABSL_PREDICT_TRUE(cached.key_id == key.id() && !options.reservation)) {
+  if (ABSL_PREDICT_TRUE(cached.key_id == key.id() && !options.reservation &&
+                        fork_generation_ == fork_generation.load(kRelaxed))) {
     const uint32_t e = cached.entry();
     std::atomic<uint64_t>& word = entries_[e].word;
     uint64_t w = word.load(kRelaxed);
@@ -71,12 +94,16 @@ absl::StatusOr<Slot> Owner::TryAcquire(const NodeKey& key, Limit limit,
       record_->in_flight.store(0, kRelaxed);
     }
   }
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
   return OwnerOps(*this).TryAcquireSlow(key, limit, options);
 }
 
 void Slot::Release() {
   Owner* owner = std::exchange(owner_, nullptr);
-  if (owner == nullptr || epoch_ != owner->release_epoch_) return;
+  if (owner == nullptr || epoch_ != owner->release_epoch_ ||
+      owner->fork_generation_ != fork_generation.load(kRelaxed)) {
+    return;
+  }
   const uint32_t e = entry_;
   if (ABSL_PREDICT_TRUE(kind_ == SlotKind::kConnection)) {
     std::atomic<uint64_t>& word = owner->entries_[e].word;
@@ -111,20 +138,26 @@ absl::StatusOr<Slot> Owner::AcquireWaiting(const NodeKey& key, absl::FunctionRef
                                            absl::Time deadline,
                                            absl::FunctionRef<bool()> interrupted,
                                            const AcquireOptions& options) {
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
   return OwnerOps(*this).AcquireWaiting(key, limit, deadline, interrupted, options);
 }
 
 absl::StatusOr<Slot> Owner::AcquireWaiting(const NodeKey& key, Limit limit, absl::Time deadline,
                                            const AcquireOptions& options) {
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
   return OwnerOps(*this).AcquireWaiting(
       key, [limit] { return limit; }, deadline, [] { return false; }, options);
 }
 
 absl::StatusOr<Slot> Owner::AcquireForced(const NodeKey& key, const AcquireOptions& options) {
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
   return OwnerOps(*this).AcquireForced(key, options);
 }
 
-uint64_t Owner::ReleaseAll() { return OwnerOps(*this).ReleaseAll(/*fold_acquired=*/false); }
+uint64_t Owner::ReleaseAll() {
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return 0;
+  return OwnerOps(*this).ReleaseAll(/*fold_acquired=*/false);
+}
 
 uint64_t Owner::SlotsHeld() const {
   uint64_t held = record_->uncounted.load(kRelaxed);
@@ -134,7 +167,10 @@ uint64_t Owner::SlotsHeld() const {
   return held;
 }
 
-int Owner::ReclaimDeadOwners() { return OwnerOps(*this).ReclaimDeadOwners(); }
+int Owner::ReclaimDeadOwners() {
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return 0;
+  return OwnerOps(*this).ReclaimDeadOwners();
+}
 
 Slot& Slot::operator=(Slot&& other) noexcept {
   if (this != &other) {

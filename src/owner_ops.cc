@@ -72,10 +72,20 @@
 #include <climits>
 
 #include "absl/base/optimization.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "internal/futex.h"
 
 namespace connthrottle {
+
+namespace {
+constexpr char kTableFullPayload[] = "type.connthrottle/table-full";
+}  // namespace
+
+bool IsTableFullError(const absl::Status& status) {
+  return absl::IsResourceExhausted(status) && status.GetPayload(kTableFullPayload).has_value();
+}
 
 using internal::Bucket;
 using internal::Buckets;
@@ -130,8 +140,7 @@ void AddTo(std::atomic<uint64_t>& counter, uint64_t delta) {
 }  // namespace
 
 void OwnerOps::Remember(const NodeKey& key, uint32_t entry) {
-  owner_.CacheSlot(key) = {key.id(),
-                           (Word::Tag(EntryOf(entry).word.load(kRelaxed)) << 24) | entry};
+  owner_.CacheSlot(key) = {key.id(), (Word::Tag(EntryOf(entry).word.load(kRelaxed)) << 24) | entry};
 }
 
 // ---------------------------------------------------------------------------
@@ -141,37 +150,37 @@ void OwnerOps::LockEntry(uint32_t e) {
   std::atomic<uint64_t>& word = EntryOf(e).word;
   Backoff backoff;
   for (;;) {
-    uint64_t current = word.load(kRelaxed);
+    // Acquire: seeing a holder's locked word means seeing the in_flight it
+    // set before locking, which is how EntryHolderIsDead finds it.
+    uint64_t current = word.load(kAcquire);
     if (!(current & Word::kLocked)) {
-      self_.in_flight.store(e + 1, kRelaxed);
+      self_.in_flight.store(e + 1, kRelease);
       if (word.compare_exchange_weak(current, current | Word::kLocked, kAcqRel, kRelaxed)) {
         // Readers that see any store made under the lock also see the lock.
         std::atomic_thread_fence(kRelease);
         return;
       }
-      self_.in_flight.store(0, kRelaxed);
+      self_.in_flight.store(0, kRelease);
       continue;
     }
     if (backoff.Pause() && reclaiming() && EntryHolderIsDead(e)) {
       // Take the lock over by flipping the takeover bit: of several live
       // owners that all judged the holder dead, exactly one succeeds.
-      self_.in_flight.store(e + 1, kRelaxed);
+      self_.in_flight.store(e + 1, kRelease);
       if (word.compare_exchange_strong(current, current ^ Word::kTakeover, kAcqRel, kRelaxed)) {
         std::atomic_thread_fence(kRelease);
         // The dead holder may have left anything half-written under the
-        // lock; the live ledger is the truth.
-        EntryCounts counts = RecomputeLocked(e, /*exclude_self=*/false);
-        uint64_t w = word.load(kRelaxed);
-        w = (w & ~(Word::kCountMask | Word::kHasWaiters | Word::kLive)) | counts.count |
-            (counts.waiters ? Word::kHasWaiters : 0) | (counts.live ? Word::kLive : 0);
-        word.store(w, kRelaxed);
+        // lock; the live ledger is the truth, for every field.
+        uint64_t reclaimed = 0;
+        WriteLocked(e, RecomputeLocked(e, /*exclude_self=*/false, &reclaimed));
+        h_->slots_reclaimed.fetch_add(reclaimed, kRelaxed);
         // A waiter may be owed a wake-up from whatever the holder was doing.
         Entry& entry = EntryOf(e);
         entry.wake_seq.fetch_add(1, kRelease);
         internal::FutexWake(entry.wake_seq, INT_MAX);
         return;
       }
-      self_.in_flight.store(0, kRelaxed);
+      self_.in_flight.store(0, kRelease);
     }
   }
 }
@@ -183,17 +192,23 @@ EntryCounts OwnerOps::ReadLocked(uint32_t e) {
           entry.reserved.load(kRelaxed), (w & Word::kLive) != 0};
 }
 
-void OwnerOps::Unlock(uint32_t e, const EntryCounts& counts) {
+void OwnerOps::WriteLocked(uint32_t e, const EntryCounts& counts) {
   Entry& entry = EntryOf(e);
   entry.waiters.store(counts.waiters, kRelaxed);
   entry.forced.store(counts.forced, kRelaxed);
   entry.reserved.store(counts.reserved, kRelaxed);
   entry.version.store(entry.version.load(kRelaxed) + 1, kRelaxed);
   const uint64_t w = entry.word.load(kRelaxed);
-  const uint64_t keep = w & ((Word::kTagMask << Word::kTagShift) | Word::kTakeover);
-  entry.word.store(keep | counts.count | (counts.waiters ? Word::kHasWaiters : 0) |
-                       (counts.live ? Word::kLive : 0),
-                   kRelease);
+  const uint64_t keep = w & ((Word::kTagMask << Word::kTagShift) | Word::kTakeover | Word::kLocked);
+  entry.word.store(keep | (counts.count & Word::kCountMask) |
+                       (counts.waiters ? Word::kHasWaiters : 0) | (counts.live ? Word::kLive : 0),
+                   kRelaxed);
+}
+
+void OwnerOps::Unlock(uint32_t e, const EntryCounts& counts) {
+  WriteLocked(e, counts);
+  std::atomic<uint64_t>& word = EntryOf(e).word;
+  word.store(word.load(kRelaxed) & ~Word::kLocked, kRelease);
   self_.in_flight.store(0, kRelease);
 }
 
@@ -227,14 +242,17 @@ void OwnerOps::AwaitInFlight(uint32_t e) {
     std::atomic<uint32_t>& in_flight = OwnerAt(h_, id).in_flight;
     if (in_flight.load(kAcquire) != e + 1) continue;
     // A live owner in flight here changed the word before we locked it and is
-    // a few instructions from updating its cell; a dead one never will.
+    // a few instructions from updating its cell; a dead one never will, and
+    // one that dies while we wait never will either.
     if (reclaiming() && !OwnerIsAlive(id)) continue;
     Backoff backoff;
-    while (in_flight.load(kAcquire) == e + 1) backoff.Pause();
+    while (in_flight.load(kAcquire) == e + 1) {
+      if (backoff.Pause() && reclaiming() && !OwnerIsAlive(id)) break;
+    }
   }
 }
 
-EntryCounts OwnerOps::RecomputeLocked(uint32_t e, bool exclude_self) {
+EntryCounts OwnerOps::RecomputeLocked(uint32_t e, bool exclude_self, uint64_t* reclaimed) {
   AwaitInFlight(e);
   Entry& entry = EntryOf(e);
   EntryCounts counts;
@@ -256,12 +274,15 @@ EntryCounts OwnerOps::RecomputeLocked(uint32_t e, bool exclude_self) {
       if (queued) ++counts.waiters;
       continue;
     }
-    // A dead owner's claims on this entry end here.
+    // A dead owner's claims on this entry end here. (Its in_flight is left
+    // alone: judged by liveness, it is harmless, and the record may already
+    // belong to an adopter whose own marker must not be cleared; the
+    // reclaimer clears it before freeing the record.)
     folded += acquired;
+    if (reclaimed != nullptr) *reclaimed += Hold::Unpack(hold_word).total;
     cell.hold.store(0, kRelaxed);
     cell.acquired.store(0, kRelaxed);
     if (queued) record.waiting_on.store(0, kRelaxed);
-    if (in_flight) record.in_flight.store(0, kRelaxed);
   }
   AddTo(entry.acquired_base, folded);
   // In use with nothing held or awaited is a zombie, to be dropped.
@@ -282,7 +303,11 @@ uint64_t OwnerOps::LockStructure() {
       if (lock.compare_exchange_weak(current, mine, kAcquire, kRelaxed)) return mine;
       continue;
     }
-    if (backoff.Pause() && reclaiming() && HolderIsDead(LockOwner(current)) &&
+    // Owners hold at most one structure lock and never wait for it while
+    // holding it, so a word naming our own id was left by the previous
+    // process on our (adopted) record: take it over at once.
+    const bool ours = LockOwner(current) == owner_.id_;
+    if ((ours || (backoff.Pause() && reclaiming() && HolderIsDead(LockOwner(current)))) &&
         lock.compare_exchange_strong(current, mine, kAcquire, kRelaxed)) {
       // The holder died between any two of its steps; the entries are the
       // truth and the index is rebuilt from them.
@@ -483,6 +508,9 @@ void OwnerOps::RetireLocked(uint32_t e) {
     Cell& cell = CellAt(h_, id, e);
     acquired += cell.acquired.load(kRelaxed);
     cell.acquired.store(0, kRelaxed);
+    // With no slot counted and no one in flight, a hold left here can only be
+    // a dead owner's, cut short between its release and its cell update.
+    cell.hold.store(0, kRelaxed);
   }
   AddTo(h_->retired_acquired, acquired);
   const internal::EntryKey& cold = internal::KeyAt(h_, e);
@@ -495,6 +523,74 @@ void OwnerOps::RetireLocked(uint32_t e) {
   entry.version.store(entry.version.load(kRelaxed) + 1, kRelaxed);
   h_->retire_seq.store(seq + 1, kRelease);
   h_->entries_dropped.fetch_add(1, kRelaxed);
+}
+
+absl::Status OwnerOps::Audit() {
+  ReclaimDeadOwners();  // what dead owners hold is not theirs to account for
+  std::vector<std::string> problems;
+  auto problem = [&](std::string text) {
+    if (problems.size() < 20) problems.push_back(std::move(text));
+  };
+  LockStructure();  // the index and entry lifecycle hold still
+  for (uint32_t e = 0; e < h_->capacity; ++e) {
+    LockEntry(e);
+    AwaitInFlight(e);  // hot paths that changed the word before we locked it
+    const Entry& entry = EntryOf(e);
+    const EntryCounts counts = ReadLocked(e);
+    const bool in_use = entry.in_use.load(kRelaxed) != 0;
+    const uint64_t word = entry.word.load(kRelaxed);
+    uint64_t held = 0, forced = 0, reserved = 0, queued = 0;
+    for (uint32_t id = 1; id <= h_->max_owners; ++id) {
+      Hold hold = Hold::Unpack(CellAt(h_, id, e).hold.load(kAcquire));
+      held += hold.total;
+      forced += hold.forced;
+      reserved += hold.reserved;
+      if (OwnerAt(h_, id).waiting_on.load(kRelaxed) == e + 1) ++queued;
+    }
+    if (counts.count != held || counts.forced != forced || counts.reserved != reserved ||
+        counts.waiters != queued) {
+      problem(absl::StrCat("entry ", e, ": count ", counts.count, " vs held ", held, ", forced ",
+                           counts.forced, " vs ", forced, ", reserved ", counts.reserved, " vs ",
+                           reserved, ", waiters ", counts.waiters, " vs queued ", queued));
+    }
+    if (!in_use && (counts.count != 0 || counts.waiters != 0 || counts.live)) {
+      problem(absl::StrCat("free entry ", e, " has count ", counts.count, ", waiters ",
+                           counts.waiters));
+    }
+    if (((word & Word::kHasWaiters) != 0) != (counts.waiters != 0)) {
+      problem(
+          absl::StrCat("entry ", e, ": has_waiters disagrees with ", counts.waiters, " waiters"));
+    }
+    if (in_use && counts.live != (counts.count > 0 || counts.waiters > 0) && counts.live) {
+      problem(absl::StrCat("entry ", e, " is live with nothing held or awaited"));
+    }
+    if (in_use) {
+      // Reachable through the index: between its home bucket and an empty one.
+      const uint32_t mask = h_->index_buckets - 1;
+      uint32_t i = static_cast<uint32_t>(entry.hash.load(kRelaxed)) & mask;
+      bool found = false;
+      for (uint32_t probes = 0; probes <= mask && !found; ++probes, i = (i + 1) & mask) {
+        uint64_t value = Buckets(h_)[i].load(kAcquire);
+        if (value == 0) break;
+        found = static_cast<uint32_t>(value) == e + 1;
+      }
+      if (!found) problem(absl::StrCat("entry ", e, " in use is not reachable through the index"));
+    }
+    UnlockUnchanged(e);
+  }
+  for (uint32_t id = 1; id <= h_->max_owners; ++id) {
+    if (OwnerAt(h_, id).identity.load(kAcquire) != 0) continue;
+    for (uint32_t e = 0; e < h_->capacity; ++e) {
+      if (CellAt(h_, id, e).hold.load(kRelaxed) != 0) {
+        problem(absl::StrCat("free owner record ", id, " still holds slots on entry ", e));
+        break;
+      }
+    }
+  }
+  UnlockStructure();
+  if (problems.empty()) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat("counter table audit found ", problems.size(),
+                                          " problem(s): ", absl::StrJoin(problems, "; ")));
 }
 
 void OwnerOps::RepairIndexLocked() {
@@ -531,9 +627,11 @@ absl::Status OwnerOps::Refusal(const NodeKey& key, Limit limit, const EntryCount
 
 absl::StatusOr<Slot> OwnerOps::TableFull(const NodeKey& key, const AcquireOptions& options) {
   if (options.when_full == FullTablePolicy::kRefuse) {
-    return absl::ResourceExhaustedError(
+    absl::Status full = absl::ResourceExhaustedError(
         absl::StrCat("the connection counter table is full (", h_->capacity,
                      " busy nodes); cannot count a connection to ", key.ToString()));
+    full.SetPayload(kTableFullPayload, absl::Cord("full"));
+    return full;
   }
   self_.uncounted.store(self_.uncounted.load(kRelaxed) + 1, kRelaxed);
   return Slot(&owner_, 0, SlotKind::kUncounted, owner_.release_epoch_);
@@ -543,7 +641,14 @@ absl::StatusOr<Slot> OwnerOps::Grant(uint32_t e, SlotKind kind, bool dequeue,
                                      const StatDelta& stats) {
   EntryCounts counts = ReadLocked(e);
   if (counts.count >= static_cast<uint32_t>(kMaxSlotsPerKey)) {
-    UnlockUnchanged(e);
+    if (dequeue) {  // leave the queue even though no slot could be given
+      --counts.waiters;
+      self_.waiting_on.store(0, kRelaxed);
+      AddStats(e, stats);
+      Unlock(e, counts);
+    } else {
+      UnlockUnchanged(e);
+    }
     return absl::ResourceExhaustedError(
         absl::StrCat("node already has the maximum of ", kMaxSlotsPerKey, " slots counted"));
   }
@@ -639,9 +744,11 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
       break;
     }
     internal::FutexWait(entry.wake_seq, seen, std::min(poll, deadline - now));
-    MaybeReclaimDeadOwners();
-
-    seen = entry.wake_seq.load(kAcquire);
+    const uint32_t after = entry.wake_seq.load(kAcquire);
+    // A poll tick (nothing changed) is a good moment to look for dead owners;
+    // a real wake-up is not: the slot is waiting.
+    if (after == seen) MaybeReclaimDeadOwners();
+    seen = after;
     LockEntry(e);
     limit = limit_now();
     counts = ReadLocked(e);

@@ -5,9 +5,12 @@
 // ==============
 // Identity
 //   An owner record's identity word holds (kOwnerAlive, pid, process start
-//   time). A process is dead when /proc/<pid>/stat is gone, shows a zombie,
-//   or shows another start time (the pid was reused). Threads of one process
-//   share its identity, and an owner never judges owners of its own process.
+//   time). A process is dead only when that is certain: /proc/<pid>/stat is
+//   gone (ENOENT), shows another start time (the pid was reused), or shows a
+//   zombie with no other thread left. A /proc that cannot be read (EMFILE,
+//   hidepid) falls back to kill(pid, 0), which can only prove absence.
+//   Threads of one process share its identity, and an owner never judges
+//   owners of its own process.
 // Who notices
 //   Any live owner, with no daemon: on a refused optional acquire, on every
 //   wait tick of a waiting acquire, every 1024 releases, on registration and
@@ -158,29 +161,11 @@ uint64_t OwnerOps::RecoverRecord(uint32_t dead) {
   // not show the compare-and-swap it made, or whose lock it held.
   const uint32_t was_in_flight = record.in_flight.load(kAcquire);
   // An adopted record's in_flight is the previous holder's; clearing it lets
-  // anyone take over a lock that holder left.
+  // anyone take over an entry lock that holder left.
   if (adopted) record.in_flight.store(0, std::memory_order_release);
-  uint64_t slots = 0;
-  for (uint32_t e = 0; e < h_->capacity; ++e) {
-    internal::Cell& cell = CellAt(h_, dead, e);
-    const uint64_t hold = cell.hold.load(kAcquire);
-    if (hold == 0 && cell.acquired.load(kRelaxed) == 0 &&
-        record.waiting_on.load(kRelaxed) != e + 1 && was_in_flight != e + 1) {
-      continue;
-    }
-    LockEntry(e);  // takes the lock over if the dead owner held it
-    slots += internal::Hold::Unpack(cell.hold.load(kAcquire)).total;
-    EntryCounts counts = RecomputeLocked(e, /*exclude_self=*/adopted);
-    internal::Entry& entry = EntryAt(h_, e);
-    const bool zombie = !counts.live && entry.in_use.load(kRelaxed);
-    entry.wake_seq.fetch_add(1, std::memory_order_release);
-    Unlock(e, counts);
-    internal::FutexWake(entry.wake_seq, INT_MAX);
-    if (zombie) DropIfZombie(e);
-  }
-  record.uncounted.store(0, kRelaxed);
-  if (!adopted) record.in_flight.store(0, kRelaxed);
-  // The structure lock, if it held it: the entries are the truth.
+  // The structure lock first, if it held it: the entries are the truth and
+  // the index is rebuilt from them (entry locks it left are taken over on
+  // the way). Dropping zombies below needs the structure lock.
   std::atomic<uint64_t>& structure = h_->structure_lock;
   uint64_t current = structure.load(kAcquire);
   if (current != 0 && internal::LockOwner(current) == dead) {
@@ -190,6 +175,24 @@ uint64_t OwnerOps::RecoverRecord(uint32_t dead) {
       UnlockStructure();
     }
   }
+  uint64_t slots = 0;
+  for (uint32_t e = 0; e < h_->capacity; ++e) {
+    internal::Cell& cell = CellAt(h_, dead, e);
+    if (cell.hold.load(kAcquire) == 0 && cell.acquired.load(kRelaxed) == 0 &&
+        record.waiting_on.load(kRelaxed) != e + 1 && was_in_flight != e + 1) {
+      continue;
+    }
+    LockEntry(e);  // takes the lock over (and recomputes) if the dead owner held it
+    EntryCounts counts = RecomputeLocked(e, /*exclude_self=*/adopted, &slots);
+    internal::Entry& entry = EntryAt(h_, e);
+    const bool zombie = !counts.live && entry.in_use.load(kRelaxed);
+    entry.wake_seq.fetch_add(1, std::memory_order_release);
+    Unlock(e, counts);
+    internal::FutexWake(entry.wake_seq, INT_MAX);
+    if (zombie) DropIfZombie(e);
+  }
+  record.uncounted.store(0, kRelaxed);
+  if (!adopted) record.in_flight.store(0, kRelaxed);
   // Reclamations it was running.
   for (uint32_t id = 1; id <= h_->max_owners; ++id) {
     uint64_t identity = OwnerAt(h_, id).identity.load(kAcquire);

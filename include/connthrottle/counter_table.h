@@ -45,14 +45,19 @@
 // maps the region. Owners are thread-compatible: one thread at a time.
 //
 // NOTE (deliberate trade-offs):
-//   * Per-entry locks, not lock-free counters. Each operation takes a
-//     word-sized lock on one entry for a few dozen instructions. That is what
-//     lets a slot, its owner's record and the waiter count change together, so
-//     that an owner killed in the middle of an operation can be resolved
-//     exactly (see the protocol block in counter_table.cc). Uncontended it costs
-//     the same one atomic read-modify-write as a compare-and-swap counter.
+//   * Every slot is recorded twice: in its key's counter and in the cell of
+//     the owner that holds it. That is what lets a process killed at any
+//     instruction be given back exactly (the entry is recomputed from the
+//     cells of live owners). Memory: max_owners * capacity * 16 bytes.
+//   * An optional acquire of a key the owner used before, and its release,
+//     are one compare-and-swap on the key's counter word each. Everything
+//     else (new keys, waits, forced and reserved slots, refusals) takes a
+//     word-sized lock on the entry for a few dozen instructions. The protocol
+//     is written at the top of src/owner_ops.cc.
 //   * Waiters re-check the interrupt callback every AcquireOptions::poll_interval
 //     (10 ms by default); a freed slot wakes them at once, without that tick.
+//     A woken waiter whose own limit is lower than the releaser's does not
+//     pass the wake-up on; another waiter then takes the slot at its next tick.
 //   * Cumulative per-key statistics live as long as the key is busy; when an
 //     entry is dropped its figures are folded into the table totals.
 
@@ -83,6 +88,10 @@ class Owner;
 
 // What happens when a new key needs an entry and all `capacity` entries are
 // busy. Either way the event is counted in TableStats::full_table_events.
+// Whether `status` is the refusal of FullTablePolicy::kRefuse (a full table),
+// as opposed to a key at its limit; both are ResourceExhausted.
+bool IsTableFullError(const absl::Status& status);
+
 enum class FullTablePolicy {
   // Let the connection through without counting it (what the reference system
   // does silently). The Slot has kind kUncounted and TableStats shows it in
@@ -113,7 +122,8 @@ struct AcquireOptions {
   absl::Duration poll_interval = absl::Milliseconds(10);
 };
 
-// One busy key, read under its entry lock, so the fields agree with each other.
+// One busy key, read without locking but consistently: the counts agree
+// with each other (a read that raced with a change is retried).
 struct KeyStats {
   std::string host;
   int port = 0;
@@ -179,13 +189,15 @@ class CounterTable {
   // The slots `key` holds now (0 when it is not busy).
   uint32_t ConnectionCount(const NodeKey& key) const;
 
-  // Checks the table's bookkeeping without stopping it: for every entry, that
-  // its count (and forced, reserved) equals the sum of what the registered
-  // owners hold on it, and its waiters equals the owners queued on it; that no
-  // free entry or free owner record holds anything; and that the index finds
-  // every busy entry. OK, or DataLoss listing each difference. The count
-  // checks are exact at any time; the index check is exact when the table is
-  // quiet (a concurrent drop may hide an entry for a moment).
+  // Checks the table's bookkeeping: for every entry, that its count (and
+  // forced, reserved) equals the sum of what the registered owners hold on
+  // it, and its waiters the owners queued on it; that no free entry or free
+  // owner record holds anything; and that the index finds every entry in use.
+  // OK, or DataLoss listing each difference. Exact at any moment: it reclaims
+  // dead owners first (with reclaim_dead_owners), then holds the structure
+  // lock and each entry's lock in turn, through an owner it registers for the
+  // call (ResourceExhausted when no owner record is free). Other operations
+  // wait for it; use it in tests and diagnostics, not on a hot path.
   absl::Status Audit() const;
 
   // Wakes every waiter of every key, so that each re-evaluates its limit.

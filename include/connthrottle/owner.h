@@ -35,7 +35,9 @@ struct OwnerRecord;
 // against it (Slots must not outlive their Owner) and unregisters it.
 //
 // Thread-compatible: use an Owner from one thread at a time; its Slots are
-// released through it and count as its operations.
+// released through it and count as its operations. An Owner belongs to the
+// process that registered it: in a child forked afterwards, its acquires fail
+// with FailedPrecondition, and destroying it or its Slots touches nothing.
 class Owner {
  public:
   Owner(const Owner&) = delete;
@@ -110,6 +112,7 @@ class Owner {
   uint32_t next_seq_;              // sequence number for this owner's structure locks
   uint64_t release_epoch_;         // bumped by ReleaseAll; Slots of older epochs are void
   uint32_t ops_since_check_ = 0;   // releases since the last check for dead owners
+  uint32_t fork_generation_;       // the process's fork count when registered (owner.cc)
   std::unique_ptr<CachedEntry[]> cache_;
   uint64_t cache_mask_;
 };

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "absl/base/attributes.h"
 #include "absl/functional/function_ref.h"
@@ -74,6 +76,9 @@ class OwnerOps {
   // operation: gives back everything the previous holder left.
   void RecoverAdoptedRecord();
 
+  // CounterTable::Audit, with this owner locking each entry in turn.
+  absl::Status Audit();
+
  private:
   bool reclaiming() const { return (h_->flags & internal::kFlagReclaimDeadOwners) != 0; }
   internal::Entry& EntryOf(uint32_t entry) { return owner_.entries_[entry]; }
@@ -86,7 +91,9 @@ class OwnerOps {
   // the entry before returning.
   void LockEntry(uint32_t entry);
   EntryCounts ReadLocked(uint32_t entry);
-  // Writes `counts` and unlocks (same tag).
+  // Writes `counts` into the locked entry (same tag), keeping it locked.
+  void WriteLocked(uint32_t entry, const EntryCounts& counts);
+  // Writes `counts` and unlocks.
   void Unlock(uint32_t entry, const EntryCounts& counts);
   // Unlocks without changing anything.
   void UnlockUnchanged(uint32_t entry);
@@ -97,10 +104,12 @@ class OwnerOps {
   // Waits until no live owner other than this one is in flight on `entry`
   // (a hot-path operation that changed the word before the entry was locked).
   void AwaitInFlight(uint32_t entry);
-  // With the entry locked: sets its counters to what the live owners' cells
-  // say, and clears the cells of dead owners (and, for an adopted record,
-  // this owner's own). Returns the new counters (not yet unlocked).
-  EntryCounts RecomputeLocked(uint32_t entry, bool exclude_self);
+  // With the entry locked: computes its counters from the live owners'
+  // cells, and clears the cells and queue places of dead owners (and, for an
+  // adopted record, this owner's own), adding the slots they held to
+  // *reclaimed. Returns the counters; the caller writes them (WriteLocked or
+  // Unlock).
+  EntryCounts RecomputeLocked(uint32_t entry, bool exclude_self, uint64_t* reclaimed = nullptr);
 
   // ---- the structure lock ----
   uint64_t LockStructure();
