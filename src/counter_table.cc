@@ -5,10 +5,12 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <bit>
 #include <climits>
 #include <cstring>
 #include <new>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -350,6 +352,47 @@ absl::Status CounterTable::Audit() const {
   absl::StatusOr<std::unique_ptr<Owner>> auditor = RegisterOwner();
   if (!auditor.ok()) return auditor.status();
   return OwnerOps(**auditor).Audit();
+}
+
+bool CounterTable::HasWaiters(const NodeKey& key) const {
+  const uint32_t mask = header_->index_buckets - 1;
+  const uint32_t tag = static_cast<uint32_t>(key.hash());
+  const internal::Bucket* buckets = internal::Buckets(header_);
+  uint32_t i = tag & mask;
+  for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
+    uint64_t value = buckets[i].load(kAcquire);
+    if (value == 0) break;
+    if (static_cast<uint32_t>(value >> 32) != tag) continue;
+    KeyStats k;
+    if (ReadEntry(header_, static_cast<uint32_t>(value) - 1, &k) && k.host == key.host() &&
+        k.port == key.port() && k.database == key.database()) {
+      return k.waiters > 0;
+    }
+  }
+  return false;
+}
+
+std::vector<Holding> CounterTable::Holders() const {
+  std::vector<Holding> out;
+  for (uint32_t e = 0; e < header_->capacity; ++e) {
+    KeyStats key;
+    if (!ReadEntry(header_, e, &key) || (key.connections == 0 && key.waiters == 0)) continue;
+    for (uint32_t id = 1; id <= header_->max_owners; ++id) {
+      const uint64_t identity = internal::OwnerAt(header_, id).identity.load(kAcquire);
+      if (internal::StatusOf(identity) != internal::kOwnerAlive) continue;
+      const internal::Hold hold =
+          internal::Hold::Unpack(internal::CellAt(header_, id, e).hold.load(kAcquire));
+      const bool waiting = internal::OwnerAt(header_, id).waiting_on.load(kAcquire) == e + 1;
+      if (hold.total == 0 && !waiting) continue;
+      out.push_back({static_cast<int>(internal::PidOf(identity)), key.host, key.port, key.database,
+                     hold.total, hold.forced, hold.reserved, waiting});
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const Holding& a, const Holding& b) {
+    return std::tie(a.host, a.port, a.database, a.pid) <
+           std::tie(b.host, b.port, b.database, b.pid);
+  });
+  return out;
 }
 
 void CounterTable::WakeAllWaiters() const {

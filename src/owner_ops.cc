@@ -718,13 +718,19 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
   uint32_t seen = entry.wake_seq.load(kAcquire);
   limit = limit_now();
   EntryCounts counts = ReadLocked(e);
-  if (limit.Admits(counts.count, counts.waiters)) return Grant(e, kind, false, {});
+  const bool resumed = options.wait_began.has_value();
+  const absl::Time start = options.wait_began.value_or(absl::Now());
+  auto waited_ns = [&] {
+    return static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start));
+  };
+  if (limit.Admits(counts.count, counts.waiters)) {
+    return Grant(e, kind, false, resumed ? StatDelta{.wait_ns = waited_ns()} : StatDelta{});
+  }
 
   // Queue behind the waiters already there.
-  const absl::Time start = absl::Now();
   ++counts.waiters;
   self_.waiting_on.store(e + 1, kRelaxed);
-  AddStats(e, StatDelta{.waited = 1});
+  AddStats(e, StatDelta{.waited = resumed ? 0u : 1u});
   Unlock(e, counts);
 
   const absl::Duration poll =
@@ -754,10 +760,7 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
     counts = ReadLocked(e);
     // Woken waiters compete only with each other: no one queued is ahead.
     if (limit.Admits(counts.count, 0)) {
-      return Grant(
-          e, kind, /*dequeue=*/true,
-          StatDelta{.wait_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start)),
-                    .wakeups = 1});
+      return Grant(e, kind, /*dequeue=*/true, StatDelta{.wait_ns = waited_ns(), .wakeups = 1});
     }
     AddStats(e, StatDelta{.wakeups = 1});
     UnlockUnchanged(e);
@@ -773,9 +776,9 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
   const bool pass_on = counts.waiters > 0;
   const bool zombie = counts.count == 0 && counts.waiters == 0;
   if (zombie) counts.live = false;
-  AddStats(e, StatDelta{
-                  .refused = 1,
-                  .wait_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start))});
+  if (!absl::IsCancelled(gave_up)) {  // a cancelled wait may be resumed: not counted yet
+    AddStats(e, StatDelta{.refused = 1, .wait_ns = waited_ns()});
+  }
   if (pass_on) entry.wake_seq.fetch_add(1, kRelease);
   Unlock(e, counts);
   if (pass_on) internal::FutexWake(entry.wake_seq, 1);

@@ -9,7 +9,7 @@ namespace connthrottle {
 absl::Status ReservationLedger::ReserveAll(
     std::vector<ReservationKey> targets, absl::FunctionRef<Limit(const NodeKey&)> limit,
     absl::Time deadline, absl::FunctionRef<bool()> interrupted,
-    absl::FunctionRef<bool(const ReservationKey&)> has_connection) {
+    absl::FunctionRef<bool(const ReservationKey&)> has_connection, const AcquireOptions& options) {
   // The global order; duplicates collapse to one reservation.
   std::sort(targets.begin(), targets.end());
   targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
@@ -17,16 +17,20 @@ absl::Status ReservationLedger::ReserveAll(
   std::vector<ReservationKey> taken;
   for (const ReservationKey& target : targets) {
     if (items_.contains(target) || has_connection(target)) continue;
-    AcquireOptions options;
-    options.reservation = true;
-    options.when_full = when_full_;
+    AcquireOptions reservation = options;
+    reservation.reservation = true;
     absl::StatusOr<Slot> slot = owner_.AcquireWaiting(
-        target.node, [&] { return limit(target.node); }, deadline, interrupted, options);
+        target.node, [&] { return limit(target.node); }, deadline, interrupted, reservation);
     if (!slot.ok()) {
       for (const ReservationKey& undo : taken) items_.erase(undo);  // Slot gives back
-      return absl::Status(slot.status().code(),
-                          absl::StrCat("could not reserve a connection to ", target.node.ToString(),
-                                       ": ", slot.status().message()));
+      absl::Status error(slot.status().code(),
+                         absl::StrCat("could not reserve a connection to ", target.node.ToString(),
+                                      ": ", slot.status().message()));
+      // Keep the payloads (IsTableFullError reads one).
+      slot.status().ForEachPayload([&](absl::string_view url, const absl::Cord& payload) {
+        error.SetPayload(url, payload);
+      });
+      return error;
     }
     items_.emplace(target, Item{std::move(*slot), false});
     taken.push_back(target);
@@ -35,12 +39,11 @@ absl::Status ReservationLedger::ReserveAll(
 }
 
 absl::Status ReservationLedger::TryReserve(const ReservationKey& target, Limit limit,
-                                           bool has_connection) {
+                                           bool has_connection, const AcquireOptions& options) {
   if (items_.contains(target) || has_connection) return absl::OkStatus();
-  AcquireOptions options;
-  options.reservation = true;
-  options.when_full = when_full_;
-  absl::StatusOr<Slot> slot = owner_.TryAcquire(target.node, limit, options);
+  AcquireOptions reservation = options;
+  reservation.reservation = true;
+  absl::StatusOr<Slot> slot = owner_.TryAcquire(target.node, limit, reservation);
   if (!slot.ok()) return slot.status();
   items_.emplace(target, Item{std::move(*slot), false});
   return absl::OkStatus();

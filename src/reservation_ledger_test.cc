@@ -503,12 +503,21 @@ TEST(ReservationLedgerFullTableTest, ReserveAllIsRefusedWhenTheTableIsFullUnderK
   std::unique_ptr<Owner> owner = *table->RegisterOwner();
   std::unique_ptr<Owner> other = *table->RegisterOwner();
   Slot busy = *other->TryAcquire(Key("x"), Limit::AtMost(10));
-  ReservationLedger ledger(*owner, FullTablePolicy::kRefuse);
-  absl::Status s = ReserveAll(ledger, {RK("a")});
+  ReservationLedger ledger(*owner);
+  AcquireOptions refuse;
+  refuse.when_full = FullTablePolicy::kRefuse;
+  absl::Status s =
+      ledger.ReserveAll({RK("a")}, Generous, Soon(), NeverInterrupted, NotConnected, refuse);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_TRUE(IsTableFullError(s)) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr("a:5432/1"));
   EXPECT_TRUE(ledger.List().empty());
   EXPECT_EQ(table->Stats().full_table_events, 1u);
+
+  s = ledger.TryReserve(RK("a"), Limit::AtMost(10), /*has_connection=*/false, refuse);
+  EXPECT_TRUE(IsTableFullError(s)) << s;
+  EXPECT_TRUE(ledger.List().empty());
+  EXPECT_EQ(table->Stats().uncounted_in_use, 0u);
 }
 
 TEST(ReservationLedgerFullTableTest, ReserveAllAdmitsUncountedWhenTheTableIsFullByDefault) {

@@ -67,6 +67,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,24 @@ struct AcquireOptions {
   // How often a waiting acquire consults its interrupt callback (a freed slot
   // wakes it at once regardless). Clamped to 1 ms .. 1 h.
   absl::Duration poll_interval = absl::Milliseconds(10);
+  // When the caller's wait began, for a waiting acquire that resumes a wait
+  // it gave up with Cancelled to handle an interrupt (PostgreSQL's config
+  // reload, say). The wait is then counted once in `waited`, and the wait
+  // time and the timeout message cover all of it. A wait that ends Cancelled
+  // counts neither as refused nor in wait_time: it may yet be resumed.
+  std::optional<absl::Time> wait_began;
+};
+
+// What one registered owner holds on, or waits for, one key.
+struct Holding {
+  int pid = 0;  // the owner's process
+  std::string host;
+  int port = 0;
+  uint32_t database = 0;
+  uint32_t connections = 0;  // slots held, of every kind
+  uint32_t forced = 0;       // of which forced
+  uint32_t reserved = 0;     // of which reservations
+  bool waiting = false;      // queued for a slot of this key now
 };
 
 // One busy key, read without locking but consistently: the counts agree
@@ -188,6 +207,14 @@ class CounterTable {
 
   // The slots `key` holds now (0 when it is not busy).
   uint32_t ConnectionCount(const NodeKey& key) const;
+  // Whether waiting acquires are queued on `key` now.
+  bool HasWaiters(const NodeKey& key) const;
+
+  // Who holds and who waits: one row per live owner and busy key it holds
+  // slots of or waits for, ordered by key then pid. Read without locks, for
+  // diagnosis: each row is what its owner recorded when read, so rows may
+  // be from slightly different moments (use Audit() for an exact check).
+  std::vector<Holding> Holders() const;
 
   // Checks the table's bookkeeping: for every entry, that its count (and
   // forced, reserved) equals the sum of what the registered owners hold on

@@ -52,11 +52,7 @@ struct ReservationKey {
 
 class ReservationLedger {
  public:
-  // `when_full` applies to reservations as to any acquire: by default a
-  // reservation that finds the table full is admitted uncounted.
-  explicit ReservationLedger(Owner& owner,
-                             FullTablePolicy when_full = FullTablePolicy::kAdmitUncounted)
-      : owner_(owner), when_full_(when_full) {}
+  explicit ReservationLedger(Owner& owner) : owner_(owner) {}
   ReservationLedger(const ReservationLedger&) = delete;
   ReservationLedger& operator=(const ReservationLedger&) = delete;
   ~ReservationLedger() { EndTransaction(); }
@@ -65,15 +61,20 @@ class ReservationLedger {
   // `has_connection` says the session is not connected to, in global order,
   // waiting for each under `limit(node)`. On DeadlineExceeded or Cancelled
   // (see Owner::AcquireWaiting) or a refusal, every slot this call took is
-  // given back and the error names the node.
+  // given back and the error names the node. `options` apply to every
+  // acquire (its `reservation` is implied): with FullTablePolicy::kRefuse a
+  // full table refuses the reservation.
   absl::Status ReserveAll(std::vector<ReservationKey> targets,
                           absl::FunctionRef<Limit(const NodeKey&)> limit, absl::Time deadline,
                           absl::FunctionRef<bool()> interrupted,
-                          absl::FunctionRef<bool(const ReservationKey&)> has_connection);
+                          absl::FunctionRef<bool(const ReservationKey&)> has_connection,
+                          const AcquireOptions& options = {});
 
   // Reserves `target` only if a slot is free now. OK when reserved, already
-  // reserved, or connected already; ResourceExhausted when refused.
-  absl::Status TryReserve(const ReservationKey& target, Limit limit, bool has_connection = false);
+  // reserved, or connected already; ResourceExhausted when refused (or when
+  // the table is full under FullTablePolicy::kRefuse).
+  absl::Status TryReserve(const ReservationKey& target, Limit limit, bool has_connection = false,
+                          const AcquireOptions& options = {});
 
   // The reservation's slot for a connection being opened to `target`, or
   // nullopt when there is no unused reservation for it.
@@ -100,7 +101,6 @@ class ReservationLedger {
   };
 
   Owner& owner_;
-  FullTablePolicy when_full_;
   absl::btree_map<ReservationKey, Item> items_;
 };
 
