@@ -1,0 +1,198 @@
+// connthrottle/executor.h — running many tasks on many worker nodes in
+// parallel without ever exceeding the shared limit.
+//
+// An AdaptiveExecutor belongs to one coordinator session (a backend, or a
+// thread of a standalone program). Execute() takes a list of tasks, each a
+// node and a SQL command, and runs them with libpq in non-blocking mode: one
+// pool of connections per node, all driven by one event loop, so that
+// connecting and querying overlap across and within nodes. How connections
+// are taken:
+//
+//   * The first connection of a pool is needed: it is a waiting acquire.
+//     First connections are taken in the global node order (host, then port)
+//     and, before waiting, the session gives back its idle cached
+//     connections, so that no session sits on slots others wait for and no
+//     two sessions each hold what the other waits for. A pool never waits
+//     for a second connection while holding its first.
+//   * Every further connection is optional: taken only if a slot is free now,
+//     otherwise skipped and retried at the next interval while tasks remain.
+//     Slow start: at most k new connections per interval, k growing by one
+//     each interval, up to max_pool_size — and none when the tasks left are
+//     cheaper to run on the connections already open (measured task and
+//     connect times).
+//   * Connections to the local node are always optional. A local pool that
+//     gets no connection at all runs its tasks in-process through
+//     ExecutionContext::RunLocally (local-execution failover).
+//   * At the end, idle connections are kept for the next execution (up to
+//     max_cached_per_node per node, for at most max_cached_lifetime, still
+//     holding their slots) only while their node has no waiters and still a
+//     free slot with them counted: an idle session, which cannot give its
+//     slots back until it runs again, never holds a node's last slot.
+//     A cached connection the worker closed is found before use, discarded
+//     with its slot, and its task goes to another connection.
+//
+// Every connection's slot is given back exactly once, whatever happens: a
+// worker that refuses or dies, a connect timeout, a failing task, or the
+// caller's cancel (every running remote query is cancelled with PQcancel).
+//
+// Not thread-safe: one AdaptiveExecutor per session, used by one thread. The
+// Owner and the ExecutionContext must outlive it.
+
+#ifndef CONNTHROTTLE_EXECUTOR_H_
+#define CONNTHROTTLE_EXECUTOR_H_
+
+#include <compare>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "connthrottle/conn_params.h"
+#include "connthrottle/limit.h"
+#include "connthrottle/node_key.h"
+#include "connthrottle/owner.h"
+
+namespace connthrottle {
+
+struct NodeAddress {
+  std::string host;
+  int port = 0;
+
+  std::string ToString() const;  // "host:port"
+  friend auto operator<=>(const NodeAddress&, const NodeAddress&) = default;
+};
+
+struct Task {
+  NodeAddress node;
+  std::string sql;
+  // Whether the task may run in-process when the node is the local node and
+  // no connection to it can be had.
+  bool allow_local = true;
+};
+
+struct TaskResult {
+  // OK, or what went wrong; the message names the node. A worker's own error
+  // keeps its message, with its SQLSTATE in `sqlstate`.
+  absl::Status status;
+  std::string sqlstate;
+  std::string command_tag;
+  std::vector<std::string> columns;
+  std::vector<std::vector<std::optional<std::string>>> rows;
+  NodeAddress node;
+  bool ran_locally = false;
+  int connection = -1;    // the executor's number for the connection that ran it
+  absl::Duration queued;  // from the start of Execute to the start of the task
+  absl::Duration run;     // from sending the command to its last result
+};
+
+struct ExecutorOptions {
+  int max_pool_size = 16;       // max_adaptive_executor_pool_size
+  int max_cached_per_node = 1;  // max_cached_conns_per_worker
+  absl::Duration max_cached_lifetime = absl::Minutes(10);
+  absl::Duration connect_timeout = absl::Seconds(30);  // node_connection_timeout
+  absl::Duration slow_start_interval = absl::Milliseconds(10);
+  // How long a needed first connection may wait for a slot.
+  absl::Duration slot_wait_timeout = absl::Minutes(1);
+  // How often the loop consults ExecutionContext::Interrupted at least.
+  absl::Duration tick = absl::Milliseconds(10);
+};
+
+// What the executor needs from its caller. Called on the executor's thread
+// only; no method may throw.
+class ExecutionContext {
+ public:
+  virtual ~ExecutionContext() = default;
+  // libpq keyword/value parameters for a connection to `node`.
+  virtual ConnParams ParamsFor(const NodeAddress& node) = 0;
+  // The database id of the keys slots are counted under.
+  virtual uint32_t DatabaseId() = 0;
+  // Whether `node` is this coordinator itself.
+  virtual bool IsLocal(const NodeAddress& node) = 0;
+  // The limit that applies to `node` now (read at every decision).
+  virtual Limit LimitFor(const NodeAddress& node, bool local) = 0;
+  // Polled at least every tick; true stops the execution (cancel). It may do
+  // safe housekeeping first (e.g. re-reading configuration).
+  virtual bool Interrupted() = 0;
+  // Runs a task in-process (local-execution failover). The default refuses.
+  virtual TaskResult RunLocally(const Task& task);
+  // What a slot acquire does when the shared table has no free entry.
+  virtual FullTablePolicy WhenTableFull() { return FullTablePolicy::kAdmitUncounted; }
+};
+
+// Figures of one Execute(), for tests and reports.
+struct ExecutionStats {
+  // Connection attempts: started = opened + failed + abandoned.
+  int connections_started = 0;
+  int connections_opened = 0;     // established
+  int connections_failed = 0;     // attempts that failed
+  int connections_abandoned = 0;  // still connecting when no task needed them any more
+  int connections_reused = 0;     // cached connections used
+  int cached_discarded = 0;       // cached connections found dead before use
+  int optional_refused = 0;       // optional acquires refused (retried later)
+  int waited_for_first = 0;       // first connections that had to wait for a slot
+  int tasks_run_locally = 0;
+  int tasks_retried = 0;  // moved off a connection that broke before running them
+  // Per node, when each connection of this execution became ready, relative to
+  // the start of Execute.
+  std::map<NodeAddress, std::vector<absl::Duration>> ready_after;
+};
+
+struct ExecutionResult {
+  std::vector<TaskResult> tasks;  // in the order given
+  ExecutionStats stats;
+};
+
+class AdaptiveExecutor {
+ public:
+  AdaptiveExecutor(Owner& owner, ExecutionContext& context, ExecutorOptions options = {});
+  AdaptiveExecutor(const AdaptiveExecutor&) = delete;
+  AdaptiveExecutor& operator=(const AdaptiveExecutor&) = delete;
+  // Closes every cached connection, giving back its slot.
+  ~AdaptiveExecutor();
+
+  // Runs `tasks`. A failing task fails alone (see its TaskResult); the whole
+  // execution fails only when the context interrupts it (Cancelled: every
+  // running remote query has been cancelled and every slot given back).
+  absl::StatusOr<ExecutionResult> Execute(std::vector<Task> tasks);
+
+  // Closes the idle cached connections (to every node, or to `node`), giving
+  // back their slots. Returns how many were closed.
+  int CloseIdle();
+  int CloseIdle(const NodeAddress& node);
+  // Idle cached connections now, per node.
+  std::map<NodeAddress, int> CachedConnections() const;
+  int CachedConnections(const NodeAddress& node) const;
+
+  void set_options(const ExecutorOptions& options) { options_ = options; }
+  const ExecutorOptions& options() const { return options_; }
+
+  // One connection and its slot; defined internally (src/executor).
+  struct Connection;
+
+ private:
+  friend class CopyStream;
+  friend struct ExecutionRun;
+
+  // A cached connection to `node` that is still alive, or nullptr.
+  std::unique_ptr<Connection> TakeCached(const NodeAddress& node, int* discarded);
+  // Keeps an idle connection for the next execution if the caching rules
+  // allow (see above); otherwise hands it back, to be closed.
+  std::unique_ptr<Connection> Cache(std::unique_ptr<Connection> connection);
+  NodeKey KeyOf(const NodeAddress& node);
+
+  Owner& owner_;
+  ExecutionContext& context_;
+  ExecutorOptions options_;
+  std::map<NodeAddress, std::vector<std::unique_ptr<Connection>>> cache_;
+  int next_connection_id_ = 0;
+};
+
+}  // namespace connthrottle
+
+#endif  // CONNTHROTTLE_EXECUTOR_H_

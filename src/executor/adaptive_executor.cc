@@ -1,0 +1,751 @@
+// adaptive_executor.cc — the event loop behind AdaptiveExecutor::Execute.
+//
+// One Execute() is an ExecutionRun: the tasks grouped into one Pool per node,
+// a first phase that secures every pool's first connection in the global
+// node order, and an event loop over all connections (poll on their sockets)
+// that connects, sends, reads, grows pools by slow start, retries refused
+// optional connections at the next interval, and runs local failover tasks.
+// The header explains the policy; the comments here explain the steps.
+
+#include <libpq-fe.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <deque>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "connthrottle/counter_table.h"
+#include "connthrottle/executor.h"
+#include "connthrottle/slot.h"
+#include "executor/connection.h"
+
+namespace connthrottle {
+
+using Connection = AdaptiveExecutor::Connection;
+using State = AdaptiveExecutor::Connection::State;
+
+namespace {
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// A connection's socket has something to read while nobody asked anything:
+// the worker closed it or is about to (a FATAL message, EOF).
+bool IdleConnectionIsDead(PGconn* pg) {
+  if (PQstatus(pg) != CONNECTION_OK) return true;
+  pollfd p{PQsocket(pg), POLLIN, 0};
+  if (p.fd < 0) return true;
+  return poll(&p, 1, 0) != 0;
+}
+
+}  // namespace
+
+TaskResult ExecutionContext::RunLocally(const Task& task) {
+  TaskResult r;
+  r.node = task.node;
+  r.status = absl::UnavailableError(
+      absl::StrCat("no connection to the local node ", task.node.ToString(),
+                   " could be had and this executor cannot run tasks locally"));
+  return r;
+}
+
+struct ExecutionRun {
+  struct Pool {
+    NodeAddress node;
+    std::optional<NodeKey> key;
+    bool local = false;
+    std::deque<int> pending;
+    std::vector<std::unique_ptr<Connection>> conns;
+    bool run_locally = false;
+    bool failed = false;
+    // Slow start: at most k new connections per interval, k += 1 each interval.
+    int k = 1;
+    absl::Time interval_start;
+    int opened_in_interval = 0;
+    absl::Time retry_optional_at;  // after a refusal, wait for the next interval
+    // Cost model.
+    absl::Duration task_time_total;
+    int tasks_done = 0;
+    absl::Duration connect_time_total;
+    int connects_done = 0;
+  };
+
+  ExecutionRun(AdaptiveExecutor& executor, std::vector<Task> tasks_in)
+      : ex(executor), ctx(executor.context_), opt(executor.options_), tasks(std::move(tasks_in)) {
+    results.resize(tasks.size());
+  }
+
+  AdaptiveExecutor& ex;
+  ExecutionContext& ctx;
+  const ExecutorOptions& opt;
+  std::vector<Task> tasks;
+  std::vector<TaskResult> results;
+  ExecutionStats stats;
+  std::map<NodeAddress, Pool> pools;
+  absl::Time start;
+  int remaining = 0;
+
+  // ---- bookkeeping ----
+
+  void Finish(int t, absl::Status status) {
+    TaskResult& r = results[t];
+    if (r.status.ok()) r.status = std::move(status);  // the first error stands
+    --remaining;
+  }
+
+  // Fails every task still pending on `pool` with `why` (and, when given,
+  // the SQLSTATE a PostgreSQL caller should see).
+  void FailPending(Pool& pool, const absl::Status& why, const char* sqlstate = "") {
+    while (!pool.pending.empty()) {
+      int t = pool.pending.front();
+      pool.pending.pop_front();
+      if (results[t].sqlstate.empty()) results[t].sqlstate = sqlstate;
+      Finish(t, why);
+    }
+  }
+
+  Limit LimitOf(const Pool& pool) { return ctx.LimitFor(pool.node, pool.local); }
+
+  // ---- opening connections ----
+
+  // Starts connecting with a slot already held.
+  AcquireOptions AcquireOptionsNow() {
+    AcquireOptions options;
+    options.when_full = ctx.WhenTableFull();
+    return options;
+  }
+
+  void StartConnect(Pool& pool, Slot slot) {
+    auto c = std::make_unique<Connection>();
+    c->id = ex.next_connection_id_++;
+    c->node = pool.node;
+    c->slot = std::move(slot);
+    c->connect_started = absl::Now();
+    ++stats.connections_started;
+    ConnParams params = ctx.ParamsFor(pool.node);
+    c->pg = PQconnectStartParams(params.keywords(), params.values(), /*expand_dbname=*/0);
+    if (c->pg == nullptr || PQstatus(c->pg) == CONNECTION_BAD) {
+      ++stats.connections_failed;
+      std::string why = c->pg != nullptr ? Trim(PQerrorMessage(c->pg)) : "out of memory";
+      CloseAll(One(std::move(c)), absl::ZeroDuration());
+      OnConnectFailure(pool, why);
+      return;
+    }
+    QuietNotices(c->pg);
+    c->state = State::kConnecting;
+    c->poll = PGRES_POLLING_WRITING;
+    pool.conns.push_back(std::move(c));
+  }
+
+  static std::vector<std::unique_ptr<Connection>> One(std::unique_ptr<Connection> c) {
+    std::vector<std::unique_ptr<Connection>> v;
+    v.push_back(std::move(c));
+    return v;
+  }
+
+  void OnConnectFailure(Pool& pool, const std::string& why) {
+    // Other connections of the pool carry on; with none left, the pool fails
+    // (or, for the local node, its tasks run locally).
+    bool any_left = std::any_of(pool.conns.begin(), pool.conns.end(),
+                                [](const auto& c) { return c->state != State::kBroken; });
+    if (any_left) return;
+    if (pool.local && FailOverLocally(pool)) return;
+    pool.failed = true;
+    FailPending(pool, absl::UnavailableError(absl::StrCat("could not connect to node ",
+                                                          pool.node.ToString(), ": ", why)));
+  }
+
+  // Marks the pool's tasks for in-process execution; tasks that do not allow
+  // it fail. Returns false when no task could run locally.
+  bool FailOverLocally(Pool& pool) {
+    std::deque<int> keep;
+    for (int t : pool.pending) {
+      if (tasks[t].allow_local) {
+        keep.push_back(t);
+      } else {
+        Finish(t, absl::UnavailableError(
+                      absl::StrCat("no connection to the local node ", pool.node.ToString(),
+                                   " is allowed now and the task may not run locally")));
+      }
+    }
+    pool.pending = std::move(keep);
+    pool.run_locally = !pool.pending.empty();
+    return pool.run_locally;
+  }
+
+  // Phase 1: every pool's first connection, in the global node order.
+  absl::Status SecureFirstConnections() {
+    for (auto& [node, pool] : pools) {
+      if (pool.pending.empty()) continue;
+      int discarded = 0;
+      while (pool.conns.size() < pool.pending.size()) {
+        std::unique_ptr<Connection> cached = ex.TakeCached(node, &discarded);
+        if (cached == nullptr) break;
+        cached->reused = true;
+        ++stats.connections_reused;
+        stats.ready_after[node].push_back(absl::ZeroDuration());
+        pool.conns.push_back(std::move(cached));
+      }
+      stats.cached_discarded += discarded;
+      if (!pool.conns.empty()) continue;
+
+      const Limit limit = LimitOf(pool);
+      absl::StatusOr<Slot> slot = ex.owner_.TryAcquire(*pool.key, limit, AcquireOptionsNow());
+      if (slot.ok()) {
+        StartConnect(pool, *std::move(slot));
+        continue;
+      }
+      if (IsTableFullError(slot.status())) {
+        FailPending(pool, slot.status());
+        continue;
+      }
+      if (pool.local || limit.never_waits()) {
+        if (!FailOverLocally(pool)) pool.failed = true;
+        continue;
+      }
+      // The first connection is needed: wait for it — but first give back
+      // every idle cached connection, so that no session waits while sitting
+      // on slots others may be waiting for. (The first connections of the
+      // nodes before this one in the global order are held: that order is
+      // what keeps waiting sessions from deadlocking.)
+      ex.CloseIdle();
+      if (absl::Status s = WaitForFirst(pool, absl::Now() + opt.slot_wait_timeout); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Waits, queued with the other waiters, for a first connection's slot to
+  // `pool`'s node, then starts connecting. Returns Cancelled for the caller
+  // to stop on; on any other failure the pool's pending tasks fail.
+  absl::Status WaitForFirst(Pool& pool, absl::Time deadline) {
+    ++stats.waited_for_first;
+    absl::StatusOr<Slot> slot = ex.owner_.AcquireWaiting(
+        *pool.key, [&] { return LimitOf(pool); }, deadline, [&] { return ctx.Interrupted(); },
+        AcquireOptionsNow());
+    if (absl::IsCancelled(slot.status())) return slot.status();
+    if (!slot.ok()) {
+      pool.failed = true;
+      FailPending(pool,
+                  absl::IsDeadlineExceeded(slot.status())
+                      ? absl::ResourceExhaustedError(absl::StrCat(
+                            "no connection slot to node ", pool.node.ToString(),
+                            " became free within ", absl::FormatDuration(opt.slot_wait_timeout),
+                            " (", LimitOf(pool).ToString(), ")"))
+                      : slot.status(),
+                  "53300");  // too_many_connections
+      return absl::OkStatus();
+    }
+    StartConnect(pool, *std::move(slot));
+    return absl::OkStatus();
+  }
+
+  // Whether any pool other than `pool` has a query running, a connection
+  // being opened, or local work waiting.
+  bool OtherWorkInFlight(const Pool& pool) {
+    if (LocalWorkPending()) return true;
+    for (const auto& [node, other] : pools) {
+      if (&other == &pool) continue;
+      for (const auto& c : other.conns) {
+        if (c->state == State::kBusy || c->state == State::kConnecting) return true;
+      }
+    }
+    return false;
+  }
+
+  // Closes the idle connections of the pools after `pool` in the global
+  // order, so that this session may wait for `pool`'s node holding only
+  // slots of nodes before it.
+  void CloseIdleAfter(const Pool& pool) {
+    std::vector<std::unique_ptr<Connection>> closing;
+    for (auto it = pools.upper_bound(pool.node); it != pools.end(); ++it) {
+      for (auto& c : it->second.conns) {
+        if (c->state == State::kIdle) closing.push_back(std::move(c));
+      }
+      std::erase(it->second.conns, nullptr);
+    }
+    CloseAll(std::move(closing));
+  }
+
+  // Slow start and the cost model decide whether to open one more optional
+  // connection now.
+  void MaybeGrow(Pool& pool, absl::Time now) {
+    if (pool.failed || pool.run_locally || pool.pending.empty()) return;
+    if (static_cast<int>(pool.conns.size()) >= opt.max_pool_size) return;
+    if (now - pool.interval_start >= opt.slow_start_interval) {
+      pool.interval_start = now;
+      pool.opened_in_interval = 0;
+      ++pool.k;
+    }
+    if (pool.opened_in_interval >= pool.k || now < pool.retry_optional_at) return;
+    int ready = 0, connecting = 0;
+    for (const auto& c : pool.conns) {
+      if (c->state == State::kConnecting) ++connecting;
+      if (c->state == State::kIdle || c->state == State::kBusy) ++ready;
+    }
+    // A pool with no connection left needs a first connection, not an
+    // optional one: the loop's retry takes care of it.
+    if (ready + connecting == 0) return;
+    // Tasks that will not find a connection when one frees up.
+    if (static_cast<int>(pool.pending.size()) <= connecting) return;
+    if (ready + connecting > 0 && pool.tasks_done == 0 && now - start < opt.slow_start_interval) {
+      // Nothing is known yet about how long a task takes: a connection that
+      // is there (cached) or on its way gets one slow-start interval first,
+      // so that short tasks on a cached connection open nothing new.
+      return;
+    }
+    if (ready + connecting > 0 && pool.tasks_done > 0) {
+      // The queue drains on the open connections in pending * task / n; a new
+      // connection costs its connect time now and, when the cache is full,
+      // a close later. Open one only when the queue outlasts twice that.
+      const absl::Duration task = pool.task_time_total / pool.tasks_done;
+      const absl::Duration connect = pool.connects_done > 0
+                                         ? pool.connect_time_total / pool.connects_done
+                                         : absl::Milliseconds(5);
+      const absl::Duration drain =
+          task * static_cast<double>(pool.pending.size()) / (ready + connecting);
+      if (drain < 2 * connect) return;
+    }
+    absl::StatusOr<Slot> slot = ex.owner_.TryAcquire(*pool.key, LimitOf(pool), AcquireOptionsNow());
+    if (!slot.ok()) {
+      ++stats.optional_refused;
+      pool.retry_optional_at = pool.interval_start + opt.slow_start_interval;
+      return;
+    }
+    ++pool.opened_in_interval;
+    StartConnect(pool, *std::move(slot));
+  }
+
+  // ---- running tasks ----
+
+  void Send(Pool& pool, Connection& c) {
+    int t = pool.pending.front();
+    pool.pending.pop_front();
+    results[t].queued = absl::Now() - start;
+    results[t].connection = c.id;
+    c.task = t;
+    c.task_got_result = false;
+    run_started_[t] = absl::Now();
+    if (!PQsendQuery(c.pg, tasks[t].sql.c_str())) {
+      Broken(pool, c, Trim(PQerrorMessage(c.pg)));
+      return;
+    }
+    c.state = State::kBusy;
+    int flushed = PQflush(c.pg);
+    if (flushed < 0) {
+      Broken(pool, c, Trim(PQerrorMessage(c.pg)));
+      return;
+    }
+    c.want_write = flushed == 1;
+  }
+
+  void Dispatch(Pool& pool) {
+    for (auto& c : pool.conns) {
+      if (pool.pending.empty()) return;
+      if (c->state == State::kIdle) Send(pool, *c);
+    }
+  }
+
+  // A connection failed. Its task is retried elsewhere if the connection was
+  // a cached one that broke before the task got anything (the worker had
+  // closed it while idle); otherwise the task fails.
+  void Broken(Pool& pool, Connection& c, const std::string& why) {
+    const State was = c.state;
+    c.state = State::kBroken;
+    if (was == State::kConnecting) {
+      ++stats.connections_failed;
+      OnConnectFailure(pool, why);
+      return;
+    }
+    if (c.task >= 0) {
+      int t = c.task;
+      c.task = -1;
+      if (c.reused && !c.task_got_result) {
+        ++stats.tasks_retried;
+        pool.pending.push_front(t);
+        if (std::none_of(pool.conns.begin(), pool.conns.end(),
+                         [](const auto& o) { return o->state != State::kBroken; })) {
+          // Its only connection was that one: it is a first connection again.
+          pool.retry_optional_at = absl::InfinitePast();
+          pool.opened_in_interval = 0;
+        }
+      } else {
+        Finish(t, absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
+                                                      " failed while running the task: ", why)));
+      }
+    }
+  }
+
+  void ReadResults(Pool& pool, Connection& c) {
+    if (!PQconsumeInput(c.pg)) {
+      Broken(pool, c, Trim(PQerrorMessage(c.pg)));
+      return;
+    }
+    while (c.state == State::kBusy && !PQisBusy(c.pg)) {
+      PGresult* res = PQgetResult(c.pg);
+      if (res == nullptr) {  // the task is complete
+        int t = c.task;
+        c.task = -1;
+        c.state = State::kIdle;
+        const absl::Duration run = absl::Now() - run_started_[t];
+        results[t].run = run;
+        pool.task_time_total += run;
+        ++pool.tasks_done;
+        Finish(t, absl::OkStatus());
+        return;
+      }
+      c.task_got_result = true;
+      TaskResult& r = results[c.task];
+      switch (PQresultStatus(res)) {
+        case PGRES_TUPLES_OK:
+        case PGRES_SINGLE_TUPLE:
+          r.columns.clear();
+          r.rows.clear();
+          for (int col = 0; col < PQnfields(res); ++col) r.columns.push_back(PQfname(res, col));
+          for (int row = 0; row < PQntuples(res); ++row) {
+            std::vector<std::optional<std::string>> values;
+            for (int col = 0; col < PQnfields(res); ++col) {
+              if (PQgetisnull(res, row, col)) {
+                values.push_back(std::nullopt);
+              } else {
+                values.emplace_back(
+                    std::string(PQgetvalue(res, row, col), PQgetlength(res, row, col)));
+              }
+            }
+            r.rows.push_back(std::move(values));
+          }
+          r.command_tag = PQcmdStatus(res);
+          break;
+        case PGRES_COMMAND_OK:
+        case PGRES_EMPTY_QUERY:
+          r.command_tag = PQcmdStatus(res);
+          break;
+        case PGRES_COPY_IN:
+          PQputCopyEnd(c.pg, "COPY is not supported in tasks");
+          break;
+        case PGRES_COPY_OUT:
+        case PGRES_COPY_BOTH:
+          r.status = absl::UnimplementedError("COPY TO is not supported in tasks");
+          break;
+        default: {
+          const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+          if (r.status.ok()) {
+            r.sqlstate = state != nullptr ? state : "";
+            r.status = absl::UnknownError(
+                absl::StrCat("node ", pool.node.ToString(), ": ", Trim(PQresultErrorMessage(res))));
+          }
+        }
+      }
+      PQclear(res);
+    }
+  }
+
+  void Connecting(Pool& pool, Connection& c) {
+    c.poll = PQconnectPoll(c.pg);
+    if (c.poll == PGRES_POLLING_FAILED) {
+      Broken(pool, c, Trim(PQerrorMessage(c.pg)));
+      return;
+    }
+    if (c.poll != PGRES_POLLING_OK) return;
+    PQsetnonblocking(c.pg, 1);
+    c.state = State::kIdle;
+    c.ready = absl::Now();
+    pool.connect_time_total += c.ready - c.connect_started;
+    ++pool.connects_done;
+    ++stats.connections_opened;
+    stats.ready_after[pool.node].push_back(c.ready - start);
+  }
+
+  void RunOneLocalTask() {
+    for (auto& [node, pool] : pools) {
+      if (!pool.run_locally || pool.pending.empty()) continue;
+      int t = pool.pending.front();
+      pool.pending.pop_front();
+      results[t].queued = absl::Now() - start;
+      const absl::Time began = absl::Now();
+      TaskResult local = ctx.RunLocally(tasks[t]);
+      local.node = node;
+      local.ran_locally = true;
+      local.queued = results[t].queued;
+      local.run = absl::Now() - began;
+      absl::Status status = local.status;
+      results[t] = std::move(local);
+      results[t].status = absl::OkStatus();
+      ++stats.tasks_run_locally;
+      Finish(t, status);
+      return;
+    }
+  }
+
+  bool LocalWorkPending() const {
+    for (const auto& [node, pool] : pools) {
+      if (pool.run_locally && !pool.pending.empty()) return true;
+    }
+    return false;
+  }
+
+  // ---- the loop ----
+
+  absl::Status Loop() {
+    for (auto& [node, pool] : pools) pool.interval_start = start;
+    while (remaining > 0) {
+      if (ctx.Interrupted()) return absl::CancelledError("the execution was cancelled");
+      const absl::Time now = absl::Now();
+      for (auto& [node, pool] : pools) {
+        Dispatch(pool);
+        MaybeGrow(pool, now);
+        // A pool whose connections all failed while tasks remain needs a first
+        // connection again: optionally at each interval while other pools
+        // work, and once nothing else is in flight, by waiting in the queue
+        // (optional tries alone could lose to waiters for ever) with only
+        // slots of earlier nodes held.
+        if (!pool.failed && !pool.run_locally && !pool.pending.empty() &&
+            std::none_of(pool.conns.begin(), pool.conns.end(),
+                         [](const auto& c) { return c->state != State::kBroken; }) &&
+            now >= pool.retry_optional_at) {
+          absl::StatusOr<Slot> slot =
+              ex.owner_.TryAcquire(*pool.key, LimitOf(pool), AcquireOptionsNow());
+          if (slot.ok()) {
+            StartConnect(pool, *std::move(slot));
+          } else if (pool.local) {
+            FailOverLocally(pool);
+          } else if (!OtherWorkInFlight(pool)) {
+            CloseIdleAfter(pool);
+            if (absl::Status s = WaitForFirst(pool, start + opt.slot_wait_timeout); !s.ok()) {
+              return s;
+            }
+          } else {
+            pool.retry_optional_at = now + opt.slow_start_interval;
+          }
+        }
+        ReapBroken(pool);
+      }
+      if (remaining == 0) break;
+
+      // Wait for sockets, at most a tick (or not at all when local work waits).
+      std::vector<pollfd> fds;
+      std::vector<std::pair<Pool*, Connection*>> owners;
+      absl::Time wake = now + opt.tick;
+      for (auto& [node, pool] : pools) {
+        wake = std::min(wake, pool.interval_start + opt.slow_start_interval);
+        for (auto& c : pool.conns) {
+          short events = 0;
+          if (c->state == State::kConnecting) {
+            events = c->poll == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+            wake = std::min(wake, c->connect_started + opt.connect_timeout);
+          } else if (c->state == State::kBusy) {
+            events = POLLIN | (c->want_write ? POLLOUT : 0);
+          } else {
+            continue;
+          }
+          fds.push_back({PQsocket(c->pg), events, 0});
+          owners.emplace_back(&pool, c.get());
+        }
+      }
+      const bool local_work = LocalWorkPending();
+      int timeout_ms = local_work ? 0
+                                  : static_cast<int>(std::max<int64_t>(
+                                        0, absl::ToInt64Milliseconds(wake - absl::Now()) + 1));
+      if (!fds.empty() || timeout_ms > 0) {
+        poll(fds.data(), fds.size(), timeout_ms);
+      }
+      const absl::Time after = absl::Now();
+      for (size_t i = 0; i < fds.size(); ++i) {
+        auto [pool, c] = owners[i];
+        if (c->state == State::kConnecting) {
+          if (fds[i].revents != 0) {
+            Connecting(*pool, *c);
+          } else if (after - c->connect_started > opt.connect_timeout) {
+            Broken(*pool, *c,
+                   absl::StrCat("timed out after ", absl::FormatDuration(opt.connect_timeout),
+                                " (node_connection_timeout)"));
+          }
+        } else if (c->state == State::kBusy) {
+          if (c->want_write && (fds[i].revents & POLLOUT)) {
+            int flushed = PQflush(c->pg);
+            if (flushed < 0) {
+              Broken(*pool, *c, Trim(PQerrorMessage(c->pg)));
+              continue;
+            }
+            c->want_write = flushed == 1;
+          }
+          if (fds[i].revents & (POLLIN | POLLERR | POLLHUP)) ReadResults(*pool, *c);
+        }
+      }
+      if (local_work) RunOneLocalTask();
+    }
+    return absl::OkStatus();
+  }
+
+  void ReapBroken(Pool& pool) {
+    std::vector<std::unique_ptr<Connection>> broken;
+    auto it = std::partition(pool.conns.begin(), pool.conns.end(),
+                             [](const auto& c) { return c->state != State::kBroken; });
+    for (auto b = it; b != pool.conns.end(); ++b) broken.push_back(std::move(*b));
+    pool.conns.erase(it, pool.conns.end());
+    if (!broken.empty()) CloseAll(std::move(broken));
+  }
+
+  // ---- the end ----
+
+  // After a cancel: every running remote query is cancelled, busy and
+  // connecting connections are closed (their slots given back), idle ones
+  // are kept.
+  void Abort() {
+    std::vector<std::unique_ptr<Connection>> closing;
+    for (auto& [node, pool] : pools) {
+      for (auto& c : pool.conns) {
+        if (c->state == State::kBusy) {
+          if (PGcancel* cancel = PQgetCancel(c->pg)) {
+            char error[256];
+            PQcancel(cancel, error, sizeof(error));
+            PQfreeCancel(cancel);
+          }
+        }
+        if (c->state == State::kConnecting) ++stats.connections_abandoned;
+        if (c->state != State::kIdle) closing.push_back(std::move(c));
+      }
+      std::erase(pool.conns, nullptr);
+    }
+    CloseAll(std::move(closing));
+    KeepOrClose();
+  }
+
+  // Idle connections go to the cache (up to max_cached_per_node, within
+  // their lifetime) only while their node has no waiters and, with them, a
+  // slot still free: a session that goes idle holding cached connections
+  // must never hold the last slots others will need (it cannot give them
+  // back until it runs again). The rest are closed.
+  void KeepOrClose() {
+    std::vector<std::unique_ptr<Connection>> closing;
+    for (auto& [node, pool] : pools) {
+      for (auto& c : pool.conns) {
+        if (c->state == State::kConnecting) ++stats.connections_abandoned;
+        if (auto rejected = ex.Cache(std::move(c))) closing.push_back(std::move(rejected));
+      }
+      pool.conns.clear();
+    }
+    CloseAll(std::move(closing));
+  }
+
+  std::map<int, absl::Time> run_started_;
+};
+
+AdaptiveExecutor::AdaptiveExecutor(Owner& owner, ExecutionContext& context, ExecutorOptions options)
+    : owner_(owner), context_(context), options_(options) {}
+
+AdaptiveExecutor::~AdaptiveExecutor() { CloseIdle(); }
+
+NodeKey AdaptiveExecutor::KeyOf(const NodeAddress& node) {
+  return *NodeKey::Create(node.host, node.port, context_.DatabaseId());
+}
+
+absl::StatusOr<ExecutionResult> AdaptiveExecutor::Execute(std::vector<Task> tasks) {
+  ExecutionRun run(*this, std::move(tasks));
+  run.start = absl::Now();
+  run.remaining = static_cast<int>(run.tasks.size());
+  for (size_t t = 0; t < run.tasks.size(); ++t) {
+    const Task& task = run.tasks[t];
+    run.results[t].node = task.node;
+    absl::StatusOr<NodeKey> key =
+        NodeKey::Create(task.node.host, task.node.port, context_.DatabaseId());
+    if (!key.ok()) {
+      run.Finish(static_cast<int>(t), key.status());
+      continue;
+    }
+    ExecutionRun::Pool& pool = run.pools[task.node];
+    if (!pool.key) {
+      pool.node = task.node;
+      pool.key = *key;
+      pool.local = context_.IsLocal(task.node);
+    }
+    pool.pending.push_back(static_cast<int>(t));
+  }
+
+  absl::Status status = run.SecureFirstConnections();
+  if (status.ok()) status = run.Loop();
+  if (!status.ok()) {
+    run.Abort();
+    return status;
+  }
+  run.KeepOrClose();
+  return ExecutionResult{std::move(run.results), std::move(run.stats)};
+}
+
+std::unique_ptr<AdaptiveExecutor::Connection> AdaptiveExecutor::TakeCached(const NodeAddress& node,
+                                                                           int* discarded) {
+  auto it = cache_.find(node);
+  if (it == cache_.end()) return nullptr;
+  std::vector<std::unique_ptr<Connection>>& cached = it->second;
+  std::vector<std::unique_ptr<Connection>> dead;
+  std::unique_ptr<Connection> found;
+  const absl::Time now = absl::Now();
+  while (!cached.empty() && found == nullptr) {
+    std::unique_ptr<Connection> c = std::move(cached.back());
+    cached.pop_back();
+    if (IdleConnectionIsDead(c->pg) || now - c->ready >= options_.max_cached_lifetime) {
+      if (IdleConnectionIsDead(c->pg)) ++*discarded;
+      c->state = IdleConnectionIsDead(c->pg) ? State::kBroken : State::kIdle;
+      dead.push_back(std::move(c));
+    } else {
+      found = std::move(c);
+    }
+  }
+  if (cached.empty()) cache_.erase(it);
+  if (!dead.empty()) CloseAll(std::move(dead));
+  return found;
+}
+
+std::unique_ptr<AdaptiveExecutor::Connection> AdaptiveExecutor::Cache(
+    std::unique_ptr<Connection> c) {
+  if (c->state != State::kIdle || IdleConnectionIsDead(c->pg) ||
+      absl::Now() - c->ready >= options_.max_cached_lifetime ||
+      CachedConnections(c->node) >= options_.max_cached_per_node) {
+    return c;
+  }
+  const NodeKey key = KeyOf(c->node);
+  const CounterTable& table = owner_.table();
+  const Limit limit = context_.LimitFor(c->node, context_.IsLocal(c->node));
+  if (table.HasWaiters(key) || !limit.Admits(table.ConnectionCount(key), 0)) return c;
+  c->reused = false;
+  cache_[c->node].push_back(std::move(c));
+  return nullptr;
+}
+
+int AdaptiveExecutor::CloseIdle() {
+  std::vector<std::unique_ptr<Connection>> closing;
+  for (auto& [node, conns] : cache_) {
+    for (auto& c : conns) closing.push_back(std::move(c));
+  }
+  cache_.clear();
+  int n = static_cast<int>(closing.size());
+  CloseAll(std::move(closing));
+  return n;
+}
+
+int AdaptiveExecutor::CloseIdle(const NodeAddress& node) {
+  auto it = cache_.find(node);
+  if (it == cache_.end()) return 0;
+  int n = static_cast<int>(it->second.size());
+  CloseAll(std::move(it->second));
+  cache_.erase(it);
+  return n;
+}
+
+int AdaptiveExecutor::CachedConnections(const NodeAddress& node) const {
+  auto it = cache_.find(node);
+  return it == cache_.end() ? 0 : static_cast<int>(it->second.size());
+}
+
+std::map<NodeAddress, int> AdaptiveExecutor::CachedConnections() const {
+  std::map<NodeAddress, int> out;
+  for (const auto& [node, conns] : cache_) out[node] = static_cast<int>(conns.size());
+  return out;
+}
+
+}  // namespace connthrottle

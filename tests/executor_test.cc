@@ -1,0 +1,1022 @@
+// The adaptive executor (C++) against real PostgreSQL 15 workers: results per
+// task, the strict limit as the workers themselves see it (pg_stat_activity),
+// optional connections refused and picked up later, slow start, connection
+// reuse across executions, local-execution failover, COPY with reservations,
+// a worker that stops mid-run, a cached connection the worker killed, cancel,
+// fairness between sessions competing for few slots, and a refused node.
+//
+// Two workers are started once for the whole binary and shared; every case
+// has its own CounterTable (a heap table, or a named shared segment for the
+// fairness case), so counters start at zero, and ends with every key's count
+// at zero once its executors are gone, a clean Audit(), and no coordinator
+// backend left on the workers.
+//
+// Cases synchronise only by polling conditions with deadlines. The figures
+// they measure (peaks, connections opened, timings, fairness) are printed for
+// a person to read in `ctest -V`; timing assertions are only liveness bounds.
+
+#include "connthrottle/executor.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "cluster/local_server.h"
+#include "cluster/pg_client.h"
+#include "connthrottle/copy_stream.h"
+#include "connthrottle/counter_table.h"
+#include "connthrottle/limit.h"
+#include "connthrottle/node_key.h"
+#include "connthrottle/owner.h"
+#include "connthrottle/shared_segment.h"
+#include "connthrottle/slot.h"
+#include "connthrottle/standalone_context.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/heap_table.h"
+
+namespace connthrottle {
+namespace {
+
+using ::connthrottle::cluster::LocalServer;
+using ::connthrottle::cluster::PgClient;
+using ::connthrottle::cluster::QueryResult;
+using ::connthrottle::cluster::ServerConfig;
+using ::testing::HasSubstr;
+
+// The application_name the executor's connections carry (StandaloneContext's
+// default); observers use LocalServer's "connthrottle-test".
+constexpr char kCoordinatorBackends[] =
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle' "
+    "AND backend_type = 'client backend'";
+constexpr char kActiveCoordinatorQueries[] =
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle' "
+    "AND backend_type = 'client backend' AND state = 'active' AND query LIKE '%pg_sleep%'";
+
+// Polls `condition` until it holds or `timeout` passes. The pause between
+// polls only spaces them; it never stands in for synchronisation.
+bool PollUntil(const std::function<bool()>& condition, absl::Duration timeout = absl::Seconds(5)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    if (condition()) return true;
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+}
+
+void Report(const std::string& what, const std::string& figure) {
+  std::printf("[ FIGURE   ] %s: %s\n", what.c_str(), figure.c_str());
+  std::fflush(stdout);
+}
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+NodeAddress Addr(const LocalServer& s) { return NodeAddress{s.host(), s.port()}; }
+NodeKey KeyOf(const NodeAddress& a) { return testing::Key(a.host, a.port, 1); }
+NodeKey KeyOf(const LocalServer& s) { return KeyOf(Addr(s)); }
+
+// The single integer a query returns; -1 and a test failure on error.
+int IntValue(PgClient& c, const std::string& sql) {
+  absl::StatusOr<std::string> v = c.QueryValue(sql);
+  EXPECT_TRUE(v.ok()) << v.status();
+  return v.ok() && !v->empty() ? std::stoi(*v) : -1;
+}
+
+// What `server` logged (log_connections is on): connections it received
+// (every backend it started, whoever connected), and those of the executor it
+// authorized ("connection authorized: ... application_name=connthrottle").
+struct LoggedConnections {
+  int received = 0;
+  int authorized = 0;
+};
+LoggedConnections Logged(const LocalServer& server) {
+  std::ifstream in(server.log_file());
+  std::string line;
+  LoggedConnections n;
+  while (std::getline(in, line)) {
+    if (absl::StrContains(line, "connection received:")) ++n.received;
+    if (absl::StrContains(line, "connection authorized:") &&
+        absl::EndsWith(line, "application_name=connthrottle")) {
+      ++n.authorized;
+    }
+  }
+  return n;
+}
+
+StandaloneContext::Settings Settings(int max_shared_pool_size) {
+  StandaloneContext::Settings s;
+  s.user = "postgres";
+  s.database = "postgres";
+  s.limits.max_shared_pool_size = max_shared_pool_size;
+  return s;
+}
+
+std::unique_ptr<Owner> MustRegister(const CounterTable& table) {
+  absl::StatusOr<std::unique_ptr<Owner>> owner = table.RegisterOwner();
+  if (!owner.ok()) {
+    ADD_FAILURE() << owner.status();
+    std::abort();
+  }
+  return *std::move(owner);
+}
+
+// One coordinator session: an Owner, a context and an executor (destroyed in
+// the reverse order, so the executor closes its connections first).
+struct Session {
+  Session(const CounterTable& table, StandaloneContext::Settings settings,
+          ExecutorOptions options = {})
+      : owner(MustRegister(table)),
+        context(std::move(settings)),
+        executor(*owner, context, options) {}
+
+  std::unique_ptr<Owner> owner;
+  StandaloneContext context;
+  AdaptiveExecutor executor;
+};
+
+// A loopback port nobody listens on (bound, read, closed).
+int UnusedPort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof(a);
+  int port = -1;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+std::string Describe(const std::vector<KeyStats>& keys) {
+  std::vector<std::string> out;
+  for (const KeyStats& k : keys) {
+    out.push_back(absl::StrCat(k.host, ":", k.port, "/", k.database, " connections ", k.connections,
+                               " reserved ", k.reserved, " waiters ", k.waiters));
+  }
+  return out.empty() ? "none" : absl::StrJoin(out, "; ");
+}
+
+std::optional<KeyStats> StatsOf(const CounterTable& table, const NodeAddress& node) {
+  for (const KeyStats& k : table.Snapshot()) {
+    if (k.host == node.host && k.port == node.port && k.database == 1) return k;
+  }
+  return std::nullopt;
+}
+
+std::string Durations(const std::vector<absl::Duration>& ds) {
+  std::vector<std::string> out;
+  for (absl::Duration d : ds) out.push_back(absl::StrFormat("%.1f", Ms(d)));
+  return absl::StrCat("[", absl::StrJoin(out, ", "), "] ms");
+}
+
+// ---------------------------------------------------------------------------
+
+class ExecutorTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::string> root = cluster::MakeServerRoot("ct-exec");
+    if (!root.ok()) {
+      *startup_error_ = root.status().ToString();
+      return;
+    }
+    *root_ = *root;
+    const absl::Time began = absl::Now();
+    for (const char* name : {"worker1", "worker2"}) {
+      absl::StatusOr<std::unique_ptr<LocalServer>> server =
+          LocalServer::Start(*root_, ServerConfig{.name = name,
+                                                  .max_connections = 60,
+                                                  .settings = {{"log_connections", "on"}}});
+      if (!server.ok()) {
+        *startup_error_ = server.status().ToString();
+        return;
+      }
+      (name[6] == '1' ? w1_ : w2_) = server->release();
+    }
+    Report("two workers started in", absl::StrFormat("%.0f ms", Ms(absl::Now() - began)));
+  }
+
+  static void TearDownTestSuite() {
+    delete w1_;
+    delete w2_;
+    w1_ = w2_ = nullptr;
+    if (!root_->empty()) cluster::RemoveTree(*root_);
+  }
+
+  void SetUp() override {
+    ASSERT_TRUE(w1_ != nullptr && w2_ != nullptr) << "workers did not start: " << *startup_error_;
+    heap_ = std::make_unique<testing::HeapTable>();
+    table_.emplace(heap_->table());
+    keys_ = {KeyOf(*w1_), KeyOf(*w2_)};
+    absl::StatusOr<std::unique_ptr<PgClient>> o1 = w1_->Connect();
+    absl::StatusOr<std::unique_ptr<PgClient>> o2 = w2_->Connect();
+    ASSERT_TRUE(o1.ok()) << o1.status();
+    ASSERT_TRUE(o2.ok()) << o2.status();
+    obs1_ = *std::move(o1);
+    obs2_ = *std::move(o2);
+    ASSERT_EQ(IntValue(*obs1_, kCoordinatorBackends), 0) << "worker1 busy before the test";
+    ASSERT_EQ(IntValue(*obs2_, kCoordinatorBackends), 0) << "worker2 busy before the test";
+  }
+
+  // Every case's executors are gone by now: every count is zero, the
+  // bookkeeping is exact, and the workers see no coordinator backend.
+  void TearDown() override {
+    if (obs1_ == nullptr) return;
+    for (const NodeKey& key : keys_) {
+      EXPECT_EQ(table().ConnectionCount(key), 0u) << key.ToString();
+    }
+    EXPECT_TRUE(table().Snapshot().empty()) << Describe(table().Snapshot());
+    absl::Status audit = table().Audit();
+    EXPECT_TRUE(audit.ok()) << audit;
+    EXPECT_TRUE(PollUntil([&] { return IntValue(*obs1_, kCoordinatorBackends) == 0; }))
+        << "coordinator backends left on worker1";
+    EXPECT_TRUE(PollUntil([&] { return IntValue(*obs2_, kCoordinatorBackends) == 0; }))
+        << "coordinator backends left on worker2";
+    obs1_.reset();
+    obs2_.reset();
+    if (segment_ != nullptr) {
+      const std::string name = segment_->name();
+      segment_.reset();
+      (void)SharedSegment::Remove(name);
+    }
+  }
+
+  // Replaces the heap table by a table in a new, uniquely named segment.
+  void UseSharedSegment(const std::string& what) {
+    const std::string name =
+        absl::StrCat("ct-exec-", what, "-", getpid(), "-", absl::ToUnixMicros(absl::Now()));
+    absl::StatusOr<std::unique_ptr<SharedSegment>> segment =
+        SharedSegment::CreateOrAttach(name, TableOptions{});
+    ASSERT_TRUE(segment.ok()) << segment.status();
+    ASSERT_TRUE((*segment)->created());
+    segment_ = *std::move(segment);
+    table_.emplace(segment_->table());
+  }
+
+  const CounterTable& table() const { return *table_; }
+
+  static inline LocalServer* w1_ = nullptr;
+  static inline LocalServer* w2_ = nullptr;
+  static inline std::string* root_ = new std::string;
+  static inline std::string* startup_error_ = new std::string;
+
+  std::unique_ptr<testing::HeapTable> heap_;
+  std::unique_ptr<SharedSegment> segment_;
+  std::optional<CounterTable> table_;      // the heap table's, or the segment's
+  std::vector<NodeKey> keys_;              // checked at the end of the case
+  std::unique_ptr<PgClient> obs1_, obs2_;  // observe each worker (main thread only)
+};
+
+// 1 -------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, FanOutReturnsEachTasksOwnResult) {
+  Session s(table(), Settings(16));
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  std::vector<Task> tasks;
+  for (int i = 0; i < 64; ++i) {
+    const bool fails = i % 9 == 4;
+    tasks.push_back(Task{i % 2 == 0 ? n1 : n2,
+                         fails ? absl::StrCat("SELECT ", i, " / 0")
+                               : absl::StrCat("SELECT ", i, ", current_setting('port')")});
+  }
+  const absl::Time began = absl::Now();
+  absl::StatusOr<ExecutionResult> r = s.executor.Execute(tasks);
+  const absl::Duration took = absl::Now() - began;
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->tasks.size(), tasks.size());
+  int failed = 0;
+  for (int i = 0; i < 64; ++i) {
+    SCOPED_TRACE(absl::StrCat("task ", i, ": ", tasks[i].sql));
+    const TaskResult& t = r->tasks[i];
+    EXPECT_EQ(t.node, tasks[i].node);
+    EXPECT_FALSE(t.ran_locally);
+    if (i % 9 == 4) {
+      ++failed;
+      EXPECT_FALSE(t.status.ok());
+      EXPECT_EQ(t.sqlstate, "22012") << t.status;
+      EXPECT_THAT(std::string(t.status.message()), HasSubstr(tasks[i].node.ToString()));
+      EXPECT_THAT(std::string(t.status.message()), HasSubstr("division by zero"));
+      continue;
+    }
+    ASSERT_TRUE(t.status.ok()) << t.status;
+    EXPECT_EQ(t.sqlstate, "");
+    EXPECT_EQ(t.command_tag, "SELECT 1");
+    ASSERT_EQ(t.rows.size(), 1u);
+    ASSERT_EQ(t.rows[0].size(), 2u);
+    EXPECT_EQ(t.rows[0][0], std::to_string(i));
+    EXPECT_EQ(t.rows[0][1], std::to_string(tasks[i].node.port));
+    EXPECT_GE(t.connection, 0);
+  }
+  EXPECT_GT(failed, 0);
+  Report(
+      "fan-out: 64 tasks over 2 workers",
+      absl::StrFormat("%.1f ms, %d failing as intended, %d connections opened, %d reused", Ms(took),
+                      failed, r->stats.connections_opened, r->stats.connections_reused));
+}
+
+// 2 -------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, NeverMoreCoordinatorConnectionsThanTheLimit) {
+  constexpr int kLimit = 3;
+  constexpr int kThreads = 4;
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  std::vector<Task> tasks;
+  for (int i = 0; i < 40; ++i)
+    tasks.push_back(Task{i % 2 == 0 ? n1 : n2, "SELECT pg_sleep(0.005)"});
+
+  std::atomic<bool> stop_sampling{false};
+  std::atomic<int> peak1{0}, peak2{0}, samples{0}, sample_errors{0};
+  std::atomic<uint32_t> table_peak{0};
+  std::thread sampler([&] {
+    absl::StatusOr<std::unique_ptr<PgClient>> c1 = w1_->Connect();
+    absl::StatusOr<std::unique_ptr<PgClient>> c2 = w2_->Connect();
+    if (!c1.ok() || !c2.ok()) {
+      ++sample_errors;
+      return;
+    }
+    while (!stop_sampling.load()) {
+      absl::StatusOr<std::string> a = (*c1)->QueryValue(kCoordinatorBackends);
+      absl::StatusOr<std::string> b = (*c2)->QueryValue(kCoordinatorBackends);
+      if (!a.ok() || !b.ok()) {
+        ++sample_errors;
+        continue;
+      }
+      peak1 = std::max(peak1.load(), std::stoi(*a));
+      peak2 = std::max(peak2.load(), std::stoi(*b));
+      table_peak = std::max({table_peak.load(), table().ConnectionCount(KeyOf(n1)),
+                             table().ConnectionCount(KeyOf(n2))});
+      ++samples;
+      absl::SleepFor(absl::Milliseconds(5));  // spacing of samples only
+    }
+  });
+
+  std::vector<int> executions(kThreads, 0), bad_tasks(kThreads, 0), bad_runs(kThreads, 0);
+  std::vector<std::string> first_error(kThreads);
+  std::vector<int> opened(kThreads, 0);
+  {
+    std::vector<std::thread> threads;
+    const absl::Time end = absl::Now() + absl::Milliseconds(2500);
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        Session s(table(), Settings(kLimit));
+        while (absl::Now() < end) {
+          absl::StatusOr<ExecutionResult> r = s.executor.Execute(tasks);
+          if (!r.ok()) {
+            ++bad_runs[t];
+            if (first_error[t].empty()) first_error[t] = r.status().ToString();
+            continue;
+          }
+          ++executions[t];
+          opened[t] += r->stats.connections_opened;
+          for (const TaskResult& tr : r->tasks) {
+            if (!tr.status.ok()) {
+              ++bad_tasks[t];
+              if (first_error[t].empty()) first_error[t] = tr.status.ToString();
+            }
+          }
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+  }
+  stop_sampling = true;
+  sampler.join();
+
+  Report("strict limit 3, 4 sessions: peak coordinator backends seen by the workers",
+         absl::StrCat("worker1 ", peak1.load(), ", worker2 ", peak2.load(), " (", samples.load(),
+                      " samples); peak count in the table ", table_peak.load()));
+  Report("strict limit: executions per session / connections opened per session",
+         absl::StrCat(absl::StrJoin(executions, " "), " / ", absl::StrJoin(opened, " ")));
+  EXPECT_EQ(sample_errors.load(), 0);
+  EXPECT_GT(samples.load(), 20);
+  EXPECT_GE(std::max(peak1.load(), peak2.load()), 1) << "the sampler never saw a connection";
+  EXPECT_LE(peak1.load(), kLimit) << "worker1 saw more coordinator backends than the limit";
+  EXPECT_LE(peak2.load(), kLimit) << "worker2 saw more coordinator backends than the limit";
+  EXPECT_LE(table_peak.load(), static_cast<uint32_t>(kLimit));
+  for (int t = 0; t < kThreads; ++t) {
+    SCOPED_TRACE(absl::StrCat("session ", t));
+    EXPECT_GE(executions[t], 1);
+    EXPECT_EQ(bad_runs[t], 0) << first_error[t];
+    EXPECT_EQ(bad_tasks[t], 0) << first_error[t];
+  }
+}
+
+// 3 -------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, OptionalConnectionsRefusedThenPickedUpLater) {
+  const NodeAddress n1 = Addr(*w1_);
+  const NodeKey k1 = KeyOf(n1);
+  std::unique_ptr<Owner> holder = MustRegister(table());
+  absl::StatusOr<Slot> held = holder->TryAcquire(k1, Limit::AtMost(2));
+  ASSERT_TRUE(held.ok()) << held.status();
+
+  Session s(table(), Settings(2));
+  const std::vector<Task> tasks(30, Task{n1, "SELECT pg_sleep(0.02)"});
+  absl::StatusOr<ExecutionResult> r = absl::UnknownError("not run");
+  std::atomic<bool> done{false};
+  std::thread runner([&] {
+    r = s.executor.Execute(tasks);
+    done = true;
+  });
+  // The executor's first connection runs a task: release the held slot now.
+  const bool busy =
+      PollUntil([&] { return done || IntValue(*obs1_, kActiveCoordinatorQueries) >= 1; });
+  const bool finished_early = done.load();
+  const uint32_t count_while_held = table().ConnectionCount(k1);
+  held->Release();
+  runner.join();
+
+  ASSERT_TRUE(busy) << "the executor never ran a task on worker1";
+  ASSERT_FALSE(finished_early) << "the execution ended before the held slot was released";
+  EXPECT_EQ(count_while_held, 2u) << "the executor's first connection plus the held slot";
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::set<int> connections;
+  for (const TaskResult& t : r->tasks) {
+    EXPECT_TRUE(t.status.ok()) << t.status;
+    connections.insert(t.connection);
+  }
+  Report("optional connections: refused while held / connections used after release",
+         absl::StrCat(r->stats.optional_refused, " / ", connections.size(), " (ready after ",
+                      Durations(r->stats.ready_after[n1]), ")"));
+  EXPECT_GT(r->stats.optional_refused, 0);
+  EXPECT_EQ(connections.size(), 2u) << "the refused optional connection was not picked up later";
+  EXPECT_EQ(table().ConnectionCount(k1), static_cast<uint32_t>(s.executor.CachedConnections()[n1]));
+}
+
+// 4 -------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, SlowStartOpensConnectionsGradually) {
+  const NodeAddress n1 = Addr(*w1_);
+  const absl::Duration interval = absl::Milliseconds(20);
+  ExecutorOptions options;
+  options.max_pool_size = 8;
+  options.slow_start_interval = interval;
+  Session s(table(), Settings(16), options);
+  const std::vector<Task> tasks(60, Task{n1, "SELECT pg_sleep(0.05)"});
+
+  absl::StatusOr<ExecutionResult> r = absl::UnknownError("not run");
+  std::atomic<bool> done{false};
+  std::thread runner([&] {
+    r = s.executor.Execute(tasks);
+    done = true;
+  });
+  // The worker's own view: when each coordinator backend started.
+  std::map<int, double> backend_start_ms;
+  while (!done.load()) {
+    absl::StatusOr<QueryResult> q = obs1_->Query(
+        "SELECT pid, (extract(epoch FROM backend_start) * 1000)::float8 FROM pg_stat_activity "
+        "WHERE application_name = 'connthrottle' AND backend_type = 'client backend'");
+    EXPECT_TRUE(q.ok()) << q.status();  // no ASSERT: the runner must be joined
+    if (!q.ok()) break;
+    for (const auto& row : q->rows) {
+      backend_start_ms[std::stoi(*row[0])] = std::stod(*row[1]);
+    }
+    absl::SleepFor(absl::Milliseconds(2));  // spacing of samples only
+  }
+  runner.join();
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const TaskResult& t : r->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
+
+  std::vector<absl::Duration> ready = r->stats.ready_after[n1];
+  std::sort(ready.begin(), ready.end());
+  ASSERT_GE(ready.size(), 4u) << Durations(ready);
+  EXPECT_LE(ready.size(), 8u) << "max_pool_size exceeded: " << Durations(ready);
+  const int in_first_interval = static_cast<int>(std::count_if(
+      ready.begin(), ready.end(), [&](absl::Duration d) { return d < ready.front() + interval; }));
+  std::vector<double> starts;
+  for (const auto& [pid, ms] : backend_start_ms) starts.push_back(ms);
+  std::sort(starts.begin(), starts.end());
+  Report("slow start (interval 20 ms, max_pool_size 8): connections ready after",
+         absl::StrCat(Durations(ready), ", ", in_first_interval, " within the first interval"));
+  std::vector<std::string> rel;
+  for (double ms : starts) rel.push_back(absl::StrFormat("%.1f", ms - starts.front()));
+  Report("slow start: worker-side backend_start relative to the first",
+         absl::StrCat("[", absl::StrJoin(rel, ", "), "] ms"));
+  EXPECT_LT(in_first_interval, static_cast<int>(ready.size()));
+  EXPECT_GE(ready.back() - ready.front(), 2 * interval) << Durations(ready);
+  EXPECT_LT(ready[0], ready[3]);
+  ASSERT_GE(starts.size(), 4u);
+  EXPECT_GE(starts.back() - starts.front(), 2 * Ms(interval));
+}
+
+// 5 -------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, FewShortTasksReuseOneCachedConnection) {
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  // Nobody else connects to the workers during the loop (the observers are
+  // connected already), so every connection they receive is the executor's.
+  const LoggedConnections before1 = Logged(*w1_), before2 = Logged(*w2_);
+  std::vector<Task> tasks;
+  for (int i = 0; i < 32; ++i) tasks.push_back(Task{i % 2 == 0 ? n1 : n2, "SELECT 1"});
+  std::vector<int> opened, reused;
+  int total_opened = 0;
+  {
+    Session s(table(), Settings(16));
+    for (int e = 0; e < 20; ++e) {
+      absl::StatusOr<ExecutionResult> r = s.executor.Execute(tasks);
+      ASSERT_TRUE(r.ok()) << r.status();
+      for (const TaskResult& t : r->tasks) ASSERT_TRUE(t.status.ok()) << t.status;
+      opened.push_back(r->stats.connections_opened);
+      reused.push_back(r->stats.connections_reused);
+      total_opened += r->stats.connections_opened;
+    }
+  }
+  // The executor is gone and has waited for the backends it closed.
+  const LoggedConnections after1 = Logged(*w1_), after2 = Logged(*w2_);
+  const int received1 = after1.received - before1.received;
+  const int received2 = after2.received - before2.received;
+  Report("low churn, 20 x 32 SELECT 1: connections opened per execution (ExecutionStats)",
+         absl::StrCat("[", absl::StrJoin(opened, " "), "], total ", total_opened));
+  Report("low churn: connections reused per execution",
+         absl::StrCat("[", absl::StrJoin(reused, " "), "]"));
+  Report("low churn: backends the workers started / authorized for the executor",
+         absl::StrCat("worker1 ", received1, " / ", after1.authorized - before1.authorized,
+                      ", worker2 ", received2, " / ", after2.authorized - before2.authorized));
+  EXPECT_LE(total_opened, 8) << "more than 4 connections per worker for 20 tiny executions";
+  EXPECT_LE(received1, 4) << "worker1 started a backend for most executions";
+  EXPECT_LE(received2, 4) << "worker2 started a backend for most executions";
+  for (int e = 1; e < 20; ++e) {
+    EXPECT_GT(reused[e], 0) << "execution " << e << " reused no cached connection";
+  }
+}
+
+// 6 -------------------------------------------------------------------------
+
+class LocalRecorder {
+ public:
+  std::function<TaskResult(const Task&)> Callback() {
+    return [this](const Task& task) {
+      std::lock_guard<std::mutex> lock(mu_);
+      seen_.push_back(task.sql);
+      TaskResult r;
+      r.status = absl::OkStatus();
+      r.command_tag = "LOCAL";
+      r.columns = {"marker"};
+      r.rows = {{std::optional<std::string>(absl::StrCat("local:", task.sql))}};
+      return r;
+    };
+  }
+  std::vector<std::string> seen() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return seen_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> seen_;
+};
+
+TEST_F(ExecutorTest, LocalFailoverWhenNeverConnectingToSelf) {
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  LocalRecorder recorder;
+  StandaloneContext::Settings settings = Settings(16);
+  settings.local_node = n1;
+  settings.limits.local_shared_pool_size = kNeverConnectToSelf;
+  settings.run_locally = recorder.Callback();
+  Session s(table(), settings);
+  std::vector<Task> tasks;
+  for (int i = 0; i < 12; ++i) {
+    tasks.push_back(Task{i % 3 == 0 ? n2 : n1, absl::StrCat("SELECT ", i)});
+  }
+  absl::StatusOr<ExecutionResult> r = s.executor.Execute(tasks);
+  ASSERT_TRUE(r.ok()) << r.status();
+  int local = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    SCOPED_TRACE(tasks[i].sql);
+    const TaskResult& t = r->tasks[i];
+    ASSERT_TRUE(t.status.ok()) << t.status;
+    if (tasks[i].node == n1) {
+      ++local;
+      EXPECT_TRUE(t.ran_locally);
+      EXPECT_EQ(t.node, n1);
+      ASSERT_EQ(t.rows.size(), 1u);
+      EXPECT_EQ(t.rows[0][0], absl::StrCat("local:", tasks[i].sql));
+    } else {
+      EXPECT_FALSE(t.ran_locally);
+      ASSERT_EQ(t.rows.size(), 1u);
+      EXPECT_EQ(t.rows[0][0], std::to_string(i));
+    }
+  }
+  EXPECT_EQ(static_cast<int>(recorder.seen().size()), local);
+  EXPECT_EQ(r->stats.tasks_run_locally, local);
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n1)), 0u);
+  EXPECT_EQ(IntValue(*obs1_, kCoordinatorBackends), 0) << "connected to the local node";
+  Report("local failover (local_shared_pool_size = -1)",
+         absl::StrCat(local, " tasks ran locally, callback called ", recorder.seen().size(),
+                      " times"));
+}
+
+TEST_F(ExecutorTest, LocalFailoverWhenTheLocalLimitIsReached) {
+  const NodeAddress n1 = Addr(*w1_);
+  LocalRecorder recorder;
+  StandaloneContext::Settings settings = Settings(16);
+  settings.local_node = n1;
+  settings.limits.local_shared_pool_size = 1;
+  settings.run_locally = recorder.Callback();
+  std::unique_ptr<Owner> holder = MustRegister(table());
+  absl::StatusOr<Slot> held = holder->TryAcquire(KeyOf(n1), Limit::ForLocal(settings.limits, 0));
+  ASSERT_TRUE(held.ok()) << held.status();
+  {
+    Session s(table(), settings);
+    const std::vector<Task> tasks(6, Task{n1, "SELECT 'remote'"});
+    const absl::Time began = absl::Now();
+    absl::StatusOr<ExecutionResult> r = s.executor.Execute(tasks);
+    const absl::Duration took = absl::Now() - began;
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const TaskResult& t : r->tasks) {
+      ASSERT_TRUE(t.status.ok()) << t.status;
+      EXPECT_TRUE(t.ran_locally);
+      ASSERT_EQ(t.rows.size(), 1u);
+      EXPECT_EQ(t.rows[0][0], "local:SELECT 'remote'");
+    }
+    EXPECT_EQ(recorder.seen().size(), 6u);
+    EXPECT_EQ(r->stats.waited_for_first, 0) << "a local connection must never be waited for";
+    EXPECT_EQ(table().ConnectionCount(KeyOf(n1)), 1u) << "only the held slot";
+    EXPECT_LT(took, absl::Seconds(5));
+    Report("local failover at the local limit (1, held by another owner)",
+           absl::StrFormat("6 tasks ran locally in %.1f ms", Ms(took)));
+  }
+  held->Release();
+}
+
+TEST_F(ExecutorTest, LocalTaskThatMayNotRunLocallyFailsNamingTheNode) {
+  const NodeAddress n1 = Addr(*w1_);
+  LocalRecorder recorder;
+  StandaloneContext::Settings settings = Settings(16);
+  settings.local_node = n1;
+  settings.limits.local_shared_pool_size = kNeverConnectToSelf;
+  settings.run_locally = recorder.Callback();
+  Session s(table(), settings);
+  std::vector<Task> tasks = {Task{n1, "SELECT 'may run locally'", true},
+                             Task{n1, "SELECT 'must run remotely'", false}};
+  absl::StatusOr<ExecutionResult> r = s.executor.Execute(tasks);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->tasks[0].status.ok()) << r->tasks[0].status;
+  EXPECT_TRUE(r->tasks[0].ran_locally);
+  EXPECT_FALSE(r->tasks[1].status.ok());
+  EXPECT_FALSE(r->tasks[1].ran_locally);
+  EXPECT_THAT(std::string(r->tasks[1].status.message()), HasSubstr(n1.ToString()));
+  EXPECT_EQ(recorder.seen(), std::vector<std::string>{"SELECT 'may run locally'"});
+  Report("allow_local = false on the local node", r->tasks[1].status.ToString());
+}
+
+// 7 -------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, CopyWithReservationsLandsEveryRowOnItsNode) {
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  for (LocalServer* w : {w1_, w2_}) {
+    ASSERT_TRUE(w->Query("CREATE TABLE copy_target (id int, payload text)").ok());
+  }
+  constexpr int kRows = 101;
+  {
+    Session s(table(), Settings(16));
+    absl::StatusOr<std::unique_ptr<CopyStream>> copy =
+        CopyStream::Begin(s.executor, {n1, n2}, "COPY copy_target FROM STDIN",
+                          absl::Now() + absl::Seconds(10), [] { return false; });
+    ASSERT_TRUE(copy.ok()) << copy.status();
+    for (const NodeAddress& n : {n1, n2}) {
+      std::optional<KeyStats> k = StatsOf(table(), n);
+      ASSERT_TRUE(k.has_value()) << "no reservation for " << n.ToString();
+      EXPECT_EQ(k->reserved, 1u) << n.ToString();
+      EXPECT_EQ(k->connections, 1u) << n.ToString();
+    }
+    EXPECT_EQ(IntValue(*obs1_, kCoordinatorBackends), 0) << "connected before any row";
+    EXPECT_EQ(IntValue(*obs2_, kCoordinatorBackends), 0) << "connected before any row";
+    for (int id = 0; id < kRows; ++id) {
+      absl::Status sent = (*copy)->Send(id % 2, absl::StrCat(id, "\trow ", id, "\n"));
+      ASSERT_TRUE(sent.ok()) << sent;
+    }
+    absl::StatusOr<std::vector<CopyStream::NodeResult>> results = (*copy)->Finish();
+    ASSERT_TRUE(results.ok()) << results.status();
+    ASSERT_EQ(results->size(), 2u);
+    const uint64_t expected_rows[2] = {(kRows + 1) / 2, kRows / 2};
+    for (int i = 0; i < 2; ++i) {
+      const CopyStream::NodeResult& nr = (*results)[i];
+      SCOPED_TRACE(nr.node.ToString());
+      EXPECT_TRUE(nr.status.ok()) << nr.status;
+      EXPECT_TRUE(nr.connected);
+      EXPECT_EQ(nr.rows_sent, expected_rows[i]);
+      EXPECT_EQ(nr.command_tag, absl::StrCat("COPY ", expected_rows[i]));
+    }
+    copy->reset();
+    for (int i = 0; i < 2; ++i) {
+      LocalServer* w = i == 0 ? w1_ : w2_;
+      absl::StatusOr<QueryResult> q = w->Query(
+          absl::StrCat("SELECT count(*), count(*) FILTER (WHERE id % 2 <> ", i,
+                       " OR payload <> 'row ' || id), coalesce(sum(id), 0) FROM copy_target"));
+      ASSERT_TRUE(q.ok()) << q.status();
+      int64_t sum = 0;
+      for (int id = i; id < kRows; id += 2) sum += id;
+      EXPECT_EQ(q->rows[0][0], std::to_string(expected_rows[i])) << w->name();
+      EXPECT_EQ(q->rows[0][1], "0") << w->name() << ": rows of the other node";
+      EXPECT_EQ(q->rows[0][2], std::to_string(sum)) << w->name();
+    }
+    // What is counted now is exactly what the cache holds.
+    std::map<NodeAddress, int> cached = s.executor.CachedConnections();
+    for (const NodeAddress& n : {n1, n2}) {
+      EXPECT_EQ(table().ConnectionCount(KeyOf(n)), static_cast<uint32_t>(cached[n]))
+          << n.ToString();
+    }
+    // (A cached connection that consumed a reservation still counts as
+    // reserved: the slot keeps its kind until the connection gives it back.)
+    std::optional<KeyStats> k1 = StatsOf(table(), n1), k2 = StatsOf(table(), n2);
+    Report("COPY: rows per node / cached connections after / of which reported reserved",
+           absl::StrCat(expected_rows[0], "+", expected_rows[1], " / ", cached[n1], "+", cached[n2],
+                        " / ", k1 ? k1->reserved : 0u, "+", k2 ? k2->reserved : 0u));
+  }
+  for (LocalServer* w : {w1_, w2_}) ASSERT_TRUE(w->Query("DROP TABLE copy_target").ok());
+}
+
+TEST_F(ExecutorTest, CopyNodeWithoutRowsIsNeverConnectedAndItsReservationGivenBack) {
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  for (LocalServer* w : {w1_, w2_}) {
+    ASSERT_TRUE(w->Query("CREATE TABLE copy_target2 (id int)").ok());
+  }
+  const int received_before2 = Logged(*w2_).received;
+  {
+    Session s(table(), Settings(16));
+    absl::StatusOr<std::unique_ptr<CopyStream>> copy =
+        CopyStream::Begin(s.executor, {n1, n2}, "COPY copy_target2 FROM STDIN",
+                          absl::Now() + absl::Seconds(10), [] { return false; });
+    ASSERT_TRUE(copy.ok()) << copy.status();
+    std::optional<KeyStats> k2 = StatsOf(table(), n2);
+    ASSERT_TRUE(k2.has_value());
+    EXPECT_EQ(k2->reserved, 1u);
+    for (int id = 0; id < 10; ++id) {
+      ASSERT_TRUE((*copy)->Send(0, absl::StrCat(id, "\n")).ok());
+    }
+    absl::StatusOr<std::vector<CopyStream::NodeResult>> results = (*copy)->Finish();
+    ASSERT_TRUE(results.ok()) << results.status();
+    EXPECT_TRUE((*results)[0].connected);
+    EXPECT_EQ((*results)[0].rows_sent, 10u);
+    EXPECT_TRUE((*results)[0].status.ok()) << (*results)[0].status;
+    EXPECT_FALSE((*results)[1].connected);
+    EXPECT_EQ((*results)[1].rows_sent, 0u);
+    EXPECT_TRUE((*results)[1].status.ok()) << (*results)[1].status;
+    EXPECT_EQ(table().ConnectionCount(KeyOf(n2)), 0u) << "the unused reservation was kept";
+    EXPECT_EQ(table().ConnectionCount(KeyOf(n1)),
+              static_cast<uint32_t>(s.executor.CachedConnections()[n1]));
+    copy->reset();
+    EXPECT_EQ(IntValue(*obs2_, "SELECT count(*) FROM copy_target2"), 0);
+    EXPECT_EQ(IntValue(*obs1_, "SELECT count(*) FROM copy_target2"), 10);
+  }
+  EXPECT_EQ(Logged(*w2_).received - received_before2, 0)
+      << "worker2 was connected to without getting a row";
+  for (LocalServer* w : {w1_, w2_}) ASSERT_TRUE(w->Query("DROP TABLE copy_target2").ok());
+}
+
+// 8 -------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, WorkerStoppedMidRun) {
+  absl::StatusOr<std::unique_ptr<LocalServer>> started =
+      LocalServer::Start(*root_, ServerConfig{.name = "worker3",
+                                              .max_connections = 40,
+                                              .settings = {{"log_connections", "on"}}});
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<LocalServer> w3 = *std::move(started);
+  const NodeAddress n3 = Addr(*w3);
+  keys_.push_back(KeyOf(n3));
+  absl::StatusOr<std::unique_ptr<PgClient>> obs3 = w3->Connect();
+  ASSERT_TRUE(obs3.ok()) << obs3.status();
+
+  Session s(table(), Settings(16));
+  const std::vector<Task> tasks(20, Task{n3, "SELECT pg_sleep(1)"});
+  absl::StatusOr<ExecutionResult> r = absl::UnknownError("not run");
+  std::atomic<bool> done{false};
+  std::thread runner([&] {
+    r = s.executor.Execute(tasks);
+    done = true;
+  });
+  const bool running =
+      PollUntil([&] { return done || IntValue(**obs3, kActiveCoordinatorQueries) >= 2; });
+  const int running_before_stop = IntValue(**obs3, kActiveCoordinatorQueries);
+  obs3->reset();
+  const absl::Time stop_began = absl::Now();
+  absl::Status stopped = w3->Stop();
+  const bool returned = PollUntil([&] { return done.load(); }, absl::Seconds(20));
+  const absl::Duration took = absl::Now() - stop_began;
+  if (!returned) s.context.Cancel();  // do not hang the binary
+  runner.join();
+  ASSERT_TRUE(running) << "the tasks never ran";
+  ASSERT_TRUE(stopped.ok()) << stopped;
+  ASSERT_TRUE(returned) << "the execution hung after the worker stopped";
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::map<std::string, int> errors;
+  for (const TaskResult& t : r->tasks) {
+    EXPECT_FALSE(t.status.ok()) << "a 1 s task completed although its worker stopped";
+    EXPECT_THAT(std::string(t.status.message()), HasSubstr(n3.ToString()));
+    std::string e(t.status.message().substr(0, 90));
+    ++errors[e];
+  }
+  Report("worker stopped mid-run",
+         absl::StrFormat("%d tasks running at the stop; execution returned %.0f ms after the "
+                         "stop began",
+                         running_before_stop, Ms(took)));
+  for (const auto& [e, n] : errors) Report("worker stopped: error", absl::StrCat(n, " x ", e));
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n3)),
+            static_cast<uint32_t>(s.executor.CachedConnections()[n3]));
+  EXPECT_EQ(s.executor.CachedConnections()[n3], 0) << "dead connections were cached";
+
+  // The worker comes back and the same executor works with it again.
+  ASSERT_TRUE(w3->StartAgain().ok());
+  absl::StatusOr<ExecutionResult> again =
+      s.executor.Execute({Task{n3, "SELECT 1"}, Task{n3, "SELECT 2"}});
+  ASSERT_TRUE(again.ok()) << again.status();
+  for (const TaskResult& t : again->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
+  s.executor.CloseIdle();
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n3)), 0u);
+}
+
+// 9 -------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, CachedConnectionKilledOnTheWorkerIsDetectedBeforeReuse) {
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  Session s(table(), Settings(16));
+  std::vector<Task> tasks;
+  for (int i = 0; i < 8; ++i) tasks.push_back(Task{i % 2 == 0 ? n1 : n2, "SELECT 1"});
+  absl::StatusOr<ExecutionResult> first = s.executor.Execute(tasks);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(s.executor.CachedConnections()[n1], 1);
+  ASSERT_TRUE(PollUntil([&] { return IntValue(*obs1_, kCoordinatorBackends) == 1; }))
+      << "worker1 should see exactly the cached connection";
+  ASSERT_EQ(IntValue(*obs1_,
+                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                     "WHERE application_name = 'connthrottle'"),
+            1);
+  ASSERT_TRUE(PollUntil([&] { return IntValue(*obs1_, kCoordinatorBackends) == 0; }));
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n1)), 1u) << "the dead cached connection's slot";
+
+  absl::StatusOr<ExecutionResult> second = s.executor.Execute(tasks);
+  ASSERT_TRUE(second.ok()) << second.status();
+  for (const TaskResult& t : second->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
+  Report("killed cached connection: cached_discarded / tasks_retried / reused",
+         absl::StrCat(second->stats.cached_discarded, " / ", second->stats.tasks_retried, " / ",
+                      second->stats.connections_reused));
+  EXPECT_GE(second->stats.cached_discarded + second->stats.tasks_retried, 1);
+  std::map<NodeAddress, int> cached = s.executor.CachedConnections();
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n1)), static_cast<uint32_t>(cached[n1]));
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n2)), static_cast<uint32_t>(cached[n2]));
+  EXPECT_TRUE(PollUntil([&] { return IntValue(*obs1_, kCoordinatorBackends) == cached[n1]; }))
+      << "worker1's coordinator backends differ from the cached connections";
+}
+
+// 10 ------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, CancelDuringExecution) {
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  Session s(table(), Settings(16));
+  std::vector<Task> tasks;
+  for (int i = 0; i < 6; ++i) tasks.push_back(Task{i % 2 == 0 ? n1 : n2, "SELECT pg_sleep(10)"});
+  absl::StatusOr<ExecutionResult> r = absl::UnknownError("not run");
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> returned_at_us{0};
+  std::thread runner([&] {
+    r = s.executor.Execute(tasks);
+    returned_at_us = absl::ToUnixMicros(absl::Now());
+    done = true;
+  });
+  const bool running = PollUntil([&] {
+    return done || (IntValue(*obs1_, kActiveCoordinatorQueries) >= 1 &&
+                    IntValue(*obs2_, kActiveCoordinatorQueries) >= 1);
+  });
+  const absl::Time cancelled_at = absl::Now();
+  s.context.Cancel();
+  const bool returned = PollUntil([&] { return done.load(); }, absl::Seconds(15));
+  runner.join();
+  const absl::Duration to_return = absl::FromUnixMicros(returned_at_us.load()) - cancelled_at;
+  ASSERT_TRUE(running) << "the tasks never ran";
+  ASSERT_TRUE(returned);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsCancelled(r.status())) << r.status();
+  EXPECT_LT(to_return, absl::Seconds(3));
+
+  // Only idle cached connections still hold slots.
+  std::map<NodeAddress, int> cached = s.executor.CachedConnections();
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n1)), static_cast<uint32_t>(cached[n1]));
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n2)), static_cast<uint32_t>(cached[n2]));
+  // The remote queries were cancelled: the workers no longer run them.
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        return IntValue(*obs1_, kActiveCoordinatorQueries) == 0 &&
+               IntValue(*obs2_, kActiveCoordinatorQueries) == 0;
+      },
+      absl::Seconds(3)))
+      << "pg_sleep(10) still runs on a worker after the cancel";
+  Report("cancel: Execute returned after / queries gone from the workers after",
+         absl::StrFormat("%.1f ms / %.1f ms (cached after: %d + %d)", Ms(to_return),
+                         Ms(absl::Now() - cancelled_at), cached[n1], cached[n2]));
+  s.context.Reset();
+}
+
+// 11 ------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, MoreSessionsThanSlotsAllMakeProgress) {
+  ASSERT_NO_FATAL_FAILURE(UseSharedSegment("fair"));
+  constexpr int kThreads = 8;
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  const std::vector<Task> tasks = {
+      Task{n1, "SELECT pg_sleep(0.01)"}, Task{n2, "SELECT pg_sleep(0.01)"},
+      Task{n1, "SELECT pg_sleep(0.01)"}, Task{n2, "SELECT pg_sleep(0.01)"}};
+  std::vector<int> completed(kThreads, 0), bad(kThreads, 0);
+  std::vector<std::string> first_error(kThreads);
+  std::atomic<uint32_t> table_peak{0};
+  {
+    std::vector<std::thread> threads;
+    const absl::Time end = absl::Now() + absl::Seconds(3);
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        Session s(table(), Settings(2));
+        while (absl::Now() < end) {
+          absl::StatusOr<ExecutionResult> r = s.executor.Execute(tasks);
+          table_peak = std::max({table_peak.load(), table().ConnectionCount(KeyOf(n1)),
+                                 table().ConnectionCount(KeyOf(n2))});
+          bool ok = r.ok();
+          if (!ok && first_error[t].empty()) first_error[t] = r.status().ToString();
+          for (size_t i = 0; ok && i < r->tasks.size(); ++i) {
+            if (!r->tasks[i].status.ok()) {
+              ok = false;
+              if (first_error[t].empty()) first_error[t] = r->tasks[i].status.ToString();
+            }
+          }
+          ++(ok ? completed[t] : bad[t]);
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+  }
+  double sum = 0, sum_sq = 0;
+  for (int c : completed) {
+    sum += c;
+    sum_sq += static_cast<double>(c) * c;
+  }
+  const double jain = sum_sq > 0 ? sum * sum / (kThreads * sum_sq) : 0;
+  Report("fairness (8 sessions, limit 2 per worker, 3 s): executions per session",
+         absl::StrFormat("[%s], min %d, max %d, Jain's index %.3f", absl::StrJoin(completed, " "),
+                         *std::min_element(completed.begin(), completed.end()),
+                         *std::max_element(completed.begin(), completed.end()), jain));
+  for (int t = 0; t < kThreads; ++t) {
+    SCOPED_TRACE(absl::StrCat("session ", t));
+    EXPECT_GE(completed[t], 1) << "a session made no progress";
+    EXPECT_EQ(bad[t], 0) << first_error[t];
+  }
+  EXPECT_LE(table_peak.load(), 2u);
+}
+
+// 12 ------------------------------------------------------------------------
+
+TEST_F(ExecutorTest, ConnectionRefusedNodeFailsQuicklyNamingTheNode) {
+  const int port = UnusedPort();
+  ASSERT_GT(port, 0);
+  const NodeAddress nowhere{"127.0.0.1", port};
+  keys_.push_back(KeyOf(nowhere));
+  ExecutorOptions options;
+  options.connect_timeout = absl::Seconds(2);
+  Session s(table(), Settings(16), options);
+  const NodeAddress n1 = Addr(*w1_);
+  const absl::Time began = absl::Now();
+  absl::StatusOr<ExecutionResult> r = s.executor.Execute(
+      {Task{nowhere, "SELECT 1"}, Task{nowhere, "SELECT 2"}, Task{n1, "SELECT 3"}});
+  const absl::Duration took = absl::Now() - began;
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(absl::IsUnavailable(r->tasks[i].status)) << r->tasks[i].status;
+    EXPECT_THAT(std::string(r->tasks[i].status.message()), HasSubstr(nowhere.ToString()));
+  }
+  EXPECT_TRUE(r->tasks[2].status.ok())
+      << "the other node's task was disturbed: " << r->tasks[2].status;
+  EXPECT_GE(r->stats.connections_failed, 1);
+  EXPECT_LT(took, absl::Seconds(5));
+  EXPECT_EQ(table().ConnectionCount(KeyOf(nowhere)), 0u);
+  Report("refused node",
+         absl::StrFormat("failed after %.1f ms: %s", Ms(took), r->tasks[0].status.ToString()));
+}
+
+}  // namespace
+}  // namespace connthrottle
