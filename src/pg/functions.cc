@@ -1,0 +1,813 @@
+// functions.cc — the SQL functions of schema connthrottle.
+//
+// Every function is written in the same shape: read and check the arguments
+// with PostgreSQL calls (which may raise errors), call a noexcept function of
+// session.cc with plain values, then raise its Outcome with ereport. Only
+// plain structs and pointers live in these frames, so an error raised here
+// unwinds nothing that owns a resource; the C++ objects live in session.cc.
+// Functions are not STRICT: a NULL argument is an error with SQLSTATE 22004.
+
+extern "C" {
+// postgres.h must come first.
+// clang-format off
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/interrupt.h"
+#include "storage/pmsignal.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/wait_event.h"
+// clang-format on
+}
+
+#include "pg/guc.h"
+#include "pg/session.h"
+
+namespace {
+
+using connthrottle::pg::Outcome;
+using connthrottle::pg::Settings;
+
+void Raise(const Outcome& o) {
+  if (o.sqlstate == 0) return;
+  ereport(ERROR, (errcode(o.sqlstate), errmsg("%s", o.message),
+                  o.detail[0] != '\0' ? errdetail("%s", o.detail) : 0));
+}
+
+void RequireTable() {
+  if (!connthrottle::pg::TableReady()) {
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("connthrottle must be loaded via shared_preload_libraries"),
+                    errhint("Add connthrottle to shared_preload_libraries in postgresql.conf and "
+                            "restart the server.")));
+  }
+}
+
+void RequireNotNull(FunctionCallInfo fcinfo, int n, const char* name) {
+  if (PG_ARGISNULL(n)) {
+    ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                    errmsg("connthrottle: argument \"%s\" must not be NULL", name)));
+  }
+}
+
+const char* TextArg(FunctionCallInfo fcinfo, int n, const char* name) {
+  RequireNotNull(fcinfo, n, name);
+  return text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+int32 IntArg(FunctionCallInfo fcinfo, int n, const char* name) {
+  RequireNotNull(fcinfo, n, name);
+  return PG_GETARG_INT32(n);
+}
+
+Oid DatabaseArg(FunctionCallInfo fcinfo, int n) {
+  RequireNotNull(fcinfo, n, "database");
+  return get_database_oid(NameStr(*PG_GETARG_NAME(n)), false);
+}
+
+// The wait of a call with a timeout argument: NULL means
+// connthrottle.connection_wait_timeout; a timeout too long to represent
+// means no limit.
+connthrottle::pg::Wait WaitArg(FunctionCallInfo fcinfo, int n, const Settings& settings) {
+  if (PG_ARGISNULL(n))
+    return connthrottle::pg::BeginWait(settings.connection_wait_timeout_ms, true);
+  Interval* interval = PG_GETARG_INTERVAL_P(n);
+  // Months count as 30 days, as interval comparison does.
+  __int128 us = static_cast<__int128>(interval->time) +
+                (static_cast<__int128>(interval->day) +
+                 static_cast<__int128>(interval->month) * DAYS_PER_MONTH) *
+                    USECS_PER_DAY;
+  if (us < 0) {
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("connthrottle: timeout must not be negative")));
+  }
+  // Beyond a thousand years is no limit at all.
+  constexpr __int128 kNoLimitUs = static_cast<__int128>(1000) * 366 * USECS_PER_DAY;
+  return connthrottle::pg::BeginWait(us >= kNoLimitUs ? -1 : static_cast<int64>(us / 1000), false);
+}
+
+// The interrupt check the core polls while waiting: it only reads whether
+// something is pending. The error, if any, is raised after the core returned.
+bool InterruptCheck() { return InterruptPending || ConfigReloadPending || !PostmasterIsAlive(); }
+
+// Handles what made a wait stop. Raises the query-cancel, statement-timeout
+// or termination error if that is what is pending; otherwise returns so that
+// the caller waits again with its remaining time.
+void HandleInterrupt(Settings* settings) {
+  if (ConfigReloadPending) {
+    ConfigReloadPending = false;
+    ProcessConfigFile(PGC_SIGHUP);
+    *settings = connthrottle::pg::CurrentSettings();
+  }
+  if (!PostmasterIsAlive()) {
+    ereport(FATAL, (errcode(ERRCODE_ADMIN_SHUTDOWN),
+                    errmsg("terminating connection due to unexpected postmaster exit")));
+  }
+  CHECK_FOR_INTERRUPTS();
+}
+
+// Client backends connected now, for the local node's limit: live
+// processes connected to a database that are neither background workers nor
+// autovacuum workers. A PGPROC is live while its process owns its latch
+// (ProcKill disowns it; a recycled PGPROC's pid stays stale), and every field
+// read here is reset when a process takes the PGPROC. Auxiliary processes
+// and the autovacuum launcher have no database; prepared transactions own no
+// latch. Logical WAL senders are counted: nothing in PGPROC tells them apart.
+// Unlocked reads: the count is a momentary figure whichever way it races.
+int ActiveClientBackends() {
+  int count = 0;
+  for (uint32 i = 0; i < ProcGlobal->allProcCount; ++i) {
+    const PGPROC* proc = &ProcGlobal->allProcs[i];
+    if (proc->procLatch.owner_pid != 0 && OidIsValid(proc->databaseId) &&
+        !proc->isBackgroundWorker && (proc->statusFlags & PROC_IS_AUTOVACUUM) == 0) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+void BeginSlotWork() {
+  RequireTable();
+  connthrottle::pg::EnsureBackendExitCallback();
+}
+
+// The executor's interrupt check: only what will raise an error (cancel,
+// statement timeout, termination, postmaster death).
+bool ExecutorInterruptCheck() {
+  return QueryCancelPending || ProcDiePending || !PostmasterIsAlive();
+}
+
+// After an execution stopped on an interrupt: raise it.
+void RaiseExecutorInterrupt(Settings* settings) {
+  HandleInterrupt(settings);
+  ereport(ERROR,
+          (errcode(ERRCODE_QUERY_CANCELED), errmsg("connthrottle: the execution was interrupted")));
+}
+
+// Runs one task in this backend (local-execution failover) inside an internal
+// subtransaction, as PL/pgSQL's exception blocks do: every error is caught,
+// the subtransaction rolled back, and the error described in `out`, so that
+// nothing ever unwinds through the C++ executor that called this.
+void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
+  MemoryContext oldcontext = CurrentMemoryContext;
+  ResourceOwner oldowner = CurrentResourceOwner;
+  BeginInternalSubTransaction(nullptr);
+  MemoryContextSwitchTo(oldcontext);
+  PG_TRY();
+  {
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
+    int rc = SPI_execute(sql, false, 0);
+    if (rc < 0) elog(ERROR, "connthrottle: SPI_execute failed: %s", SPI_result_code_string(rc));
+    const char* verb = "OK";
+    switch (rc) {
+      case SPI_OK_SELECT:
+      case SPI_OK_SELINTO:
+        verb = "SELECT";
+        break;
+      case SPI_OK_INSERT:
+      case SPI_OK_INSERT_RETURNING:
+        verb = "INSERT 0";
+        break;
+      case SPI_OK_UPDATE:
+      case SPI_OK_UPDATE_RETURNING:
+        verb = "UPDATE";
+        break;
+      case SPI_OK_DELETE:
+      case SPI_OK_DELETE_RETURNING:
+        verb = "DELETE";
+        break;
+      case SPI_OK_UTILITY:
+        verb = nullptr;
+        break;
+      default:
+        break;
+    }
+    if (verb != nullptr) {
+      snprintf(out->command_tag, sizeof(out->command_tag), "%s " UINT64_FORMAT, verb,
+               static_cast<uint64>(SPI_processed));
+    } else {
+      strlcpy(out->command_tag, "UTILITY", sizeof(out->command_tag));
+    }
+    if (SPI_tuptable != nullptr && SPI_processed == 1 && SPI_tuptable->tupdesc->natts == 1) {
+      char* value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+      out->has_value = true;
+      out->value = value != nullptr ? strdup(value) : nullptr;  // freed by the session
+    }
+    SPI_finish();
+    ReleaseCurrentSubTransaction();
+    MemoryContextSwitchTo(oldcontext);
+    CurrentResourceOwner = oldowner;
+    out->ok = true;
+  }
+  PG_CATCH();
+  {
+    MemoryContextSwitchTo(oldcontext);
+    ErrorData* edata = CopyErrorData();
+    FlushErrorState();
+    RollbackAndReleaseCurrentSubTransaction();
+    MemoryContextSwitchTo(oldcontext);
+    CurrentResourceOwner = oldowner;
+    strlcpy(out->message, edata->message != nullptr ? edata->message : "error",
+            sizeof(out->message));
+    strlcpy(out->sqlstate, unpack_sql_state(edata->sqlerrcode), sizeof(out->sqlstate));
+    out->cancelled = edata->sqlerrcode == ERRCODE_QUERY_CANCELED;
+    FreeErrorData(edata);
+    out->ok = false;
+  }
+  PG_END_TRY();
+}
+
+// Reads parallel host/port (and optionally command) arrays.
+int NodeArrays(FunctionCallInfo fcinfo, int hosts_arg, int ports_arg, int commands_arg,
+               connthrottle::pg::NodeRef** nodes, const char*** commands) {
+  RequireNotNull(fcinfo, hosts_arg, "hosts");
+  RequireNotNull(fcinfo, ports_arg, "ports");
+  if (commands_arg >= 0) RequireNotNull(fcinfo, commands_arg, "commands");
+  ArrayType* hosts = PG_GETARG_ARRAYTYPE_P(hosts_arg);
+  ArrayType* ports = PG_GETARG_ARRAYTYPE_P(ports_arg);
+  ArrayType* cmds = commands_arg >= 0 ? PG_GETARG_ARRAYTYPE_P(commands_arg) : nullptr;
+  if (ARR_NDIM(hosts) > 1 || ARR_NDIM(ports) > 1 || (cmds != nullptr && ARR_NDIM(cmds) > 1)) {
+    ereport(ERROR, (errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+                    errmsg("connthrottle: arrays must be one-dimensional")));
+  }
+  if (array_contains_nulls(hosts) || array_contains_nulls(ports) ||
+      (cmds != nullptr && array_contains_nulls(cmds))) {
+    ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                    errmsg("connthrottle: arrays must not contain NULL")));
+  }
+  Datum* host_values = nullptr;
+  Datum* port_values = nullptr;
+  Datum* cmd_values = nullptr;
+  int nhosts = 0, nports = 0, ncmds = 0;
+  deconstruct_array(hosts, TEXTOID, -1, false, TYPALIGN_INT, &host_values, nullptr, &nhosts);
+  deconstruct_array(ports, INT4OID, 4, true, TYPALIGN_INT, &port_values, nullptr, &nports);
+  if (cmds != nullptr) {
+    deconstruct_array(cmds, TEXTOID, -1, false, TYPALIGN_INT, &cmd_values, nullptr, &ncmds);
+  }
+  if (nhosts != nports || (cmds != nullptr && ncmds != nhosts)) {
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("connthrottle: %d hosts, %d ports%s: the arrays must be as long", nhosts,
+                           nports, cmds != nullptr ? " and commands" : "")));
+  }
+  *nodes = static_cast<connthrottle::pg::NodeRef*>(
+      palloc(sizeof(connthrottle::pg::NodeRef) * (nhosts > 0 ? nhosts : 1)));
+  if (commands != nullptr) {
+    *commands = static_cast<const char**>(palloc(sizeof(char*) * (nhosts > 0 ? nhosts : 1)));
+  }
+  for (int i = 0; i < nhosts; ++i) {
+    (*nodes)[i].host = TextDatumGetCString(host_values[i]);
+    (*nodes)[i].port = DatumGetInt32(port_values[i]);
+    if (commands != nullptr) (*commands)[i] = TextDatumGetCString(cmd_values[i]);
+  }
+  return nhosts;
+}
+
+connthrottle::pg::ExecutorSettings ExecutorSettingsNow() {
+  connthrottle::pg::ExecutorSettings e = connthrottle::pg::CurrentExecutorSettings();
+  e.database = get_database_name(MyDatabaseId);
+  e.user = GetUserNameFromId(GetUserId(), false);
+  return e;
+}
+
+// Appends `value` in COPY text format.
+void AppendCopyValue(StringInfo line, const char* value) {
+  if (value == nullptr) {
+    appendStringInfoString(line, "\\N");
+    return;
+  }
+  for (const char* p = value; *p != '\0'; ++p) {
+    switch (*p) {
+      case '\\':
+        appendStringInfoString(line, "\\\\");
+        break;
+      case '\t':
+        appendStringInfoString(line, "\\t");
+        break;
+      case '\n':
+        appendStringInfoString(line, "\\n");
+        break;
+      case '\r':
+        appendStringInfoString(line, "\\r");
+        break;
+      default:
+        appendStringInfoChar(line, *p);
+    }
+  }
+}
+
+// Which node a row goes to: a hash of its first column's text (NULL: node 0).
+int NodeForRow(const char* first, int nodes) {
+  if (first == nullptr || nodes <= 1) return 0;
+  uint32 h = 2166136261u;
+  for (const unsigned char* p = reinterpret_cast<const unsigned char*>(first); *p; ++p) {
+    h = (h ^ *p) * 16777619u;
+  }
+  return static_cast<int>(h % static_cast<uint32>(nodes));
+}
+
+}  // namespace
+
+extern "C" {
+
+PG_FUNCTION_INFO_V1(connthrottle_assert_preloaded);
+PG_FUNCTION_INFO_V1(connthrottle_try_acquire);
+PG_FUNCTION_INFO_V1(connthrottle_acquire);
+PG_FUNCTION_INFO_V1(connthrottle_force_acquire);
+PG_FUNCTION_INFO_V1(connthrottle_release);
+PG_FUNCTION_INFO_V1(connthrottle_release_all);
+PG_FUNCTION_INFO_V1(connthrottle_session_slots);
+PG_FUNCTION_INFO_V1(connthrottle_reserve);
+PG_FUNCTION_INFO_V1(connthrottle_try_reserve);
+PG_FUNCTION_INFO_V1(connthrottle_use_reservation);
+PG_FUNCTION_INFO_V1(connthrottle_reservations);
+PG_FUNCTION_INFO_V1(connthrottle_node_stats);
+PG_FUNCTION_INFO_V1(connthrottle_holders);
+PG_FUNCTION_INFO_V1(connthrottle_table_stats);
+PG_FUNCTION_INFO_V1(connthrottle_is_local_node);
+PG_FUNCTION_INFO_V1(connthrottle_audit);
+PG_FUNCTION_INFO_V1(connthrottle_run_tasks);
+PG_FUNCTION_INFO_V1(connthrottle_distribute);
+
+Datum connthrottle_assert_preloaded(PG_FUNCTION_ARGS) {
+  RequireTable();
+  PG_RETURN_VOID();
+}
+
+// try_acquire(host text, port int, database name) returns boolean
+Datum connthrottle_try_acquire(PG_FUNCTION_ARGS) {
+  const char* host = TextArg(fcinfo, 0, "host");
+  int32 port = IntArg(fcinfo, 1, "port");
+  Oid database = DatabaseArg(fcinfo, 2);
+  BeginSlotWork();
+  Settings settings = connthrottle::pg::CurrentSettings();
+  bool acquired = false;
+  Outcome o = connthrottle::pg::TryAcquire(host, port, database, settings, ActiveClientBackends(),
+                                           &acquired);
+  Raise(o);
+  PG_RETURN_BOOL(acquired);
+}
+
+// acquire(host text, port int, database name, timeout interval) returns void
+Datum connthrottle_acquire(PG_FUNCTION_ARGS) {
+  const char* host = TextArg(fcinfo, 0, "host");
+  int32 port = IntArg(fcinfo, 1, "port");
+  Oid database = DatabaseArg(fcinfo, 2);
+  BeginSlotWork();
+  Settings settings = connthrottle::pg::CurrentSettings();
+  connthrottle::pg::Wait wait = WaitArg(fcinfo, 3, settings);
+  for (;;) {
+    pgstat_report_wait_start(PG_WAIT_EXTENSION);
+    Outcome o = connthrottle::pg::AcquireWaiting(host, port, database, settings,
+                                                 ActiveClientBackends(), wait, InterruptCheck);
+    pgstat_report_wait_end();
+    if (!o.interrupted) {
+      Raise(o);
+      break;
+    }
+    HandleInterrupt(&settings);
+  }
+  PG_RETURN_VOID();
+}
+
+// force_acquire(host text, port int, database name) returns void
+Datum connthrottle_force_acquire(PG_FUNCTION_ARGS) {
+  const char* host = TextArg(fcinfo, 0, "host");
+  int32 port = IntArg(fcinfo, 1, "port");
+  Oid database = DatabaseArg(fcinfo, 2);
+  BeginSlotWork();
+  Raise(connthrottle::pg::AcquireForced(host, port, database, connthrottle::pg::CurrentSettings()));
+  PG_RETURN_VOID();
+}
+
+// release(host text, port int, database name) returns boolean
+Datum connthrottle_release(PG_FUNCTION_ARGS) {
+  const char* host = TextArg(fcinfo, 0, "host");
+  int32 port = IntArg(fcinfo, 1, "port");
+  Oid database = DatabaseArg(fcinfo, 2);
+  RequireTable();
+  bool released = false;
+  Raise(connthrottle::pg::Release(host, port, database, &released));
+  PG_RETURN_BOOL(released);
+}
+
+// release_all() returns integer
+Datum connthrottle_release_all(PG_FUNCTION_ARGS) {
+  RequireTable();
+  int count = 0;
+  Raise(connthrottle::pg::ReleaseAllSlots(&count));
+  PG_RETURN_INT32(count);
+}
+
+// session_slots() returns setof (host text, port int, database name, kind text)
+Datum connthrottle_session_slots(PG_FUNCTION_ARGS) {
+  RequireTable();
+  InitMaterializedSRF(fcinfo, 0);
+  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  const int max = 4096;
+  auto* rows =
+      static_cast<connthrottle::pg::HeldSlot*>(palloc(sizeof(connthrottle::pg::HeldSlot) * max));
+  int count = 0;
+  Raise(connthrottle::pg::ListSlots(rows, max, &count));
+  for (int i = 0; i < count; ++i) {
+    Datum values[4];
+    bool nulls[4] = {false, false, false, false};
+    char* dbname = get_database_name(rows[i].database);
+    values[0] = CStringGetTextDatum(rows[i].host);
+    values[1] = Int32GetDatum(rows[i].port);
+    if (dbname != nullptr) {
+      values[2] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
+    } else {
+      nulls[2] = true;
+    }
+    values[3] = CStringGetTextDatum(rows[i].kind);
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+  }
+  return static_cast<Datum>(0);
+}
+
+// reserve(hosts text[], ports int[], database name, timeout interval) returns integer
+Datum connthrottle_reserve(PG_FUNCTION_ARGS) {
+  RequireNotNull(fcinfo, 0, "hosts");
+  RequireNotNull(fcinfo, 1, "ports");
+  Oid database = DatabaseArg(fcinfo, 2);
+  ArrayType* hosts = PG_GETARG_ARRAYTYPE_P(0);
+  ArrayType* ports = PG_GETARG_ARRAYTYPE_P(1);
+  if (ARR_NDIM(hosts) > 1 || ARR_NDIM(ports) > 1) {
+    ereport(ERROR, (errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+                    errmsg("connthrottle: hosts and ports must be one-dimensional arrays")));
+  }
+  if (array_contains_nulls(hosts) || array_contains_nulls(ports)) {
+    ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                    errmsg("connthrottle: hosts and ports must not contain NULL")));
+  }
+  Datum* host_values = nullptr;
+  Datum* port_values = nullptr;
+  int nhosts = 0;
+  int nports = 0;
+  deconstruct_array(hosts, TEXTOID, -1, false, TYPALIGN_INT, &host_values, nullptr, &nhosts);
+  deconstruct_array(ports, INT4OID, 4, true, TYPALIGN_INT, &port_values, nullptr, &nports);
+  if (nhosts != nports) {
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("connthrottle: %d hosts but %d ports", nhosts, nports)));
+  }
+  auto* nodes = static_cast<connthrottle::pg::NodeRef*>(
+      palloc(sizeof(connthrottle::pg::NodeRef) * (nhosts > 0 ? nhosts : 1)));
+  for (int i = 0; i < nhosts; ++i) {
+    nodes[i].host = TextDatumGetCString(host_values[i]);
+    nodes[i].port = DatumGetInt32(port_values[i]);
+  }
+  BeginSlotWork();
+  Settings settings = connthrottle::pg::CurrentSettings();
+  connthrottle::pg::Wait wait = WaitArg(fcinfo, 3, settings);
+  int reserved = 0;
+  for (;;) {
+    pgstat_report_wait_start(PG_WAIT_EXTENSION);
+    Outcome o = connthrottle::pg::Reserve(nodes, nhosts, database, GetUserId(), settings,
+                                          ActiveClientBackends(), wait, InterruptCheck, &reserved);
+    pgstat_report_wait_end();
+    if (!o.interrupted) {
+      Raise(o);
+      break;
+    }
+    HandleInterrupt(&settings);
+  }
+  PG_RETURN_INT32(reserved);
+}
+
+// try_reserve(host text, port int, database name) returns boolean
+Datum connthrottle_try_reserve(PG_FUNCTION_ARGS) {
+  const char* host = TextArg(fcinfo, 0, "host");
+  int32 port = IntArg(fcinfo, 1, "port");
+  Oid database = DatabaseArg(fcinfo, 2);
+  BeginSlotWork();
+  bool reserved = false;
+  Raise(connthrottle::pg::TryReserve(host, port, database, GetUserId(),
+                                     connthrottle::pg::CurrentSettings(), ActiveClientBackends(),
+                                     &reserved));
+  PG_RETURN_BOOL(reserved);
+}
+
+// use_reservation(host text, port int, database name) returns boolean
+Datum connthrottle_use_reservation(PG_FUNCTION_ARGS) {
+  const char* host = TextArg(fcinfo, 0, "host");
+  int32 port = IntArg(fcinfo, 1, "port");
+  Oid database = DatabaseArg(fcinfo, 2);
+  RequireTable();
+  bool used = false;
+  Raise(connthrottle::pg::UseReservation(host, port, database, GetUserId(), &used));
+  PG_RETURN_BOOL(used);
+}
+
+// reservations() returns setof (host text, port int, database name, used boolean)
+Datum connthrottle_reservations(PG_FUNCTION_ARGS) {
+  RequireTable();
+  InitMaterializedSRF(fcinfo, 0);
+  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  const int max = 4096;
+  auto* rows = static_cast<connthrottle::pg::ReservationRow*>(
+      palloc(sizeof(connthrottle::pg::ReservationRow) * max));
+  int count = 0;
+  Raise(connthrottle::pg::ListReservations(rows, max, &count));
+  for (int i = 0; i < count; ++i) {
+    Datum values[4];
+    bool nulls[4] = {false, false, false, false};
+    char* dbname = get_database_name(rows[i].database);
+    values[0] = CStringGetTextDatum(rows[i].host);
+    values[1] = Int32GetDatum(rows[i].port);
+    if (dbname != nullptr) {
+      values[2] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
+    } else {
+      nulls[2] = true;
+    }
+    values[3] = BoolGetDatum(rows[i].used);
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+  }
+  return static_cast<Datum>(0);
+}
+
+// node_stats() returns setof (host, port, database, database_oid, connections,
+// forced, reserved, waiters, acquired, refused, waited, wait_time,
+// forced_total, wakeups)
+Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
+  RequireTable();
+  InitMaterializedSRF(fcinfo, 0);
+  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  const int max = static_cast<int>(connthrottle::pg::Capacity());
+  auto* rows = static_cast<connthrottle::pg::NodeRow*>(
+      palloc(sizeof(connthrottle::pg::NodeRow) * (max > 0 ? max : 1)));
+  int count = 0;
+  Raise(connthrottle::pg::NodeStats(rows, max, &count));
+  for (int i = 0; i < count; ++i) {
+    const connthrottle::pg::NodeRow& r = rows[i];
+    Datum values[14];
+    bool nulls[14] = {false};
+    char* dbname = get_database_name(r.database);
+    values[0] = CStringGetTextDatum(r.host);
+    values[1] = Int32GetDatum(r.port);
+    if (dbname != nullptr) {
+      values[2] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
+    } else {
+      nulls[2] = true;
+    }
+    values[3] = ObjectIdGetDatum(r.database);
+    values[4] = Int32GetDatum(static_cast<int32>(r.connections));
+    values[5] = Int32GetDatum(static_cast<int32>(r.forced));
+    values[6] = Int32GetDatum(static_cast<int32>(r.reserved));
+    values[7] = Int32GetDatum(static_cast<int32>(r.waiters));
+    values[8] = Int64GetDatum(static_cast<int64>(r.acquired));
+    values[9] = Int64GetDatum(static_cast<int64>(r.refused));
+    values[10] = Int64GetDatum(static_cast<int64>(r.waited));
+    Interval* wait_time = static_cast<Interval*>(palloc0(sizeof(Interval)));
+    wait_time->time = r.wait_time_us;
+    values[11] = IntervalPGetDatum(wait_time);
+    values[12] = Int64GetDatum(static_cast<int64>(r.forced_total));
+    values[13] = Int64GetDatum(static_cast<int64>(r.wakeups));
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+  }
+  return static_cast<Datum>(0);
+}
+
+// holders() returns setof (pid, host, port, database, connections, forced,
+// reserved, waiting)
+Datum connthrottle_holders(PG_FUNCTION_ARGS) {
+  RequireTable();
+  InitMaterializedSRF(fcinfo, 0);
+  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  const connthrottle::pg::HolderRow* rows = nullptr;
+  int count = 0;
+  Raise(connthrottle::pg::Holders(&rows, &count));
+  for (int i = 0; i < count; ++i) {
+    const connthrottle::pg::HolderRow& r = rows[i];
+    Datum values[8];
+    bool nulls[8] = {false};
+    char* dbname = get_database_name(r.database);
+    values[0] = Int32GetDatum(r.pid);
+    values[1] = CStringGetTextDatum(r.host);
+    values[2] = Int32GetDatum(r.port);
+    if (dbname != nullptr) {
+      values[3] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
+    } else {
+      nulls[3] = true;
+    }
+    values[4] = Int32GetDatum(static_cast<int32>(r.connections));
+    values[5] = Int32GetDatum(static_cast<int32>(r.forced));
+    values[6] = Int32GetDatum(static_cast<int32>(r.reserved));
+    values[7] = BoolGetDatum(r.waiting);
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+  }
+  return static_cast<Datum>(0);
+}
+
+// table_stats() returns one row of table-wide figures
+Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
+  RequireTable();
+  TupleDesc desc;
+  if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE) {
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("connthrottle: table_stats must return a record")));
+  }
+  desc = BlessTupleDesc(desc);
+  connthrottle::pg::TableRow t{};
+  Raise(connthrottle::pg::TableStatistics(&t));
+  Interval* wait_time = static_cast<Interval*>(palloc0(sizeof(Interval)));
+  wait_time->time = t.wait_time_us;
+  Datum values[13] = {
+      Int32GetDatum(static_cast<int32>(t.capacity)),
+      Int32GetDatum(static_cast<int32>(t.entries_in_use)),
+      Int32GetDatum(static_cast<int32>(t.owners)),
+      Int32GetDatum(static_cast<int32>(t.max_owners)),
+      Int64GetDatum(static_cast<int64>(t.uncounted_in_use)),
+      Int64GetDatum(static_cast<int64>(t.full_table_events)),
+      Int64GetDatum(static_cast<int64>(t.entries_created)),
+      Int64GetDatum(static_cast<int64>(t.entries_dropped)),
+      Int64GetDatum(static_cast<int64>(t.acquired)),
+      Int64GetDatum(static_cast<int64>(t.refused)),
+      Int64GetDatum(static_cast<int64>(t.waited)),
+      IntervalPGetDatum(wait_time),
+      Int64GetDatum(static_cast<int64>(t.forced_total)),
+  };
+  bool nulls[13] = {false};
+  PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+// is_local_node(host text, port int) returns boolean
+Datum connthrottle_is_local_node(PG_FUNCTION_ARGS) {
+  const char* host = TextArg(fcinfo, 0, "host");
+  int32 port = IntArg(fcinfo, 1, "port");
+  bool local = false;
+  Raise(connthrottle::pg::IsLocalNode(host, port, connthrottle::pg::CurrentSettings(), &local));
+  PG_RETURN_BOOL(local);
+}
+
+// run_tasks(hosts text[], ports int[], commands text[]) returns setof (task,
+// host, port, success, result, sqlstate, error, ran_locally, connection, rows,
+// queued, run)
+Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
+  connthrottle::pg::NodeRef* nodes = nullptr;
+  const char** commands = nullptr;
+  const int count = NodeArrays(fcinfo, 0, 1, 2, &nodes, &commands);
+  auto* tasks = static_cast<connthrottle::pg::TaskSpec*>(
+      palloc(sizeof(connthrottle::pg::TaskSpec) * (count > 0 ? count : 1)));
+  for (int i = 0; i < count; ++i) tasks[i] = {nodes[i].host, nodes[i].port, commands[i]};
+  BeginSlotWork();
+  InitMaterializedSRF(fcinfo, 0);
+  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  Settings settings = connthrottle::pg::CurrentSettings();
+  connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
+  const connthrottle::pg::TaskRow* rows = nullptr;
+  pgstat_report_wait_start(PG_WAIT_EXTENSION);
+  Outcome o = connthrottle::pg::RunTasks(tasks, count, MyDatabaseId, settings, executor,
+                                         ActiveClientBackends(), ExecutorInterruptCheck,
+                                         RunLocalTask, &rows);
+  pgstat_report_wait_end();
+  if (o.interrupted) RaiseExecutorInterrupt(&settings);
+  Raise(o);
+  for (int i = 0; i < count; ++i) {
+    const connthrottle::pg::TaskRow& r = rows[i];
+    Datum values[12];
+    bool nulls[12] = {false};
+    values[0] = Int32GetDatum(i + 1);
+    values[1] = CStringGetTextDatum(r.host);
+    values[2] = Int32GetDatum(r.port);
+    values[3] = BoolGetDatum(r.success);
+    if (r.result != nullptr) {
+      values[4] = CStringGetTextDatum(r.result);
+    } else {
+      nulls[4] = true;
+    }
+    if (r.sqlstate != nullptr && r.sqlstate[0] != '\0') {
+      values[5] = CStringGetTextDatum(r.sqlstate);
+    } else {
+      nulls[5] = true;
+    }
+    if (r.error != nullptr) {
+      values[6] = CStringGetTextDatum(r.error);
+    } else {
+      nulls[6] = true;
+    }
+    values[7] = BoolGetDatum(r.ran_locally);
+    if (r.connection >= 0) {
+      values[8] = Int32GetDatum(r.connection);
+    } else {
+      nulls[8] = true;
+    }
+    values[9] = Int64GetDatum(r.rows);
+    Interval* queued = static_cast<Interval*>(palloc0(sizeof(Interval)));
+    queued->time = r.queued_us;
+    values[10] = IntervalPGetDatum(queued);
+    Interval* run = static_cast<Interval*>(palloc0(sizeof(Interval)));
+    run->time = r.run_us;
+    values[11] = IntervalPGetDatum(run);
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+  }
+  return static_cast<Datum>(0);
+}
+
+// distribute(query text, target_table text, hosts text[], ports int[]) returns
+// setof (host, port, rows, success, error): streams the query's rows with
+// COPY into target_table on the nodes, each row to the node its first
+// column's hash picks, with a slot reserved per node up front.
+Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
+  const char* query = TextArg(fcinfo, 0, "query");
+  const char* target = TextArg(fcinfo, 1, "target_table");
+  connthrottle::pg::NodeRef* nodes = nullptr;
+  const int count = NodeArrays(fcinfo, 2, 3, -1, &nodes, nullptr);
+  if (count == 0) {
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("connthrottle: distribute needs at least one node")));
+  }
+  const char* copy_sql = psprintf("COPY %s FROM STDIN", quote_identifier(target));
+  BeginSlotWork();
+  InitMaterializedSRF(fcinfo, 0);
+  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  Settings settings = connthrottle::pg::CurrentSettings();
+  connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
+  connthrottle::pg::Wait wait =
+      connthrottle::pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
+  for (;;) {
+    pgstat_report_wait_start(PG_WAIT_EXTENSION);
+    Outcome o =
+        connthrottle::pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, settings, executor,
+                                          ActiveClientBackends(), wait, InterruptCheck);
+    pgstat_report_wait_end();
+    if (!o.interrupted) {
+      Raise(o);
+      break;
+    }
+    HandleInterrupt(&settings);
+  }
+  // Rows are sent as the cursor yields them; an error ends the transaction,
+  // whose end abandons the distribution (the workers roll their COPY back).
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
+  SPIPlanPtr plan = SPI_prepare(query, 0, nullptr);
+  if (plan == nullptr) {
+    elog(ERROR, "connthrottle: cannot prepare query: %s", SPI_result_code_string(SPI_result));
+  }
+  Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, true);
+  StringInfoData line;
+  initStringInfo(&line);
+  for (;;) {
+    SPI_cursor_fetch(portal, true, 1000);
+    if (SPI_processed == 0) break;
+    TupleDesc desc = SPI_tuptable->tupdesc;
+    for (uint64 r = 0; r < SPI_processed; ++r) {
+      CHECK_FOR_INTERRUPTS();
+      resetStringInfo(&line);
+      HeapTuple tuple = SPI_tuptable->vals[r];
+      char* first = desc->natts > 0 ? SPI_getvalue(tuple, desc, 1) : nullptr;
+      for (int col = 1; col <= desc->natts; ++col) {
+        if (col > 1) appendStringInfoChar(&line, '\t');
+        AppendCopyValue(&line, col == 1 ? first : SPI_getvalue(tuple, desc, col));
+      }
+      appendStringInfoChar(&line, '\n');
+      Raise(connthrottle::pg::DistributeOne(NodeForRow(first, count), line.data,
+                                            static_cast<size_t>(line.len)));
+    }
+    SPI_freetuptable(SPI_tuptable);
+  }
+  SPI_cursor_close(portal);
+  SPI_finish();
+  const connthrottle::pg::DistributeRow* rows = nullptr;
+  int nrows = 0;
+  Raise(connthrottle::pg::FinishDistribute(&rows, &nrows));
+  for (int i = 0; i < nrows; ++i) {
+    Datum values[5];
+    bool nulls[5] = {false};
+    values[0] = CStringGetTextDatum(rows[i].host);
+    values[1] = Int32GetDatum(rows[i].port);
+    values[2] = Int64GetDatum(rows[i].rows);
+    values[3] = BoolGetDatum(rows[i].success);
+    if (rows[i].error != nullptr) {
+      values[4] = CStringGetTextDatum(rows[i].error);
+    } else {
+      nulls[4] = true;
+    }
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+  }
+  return static_cast<Datum>(0);
+}
+
+// audit() returns void; raises when the counters disagree with their owners
+Datum connthrottle_audit(PG_FUNCTION_ARGS) {
+  RequireTable();
+  Raise(connthrottle::pg::Audit());
+  PG_RETURN_VOID();
+}
+
+}  // extern "C"

@@ -1,0 +1,22 @@
+// The PostgreSQL glue's own interface between its two files (module.cc
+// defines, functions.cc uses). Plain C++: no PostgreSQL header.
+
+#ifndef CONNTHROTTLE_SRC_PG_GUC_H_
+#define CONNTHROTTLE_SRC_PG_GUC_H_
+
+#include "pg/session.h"
+
+namespace connthrottle::pg {
+
+// The connthrottle.* settings as they are now in this backend.
+Settings CurrentSettings();
+// The executor's settings (database and user are filled in by the caller).
+ExecutorSettings CurrentExecutorSettings();
+
+// Registers the before_shmem_exit callback that gives back what this backend
+// holds; called before its first slot or reservation.
+void EnsureBackendExitCallback();
+
+}  // namespace connthrottle::pg
+
+#endif  // CONNTHROTTLE_SRC_PG_GUC_H_

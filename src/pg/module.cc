@@ -1,0 +1,244 @@
+// module.cc — the extension's life in the server: _PG_init, the GUCs, the
+// shared-memory hooks, and the backend-exit and transaction callbacks.
+//
+// Shared memory and locking: the counter table lives in one ShmemInitStruct
+// segment ("connthrottle"), sized in shmem_request_hook for
+// connthrottle.max_tracked_nodes keys and MaxBackends owners and laid out in
+// shmem_startup_hook under AddinShmemInitLock. The table synchronises itself
+// (its own per-entry locks and atomics, see src/owner_ops.cc); no LWLock is
+// held while using it. A backend that exits in any orderly way gives back
+// everything it holds in a before_shmem_exit callback; a crashed backend
+// makes the postmaster re-initialise shared memory, and the table with it.
+//
+// Only this file and functions.cc include PostgreSQL headers; C++ objects
+// live in session.cc, behind noexcept functions that return plain structs.
+
+extern "C" {
+// postgres.h must come first.
+// clang-format off
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/postmaster.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+// clang-format on
+
+PG_MODULE_MAGIC;
+void _PG_init(void);
+}
+
+#include "pg/guc.h"
+#include "pg/session.h"
+
+namespace {
+
+using connthrottle::pg::FullTable;
+
+int max_shared_pool_size = 0;
+int local_shared_pool_size = 0;
+int max_tracked_nodes = 1024;
+int full_table_policy = static_cast<int>(FullTable::kAdmitUncounted);
+int connection_wait_timeout_ms = 60000;
+char* local_node = nullptr;
+int max_adaptive_executor_pool_size = 16;
+int max_cached_conns_per_worker = 1;
+int max_cached_connection_lifetime_ms = 10 * 60 * 1000;
+int node_connection_timeout_ms = 30 * 1000;
+int executor_slow_start_interval_ms = 10;
+
+const struct config_enum_entry kFullTablePolicies[] = {
+    {"admit_uncounted", static_cast<int>(FullTable::kAdmitUncounted), false},
+    {"refuse", static_cast<int>(FullTable::kRefuse), false},
+    {nullptr, 0, false},
+};
+
+shmem_request_hook_type prev_shmem_request_hook = nullptr;
+shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
+bool exit_callback_registered = false;
+uint32 table_owners = 0;
+
+size_t TableBytes() {
+  return connthrottle::pg::RequiredBytes(static_cast<uint32_t>(max_tracked_nodes), table_owners);
+}
+
+void ShmemRequest() {
+  if (prev_shmem_request_hook) prev_shmem_request_hook();
+  // Every backend, autovacuum worker, background worker and WAL sender may
+  // register once.
+  table_owners = static_cast<uint32>(MaxBackends);
+  // 64 more bytes to align the table on a cache line.
+  RequestAddinShmemSpace(add_size(TableBytes(), 64));
+}
+
+void ShmemStartup() {
+  if (prev_shmem_startup_hook) prev_shmem_startup_hook();
+  const size_t bytes = TableBytes();
+  bool found = false;
+  LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+  char* raw = static_cast<char*>(ShmemInitStruct("connthrottle", add_size(bytes, 64), &found));
+  char* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t{63});
+  connthrottle::pg::Outcome outcome = connthrottle::pg::SetUpTable(
+      aligned, bytes, static_cast<uint32_t>(max_tracked_nodes), table_owners, found);
+  LWLockRelease(AddinShmemInitLock);
+  if (!outcome.ok()) {
+    ereport(FATAL, (errcode(outcome.sqlstate), errmsg("%s", outcome.message)));
+  }
+}
+
+void OnBackendExit(int, Datum) { connthrottle::pg::BackendExit(); }
+
+void TransactionEnd(XactEvent event, void*) {
+  switch (event) {
+    case XACT_EVENT_COMMIT:
+    case XACT_EVENT_PARALLEL_COMMIT:
+    case XACT_EVENT_ABORT:
+    case XACT_EVENT_PARALLEL_ABORT:
+    case XACT_EVENT_PREPARE:
+      connthrottle::pg::EndTransaction();
+      break;
+    default:
+      break;
+  }
+}
+
+bool CheckLocalNode(char** newval, void**, GucSource) {
+  const char* value = *newval;
+  if (value == nullptr || value[0] == '\0' || strcmp(value, "none") == 0) return true;
+  const char* colon = strrchr(value, ':');
+  if (colon == nullptr || colon == value || colon[1] == '\0') {
+    GUC_check_errdetail("Use '' to detect the local node, 'none', or 'host:port'.");
+    return false;
+  }
+  char* end = nullptr;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || port < 1 || port > 65535) {
+    GUC_check_errdetail("The port must be a number from 1 to 65535.");
+    return false;
+  }
+  if (colon - value > 255) {
+    GUC_check_errdetail("The host name must be at most 255 bytes long.");
+    return false;
+  }
+  return true;
+}
+
+// Raising a limit must wake waiting backends at once. Each backend re-reads
+// its configuration when woken (the interrupt check sees the reload), and
+// the backend that applies the new value first wakes every waiter.
+void AssignLimit(int, void*) {
+  if (IsUnderPostmaster && connthrottle::pg::TableReady()) connthrottle::pg::WakeAllWaiters();
+}
+
+}  // namespace
+
+namespace connthrottle::pg {
+
+Settings CurrentSettings() {
+  Settings s;
+  s.max_shared_pool_size = max_shared_pool_size;
+  s.local_shared_pool_size = local_shared_pool_size;
+  s.max_connections = MaxConnections;
+  s.full_table = static_cast<FullTable>(full_table_policy);
+  s.connection_wait_timeout_ms = connection_wait_timeout_ms;
+  s.server_port = PostPortNumber;
+  s.local_node = local_node != nullptr ? local_node : "";
+  return s;
+}
+
+ExecutorSettings CurrentExecutorSettings() {
+  ExecutorSettings e;
+  e.max_pool_size = max_adaptive_executor_pool_size;
+  e.max_cached_per_node = max_cached_conns_per_worker;
+  e.max_cached_lifetime_ms = max_cached_connection_lifetime_ms;
+  e.node_connection_timeout_ms = node_connection_timeout_ms;
+  e.slow_start_interval_ms = executor_slow_start_interval_ms;
+  return e;
+}
+
+void EnsureBackendExitCallback() {
+  if (exit_callback_registered) return;
+  before_shmem_exit(OnBackendExit, 0);
+  exit_callback_registered = true;
+}
+
+}  // namespace connthrottle::pg
+
+void _PG_init(void) {
+  // Shared memory can only be had at server start.
+  if (!process_shared_preload_libraries_in_progress) return;
+
+  DefineCustomIntVariable(
+      "connthrottle.max_shared_pool_size",
+      "Maximum number of connections to each worker node across all backends.",
+      "-1 turns throttling off (connections are still counted); 0 uses max_connections.",
+      &max_shared_pool_size, 0, -1, (1 << 20) - 1, PGC_SIGHUP, 0, nullptr,
+      [](int newval, void* extra) { AssignLimit(newval, extra); }, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.local_shared_pool_size",
+      "Maximum number of connections from this server to itself as a worker node.",
+      "-1 never connects to the local node (tasks run locally); 0 uses half of "
+      "max_connections. It also bounds the active client backends under which a "
+      "connection to the local node may be opened.",
+      &local_shared_pool_size, 0, -1, (1 << 20) - 1, PGC_SIGHUP, 0, nullptr,
+      [](int newval, void* extra) { AssignLimit(newval, extra); }, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.max_tracked_nodes",
+      "Number of (node, database) pairs that can have connections counted at once.",
+      "Shared memory is reserved for this many keys at server start; needs "
+      "max_tracked_nodes * (128 + 16 * MaxBackends) bytes, roughly.",
+      &max_tracked_nodes, 1024, 1, 1 << 20, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+  DefineCustomEnumVariable(
+      "connthrottle.full_table_policy",
+      "What a connection to a new node does when max_tracked_nodes are all busy.",
+      "admit_uncounted lets it through without counting it; refuse raises an error. "
+      "Either way connthrottle.table_stats() counts the event.",
+      &full_table_policy, static_cast<int>(FullTable::kAdmitUncounted), kFullTablePolicies,
+      PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("connthrottle.connection_wait_timeout",
+                          "How long a backend waits for a connection slot to a node at its limit.",
+                          "-1 waits without limit (statement_timeout still applies).",
+                          &connection_wait_timeout_ms, 60000, -1, INT_MAX, PGC_USERSET, GUC_UNIT_MS,
+                          nullptr, nullptr, nullptr);
+  DefineCustomStringVariable(
+      "connthrottle.local_node", "Which worker node is this server.",
+      "Empty detects it: this server's port on a host that resolves to this machine. "
+      "'none' treats no node as local; 'host:port' names it.",
+      &local_node, "", PGC_SIGHUP, 0, CheckLocalNode, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.max_adaptive_executor_pool_size",
+      "Maximum number of connections one execution opens to each worker node.",
+      "The first connection is waited for; the others are optional and opened by slow start.",
+      &max_adaptive_executor_pool_size, 16, 1, 1000, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.max_cached_conns_per_worker",
+      "Idle connections per worker node a session keeps for its next execution.",
+      "Cached connections keep their slots; they are closed instead when the node has waiters.",
+      &max_cached_conns_per_worker, 1, 0, 1000, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("connthrottle.max_cached_connection_lifetime",
+                          "How long a cached connection to a worker node may be reused.", nullptr,
+                          &max_cached_connection_lifetime_ms, 10 * 60 * 1000, 0, INT_MAX,
+                          PGC_USERSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("connthrottle.node_connection_timeout",
+                          "How long establishing a connection to a worker node may take.", nullptr,
+                          &node_connection_timeout_ms, 30 * 1000, 10, INT_MAX, PGC_USERSET,
+                          GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.executor_slow_start_interval",
+      "The slow-start interval of the adaptive executor.",
+      "At most k new connections per node are opened per interval, k growing by one each "
+      "interval.",
+      &executor_slow_start_interval_ms, 10, 1, 10000, PGC_USERSET, GUC_UNIT_MS, nullptr, nullptr,
+      nullptr);
+  MarkGUCPrefixReserved("connthrottle");
+
+  prev_shmem_request_hook = shmem_request_hook;
+  shmem_request_hook = ShmemRequest;
+  prev_shmem_startup_hook = shmem_startup_hook;
+  shmem_startup_hook = ShmemStartup;
+  RegisterXactCallback(TransactionEnd, nullptr);
+}
