@@ -29,6 +29,21 @@
 namespace connthrottle {
 namespace {
 
+// Polls `flag` for at most `limit`: whether it became true.
+bool AwaitFlag(const std::atomic<bool>& flag, absl::Duration limit) {
+  const absl::Time deadline = absl::Now() + limit;
+  while (!flag.load() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  return flag.load();
+}
+
+// A thread of the test hangs: it cannot be stopped and uses the test's state,
+// so the test fails and the process ends here.
+[[noreturn]] void Hung(const char* what) {
+  ADD_FAILURE() << what;
+  std::fflush(stdout);
+  _exit(1);
+}
+
 using internal::TableHeader;
 
 struct Shared {
@@ -121,12 +136,11 @@ TEST(RecoveryRegressionTest, AdoptionTakesOverStructureLockLeftByPredecessor) {
   std::atomic<bool> done{false};
   std::thread t([&] {
     auto adopted = s.table.RegisterOwner();
-    done = adopted.ok();
-    adopted->release();  // leak: keep the region consistent for the check
+    EXPECT_TRUE(adopted.ok()) << adopted.status();
+    done = true;
   });
-  t.detach();
-  absl::SleepFor(absl::Seconds(3));
-  EXPECT_TRUE(done.load()) << "RegisterOwner (adoption) still spinning after 3 s";
+  if (!AwaitFlag(done, absl::Seconds(3))) Hung("RegisterOwner (adoption) still spinning after 3 s");
+  t.join();
 }
 
 // 3. AwaitInFlight checks liveness once, then spins while in_flight names the
@@ -157,12 +171,15 @@ TEST(RecoveryRegressionTest, WaitForInFlightOwnerEndsWhenItDies) {
     slot->Release();  // last slot: zombie -> DropIfZombie -> RetireLocked -> AwaitInFlight
     done = true;
   });
-  t.detach();
-  absl::SleepFor(absl::Milliseconds(300));  // the releaser has judged the child alive
+  // Aims at the regression's interleaving (the releaser judged the child
+  // alive before it died); the assertion below holds whichever comes first.
+  absl::SleepFor(absl::Milliseconds(300));
   kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);
-  absl::SleepFor(absl::Seconds(3));
-  EXPECT_TRUE(done.load()) << "Release() still spinning 3 s after the in-flight owner died";
+  if (!AwaitFlag(done, absl::Seconds(3))) {
+    Hung("Release() still spinning 3 s after the in-flight owner died");
+  }
+  t.join();
 }
 
 // 4. A reclaimer that cannot open /proc/<pid>/stat (EMFILE: at its fd limit,
@@ -221,8 +238,10 @@ TEST(RecoveryRegressionTest, ProcessWhoseMainThreadExitedIsAlive) {
   char x = 0;
   ASSERT_EQ(read(pipefd[0], &x, 1), 1);
   ASSERT_EQ(x, 1);
-  absl::SleepFor(absl::Milliseconds(100));
-  EXPECT_EQ(ProcState(pid), 'Z');
+  // The main thread's exit shows in /proc shortly after the write.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (ProcState(pid) != 'Z' && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_EQ(ProcState(pid), 'Z');
   EXPECT_EQ(p->ReclaimDeadOwners(), 0) << "a running process's owner was reclaimed";
   absl::StatusOr<Slot> second = p->TryAcquire(key, Limit::AtMost(1));
   EXPECT_FALSE(second.ok()) << "limit 1 exceeded: the child's thread still holds its slot";
