@@ -20,3 +20,9 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
+
+# PostgreSQL refuses to run as root: the servers that tests, the stress
+# driver and the demo start run as this unprivileged user.
+if [ "$(id -u)" = 0 ] && ! id connthrottle >/dev/null 2>&1; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin connthrottle
+fi
