@@ -1,0 +1,158 @@
+// The stress driver's record of one run and the pure logic over it:
+// percentiles, fairness, stalls, the invariant verdicts and the report. No
+// servers, threads or clocks here, so all of it is unit-tested
+// (run_data_test.cc).
+
+#ifndef CONNTHROTTLE_BENCH_STRESS_RUN_DATA_H_
+#define CONNTHROTTLE_BENCH_STRESS_RUN_DATA_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace connthrottle::stress {
+
+// Latencies in microseconds; percentiles by the nearest-rank method.
+class LatencyRecorder {
+ public:
+  void Add(int64_t micros) {
+    samples_.push_back(micros);
+    sorted_ = false;
+  }
+  void Merge(const LatencyRecorder& other);
+  size_t count() const { return samples_.size(); }
+  // The p-th percentile (0 < p <= 100) by nearest rank; 0 when empty.
+  int64_t Percentile(double p) const;
+  int64_t Max() const;
+
+ private:
+  mutable std::vector<int64_t> samples_;
+  mutable bool sorted_ = true;
+};
+
+// Jain's fairness index of per-client throughputs: (sum x)^2 / (n * sum x^2),
+// 1 when all are equal, 1/n when one client did everything. 1 for no clients.
+double JainIndex(const std::vector<double>& values);
+
+// Clients that completed nothing in some `window` of the run [0, duration):
+// `completions[c]` are client c's completion times since the start. Windows
+// slide by a tenth of their length; a window that does not fit wholly in the
+// run is not judged.
+std::vector<int> StalledClients(const std::vector<std::vector<absl::Duration>>& completions,
+                                absl::Duration duration, absl::Duration window);
+
+// The longest stretch of [0, duration) with no time of `times` in it.
+struct Gap {
+  absl::Duration from, to;
+};
+Gap LongestGap(std::vector<absl::Duration> times, absl::Duration duration);
+
+// One sample of every worker's own view of its connections.
+struct Sample {
+  absl::Duration at;
+  std::vector<int> coordinator_connections;  // per worker, from pg_stat_activity
+};
+
+// The highest count per worker over `samples` (`workers` entries; a sample
+// with fewer columns contributes to the ones it has).
+std::vector<int> PeakPerWorker(const std::vector<Sample>& samples, size_t workers);
+
+// The longest time with no sample: between the run's start, consecutive
+// samples and the run's end (`duration`).
+absl::Duration LongestSampleGap(const std::vector<Sample>& samples, absl::Duration duration);
+
+struct WorkerFigures {
+  std::string name;
+  int limit = 0;                // max_shared_pool_size in force (-1: off)
+  int max_connections = 0;      // the worker's own max_connections
+  int peak = 0;                 // peak connections from the coordinator, sampled
+  int forced = 0;               // forced connections reported by the coordinator
+  int64_t sessions_opened = 0;  // pg_stat_database.sessions delta over the run
+};
+
+struct ClientFigures {
+  int64_t completed = 0;
+  int64_t failed = 0;
+  std::vector<absl::Duration> completion_times;
+  // When operations failed and with what (the first kMaxFailuresKept), to
+  // explain a stall.
+  std::vector<std::pair<absl::Duration, std::string>> failures;
+};
+inline constexpr size_t kMaxFailuresKept = 2000;
+
+struct FaultFigures {
+  int clients_killed = 0;  // SIGKILL (library mode)
+  int coordinator_backends_terminated = 0;
+  int worker_backends_terminated = 0;
+  int worker_restarts = 0;
+};
+
+// Everything one run produced.
+struct RunData {
+  std::string label;  // "throttled" / "unthrottled"
+  absl::Duration duration;
+  absl::Duration sample_interval;
+  std::vector<WorkerFigures> workers;
+  std::vector<ClientFigures> clients;
+  std::vector<Sample> samples;
+  LatencyRecorder latency;
+  int64_t too_many_clients_errors = 0;  // SQLSTATE 53300 or "too many clients" anywhere
+  int64_t other_errors = 0;
+  int64_t hung = 0;     // operations past their deadline
+  int64_t queries = 0;  // executed queries (executions) in total
+  // Error messages seen, with how often (at most kMaxErrorKinds kinds; the
+  // rest are counted under "(other messages)").
+  std::map<std::string, int64_t> errors;
+  FaultFigures faults;
+  // After the clients stopped: how long until every shared counter was zero
+  // (nullopt: not within the allowed time), and what was left then.
+  std::optional<absl::Duration> counters_zero_after;
+  std::string counters_left;
+};
+
+inline constexpr absl::Duration kMaxSampleInterval = absl::Milliseconds(20);
+// A scheduler hiccup on a loaded machine is tolerated; a stuck monitor is not.
+inline constexpr absl::Duration kMaxSampleGap = absl::Milliseconds(200);
+
+// The run's duration divided by its number of samples.
+absl::Duration MeanSampleInterval(const RunData& run);
+
+inline constexpr size_t kMaxErrorKinds = 12;
+
+// Counts `message` in `run.errors`: trimmed to 200 characters, digits
+// masked so that pids, ports and durations do not make every one distinct.
+void NoteError(RunData& run, const std::string& message);
+
+struct Verdict {
+  bool passed = true;
+  std::vector<std::string> violations;  // each invariant that failed, explained
+};
+
+// The invariants of DESIGN.md, judged on a throttled run:
+//   the monitor sampled every `kMaxSampleInterval` on average and never
+//   paused longer than `kMaxSampleGap` (else a peak could hide unseen);
+//   peak coordinator connections per worker <= limit + forced;
+//   no "too many clients" error; no operation hung past its deadline;
+//   every shared counter back to zero within `settle` after the clients stop;
+//   no client stalled for a whole `stall_window`.
+Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_window);
+
+// A human-readable report: the figures of each run side by side and the
+// verdict of the throttled one.
+std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict);
+// The same as JSON.
+std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict);
+// The connection time series of a run: "seconds,worker1,worker2,...".
+std::string SeriesCsv(const RunData& run);
+// A gnuplot script that draws the CSV files of `runs` against each worker's
+// limit into `png`.
+std::string GnuplotScript(const std::vector<RunData>& runs,
+                          const std::vector<std::string>& csv_files, const std::string& png);
+
+}  // namespace connthrottle::stress
+
+#endif  // CONNTHROTTLE_BENCH_STRESS_RUN_DATA_H_

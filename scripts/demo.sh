@@ -1,0 +1,21 @@
+#!/bin/sh
+# The main job: on a fresh Debian 12 machine, as root, installs the packages,
+# builds connthrottle, installs the extension into PostgreSQL 15, and runs the
+# demo — connthrottle-stress with its own local cluster (a coordinator and two
+# workers), a mixed workload (fan-out, router and COPY) for 30 seconds, then
+# the same workload with throttling off, side by side. The report, the JSON,
+# the connection time series and chart.png go to demo/.
+#
+#   sudo ./scripts/demo.sh                 (extra arguments go to the driver)
+#   sudo ./scripts/demo.sh --duration=10s --clients=64
+set -eu
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+"$ROOT/scripts/install-deps.sh"
+cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$ROOT/build" -j"$(nproc)" --target connthrottle_pg connthrottle-stress
+cmake --install "$ROOT/build" --component postgresql >/dev/null
+
+exec "$ROOT/build/bench/stress/connthrottle-stress" --duration=30s --compare_unthrottled \
+  --out="$ROOT/demo" "$@"
