@@ -19,6 +19,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -565,6 +566,35 @@ TEST_F(ExecutorTest, FewShortTasksReuseOneCachedConnection) {
   for (int e = 1; e < 20; ++e) {
     EXPECT_GT(reused[e], 0) << "execution " << e << " reused no cached connection";
   }
+}
+
+// While every connection is busy and no pool can grow, the event loop sleeps
+// in poll(): a pool at its size limit, or one with nothing left to run, must
+// not make it wake at once (it used to spin at 100% CPU). CPU time of this
+// thread against the execution's wall time: a spinning loop uses all of it.
+TEST_F(ExecutorTest, WaitingForResultsDoesNotSpin) {
+  const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
+  ExecutorOptions options;
+  options.max_pool_size = 1;
+  Session s(table(), Settings(16), options);
+  std::vector<Task> tasks = {Task{n1, "SELECT pg_sleep(0.2)"}, Task{n1, "SELECT pg_sleep(0.2)"},
+                             Task{n1, "SELECT pg_sleep(0.2)"}, Task{n2, "SELECT 1"}};
+  auto cpu = [] {
+    rusage u{};
+    getrusage(RUSAGE_THREAD, &u);
+    return absl::DurationFromTimeval(u.ru_utime) + absl::DurationFromTimeval(u.ru_stime);
+  };
+  const absl::Duration cpu_before = cpu();
+  const absl::Time start = absl::Now();
+  absl::StatusOr<ExecutionResult> r = s.executor.Execute(tasks);
+  const absl::Duration wall = absl::Now() - start;
+  const absl::Duration used = cpu() - cpu_before;
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const TaskResult& t : r->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
+  Report("waiting 3 x pg_sleep(0.2) on one connection: CPU time / wall time",
+         absl::StrCat(absl::FormatDuration(used), " / ", absl::FormatDuration(wall)));
+  EXPECT_GE(wall, absl::Milliseconds(600));
+  EXPECT_LT(used, wall / 4) << "the event loop spun instead of sleeping in poll()";
 }
 
 // 6 -------------------------------------------------------------------------

@@ -20,6 +20,10 @@
 //     each interval, up to max_pool_size — and none when the tasks left are
 //     cheaper to run on the connections already open (measured task and
 //     connect times).
+//   * A pool that lost every connection while tasks remain (its worker
+//     restarted, say) needs a first connection again: it tries optionally at
+//     each interval while other pools work, and once nothing else is in
+//     flight it waits in the queue, holding only slots of earlier nodes.
 //   * Connections to the local node are always optional. A local pool that
 //     gets no connection at all runs its tasks in-process through
 //     ExecutionContext::RunLocally (local-execution failover).

@@ -532,7 +532,19 @@ struct ExecutionRun {
       std::vector<std::pair<Pool*, Connection*>> owners;
       absl::Time wake = now + opt.tick;
       for (auto& [node, pool] : pools) {
-        wake = std::min(wake, pool.interval_start + opt.slow_start_interval);
+        // Wake for the next slow-start interval only where it can open
+        // something: a pool with nothing left to grow for keeps a stale
+        // interval, which would make this loop spin.
+        if (!pool.failed && !pool.run_locally && !pool.pending.empty()) {
+          const bool no_connection =
+              std::none_of(pool.conns.begin(), pool.conns.end(),
+                           [](const auto& c) { return c->state != State::kBroken; });
+          if (no_connection) {
+            wake = std::min(wake, std::max(pool.retry_optional_at, now));
+          } else if (static_cast<int>(pool.conns.size()) < opt.max_pool_size) {
+            wake = std::min(wake, std::max(pool.interval_start + opt.slow_start_interval, now));
+          }
+        }
         for (auto& c : pool.conns) {
           short events = 0;
           if (c->state == State::kConnecting) {
