@@ -31,6 +31,7 @@ constexpr uint32_t kLimit = 2;
 // processes themselves believe they hold, and what went wrong.
 struct Truth {
   std::atomic<int> held[kKeys];  // non-forced slots held, per key
+  std::atomic<int> peak[kKeys];  // the most ever held at once, per key
   std::atomic<int> over_limit;   // times a process saw more than kLimit held
   std::atomic<int> errors;       // unexpected statuses
   std::atomic<long> operations;
@@ -39,7 +40,11 @@ struct Truth {
 NodeKey KeyOf(int k) { return *NodeKey::Create(absl::StrCat("worker-", k), 5432, 1); }
 
 void Hold(Truth& truth, int k) {
-  if (truth.held[k].fetch_add(1) + 1 > static_cast<int>(kLimit)) truth.over_limit.fetch_add(1);
+  const int now = truth.held[k].fetch_add(1) + 1;
+  if (now > static_cast<int>(kLimit)) truth.over_limit.fetch_add(1);
+  int peak = truth.peak[k].load();
+  while (now > peak && !truth.peak[k].compare_exchange_weak(peak, now)) {
+  }
 }
 
 void Drop(Truth& truth, int k) { truth.held[k].fetch_sub(1); }
@@ -155,7 +160,10 @@ TEST(MultiProcessTest, StrictLimitAcrossForkedProcesses) {
   EXPECT_EQ(truth.errors.load(), 0);
   for (int i = 0; i < kKeys; ++i) {
     EXPECT_LE(peak[i], kLimit);
-    EXPECT_EQ(peak[i], kLimit) << "the load never reached the limit: the test proves nothing";
+    // The processes' own record, not the sampled one: a slow sampler (under
+    // a sanitizer, on a busy machine) may miss the moments at the limit.
+    EXPECT_EQ(truth.peak[i].load(), static_cast<int>(kLimit))
+        << "the load never reached the limit: the test proves nothing";
     EXPECT_EQ(truth.held[i].load(), 0);
   }
   // Everything given back: no busy key, every counter zero, books balanced.
