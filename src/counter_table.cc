@@ -119,6 +119,7 @@ bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out) {
     out->waiters = entry.waiters.load(kRelaxed);
     out->forced = entry.forced.load(kRelaxed);
     out->reserved = entry.reserved.load(kRelaxed);
+    out->parked = internal::KeyAt(h, index).parked.load(kRelaxed);
     uint64_t meta = entry.meta.load(kRelaxed);
     out->port = static_cast<int>(internal::MetaPort(meta));
     out->database = internal::MetaDatabase(meta);

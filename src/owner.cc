@@ -21,6 +21,7 @@ using internal::Word;
 
 namespace {
 constexpr auto kRelaxed = std::memory_order_relaxed;
+constexpr auto kAcquire = std::memory_order_acquire;
 constexpr auto kRelease = std::memory_order_release;
 constexpr auto kAcqRel = std::memory_order_acq_rel;
 
@@ -59,6 +60,7 @@ Owner::Owner(CounterTable table, uint32_t id, uint32_t first_seq)
 
 Owner::~Owner() {
   if (fork_generation_ != fork_generation.load(kRelaxed)) return;  // the parent's
+  UnparkAll();
   OwnerOps ops(*this);
   ops.ReleaseAll(/*fold_acquired=*/true);
   // Leaving is a moment when a standalone process is sure to be alive and
@@ -99,6 +101,7 @@ absl::StatusOr<Slot> Owner::TryAcquire(const NodeKey& key, Limit limit,
 }
 
 void Slot::Release() {
+  if (parked_ && owner_ != nullptr) owner_->Unpark(*this);
   Owner* owner = std::exchange(owner_, nullptr);
   if (owner == nullptr || epoch_ != owner->release_epoch_ ||
       owner->fork_generation_ != fork_generation.load(kRelaxed)) {
@@ -154,9 +157,52 @@ absl::StatusOr<Slot> Owner::AcquireForced(const NodeKey& key, const AcquireOptio
   return OwnerOps(*this).AcquireForced(key, options);
 }
 
+bool Owner::Park(Slot& slot, Limit limit) {
+  if (slot.parked_) return true;
+  if (!slot.held() || fork_generation_ != fork_generation.load(kRelaxed)) return false;
+  if (slot.kind_ == SlotKind::kUncounted) return slot.parked_ = true;
+  const uint32_t e = slot.entry_;
+  if (entries_[e].word.load(kAcquire) & Word::kHasWaiters) return false;
+  std::atomic<uint32_t>& parked = internal::KeyAt(table_.header_, e).parked;
+  uint32_t n = parked.load(kRelaxed);
+  do {
+    if (!limit.unlimited() && n + 1 >= limit.max()) return false;
+  } while (!parked.compare_exchange_weak(n, n + 1, kRelaxed, kRelaxed));
+  parked_entries_.push_back(e);
+  return slot.parked_ = true;
+}
+
+void Owner::Unpark(Slot& slot) {
+  if (!slot.parked_) return;
+  slot.parked_ = false;
+  if (slot.kind_ == SlotKind::kUncounted || !slot.held() ||
+      fork_generation_ != fork_generation.load(kRelaxed)) {
+    return;
+  }
+  auto it = std::find(parked_entries_.begin(), parked_entries_.end(), slot.entry_);
+  if (it == parked_entries_.end()) return;
+  parked_entries_.erase(it);
+  std::atomic<uint32_t>& parked = internal::KeyAt(table_.header_, slot.entry_).parked;
+  uint32_t n = parked.load(kRelaxed);
+  while (n > 0 && !parked.compare_exchange_weak(n, n - 1, kRelaxed, kRelaxed)) {
+  }
+}
+
 uint64_t Owner::ReleaseAll() {
   if (fork_generation_ != fork_generation.load(kRelaxed)) return 0;
+  UnparkAll();
   return OwnerOps(*this).ReleaseAll(/*fold_acquired=*/false);
+}
+
+void Owner::UnparkAll() {
+  // Parked slots are about to be given back with the rest: uncount them.
+  for (uint32_t e : parked_entries_) {
+    std::atomic<uint32_t>& parked = internal::KeyAt(table_.header_, e).parked;
+    uint32_t n = parked.load(kRelaxed);
+    while (n > 0 && !parked.compare_exchange_weak(n, n - 1, kRelaxed, kRelaxed)) {
+    }
+  }
+  parked_entries_.clear();
 }
 
 uint64_t Owner::SlotsHeld() const {
@@ -178,6 +224,7 @@ Slot& Slot::operator=(Slot&& other) noexcept {
     owner_ = std::exchange(other.owner_, nullptr);
     entry_ = other.entry_;
     kind_ = other.kind_;
+    parked_ = std::exchange(other.parked_, false);
     epoch_ = other.epoch_;
   }
   return *this;

@@ -401,6 +401,7 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
   entry.waiters.store(0, kRelaxed);
   entry.forced.store(0, kRelaxed);
   entry.reserved.store(0, kRelaxed);
+  cold.parked.store(0, kRelaxed);
   entry.in_use.store(1, kRelaxed);
   // A new tag: cached hints for the key this entry held before now fail.
   const uint64_t w = entry.word.load(kRelaxed);

@@ -151,6 +151,7 @@ struct KeyStats {
   uint32_t forced = 0;       // of which taken by forced acquires
   uint32_t reserved = 0;     // of which taken as reservations
   uint32_t waiters = 0;      // waiting acquires queued now
+  uint32_t parked = 0;       // of connections: idle in a session's cache (Owner::Park)
   // Cumulative since the entry was created.
   uint64_t acquired = 0;      // slots granted (every kind)
   uint64_t refused = 0;       // optional acquires refused, waits that gave up

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
@@ -62,6 +63,17 @@ class Owner {
   absl::StatusOr<Slot> AcquireWaiting(const NodeKey& key, Limit limit, absl::Time deadline,
                                       const AcquireOptions& options = {});
 
+  // Parking, for connection caches. A session that keeps a connection idle
+  // for later (and cannot give its slot back until it runs again) parks the
+  // slot. Park succeeds only while the key has no waiters and, with this
+  // slot, fewer than `limit` slots of the key are parked, so idle caches
+  // never hold all of a key's slots: whoever needs one gets it once the busy
+  // ones are given back. Returns whether the slot is parked now (true if it
+  // was already; an uncounted slot parks without counting). Unpark before
+  // using the connection again; Release() unparks by itself.
+  bool Park(Slot& slot, Limit limit);
+  void Unpark(Slot& slot);
+
   // Forced acquire: always counted, even above the limit. Fails only when the
   // table is full under FullTablePolicy::kRefuse, or when the key's count
   // would exceed kMaxSlotsPerKey.
@@ -103,16 +115,18 @@ class Owner {
     uint32_t entry() const { return static_cast<uint32_t>(tag_and_entry & 0xffffff); }
   };
   CachedEntry& CacheSlot(const NodeKey& key) { return cache_[key.id() & cache_mask_]; }
+  void UnparkAll();
 
   CounterTable table_;
-  internal::Entry* entries_;       // the table's entries
-  internal::Cell* cells_;          // this owner's row of cells
-  internal::OwnerRecord* record_;  // this owner's record
-  uint32_t id_;                    // 1-based index of this owner's record
-  uint32_t next_seq_;              // sequence number for this owner's structure locks
-  uint64_t release_epoch_;         // bumped by ReleaseAll; Slots of older epochs are void
-  uint32_t ops_since_check_ = 0;   // releases since the last check for dead owners
-  uint32_t fork_generation_;       // the process's fork count when registered (owner.cc)
+  internal::Entry* entries_;              // the table's entries
+  internal::Cell* cells_;                 // this owner's row of cells
+  internal::OwnerRecord* record_;         // this owner's record
+  uint32_t id_;                           // 1-based index of this owner's record
+  uint32_t next_seq_;                     // sequence number for this owner's structure locks
+  uint64_t release_epoch_;                // bumped by ReleaseAll; Slots of older epochs are void
+  uint32_t ops_since_check_ = 0;          // releases since the last check for dead owners
+  uint32_t fork_generation_;              // the process's fork count when registered (owner.cc)
+  std::vector<uint32_t> parked_entries_;  // one element per parked Slot of this owner
   std::unique_ptr<CachedEntry[]> cache_;
   uint64_t cache_mask_;
 };

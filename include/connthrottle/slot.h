@@ -33,6 +33,7 @@ class Slot {
       : owner_(std::exchange(other.owner_, nullptr)),
         entry_(other.entry_),
         kind_(other.kind_),
+        parked_(std::exchange(other.parked_, false)),
         epoch_(other.epoch_) {}
   Slot& operator=(Slot&& other) noexcept;
   Slot(const Slot&) = delete;
@@ -46,6 +47,8 @@ class Slot {
   // or given back by its Owner's ReleaseAll().
   bool held() const;
   SlotKind kind() const { return kind_; }
+  // Whether the slot is parked (Owner::Park): its connection sits idle.
+  bool parked() const { return parked_; }
 
  private:
   friend class Owner;
@@ -56,6 +59,7 @@ class Slot {
   Owner* owner_ = nullptr;
   uint32_t entry_ = 0;
   SlotKind kind_ = SlotKind::kConnection;
+  bool parked_ = false;
   uint64_t epoch_ = 0;
 };
 

@@ -30,7 +30,7 @@ namespace connthrottle::internal {
 
 inline constexpr uint64_t kMagic = 0x6374687274626c31ULL;  // "cthrtbl1"
 // Bump on any change to this file or to the key hash once released.
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;
 inline constexpr size_t kCacheLine = 64;
 
 inline constexpr uint32_t kMaxCapacity = 1u << 24;
@@ -91,6 +91,11 @@ struct alignas(kCacheLine) EntryKey {
   std::atomic<uint64_t> wait_ns;
   std::atomic<uint64_t> forced_total;
   std::atomic<uint64_t> wakeups;  // times a queued waiter woke and re-checked
+  // Of count: slots whose connections sit idle in a session's cache
+  // (Owner::Park). Changed without the entry lock; reset when the entry is
+  // re-used. A dead owner's parked slots stay counted here until then, which
+  // only makes parking more conservative.
+  std::atomic<uint32_t> parked;
 };
 inline constexpr uint32_t MetaPort(uint64_t meta) { return static_cast<uint32_t>(meta & 0xffff); }
 inline constexpr uint32_t MetaHostLen(uint64_t meta) {
