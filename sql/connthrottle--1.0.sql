@@ -74,12 +74,13 @@ CREATE FUNCTION connthrottle.reservations(OUT host text, OUT port integer,
 -- Statistics, readable by pg_monitor.
 
 -- Every busy (node, database): slots held now (connections, of which forced
--- and reserved), waiters, and cumulative figures since the key became busy.
+-- and reserved), waiters, cumulative figures since the key became busy, and
+-- of the connections those idle in sessions' caches (cached).
 CREATE FUNCTION connthrottle.node_stats(
     OUT host text, OUT port integer, OUT database name, OUT database_oid oid,
     OUT connections integer, OUT forced integer, OUT reserved integer, OUT waiters integer,
     OUT acquired bigint, OUT refused bigint, OUT waited bigint, OUT wait_time interval,
-    OUT forced_total bigint, OUT wakeups bigint)
+    OUT forced_total bigint, OUT wakeups bigint, OUT cached integer)
   RETURNS SETOF record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_node_stats';
 
 CREATE VIEW connthrottle.nodes AS SELECT * FROM connthrottle.node_stats();

@@ -728,6 +728,10 @@ TEST_F(PgExecutorTest, IdleSessionsNeverHoldANodesLastSlot) {
   };
   ASSERT_TRUE(run(*idle1, "SELECT 1"));
   EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, 1, 0, 0, 0})) << "cached: a slot is still free";
+  EXPECT_EQ(
+      Value(*obs_, absl::StrCat("SELECT cached FROM connthrottle.nodes WHERE port = ", Port(0))),
+      "1")
+      << "the idle session's connection is parked";
   ASSERT_TRUE(run(*idle2, "SELECT 1"));
   // Another cached connection would have been the node's last slot.
   EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, 1, 0, 0, 0})) << "idle2 must not cache";

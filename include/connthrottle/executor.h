@@ -29,9 +29,10 @@
 //     ExecutionContext::RunLocally (local-execution failover).
 //   * At the end, idle connections are kept for the next execution (up to
 //     max_cached_per_node per node, for at most max_cached_lifetime, still
-//     holding their slots) only while their node has no waiters and still a
-//     free slot with them counted: an idle session, which cannot give its
-//     slots back until it runs again, never holds a node's last slot.
+//     holding their slots, parked: Owner::Park) only while their node has no
+//     waiters and fewer than its limit of slots are parked: idle sessions,
+//     which cannot give their slots back until they run again, never hold
+//     all of a node's slots.
 //     A cached connection the worker closed is found before use, discarded
 //     with its slot, and its task goes to another connection.
 //

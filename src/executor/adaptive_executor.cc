@@ -705,6 +705,7 @@ std::unique_ptr<AdaptiveExecutor::Connection> AdaptiveExecutor::TakeCached(const
       c->state = IdleConnectionIsDead(c->pg) ? State::kBroken : State::kIdle;
       dead.push_back(std::move(c));
     } else {
+      owner_.Unpark(c->slot);
       found = std::move(c);
     }
   }
@@ -720,10 +721,8 @@ std::unique_ptr<AdaptiveExecutor::Connection> AdaptiveExecutor::Cache(
       CachedConnections(c->node) >= options_.max_cached_per_node) {
     return c;
   }
-  const NodeKey key = KeyOf(c->node);
-  const CounterTable& table = owner_.table();
-  const Limit limit = context_.LimitFor(c->node, context_.IsLocal(c->node));
-  if (table.HasWaiters(key) || !limit.Admits(table.ConnectionCount(key), 0)) return c;
+  // Parked: the key has no waiters and idle caches keep a slot to spare.
+  if (!owner_.Park(c->slot, context_.LimitFor(c->node, context_.IsLocal(c->node)))) return c;
   c->reused = false;
   cache_[c->node].push_back(std::move(c));
   return nullptr;

@@ -543,7 +543,7 @@ Datum connthrottle_reservations(PG_FUNCTION_ARGS) {
 
 // node_stats() returns setof (host, port, database, database_oid, connections,
 // forced, reserved, waiters, acquired, refused, waited, wait_time,
-// forced_total, wakeups)
+// forced_total, wakeups, cached)
 Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
   RequireTable();
   InitMaterializedSRF(fcinfo, 0);
@@ -555,8 +555,8 @@ Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
   Raise(connthrottle::pg::NodeStats(rows, max, &count));
   for (int i = 0; i < count; ++i) {
     const connthrottle::pg::NodeRow& r = rows[i];
-    Datum values[14];
-    bool nulls[14] = {false};
+    Datum values[15];
+    bool nulls[15] = {false};
     char* dbname = get_database_name(r.database);
     values[0] = CStringGetTextDatum(r.host);
     values[1] = Int32GetDatum(r.port);
@@ -578,6 +578,7 @@ Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
     values[11] = IntervalPGetDatum(wait_time);
     values[12] = Int64GetDatum(static_cast<int64>(r.forced_total));
     values[13] = Int64GetDatum(static_cast<int64>(r.wakeups));
+    values[14] = Int32GetDatum(static_cast<int32>(r.cached));
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
   }
   return static_cast<Datum>(0);

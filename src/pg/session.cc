@@ -758,6 +758,7 @@ Outcome NodeStats(NodeRow* out, int max, int* count) {
       row.waited = k.waited;
       row.forced_total = k.forced_total;
       row.wakeups = k.wakeups;
+      row.cached = k.parked;
       row.wait_time_us = absl::ToInt64Microseconds(k.wait_time);
     }
     return Outcome{};

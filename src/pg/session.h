@@ -129,6 +129,7 @@ struct NodeRow {
   uint32_t database;
   uint32_t connections, forced, reserved, waiters;
   uint64_t acquired, refused, waited, forced_total, wakeups;
+  uint32_t cached;  // of connections: parked in sessions' caches
   int64_t wait_time_us;
 };
 // Copies up to `max` busy keys into `out`.
