@@ -971,7 +971,6 @@ int Main() {
   }
   const std::string text = TextReport(runs, verdict);
   const std::string json = JsonReport(runs, verdict);
-  std::printf("%s", absl::GetFlag(FLAGS_json) ? json.c_str() : text.c_str());
   const std::string out = absl::GetFlag(FLAGS_out);
   if (!out.empty()) {
     std::filesystem::create_directories(out);
@@ -991,6 +990,9 @@ int Main() {
       std::fprintf(stderr, "gnuplot is not installed: no chart (scripts/install-deps.sh)\n");
     }
   }
+  std::fflush(stderr);
+  std::printf("%s", absl::GetFlag(FLAGS_json) ? json.c_str() : text.c_str());
+  std::fflush(stdout);
   g_cluster = nullptr;
   cluster.reset();
   return verdict.passed && !g_interrupted ? 0 : 1;
