@@ -218,7 +218,8 @@ void _PG_init(void) {
       "connthrottle.max_cached_conns_per_worker",
       "Idle connections per worker node a session keeps for its next execution.",
       "Cached connections keep their slots, so one is kept only while its node has no "
-      "waiters and a slot to spare: idle sessions never hold a node's last slot.",
+      "waiters and fewer than its limit are cached: idle sessions never hold all of a "
+      "node's slots.",
       &max_cached_conns_per_worker, 1, 0, 1000, PGC_USERSET, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("connthrottle.max_cached_connection_lifetime",
                           "How long a cached connection to a worker node may be reused.", nullptr,
