@@ -355,24 +355,6 @@ absl::Status CounterTable::Audit() const {
   return OwnerOps(**auditor).Audit();
 }
 
-bool CounterTable::HasWaiters(const NodeKey& key) const {
-  const uint32_t mask = header_->index_buckets - 1;
-  const uint32_t tag = static_cast<uint32_t>(key.hash());
-  const internal::Bucket* buckets = internal::Buckets(header_);
-  uint32_t i = tag & mask;
-  for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
-    uint64_t value = buckets[i].load(kAcquire);
-    if (value == 0) break;
-    if (static_cast<uint32_t>(value >> 32) != tag) continue;
-    KeyStats k;
-    if (ReadEntry(header_, static_cast<uint32_t>(value) - 1, &k) && k.host == key.host() &&
-        k.port == key.port() && k.database == key.database()) {
-      return k.waiters > 0;
-    }
-  }
-  return false;
-}
-
 std::vector<Holding> CounterTable::Holders() const {
   std::vector<Holding> out;
   for (uint32_t e = 0; e < header_->capacity; ++e) {

@@ -208,8 +208,6 @@ class CounterTable {
 
   // The slots `key` holds now (0 when it is not busy).
   uint32_t ConnectionCount(const NodeKey& key) const;
-  // Whether waiting acquires are queued on `key` now.
-  bool HasWaiters(const NodeKey& key) const;
 
   // Who holds and who waits: one row per live owner and busy key it holds
   // slots of or waits for, ordered by key then pid. Read without locks, for
