@@ -242,14 +242,15 @@ int NodeArrays(FunctionCallInfo fcinfo, int hosts_arg, int ports_arg, int comman
   ArrayType* hosts = PG_GETARG_ARRAYTYPE_P(hosts_arg);
   ArrayType* ports = PG_GETARG_ARRAYTYPE_P(ports_arg);
   ArrayType* cmds = commands_arg >= 0 ? PG_GETARG_ARRAYTYPE_P(commands_arg) : nullptr;
+  const char* names = cmds != nullptr ? "hosts, ports and commands" : "hosts and ports";
   if (ARR_NDIM(hosts) > 1 || ARR_NDIM(ports) > 1 || (cmds != nullptr && ARR_NDIM(cmds) > 1)) {
     ereport(ERROR, (errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-                    errmsg("connthrottle: arrays must be one-dimensional")));
+                    errmsg("connthrottle: %s must be one-dimensional arrays", names)));
   }
   if (array_contains_nulls(hosts) || array_contains_nulls(ports) ||
       (cmds != nullptr && array_contains_nulls(cmds))) {
     ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-                    errmsg("connthrottle: arrays must not contain NULL")));
+                    errmsg("connthrottle: %s must not contain NULL", names)));
   }
   Datum* host_values = nullptr;
   Datum* port_values = nullptr;
@@ -262,9 +263,12 @@ int NodeArrays(FunctionCallInfo fcinfo, int hosts_arg, int ports_arg, int comman
   }
   if (nhosts != nports || (cmds != nullptr && ncmds != nhosts)) {
     ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                    errmsg("connthrottle: %d hosts, %d ports%s: the arrays must be as long", nhosts,
-                           nports, cmds != nullptr ? " and commands" : "")));
+                    cmds != nullptr ? errmsg("connthrottle: %s differ in length (%d, %d and %d)",
+                                             names, nhosts, nports, ncmds)
+                                    : errmsg("connthrottle: %s differ in length (%d and %d)", names,
+                                             nhosts, nports)));
   }
+
   *nodes = static_cast<connthrottle::pg::NodeRef*>(
       palloc(sizeof(connthrottle::pg::NodeRef) * (nhosts > 0 ? nhosts : 1)));
   if (commands != nullptr) {
@@ -443,35 +447,9 @@ Datum connthrottle_session_slots(PG_FUNCTION_ARGS) {
 
 // reserve(hosts text[], ports int[], database name, timeout interval) returns integer
 Datum connthrottle_reserve(PG_FUNCTION_ARGS) {
-  RequireNotNull(fcinfo, 0, "hosts");
-  RequireNotNull(fcinfo, 1, "ports");
   Oid database = DatabaseArg(fcinfo, 2);
-  ArrayType* hosts = PG_GETARG_ARRAYTYPE_P(0);
-  ArrayType* ports = PG_GETARG_ARRAYTYPE_P(1);
-  if (ARR_NDIM(hosts) > 1 || ARR_NDIM(ports) > 1) {
-    ereport(ERROR, (errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-                    errmsg("connthrottle: hosts and ports must be one-dimensional arrays")));
-  }
-  if (array_contains_nulls(hosts) || array_contains_nulls(ports)) {
-    ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-                    errmsg("connthrottle: hosts and ports must not contain NULL")));
-  }
-  Datum* host_values = nullptr;
-  Datum* port_values = nullptr;
-  int nhosts = 0;
-  int nports = 0;
-  deconstruct_array(hosts, TEXTOID, -1, false, TYPALIGN_INT, &host_values, nullptr, &nhosts);
-  deconstruct_array(ports, INT4OID, 4, true, TYPALIGN_INT, &port_values, nullptr, &nports);
-  if (nhosts != nports) {
-    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                    errmsg("connthrottle: %d hosts but %d ports", nhosts, nports)));
-  }
-  auto* nodes = static_cast<connthrottle::pg::NodeRef*>(
-      palloc(sizeof(connthrottle::pg::NodeRef) * (nhosts > 0 ? nhosts : 1)));
-  for (int i = 0; i < nhosts; ++i) {
-    nodes[i].host = TextDatumGetCString(host_values[i]);
-    nodes[i].port = DatumGetInt32(port_values[i]);
-  }
+  connthrottle::pg::NodeRef* nodes = nullptr;
+  const int nhosts = NodeArrays(fcinfo, 0, 1, -1, &nodes, nullptr);
   BeginSlotWork();
   Settings settings = connthrottle::pg::CurrentSettings();
   connthrottle::pg::Wait wait = WaitArg(fcinfo, 3, settings);

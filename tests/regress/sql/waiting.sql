@@ -8,26 +8,8 @@ CREATE EXTENSION connthrottle;
 CREATE EXTENSION dblink;
 -- A backstop: nothing here may hang the run.
 SET statement_timeout = '60s';
--- outcome(sql): 'ok', or the error's SQLSTATE, message and detail, so that
--- errors show their SQLSTATE whatever psql's verbosity. What varies from run
--- to run is masked: the database OID in node names (host:port/oid) and the
--- measured length of a wait ("within 50.1ms").
-CREATE FUNCTION pg_temp.outcome(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-  state text;
-  message text;
-  detail text;
-BEGIN
-  EXECUTE sql;
-  RETURN 'ok';
-EXCEPTION WHEN OTHERS OR query_canceled THEN
-  GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
-                          detail = PG_EXCEPTION_DETAIL;
-  message := regexp_replace(message, '(:[0-9]+)/[0-9]+', '\1/<dboid>', 'g');
-  message := regexp_replace(message, 'within [^ ]+ ', 'within <elapsed> ', 'g');
-  RETURN state || ': ' || message
-         || CASE WHEN detail <> '' THEN ' | DETAIL: ' || detail ELSE '' END;
-END $$;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/outcome.psql
 -- Waits (in shared memory, which is live inside a statement) until `node`
 -- has `waiters` queued waiters; 10 s at most.
 CREATE FUNCTION pg_temp.wait_for_waiters(node text, waiters int) RETURNS void
