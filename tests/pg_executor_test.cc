@@ -39,32 +39,14 @@
 #include "cluster/pg_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/pg_test_support.h"
 
 namespace connthrottle::cluster {
 namespace {
 
 using ::testing::HasSubstr;
-using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 using Cell = std::optional<std::string>;
-
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-// Polls `condition` until it holds or `timeout` passes. The pause between
-// polls only spaces the polls; it never stands in for synchronisation.
-bool PollUntil(const std::function<bool()>& condition, Clock::duration timeout = 10s) {
-  const Clock::time_point deadline = Clock::now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-}
-
-void Report(const std::string& what, const std::string& figure) {
-  std::printf("[ FIGURE   ] %s: %s\n", what.c_str(), figure.c_str());
-  std::fflush(stdout);
-}
 
 // A PostgreSQL array literal of text elements ({"a","b"}), for a $n::text[] parameter.
 std::string TextArray(const std::vector<std::string>& items) {
@@ -156,53 +138,6 @@ absl::StatusOr<std::vector<TaskRow>> RunTasks(PgClient& c, const std::vector<Tas
 }
 
 // Counters of one key of connthrottle.nodes.
-struct NodeCounters {
-  int rows = 0;
-  int connections = 0;
-  int forced = 0;
-  int reserved = 0;
-  int waiters = 0;
-  bool operator==(const NodeCounters&) const = default;
-};
-
-std::ostream& operator<<(std::ostream& os, const NodeCounters& c) {
-  return os << "{rows " << c.rows << ", connections " << c.connections << ", forced " << c.forced
-            << ", reserved " << c.reserved << ", waiters " << c.waiters << "}";
-}
-
-// Runs one query on `client` in a thread of its own. If it still runs when
-// this object is destroyed (a failed assertion), it is cancelled first.
-class AsyncQuery {
- public:
-  AsyncQuery(PgClient& client, std::string sql, std::vector<Cell> params = {}) : client_(client) {
-    thread_ = std::thread([this, sql = std::move(sql), params = std::move(params)] {
-      absl::StatusOr<QueryResult> r = client_.Query(sql, params);
-      ended_ = Clock::now();
-      result_ = std::move(r);
-      done_.store(true, std::memory_order_release);
-    });
-  }
-  AsyncQuery(const AsyncQuery&) = delete;
-  AsyncQuery& operator=(const AsyncQuery&) = delete;
-  ~AsyncQuery() {
-    if (!done()) (void)client_.Cancel();
-    thread_.join();
-  }
-
-  bool done() const { return done_.load(std::memory_order_acquire); }
-  bool WaitDone(Clock::duration timeout = 10s) {
-    return PollUntil([this] { return done(); }, timeout);
-  }
-  const absl::StatusOr<QueryResult>& result() const { return result_; }
-  Clock::time_point ended() const { return ended_; }
-
- private:
-  PgClient& client_;
-  std::thread thread_;
-  std::atomic<bool> done_{false};
-  absl::StatusOr<QueryResult> result_ = absl::UnknownError("not finished");
-  Clock::time_point ended_;
-};
 
 // Coordinator backends on a worker: the executor's connections carry
 // application_name 'connthrottle' (the test's own sessions use 'connthrottle-test').

@@ -38,13 +38,13 @@
 #include "cluster/pg_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/pg_test_support.h"
 
 namespace connthrottle::cluster {
 namespace {
 
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
-using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 // The port of every fake worker node; no server listens there. local_node is
@@ -52,83 +52,12 @@ using namespace std::chrono_literals;
 constexpr int kWorkerPort = 6001;
 constexpr char kPort[] = "6001";
 
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-// Polls `condition` until it holds or `timeout` passes. The pause between
-// polls only spaces the polls; it never stands in for synchronisation.
-bool PollUntil(const std::function<bool()>& condition,
-               Clock::duration timeout = std::chrono::seconds(5)) {
-  const Clock::time_point deadline = Clock::now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-}
-
 std::string Summary(std::vector<double> ms) {
   if (ms.empty()) return "no samples";
   std::sort(ms.begin(), ms.end());
   return absl::StrCat("min ", absl::StrFormat("%.2f", ms.front()), " ms, median ",
                       absl::StrFormat("%.2f", ms[ms.size() / 2]), " ms, max ",
                       absl::StrFormat("%.2f", ms.back()), " ms (n=", ms.size(), ")");
-}
-
-void Report(const std::string& what, const std::string& figure) {
-  std::printf("[ FIGURE   ] %s: %s\n", what.c_str(), figure.c_str());
-  std::fflush(stdout);
-}
-
-// Runs one query on `client` in a thread of its own and records when it
-// returned. If the query still runs when this object is destroyed (a failed
-// assertion left it waiting), the query is cancelled first.
-class AsyncQuery {
- public:
-  AsyncQuery(PgClient& client, std::string sql, std::vector<std::optional<std::string>> params = {})
-      : client_(client) {
-    thread_ = std::thread([this, sql = std::move(sql), params = std::move(params)] {
-      absl::StatusOr<QueryResult> r = client_.Query(sql, params);
-      ended_ = Clock::now();
-      result_ = std::move(r);
-      done_.store(true, std::memory_order_release);
-    });
-  }
-  AsyncQuery(const AsyncQuery&) = delete;
-  AsyncQuery& operator=(const AsyncQuery&) = delete;
-  ~AsyncQuery() {
-    if (!done()) (void)client_.Cancel();
-    thread_.join();
-  }
-
-  bool done() const { return done_.load(std::memory_order_acquire); }
-  // Waits (with a deadline) for the query to return; false if it did not.
-  bool WaitDone(Clock::duration timeout = std::chrono::seconds(10)) {
-    return PollUntil([this] { return done(); }, timeout);
-  }
-  // Valid once done().
-  const absl::StatusOr<QueryResult>& result() const { return result_; }
-  Clock::time_point ended() const { return ended_; }
-
- private:
-  PgClient& client_;
-  std::thread thread_;
-  std::atomic<bool> done_{false};
-  absl::StatusOr<QueryResult> result_ = absl::UnknownError("not finished");
-  Clock::time_point ended_;
-};
-
-struct NodeCounters {
-  int rows = 0;
-  int connections = 0;
-  int forced = 0;
-  int reserved = 0;
-  int waiters = 0;
-  bool operator==(const NodeCounters&) const = default;
-};
-
-std::ostream& operator<<(std::ostream& os, const NodeCounters& c) {
-  return os << "{rows " << c.rows << ", connections " << c.connections << ", forced " << c.forced
-            << ", reserved " << c.reserved << ", waiters " << c.waiters << "}";
 }
 
 int ToInt(const std::optional<std::string>& v) { return v.has_value() ? std::stoi(*v) : 0; }
