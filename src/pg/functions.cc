@@ -234,6 +234,13 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
 }
 
 // Reads parallel host/port (and optionally command) arrays.
+// The name of database `db` as a `name` Datum, or NULL when it is gone.
+void DatabaseName(Oid db, Datum* value, bool* isnull) {
+  char* name = get_database_name(db);
+  *isnull = name == nullptr;
+  *value = name != nullptr ? DirectFunctionCall1(namein, CStringGetDatum(name)) : Datum{0};
+}
+
 int NodeArrays(FunctionCallInfo fcinfo, int hosts_arg, int ports_arg, int commands_arg,
                connthrottle::pg::NodeRef** nodes, const char*** commands) {
   RequireNotNull(fcinfo, hosts_arg, "hosts");
@@ -431,14 +438,9 @@ Datum connthrottle_session_slots(PG_FUNCTION_ARGS) {
   for (int i = 0; i < count; ++i) {
     Datum values[4];
     bool nulls[4] = {false, false, false, false};
-    char* dbname = get_database_name(rows[i].database);
     values[0] = CStringGetTextDatum(rows[i].host);
     values[1] = Int32GetDatum(rows[i].port);
-    if (dbname != nullptr) {
-      values[2] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
-    } else {
-      nulls[2] = true;
-    }
+    DatabaseName(rows[i].database, &values[2], &nulls[2]);
     values[3] = CStringGetTextDatum(rows[i].kind);
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
   }
@@ -505,14 +507,9 @@ Datum connthrottle_reservations(PG_FUNCTION_ARGS) {
   for (int i = 0; i < count; ++i) {
     Datum values[4];
     bool nulls[4] = {false, false, false, false};
-    char* dbname = get_database_name(rows[i].database);
     values[0] = CStringGetTextDatum(rows[i].host);
     values[1] = Int32GetDatum(rows[i].port);
-    if (dbname != nullptr) {
-      values[2] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
-    } else {
-      nulls[2] = true;
-    }
+    DatabaseName(rows[i].database, &values[2], &nulls[2]);
     values[3] = BoolGetDatum(rows[i].used);
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
   }
@@ -535,14 +532,9 @@ Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
     const connthrottle::pg::NodeRow& r = rows[i];
     Datum values[15];
     bool nulls[15] = {false};
-    char* dbname = get_database_name(r.database);
     values[0] = CStringGetTextDatum(r.host);
     values[1] = Int32GetDatum(r.port);
-    if (dbname != nullptr) {
-      values[2] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
-    } else {
-      nulls[2] = true;
-    }
+    DatabaseName(r.database, &values[2], &nulls[2]);
     values[3] = ObjectIdGetDatum(r.database);
     values[4] = Int32GetDatum(static_cast<int32>(r.connections));
     values[5] = Int32GetDatum(static_cast<int32>(r.forced));
@@ -575,15 +567,10 @@ Datum connthrottle_holders(PG_FUNCTION_ARGS) {
     const connthrottle::pg::HolderRow& r = rows[i];
     Datum values[8];
     bool nulls[8] = {false};
-    char* dbname = get_database_name(r.database);
     values[0] = Int32GetDatum(r.pid);
     values[1] = CStringGetTextDatum(r.host);
     values[2] = Int32GetDatum(r.port);
-    if (dbname != nullptr) {
-      values[3] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
-    } else {
-      nulls[3] = true;
-    }
+    DatabaseName(r.database, &values[3], &nulls[3]);
     values[4] = Int32GetDatum(static_cast<int32>(r.connections));
     values[5] = Int32GetDatum(static_cast<int32>(r.forced));
     values[6] = Int32GetDatum(static_cast<int32>(r.reserved));
