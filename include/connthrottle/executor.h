@@ -195,6 +195,9 @@ class AdaptiveExecutor {
   ExecutionContext& context_;
   ExecutorOptions options_;
   std::map<NodeAddress, std::vector<std::unique_ptr<Connection>>> cache_;
+  // The cost model's prior per node: the time to connect as measured by
+  // earlier executions (a running average; each new one weighs as one).
+  std::map<NodeAddress, absl::Duration> connect_time_;
   int next_connection_id_ = 0;
 };
 

@@ -300,16 +300,20 @@ struct ExecutionRun {
       return;
     }
     if (ready + connecting > 0 && pool.tasks_done > 0) {
-      // The queue drains on the open connections in pending * task / n; a new
-      // connection costs its connect time now and, when the cache is full,
-      // a close later. Open one only when the queue outlasts twice that.
+      // The queue drains on the open connections in pending * task / n. A new
+      // connection shortens that only if the drain outlasts its connect time;
+      // it also costs the worker a backend, and one beyond what the cache
+      // keeps is closed again at the end. So open one only when the queue
+      // outlasts twice its connect time — three times when it will not be
+      // kept.
       const absl::Duration task = pool.task_time_total / pool.tasks_done;
       const absl::Duration connect = pool.connects_done > 0
                                          ? pool.connect_time_total / pool.connects_done
                                          : absl::Milliseconds(5);
       const absl::Duration drain =
           task * static_cast<double>(pool.pending.size()) / (ready + connecting);
-      if (drain < 2 * connect) return;
+      const bool kept = static_cast<int>(pool.conns.size()) < opt.max_cached_per_node;
+      if (drain < (kept ? 2 : 3) * connect) return;
     }
     absl::StatusOr<Slot> slot = ex.owner_.TryAcquire(*pool.key, LimitOf(pool), AcquireOptionsNow());
     if (!slot.ok()) {
@@ -675,12 +679,19 @@ absl::StatusOr<ExecutionResult> AdaptiveExecutor::Execute(std::vector<Task> task
       pool.node = task.node;
       pool.key = *key;
       pool.local = context_.IsLocal(task.node);
+      if (auto it = connect_time_.find(task.node); it != connect_time_.end()) {
+        pool.connect_time_total = it->second;  // what earlier executions measured
+        pool.connects_done = 1;
+      }
     }
     pool.pending.push_back(static_cast<int>(t));
   }
 
   absl::Status status = run.SecureFirstConnections();
   if (status.ok()) status = run.Loop();
+  for (const auto& [node, pool] : run.pools) {
+    if (pool.connects_done > 0) connect_time_[node] = pool.connect_time_total / pool.connects_done;
+  }
   if (!status.ok()) {
     run.Abort();
     return status;
