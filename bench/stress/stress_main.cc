@@ -71,6 +71,9 @@ ABSL_FLAG(std::string, mix, "fanout=2,router=2,copy=1",
           "workload mix as name=weight: fanout (run_tasks on every worker), router (one task "
           "on one worker), copy (distribute rows with COPY and reservations; sql mode)");
 ABSL_FLAG(int, tasks_per_worker, 4, "tasks per worker in a fan-out execution");
+ABSL_FLAG(std::string, fanout_task, "scan",
+          "what each fan-out task runs: scan (count a sixteenth of the shard table, a few "
+          "ms) or short (a primary-key lookup, well under a millisecond)");
 ABSL_FLAG(std::string, coordinator, "",
           "use this coordinator (host:port, with the extension) instead of starting a cluster");
 ABSL_FLAG(std::string, worker_nodes, "", "with --coordinator: the workers as host:port,host:port");
@@ -315,6 +318,14 @@ std::string ArrayLiteral(const std::vector<std::string>& items) {
   return absl::StrCat("{", absl::StrJoin(quoted, ","), "}");
 }
 
+// The SQL of fan-out task t of an execution keyed `key` (--fanout_task).
+std::string FanoutTask(int key, int t) {
+  if (absl::GetFlag(FLAGS_fanout_task) == "short") {
+    return absl::StrCat("SELECT payload FROM shard WHERE id = ", (key + t * 997) % 20000 + 1);
+  }
+  return absl::StrCat("SELECT count(*) FROM shard WHERE id % 16 = ", (key + t) % 16);
+}
+
 // One sql-mode client: a coordinator session.
 class SqlClient {
  public:
@@ -344,8 +355,7 @@ class SqlClient {
           for (int t = 0; t < absl::GetFlag(FLAGS_tasks_per_worker); ++t) {
             hosts.push_back(w.host);
             ports.push_back(std::to_string(w.port));
-            commands.push_back(
-                absl::StrCat("SELECT count(*) FROM shard WHERE id % 16 = ", (key + t) % 16));
+            commands.push_back(FanoutTask(key, t));
           }
         }
         break;
@@ -483,8 +493,7 @@ int RunLibraryClient(int index) {
     if (mix.Pick(rng) == Op::kFanout) {
       for (const NodeAddress& w : workers) {
         for (int t = 0; t < absl::GetFlag(FLAGS_tasks_per_worker); ++t) {
-          tasks.push_back(
-              {w, absl::StrCat("SELECT count(*) FROM shard WHERE id % 16 = ", (key + t) % 16)});
+          tasks.push_back({w, FanoutTask(key, t)});
         }
       }
     } else {
@@ -539,6 +548,7 @@ pid_t SpawnLibraryClient(int index, const std::string& segment,
       absl::StrCat("--limit=", limit),
       absl::StrCat("--mix=", absl::GetFlag(FLAGS_mix)),
       absl::StrCat("--tasks_per_worker=", absl::GetFlag(FLAGS_tasks_per_worker)),
+      absl::StrCat("--fanout_task=", absl::GetFlag(FLAGS_fanout_task)),
       absl::StrCat("--statement_timeout=",
                    absl::FormatDuration(absl::GetFlag(FLAGS_statement_timeout))),
       absl::StrCat("--seed=", seed + static_cast<uint64_t>(index))};
@@ -946,6 +956,12 @@ int Main() {
     Die("--sample_interval must be at most 20ms");
   }
   if (absl::GetFlag(FLAGS_limit) < 1) Die("--limit must be at least 1");
+  if (absl::GetFlag(FLAGS_fanout_task) != "scan" && absl::GetFlag(FLAGS_fanout_task) != "short") {
+    Die("--fanout_task is scan or short");
+  }
+  if (absl::GetFlag(FLAGS_tasks_per_worker) < 1 || absl::GetFlag(FLAGS_tasks_per_worker) > 1000) {
+    Die("--tasks_per_worker must be 1..1000");
+  }
   if (absl::GetFlag(FLAGS_duration) <= absl::ZeroDuration()) Die("--duration must be positive");
   uint64_t seed = absl::GetFlag(FLAGS_seed);
   if (seed == 0) seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
