@@ -102,6 +102,9 @@ class Owner {
   friend class Slot;
   friend class OwnerOps;
   Owner(CounterTable table, uint32_t id, uint32_t first_seq);
+  // Everything TryAcquire's fast path does not handle; out of line.
+  absl::StatusOr<Slot> TryAcquireSlow(const NodeKey& key, Limit limit,
+                                      const AcquireOptions& options);
 
   // "The key with this NodeKey id lives in that entry, with that tag": lets a
   // repeated acquire skip the index probe and the key comparison. The tag is

@@ -38,7 +38,9 @@ class Slot {
   Slot& operator=(Slot&& other) noexcept;
   Slot(const Slot&) = delete;
   Slot& operator=(const Slot&) = delete;
-  ~Slot() { Release(); }
+  ~Slot() {
+    if (owner_ != nullptr) Release();
+  }
 
   // Gives the slot back and wakes one waiter of its key. No-op when empty.
   void Release();
