@@ -114,9 +114,10 @@ bool CheckLocalNode(char** newval, void**, GucSource) {
     GUC_check_errdetail("Use '' to detect the local node, 'none', or 'host:port'.");
     return false;
   }
+  // Digits only: strtol alone would also take " 5" or "+5".
   char* end = nullptr;
-  long port = strtol(colon + 1, &end, 10);
-  if (*end != '\0' || port < 1 || port > 65535) {
+  long port = isdigit(static_cast<unsigned char>(colon[1])) ? strtol(colon + 1, &end, 10) : 0;
+  if (end == nullptr || *end != '\0' || port < 1 || port > 65535) {
     GUC_check_errdetail("The port must be a number from 1 to 65535.");
     return false;
   }

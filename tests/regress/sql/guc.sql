@@ -40,6 +40,7 @@ ALTER SYSTEM SET connthrottle.local_node = 'host:0';
 ALTER SYSTEM SET connthrottle.local_node = 'host:';
 ALTER SYSTEM SET connthrottle.local_node = ':5432';
 ALTER SYSTEM SET connthrottle.local_node = 'host:54x';
+ALTER SYSTEM SET connthrottle.local_node = 'host: 5432';
 SELECT format('ALTER SYSTEM SET connthrottle.local_node = %L', repeat('h', 256) || ':5432')
 \gexec
 -- None of that reached postgresql.auto.conf.
