@@ -862,6 +862,8 @@ TEST_F(ExecutorTest, WorkerStoppedMidRun) {
   for (const TaskResult& t : r->tasks) {
     EXPECT_FALSE(t.status.ok()) << "a 1 s task completed although its worker stopped";
     EXPECT_THAT(std::string(t.status.message()), HasSubstr(n3.ToString()));
+    // Lost (08006), refused (08001) or terminated by the worker (57P01).
+    EXPECT_THAT(t.sqlstate, ::testing::AnyOf("08006", "08001", "57P01")) << t.status;
     std::string e(t.status.message().substr(0, 90));
     ++errors[e];
   }
@@ -1038,6 +1040,7 @@ TEST_F(ExecutorTest, ConnectionRefusedNodeFailsQuicklyNamingTheNode) {
   for (int i = 0; i < 2; ++i) {
     EXPECT_TRUE(absl::IsUnavailable(r->tasks[i].status)) << r->tasks[i].status;
     EXPECT_THAT(std::string(r->tasks[i].status.message()), HasSubstr(nowhere.ToString()));
+    EXPECT_EQ(r->tasks[i].sqlstate, "08001");  // sqlclient_unable_to_establish_sqlconnection
   }
   EXPECT_TRUE(r->tasks[2].status.ok())
       << "the other node's task was disturbed: " << r->tasks[2].status;

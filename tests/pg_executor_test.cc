@@ -1181,6 +1181,7 @@ TEST_F(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
         ASSERT_TRUE(r.error.has_value());
         EXPECT_THAT(*r.error, HasSubstr(Node(1)));
         EXPECT_THAT(*r.error, HasSubstr("refused"));
+        EXPECT_EQ(r.sqlstate, Cell("08001"));
       }
     }
     // Exact counters: worker 1's cached connections, nothing for worker 2.

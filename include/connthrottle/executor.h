@@ -83,7 +83,10 @@ struct Task {
 
 struct TaskResult {
   // OK, or what went wrong; the message names the node. A worker's own error
-  // keeps its message, with its SQLSTATE in `sqlstate`.
+  // keeps its message, with its SQLSTATE in `sqlstate`; the executor's own
+  // failures carry one too: 08001 could not connect, 08006 connection lost
+  // while running, 53300 no slot (wait timed out, or the local node allowed
+  // none and the task may not run locally), 53400 table full, 22023 bad node.
   absl::Status status;
   std::string sqlstate;
   std::string command_tag;

@@ -91,9 +91,12 @@ struct ExecutionRun {
 
   // ---- bookkeeping ----
 
-  void Finish(int t, absl::Status status) {
+  void Finish(int t, absl::Status status, const char* sqlstate = "") {
     TaskResult& r = results[t];
-    if (r.status.ok()) r.status = std::move(status);  // the first error stands
+    if (r.status.ok()) {  // the first error stands
+      r.status = std::move(status);
+      if (r.sqlstate.empty()) r.sqlstate = sqlstate;
+    }
     --remaining;
   }
 
@@ -103,8 +106,7 @@ struct ExecutionRun {
     while (!pool.pending.empty()) {
       int t = pool.pending.front();
       pool.pending.pop_front();
-      if (results[t].sqlstate.empty()) results[t].sqlstate = sqlstate;
-      Finish(t, why);
+      Finish(t, why, sqlstate);
     }
   }
 
@@ -155,8 +157,10 @@ struct ExecutionRun {
     if (any_left) return;
     if (pool.local && FailOverLocally(pool)) return;
     pool.failed = true;
-    FailPending(pool, absl::UnavailableError(absl::StrCat("could not connect to node ",
-                                                          pool.node.ToString(), ": ", why)));
+    FailPending(pool,
+                absl::UnavailableError(
+                    absl::StrCat("could not connect to node ", pool.node.ToString(), ": ", why)),
+                "08001");  // sqlclient_unable_to_establish_sqlconnection
   }
 
   // Marks the pool's tasks for in-process execution; tasks that do not allow
@@ -167,9 +171,11 @@ struct ExecutionRun {
       if (tasks[t].allow_local) {
         keep.push_back(t);
       } else {
-        Finish(t, absl::UnavailableError(
-                      absl::StrCat("no connection to the local node ", pool.node.ToString(),
-                                   " is allowed now and the task may not run locally")));
+        Finish(t,
+               absl::UnavailableError(
+                   absl::StrCat("no connection to the local node ", pool.node.ToString(),
+                                " is allowed now and the task may not run locally")),
+               "53300");  // too_many_connections
       }
     }
     pool.pending = std::move(keep);
@@ -200,7 +206,7 @@ struct ExecutionRun {
         continue;
       }
       if (IsTableFullError(slot.status())) {
-        FailPending(pool, slot.status());
+        FailPending(pool, slot.status(), "53400");  // configuration_limit_exceeded
         continue;
       }
       if (pool.local || limit.never_waits()) {
@@ -379,8 +385,10 @@ struct ExecutionRun {
           pool.opened_in_interval = 0;
         }
       } else {
-        Finish(t, absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
-                                                      " failed while running the task: ", why)));
+        Finish(t,
+               absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
+                                                   " failed while running the task: ", why)),
+               "08006");  // connection_failure
       }
     }
   }
@@ -434,7 +442,10 @@ struct ExecutionRun {
           break;
         case PGRES_COPY_OUT:
         case PGRES_COPY_BOTH:
-          r.status = absl::UnimplementedError("COPY TO is not supported in tasks");
+          if (r.status.ok()) {
+            r.status = absl::UnimplementedError("COPY TO is not supported in tasks");
+            r.sqlstate = "0A000";  // feature_not_supported
+          }
           break;
         default: {
           const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -671,7 +682,7 @@ absl::StatusOr<ExecutionResult> AdaptiveExecutor::Execute(std::vector<Task> task
     absl::StatusOr<NodeKey> key =
         NodeKey::Create(task.node.host, task.node.port, context_.DatabaseId());
     if (!key.ok()) {
-      run.Finish(static_cast<int>(t), key.status());
+      run.Finish(static_cast<int>(t), key.status(), "22023");  // invalid_parameter_value
       continue;
     }
     ExecutionRun::Pool& pool = run.pools[task.node];

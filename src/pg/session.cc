@@ -47,6 +47,7 @@ constexpr int kOutOfMemory = Sqlstate("53200");
 constexpr int kInvalidParameterValue = Sqlstate("22023");
 constexpr int kObjectNotInPrerequisiteState = Sqlstate("55000");
 constexpr int kDataCorrupted = Sqlstate("XX001");
+constexpr int kConnectionFailure = Sqlstate("08006");
 constexpr int kInternalError = Sqlstate("XX000");
 
 void SetMessage(Outcome& o, std::string_view message, std::string_view detail = {}) {
@@ -83,6 +84,8 @@ Outcome FromStatus(const absl::Status& status, int exhausted_sqlstate = kTooMany
       return Fail(kObjectNotInPrerequisiteState, message);
     case absl::StatusCode::kDataLoss:
       return Fail(kDataCorrupted, message);
+    case absl::StatusCode::kUnavailable:  // a worker could not be reached or was lost
+      return Fail(kConnectionFailure, message);
     default:
       return Fail(kInternalError, message);
   }
