@@ -250,8 +250,9 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
                         r.faults.worker_restarts, " worker restarts");
   });
   row("counters back to zero", [](const RunData& r) {
-    return r.counters_zero_after.has_value() ? absl::StrCat("after ", Dur(*r.counters_zero_after))
-                                             : std::string("NO");
+    if (!r.counters_zero_after.has_value()) return std::string("NO");
+    if (*r.counters_zero_after == absl::ZeroDuration()) return std::string("at once");
+    return absl::StrCat("after ", Dur(*r.counters_zero_after));
   });
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& line : rows) {
