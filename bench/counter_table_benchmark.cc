@@ -502,8 +502,7 @@ void RegisterTwoThreads(const char* which, void (*fn)(benchmark::State&)) {
 // each other (and see the same machine conditions).
 void RegisterAll() {
   RegisterOptional<Connthrottle>("Optional", BM_Optional<Connthrottle, true>);
-  RegisterOptional<ConnthrottleReclaiming>("Optional",
-                                           BM_Optional<ConnthrottleReclaiming, true>);
+  RegisterOptional<ConnthrottleReclaiming>("Optional", BM_Optional<ConnthrottleReclaiming, true>);
   RegisterOptional<ReferenceMutexHash>("Optional", BM_Optional<ReferenceMutexHash, true>);
   RegisterOptional<AtomicFloor>("Optional", BM_Optional<AtomicFloor, true>);
 
