@@ -17,10 +17,13 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/child_process.h"
 
 namespace connthrottle {
 namespace {
 
+using ::connthrottle::testing::ReadAll;
+using ::connthrottle::testing::WriteAll;
 using ::testing::HasSubstr;
 
 constexpr char kHashChildEnv[] = "CONNTHROTTLE_NODE_KEY_TEST_HASH_CHILD";
@@ -39,30 +42,6 @@ Hashes ComputeHashes() {
   absl::StatusOr<NodeKey> key = NodeKey::Create("worker-1.example", 6432, 16384);
   if (!key.ok()) std::abort();
   return Hashes{key->hash(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&kSeedLike))};
-}
-
-bool WriteAll(int fd, const void* data, size_t size) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = write(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
-bool ReadAll(int fd, void* data, size_t size) {
-  char* p = static_cast<char*>(data);
-  while (size > 0) {
-    ssize_t n = read(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return true;
 }
 
 // When this binary is re-executed by HashIsTheSameInAFreshlyExecutedProcess,

@@ -27,12 +27,17 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "internal/layout.h"
+#include "tests/testing/child_process.h"
 #include "tests/testing/heap_table.h"
 
 namespace connthrottle {
 namespace {
 
 using ::connthrottle::testing::Key;
+using ::connthrottle::testing::Pipe;
+using ::connthrottle::testing::ReadAll;
+using ::connthrottle::testing::WaitForExit;
+using ::connthrottle::testing::WriteAll;
 using ::testing::HasSubstr;
 
 constexpr uid_t kNobody = 65534;
@@ -48,58 +53,7 @@ std::string PathOf(const std::string& name) { return "/dev/shm/" + name; }
 
 // ---- Small POSIX helpers (usable in forked children: no gtest calls) --------
 
-bool WriteByte(int fd, char c) {
-  for (;;) {
-    ssize_t n = write(fd, &c, 1);
-    if (n == 1) return true;
-    if (n < 0 && errno == EINTR) continue;
-    return false;
-  }
-}
-
-// Reads one byte; false on end of file or error.
-bool ReadByte(int fd, char* c) {
-  for (;;) {
-    ssize_t n = read(fd, c, 1);
-    if (n == 1) return true;
-    if (n < 0 && errno == EINTR) continue;
-    return false;
-  }
-}
-
-struct Pipe {
-  Pipe() {
-    if (pipe(fds) != 0) ADD_FAILURE() << "pipe: " << strerror(errno);
-  }
-  ~Pipe() {
-    CloseRead();
-    CloseWrite();
-  }
-  void CloseRead() {
-    if (fds[0] >= 0) close(fds[0]);
-    fds[0] = -1;
-  }
-  void CloseWrite() {
-    if (fds[1] >= 0) close(fds[1]);
-    fds[1] = -1;
-  }
-  int read_fd() const { return fds[0]; }
-  int write_fd() const { return fds[1]; }
-  int fds[2] = {-1, -1};
-};
-
-// Waits for `pid` and returns its exit code, or -signal when it was killed.
-int WaitForExit(pid_t pid) {
-  int status = 0;
-  pid_t r;
-  do {
-    r = waitpid(pid, &status, 0);
-  } while (r < 0 && errno == EINTR);
-  if (r != pid) return -1000;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return -WTERMSIG(status);
-  return -1001;
-}
+bool WriteOne(int fd, char c) { return WriteAll(fd, &c, 1); }
 
 // Creates /dev/shm/<name> with exactly `mode` and `contents`.
 void WriteSegmentFile(const std::string& name, const std::string& contents, mode_t mode) {
@@ -527,8 +481,8 @@ constexpr int kChildPipeFailed = 5;
     absl::StatusOr<Slot> slot = (*owner)->TryAcquire(key, Limit::AtMost(1));
     if (!slot.ok()) _exit(kChildAcquireFailed);
     char c;
-    if (!WriteByte(ready, 'r')) code = kChildPipeFailed;
-    ReadByte(go, &c);
+    if (!WriteOne(ready, 'r')) code = kChildPipeFailed;
+    ReadAll(go, &c, 1);
     slot->Release();
   }
   _exit(code);
@@ -549,7 +503,7 @@ TEST_F(SharedSegmentTest, ASlotTakenInAnotherProcessIsCountedHere) {
   ready.CloseWrite();
   go.CloseRead();
   char c;
-  bool child_ready = ReadByte(ready.read_fd(), &c);
+  bool child_ready = ReadAll(ready.read_fd(), &c, 1);
   if (!child_ready) {
     ADD_FAILURE() << "child exited early with " << WaitForExit(pid);
     return;
@@ -560,7 +514,7 @@ TEST_F(SharedSegmentTest, ASlotTakenInAnotherProcessIsCountedHere) {
   EXPECT_EQ(owner->TryAcquire(key, Limit::AtMost(1)).status().code(),
             absl::StatusCode::kResourceExhausted);
 
-  ASSERT_TRUE(WriteByte(go.write_fd(), 'g'));
+  ASSERT_TRUE(WriteOne(go.write_fd(), 'g'));
   EXPECT_EQ(WaitForExit(pid), kChildOk);
   EXPECT_EQ(segment->table().ConnectionCount(key), 0u);
   EXPECT_TRUE(segment->table().Snapshot().empty());
@@ -582,7 +536,7 @@ TEST_F(SharedSegmentTest, AWaiterHereIsWokenByAReleaseInAnotherProcess) {
   ready.CloseWrite();
   go.CloseRead();
   char c;
-  if (!ReadByte(ready.read_fd(), &c)) {
+  if (!ReadAll(ready.read_fd(), &c, 1)) {
     ADD_FAILURE() << "child exited early with " << WaitForExit(pid);
     return;
   }
@@ -607,7 +561,7 @@ TEST_F(SharedSegmentTest, AWaiterHereIsWokenByAReleaseInAnotherProcess) {
   while (waiters() == 0 && absl::Now() < give_up) std::this_thread::yield();
   EXPECT_EQ(waiters(), 1u);
   EXPECT_FALSE(got.load());
-  ASSERT_TRUE(WriteByte(go.write_fd(), 'g'));
+  ASSERT_TRUE(WriteOne(go.write_fd(), 'g'));
   // A liveness bound, not a speed one: the wake-up takes microseconds.
   absl::Time woken_by = absl::Now() + absl::Seconds(10);
   while (!got.load() && absl::Now() < woken_by) std::this_thread::yield();
@@ -633,7 +587,7 @@ TEST_F(SharedSegmentTest, SlotsOfAKilledProcessAreReclaimed) {
   ready.CloseWrite();
   go.CloseRead();
   char c;
-  if (!ReadByte(ready.read_fd(), &c)) {
+  if (!ReadAll(ready.read_fd(), &c, 1)) {
     ADD_FAILURE() << "child exited early with " << WaitForExit(pid);
     return;
   }
@@ -663,7 +617,7 @@ TEST_F(SharedSegmentTest, ConcurrentCreateOrAttachCreatesExactlyOnce) {
       if (pid == 0) {
         barrier.CloseWrite();
         char c;
-        ReadByte(barrier.read_fd(), &c);  // returns at end of file: everyone starts at once
+        ReadAll(barrier.read_fd(), &c, 1);  // returns at end of file: everyone starts at once
         absl::StatusOr<std::unique_ptr<SharedSegment>> segment =
             SharedSegment::CreateOrAttach(name, SmallOptions());
         if (!segment.ok()) _exit(kFailed);

@@ -48,36 +48,17 @@
 #include "gtest/gtest.h"
 #include "internal/layout.h"
 #include "internal/process_identity.h"
+#include "tests/testing/child_process.h"
 
 namespace connthrottle {
 namespace {
 
+using ::connthrottle::testing::Pipe;
+using ::connthrottle::testing::ReadAll;
+using ::connthrottle::testing::WaitForExit;
+using ::connthrottle::testing::WriteAll;
+
 // ---- Small POSIX helpers (usable in forked children: no gtest calls) --------
-
-bool WriteAll(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-// Reads exactly n bytes; false on end of file or error.
-bool ReadAll(int fd, void* data, size_t n) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    ssize_t r = read(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
 
 bool WriteU32(int fd, uint32_t v) { return WriteAll(fd, &v, sizeof(v)); }
 bool ReadU32(int fd, uint32_t* v) { return ReadAll(fd, v, sizeof(*v)); }
@@ -86,40 +67,6 @@ bool ReadU32(int fd, uint32_t* v) { return ReadAll(fd, v, sizeof(*v)); }
 void BlockOn(int fd) {
   char c;
   ReadAll(fd, &c, 1);
-}
-
-struct Pipe {
-  Pipe() {
-    if (pipe(fds) != 0) ADD_FAILURE() << "pipe: " << strerror(errno);
-  }
-  ~Pipe() {
-    CloseRead();
-    CloseWrite();
-  }
-  void CloseRead() {
-    if (fds[0] >= 0) close(fds[0]);
-    fds[0] = -1;
-  }
-  void CloseWrite() {
-    if (fds[1] >= 0) close(fds[1]);
-    fds[1] = -1;
-  }
-  int read_fd() const { return fds[0]; }
-  int write_fd() const { return fds[1]; }
-  int fds[2] = {-1, -1};
-};
-
-// Waits for `pid`: its exit code, or -signal when it was killed.
-int WaitForExit(pid_t pid) {
-  int status = 0;
-  pid_t r;
-  do {
-    r = waitpid(pid, &status, 0);
-  } while (r < 0 && errno == EINTR);
-  if (r != pid) return -1000;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return -WTERMSIG(status);
-  return -1001;
 }
 
 // Calls `condition` until it holds or `timeout` passes; the last answer.
