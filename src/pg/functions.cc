@@ -241,6 +241,34 @@ void DatabaseName(Oid db, Datum* value, bool* isnull) {
   *value = name != nullptr ? DirectFunctionCall1(namein, CStringGetDatum(name)) : Datum{0};
 }
 
+// Text, or NULL for a null pointer.
+void TextOrNull(const char* text, Datum* value, bool* isnull) {
+  *isnull = text == nullptr;
+  *value = text != nullptr ? CStringGetTextDatum(text) : Datum{0};
+}
+
+// An interval of `us` microseconds.
+Datum MicrosecondsInterval(int64 us) {
+  Interval* interval = static_cast<Interval*>(palloc0(sizeof(Interval)));
+  interval->time = us;
+  return IntervalPGetDatum(interval);
+}
+
+// Returns `count` rows from a set-returning function in materialize mode:
+// fill(i, values, nulls) sets row i's N columns (nulls start false).
+template <int N, typename Fill>
+Datum ReturnRows(FunctionCallInfo fcinfo, int count, Fill fill) {
+  InitMaterializedSRF(fcinfo, 0);
+  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  for (int i = 0; i < count; ++i) {
+    Datum values[N];
+    bool nulls[N] = {};
+    fill(i, values, nulls);
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+  }
+  return static_cast<Datum>(0);
+}
+
 int NodeArrays(FunctionCallInfo fcinfo, int hosts_arg, int ports_arg, int commands_arg,
                connthrottle::pg::NodeRef** nodes, const char*** commands) {
   RequireNotNull(fcinfo, hosts_arg, "hosts");
@@ -428,23 +456,17 @@ Datum connthrottle_release_all(PG_FUNCTION_ARGS) {
 // session_slots() returns setof (host text, port int, database name, kind text)
 Datum connthrottle_session_slots(PG_FUNCTION_ARGS) {
   RequireTable();
-  InitMaterializedSRF(fcinfo, 0);
-  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
   const int max = 4096;
   auto* rows =
       static_cast<connthrottle::pg::HeldSlot*>(palloc(sizeof(connthrottle::pg::HeldSlot) * max));
   int count = 0;
   Raise(connthrottle::pg::ListSlots(rows, max, &count));
-  for (int i = 0; i < count; ++i) {
-    Datum values[4];
-    bool nulls[4] = {false, false, false, false};
+  return ReturnRows<4>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     values[0] = CStringGetTextDatum(rows[i].host);
     values[1] = Int32GetDatum(rows[i].port);
     DatabaseName(rows[i].database, &values[2], &nulls[2]);
     values[3] = CStringGetTextDatum(rows[i].kind);
-    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-  }
-  return static_cast<Datum>(0);
+  });
 }
 
 // reserve(hosts text[], ports int[], database name, timeout interval) returns integer
@@ -497,23 +519,17 @@ Datum connthrottle_use_reservation(PG_FUNCTION_ARGS) {
 // reservations() returns setof (host text, port int, database name, used boolean)
 Datum connthrottle_reservations(PG_FUNCTION_ARGS) {
   RequireTable();
-  InitMaterializedSRF(fcinfo, 0);
-  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
   const int max = 4096;
   auto* rows = static_cast<connthrottle::pg::ReservationRow*>(
       palloc(sizeof(connthrottle::pg::ReservationRow) * max));
   int count = 0;
   Raise(connthrottle::pg::ListReservations(rows, max, &count));
-  for (int i = 0; i < count; ++i) {
-    Datum values[4];
-    bool nulls[4] = {false, false, false, false};
+  return ReturnRows<4>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     values[0] = CStringGetTextDatum(rows[i].host);
     values[1] = Int32GetDatum(rows[i].port);
     DatabaseName(rows[i].database, &values[2], &nulls[2]);
     values[3] = BoolGetDatum(rows[i].used);
-    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-  }
-  return static_cast<Datum>(0);
+  });
 }
 
 // node_stats() returns setof (host, port, database, database_oid, connections,
@@ -521,17 +537,13 @@ Datum connthrottle_reservations(PG_FUNCTION_ARGS) {
 // forced_total, wakeups, cached)
 Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
   RequireTable();
-  InitMaterializedSRF(fcinfo, 0);
-  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
   const int max = static_cast<int>(connthrottle::pg::Capacity());
   auto* rows = static_cast<connthrottle::pg::NodeRow*>(
       palloc(sizeof(connthrottle::pg::NodeRow) * (max > 0 ? max : 1)));
   int count = 0;
   Raise(connthrottle::pg::NodeStats(rows, max, &count));
-  for (int i = 0; i < count; ++i) {
+  return ReturnRows<15>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     const connthrottle::pg::NodeRow& r = rows[i];
-    Datum values[15];
-    bool nulls[15] = {false};
     values[0] = CStringGetTextDatum(r.host);
     values[1] = Int32GetDatum(r.port);
     DatabaseName(r.database, &values[2], &nulls[2]);
@@ -543,30 +555,22 @@ Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
     values[8] = Int64GetDatum(static_cast<int64>(r.acquired));
     values[9] = Int64GetDatum(static_cast<int64>(r.refused));
     values[10] = Int64GetDatum(static_cast<int64>(r.waited));
-    Interval* wait_time = static_cast<Interval*>(palloc0(sizeof(Interval)));
-    wait_time->time = r.wait_time_us;
-    values[11] = IntervalPGetDatum(wait_time);
+    values[11] = MicrosecondsInterval(r.wait_time_us);
     values[12] = Int64GetDatum(static_cast<int64>(r.forced_total));
     values[13] = Int64GetDatum(static_cast<int64>(r.wakeups));
     values[14] = Int32GetDatum(static_cast<int32>(r.cached));
-    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-  }
-  return static_cast<Datum>(0);
+  });
 }
 
 // holders() returns setof (pid, host, port, database, connections, forced,
 // reserved, waiting)
 Datum connthrottle_holders(PG_FUNCTION_ARGS) {
   RequireTable();
-  InitMaterializedSRF(fcinfo, 0);
-  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
   const connthrottle::pg::HolderRow* rows = nullptr;
   int count = 0;
   Raise(connthrottle::pg::Holders(&rows, &count));
-  for (int i = 0; i < count; ++i) {
+  return ReturnRows<8>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     const connthrottle::pg::HolderRow& r = rows[i];
-    Datum values[8];
-    bool nulls[8] = {false};
     values[0] = Int32GetDatum(r.pid);
     values[1] = CStringGetTextDatum(r.host);
     values[2] = Int32GetDatum(r.port);
@@ -575,9 +579,7 @@ Datum connthrottle_holders(PG_FUNCTION_ARGS) {
     values[5] = Int32GetDatum(static_cast<int32>(r.forced));
     values[6] = Int32GetDatum(static_cast<int32>(r.reserved));
     values[7] = BoolGetDatum(r.waiting);
-    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-  }
-  return static_cast<Datum>(0);
+  });
 }
 
 // table_stats() returns one row of table-wide figures
@@ -591,8 +593,6 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
   desc = BlessTupleDesc(desc);
   connthrottle::pg::TableRow t{};
   Raise(connthrottle::pg::TableStatistics(&t));
-  Interval* wait_time = static_cast<Interval*>(palloc0(sizeof(Interval)));
-  wait_time->time = t.wait_time_us;
   Datum values[13] = {
       Int32GetDatum(static_cast<int32>(t.capacity)),
       Int32GetDatum(static_cast<int32>(t.entries_in_use)),
@@ -605,7 +605,7 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
       Int64GetDatum(static_cast<int64>(t.acquired)),
       Int64GetDatum(static_cast<int64>(t.refused)),
       Int64GetDatum(static_cast<int64>(t.waited)),
-      IntervalPGetDatum(wait_time),
+      MicrosecondsInterval(t.wait_time_us),
       Int64GetDatum(static_cast<int64>(t.forced_total)),
   };
   bool nulls[13] = {false};
@@ -632,8 +632,6 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
       palloc(sizeof(connthrottle::pg::TaskSpec) * (count > 0 ? count : 1)));
   for (int i = 0; i < count; ++i) tasks[i] = {nodes[i].host, nodes[i].port, commands[i]};
   BeginSlotWork();
-  InitMaterializedSRF(fcinfo, 0);
-  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
   Settings settings = connthrottle::pg::CurrentSettings();
   connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
   const connthrottle::pg::TaskRow* rows = nullptr;
@@ -644,45 +642,23 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
   pgstat_report_wait_end();
   if (o.interrupted) RaiseExecutorInterrupt(&settings);
   Raise(o);
-  for (int i = 0; i < count; ++i) {
+  return ReturnRows<12>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     const connthrottle::pg::TaskRow& r = rows[i];
-    Datum values[12];
-    bool nulls[12] = {false};
     values[0] = Int32GetDatum(i + 1);
     values[1] = CStringGetTextDatum(r.host);
     values[2] = Int32GetDatum(r.port);
     values[3] = BoolGetDatum(r.success);
-    if (r.result != nullptr) {
-      values[4] = CStringGetTextDatum(r.result);
-    } else {
-      nulls[4] = true;
-    }
-    if (r.sqlstate != nullptr && r.sqlstate[0] != '\0') {
-      values[5] = CStringGetTextDatum(r.sqlstate);
-    } else {
-      nulls[5] = true;
-    }
-    if (r.error != nullptr) {
-      values[6] = CStringGetTextDatum(r.error);
-    } else {
-      nulls[6] = true;
-    }
+    TextOrNull(r.result, &values[4], &nulls[4]);
+    TextOrNull(r.sqlstate != nullptr && r.sqlstate[0] != '\0' ? r.sqlstate : nullptr, &values[5],
+               &nulls[5]);
+    TextOrNull(r.error, &values[6], &nulls[6]);
     values[7] = BoolGetDatum(r.ran_locally);
-    if (r.connection >= 0) {
-      values[8] = Int32GetDatum(r.connection);
-    } else {
-      nulls[8] = true;
-    }
+    nulls[8] = r.connection < 0;
+    values[8] = Int32GetDatum(r.connection);
     values[9] = Int64GetDatum(r.rows);
-    Interval* queued = static_cast<Interval*>(palloc0(sizeof(Interval)));
-    queued->time = r.queued_us;
-    values[10] = IntervalPGetDatum(queued);
-    Interval* run = static_cast<Interval*>(palloc0(sizeof(Interval)));
-    run->time = r.run_us;
-    values[11] = IntervalPGetDatum(run);
-    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-  }
-  return static_cast<Datum>(0);
+    values[10] = MicrosecondsInterval(r.queued_us);
+    values[11] = MicrosecondsInterval(r.run_us);
+  });
 }
 
 // distribute(query text, target_table text, hosts text[], ports int[]) returns
@@ -700,8 +676,6 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
   }
   const char* copy_sql = psprintf("COPY %s FROM STDIN", quote_identifier(target));
   BeginSlotWork();
-  InitMaterializedSRF(fcinfo, 0);
-  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
   Settings settings = connthrottle::pg::CurrentSettings();
   connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
   connthrottle::pg::Wait wait =
@@ -752,21 +726,13 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
   const connthrottle::pg::DistributeRow* rows = nullptr;
   int nrows = 0;
   Raise(connthrottle::pg::FinishDistribute(&rows, &nrows));
-  for (int i = 0; i < nrows; ++i) {
-    Datum values[5];
-    bool nulls[5] = {false};
+  return ReturnRows<5>(fcinfo, nrows, [&](int i, Datum* values, bool* nulls) {
     values[0] = CStringGetTextDatum(rows[i].host);
     values[1] = Int32GetDatum(rows[i].port);
     values[2] = Int64GetDatum(rows[i].rows);
     values[3] = BoolGetDatum(rows[i].success);
-    if (rows[i].error != nullptr) {
-      values[4] = CStringGetTextDatum(rows[i].error);
-    } else {
-      nulls[4] = true;
-    }
-    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-  }
-  return static_cast<Datum>(0);
+    TextOrNull(rows[i].error, &values[4], &nulls[4]);
+  });
 }
 
 // audit() returns void; raises when the counters disagree with their owners
