@@ -122,6 +122,21 @@ void HandleInterrupt(Settings* settings) {
   CHECK_FOR_INTERRUPTS();
 }
 
+// Runs `attempt`, a core call that may wait, showing the Extension wait
+// event, until it ends other than by an interrupt. An interrupt (reload,
+// cancel, terminate) is handled here, after the core has returned, and the
+// call resumed with the settings as they are now. Raises the final error.
+template <typename Attempt>
+void WaitInterruptibly(Settings* settings, Attempt attempt) {
+  for (;;) {
+    pgstat_report_wait_start(PG_WAIT_EXTENSION);
+    Outcome o = attempt(*settings);
+    pgstat_report_wait_end();
+    if (!o.interrupted) return Raise(o);
+    HandleInterrupt(settings);
+  }
+}
+
 // Client backends connected now, for the local node's limit: live
 // processes connected to a database that are neither background workers nor
 // autovacuum workers. A PGPROC is live while its process owns its latch
@@ -410,17 +425,10 @@ Datum connthrottle_acquire(PG_FUNCTION_ARGS) {
   BeginSlotWork();
   Settings settings = connthrottle::pg::CurrentSettings();
   connthrottle::pg::Wait wait = WaitArg(fcinfo, 3, settings);
-  for (;;) {
-    pgstat_report_wait_start(PG_WAIT_EXTENSION);
-    Outcome o = connthrottle::pg::AcquireWaiting(host, port, database, settings,
-                                                 ActiveClientBackends(), wait, InterruptCheck);
-    pgstat_report_wait_end();
-    if (!o.interrupted) {
-      Raise(o);
-      break;
-    }
-    HandleInterrupt(&settings);
-  }
+  WaitInterruptibly(&settings, [&](const Settings& now) {
+    return connthrottle::pg::AcquireWaiting(host, port, database, now, ActiveClientBackends(), wait,
+                                            InterruptCheck);
+  });
   PG_RETURN_VOID();
 }
 
@@ -478,17 +486,10 @@ Datum connthrottle_reserve(PG_FUNCTION_ARGS) {
   Settings settings = connthrottle::pg::CurrentSettings();
   connthrottle::pg::Wait wait = WaitArg(fcinfo, 3, settings);
   int reserved = 0;
-  for (;;) {
-    pgstat_report_wait_start(PG_WAIT_EXTENSION);
-    Outcome o = connthrottle::pg::Reserve(nodes, nhosts, database, GetUserId(), settings,
-                                          ActiveClientBackends(), wait, InterruptCheck, &reserved);
-    pgstat_report_wait_end();
-    if (!o.interrupted) {
-      Raise(o);
-      break;
-    }
-    HandleInterrupt(&settings);
-  }
+  WaitInterruptibly(&settings, [&](const Settings& now) {
+    return connthrottle::pg::Reserve(nodes, nhosts, database, GetUserId(), now,
+                                     ActiveClientBackends(), wait, InterruptCheck, &reserved);
+  });
   PG_RETURN_INT32(reserved);
 }
 
@@ -680,18 +681,10 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
   connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
   connthrottle::pg::Wait wait =
       connthrottle::pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
-  for (;;) {
-    pgstat_report_wait_start(PG_WAIT_EXTENSION);
-    Outcome o =
-        connthrottle::pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, settings, executor,
-                                          ActiveClientBackends(), wait, InterruptCheck);
-    pgstat_report_wait_end();
-    if (!o.interrupted) {
-      Raise(o);
-      break;
-    }
-    HandleInterrupt(&settings);
-  }
+  WaitInterruptibly(&settings, [&](const Settings& now) {
+    return connthrottle::pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, now, executor,
+                                             ActiveClientBackends(), wait, InterruptCheck);
+  });
   // Rows are sent as the cursor yields them; an error ends the transaction,
   // whose end abandons the distribution (the workers roll their COPY back).
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
