@@ -135,7 +135,10 @@ class ExecutionContext {
 
 // Figures of one Execute(), for tests and reports.
 struct ExecutionStats {
-  // Connection attempts: started = opened + failed + abandoned.
+  // Connection attempts: started = opened + failed + abandoned. Each one costs
+  // the worker a backend (a fork and, unless abandoned early, an
+  // authentication), whether or not it was ever used: this is the figure to
+  // compare with what the workers saw.
   int connections_started = 0;
   int connections_opened = 0;     // established
   int connections_failed = 0;     // attempts that failed
@@ -146,8 +149,10 @@ struct ExecutionStats {
   int waited_for_first = 0;       // first connections that had to wait for a slot
   int tasks_run_locally = 0;
   int tasks_retried = 0;  // moved off a connection that broke before running them
-  // Per node, when each connection of this execution became ready, relative to
-  // the start of Execute.
+  // Per node, when each connection attempt of this execution was started, and
+  // when each connection became ready (cached ones: zero), relative to the
+  // start of Execute, in order.
+  std::map<NodeAddress, std::vector<absl::Duration>> started_after;
   std::map<NodeAddress, std::vector<absl::Duration>> ready_after;
 };
 

@@ -128,6 +128,7 @@ struct ExecutionRun {
     c->slot = std::move(slot);
     c->connect_started = absl::Now();
     ++stats.connections_started;
+    stats.started_after[pool.node].push_back(c->connect_started - start);
     ConnParams params = ctx.ParamsFor(pool.node);
     c->pg = PQconnectStartParams(params.keywords(), params.values(), /*expand_dbname=*/0);
     if (c->pg == nullptr || PQstatus(c->pg) == CONNECTION_BAD) {
@@ -634,13 +635,29 @@ struct ExecutionRun {
             PQfreeCancel(cancel);
           }
         }
-        if (c->state == State::kConnecting) ++stats.connections_abandoned;
+        if (c->state == State::kConnecting) NoteAbandoned(pool, *c);
         if (c->state != State::kIdle) closing.push_back(std::move(c));
       }
       std::erase(pool.conns, nullptr);
     }
     CloseAll(std::move(closing));
     KeepOrClose();
+  }
+
+  // A connection attempt given up while still connecting cost the worker a
+  // backend all the same. Its connect time was at least as long as it ran:
+  // counting that as a sample raises the node's estimate, so that the cost
+  // model stops opening connections that the queue drains before they are
+  // ready.
+  void NoteAbandoned(Pool& pool, const Connection& c) {
+    ++stats.connections_abandoned;
+    // Censored: the real connect time is unknown beyond "longer than this", so
+    // it only ever raises the estimate.
+    const absl::Duration ran = absl::Now() - c.connect_started;
+    if (pool.connects_done == 0 || ran * pool.connects_done > pool.connect_time_total) {
+      pool.connect_time_total += ran;
+      ++pool.connects_done;
+    }
   }
 
   // Idle connections go to the cache (up to max_cached_per_node, within
@@ -652,7 +669,7 @@ struct ExecutionRun {
     std::vector<std::unique_ptr<Connection>> closing;
     for (auto& [node, pool] : pools) {
       for (auto& c : pool.conns) {
-        if (c->state == State::kConnecting) ++stats.connections_abandoned;
+        if (c->state == State::kConnecting) NoteAbandoned(pool, *c);
         if (auto rejected = ex.Cache(std::move(c))) closing.push_back(std::move(rejected));
       }
       pool.conns.clear();
@@ -700,14 +717,15 @@ absl::StatusOr<ExecutionResult> AdaptiveExecutor::Execute(std::vector<Task> task
 
   absl::Status status = run.SecureFirstConnections();
   if (status.ok()) status = run.Loop();
+  if (status.ok()) {
+    run.KeepOrClose();
+  } else {
+    run.Abort();
+  }
   for (const auto& [node, pool] : run.pools) {
     if (pool.connects_done > 0) connect_time_[node] = pool.connect_time_total / pool.connects_done;
   }
-  if (!status.ok()) {
-    run.Abort();
-    return status;
-  }
-  run.KeepOrClose();
+  if (!status.ok()) return status;
   return ExecutionResult{std::move(run.results), std::move(run.stats)};
 }
 
