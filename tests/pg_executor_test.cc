@@ -568,8 +568,11 @@ TEST_F(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
   for (int i = 0; i < kSessions; ++i) {
     sessions.emplace_back([&, i] {
       go.arrive_and_wait();
-      const Clock::time_point end = Clock::now() + 3s;
-      while (Clock::now() < end && failures[i].empty()) {
+      // Until this session has 3 executions and the samplers 100 samples
+      // each, however fast the machine; the deadline only stops a hang.
+      const Clock::time_point give_up = Clock::now() + 120s;
+      while ((executions[i] < 3 || samples[0].load() < 100 || samples[1].load() < 100) &&
+             Clock::now() < give_up && failures[i].empty()) {
         absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(*clients[i], tasks);
         if (!rows.ok()) {
           failures[i] = rows.status().ToString();
@@ -593,7 +596,7 @@ TEST_F(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
   int total = 0;
   for (int i = 0; i < kSessions; ++i) {
     EXPECT_EQ(failures[i], "") << "session " << i;
-    EXPECT_GT(executions[i], 0) << "session " << i << " never completed an execution";
+    EXPECT_GE(executions[i], 3) << "session " << i << " did not complete 3 executions";
     total += executions[i];
   }
   EXPECT_FALSE(sample_failed.load());
@@ -610,7 +613,7 @@ TEST_F(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
   for (int w = 0; w < 2; ++w) {
     EXPECT_LE(peak[w].load(), kLimit) << "worker " << w + 1 << " saw more coordinator backends";
     EXPECT_GE(peak[w].load(), 1) << "the sampler never saw a coordinator backend";
-    EXPECT_GT(samples[w].load(), 100);
+    EXPECT_GE(samples[w].load(), 100);
   }
   EXPECT_LE(counted_peak.load(), kLimit);
   const int64_t waited = std::stoll(Value(*obs_, "SELECT waited FROM connthrottle.table_stats()")) -
@@ -979,8 +982,7 @@ TEST_F(PgExecutorTest, DistributeLandsEveryRowOnTheRightNode) {
   ASSERT_FALSE(refused.ok()) << "distribute succeeded past a held slot";
   EXPECT_EQ(SqlState(refused.status()), "53300") << refused.status();
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr(Node(1)));
-  EXPECT_GE(took, 200ms);
-  EXPECT_LT(took, 5s);
+  EXPECT_GE(took, 200ms);  // it waited its timeout (53300 says why it ended)
   EXPECT_EQ(Value(*wobs_[0], "SELECT count(*) FROM items"), before_rows);
   EXPECT_EQ(Rows(*obs_, kNodes), absl::StrCat("(127.0.0.1,", Port(1), ",1,0,0,0)"))
       << "only the held slot should remain";
@@ -995,7 +997,7 @@ TEST_F(PgExecutorTest, DistributeLandsEveryRowOnTheRightNode) {
 TEST_F(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
   std::unique_ptr<PgClient> c = Connect();
   ASSERT_NE(c, nullptr);
-  const std::string active_sleeps = " AND state = 'active' AND query LIKE 'SELECT pg_sleep(30)%'";
+  const std::string active_sleeps = " AND state = 'active' AND query LIKE 'SELECT pg_sleep(600)%'";
   auto cancels_logged = [](int w) {
     std::ifstream in(workers_[w]->log_file());
     std::string line;
@@ -1007,7 +1009,8 @@ TEST_F(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
   };
   const int logged_before[2] = {cancels_logged(0), cancels_logged(1)};
   std::vector<TaskSpec> tasks;
-  for (int i = 0; i < 4; ++i) tasks.push_back({Host(), Port(i % 2), "SELECT pg_sleep(30)"});
+  // Only the cancel can end these within the test.
+  for (int i = 0; i < 4; ++i) tasks.push_back({Host(), Port(i % 2), "SELECT pg_sleep(600)"});
   std::vector<std::string> hosts, sqls;
   std::vector<int> ports;
   for (const TaskSpec& t : tasks) {
@@ -1027,9 +1030,8 @@ TEST_F(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
     ASSERT_FALSE(run.done());
     const Clock::time_point start = Clock::now();
     ASSERT_TRUE(c->Cancel().ok());
-    ASSERT_TRUE(run.WaitDone(10s)) << "the cancelled run_tasks did not return";
+    ASSERT_TRUE(run.WaitDone(120s)) << "the cancelled run_tasks did not return";
     Report("cancel -> run_tasks error", absl::StrCat(Ms(run.ended() - start), " ms"));
-    EXPECT_LT(run.ended() - start, 5s);
     ASSERT_FALSE(run.result().ok()) << "run_tasks was not cancelled";
     EXPECT_EQ(SqlState(run.result().status()), "57014") << run.result().status();
     EXPECT_THAT(std::string(run.result().status().message()),
@@ -1039,7 +1041,7 @@ TEST_F(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
           return CoordinatorConnectionsOn(0, active_sleeps) == 0 &&
                  CoordinatorConnectionsOn(1, active_sleeps) == 0;
         },
-        5s))
+        120s))
         << "the remote sleeps were not cancelled";
     Report("cancel -> no pg_sleep left on the workers",
            absl::StrCat(Ms(Clock::now() - start), " ms"));
@@ -1167,7 +1169,7 @@ TEST_F(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
     const Clock::duration took = Clock::now() - start;
     Report(absl::StrCat("run_tasks with worker 2 down (", label, ")"),
            absl::StrCat(Ms(took), " ms"));
-    EXPECT_LT(took, 5s) << "not quick: node_connection_timeout is 30s";
+    EXPECT_LT(took, 30s) << "waited for node_connection_timeout (30s) instead of failing at once";
     ASSERT_TRUE(rows.ok()) << rows.status();
     ASSERT_EQ(rows->size(), tasks.size());
     for (const TaskRow& r : *rows) {

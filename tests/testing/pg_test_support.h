@@ -28,7 +28,7 @@ double Ms(Clock::duration d);
 // pause between polls only spaces them; it never stands in for
 // synchronisation.
 bool PollUntil(const std::function<bool()>& condition,
-               Clock::duration timeout = std::chrono::seconds(10));
+               Clock::duration timeout = std::chrono::seconds(60));
 
 // Prints "[ FIGURE   ] what: figure", beside gtest's own lines.
 void Report(const std::string& what, const std::string& figure);

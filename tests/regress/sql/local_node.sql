@@ -10,7 +10,7 @@ CREATE EXTENSION connthrottle;
 -- earlier suites have gone (they exit asynchronously), leaving this one.
 DO $$
 BEGIN
-  FOR i IN 1..500 LOOP
+  FOR i IN 1..6000 LOOP
     PERFORM pg_stat_clear_snapshot();
     EXIT WHEN (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') = 1;
     PERFORM pg_sleep(0.01);
@@ -61,9 +61,10 @@ SELECT connthrottle.try_acquire('127.0.0.1', :port);
 SELECT clock_timestamp() AS start \gset
 -- (This session is the only client backend.)
 SELECT regexp_replace(pg_temp.outcome(format(
-         $$SELECT connthrottle.acquire('localhost', %s, timeout => '5s')$$, :port)),
+         $$SELECT connthrottle.acquire('localhost', %s, timeout => '60s')$$, :port)),
        ':[0-9]+/', ':<port>/') AS outcome;
-SELECT clock_timestamp() - :'start' < interval '2s' AS did_not_wait;
+-- Local acquires never wait: well under the 60s timeout it was given.
+SELECT clock_timestamp() - :'start' < interval '30s' AS did_not_wait;
 BEGIN;
 SELECT connthrottle.try_reserve('localhost', :port);
 SELECT * FROM connthrottle.reservations();

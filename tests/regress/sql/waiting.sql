@@ -11,11 +11,11 @@ SET statement_timeout = '60s';
 \getenv abs_srcdir PG_ABS_SRCDIR
 \i :abs_srcdir/sql/outcome.psql
 -- Waits (in shared memory, which is live inside a statement) until `node`
--- has `waiters` queued waiters; 10 s at most.
+-- has `waiters` queued waiters; 60 s at most (only a failing run waits long).
 CREATE FUNCTION pg_temp.wait_for_waiters(node text, waiters int) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-  FOR i IN 1..1000 LOOP
+  FOR i IN 1..6000 LOOP
     IF coalesce((SELECT n.waiters FROM connthrottle.node_stats() n WHERE n.host = node), 0)
        = wait_for_waiters.waiters THEN
       RETURN;
@@ -44,7 +44,7 @@ SELECT host, connections, waiters, acquired FROM connthrottle.node_stats();
 SELECT clock_timestamp() AS start \gset
 SELECT pg_temp.outcome($$SELECT connthrottle.acquire('wait-full', 5432, timeout => '50ms')$$);
 SELECT clock_timestamp() - :'start' >= interval '50ms' AS waited_50ms,
-       clock_timestamp() - :'start' < interval '5s' AS returned_promptly;
+       clock_timestamp() - :'start' < interval '30s' AS returned_promptly;
 -- NULL timeout: connthrottle.connection_wait_timeout applies, and the detail
 -- names it.
 SELECT clock_timestamp() AS start \gset
@@ -111,7 +111,7 @@ SELECT pg_reload_conf();
 -- between statements).
 DO $$
 BEGIN
-  FOR i IN 1..500 LOOP
+  FOR i IN 1..6000 LOOP
     EXIT WHEN (SELECT v FROM dblink('waiter',
                  $q$SELECT current_setting('connthrottle.max_shared_pool_size')$q$) AS t(v text))
               = '2';
@@ -134,7 +134,7 @@ SELECT * FROM dblink_get_result('waiter') AS t(result text);
 -- Query cancel ends a wait, and the canceled waiter is no longer counted.
 --
 SELECT dblink_send_query('waiter',
-  $$SELECT connthrottle.acquire('wait-full', 5432, timeout => '10s')::text$$);
+  $$SELECT connthrottle.acquire('wait-full', 5432, timeout => '5min')::text$$);
 SELECT pg_temp.wait_for_waiters('wait-full', 1);
 SELECT dblink_cancel_query('waiter');
 SELECT pg_temp.outcome($$SELECT * FROM dblink_get_result('waiter') AS t(result text)$$);
@@ -146,13 +146,13 @@ SELECT host, connections, waiters FROM connthrottle.node_stats() WHERE host = 'w
 --
 SELECT * FROM dblink('waiter', $$SELECT pg_backend_pid()$$) AS t(pid int) \gset waiter_
 SELECT dblink_send_query('waiter',
-  $$SELECT connthrottle.acquire('wait-full', 5432, timeout => '10s')::text$$);
+  $$SELECT connthrottle.acquire('wait-full', 5432, timeout => '5min')::text$$);
 SELECT pg_temp.wait_for_waiters('wait-full', 1);
 SELECT pg_terminate_backend(:waiter_pid);
 SELECT pg_temp.wait_for_waiters('wait-full', 0);
 DO $$
 BEGIN
-  FOR i IN 1..1000 LOOP
+  FOR i IN 1..6000 LOOP
     EXIT WHEN (SELECT connections FROM connthrottle.node_stats() WHERE host = 'wait-wake') = 1;
     PERFORM pg_sleep(0.01);
   END LOOP;
