@@ -117,19 +117,20 @@ Gap LongestGap(std::vector<absl::Duration> times, absl::Duration duration) {
   return longest;
 }
 
-Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_window) {
+Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_window,
+              bool judge_timing) {
   Verdict v;
   auto fail = [&](std::string why) {
     v.passed = false;
     v.violations.push_back(std::move(why));
   };
   const absl::Duration mean = MeanSampleInterval(run);
-  if (mean > kMaxSampleInterval) {
+  if (judge_timing && mean > kMaxSampleInterval) {
     fail(absl::StrCat("the monitor sampled every ", Dur(mean), " on average; at most ",
                       Dur(kMaxSampleInterval), " is required"));
   }
   const absl::Duration gap = LongestSampleGap(run.samples, run.duration);
-  if (gap > kMaxSampleGap) {
+  if (judge_timing && gap > kMaxSampleGap) {
     fail(absl::StrCat("the monitor went ", Dur(gap), " without a sample (at most ",
                       Dur(kMaxSampleGap), " allowed): a peak could have been missed"));
   }
@@ -151,7 +152,8 @@ Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_wi
   }
   std::vector<std::vector<absl::Duration>> completions;
   for (const ClientFigures& c : run.clients) completions.push_back(c.completion_times);
-  for (int c : StalledClients(completions, run.duration, stall_window)) {
+  for (int c : judge_timing ? StalledClients(completions, run.duration, stall_window)
+                            : std::vector<int>{}) {
     const Gap gap = LongestGap(completions[c], run.duration);
     int failed = 0;
     std::string first;
@@ -174,6 +176,7 @@ struct Summary {
   double jain = 1;
   int64_t min_completed = 0, max_completed = 0;
   double sessions_per_query = 0;
+  double backends_per_query = -1;  // -1: not measured
 };
 
 Summary Summarize(const RunData& run) {
@@ -190,10 +193,18 @@ Summary Summarize(const RunData& run) {
     s.min_completed = lo->completed;
     s.max_completed = hi->completed;
   }
-  int64_t sessions = 0;
-  for (const WorkerFigures& w : run.workers) sessions += w.sessions_opened;
-  s.sessions_per_query =
-      run.queries > 0 ? static_cast<double>(sessions) / static_cast<double>(run.queries) : 0;
+  int64_t sessions = 0, backends = 0;
+  bool backends_known = !run.workers.empty();
+  for (const WorkerFigures& w : run.workers) {
+    sessions += w.sessions_opened;
+    backends += w.backends_started;
+    backends_known = backends_known && w.backends_started >= 0;
+  }
+  auto per_query = [&](int64_t n) {
+    return run.queries > 0 ? static_cast<double>(n) / static_cast<double>(run.queries) : 0;
+  };
+  s.sessions_per_query = per_query(sessions);
+  s.backends_per_query = backends_known ? per_query(backends) : -1;
   return s;
 }
 
@@ -231,6 +242,10 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
                           ", max_connections ", f.max_connections, ")");
     });
   }
+  row("worker backends started per query", [](const RunData& r) {
+    const double b = Summarize(r).backends_per_query;
+    return b < 0 ? std::string("- (not our cluster)") : absl::StrFormat("%.3f", b);
+  });
   row("worker sessions per query",
       [](const RunData& r) { return absl::StrFormat("%.3f", Summarize(r).sessions_per_query); });
   row("per-client completions min/max", [](const RunData& r) {
@@ -330,7 +345,8 @@ std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict)
       workers.push_back(absl::StrCat("{\"name\":", JsonString(w.name), ",\"limit\":", w.limit,
                                      ",\"max_connections\":", w.max_connections,
                                      ",\"peak\":", w.peak, ",\"forced\":", w.forced,
-                                     ",\"sessions_opened\":", w.sessions_opened, "}"));
+                                     ",\"sessions_opened\":", w.sessions_opened,
+                                     ",\"backends_started\":", w.backends_started, "}"));
     }
     std::vector<std::string> clients;
     for (const ClientFigures& c : r.clients) clients.push_back(absl::StrCat(c.completed));
@@ -343,7 +359,8 @@ std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict)
         ",\"other_errors\":", r.other_errors, ",\"hung\":", r.hung, ",\"workers\":[",
         absl::StrJoin(workers, ","), "],\"completed_per_client\":[", absl::StrJoin(clients, ","),
         "],\"errors\":{", JsonErrors(r.errors), "},\"jain_index\":", s.jain,
-        ",\"worker_sessions_per_query\":", s.sessions_per_query,
+        ",\"worker_sessions_per_query\":", s.sessions_per_query, ",\"worker_backends_per_query\":",
+        s.backends_per_query < 0 ? std::string("null") : absl::StrCat(s.backends_per_query),
         ",\"faults\":{\"clients_killed\":", r.faults.clients_killed,
         ",\"coordinator_backends_terminated\":", r.faults.coordinator_backends_terminated,
         ",\"worker_backends_terminated\":", r.faults.worker_backends_terminated,

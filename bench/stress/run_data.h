@@ -72,6 +72,12 @@ struct WorkerFigures {
   int peak = 0;                 // peak connections from the coordinator, sampled
   int forced = 0;               // forced connections reported by the coordinator
   int64_t sessions_opened = 0;  // pg_stat_database.sessions delta over the run
+  // Backends the worker started for others than the driver's own monitor and
+  // setup connections: every connection attempt, including those abandoned
+  // before authentication, which pg_stat_database.sessions does not count
+  // ("connection received" in the worker's log; -1 where the driver cannot
+  // read the log, i.e. a cluster it did not start).
+  int64_t backends_started = -1;
 };
 
 struct ClientFigures {
@@ -139,7 +145,11 @@ struct Verdict {
 //   no "too many clients" error; no operation hung past its deadline;
 //   every shared counter back to zero within `settle` after the clients stop;
 //   no client stalled for a whole `stall_window`.
-Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_window);
+// With `judge_timing` false the monitor's cadence and the stall window are
+// not judged (they are still reported): on a shared, busy machine they
+// measure the machine rather than connthrottle. The smoke tests run so.
+Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_window,
+              bool judge_timing = true);
 
 // A human-readable report: the figures of each run side by side and the
 // verdict of the throttled one.

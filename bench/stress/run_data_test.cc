@@ -253,6 +253,32 @@ TEST(JudgeTest, EveryViolationIsListed) {
   EXPECT_THAT(Judge(run, kSettle, kStall).violations, SizeIs(4));
 }
 
+TEST(JudgeTest, WithoutTimingSparseSamplingAndStallsPassButTheLimitStillCounts) {
+  RunData run = CleanRun();
+  run.samples.clear();
+  for (int ms = 300; ms <= 10000; ms += 300) run.samples.push_back(At(ms, {1, 1}));
+  run.clients[1].completion_times = {absl::Seconds(1), absl::Seconds(9)};
+  EXPECT_THAT(Judge(run, kSettle, kStall).violations, SizeIs(3));  // mean, gap, stall
+  EXPECT_TRUE(Judge(run, kSettle, kStall, /*judge_timing=*/false).passed);
+  run.workers[0].peak = 9;
+  run.counters_zero_after = std::nullopt;
+  EXPECT_THAT(Judge(run, kSettle, kStall, /*judge_timing=*/false).violations,
+              ElementsAre(HasSubstr("peak of 9"), HasSubstr("not back to zero")));
+}
+
+TEST(JudgeTest, BackendsPerQueryIsReportedOnlyWhenEveryWorkerWasMeasured) {
+  RunData run = CleanRun();
+  run.queries = 200;
+  run.workers[0].backends_started = 3;
+  run.workers[1].backends_started = 1;
+  EXPECT_THAT(JsonReport({run}, Judge(run, kSettle, kStall)),
+              HasSubstr("\"worker_backends_per_query\":0.02,"));
+  EXPECT_THAT(TextReport({run}, Judge(run, kSettle, kStall)), HasSubstr("0.020"));
+  run.workers[1].backends_started = -1;
+  EXPECT_THAT(JsonReport({run}, Judge(run, kSettle, kStall)),
+              HasSubstr("\"worker_backends_per_query\":null"));
+}
+
 TEST(ReportTest, TextShowsRunsSideBySideAndTheVerdict) {
   RunData throttled = CleanRun();
   RunData unthrottled = CleanRun();

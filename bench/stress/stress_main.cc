@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -100,6 +101,10 @@ ABSL_FLAG(int, terminate_worker_backends, 0,
           "pg_terminate_backend this many random coordinator connections on random workers");
 ABSL_FLAG(bool, restart_worker, false, "stop a worker for 2 s in the middle of the run");
 ABSL_FLAG(uint64_t, seed, 0, "random seed (0: from the clock)");
+ABSL_FLAG(bool, judge_timing, true,
+          "judge the monitor's cadence and --stall_window; false reports them without "
+          "failing the run (the smoke tests, on shared machines where they measure the "
+          "machine rather than connthrottle)");
 ABSL_FLAG(int, internal_library_client, -1, "internal: run as library-mode client N");
 ABSL_FLAG(std::string, internal_segment, "", "internal: library-mode segment name");
 
@@ -180,8 +185,23 @@ struct Cluster {
 
   absl::StatusOr<std::unique_ptr<PgClient>> Connect(const Endpoint& e,
                                                     const std::string& application) const {
-    return PgClient::Connect(Params(e, application));
+    absl::StatusOr<std::unique_ptr<PgClient>> c = PgClient::Connect(Params(e, application));
+    if (c.ok()) {
+      std::lock_guard<std::mutex> lock(own_mu);
+      ++own_connections[{e.host, e.port}];
+    }
+    return c;
   }
+
+  // Connections the driver itself (monitor, setup, faults) opened to `e`:
+  // they are not the workload's, and are subtracted from what a worker saw.
+  int64_t OwnConnections(const Endpoint& e) const {
+    std::lock_guard<std::mutex> lock(own_mu);
+    auto it = own_connections.find({e.host, e.port});
+    return it == own_connections.end() ? 0 : it->second;
+  }
+  mutable std::mutex own_mu;
+  mutable std::map<std::pair<std::string, int>, int64_t> own_connections;
 };
 
 void MustExec(PgClient& client, const std::string& sql) {
@@ -216,6 +236,9 @@ std::unique_ptr<Cluster> StartCluster(bool need_coordinator) {
       cluster::ServerConfig config;
       config.name = absl::StrCat("worker", w + 1);
       config.max_connections = absl::GetFlag(FLAGS_worker_max_connections);
+      // Every backend a worker starts is logged ("connection received"):
+      // the report's worker backends per query come from there.
+      config.settings = {{"log_connections", "on"}};
       auto server = LocalServer::Start(c->root, config);
       if (!server.ok()) Die(std::string(server.status().message()));
       c->workers.push_back({(*server)->host(), (*server)->port(), config.name});
@@ -655,6 +678,21 @@ class Sampler {
   std::vector<int> latest_;
 };
 
+// Backends worker `w` started for the workload so far: "connection received"
+// lines in its log, less the driver's own connections; -1 for a worker the
+// driver did not start (it cannot read that log).
+int64_t BackendsStarted(const Cluster& cluster, size_t w) {
+  if (w >= cluster.worker_servers.size()) return -1;
+  std::ifstream in(cluster.worker_servers[w]->log_file());
+  if (!in) return -1;
+  int64_t received = 0;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("connection received:") != std::string::npos) ++received;
+  }
+  return received - cluster.OwnConnections(cluster.workers[w]);
+}
+
 int64_t SessionsOpened(const Cluster& cluster, const Endpoint& w) {
   auto c = cluster.Connect(w, "connthrottle-setup");
   if (!c.ok()) return 0;
@@ -724,6 +762,7 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
     f.limit = limit;
     f.max_connections = cluster.worker_max_connections[w];
     f.sessions_opened = -SessionsOpened(cluster, cluster.workers[w]);
+    f.backends_started = BackendsStarted(cluster, w);
     run.workers.push_back(f);
   }
   SetLimit(cluster, limit);
@@ -948,6 +987,11 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
   for (size_t w = 0; w < run.workers.size(); ++w) run.workers[w].peak = peaks[w];
   for (size_t w = 0; w < cluster.workers.size(); ++w) {
     run.workers[w].sessions_opened += SessionsOpened(cluster, cluster.workers[w]);
+    // The workers log a backend's start as it happens; the clients are done
+    // and have closed their connections, so the log is complete now.
+    const int64_t before = run.workers[w].backends_started;
+    const int64_t after = BackendsStarted(cluster, w);
+    run.workers[w].backends_started = before < 0 || after < 0 ? -1 : after - before;
   }
   run.clients = std::move(figures);
   for (const LatencyRecorder& l : latencies) run.latency.Merge(l);
@@ -998,7 +1042,8 @@ int Main() {
     return 130;
   }
   const Verdict verdict =
-      Judge(runs[0], absl::GetFlag(FLAGS_settle), absl::GetFlag(FLAGS_stall_window));
+      Judge(runs[0], absl::GetFlag(FLAGS_settle), absl::GetFlag(FLAGS_stall_window),
+            absl::GetFlag(FLAGS_judge_timing));
   if (absl::GetFlag(FLAGS_compare_unthrottled)) {
     std::fprintf(stderr, "unthrottled run (max_shared_pool_size = -1) ...\n");
     runs.push_back(Run(*cluster, "unthrottled", -1, seed));
