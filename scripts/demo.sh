@@ -6,8 +6,8 @@
 # the same workload with throttling off, side by side. The report, the JSON,
 # the connection time series and chart.png go to demo/.
 #
-#   sudo ./scripts/demo.sh                 (extra arguments go to the driver)
-#   sudo ./scripts/demo.sh --duration=10s --clients=64
+#   ./scripts/demo.sh                 (as root; extra arguments go to the driver)
+#   ./scripts/demo.sh --duration=10s --clients=64
 set -eu
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
