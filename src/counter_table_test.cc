@@ -624,7 +624,7 @@ TEST(CounterTableWaitTest, ReleasedSlotWakesTheWaiterWithoutPolling) {
   });
   AwaitCondition([&] { return WaitersOf(t.table(), key) == 1; });
   held.Release();
-  AwaitCondition([&] { return granted.load(); }, absl::Seconds(10));
+  AwaitCondition([&] { return granted.load(); }, absl::Seconds(30));
   wait.join();
 }
 
@@ -655,7 +655,7 @@ TEST(CounterTableWaitTest, ReleaseWakesOneWaiterOfItsKeyOnly) {
     return WaitersOf(t.table(), a) == kWaitersPerKey && WaitersOf(t.table(), b) == kWaitersPerKey;
   });
   held_a.Release();
-  AwaitCondition([&] { return granted_a.load() == 1; }, absl::Seconds(10));
+  AwaitCondition([&] { return granted_a.load() == 1; }, absl::Seconds(30));
   std::optional<KeyStats> stats_a = StatsOf(t.table(), a), stats_b = StatsOf(t.table(), b);
   ASSERT_TRUE(stats_a.has_value() && stats_b.has_value());
   KeyStats ka = *stats_a, kb = *stats_b;
@@ -721,7 +721,7 @@ TEST(CounterTableWaitTest, WaiterThatGivesUpPassesTheWakeUpOn) {
   // ... and the first waiter gives up: it must hand the wake-up on.
   first_gives_up = true;
   first.join();
-  AwaitCondition([&] { return second_done.load(); }, absl::Seconds(10));
+  AwaitCondition([&] { return second_done.load(); }, absl::Seconds(30));
   second.join();
   EXPECT_EQ(first_result.code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(second_result.ok()) << second_result;
@@ -749,7 +749,7 @@ TEST(CounterTableWaitTest, WakeAllWaitersLetsWaitersSeeARaisedLimit) {
   AwaitCondition([&] { return WaitersOf(t.table(), key) == 2; });
   limit = 3;
   t->WakeAllWaiters();
-  AwaitCondition([&] { return granted.load() == 2; }, absl::Seconds(10));
+  AwaitCondition([&] { return granted.load() == 2; }, absl::Seconds(30));
   for (auto& th : threads) th.join();
   EXPECT_EQ(granted.load(), 2);
 }

@@ -563,7 +563,7 @@ TEST_F(SharedSegmentTest, AWaiterHereIsWokenByAReleaseInAnotherProcess) {
   EXPECT_FALSE(got.load());
   ASSERT_TRUE(WriteOne(go.write_fd(), 'g'));
   // A liveness bound, not a speed one: the wake-up takes microseconds.
-  absl::Time woken_by = absl::Now() + absl::Seconds(10);
+  absl::Time woken_by = absl::Now() + absl::Seconds(30);
   while (!got.load() && absl::Now() < woken_by) std::this_thread::yield();
   EXPECT_TRUE(got.load()) << "the release in the other process did not wake the waiter";
   waiter.join();

@@ -265,8 +265,8 @@ TEST_P(ReclaimTriggerTest, KilledProcessSlotsAreGivenBack) {
             s->Release();
             return table().ConnectionCount(a) == 1 && table().ConnectionCount(b) == 0;
           },
-          absl::Seconds(1));
-      EXPECT_TRUE(given_back) << "a refused acquire did not reclaim within 1 s";
+          absl::Seconds(30));
+      EXPECT_TRUE(given_back) << "refused acquires did not reclaim the dead owner's slots";
       EXPECT_GT(refused, 0) << "no acquire was refused: the trigger was not exercised";
       std::printf("reclaimed by a refused acquire after %s (%d refusals)\n",
                   absl::FormatDuration(absl::Now() - killed_at).c_str(), refused);
@@ -276,8 +276,8 @@ TEST_P(ReclaimTriggerTest, KilledProcessSlotsAreGivenBack) {
       // Queued behind the dead process's slots, the wait ticks (10 ms) are
       // when this owner looks for the dead; only reclamation frees a slot.
       absl::StatusOr<Slot> s =
-          mine->AcquireWaiting(a, Limit::AtMost(2), absl::Now() + absl::Seconds(1));
-      EXPECT_TRUE(s.ok()) << "the waiting acquire was not served within 1 s: " << s.status();
+          mine->AcquireWaiting(a, Limit::AtMost(2), absl::Now() + absl::Seconds(30));
+      EXPECT_TRUE(s.ok()) << "the waiting acquire was not served: " << s.status();
       std::printf("reclaimed by a wait tick after %s\n",
                   absl::FormatDuration(absl::Now() - killed_at).c_str());
       if (s.ok()) s->Release();
@@ -437,7 +437,7 @@ TEST_F(ReclaimTest, WaiterOfKilledProcessIsRemovedAndOthersWoken) {
   // Freeing the slot must serve our live waiter (liveness bound, not speed).
   const absl::Time released_at = absl::Now();
   held->Release();
-  EXPECT_TRUE(PollUntil([&] { return got.load(); }, absl::Seconds(10)))
+  EXPECT_TRUE(PollUntil([&] { return got.load(); }, absl::Seconds(30)))
       << "the live waiter was not woken after the dead one was removed";
   const absl::Duration latency = absl::Now() - released_at;
   s = StatsOf(table(), "worker-w");
@@ -909,12 +909,18 @@ TEST_F(ReclaimTest, KillStormKeepsCountsExact) {
   // (a) + (b): sample for a random while, kill a random worker, replace it.
   // The gaps are drawn so as to reach kKillsPerSecond despite the time that
   // killing, reaping and forking take on a loaded machine.
+  // On a machine too slow for that, the storm goes on past its end until it
+  // has killed a sixth of the target, so the test proves as much anywhere.
   const int target_kills = seconds * kKillsPerSecond;
+  const int min_kills = target_kills / 6;
   const absl::Time storm_end = absl::Now() + absl::Seconds(seconds);
+  const absl::Time storm_give_up = storm_end + absl::Minutes(5);
   bool fork_failed = false;
-  while (absl::Now() < storm_end && !fork_failed) {
+  while ((absl::Now() < storm_end || kills < min_kills) && absl::Now() < storm_give_up &&
+         !fork_failed) {
     const int64_t mean_gap_us =
-        absl::ToInt64Microseconds(storm_end - absl::Now()) / std::max(1, target_kills - kills);
+        absl::ToInt64Microseconds(std::max(storm_end - absl::Now(), absl::ZeroDuration())) /
+        std::max(1, target_kills - kills);
     const absl::Time kill_at = absl::Now() + absl::Microseconds(rng() % (2 * mean_gap_us + 1));
     do {
       sample();
@@ -980,7 +986,7 @@ TEST_F(ReclaimTest, KillStormKeepsCountsExact) {
 
   EXPECT_EQ(violations, 0) << "first: " << first_violation;
   EXPECT_EQ(errors, 0) << "workers saw unexpected statuses";
-  EXPECT_GE(kills, seconds * kKillsPerSecond / 6) << "the storm killed too little";
+  EXPECT_GE(kills, min_kills) << "the storm killed too little in 5 minutes past its end";
   EXPECT_GT(operations, 0);
   for (int i = 0; i < kStormKeys; ++i) {
     EXPECT_EQ(peak[i], kStormLimit) << "key " << i << " never reached its limit";
