@@ -117,13 +117,39 @@ CREATE FUNCTION connthrottle.audit()
 CREATE TABLE connthrottle.worker_node (
   node_id serial PRIMARY KEY,
   host text NOT NULL CHECK (length(host) BETWEEN 1 AND 255),
+  -- One spelling per node, as the functions canonicalise hosts: ASCII lower
+  -- case without trailing dots (Unix-socket directories as given), and never
+  -- a libpq host list.
+  CHECK (strpos(host, ',') = 0),
+  CHECK (left(host, 1) = '/' OR (host = translate(host, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                                                  'abcdefghijklmnopqrstuvwxyz')
+                                 AND right(host, 1) <> '.')),
   port integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
   added_at timestamptz NOT NULL DEFAULT now(),
   UNIQUE (host, port)
 );
 SELECT pg_catalog.pg_extension_config_dump('connthrottle.worker_node', '');
 
+-- A host as the functions count it: ASCII lower case without trailing dots
+-- (so that 'W1', 'w1.' and 'w1' are one node); a Unix-socket directory as
+-- given. Refuses libpq host lists ('a,b').
+CREATE FUNCTION connthrottle._canonical_host(host text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF pg_catalog.strpos(host, ',') > 0 THEN
+    RAISE EXCEPTION 'connthrottle: host "%" is a list of hosts', host
+      USING ERRCODE = '22023', HINT = 'Give one host per node.';
+  END IF;
+  IF pg_catalog.left(host, 1) = '/' THEN
+    RETURN host;
+  END IF;
+  RETURN pg_catalog.rtrim(pg_catalog.translate(host, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                                               'abcdefghijklmnopqrstuvwxyz'), '.');
+END
+$$;
+
 -- Adds a worker node; refuses NULL, bad hosts and ports, and duplicates.
+-- The host is stored canonical (_canonical_host).
 CREATE FUNCTION connthrottle.add_node(host text, port integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -132,6 +158,7 @@ BEGIN
   IF host IS NULL OR port IS NULL THEN
     RAISE EXCEPTION 'connthrottle: host and port must not be NULL' USING ERRCODE = '22004';
   END IF;
+  host := connthrottle._canonical_host(host);
   IF length(host) = 0 OR length(host) > 255 THEN
     RAISE EXCEPTION 'connthrottle: host name must be 1 to 255 bytes long, got %', length(host)
       USING ERRCODE = '22023';
@@ -156,6 +183,7 @@ BEGIN
   IF host IS NULL OR port IS NULL THEN
     RAISE EXCEPTION 'connthrottle: host and port must not be NULL' USING ERRCODE = '22004';
   END IF;
+  host := connthrottle._canonical_host(host);
   DELETE FROM connthrottle.worker_node n WHERE n.host = remove_node.host AND n.port = remove_node.port;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'connthrottle: node %:% is not in the catalog', host, port
@@ -231,7 +259,9 @@ GRANT EXECUTE ON FUNCTION connthrottle.session_slots() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION connthrottle.reservations() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION connthrottle.release(text, integer, name) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION connthrottle.release_all() TO PUBLIC;
-GRANT EXECUTE ON FUNCTION connthrottle.is_local_node(text, integer) TO PUBLIC;
+-- is_local_node resolves host names (for non-superusers only catalog ones):
+-- the catalog view's readers need it.
+GRANT EXECUTE ON FUNCTION connthrottle.is_local_node(text, integer) TO pg_monitor;
 GRANT EXECUTE ON FUNCTION connthrottle.node_stats() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION connthrottle.table_stats() TO pg_monitor;
 GRANT SELECT ON connthrottle.nodes TO pg_monitor;

@@ -1211,5 +1211,43 @@ TEST_F(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
   EXPECT_EQ(WorkerCounters(1), (NodeCounters{1, 1, 0, 0, 0}));
 }
 
+// connthrottle.node_conninfo adds allowed libpq keywords to every worker
+// connection, and a change applies to the next execution (idle connections
+// made with the old keywords are not reused).
+TEST_F(PgExecutorTest, NodeConninfoKeywordsApplyToWorkerConnections) {
+  std::unique_ptr<PgClient> s = Connect();
+  ASSERT_NE(s, nullptr);
+  const std::vector<TaskSpec> name = {
+      {Host(), Port(0), "SELECT current_setting('application_name')"}};
+  absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(*s, name);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->at(0).result, Cell("connthrottle")) << rows->at(0);
+
+  ASSERT_TRUE(s->Exec("SET connthrottle.node_conninfo = 'application_name=ct-probe'").ok());
+  rows = RunTasks(*s, name);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->at(0).result, Cell("ct-probe")) << rows->at(0);
+
+  // The workers do not speak TLS: sslmode=require fails every connection.
+  ASSERT_TRUE(s->Exec("SET connthrottle.node_conninfo = 'sslmode=require'").ok());
+  rows = RunTasks(*s, name);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_FALSE(rows->at(0).success) << rows->at(0);
+  EXPECT_EQ(rows->at(0).sqlstate, Cell("08001")) << rows->at(0);
+  EXPECT_THAT(rows->at(0).error.value_or(""), HasSubstr("SSL")) << rows->at(0);
+
+  // Keywords that choose where to connect or as whom are refused.
+  for (const char* bad : {"host=10.0.0.1", "port=1", "user=postgres", "passfile=/tmp/x",
+                          "options='-c x=y'", "service=s", "dbname=postgres"}) {
+    EXPECT_EQ(SqlState(s->Exec(absl::StrCat("SET connthrottle.node_conninfo = $$", bad, "$$"))),
+              "22023")
+        << bad;
+  }
+  ASSERT_TRUE(s->Exec("RESET connthrottle.node_conninfo").ok());
+  rows = RunTasks(*s, name);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->at(0).result, Cell("connthrottle")) << rows->at(0);
+}
+
 }  // namespace
 }  // namespace connthrottle::cluster

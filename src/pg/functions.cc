@@ -12,8 +12,14 @@ extern "C" {
 // clang-format off
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "utils/snapmgr.h"
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -74,6 +80,92 @@ const char* TextArg(FunctionCallInfo fcinfo, int n, const char* name) {
 int32 IntArg(FunctionCallInfo fcinfo, int n, const char* name) {
   RequireNotNull(fcinfo, n, name);
   return PG_GETARG_INT32(n);
+}
+
+// A node's host as counters and connections use it: host names and
+// addresses in lower case without trailing dots, so that "W1", "w1." and
+// "w1" share one counter; a Unix-socket directory (starting with '/') as
+// given. A libpq host list ("a,b") would let one node's slot cover
+// connections to several, so it is refused.
+char* CanonicalHost(char* host) {
+  if (strchr(host, ',') != nullptr) {
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("connthrottle: host \"%s\" is a list of hosts", host),
+                    errhint("Give one host per node.")));
+  }
+  if (host[0] == '/') return host;
+  for (char* p = host; *p != '\0'; ++p) *p = pg_ascii_tolower(static_cast<unsigned char>(*p));
+  size_t n = strlen(host);
+  while (n > 1 && host[n - 1] == '.') host[--n] = '\0';
+  return host;
+}
+
+const char* HostArg(FunctionCallInfo fcinfo, int n) {
+  RequireNotNull(fcinfo, n, "host");
+  return CanonicalHost(text_to_cstring(PG_GETARG_TEXT_PP(n)));
+}
+
+// The nodes of connthrottle.worker_node, read directly (the caller need not
+// have SELECT on it: the check below is what protects it).
+struct CatalogNode {
+  char* host;
+  int32 port;
+};
+
+int ReadCatalog(CatalogNode** out) {
+  Oid relid = RangeVarGetRelid(
+      makeRangeVar(const_cast<char*>("connthrottle"), const_cast<char*>("worker_node"), -1),
+      AccessShareLock, false);
+  Relation rel = table_open(relid, AccessShareLock);
+  TupleDesc desc = RelationGetDescr(rel);
+  const int host_att = 2, port_att = 3;  // node_id, host, port, added_at
+  if (desc->natts < port_att ||
+      strcmp(NameStr(TupleDescAttr(desc, host_att - 1)->attname), "host") != 0 ||
+      strcmp(NameStr(TupleDescAttr(desc, port_att - 1)->attname), "port") != 0) {
+    elog(ERROR, "connthrottle: connthrottle.worker_node does not have the expected columns");
+  }
+  Snapshot snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+  SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, snapshot, 0, nullptr);
+  int count = 0, size = 16;
+  *out = static_cast<CatalogNode*>(palloc(sizeof(CatalogNode) * size));
+  while (HeapTuple tuple = systable_getnext(scan)) {
+    bool host_null = false, port_null = false;
+    Datum host = heap_getattr(tuple, host_att, desc, &host_null);
+    Datum port = heap_getattr(tuple, port_att, desc, &port_null);
+    if (host_null || port_null) continue;
+    if (count == size) {
+      size *= 2;
+      *out = static_cast<CatalogNode*>(repalloc(*out, sizeof(CatalogNode) * size));
+    }
+    (*out)[count++] = {TextDatumGetCString(host), DatumGetInt32(port)};
+  }
+  systable_endscan(scan);
+  table_close(rel, AccessShareLock);
+  return count;
+}
+
+bool InCatalog(const CatalogNode* catalog, int n, const char* host, int32 port) {
+  for (int i = 0; i < n; ++i) {
+    if (catalog[i].port == port && strcmp(catalog[i].host, host) == 0) return true;
+  }
+  return false;
+}
+
+// Connections to nodes are made with the server's OS user's credentials
+// (~/.pgpass, client certificates, Kerberos, trust rules): a role that is
+// not a superuser may only reach the nodes a superuser put in the catalog.
+void RequireCatalogNodes(const connthrottle::pg::NodeRef* nodes, int count, const char* what) {
+  if (superuser()) return;
+  CatalogNode* catalog = nullptr;
+  const int n = ReadCatalog(&catalog);
+  for (int i = 0; i < count; ++i) {
+    if (!InCatalog(catalog, n, nodes[i].host, nodes[i].port)) {
+      ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                      errmsg("connthrottle: node %s:%d is not in connthrottle.worker_node",
+                             nodes[i].host, nodes[i].port),
+                      errdetail("Only superusers may %s on nodes outside the catalog.", what)));
+    }
+  }
 }
 
 Oid DatabaseArg(FunctionCallInfo fcinfo, int n) {
@@ -157,9 +249,44 @@ int ActiveClientBackends() {
   return count;
 }
 
+// Full-table events seen when this backend last looked, and when it last
+// warned (0: never).
+uint64 full_table_events_seen = 0;
+TimestampTz uncounted_warned_at = 0;
+
 void BeginSlotWork() {
   RequireTable();
   connthrottle::pg::EnsureBackendExitCallback();
+  full_table_events_seen = connthrottle::pg::FullTableEvents();
+}
+
+// After a call that may have taken slots: when the table was full meanwhile
+// and connections went through uncounted (full_table_policy
+// admit_uncounted), says so with a WARNING, at most once a minute per
+// backend. The common case costs one atomic load.
+void WarnIfUncounted() {
+  const uint64 events = connthrottle::pg::FullTableEvents();
+  if (events == full_table_events_seen) return;
+  full_table_events_seen = events;
+  const TimestampTz now = GetCurrentTimestamp();
+  if (uncounted_warned_at != 0 &&
+      !TimestampDifferenceExceeds(uncounted_warned_at, now, 60 * 1000)) {
+    return;
+  }
+  connthrottle::pg::TableRow t{};
+  if (!connthrottle::pg::TableStatistics(&t).ok() || t.uncounted_in_use == 0) return;
+  uncounted_warned_at = now;
+  ereport(WARNING,
+          (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+           errmsg("connthrottle: %llu connections to worker nodes are not counted",
+                  static_cast<unsigned long long>(t.uncounted_in_use)),
+           errdetail("All %u entries of the shared table (connthrottle.max_tracked_nodes) are "
+                     "busy and connthrottle.full_table_policy is 'admit_uncounted', so these "
+                     "connections bypass every limit.",
+                     t.capacity),
+           errhint("Raise connthrottle.max_tracked_nodes (needs a restart), or set "
+                   "connthrottle.full_table_policy to 'refuse'. This warning is repeated at "
+                   "most once a minute per session.")));
 }
 
 // The executor's interrupt check: only what will raise an error (cancel,
@@ -325,7 +452,7 @@ int NodeArrays(FunctionCallInfo fcinfo, int hosts_arg, int ports_arg, int comman
     *commands = static_cast<const char**>(palloc(sizeof(char*) * (nhosts > 0 ? nhosts : 1)));
   }
   for (int i = 0; i < nhosts; ++i) {
-    (*nodes)[i].host = TextDatumGetCString(host_values[i]);
+    (*nodes)[i].host = CanonicalHost(TextDatumGetCString(host_values[i]));
     (*nodes)[i].port = DatumGetInt32(port_values[i]);
     if (commands != nullptr) (*commands)[i] = TextDatumGetCString(cmd_values[i]);
   }
@@ -405,7 +532,7 @@ Datum connthrottle_assert_preloaded(PG_FUNCTION_ARGS) {
 
 // try_acquire(host text, port int, database name) returns boolean
 Datum connthrottle_try_acquire(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   BeginSlotWork();
@@ -414,12 +541,13 @@ Datum connthrottle_try_acquire(PG_FUNCTION_ARGS) {
   Outcome o = connthrottle::pg::TryAcquire(host, port, database, settings, ActiveClientBackends(),
                                            &acquired);
   Raise(o);
+  WarnIfUncounted();
   PG_RETURN_BOOL(acquired);
 }
 
 // acquire(host text, port int, database name, timeout interval) returns void
 Datum connthrottle_acquire(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   BeginSlotWork();
@@ -429,22 +557,29 @@ Datum connthrottle_acquire(PG_FUNCTION_ARGS) {
     return connthrottle::pg::AcquireWaiting(host, port, database, now, ActiveClientBackends(), wait,
                                             InterruptCheck);
   });
+  WarnIfUncounted();
   PG_RETURN_VOID();
 }
 
 // force_acquire(host text, port int, database name) returns void
 Datum connthrottle_force_acquire(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  // A forced slot ignores the limit: not for roles that merely run tasks.
+  if (!superuser()) {
+    ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                    errmsg("connthrottle: only superusers may force_acquire")));
+  }
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   BeginSlotWork();
   Raise(connthrottle::pg::AcquireForced(host, port, database, connthrottle::pg::CurrentSettings()));
+  WarnIfUncounted();
   PG_RETURN_VOID();
 }
 
 // release(host text, port int, database name) returns boolean
 Datum connthrottle_release(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   RequireTable();
@@ -490,12 +625,13 @@ Datum connthrottle_reserve(PG_FUNCTION_ARGS) {
     return connthrottle::pg::Reserve(nodes, nhosts, database, GetUserId(), now,
                                      ActiveClientBackends(), wait, InterruptCheck, &reserved);
   });
+  WarnIfUncounted();
   PG_RETURN_INT32(reserved);
 }
 
 // try_reserve(host text, port int, database name) returns boolean
 Datum connthrottle_try_reserve(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   BeginSlotWork();
@@ -503,12 +639,13 @@ Datum connthrottle_try_reserve(PG_FUNCTION_ARGS) {
   Raise(connthrottle::pg::TryReserve(host, port, database, GetUserId(),
                                      connthrottle::pg::CurrentSettings(), ActiveClientBackends(),
                                      &reserved));
+  WarnIfUncounted();
   PG_RETURN_BOOL(reserved);
 }
 
 // use_reservation(host text, port int, database name) returns boolean
 Datum connthrottle_use_reservation(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   RequireTable();
@@ -615,8 +752,12 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
 
 // is_local_node(host text, port int) returns boolean
 Datum connthrottle_is_local_node(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
+  // Resolving a name may send it to a DNS server: only catalog nodes, unless
+  // a superuser asks.
+  connthrottle::pg::NodeRef node{host, port};
+  RequireCatalogNodes(&node, 1, "call is_local_node");
   bool local = false;
   Raise(connthrottle::pg::IsLocalNode(host, port, connthrottle::pg::CurrentSettings(), &local));
   PG_RETURN_BOOL(local);
@@ -629,6 +770,7 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
   connthrottle::pg::NodeRef* nodes = nullptr;
   const char** commands = nullptr;
   const int count = NodeArrays(fcinfo, 0, 1, 2, &nodes, &commands);
+  RequireCatalogNodes(nodes, count, "run tasks");
   auto* tasks = static_cast<connthrottle::pg::TaskSpec*>(
       palloc(sizeof(connthrottle::pg::TaskSpec) * (count > 0 ? count : 1)));
   for (int i = 0; i < count; ++i) tasks[i] = {nodes[i].host, nodes[i].port, commands[i]};
@@ -643,6 +785,7 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
   pgstat_report_wait_end();
   if (o.interrupted) RaiseExecutorInterrupt(&settings);
   Raise(o);
+  WarnIfUncounted();
   return ReturnRows<12>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     const connthrottle::pg::TaskRow& r = rows[i];
     values[0] = Int32GetDatum(i + 1);
@@ -671,6 +814,7 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
   const char* target = TextArg(fcinfo, 1, "target_table");
   connthrottle::pg::NodeRef* nodes = nullptr;
   const int count = NodeArrays(fcinfo, 2, 3, -1, &nodes, nullptr);
+  RequireCatalogNodes(nodes, count, "distribute rows");
   if (count == 0) {
     ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                     errmsg("connthrottle: distribute needs at least one node")));
@@ -719,6 +863,7 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
   const connthrottle::pg::DistributeRow* rows = nullptr;
   int nrows = 0;
   Raise(connthrottle::pg::FinishDistribute(&rows, &nrows));
+  WarnIfUncounted();
   return ReturnRows<5>(fcinfo, nrows, [&](int i, Datum* values, bool* nulls) {
     values[0] = CStringGetTextDatum(rows[i].host);
     values[1] = Int32GetDatum(rows[i].port);
