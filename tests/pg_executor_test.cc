@@ -1211,6 +1211,111 @@ TEST_F(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
   EXPECT_EQ(WorkerCounters(1), (NodeCounters{1, 1, 0, 0, 0}));
 }
 
+// A task that enters COPY (out, in) fails with 0A000 and its connection is
+// closed; the call returns and the other tasks are unaffected. (It used to
+// spin at 100% CPU, deaf to cancel and termination.)
+TEST_F(PgExecutorTest, TaskEnteringCopyFailsAndItsConnectionIsClosed) {
+  std::unique_ptr<PgClient> s = Connect();
+  ASSERT_NE(s, nullptr);
+  std::vector<std::string> hosts, sqls;
+  std::vector<int> ports;
+  const std::vector<TaskSpec> tasks = {
+      {Host(), Port(0), "COPY (SELECT 1) TO STDOUT"},
+      {Host(), Port(0), "SELECT 41 + 1"},
+      {Host(), Port(1), "CREATE TEMP TABLE copy_in (a int); COPY copy_in FROM STDIN"},
+      {Host(), Port(1), "COPY (SELECT g FROM generate_series(1, 10000000) g) TO STDOUT"},
+  };
+  for (const TaskSpec& t : tasks) {
+    hosts.push_back(t.host);
+    ports.push_back(t.port);
+    sqls.push_back(t.sql);
+  }
+  AsyncQuery q(*s,
+               "SELECT task, success, result, sqlstate, error FROM "
+               "connthrottle.run_tasks($1::text[], $2::int[], $3::text[]) ORDER BY task",
+               {TextArray(hosts), IntArray(ports), TextArray(sqls)});
+  ASSERT_TRUE(q.WaitDone(std::chrono::seconds(60))) << "run_tasks did not return";
+  ASSERT_TRUE(q.result().ok()) << q.result().status();
+  const auto& rows = q.result()->rows;
+  ASSERT_EQ(rows.size(), 4u);
+  for (int i : {0, 2, 3}) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(rows[i][1], Cell("f"));
+    EXPECT_EQ(rows[i][3], Cell("0A000"));
+    EXPECT_THAT(rows[i][4].value_or(""), HasSubstr("is not supported in tasks"));
+  }
+  EXPECT_THAT(rows[0][4].value_or(""), HasSubstr("COPY TO STDOUT"));
+  EXPECT_THAT(rows[2][4].value_or(""), HasSubstr("COPY FROM STDIN"));
+  EXPECT_EQ(rows[1][1], Cell("t"));
+  EXPECT_EQ(rows[1][2], Cell("42"));
+  // The session is usable, and no worker backend is left in COPY.
+  EXPECT_EQ(Value(*s, "SELECT 1"), "1");
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(PollUntil([&] {
+      return CoordinatorConnectionsOn(i, " AND query LIKE '%COPY%' AND state <> 'idle'") == 0;
+    })) << "worker "
+        << i + 1 << " still runs a task's COPY";
+  }
+}
+
+// Text comes back in the coordinator's encoding whatever the worker
+// database's (client_encoding is set on every connection), and bytes that
+// are not valid in it never become a datum.
+TEST_F(PgExecutorTest, TaskTextComesBackInTheCoordinatorsEncoding) {
+  // Databases of the same name on both sides: the executor connects to the
+  // worker database named as the coordinator's current one.
+  ASSERT_TRUE(wobs_[0]
+                  ->Exec("CREATE DATABASE enc_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' "
+                         "LC_CTYPE 'C' TEMPLATE template0")
+                  .ok());
+  ASSERT_TRUE(wobs_[0]
+                  ->Exec("CREATE DATABASE enc_ascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
+                         "LC_CTYPE 'C' TEMPLATE template0")
+                  .ok());
+  const Defer drop([this] {
+    for (const char* db : {"enc_latin1", "enc_ascii"}) {
+      (void)obs_->Exec(absl::StrCat("DROP DATABASE IF EXISTS ", db, " WITH (FORCE)"));
+      if (wobs_[0] != nullptr) {
+        (void)wobs_[0]->Exec(absl::StrCat("DROP DATABASE IF EXISTS ", db, " WITH (FORCE)"));
+      }
+    }
+  });
+  for (const char* db : {"enc_latin1", "enc_ascii"}) {
+    ASSERT_TRUE(obs_->Exec(absl::StrCat("CREATE DATABASE ", db, " TEMPLATE template0")).ok());
+  }
+  const std::string task = absl::StrCat(
+      "SELECT result, sqlstate, error FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
+      Port(0), "], ARRAY[$1])");
+  {
+    absl::StatusOr<std::unique_ptr<PgClient>> c = coordinator_->Connect("enc_latin1");
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->Exec("CREATE EXTENSION connthrottle").ok());
+    // chr(233) is one byte, 0xE9, in the LATIN1 worker database: é.
+    absl::StatusOr<QueryResult> r = (*c)->Query(task, {std::string("SELECT chr(233)")});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows.at(0)[0], Cell("\xc3\xa9")) << "not converted to UTF8";
+  }
+  {
+    absl::StatusOr<std::unique_ptr<PgClient>> c = coordinator_->Connect("enc_ascii");
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->Exec("CREATE EXTENSION connthrottle").ok());
+    // A SQL_ASCII database stores any bytes; asked for UTF8, the worker
+    // itself refuses to send 0xFF, so the task fails and no invalid text
+    // reaches the coordinator. (Without client_encoding the byte would come
+    // back raw; the coordinator checks text with pg_verifymbstr as well.)
+    absl::StatusOr<QueryResult> bad =
+        (*c)->Query(task, {std::string("SELECT convert_from('\\xff'::bytea, 'SQL_ASCII')")});
+    ASSERT_TRUE(bad.ok()) << bad.status();
+    EXPECT_EQ(bad->rows.at(0)[0], std::nullopt);
+    EXPECT_EQ(bad->rows.at(0)[1], Cell("22021"));
+    EXPECT_THAT(bad->rows.at(0)[2].value_or(""), HasSubstr("invalid byte sequence"));
+    // The session goes on.
+    absl::StatusOr<QueryResult> r = (*c)->Query(task, {std::string("SELECT 'ok'")});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows.at(0)[0], Cell("ok"));
+  }
+}
+
 // connthrottle.node_conninfo adds allowed libpq keywords to every worker
 // connection, and a change applies to the next execution (idle connections
 // made with the old keywords are not reused).

@@ -21,6 +21,7 @@ extern "C" {
 #include "nodes/makefuncs.h"
 #include "utils/snapmgr.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "catalog/pg_type.h"
@@ -389,6 +390,13 @@ void TextOrNull(const char* text, Datum* value, bool* isnull) {
   *value = text != nullptr ? CStringGetTextDatum(text) : Datum{0};
 }
 
+// Text from a worker, checked to be valid in this database's encoding before
+// it becomes a datum (workers are asked for it in that encoding).
+void VerifiedTextOrNull(const char* text, Datum* value, bool* isnull) {
+  if (text != nullptr) pg_verifymbstr(text, static_cast<int>(strlen(text)), false);
+  TextOrNull(text, value, isnull);
+}
+
 // An interval of `us` microseconds.
 Datum MicrosecondsInterval(int64 us) {
   Interval* interval = static_cast<Interval*>(palloc0(sizeof(Interval)));
@@ -463,6 +471,7 @@ connthrottle::pg::ExecutorSettings ExecutorSettingsNow() {
   connthrottle::pg::ExecutorSettings e = connthrottle::pg::CurrentExecutorSettings();
   e.database = get_database_name(MyDatabaseId);
   e.user = GetUserNameFromId(GetUserId(), false);
+  e.client_encoding = GetDatabaseEncodingName();
   return e;
 }
 
@@ -792,10 +801,10 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
     values[1] = CStringGetTextDatum(r.host);
     values[2] = Int32GetDatum(r.port);
     values[3] = BoolGetDatum(r.success);
-    TextOrNull(r.result, &values[4], &nulls[4]);
+    VerifiedTextOrNull(r.result, &values[4], &nulls[4]);
     TextOrNull(r.sqlstate != nullptr && r.sqlstate[0] != '\0' ? r.sqlstate : nullptr, &values[5],
                &nulls[5]);
-    TextOrNull(r.error, &values[6], &nulls[6]);
+    VerifiedTextOrNull(r.error, &values[6], &nulls[6]);
     values[7] = BoolGetDatum(r.ran_locally);
     nulls[8] = r.connection < 0;
     values[8] = Int32GetDatum(r.connection);
@@ -839,10 +848,14 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
   Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, true);
   StringInfoData line;
   initStringInfo(&line);
+  // The output functions' strings of one batch of rows, freed after it.
+  MemoryContext batch = AllocSetContextCreate(CurrentMemoryContext, "connthrottle distribute batch",
+                                              ALLOCSET_DEFAULT_SIZES);
   for (;;) {
     SPI_cursor_fetch(portal, true, 1000);
     if (SPI_processed == 0) break;
     TupleDesc desc = SPI_tuptable->tupdesc;
+    MemoryContext outer = MemoryContextSwitchTo(batch);
     for (uint64 r = 0; r < SPI_processed; ++r) {
       CHECK_FOR_INTERRUPTS();
       resetStringInfo(&line);
@@ -856,6 +869,8 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
       Raise(connthrottle::pg::DistributeOne(NodeForRow(first, count), line.data,
                                             static_cast<size_t>(line.len)));
     }
+    MemoryContextSwitchTo(outer);
+    MemoryContextReset(batch);
     SPI_freetuptable(SPI_tuptable);
   }
   SPI_cursor_close(portal);
@@ -869,7 +884,7 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
     values[1] = Int32GetDatum(rows[i].port);
     values[2] = Int64GetDatum(rows[i].rows);
     values[3] = BoolGetDatum(rows[i].success);
-    TextOrNull(rows[i].error, &values[4], &nulls[4]);
+    VerifiedTextOrNull(rows[i].error, &values[4], &nulls[4]);
   });
 }
 

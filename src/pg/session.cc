@@ -324,6 +324,7 @@ class PgExecutionContext : public ExecutionContext {
     cancelled_ = false;
     // node_conninfo was checked keyword by keyword when it was set; parse
     // it once per call and keep only the allowed keywords all the same.
+    client_encoding_ = executor.client_encoding != nullptr ? executor.client_encoding : "";
     conninfo_.clear();
     const char* conninfo = executor.node_conninfo != nullptr ? executor.node_conninfo : "";
     if (conninfo[0] != '\0') {
@@ -354,6 +355,9 @@ class PgExecutionContext : public ExecutionContext {
         .Set("user", user_)
         .Set("application_name", "connthrottle");
     for (const auto& [k, v] : conninfo_) p.Set(k, v);
+    // Text comes back in the coordinator's encoding (the glue still
+    // verifies it): a worker's own default is its database's encoding.
+    if (!client_encoding_.empty()) p.Set("client_encoding", client_encoding_);
     return p;
   }
   uint32_t DatabaseId() override { return database_; }
@@ -401,6 +405,7 @@ class PgExecutionContext : public ExecutionContext {
   LocalRunner runner_ = nullptr;
   bool cancelled_ = false;
   std::vector<std::pair<std::string, std::string>> conninfo_;
+  std::string client_encoding_;
 };
 
 absl::StatusOr<AdaptiveExecutor*> MyExecutor(uint32_t database, const Settings& settings,

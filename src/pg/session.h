@@ -171,6 +171,7 @@ struct ExecutorSettings {
   int node_connection_timeout_ms = 30000;  // connthrottle.node_connection_timeout
   int slow_start_interval_ms = 10;         // connthrottle.executor_slow_start_interval
   const char* node_conninfo = "";          // connthrottle.node_conninfo (checked keywords)
+  const char* client_encoding = "";        // the coordinator database's encoding
   const char* database = "";               // libpq dbname of worker connections
   const char* user = "";                   // libpq user of worker connections
 };
