@@ -1316,6 +1316,84 @@ TEST_F(PgExecutorTest, TaskTextComesBackInTheCoordinatorsEncoding) {
   }
 }
 
+// A task that runs locally may not call run_tasks (or distribute) itself: the
+// inner call would take over the session's executor and rows, so the outer
+// call returned the inner call's rows. It fails as a task instead.
+TEST_F(PgExecutorTest, NestedRunTasksFromALocalTaskIsRefused) {
+  const int cport = coordinator_->port();
+  ASSERT_TRUE(
+      obs_->Exec(absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", cport, ")")).ok());
+  ASSERT_TRUE(SetSetting("connthrottle.local_shared_pool_size", "-1"));
+  std::unique_ptr<PgClient> r = Connect();
+  ASSERT_NE(r, nullptr);
+  const std::string inner = absl::StrCat(
+      "SELECT count(*) FROM connthrottle.run_tasks(ARRAY['127.0.0.1', '127.0.0.1'], ARRAY[",
+      Port(0), ", ", Port(1), "], ARRAY['SELECT 1', 'SELECT 2'])");
+  const std::string inner_distribute = absl::StrCat(
+      "SELECT count(*) FROM connthrottle.distribute('SELECT 1', 't', ARRAY['127.0.0.1'], ARRAY[",
+      Port(0), "])");
+  absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(
+      *r, {{Host(), cport, inner}, {Host(), cport, inner_distribute}, {Host(), cport, "SELECT 7"}});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 3u);
+  for (int i = 0; i < 2; ++i) {
+    const TaskRow& t = rows->at(i);
+    SCOPED_TRACE(::testing::PrintToString(t));
+    EXPECT_EQ(t.task, i + 1);
+    EXPECT_EQ(t.port, cport);
+    EXPECT_TRUE(t.ran_locally);
+    EXPECT_FALSE(t.success);
+    EXPECT_EQ(t.sqlstate, Cell("55000"));
+    EXPECT_THAT(t.error.value_or(""), HasSubstr("while run_tasks or distribute runs"));
+  }
+  EXPECT_TRUE(rows->at(2).success) << rows->at(2);
+  EXPECT_EQ(rows->at(2).result, Cell("7"));
+  // The session's executor still works.
+  rows = RunTasks(*r, {{Host(), Port(0), "SELECT 3"}});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->at(0).result, Cell("3"));
+}
+
+// raise_on_error: the first failed task raises its error with its SQLSTATE.
+// distribute's target may be schema-qualified.
+TEST_F(PgExecutorTest, StrictRunTasksAndQualifiedDistributeTarget) {
+  std::unique_ptr<PgClient> s = Connect();
+  ASSERT_NE(s, nullptr);
+  absl::Status strict = s->Exec(absl::StrCat(
+      "SELECT sum(result::bigint) FROM connthrottle.run_tasks(ARRAY['127.0.0.1', '127.0.0.1'], "
+      "ARRAY[",
+      Port(0), ", ", Port(1), "], ARRAY['SELECT 1', 'SELECT 1/0'], raise_on_error => true)"));
+  EXPECT_EQ(SqlState(strict), "22012") << strict;
+  EXPECT_THAT(std::string(strict.message()), HasSubstr(Node(1)));
+  EXPECT_EQ(Value(*s, absl::StrCat("SELECT sum(result::bigint) FROM connthrottle.run_tasks("
+                                   "ARRAY['127.0.0.1', '127.0.0.1'], ARRAY[",
+                                   Port(0), ", ", Port(1),
+                                   "], ARRAY['SELECT 1', 'SELECT 2'], raise_on_error => true)")),
+            "3");
+  EXPECT_EQ(SqlState(s->Exec("SELECT * FROM connthrottle.run_on_all_nodes('SELECT 1/0', true)")),
+            "22012");
+
+  for (int w = 0; w < 2; ++w) {
+    ASSERT_TRUE(wobs_[w]->Exec("CREATE SCHEMA dist; CREATE TABLE dist.\"Qualified\"(id int)").ok());
+  }
+  const Defer drop([this] {
+    for (auto& w : wobs_) {
+      if (w != nullptr) (void)w->Exec("DROP SCHEMA IF EXISTS dist CASCADE");
+    }
+  });
+  EXPECT_EQ(Value(*s,
+                  "SELECT sum(rows) FROM connthrottle.distribute("
+                  "'SELECT g FROM generate_series(1, 100) g', 'dist.\"Qualified\"')"),
+            "100");
+  int landed = 0;
+  for (int w = 0; w < 2; ++w) {
+    landed += std::stoi(Value(*wobs_[w], "SELECT count(*) FROM dist.\"Qualified\""));
+  }
+  EXPECT_EQ(landed, 100);
+  EXPECT_EQ(SqlState(s->Exec("SELECT * FROM connthrottle.distribute('SELECT 1', 'a.b.c.d')")),
+            "42601");
+}
+
 // connthrottle.node_conninfo adds allowed libpq keywords to every worker
 // connection, and a change applies to the next execution (idle connections
 // made with the old keywords are not reused).

@@ -36,6 +36,7 @@ extern "C" {
 #include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/regproc.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -303,17 +304,27 @@ void RaiseExecutorInterrupt(Settings* settings) {
           (errcode(ERRCODE_QUERY_CANCELED), errmsg("connthrottle: the execution was interrupted")));
 }
 
+// An error RunLocalTask caught outside a subtransaction of its own (starting
+// the subtransaction failed): the execution is stopped and the glue raises it
+// again once the C++ frames have returned. nullptr when none.
+ErrorData* local_task_error = nullptr;
+
 // Runs one task in this backend (local-execution failover) inside an internal
 // subtransaction, as PL/pgSQL's exception blocks do: every error is caught,
 // the subtransaction rolled back, and the error described in `out`, so that
-// nothing ever unwinds through the C++ executor that called this.
+// nothing ever unwinds through the C++ executor that called this. Starting
+// the subtransaction is inside the PG_TRY too: an error there cannot be
+// rolled back here, so it is kept in local_task_error and the execution
+// stopped (out->abort_call); run_tasks raises it after the executor returned.
 void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
   MemoryContext oldcontext = CurrentMemoryContext;
   ResourceOwner oldowner = CurrentResourceOwner;
-  BeginInternalSubTransaction(nullptr);
-  MemoryContextSwitchTo(oldcontext);
+  volatile bool in_subtransaction = false;
   PG_TRY();
   {
+    BeginInternalSubTransaction(nullptr);
+    in_subtransaction = true;
+    MemoryContextSwitchTo(oldcontext);
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
     int rc = SPI_execute(sql, false, 0);
     if (rc < 0) elog(ERROR, "connthrottle: SPI_execute failed: %s", SPI_result_code_string(rc));
@@ -354,6 +365,7 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
     }
     SPI_finish();
     ReleaseCurrentSubTransaction();
+    in_subtransaction = false;
     MemoryContextSwitchTo(oldcontext);
     CurrentResourceOwner = oldowner;
     out->ok = true;
@@ -363,6 +375,16 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
     MemoryContextSwitchTo(oldcontext);
     ErrorData* edata = CopyErrorData();
     FlushErrorState();
+    if (!in_subtransaction) {
+      // Nothing to roll back to here: stop the execution, raise it later.
+      local_task_error = edata;
+      out->abort_call = true;
+      out->cancelled = true;
+      strlcpy(out->message, edata->message != nullptr ? edata->message : "error",
+              sizeof(out->message));
+      out->ok = false;
+      return;
+    }
     RollbackAndReleaseCurrentSubTransaction();
     MemoryContextSwitchTo(oldcontext);
     CurrentResourceOwner = oldowner;
@@ -772,10 +794,40 @@ Datum connthrottle_is_local_node(PG_FUNCTION_ARGS) {
   PG_RETURN_BOOL(local);
 }
 
-// run_tasks(hosts text[], ports int[], commands text[]) returns setof (task,
-// host, port, success, result, sqlstate, error, ran_locally, connection, rows,
-// queued, run)
+// How many run_tasks or distribute calls of this session are running. The
+// executor, its connections and the rows of a call belong to the session, so
+// a call made from inside another one (a task that runs locally calling
+// run_tasks, distribute's query calling it) is refused instead of taking
+// them over.
+int executor_calls = 0;
+
+void RequireNoExecutorCall(const char* function) {
+  if (executor_calls == 0) return;
+  ereport(ERROR,
+          (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+           errmsg("connthrottle: %s cannot be called while run_tasks or distribute runs in this "
+                  "session",
+                  function),
+           errdetail("A task that ran locally, or the query of distribute, called it.")));
+}
+
+// A SQLSTATE given as five characters, packed; `fallback` for anything else.
+int PackedSqlstate(const char* state, int fallback) {
+  if (state == nullptr || strlen(state) != 5) return fallback;
+  for (int i = 0; i < 5; ++i) {
+    if (!isdigit(static_cast<unsigned char>(state[i])) && !(state[i] >= 'A' && state[i] <= 'Z')) {
+      return fallback;
+    }
+  }
+  return MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
+}
+
+// run_tasks(hosts text[], ports int[], commands text[], raise_on_error
+// boolean) returns setof (task, host, port, success, result, sqlstate, error,
+// ran_locally, connection, rows, queued, run)
 Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
+  RequireNoExecutorCall("run_tasks");
+  const bool raise_on_error = PG_NARGS() > 3 && !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
   connthrottle::pg::NodeRef* nodes = nullptr;
   const char** commands = nullptr;
   const int count = NodeArrays(fcinfo, 0, 1, 2, &nodes, &commands);
@@ -788,13 +840,32 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
   connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
   const connthrottle::pg::TaskRow* rows = nullptr;
   pgstat_report_wait_start(PG_WAIT_EXTENSION);
+  // RunTasks never raises (RunLocalTask catches every error): the counter
+  // needs no PG_TRY.
+  ++executor_calls;
+  local_task_error = nullptr;
   Outcome o = connthrottle::pg::RunTasks(tasks, count, MyDatabaseId, settings, executor,
                                          ActiveClientBackends(), ExecutorInterruptCheck,
                                          RunLocalTask, &rows);
+  --executor_calls;
   pgstat_report_wait_end();
+  if (local_task_error != nullptr) {
+    ErrorData* edata = local_task_error;
+    local_task_error = nullptr;
+    ReThrowError(edata);
+  }
   if (o.interrupted) RaiseExecutorInterrupt(&settings);
   Raise(o);
   WarnIfUncounted();
+  if (raise_on_error) {
+    for (int i = 0; i < count; ++i) {
+      if (rows[i].success) continue;
+      ereport(ERROR, (errcode(PackedSqlstate(rows[i].sqlstate, ERRCODE_CONNECTION_FAILURE)),
+                      errmsg("%s", rows[i].error != nullptr ? rows[i].error : "task failed"),
+                      errcontext("connthrottle.run_tasks task %d on %s:%d", i + 1, rows[i].host,
+                                 rows[i].port)));
+    }
+  }
   return ReturnRows<12>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     const connthrottle::pg::TaskRow& r = rows[i];
     values[0] = Int32GetDatum(i + 1);
@@ -819,6 +890,7 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
 // COPY into target_table on the nodes, each row to the node its first
 // column's hash picks, with a slot reserved per node up front.
 Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
+  RequireNoExecutorCall("distribute");
   const char* query = TextArg(fcinfo, 0, "query");
   const char* target = TextArg(fcinfo, 1, "target_table");
   connthrottle::pg::NodeRef* nodes = nullptr;
@@ -828,56 +900,73 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
     ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                     errmsg("connthrottle: distribute needs at least one node")));
   }
-  const char* copy_sql = psprintf("COPY %s FROM STDIN", quote_identifier(target));
+  // The target is a table name as SQL writes it: "public.t", "t",
+  // '"Mixed Case"'; each part quoted for the COPY command.
+  char* schema_name = nullptr;
+  char* table_name = nullptr;
+  DeconstructQualifiedName(stringToQualifiedNameList(target), &schema_name, &table_name);
+  const char* copy_sql =
+      psprintf("COPY %s FROM STDIN", quote_qualified_identifier(schema_name, table_name));
   BeginSlotWork();
-  Settings settings = connthrottle::pg::CurrentSettings();
-  connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
-  connthrottle::pg::Wait wait =
-      connthrottle::pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
-  WaitInterruptibly(&settings, [&](const Settings& now) {
-    return connthrottle::pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, now, executor,
-                                             ActiveClientBackends(), wait, InterruptCheck);
-  });
-  // Rows are sent as the cursor yields them; an error ends the transaction,
-  // whose end abandons the distribution (the workers roll their COPY back).
-  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
-  SPIPlanPtr plan = SPI_prepare(query, 0, nullptr);
-  if (plan == nullptr) {
-    elog(ERROR, "connthrottle: cannot prepare query: %s", SPI_result_code_string(SPI_result));
-  }
-  Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, true);
-  StringInfoData line;
-  initStringInfo(&line);
-  // The output functions' strings of one batch of rows, freed after it.
-  MemoryContext batch = AllocSetContextCreate(CurrentMemoryContext, "connthrottle distribute batch",
-                                              ALLOCSET_DEFAULT_SIZES);
-  for (;;) {
-    SPI_cursor_fetch(portal, true, 1000);
-    if (SPI_processed == 0) break;
-    TupleDesc desc = SPI_tuptable->tupdesc;
-    MemoryContext outer = MemoryContextSwitchTo(batch);
-    for (uint64 r = 0; r < SPI_processed; ++r) {
-      CHECK_FOR_INTERRUPTS();
-      resetStringInfo(&line);
-      HeapTuple tuple = SPI_tuptable->vals[r];
-      char* first = desc->natts > 0 ? SPI_getvalue(tuple, desc, 1) : nullptr;
-      for (int col = 1; col <= desc->natts; ++col) {
-        if (col > 1) appendStringInfoChar(&line, '\t');
-        AppendCopyValue(&line, col == 1 ? first : SPI_getvalue(tuple, desc, col));
-      }
-      appendStringInfoChar(&line, '\n');
-      Raise(connthrottle::pg::DistributeOne(NodeForRow(first, count), line.data,
-                                            static_cast<size_t>(line.len)));
-    }
-    MemoryContextSwitchTo(outer);
-    MemoryContextReset(batch);
-    SPI_freetuptable(SPI_tuptable);
-  }
-  SPI_cursor_close(portal);
-  SPI_finish();
   const connthrottle::pg::DistributeRow* rows = nullptr;
   int nrows = 0;
-  Raise(connthrottle::pg::FinishDistribute(&rows, &nrows));
+  ++executor_calls;
+  PG_TRY();
+  {
+    Settings settings = connthrottle::pg::CurrentSettings();
+    connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
+    connthrottle::pg::Wait wait =
+        connthrottle::pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
+    WaitInterruptibly(&settings, [&](const Settings& now) {
+      return connthrottle::pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, now, executor,
+                                               ActiveClientBackends(), wait, InterruptCheck);
+    });
+    // Rows are sent as the cursor yields them; an error ends the transaction,
+    // whose end abandons the distribution (the workers roll their COPY back).
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
+    SPIPlanPtr plan = SPI_prepare(query, 0, nullptr);
+    if (plan == nullptr) {
+      elog(ERROR, "connthrottle: cannot prepare query: %s", SPI_result_code_string(SPI_result));
+    }
+    Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, true);
+    StringInfoData line;
+    initStringInfo(&line);
+    // The output functions' strings of one batch of rows, freed after it.
+    MemoryContext batch = AllocSetContextCreate(
+        CurrentMemoryContext, "connthrottle distribute batch", ALLOCSET_DEFAULT_SIZES);
+    for (;;) {
+      SPI_cursor_fetch(portal, true, 1000);
+      if (SPI_processed == 0) break;
+      TupleDesc desc = SPI_tuptable->tupdesc;
+      MemoryContext outer = MemoryContextSwitchTo(batch);
+      for (uint64 r = 0; r < SPI_processed; ++r) {
+        CHECK_FOR_INTERRUPTS();
+        resetStringInfo(&line);
+        HeapTuple tuple = SPI_tuptable->vals[r];
+        char* first = desc->natts > 0 ? SPI_getvalue(tuple, desc, 1) : nullptr;
+        for (int col = 1; col <= desc->natts; ++col) {
+          if (col > 1) appendStringInfoChar(&line, '\t');
+          AppendCopyValue(&line, col == 1 ? first : SPI_getvalue(tuple, desc, col));
+        }
+        appendStringInfoChar(&line, '\n');
+        Raise(connthrottle::pg::DistributeOne(NodeForRow(first, count), line.data,
+                                              static_cast<size_t>(line.len)));
+      }
+      MemoryContextSwitchTo(outer);
+      MemoryContextReset(batch);
+      SPI_freetuptable(SPI_tuptable);
+    }
+    SPI_cursor_close(portal);
+    SPI_finish();
+    Raise(connthrottle::pg::FinishDistribute(&rows, &nrows));
+  }
+  PG_CATCH();
+  {
+    --executor_calls;
+    PG_RE_THROW();
+  }
+  PG_END_TRY();
+  --executor_calls;
   WarnIfUncounted();
   return ReturnRows<5>(fcinfo, nrows, [&](int i, Datum* values, bool* nulls) {
     values[0] = CStringGetTextDatum(rows[i].host);

@@ -180,7 +180,8 @@ struct ExecutorSettings {
 // It must never raise: every error is caught and described here.
 struct LocalTaskOutcome {
   bool ok = false;
-  bool cancelled = false;  // the error was a query cancel or statement timeout
+  bool cancelled = false;   // the error was a query cancel or statement timeout
+  bool abort_call = false;  // the error could not be contained: stop the execution
   char sqlstate[6] = {0};
   char message[1024] = {0};
   char command_tag[64] = {0};

@@ -2,11 +2,26 @@
 -- hardening: who may make the server connect where, with whose credentials,
 -- and the limits that cannot be split or bypassed by a plain role.
 --
+-- A schema "connthrottle" made beforehand by another role is refused. (DROP
+-- EXTENSION leaves the schema CREATE EXTENSION made; it is empty.)
+DROP SCHEMA IF EXISTS connthrottle;
+CREATE ROLE regress_schema_squatter;
+CREATE SCHEMA connthrottle AUTHORIZATION regress_schema_squatter;
+CREATE EXTENSION connthrottle;
+DROP SCHEMA connthrottle;
+DROP ROLE regress_schema_squatter;
 CREATE EXTENSION connthrottle;
 \getenv abs_srcdir PG_ABS_SRCDIR
 \i :abs_srcdir/sql/outcome.psql
+-- The SQL and PL/pgSQL functions run with a fixed search_path (and qualify
+-- what they call), so objects a caller creates cannot stand in for them.
+SELECT p.proname, p.proconfig
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'connthrottle'
+   AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'c')
+ ORDER BY p.proname, p.oid::regprocedure::text;
 CREATE ROLE regress_hardening_user LOGIN;
-GRANT EXECUTE ON FUNCTION connthrottle.run_tasks(text[], integer[], text[]),
+GRANT EXECUTE ON FUNCTION connthrottle.run_tasks(text[], integer[], text[], boolean),
                           connthrottle.distribute(text, text, text[], integer[]),
                           connthrottle.force_acquire(text, integer, name),
                           connthrottle.try_acquire(text, integer, name),
@@ -59,12 +74,27 @@ SELECT call, pg_temp.outcome('SELECT ' || call) FROM (VALUES
 SELECT host, success, sqlstate
   FROM connthrottle.run_tasks(ARRAY['/nonexistent-connthrottle-dir'], ARRAY[5432],
                               ARRAY['SELECT 1']);
+-- Strict mode raises the first task error with its SQLSTATE.
+SELECT pg_temp.outcome($$SELECT count(*) FROM connthrottle.run_tasks(
+  ARRAY['/nonexistent-connthrottle-dir'], ARRAY[5432], ARRAY['SELECT 1'], raise_on_error => true)$$)
+  ~ '^08001: could not connect to node /nonexistent-connthrottle-dir:5432' AS raised_08001;
 SELECT connthrottle.is_local_node('/nonexistent-connthrottle-dir', 5432);
 -- Settings that keep slots or choose how to connect are not for this role.
 SELECT pg_temp.outcome($$SET connthrottle.max_cached_conns_per_worker = 1000$$);
 SELECT pg_temp.outcome($$SET connthrottle.max_cached_connection_lifetime = '1d'$$);
 SELECT pg_temp.outcome($$SET connthrottle.node_conninfo = 'sslmode=require'$$);
 RESET ROLE;
+-- connthrottle_user carries what a role needs, in one grant: the catalog
+-- wrappers read worker_node.
+CREATE ROLE regress_hardening_app LOGIN IN ROLE connthrottle_user;
+SET ROLE regress_hardening_app;
+SELECT host, success, sqlstate FROM connthrottle.run_on_all_nodes('SELECT 1');
+-- (the node cannot be connected to: the error is the node's, not a privilege's)
+SELECT substr(pg_temp.outcome($$SELECT * FROM connthrottle.distribute('SELECT 1', 'public.t')$$),
+              1, 60) AS outcome;
+SELECT pg_temp.outcome($$SELECT connthrottle.force_acquire('x', 1)$$);
+RESET ROLE;
+DROP ROLE regress_hardening_app;
 SELECT connthrottle.remove_node('/nonexistent-connthrottle-dir', 5432);
 --
 -- connthrottle.node_conninfo: allowed libpq keywords only.
