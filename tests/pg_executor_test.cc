@@ -1394,6 +1394,43 @@ TEST_F(PgExecutorTest, StrictRunTasksAndQualifiedDistributeTarget) {
             "42601");
 }
 
+// distribute waits on the workers without blocking: with the target table
+// locked on a worker its COPY waits, and a query cancel still ends the call
+// (the workers' COPY is cancelled, every slot given back). It used to ignore
+// cancel and statement_timeout until the lock went away.
+TEST_F(PgExecutorTest, CancelEndsADistributeWaitingForALockedTable) {
+  for (int w = 0; w < 2; ++w) ASSERT_TRUE(wobs_[w]->Exec("CREATE TABLE locked_t(a int)").ok());
+  absl::StatusOr<std::unique_ptr<PgClient>> locker = workers_[0]->Connect();
+  ASSERT_TRUE(locker.ok()) << locker.status();
+  const Defer drop([this] {
+    for (auto& w : wobs_) {
+      if (w != nullptr) (void)w->Exec("DROP TABLE IF EXISTS locked_t");
+    }
+  });
+  ASSERT_TRUE((*locker)->Exec("BEGIN; LOCK TABLE locked_t").ok());
+  std::unique_ptr<PgClient> d = Connect();
+  ASSERT_NE(d, nullptr);
+  const std::string pid = Value(*d, "SELECT pg_backend_pid()");
+  AsyncQuery q(*d,
+               "SELECT sum(rows) FROM connthrottle.distribute("
+               "'SELECT g FROM generate_series(1, 1000) g', 'locked_t')");
+  // The coordinator's COPY waits for the lock on worker 1.
+  ASSERT_TRUE(PollUntil([&] {
+    return CoordinatorConnectionsOn(0, " AND wait_event_type = 'Lock'") == 1;
+  })) << "the COPY did not wait for the lock";
+  const Clock::time_point cancelled = Clock::now();
+  ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_cancel_backend(", pid, ")")), "t");
+  ASSERT_TRUE(q.WaitDone(std::chrono::seconds(20))) << "distribute ignored the cancel";
+  Report("cancel -> distribute (COPY waiting for a lock) returned",
+         absl::StrCat(Ms(q.ended() - cancelled), " ms"));
+  EXPECT_EQ(SqlState(q.result().status()), "57014") << q.result().status();
+  // Nothing is left waiting on the worker, and the lock holder can finish.
+  EXPECT_TRUE(PollUntil([&] { return CoordinatorConnectionsOn(0) == 0; }));
+  ASSERT_TRUE((*locker)->Exec("COMMIT").ok());
+  EXPECT_EQ(Value(*wobs_[0], "SELECT count(*) FROM locked_t"), "0");
+  EXPECT_EQ(Value(*d, "SELECT 1"), "1");
+}
+
 // connthrottle.node_conninfo adds allowed libpq keywords to every worker
 // connection, and a change applies to the next execution (idle connections
 // made with the old keywords are not reused).

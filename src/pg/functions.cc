@@ -885,6 +885,14 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
   });
 }
 
+// A distribute step that stopped on an interrupt raises it (cancel,
+// statement_timeout, termination); the end of the transaction then abandons
+// the stream, cancelling the workers' COPY.
+static void RaiseDistributeOutcome(Settings* settings, const Outcome& o) {
+  if (o.interrupted) RaiseExecutorInterrupt(settings);
+  Raise(o);
+}
+
 // distribute(query text, target_table text, hosts text[], ports int[]) returns
 // setof (host, port, rows, success, error): streams the query's rows with
 // COPY into target_table on the nodes, each row to the node its first
@@ -919,7 +927,8 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
         connthrottle::pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
     WaitInterruptibly(&settings, [&](const Settings& now) {
       return connthrottle::pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, now, executor,
-                                               ActiveClientBackends(), wait, InterruptCheck);
+                                               ActiveClientBackends(), wait, InterruptCheck,
+                                               ExecutorInterruptCheck);
     });
     // Rows are sent as the cursor yields them; an error ends the transaction,
     // whose end abandons the distribution (the workers roll their COPY back).
@@ -949,8 +958,9 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
           AppendCopyValue(&line, col == 1 ? first : SPI_getvalue(tuple, desc, col));
         }
         appendStringInfoChar(&line, '\n');
-        Raise(connthrottle::pg::DistributeOne(NodeForRow(first, count), line.data,
-                                              static_cast<size_t>(line.len)));
+        RaiseDistributeOutcome(&settings,
+                               connthrottle::pg::DistributeOne(NodeForRow(first, count), line.data,
+                                                               static_cast<size_t>(line.len)));
       }
       MemoryContextSwitchTo(outer);
       MemoryContextReset(batch);
@@ -958,7 +968,7 @@ Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
     }
     SPI_cursor_close(portal);
     SPI_finish();
-    Raise(connthrottle::pg::FinishDistribute(&rows, &nrows));
+    RaiseDistributeOutcome(&settings, connthrottle::pg::FinishDistribute(&rows, &nrows));
   }
   PG_CATCH();
   {

@@ -764,7 +764,8 @@ Outcome RunTasks(const TaskSpec* tasks, int count, uint32_t database, const Sett
 
 Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, uint32_t database,
                         const Settings& settings, const ExecutorSettings& executor,
-                        int active_client_backends, Wait& wait, bool (*interrupted)()) {
+                        int active_client_backends, Wait& wait, bool (*interrupted)(),
+                        bool (*stream_interrupted)()) {
   return Guard([&] {
     ForgetResults();
     if (!TableReady()) return NotReady();
@@ -781,6 +782,7 @@ Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, u
     if (absl::IsCancelled(copy.status())) return Resume(wait);
     if (!copy.ok()) return WaitTimedOut(copy.status(), wait);
     s.copy = *std::move(copy);
+    if (stream_interrupted != nullptr) s.copy->set_interrupt(stream_interrupted);
     return Outcome{};
   });
 }
@@ -790,6 +792,7 @@ Outcome DistributeOne(int node, const char* row, size_t length) {
     State& s = S();
     if (!s.copy) return Fail(kObjectNotInPrerequisiteState, "connthrottle: no distribution open");
     absl::Status status = s.copy->Send(static_cast<size_t>(node), std::string_view(row, length));
+    if (absl::IsCancelled(status)) return Interrupted();
     return FromStatus(status);
   });
 }
@@ -801,6 +804,10 @@ Outcome FinishDistribute(const DistributeRow** rows, int* count) {
     State& s = S();
     if (!s.copy) return Fail(kObjectNotInPrerequisiteState, "connthrottle: no distribution open");
     absl::StatusOr<std::vector<CopyStream::NodeResult>> results = s.copy->Finish();
+    if (absl::IsCancelled(results.status())) {
+      s.copy.reset();  // cancels the workers' COPY, gives back the slots
+      return Interrupted();
+    }
     s.copy.reset();
     if (!results.ok()) return FromStatus(results.status());
     for (const CopyStream::NodeResult& r : *results) {

@@ -232,7 +232,12 @@ struct DistributeRow {
 // the end of the transaction abandons an unfinished one.
 Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, uint32_t database,
                         const Settings& settings, const ExecutorSettings& executor,
-                        int active_client_backends, Wait& wait, bool (*interrupted)());
+                        int active_client_backends, Wait& wait, bool (*interrupted)(),
+                        bool (*stream_interrupted)());
+// DistributeOne and FinishDistribute wait on the workers' sockets looking at
+// `stream_interrupted` (given to BeginDistribute) every 10 ms; when it fires
+// they return with interrupted set (for DistributeOne the stream stays, to
+// be abandoned by the transaction's end).
 Outcome DistributeOne(int node, const char* row, size_t length);
 Outcome FinishDistribute(const DistributeRow** rows, int* count);
 
