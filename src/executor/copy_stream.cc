@@ -31,8 +31,9 @@ absl::Status WaitSocket(PGconn* pg, short events, const std::function<bool()>& i
     if (now >= deadline) return absl::DeadlineExceededError("timed out");
     pollfd p{PQsocket(pg), events, 0};
     if (p.fd < 0) return absl::UnavailableError("no socket");
-    const int wait =
-        static_cast<int>(std::min<int64_t>(kTickMs, absl::ToInt64Milliseconds(deadline - now) + 1));
+    // (deadline may be InfiniteFuture: no arithmetic on the raw figure.)
+    const int64_t left = absl::ToInt64Milliseconds(deadline - now);
+    const int wait = left >= kTickMs ? kTickMs : static_cast<int>(left) + 1;
     if (poll(&p, 1, wait) > 0) return absl::OkStatus();
   }
 }
