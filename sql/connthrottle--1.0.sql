@@ -3,6 +3,20 @@
 
 \echo Use "CREATE EXTENSION connthrottle" to load this file. \quit
 
+-- The schema is made by CREATE EXTENSION when it does not exist. One that
+-- existed before, owned by another role, could hold objects that shadow ours
+-- or let its owner replace them: refuse it.
+DO $$
+BEGIN
+  IF (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'connthrottle')
+     NOT IN ((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), 10) THEN
+    RAISE EXCEPTION 'connthrottle: schema "connthrottle" exists and belongs to another role'
+      USING ERRCODE = '42501',
+            HINT = 'Drop or rename that schema, or make it belong to the role that creates the extension.';
+  END IF;
+END
+$$;
+
 -- Fails, with what to set, unless the library was preloaded.
 CREATE FUNCTION connthrottle._assert_preloaded() RETURNS void
   LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_assert_preloaded';
@@ -117,21 +131,48 @@ CREATE FUNCTION connthrottle.audit()
 CREATE TABLE connthrottle.worker_node (
   node_id serial PRIMARY KEY,
   host text NOT NULL CHECK (length(host) BETWEEN 1 AND 255),
+  -- One spelling per node, as the functions canonicalise hosts: ASCII lower
+  -- case without trailing dots (Unix-socket directories as given), and never
+  -- a libpq host list.
+  CHECK (strpos(host, ',') = 0),
+  CHECK (left(host, 1) = '/' OR (host = translate(host, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                                                  'abcdefghijklmnopqrstuvwxyz')
+                                 AND right(host, 1) <> '.')),
   port integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
   added_at timestamptz NOT NULL DEFAULT now(),
   UNIQUE (host, port)
 );
 SELECT pg_catalog.pg_extension_config_dump('connthrottle.worker_node', '');
 
+-- A host as the functions count it: ASCII lower case without trailing dots
+-- (so that 'W1', 'w1.' and 'w1' are one node); a Unix-socket directory as
+-- given. Refuses libpq host lists ('a,b').
+CREATE FUNCTION connthrottle._canonical_host(host text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF pg_catalog.strpos(host, ',') > 0 THEN
+    RAISE EXCEPTION 'connthrottle: host "%" is a list of hosts', host
+      USING ERRCODE = '22023', HINT = 'Give one host per node.';
+  END IF;
+  IF pg_catalog.left(host, 1) = '/' THEN
+    RETURN host;
+  END IF;
+  RETURN pg_catalog.rtrim(pg_catalog.translate(host, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                                               'abcdefghijklmnopqrstuvwxyz'), '.');
+END
+$$;
+
 -- Adds a worker node; refuses NULL, bad hosts and ports, and duplicates.
+-- The host is stored canonical (_canonical_host).
 CREATE FUNCTION connthrottle.add_node(host text, port integer) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   id integer;
 BEGIN
   IF host IS NULL OR port IS NULL THEN
     RAISE EXCEPTION 'connthrottle: host and port must not be NULL' USING ERRCODE = '22004';
   END IF;
+  host := connthrottle._canonical_host(host);
   IF length(host) = 0 OR length(host) > 255 THEN
     RAISE EXCEPTION 'connthrottle: host name must be 1 to 255 bytes long, got %', length(host)
       USING ERRCODE = '22023';
@@ -151,11 +192,12 @@ $$;
 
 -- Removes a worker node; refuses one that is not in the catalog.
 CREATE FUNCTION connthrottle.remove_node(host text, port integer) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF host IS NULL OR port IS NULL THEN
     RAISE EXCEPTION 'connthrottle: host and port must not be NULL' USING ERRCODE = '22004';
   END IF;
+  host := connthrottle._canonical_host(host);
   DELETE FROM connthrottle.worker_node n WHERE n.host = remove_node.host AND n.port = remove_node.port;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'connthrottle: node %:% is not in the catalog', host, port
@@ -172,25 +214,28 @@ CREATE VIEW connthrottle.worker_nodes AS
 -- Runs commands[i] on hosts[i]:ports[i], all in parallel, and returns one row
 -- per task: result is the single value of a one-row one-column result, else
 -- the command tag; a failed task has success false, the worker's SQLSTATE and
--- its error naming the node.
+-- its error naming the node. With raise_on_error, the first failed task (in
+-- task order) raises its error with its SQLSTATE instead.
 CREATE FUNCTION connthrottle.run_tasks(hosts text[], ports integer[], commands text[],
+    raise_on_error boolean DEFAULT false,
     OUT task integer, OUT host text, OUT port integer, OUT success boolean, OUT result text,
     OUT sqlstate text, OUT error text, OUT ran_locally boolean, OUT connection integer,
     OUT rows bigint, OUT queued interval, OUT run interval)
   RETURNS SETOF record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_run_tasks';
 
--- Runs one command on every node of the catalog.
-CREATE FUNCTION connthrottle.run_on_all_nodes(command text,
+-- Runs one command on every node of the catalog. (Every name is qualified
+-- and search_path is fixed: nothing a caller creates can stand in for them.)
+CREATE FUNCTION connthrottle.run_on_all_nodes(command text, raise_on_error boolean DEFAULT false,
     OUT task integer, OUT host text, OUT port integer, OUT success boolean, OUT result text,
     OUT sqlstate text, OUT error text, OUT ran_locally boolean, OUT connection integer,
     OUT rows bigint, OUT queued interval, OUT run interval)
-  RETURNS SETOF record LANGUAGE sql VOLATILE AS $$
-  SELECT r.* FROM (SELECT array_agg(n.host ORDER BY n.host, n.port) AS hosts,
-                          array_agg(n.port ORDER BY n.host, n.port) AS ports,
-                          array_agg(command ORDER BY n.host, n.port) AS commands
+  RETURNS SETOF record LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT r.* FROM (SELECT pg_catalog.array_agg(n.host ORDER BY n.host, n.port) AS hosts,
+                          pg_catalog.array_agg(n.port ORDER BY n.host, n.port) AS ports,
+                          pg_catalog.array_agg(command ORDER BY n.host, n.port) AS commands
                    FROM connthrottle.worker_node n) a,
-       connthrottle.run_tasks(coalesce(a.hosts, '{}'), coalesce(a.ports, '{}'),
-                              coalesce(a.commands, '{}')) r
+       connthrottle.run_tasks(coalesce(a.hosts, '{}'::text[]), coalesce(a.ports, '{}'::integer[]),
+                              coalesce(a.commands, '{}'::text[]), raise_on_error) r
 $$;
 
 -- Streams the rows of `query` into the table `target_table` on the given
@@ -205,12 +250,12 @@ CREATE FUNCTION connthrottle.distribute(query text, target_table text, hosts tex
 -- The same over every node of the catalog.
 CREATE FUNCTION connthrottle.distribute(query text, target_table text,
     OUT host text, OUT port integer, OUT rows bigint, OUT success boolean, OUT error text)
-  RETURNS SETOF record LANGUAGE sql VOLATILE AS $$
-  SELECT d.* FROM (SELECT array_agg(n.host ORDER BY n.host, n.port) AS hosts,
-                          array_agg(n.port ORDER BY n.host, n.port) AS ports
+  RETURNS SETOF record LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT d.* FROM (SELECT pg_catalog.array_agg(n.host ORDER BY n.host, n.port) AS hosts,
+                          pg_catalog.array_agg(n.port ORDER BY n.host, n.port) AS ports
                    FROM connthrottle.worker_node n) a,
-       connthrottle.distribute(query, target_table, coalesce(a.hosts, '{}'),
-                               coalesce(a.ports, '{}')) d
+       connthrottle.distribute(query, target_table, coalesce(a.hosts, '{}'::text[]),
+                               coalesce(a.ports, '{}'::integer[])) d
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -231,10 +276,37 @@ GRANT EXECUTE ON FUNCTION connthrottle.session_slots() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION connthrottle.reservations() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION connthrottle.release(text, integer, name) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION connthrottle.release_all() TO PUBLIC;
-GRANT EXECUTE ON FUNCTION connthrottle.is_local_node(text, integer) TO PUBLIC;
+-- is_local_node resolves host names (for non-superusers only catalog ones):
+-- the catalog view's readers need it.
+GRANT EXECUTE ON FUNCTION connthrottle.is_local_node(text, integer) TO pg_monitor;
 GRANT EXECUTE ON FUNCTION connthrottle.node_stats() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION connthrottle.table_stats() TO pg_monitor;
 GRANT SELECT ON connthrottle.nodes TO pg_monitor;
 GRANT EXECUTE ON FUNCTION connthrottle.holders() TO pg_monitor;
 GRANT SELECT ON connthrottle.holders TO pg_monitor;
 GRANT SELECT ON connthrottle.worker_node, connthrottle.worker_nodes TO pg_monitor;
+
+-- connthrottle_user: what a role needs to run distributed work, in one
+-- grant (GRANT connthrottle_user TO app). Roles are cluster-wide: the role
+-- is made by the first CREATE EXTENSION and kept by DROP EXTENSION; each
+-- database's CREATE EXTENSION grants it that database's functions.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'connthrottle_user') THEN
+    CREATE ROLE connthrottle_user NOLOGIN;
+  END IF;
+END
+$$;
+GRANT EXECUTE ON FUNCTION
+    connthrottle.run_tasks(text[], integer[], text[], boolean),
+    connthrottle.run_on_all_nodes(text, boolean),
+    connthrottle.distribute(text, text, text[], integer[]),
+    connthrottle.distribute(text, text),
+    connthrottle.try_acquire(text, integer, name),
+    connthrottle.acquire(text, integer, name, interval),
+    connthrottle.reserve(text[], integer[], name, interval),
+    connthrottle.try_reserve(text, integer, name),
+    connthrottle.use_reservation(text, integer, name),
+    connthrottle.is_local_node(text, integer)
+  TO connthrottle_user;
+GRANT SELECT ON connthrottle.worker_node, connthrottle.worker_nodes TO connthrottle_user;

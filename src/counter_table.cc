@@ -331,6 +331,8 @@ TableStats CounterTable::Stats() const {
   return t;
 }
 
+uint64_t CounterTable::FullTableEvents() const { return header_->full_table_events.load(kRelaxed); }
+
 uint32_t CounterTable::ConnectionCount(const NodeKey& key) const {
   const uint32_t mask = header_->index_buckets - 1;
   const uint32_t tag = static_cast<uint32_t>(key.hash());

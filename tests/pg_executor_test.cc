@@ -1213,5 +1213,263 @@ TEST_F(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
   EXPECT_EQ(WorkerCounters(1), (NodeCounters{1, 1, 0, 0, 0}));
 }
 
+// A task that enters COPY (out, in) fails with 0A000 and its connection is
+// closed; the call returns and the other tasks are unaffected. (It used to
+// spin at 100% CPU, deaf to cancel and termination.)
+TEST_F(PgExecutorTest, TaskEnteringCopyFailsAndItsConnectionIsClosed) {
+  std::unique_ptr<PgClient> s = Connect();
+  ASSERT_NE(s, nullptr);
+  std::vector<std::string> hosts, sqls;
+  std::vector<int> ports;
+  const std::vector<TaskSpec> tasks = {
+      {Host(), Port(0), "COPY (SELECT 1) TO STDOUT"},
+      {Host(), Port(0), "SELECT 41 + 1"},
+      {Host(), Port(1), "CREATE TEMP TABLE copy_in (a int); COPY copy_in FROM STDIN"},
+      {Host(), Port(1), "COPY (SELECT g FROM generate_series(1, 10000000) g) TO STDOUT"},
+  };
+  for (const TaskSpec& t : tasks) {
+    hosts.push_back(t.host);
+    ports.push_back(t.port);
+    sqls.push_back(t.sql);
+  }
+  AsyncQuery q(*s,
+               "SELECT task, success, result, sqlstate, error FROM "
+               "connthrottle.run_tasks($1::text[], $2::int[], $3::text[]) ORDER BY task",
+               {TextArray(hosts), IntArray(ports), TextArray(sqls)});
+  ASSERT_TRUE(q.WaitDone(std::chrono::seconds(60))) << "run_tasks did not return";
+  ASSERT_TRUE(q.result().ok()) << q.result().status();
+  const auto& rows = q.result()->rows;
+  ASSERT_EQ(rows.size(), 4u);
+  for (int i : {0, 2, 3}) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(rows[i][1], Cell("f"));
+    EXPECT_EQ(rows[i][3], Cell("0A000"));
+    EXPECT_THAT(rows[i][4].value_or(""), HasSubstr("is not supported in tasks"));
+  }
+  EXPECT_THAT(rows[0][4].value_or(""), HasSubstr("COPY TO STDOUT"));
+  EXPECT_THAT(rows[2][4].value_or(""), HasSubstr("COPY FROM STDIN"));
+  EXPECT_EQ(rows[1][1], Cell("t"));
+  EXPECT_EQ(rows[1][2], Cell("42"));
+  // The session is usable, and no worker backend is left in COPY.
+  EXPECT_EQ(Value(*s, "SELECT 1"), "1");
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(PollUntil([&] {
+      return CoordinatorConnectionsOn(i, " AND query LIKE '%COPY%' AND state <> 'idle'") == 0;
+    })) << "worker "
+        << i + 1 << " still runs a task's COPY";
+  }
+}
+
+// Text comes back in the coordinator's encoding whatever the worker
+// database's (client_encoding is set on every connection), and bytes that
+// are not valid in it never become a datum.
+TEST_F(PgExecutorTest, TaskTextComesBackInTheCoordinatorsEncoding) {
+  // Databases of the same name on both sides: the executor connects to the
+  // worker database named as the coordinator's current one.
+  ASSERT_TRUE(wobs_[0]
+                  ->Exec("CREATE DATABASE enc_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' "
+                         "LC_CTYPE 'C' TEMPLATE template0")
+                  .ok());
+  ASSERT_TRUE(wobs_[0]
+                  ->Exec("CREATE DATABASE enc_ascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
+                         "LC_CTYPE 'C' TEMPLATE template0")
+                  .ok());
+  const Defer drop([this] {
+    for (const char* db : {"enc_latin1", "enc_ascii"}) {
+      (void)obs_->Exec(absl::StrCat("DROP DATABASE IF EXISTS ", db, " WITH (FORCE)"));
+      if (wobs_[0] != nullptr) {
+        (void)wobs_[0]->Exec(absl::StrCat("DROP DATABASE IF EXISTS ", db, " WITH (FORCE)"));
+      }
+    }
+  });
+  for (const char* db : {"enc_latin1", "enc_ascii"}) {
+    ASSERT_TRUE(obs_->Exec(absl::StrCat("CREATE DATABASE ", db, " TEMPLATE template0")).ok());
+  }
+  const std::string task = absl::StrCat(
+      "SELECT result, sqlstate, error FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
+      Port(0), "], ARRAY[$1])");
+  {
+    absl::StatusOr<std::unique_ptr<PgClient>> c = coordinator_->Connect("enc_latin1");
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->Exec("CREATE EXTENSION connthrottle").ok());
+    // chr(233) is one byte, 0xE9, in the LATIN1 worker database: é.
+    absl::StatusOr<QueryResult> r = (*c)->Query(task, {std::string("SELECT chr(233)")});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows.at(0)[0], Cell("\xc3\xa9")) << "not converted to UTF8";
+  }
+  {
+    absl::StatusOr<std::unique_ptr<PgClient>> c = coordinator_->Connect("enc_ascii");
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->Exec("CREATE EXTENSION connthrottle").ok());
+    // A SQL_ASCII database stores any bytes; asked for UTF8, the worker
+    // itself refuses to send 0xFF, so the task fails and no invalid text
+    // reaches the coordinator. (Without client_encoding the byte would come
+    // back raw; the coordinator checks text with pg_verifymbstr as well.)
+    absl::StatusOr<QueryResult> bad =
+        (*c)->Query(task, {std::string("SELECT convert_from('\\xff'::bytea, 'SQL_ASCII')")});
+    ASSERT_TRUE(bad.ok()) << bad.status();
+    EXPECT_EQ(bad->rows.at(0)[0], std::nullopt);
+    EXPECT_EQ(bad->rows.at(0)[1], Cell("22021"));
+    EXPECT_THAT(bad->rows.at(0)[2].value_or(""), HasSubstr("invalid byte sequence"));
+    // The session goes on.
+    absl::StatusOr<QueryResult> r = (*c)->Query(task, {std::string("SELECT 'ok'")});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows.at(0)[0], Cell("ok"));
+  }
+}
+
+// A task that runs locally may not call run_tasks (or distribute) itself: the
+// inner call would take over the session's executor and rows, so the outer
+// call returned the inner call's rows. It fails as a task instead.
+TEST_F(PgExecutorTest, NestedRunTasksFromALocalTaskIsRefused) {
+  const int cport = coordinator_->port();
+  ASSERT_TRUE(
+      obs_->Exec(absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", cport, ")")).ok());
+  ASSERT_TRUE(SetSetting("connthrottle.local_shared_pool_size", "-1"));
+  std::unique_ptr<PgClient> r = Connect();
+  ASSERT_NE(r, nullptr);
+  const std::string inner = absl::StrCat(
+      "SELECT count(*) FROM connthrottle.run_tasks(ARRAY['127.0.0.1', '127.0.0.1'], ARRAY[",
+      Port(0), ", ", Port(1), "], ARRAY['SELECT 1', 'SELECT 2'])");
+  const std::string inner_distribute = absl::StrCat(
+      "SELECT count(*) FROM connthrottle.distribute('SELECT 1', 't', ARRAY['127.0.0.1'], ARRAY[",
+      Port(0), "])");
+  absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(
+      *r, {{Host(), cport, inner}, {Host(), cport, inner_distribute}, {Host(), cport, "SELECT 7"}});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 3u);
+  for (int i = 0; i < 2; ++i) {
+    const TaskRow& t = rows->at(i);
+    SCOPED_TRACE(::testing::PrintToString(t));
+    EXPECT_EQ(t.task, i + 1);
+    EXPECT_EQ(t.port, cport);
+    EXPECT_TRUE(t.ran_locally);
+    EXPECT_FALSE(t.success);
+    EXPECT_EQ(t.sqlstate, Cell("55000"));
+    EXPECT_THAT(t.error.value_or(""), HasSubstr("while run_tasks or distribute runs"));
+  }
+  EXPECT_TRUE(rows->at(2).success) << rows->at(2);
+  EXPECT_EQ(rows->at(2).result, Cell("7"));
+  // The session's executor still works.
+  rows = RunTasks(*r, {{Host(), Port(0), "SELECT 3"}});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->at(0).result, Cell("3"));
+}
+
+// raise_on_error: the first failed task raises its error with its SQLSTATE.
+// distribute's target may be schema-qualified.
+TEST_F(PgExecutorTest, StrictRunTasksAndQualifiedDistributeTarget) {
+  std::unique_ptr<PgClient> s = Connect();
+  ASSERT_NE(s, nullptr);
+  absl::Status strict = s->Exec(absl::StrCat(
+      "SELECT sum(result::bigint) FROM connthrottle.run_tasks(ARRAY['127.0.0.1', '127.0.0.1'], "
+      "ARRAY[",
+      Port(0), ", ", Port(1), "], ARRAY['SELECT 1', 'SELECT 1/0'], raise_on_error => true)"));
+  EXPECT_EQ(SqlState(strict), "22012") << strict;
+  EXPECT_THAT(std::string(strict.message()), HasSubstr(Node(1)));
+  EXPECT_EQ(Value(*s, absl::StrCat("SELECT sum(result::bigint) FROM connthrottle.run_tasks("
+                                   "ARRAY['127.0.0.1', '127.0.0.1'], ARRAY[",
+                                   Port(0), ", ", Port(1),
+                                   "], ARRAY['SELECT 1', 'SELECT 2'], raise_on_error => true)")),
+            "3");
+  EXPECT_EQ(SqlState(s->Exec("SELECT * FROM connthrottle.run_on_all_nodes('SELECT 1/0', true)")),
+            "22012");
+
+  for (int w = 0; w < 2; ++w) {
+    ASSERT_TRUE(wobs_[w]->Exec("CREATE SCHEMA dist; CREATE TABLE dist.\"Qualified\"(id int)").ok());
+  }
+  const Defer drop([this] {
+    for (auto& w : wobs_) {
+      if (w != nullptr) (void)w->Exec("DROP SCHEMA IF EXISTS dist CASCADE");
+    }
+  });
+  EXPECT_EQ(Value(*s,
+                  "SELECT sum(rows) FROM connthrottle.distribute("
+                  "'SELECT g FROM generate_series(1, 100) g', 'dist.\"Qualified\"')"),
+            "100");
+  int landed = 0;
+  for (int w = 0; w < 2; ++w) {
+    landed += std::stoi(Value(*wobs_[w], "SELECT count(*) FROM dist.\"Qualified\""));
+  }
+  EXPECT_EQ(landed, 100);
+  EXPECT_EQ(SqlState(s->Exec("SELECT * FROM connthrottle.distribute('SELECT 1', 'a.b.c.d')")),
+            "42601");
+}
+
+// distribute waits on the workers without blocking: with the target table
+// locked on a worker its COPY waits, and a query cancel still ends the call
+// (the workers' COPY is cancelled, every slot given back). It used to ignore
+// cancel and statement_timeout until the lock went away.
+TEST_F(PgExecutorTest, CancelEndsADistributeWaitingForALockedTable) {
+  for (int w = 0; w < 2; ++w) ASSERT_TRUE(wobs_[w]->Exec("CREATE TABLE locked_t(a int)").ok());
+  absl::StatusOr<std::unique_ptr<PgClient>> locker = workers_[0]->Connect();
+  ASSERT_TRUE(locker.ok()) << locker.status();
+  const Defer drop([this] {
+    for (auto& w : wobs_) {
+      if (w != nullptr) (void)w->Exec("DROP TABLE IF EXISTS locked_t");
+    }
+  });
+  ASSERT_TRUE((*locker)->Exec("BEGIN; LOCK TABLE locked_t").ok());
+  std::unique_ptr<PgClient> d = Connect();
+  ASSERT_NE(d, nullptr);
+  const std::string pid = Value(*d, "SELECT pg_backend_pid()");
+  AsyncQuery q(*d,
+               "SELECT sum(rows) FROM connthrottle.distribute("
+               "'SELECT g FROM generate_series(1, 1000) g', 'locked_t')");
+  // The coordinator's COPY waits for the lock on worker 1.
+  ASSERT_TRUE(PollUntil([&] {
+    return CoordinatorConnectionsOn(0, " AND wait_event_type = 'Lock'") == 1;
+  })) << "the COPY did not wait for the lock";
+  const Clock::time_point cancelled = Clock::now();
+  ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_cancel_backend(", pid, ")")), "t");
+  ASSERT_TRUE(q.WaitDone(std::chrono::seconds(20))) << "distribute ignored the cancel";
+  Report("cancel -> distribute (COPY waiting for a lock) returned",
+         absl::StrCat(Ms(q.ended() - cancelled), " ms"));
+  EXPECT_EQ(SqlState(q.result().status()), "57014") << q.result().status();
+  // Nothing is left waiting on the worker, and the lock holder can finish.
+  EXPECT_TRUE(PollUntil([&] { return CoordinatorConnectionsOn(0) == 0; }));
+  ASSERT_TRUE((*locker)->Exec("COMMIT").ok());
+  EXPECT_EQ(Value(*wobs_[0], "SELECT count(*) FROM locked_t"), "0");
+  EXPECT_EQ(Value(*d, "SELECT 1"), "1");
+}
+
+// connthrottle.node_conninfo adds allowed libpq keywords to every worker
+// connection, and a change applies to the next execution (idle connections
+// made with the old keywords are not reused).
+TEST_F(PgExecutorTest, NodeConninfoKeywordsApplyToWorkerConnections) {
+  std::unique_ptr<PgClient> s = Connect();
+  ASSERT_NE(s, nullptr);
+  const std::vector<TaskSpec> name = {
+      {Host(), Port(0), "SELECT current_setting('application_name')"}};
+  absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(*s, name);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->at(0).result, Cell("connthrottle")) << rows->at(0);
+
+  ASSERT_TRUE(s->Exec("SET connthrottle.node_conninfo = 'application_name=ct-probe'").ok());
+  rows = RunTasks(*s, name);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->at(0).result, Cell("ct-probe")) << rows->at(0);
+
+  // The workers do not speak TLS: sslmode=require fails every connection.
+  ASSERT_TRUE(s->Exec("SET connthrottle.node_conninfo = 'sslmode=require'").ok());
+  rows = RunTasks(*s, name);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_FALSE(rows->at(0).success) << rows->at(0);
+  EXPECT_EQ(rows->at(0).sqlstate, Cell("08001")) << rows->at(0);
+  EXPECT_THAT(rows->at(0).error.value_or(""), HasSubstr("SSL")) << rows->at(0);
+
+  // Keywords that choose where to connect or as whom are refused.
+  for (const char* bad : {"host=10.0.0.1", "port=1", "user=postgres", "passfile=/tmp/x",
+                          "options='-c x=y'", "service=s", "dbname=postgres"}) {
+    EXPECT_EQ(SqlState(s->Exec(absl::StrCat("SET connthrottle.node_conninfo = $$", bad, "$$"))),
+              "22023")
+        << bad;
+  }
+  ASSERT_TRUE(s->Exec("RESET connthrottle.node_conninfo").ok());
+  rows = RunTasks(*s, name);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->at(0).result, Cell("connthrottle")) << rows->at(0);
+}
+
 }  // namespace
 }  // namespace connthrottle::cluster

@@ -19,6 +19,7 @@
 #define CONNTHROTTLE_COPY_STREAM_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -68,6 +69,12 @@ class CopyStream {
 
   const std::vector<NodeAddress>& nodes() const { return nodes_; }
 
+  // Makes Send and Finish, which wait on the workers' sockets without
+  // blocking, look at `interrupted` at least every 10 ms and return
+  // Cancelled when it says so (the stream must then be destroyed, which
+  // cancels the workers' COPY). Without one, they wait as long as it takes.
+  void set_interrupt(std::function<bool()> interrupted) { interrupted_ = std::move(interrupted); }
+
  private:
   struct Target;
   CopyStream(AdaptiveExecutor& executor, std::vector<NodeAddress> nodes, std::string copy_sql);
@@ -79,6 +86,7 @@ class CopyStream {
   ReservationLedger ledger_;
   std::vector<std::unique_ptr<Target>> targets_;
   bool finished_ = false;
+  std::function<bool()> interrupted_;
 };
 
 }  // namespace connthrottle

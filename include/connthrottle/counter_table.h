@@ -205,6 +205,9 @@ class CounterTable {
   // The busy keys, each read consistently.
   std::vector<KeyStats> Snapshot() const;
   TableStats Stats() const;
+  // TableStats::full_table_events alone: one atomic load, for callers that
+  // look after every acquire whether the table was full meanwhile.
+  uint64_t FullTableEvents() const;
 
   // The slots `key` holds now (0 when it is not busy).
   uint32_t ConnectionCount(const NodeKey& key) const;

@@ -439,15 +439,17 @@ struct ExecutionRun {
           r.command_tag = PQcmdStatus(res);
           break;
         case PGRES_COPY_IN:
-          PQputCopyEnd(c.pg, "COPY is not supported in tasks");
-          break;
         case PGRES_COPY_OUT:
-        case PGRES_COPY_BOTH:
-          if (r.status.ok()) {
-            r.status = absl::UnimplementedError("COPY TO is not supported in tasks");
-            r.sqlstate = "0A000";  // feature_not_supported
-          }
-          break;
+        case PGRES_COPY_BOTH: {
+          // libpq hands back the COPY state again at every PQgetResult until
+          // the COPY is ended; a task has no rows to send or place for rows
+          // streamed back. The task fails and its connection is closed (the
+          // worker's COPY cancelled first, so that it stops at once).
+          const ExecStatusType copy = PQresultStatus(res);
+          PQclear(res);
+          FailCopy(pool, c, copy);
+          return;
+        }
         default: {
           const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
           if (r.status.ok()) {
@@ -459,6 +461,33 @@ struct ExecutionRun {
       }
       PQclear(res);
     }
+  }
+
+  // A task entered COPY: the task fails with 0A000, the worker's COPY is
+  // cancelled and the connection is broken (closed by ReapBroken).
+  void FailCopy(Pool& pool, Connection& c, ExecStatusType copy) {
+    const int t = c.task;
+    if (copy != PGRES_COPY_IN) {
+      if (PGcancel* cancel = PQgetCancel(c.pg)) {
+        char error[256];
+        PQcancel(cancel, error, sizeof(error));
+        PQfreeCancel(cancel);
+      }
+    } else {
+      PQputCopyEnd(c.pg, "COPY FROM STDIN is not supported in connthrottle tasks");
+      PQflush(c.pg);
+    }
+    c.task = -1;
+    c.state = State::kBroken;
+    results[t].run = absl::Now() - run_started_[t];
+    const char* what = copy == PGRES_COPY_IN    ? "COPY FROM STDIN"
+                       : copy == PGRES_COPY_OUT ? "COPY TO STDOUT"
+                                                : "COPY BOTH (replication)";
+    Finish(t,
+           absl::UnimplementedError(absl::StrCat("node ", pool.node.ToString(), ": ", what,
+                                                 " is not supported in tasks; the connection "
+                                                 "was closed")),
+           "0A000");  // feature_not_supported
   }
 
   void Connecting(Pool& pool, Connection& c) {

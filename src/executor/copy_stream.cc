@@ -1,6 +1,7 @@
 #include "connthrottle/copy_stream.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <algorithm>
 #include <numeric>
@@ -15,6 +16,52 @@ namespace {
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
+}
+
+// How often a wait on a worker's socket looks at the interrupt check.
+constexpr int kTickMs = 10;
+
+// Waits until `pg`'s socket is ready for `events`, `interrupted()` says stop
+// (Cancelled), or `deadline` passes (DeadlineExceeded).
+absl::Status WaitSocket(PGconn* pg, short events, const std::function<bool()>& interrupted,
+                        absl::Time deadline) {
+  for (;;) {
+    if (interrupted && interrupted()) return absl::CancelledError("the COPY was cancelled");
+    const absl::Time now = absl::Now();
+    if (now >= deadline) return absl::DeadlineExceededError("timed out");
+    pollfd p{PQsocket(pg), events, 0};
+    if (p.fd < 0) return absl::UnavailableError("no socket");
+    // (deadline may be InfiniteFuture: no arithmetic on the raw figure.)
+    const int64_t left = absl::ToInt64Milliseconds(deadline - now);
+    const int wait = left >= kTickMs ? kTickMs : static_cast<int>(left) + 1;
+    if (poll(&p, 1, wait) > 0) return absl::OkStatus();
+  }
+}
+
+// Flushes what libpq has queued on a non-blocking connection.
+absl::Status FlushAll(PGconn* pg, const std::function<bool()>& interrupted) {
+  for (;;) {
+    const int r = PQflush(pg);
+    if (r == 0) return absl::OkStatus();
+    if (r < 0) return absl::UnavailableError(Trim(PQerrorMessage(pg)));
+    // Reading too: the worker may be sending an error while we write.
+    if (absl::Status s = WaitSocket(pg, POLLOUT | POLLIN, interrupted, absl::InfiniteFuture());
+        !s.ok()) {
+      return s;
+    }
+    if (!PQconsumeInput(pg)) return absl::UnavailableError(Trim(PQerrorMessage(pg)));
+  }
+}
+
+// The next result of a non-blocking connection, waiting for it on the socket.
+absl::StatusOr<PGresult*> NextResult(PGconn* pg, const std::function<bool()>& interrupted) {
+  while (PQisBusy(pg)) {
+    if (absl::Status s = WaitSocket(pg, POLLIN, interrupted, absl::InfiniteFuture()); !s.ok()) {
+      return s;
+    }
+    if (!PQconsumeInput(pg)) return absl::UnavailableError(Trim(PQerrorMessage(pg)));
+  }
+  return PQgetResult(pg);
 }
 
 }  // namespace
@@ -111,9 +158,28 @@ absl::Status CopyStream::Open(Target& target) {
     params.Set("connect_timeout",
                std::to_string(
                    std::max<int64_t>(1, absl::ToInt64Seconds(executor_.options_.connect_timeout))));
-    c->pg = PQconnectdbParams(params.keywords(), params.values(), 0);
+    c->pg = PQconnectStartParams(params.keywords(), params.values(), 0);
+    // Connect without blocking, looking at interrupts every tick.
+    const absl::Time deadline = c->connect_started + executor_.options_.connect_timeout;
+    absl::Status waited = absl::OkStatus();
+    for (PostgresPollingStatusType poll_status = PGRES_POLLING_WRITING;
+         c->pg != nullptr && PQstatus(c->pg) != CONNECTION_BAD && poll_status != PGRES_POLLING_OK &&
+         poll_status != PGRES_POLLING_FAILED;) {
+      waited = WaitSocket(c->pg, poll_status == PGRES_POLLING_READING ? POLLIN : POLLOUT,
+                          interrupted_, deadline);
+      if (!waited.ok()) break;
+      poll_status = PQconnectPoll(c->pg);
+    }
+    if (absl::IsCancelled(waited)) {
+      std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> one;
+      one.push_back(std::move(c));
+      CloseAll(std::move(one), absl::ZeroDuration());
+      return waited;
+    }
     if (c->pg == nullptr || PQstatus(c->pg) != CONNECTION_OK) {
-      std::string why = c->pg != nullptr ? Trim(PQerrorMessage(c->pg)) : "out of memory";
+      std::string why = c->pg == nullptr ? "out of memory"
+                        : waited.ok()    ? Trim(PQerrorMessage(c->pg))
+                                         : "timed out (node_connection_timeout)";
       c->state = AdaptiveExecutor::Connection::State::kBroken;
       std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> one;
       one.push_back(std::move(c));
@@ -127,16 +193,27 @@ absl::Status CopyStream::Open(Target& target) {
     target.conn = std::move(c);
   }
   PGconn* pg = target.conn->pg;
-  PQsetnonblocking(pg, 0);
-  PGresult* res = PQexec(pg, copy_sql_.c_str());
-  const bool ok = res != nullptr && PQresultStatus(res) == PGRES_COPY_IN;
-  std::string why = res != nullptr ? Trim(PQresultErrorMessage(res)) : Trim(PQerrorMessage(pg));
-  PQclear(res);
+  // Non-blocking from here on: the COPY may wait for a lock on the worker,
+  // and its rows for the worker to read them; every wait looks at
+  // interrupts.
+  PQsetnonblocking(pg, 1);
+  target.conn->state = AdaptiveExecutor::Connection::State::kBusy;
+  if (!PQsendQuery(pg, copy_sql_.c_str())) {
+    return absl::UnavailableError(
+        absl::StrCat("node ", target.node.ToString(), ": ", Trim(PQerrorMessage(pg))));
+  }
+  target.in_copy = true;  // from here on, an abandoned stream cancels it
+  if (absl::Status s = FlushAll(pg, interrupted_); !s.ok()) return s;
+  absl::StatusOr<PGresult*> res = NextResult(pg, interrupted_);
+  if (!res.ok()) return res.status();
+  const bool ok = *res != nullptr && PQresultStatus(*res) == PGRES_COPY_IN;
+  std::string why = *res != nullptr ? Trim(PQresultErrorMessage(*res)) : Trim(PQerrorMessage(pg));
+  PQclear(*res);
   if (!ok) {
+    target.in_copy = false;
+    target.conn->state = AdaptiveExecutor::Connection::State::kBroken;
     return absl::UnknownError(absl::StrCat("node ", target.node.ToString(), ": ", why));
   }
-  target.conn->state = AdaptiveExecutor::Connection::State::kBusy;
-  target.in_copy = true;
   return absl::OkStatus();
 }
 
@@ -151,7 +228,19 @@ absl::Status CopyStream::Send(size_t node, std::string_view row) {
     target.status = Open(target);
     if (!target.status.ok()) return target.status;
   }
-  if (PQputCopyData(target.conn->pg, row.data(), static_cast<int>(row.size())) != 1) {
+  for (;;) {
+    const int put = PQputCopyData(target.conn->pg, row.data(), static_cast<int>(row.size()));
+    if (put == 1) break;
+    if (put == 0) {  // libpq's buffer is full: wait until the worker reads
+      if (absl::Status s = FlushAll(target.conn->pg, interrupted_); !s.ok()) {
+        if (absl::IsCancelled(s)) return s;
+        target.status = absl::UnavailableError(
+            absl::StrCat("sending a row to node ", target.node.ToString(), ": ", s.message()));
+        target.conn->state = AdaptiveExecutor::Connection::State::kBroken;
+        return target.status;
+      }
+      continue;
+    }
     target.status =
         absl::UnavailableError(absl::StrCat("sending a row to node ", target.node.ToString(), ": ",
                                             Trim(PQerrorMessage(target.conn->pg))));
@@ -171,11 +260,25 @@ absl::StatusOr<std::vector<CopyStream::NodeResult>> CopyStream::Finish() {
     NodeResult r{target->node, target->rows, target->in_copy, target->status, ""};
     if (target->in_copy && target->status.ok()) {
       PGconn* pg = target->conn->pg;
-      if (PQputCopyEnd(pg, nullptr) != 1) {
-        r.status = absl::UnavailableError(absl::StrCat(
-            "ending COPY on node ", target->node.ToString(), ": ", Trim(PQerrorMessage(pg))));
+      absl::Status ended = PQputCopyEnd(pg, nullptr) == 1
+                               ? FlushAll(pg, interrupted_)
+                               : absl::UnavailableError(Trim(PQerrorMessage(pg)));
+      if (absl::IsCancelled(ended)) {
+        finished_ = false;  // the destructor cancels what is still open
+        return ended;
       }
-      while (PGresult* res = PQgetResult(pg)) {
+      if (!ended.ok()) {
+        r.status = absl::UnavailableError(
+            absl::StrCat("ending COPY on node ", target->node.ToString(), ": ", ended.message()));
+      }
+      for (;;) {
+        absl::StatusOr<PGresult*> next = NextResult(pg, interrupted_);
+        if (absl::IsCancelled(next.status())) {
+          finished_ = false;
+          return next.status();
+        }
+        if (!next.ok() || *next == nullptr) break;
+        PGresult* res = *next;
         if (PQresultStatus(res) == PGRES_COMMAND_OK) {
           r.command_tag = PQcmdStatus(res);
         } else if (r.status.ok()) {
@@ -205,8 +308,14 @@ CopyStream::~CopyStream() {
   for (auto& target : targets_) {
     if (target->conn == nullptr) continue;
     if (!finished_ && target->in_copy) {
-      PQputCopyEnd(target->conn->pg, "COPY abandoned by connthrottle");
-      while (PGresult* res = PQgetResult(target->conn->pg)) PQclear(res);
+      // Without blocking: cancel the worker's COPY (which may be waiting for
+      // a lock and read nothing), then close; CloseAll waits a bounded time
+      // for the worker backend to go.
+      if (PGcancel* cancel = PQgetCancel(target->conn->pg)) {
+        char error[256];
+        PQcancel(cancel, error, sizeof(error));
+        PQfreeCancel(cancel);
+      }
     }
     closing.push_back(std::move(target->conn));
   }

@@ -12,9 +12,16 @@ extern "C" {
 // clang-format off
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "utils/snapmgr.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "catalog/pg_type.h"
@@ -29,6 +36,7 @@ extern "C" {
 #include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/regproc.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -74,6 +82,92 @@ const char* TextArg(FunctionCallInfo fcinfo, int n, const char* name) {
 int32 IntArg(FunctionCallInfo fcinfo, int n, const char* name) {
   RequireNotNull(fcinfo, n, name);
   return PG_GETARG_INT32(n);
+}
+
+// A node's host as counters and connections use it: host names and
+// addresses in lower case without trailing dots, so that "W1", "w1." and
+// "w1" share one counter; a Unix-socket directory (starting with '/') as
+// given. A libpq host list ("a,b") would let one node's slot cover
+// connections to several, so it is refused.
+char* CanonicalHost(char* host) {
+  if (strchr(host, ',') != nullptr) {
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("connthrottle: host \"%s\" is a list of hosts", host),
+                    errhint("Give one host per node.")));
+  }
+  if (host[0] == '/') return host;
+  for (char* p = host; *p != '\0'; ++p) *p = pg_ascii_tolower(static_cast<unsigned char>(*p));
+  size_t n = strlen(host);
+  while (n > 1 && host[n - 1] == '.') host[--n] = '\0';
+  return host;
+}
+
+const char* HostArg(FunctionCallInfo fcinfo, int n) {
+  RequireNotNull(fcinfo, n, "host");
+  return CanonicalHost(text_to_cstring(PG_GETARG_TEXT_PP(n)));
+}
+
+// The nodes of connthrottle.worker_node, read directly (the caller need not
+// have SELECT on it: the check below is what protects it).
+struct CatalogNode {
+  char* host;
+  int32 port;
+};
+
+int ReadCatalog(CatalogNode** out) {
+  Oid relid = RangeVarGetRelid(
+      makeRangeVar(const_cast<char*>("connthrottle"), const_cast<char*>("worker_node"), -1),
+      AccessShareLock, false);
+  Relation rel = table_open(relid, AccessShareLock);
+  TupleDesc desc = RelationGetDescr(rel);
+  const int host_att = 2, port_att = 3;  // node_id, host, port, added_at
+  if (desc->natts < port_att ||
+      strcmp(NameStr(TupleDescAttr(desc, host_att - 1)->attname), "host") != 0 ||
+      strcmp(NameStr(TupleDescAttr(desc, port_att - 1)->attname), "port") != 0) {
+    elog(ERROR, "connthrottle: connthrottle.worker_node does not have the expected columns");
+  }
+  Snapshot snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+  SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, snapshot, 0, nullptr);
+  int count = 0, size = 16;
+  *out = static_cast<CatalogNode*>(palloc(sizeof(CatalogNode) * size));
+  while (HeapTuple tuple = systable_getnext(scan)) {
+    bool host_null = false, port_null = false;
+    Datum host = heap_getattr(tuple, host_att, desc, &host_null);
+    Datum port = heap_getattr(tuple, port_att, desc, &port_null);
+    if (host_null || port_null) continue;
+    if (count == size) {
+      size *= 2;
+      *out = static_cast<CatalogNode*>(repalloc(*out, sizeof(CatalogNode) * size));
+    }
+    (*out)[count++] = {TextDatumGetCString(host), DatumGetInt32(port)};
+  }
+  systable_endscan(scan);
+  table_close(rel, AccessShareLock);
+  return count;
+}
+
+bool InCatalog(const CatalogNode* catalog, int n, const char* host, int32 port) {
+  for (int i = 0; i < n; ++i) {
+    if (catalog[i].port == port && strcmp(catalog[i].host, host) == 0) return true;
+  }
+  return false;
+}
+
+// Connections to nodes are made with the server's OS user's credentials
+// (~/.pgpass, client certificates, Kerberos, trust rules): a role that is
+// not a superuser may only reach the nodes a superuser put in the catalog.
+void RequireCatalogNodes(const connthrottle::pg::NodeRef* nodes, int count, const char* what) {
+  if (superuser()) return;
+  CatalogNode* catalog = nullptr;
+  const int n = ReadCatalog(&catalog);
+  for (int i = 0; i < count; ++i) {
+    if (!InCatalog(catalog, n, nodes[i].host, nodes[i].port)) {
+      ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                      errmsg("connthrottle: node %s:%d is not in connthrottle.worker_node",
+                             nodes[i].host, nodes[i].port),
+                      errdetail("Only superusers may %s on nodes outside the catalog.", what)));
+    }
+  }
 }
 
 Oid DatabaseArg(FunctionCallInfo fcinfo, int n) {
@@ -157,9 +251,44 @@ int ActiveClientBackends() {
   return count;
 }
 
+// Full-table events seen when this backend last looked, and when it last
+// warned (0: never).
+uint64 full_table_events_seen = 0;
+TimestampTz uncounted_warned_at = 0;
+
 void BeginSlotWork() {
   RequireTable();
   connthrottle::pg::EnsureBackendExitCallback();
+  full_table_events_seen = connthrottle::pg::FullTableEvents();
+}
+
+// After a call that may have taken slots: when the table was full meanwhile
+// and connections went through uncounted (full_table_policy
+// admit_uncounted), says so with a WARNING, at most once a minute per
+// backend. The common case costs one atomic load.
+void WarnIfUncounted() {
+  const uint64 events = connthrottle::pg::FullTableEvents();
+  if (events == full_table_events_seen) return;
+  full_table_events_seen = events;
+  const TimestampTz now = GetCurrentTimestamp();
+  if (uncounted_warned_at != 0 &&
+      !TimestampDifferenceExceeds(uncounted_warned_at, now, 60 * 1000)) {
+    return;
+  }
+  connthrottle::pg::TableRow t{};
+  if (!connthrottle::pg::TableStatistics(&t).ok() || t.uncounted_in_use == 0) return;
+  uncounted_warned_at = now;
+  ereport(WARNING,
+          (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+           errmsg("connthrottle: %llu connections to worker nodes are not counted",
+                  static_cast<unsigned long long>(t.uncounted_in_use)),
+           errdetail("All %u entries of the shared table (connthrottle.max_tracked_nodes) are "
+                     "busy and connthrottle.full_table_policy is 'admit_uncounted', so these "
+                     "connections bypass every limit.",
+                     t.capacity),
+           errhint("Raise connthrottle.max_tracked_nodes (needs a restart), or set "
+                   "connthrottle.full_table_policy to 'refuse'. This warning is repeated at "
+                   "most once a minute per session.")));
 }
 
 // The executor's interrupt check: only what will raise an error (cancel,
@@ -175,17 +304,27 @@ void RaiseExecutorInterrupt(Settings* settings) {
           (errcode(ERRCODE_QUERY_CANCELED), errmsg("connthrottle: the execution was interrupted")));
 }
 
+// An error RunLocalTask caught outside a subtransaction of its own (starting
+// the subtransaction failed): the execution is stopped and the glue raises it
+// again once the C++ frames have returned. nullptr when none.
+ErrorData* local_task_error = nullptr;
+
 // Runs one task in this backend (local-execution failover) inside an internal
 // subtransaction, as PL/pgSQL's exception blocks do: every error is caught,
 // the subtransaction rolled back, and the error described in `out`, so that
-// nothing ever unwinds through the C++ executor that called this.
+// nothing ever unwinds through the C++ executor that called this. Starting
+// the subtransaction is inside the PG_TRY too: an error there cannot be
+// rolled back here, so it is kept in local_task_error and the execution
+// stopped (out->abort_call); run_tasks raises it after the executor returned.
 void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
   MemoryContext oldcontext = CurrentMemoryContext;
   ResourceOwner oldowner = CurrentResourceOwner;
-  BeginInternalSubTransaction(nullptr);
-  MemoryContextSwitchTo(oldcontext);
+  volatile bool in_subtransaction = false;
   PG_TRY();
   {
+    BeginInternalSubTransaction(nullptr);
+    in_subtransaction = true;
+    MemoryContextSwitchTo(oldcontext);
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
     int rc = SPI_execute(sql, false, 0);
     if (rc < 0) elog(ERROR, "connthrottle: SPI_execute failed: %s", SPI_result_code_string(rc));
@@ -226,6 +365,7 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
     }
     SPI_finish();
     ReleaseCurrentSubTransaction();
+    in_subtransaction = false;
     MemoryContextSwitchTo(oldcontext);
     CurrentResourceOwner = oldowner;
     out->ok = true;
@@ -235,6 +375,16 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
     MemoryContextSwitchTo(oldcontext);
     ErrorData* edata = CopyErrorData();
     FlushErrorState();
+    if (!in_subtransaction) {
+      // Nothing to roll back to here: stop the execution, raise it later.
+      local_task_error = edata;
+      out->abort_call = true;
+      out->cancelled = true;
+      strlcpy(out->message, edata->message != nullptr ? edata->message : "error",
+              sizeof(out->message));
+      out->ok = false;
+      return;
+    }
     RollbackAndReleaseCurrentSubTransaction();
     MemoryContextSwitchTo(oldcontext);
     CurrentResourceOwner = oldowner;
@@ -260,6 +410,13 @@ void DatabaseName(Oid db, Datum* value, bool* isnull) {
 void TextOrNull(const char* text, Datum* value, bool* isnull) {
   *isnull = text == nullptr;
   *value = text != nullptr ? CStringGetTextDatum(text) : Datum{0};
+}
+
+// Text from a worker, checked to be valid in this database's encoding before
+// it becomes a datum (workers are asked for it in that encoding).
+void VerifiedTextOrNull(const char* text, Datum* value, bool* isnull) {
+  if (text != nullptr) pg_verifymbstr(text, static_cast<int>(strlen(text)), false);
+  TextOrNull(text, value, isnull);
 }
 
 // An interval of `us` microseconds.
@@ -325,7 +482,7 @@ int NodeArrays(FunctionCallInfo fcinfo, int hosts_arg, int ports_arg, int comman
     *commands = static_cast<const char**>(palloc(sizeof(char*) * (nhosts > 0 ? nhosts : 1)));
   }
   for (int i = 0; i < nhosts; ++i) {
-    (*nodes)[i].host = TextDatumGetCString(host_values[i]);
+    (*nodes)[i].host = CanonicalHost(TextDatumGetCString(host_values[i]));
     (*nodes)[i].port = DatumGetInt32(port_values[i]);
     if (commands != nullptr) (*commands)[i] = TextDatumGetCString(cmd_values[i]);
   }
@@ -336,6 +493,7 @@ connthrottle::pg::ExecutorSettings ExecutorSettingsNow() {
   connthrottle::pg::ExecutorSettings e = connthrottle::pg::CurrentExecutorSettings();
   e.database = get_database_name(MyDatabaseId);
   e.user = GetUserNameFromId(GetUserId(), false);
+  e.client_encoding = GetDatabaseEncodingName();
   return e;
 }
 
@@ -405,7 +563,7 @@ Datum connthrottle_assert_preloaded(PG_FUNCTION_ARGS) {
 
 // try_acquire(host text, port int, database name) returns boolean
 Datum connthrottle_try_acquire(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   BeginSlotWork();
@@ -414,12 +572,13 @@ Datum connthrottle_try_acquire(PG_FUNCTION_ARGS) {
   Outcome o = connthrottle::pg::TryAcquire(host, port, database, settings, ActiveClientBackends(),
                                            &acquired);
   Raise(o);
+  WarnIfUncounted();
   PG_RETURN_BOOL(acquired);
 }
 
 // acquire(host text, port int, database name, timeout interval) returns void
 Datum connthrottle_acquire(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   BeginSlotWork();
@@ -429,22 +588,29 @@ Datum connthrottle_acquire(PG_FUNCTION_ARGS) {
     return connthrottle::pg::AcquireWaiting(host, port, database, now, ActiveClientBackends(), wait,
                                             InterruptCheck);
   });
+  WarnIfUncounted();
   PG_RETURN_VOID();
 }
 
 // force_acquire(host text, port int, database name) returns void
 Datum connthrottle_force_acquire(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  // A forced slot ignores the limit: not for roles that merely run tasks.
+  if (!superuser()) {
+    ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                    errmsg("connthrottle: only superusers may force_acquire")));
+  }
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   BeginSlotWork();
   Raise(connthrottle::pg::AcquireForced(host, port, database, connthrottle::pg::CurrentSettings()));
+  WarnIfUncounted();
   PG_RETURN_VOID();
 }
 
 // release(host text, port int, database name) returns boolean
 Datum connthrottle_release(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   RequireTable();
@@ -490,12 +656,13 @@ Datum connthrottle_reserve(PG_FUNCTION_ARGS) {
     return connthrottle::pg::Reserve(nodes, nhosts, database, GetUserId(), now,
                                      ActiveClientBackends(), wait, InterruptCheck, &reserved);
   });
+  WarnIfUncounted();
   PG_RETURN_INT32(reserved);
 }
 
 // try_reserve(host text, port int, database name) returns boolean
 Datum connthrottle_try_reserve(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   BeginSlotWork();
@@ -503,12 +670,13 @@ Datum connthrottle_try_reserve(PG_FUNCTION_ARGS) {
   Raise(connthrottle::pg::TryReserve(host, port, database, GetUserId(),
                                      connthrottle::pg::CurrentSettings(), ActiveClientBackends(),
                                      &reserved));
+  WarnIfUncounted();
   PG_RETURN_BOOL(reserved);
 }
 
 // use_reservation(host text, port int, database name) returns boolean
 Datum connthrottle_use_reservation(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
   Oid database = DatabaseArg(fcinfo, 2);
   RequireTable();
@@ -615,20 +783,55 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
 
 // is_local_node(host text, port int) returns boolean
 Datum connthrottle_is_local_node(PG_FUNCTION_ARGS) {
-  const char* host = TextArg(fcinfo, 0, "host");
+  const char* host = HostArg(fcinfo, 0);
   int32 port = IntArg(fcinfo, 1, "port");
+  // Resolving a name may send it to a DNS server: only catalog nodes, unless
+  // a superuser asks.
+  connthrottle::pg::NodeRef node{host, port};
+  RequireCatalogNodes(&node, 1, "call is_local_node");
   bool local = false;
   Raise(connthrottle::pg::IsLocalNode(host, port, connthrottle::pg::CurrentSettings(), &local));
   PG_RETURN_BOOL(local);
 }
 
-// run_tasks(hosts text[], ports int[], commands text[]) returns setof (task,
-// host, port, success, result, sqlstate, error, ran_locally, connection, rows,
-// queued, run)
+// How many run_tasks or distribute calls of this session are running. The
+// executor, its connections and the rows of a call belong to the session, so
+// a call made from inside another one (a task that runs locally calling
+// run_tasks, distribute's query calling it) is refused instead of taking
+// them over.
+int executor_calls = 0;
+
+void RequireNoExecutorCall(const char* function) {
+  if (executor_calls == 0) return;
+  ereport(ERROR,
+          (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+           errmsg("connthrottle: %s cannot be called while run_tasks or distribute runs in this "
+                  "session",
+                  function),
+           errdetail("A task that ran locally, or the query of distribute, called it.")));
+}
+
+// A SQLSTATE given as five characters, packed; `fallback` for anything else.
+int PackedSqlstate(const char* state, int fallback) {
+  if (state == nullptr || strlen(state) != 5) return fallback;
+  for (int i = 0; i < 5; ++i) {
+    if (!isdigit(static_cast<unsigned char>(state[i])) && !(state[i] >= 'A' && state[i] <= 'Z')) {
+      return fallback;
+    }
+  }
+  return MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
+}
+
+// run_tasks(hosts text[], ports int[], commands text[], raise_on_error
+// boolean) returns setof (task, host, port, success, result, sqlstate, error,
+// ran_locally, connection, rows, queued, run)
 Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
+  RequireNoExecutorCall("run_tasks");
+  const bool raise_on_error = PG_NARGS() > 3 && !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
   connthrottle::pg::NodeRef* nodes = nullptr;
   const char** commands = nullptr;
   const int count = NodeArrays(fcinfo, 0, 1, 2, &nodes, &commands);
+  RequireCatalogNodes(nodes, count, "run tasks");
   auto* tasks = static_cast<connthrottle::pg::TaskSpec*>(
       palloc(sizeof(connthrottle::pg::TaskSpec) * (count > 0 ? count : 1)));
   for (int i = 0; i < count; ++i) tasks[i] = {nodes[i].host, nodes[i].port, commands[i]};
@@ -637,22 +840,42 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
   connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
   const connthrottle::pg::TaskRow* rows = nullptr;
   pgstat_report_wait_start(PG_WAIT_EXTENSION);
+  // RunTasks never raises (RunLocalTask catches every error): the counter
+  // needs no PG_TRY.
+  ++executor_calls;
+  local_task_error = nullptr;
   Outcome o = connthrottle::pg::RunTasks(tasks, count, MyDatabaseId, settings, executor,
                                          ActiveClientBackends(), ExecutorInterruptCheck,
                                          RunLocalTask, &rows);
+  --executor_calls;
   pgstat_report_wait_end();
+  if (local_task_error != nullptr) {
+    ErrorData* edata = local_task_error;
+    local_task_error = nullptr;
+    ReThrowError(edata);
+  }
   if (o.interrupted) RaiseExecutorInterrupt(&settings);
   Raise(o);
+  WarnIfUncounted();
+  if (raise_on_error) {
+    for (int i = 0; i < count; ++i) {
+      if (rows[i].success) continue;
+      ereport(ERROR, (errcode(PackedSqlstate(rows[i].sqlstate, ERRCODE_CONNECTION_FAILURE)),
+                      errmsg("%s", rows[i].error != nullptr ? rows[i].error : "task failed"),
+                      errcontext("connthrottle.run_tasks task %d on %s:%d", i + 1, rows[i].host,
+                                 rows[i].port)));
+    }
+  }
   return ReturnRows<12>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     const connthrottle::pg::TaskRow& r = rows[i];
     values[0] = Int32GetDatum(i + 1);
     values[1] = CStringGetTextDatum(r.host);
     values[2] = Int32GetDatum(r.port);
     values[3] = BoolGetDatum(r.success);
-    TextOrNull(r.result, &values[4], &nulls[4]);
+    VerifiedTextOrNull(r.result, &values[4], &nulls[4]);
     TextOrNull(r.sqlstate != nullptr && r.sqlstate[0] != '\0' ? r.sqlstate : nullptr, &values[5],
                &nulls[5]);
-    TextOrNull(r.error, &values[6], &nulls[6]);
+    VerifiedTextOrNull(r.error, &values[6], &nulls[6]);
     values[7] = BoolGetDatum(r.ran_locally);
     nulls[8] = r.connection < 0;
     values[8] = Int32GetDatum(r.connection);
@@ -662,69 +885,105 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
   });
 }
 
+// A distribute step that stopped on an interrupt raises it (cancel,
+// statement_timeout, termination); the end of the transaction then abandons
+// the stream, cancelling the workers' COPY.
+static void RaiseDistributeOutcome(Settings* settings, const Outcome& o) {
+  if (o.interrupted) RaiseExecutorInterrupt(settings);
+  Raise(o);
+}
+
 // distribute(query text, target_table text, hosts text[], ports int[]) returns
 // setof (host, port, rows, success, error): streams the query's rows with
 // COPY into target_table on the nodes, each row to the node its first
 // column's hash picks, with a slot reserved per node up front.
 Datum connthrottle_distribute(PG_FUNCTION_ARGS) {
+  RequireNoExecutorCall("distribute");
   const char* query = TextArg(fcinfo, 0, "query");
   const char* target = TextArg(fcinfo, 1, "target_table");
   connthrottle::pg::NodeRef* nodes = nullptr;
   const int count = NodeArrays(fcinfo, 2, 3, -1, &nodes, nullptr);
+  RequireCatalogNodes(nodes, count, "distribute rows");
   if (count == 0) {
     ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                     errmsg("connthrottle: distribute needs at least one node")));
   }
-  const char* copy_sql = psprintf("COPY %s FROM STDIN", quote_identifier(target));
+  // The target is a table name as SQL writes it: "public.t", "t",
+  // '"Mixed Case"'; each part quoted for the COPY command.
+  char* schema_name = nullptr;
+  char* table_name = nullptr;
+  DeconstructQualifiedName(stringToQualifiedNameList(target), &schema_name, &table_name);
+  const char* copy_sql =
+      psprintf("COPY %s FROM STDIN", quote_qualified_identifier(schema_name, table_name));
   BeginSlotWork();
-  Settings settings = connthrottle::pg::CurrentSettings();
-  connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
-  connthrottle::pg::Wait wait =
-      connthrottle::pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
-  WaitInterruptibly(&settings, [&](const Settings& now) {
-    return connthrottle::pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, now, executor,
-                                             ActiveClientBackends(), wait, InterruptCheck);
-  });
-  // Rows are sent as the cursor yields them; an error ends the transaction,
-  // whose end abandons the distribution (the workers roll their COPY back).
-  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
-  SPIPlanPtr plan = SPI_prepare(query, 0, nullptr);
-  if (plan == nullptr) {
-    elog(ERROR, "connthrottle: cannot prepare query: %s", SPI_result_code_string(SPI_result));
-  }
-  Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, true);
-  StringInfoData line;
-  initStringInfo(&line);
-  for (;;) {
-    SPI_cursor_fetch(portal, true, 1000);
-    if (SPI_processed == 0) break;
-    TupleDesc desc = SPI_tuptable->tupdesc;
-    for (uint64 r = 0; r < SPI_processed; ++r) {
-      CHECK_FOR_INTERRUPTS();
-      resetStringInfo(&line);
-      HeapTuple tuple = SPI_tuptable->vals[r];
-      char* first = desc->natts > 0 ? SPI_getvalue(tuple, desc, 1) : nullptr;
-      for (int col = 1; col <= desc->natts; ++col) {
-        if (col > 1) appendStringInfoChar(&line, '\t');
-        AppendCopyValue(&line, col == 1 ? first : SPI_getvalue(tuple, desc, col));
-      }
-      appendStringInfoChar(&line, '\n');
-      Raise(connthrottle::pg::DistributeOne(NodeForRow(first, count), line.data,
-                                            static_cast<size_t>(line.len)));
-    }
-    SPI_freetuptable(SPI_tuptable);
-  }
-  SPI_cursor_close(portal);
-  SPI_finish();
   const connthrottle::pg::DistributeRow* rows = nullptr;
   int nrows = 0;
-  Raise(connthrottle::pg::FinishDistribute(&rows, &nrows));
+  ++executor_calls;
+  PG_TRY();
+  {
+    Settings settings = connthrottle::pg::CurrentSettings();
+    connthrottle::pg::ExecutorSettings executor = ExecutorSettingsNow();
+    connthrottle::pg::Wait wait =
+        connthrottle::pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
+    WaitInterruptibly(&settings, [&](const Settings& now) {
+      return connthrottle::pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, now, executor,
+                                               ActiveClientBackends(), wait, InterruptCheck,
+                                               ExecutorInterruptCheck);
+    });
+    // Rows are sent as the cursor yields them; an error ends the transaction,
+    // whose end abandons the distribution (the workers roll their COPY back).
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
+    SPIPlanPtr plan = SPI_prepare(query, 0, nullptr);
+    if (plan == nullptr) {
+      elog(ERROR, "connthrottle: cannot prepare query: %s", SPI_result_code_string(SPI_result));
+    }
+    Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, true);
+    StringInfoData line;
+    initStringInfo(&line);
+    // The output functions' strings of one batch of rows, freed after it.
+    MemoryContext batch = AllocSetContextCreate(
+        CurrentMemoryContext, "connthrottle distribute batch", ALLOCSET_DEFAULT_SIZES);
+    for (;;) {
+      SPI_cursor_fetch(portal, true, 1000);
+      if (SPI_processed == 0) break;
+      TupleDesc desc = SPI_tuptable->tupdesc;
+      MemoryContext outer = MemoryContextSwitchTo(batch);
+      for (uint64 r = 0; r < SPI_processed; ++r) {
+        CHECK_FOR_INTERRUPTS();
+        resetStringInfo(&line);
+        HeapTuple tuple = SPI_tuptable->vals[r];
+        char* first = desc->natts > 0 ? SPI_getvalue(tuple, desc, 1) : nullptr;
+        for (int col = 1; col <= desc->natts; ++col) {
+          if (col > 1) appendStringInfoChar(&line, '\t');
+          AppendCopyValue(&line, col == 1 ? first : SPI_getvalue(tuple, desc, col));
+        }
+        appendStringInfoChar(&line, '\n');
+        RaiseDistributeOutcome(&settings,
+                               connthrottle::pg::DistributeOne(NodeForRow(first, count), line.data,
+                                                               static_cast<size_t>(line.len)));
+      }
+      MemoryContextSwitchTo(outer);
+      MemoryContextReset(batch);
+      SPI_freetuptable(SPI_tuptable);
+    }
+    SPI_cursor_close(portal);
+    SPI_finish();
+    RaiseDistributeOutcome(&settings, connthrottle::pg::FinishDistribute(&rows, &nrows));
+  }
+  PG_CATCH();
+  {
+    --executor_calls;
+    PG_RE_THROW();
+  }
+  PG_END_TRY();
+  --executor_calls;
+  WarnIfUncounted();
   return ReturnRows<5>(fcinfo, nrows, [&](int i, Datum* values, bool* nulls) {
     values[0] = CStringGetTextDatum(rows[i].host);
     values[1] = Int32GetDatum(rows[i].port);
     values[2] = Int64GetDatum(rows[i].rows);
     values[3] = BoolGetDatum(rows[i].success);
-    TextOrNull(rows[i].error, &values[4], &nulls[4]);
+    VerifiedTextOrNull(rows[i].error, &values[4], &nulls[4]);
   });
 }
 

@@ -28,6 +28,8 @@ extern "C" {
 #include "utils/guc.h"
 // clang-format on
 
+#include <libpq-fe.h>
+
 PG_MODULE_MAGIC;
 void _PG_init(void);
 }
@@ -50,6 +52,7 @@ int max_cached_conns_per_worker = 1;
 int max_cached_connection_lifetime_ms = 10 * 60 * 1000;
 int node_connection_timeout_ms = 30 * 1000;
 int executor_slow_start_interval_ms = 10;
+char* node_conninfo = nullptr;
 
 const struct config_enum_entry kFullTablePolicies[] = {
     {"admit_uncounted", static_cast<int>(FullTable::kAdmitUncounted), false},
@@ -128,6 +131,37 @@ bool CheckLocalNode(char** newval, void**, GucSource) {
   return true;
 }
 
+// connthrottle.node_conninfo: libpq keywords added to every connection to a
+// worker node. Only the keywords NodeConninfoKeywordAllowed names: nothing
+// that changes where a connection goes or who it authenticates as.
+bool CheckNodeConninfo(char** newval, void**, GucSource) {
+  const char* value = *newval;
+  if (value == nullptr || value[0] == '\0') return true;
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(value, &error);
+  if (options == nullptr) {
+    GUC_check_errdetail("%s", error != nullptr ? error : "out of memory");
+    if (error != nullptr) PQfreemem(error);
+    return false;
+  }
+  bool ok = true;
+  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr && !connthrottle::pg::NodeConninfoKeywordAllowed(o->keyword)) {
+      GUC_check_errdetail("The libpq keyword \"%s\" may not be set here.", o->keyword);
+      GUC_check_errhint(
+          "Allowed: sslmode, sslrootcert, sslcert, sslkey, sslcrl, sslcrldir, sslsni, "
+          "ssl_min_protocol_version, ssl_max_protocol_version, sslcompression, channel_binding, "
+          "gssencmode, krbsrvname, connect_timeout, keepalives, keepalives_idle, "
+          "keepalives_interval, keepalives_count, tcp_user_timeout, target_session_attrs, "
+          "application_name.");
+      ok = false;
+      break;
+    }
+  }
+  PQconninfoFree(options);
+  return ok;
+}
+
 // Raising a limit must wake waiting backends at once. Each backend re-reads
 // its configuration when woken (the interrupt check sees the reload), and
 // the backend that applies the new value first wakes every waiter.
@@ -158,6 +192,7 @@ ExecutorSettings CurrentExecutorSettings() {
   e.max_cached_lifetime_ms = max_cached_connection_lifetime_ms;
   e.node_connection_timeout_ms = node_connection_timeout_ms;
   e.slow_start_interval_ms = executor_slow_start_interval_ms;
+  e.node_conninfo = node_conninfo != nullptr ? node_conninfo : "";
   return e;
 }
 
@@ -221,11 +256,11 @@ void _PG_init(void) {
       "Cached connections keep their slots, so one is kept only while its node has no "
       "waiters and fewer than its limit are cached: idle sessions never hold all of a "
       "node's slots.",
-      &max_cached_conns_per_worker, 1, 0, 1000, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+      &max_cached_conns_per_worker, 1, 0, 1000, PGC_SUSET, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("connthrottle.max_cached_connection_lifetime",
                           "How long a cached connection to a worker node may be reused.", nullptr,
-                          &max_cached_connection_lifetime_ms, 10 * 60 * 1000, 0, INT_MAX,
-                          PGC_USERSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+                          &max_cached_connection_lifetime_ms, 10 * 60 * 1000, 0, INT_MAX, PGC_SUSET,
+                          GUC_UNIT_MS, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("connthrottle.node_connection_timeout",
                           "How long establishing a connection to a worker node may take.", nullptr,
                           &node_connection_timeout_ms, 30 * 1000, 10, INT_MAX, PGC_USERSET,
@@ -237,6 +272,12 @@ void _PG_init(void) {
       "interval.",
       &executor_slow_start_interval_ms, 10, 1, 10000, PGC_USERSET, GUC_UNIT_MS, nullptr, nullptr,
       nullptr);
+  DefineCustomStringVariable(
+      "connthrottle.node_conninfo",
+      "Extra libpq keywords for every connection to a worker node, as 'keyword=value ...'.",
+      "TLS, timeouts, keepalives, target_session_attrs and application_name only; host, "
+      "port, dbname, user, password, passfile, service and options are refused.",
+      &node_conninfo, "", PGC_SUSET, 0, CheckNodeConninfo, nullptr, nullptr);
   MarkGUCPrefixReserved("connthrottle");
 
   prev_shmem_request_hook = shmem_request_hook;

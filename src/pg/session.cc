@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>
+#include <libpq-fe.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -177,9 +178,12 @@ AcquireOptions OptionsOf(const Settings& settings) {
   return options;
 }
 
+constexpr size_t kMaxCachedHosts = 256;
+
 // Whether `host` names this machine: localhost, a Unix-socket directory, or a
 // name whose addresses include a loopback address or one of this machine's
-// interface addresses. Cached per host for the life of the backend.
+// interface addresses. Cached per host for the life of the backend (at most
+// kMaxCachedHosts of them).
 bool HostIsThisMachine(const std::string& host) {
   State& s = S();
   if (auto it = s.host_is_local.find(host); it != s.host_is_local.end()) return it->second;
@@ -216,6 +220,9 @@ bool HostIsThisMachine(const std::string& host) {
       freeaddrinfo(resolved);
     }
   }
+  // Bounded: the hosts asked about are catalog nodes (or a superuser's),
+  // but a backend lives long.
+  if (s.host_is_local.size() >= kMaxCachedHosts) s.host_is_local.clear();
   s.host_is_local.emplace(host, local);
   return local;
 }
@@ -315,6 +322,29 @@ class PgExecutionContext : public ExecutionContext {
     interrupted_ = interrupted;
     runner_ = runner;
     cancelled_ = false;
+    // node_conninfo was checked keyword by keyword when it was set; parse
+    // it once per call and keep only the allowed keywords all the same.
+    client_encoding_ = executor.client_encoding != nullptr ? executor.client_encoding : "";
+    conninfo_.clear();
+    const char* conninfo = executor.node_conninfo != nullptr ? executor.node_conninfo : "";
+    if (conninfo[0] != '\0') {
+      if (PQconninfoOption* options = PQconninfoParse(conninfo, nullptr)) {
+        for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+          if (o->val != nullptr && NodeConninfoKeywordAllowed(o->keyword)) {
+            conninfo_.emplace_back(o->keyword, o->val);
+          }
+        }
+        PQconninfoFree(options);
+      }
+    }
+  }
+
+  // The extra keywords as given by node_conninfo, in one string, to tell
+  // when they changed (cached connections were made with the old ones).
+  std::string ConninfoSignature() const {
+    std::string sig;
+    for (const auto& [k, v] : conninfo_) absl::StrAppend(&sig, k, "=", v, "\n");
+    return sig;
   }
 
   ConnParams ParamsFor(const NodeAddress& node) override {
@@ -324,6 +354,10 @@ class PgExecutionContext : public ExecutionContext {
         .Set("dbname", dbname_)
         .Set("user", user_)
         .Set("application_name", "connthrottle");
+    for (const auto& [k, v] : conninfo_) p.Set(k, v);
+    // Text comes back in the coordinator's encoding (the glue still
+    // verifies it): a worker's own default is its database's encoding.
+    if (!client_encoding_.empty()) p.Set("client_encoding", client_encoding_);
     return p;
   }
   uint32_t DatabaseId() override { return database_; }
@@ -370,6 +404,8 @@ class PgExecutionContext : public ExecutionContext {
   bool (*interrupted_)() = nullptr;
   LocalRunner runner_ = nullptr;
   bool cancelled_ = false;
+  std::vector<std::pair<std::string, std::string>> conninfo_;
+  std::string client_encoding_;
 };
 
 absl::StatusOr<AdaptiveExecutor*> MyExecutor(uint32_t database, const Settings& settings,
@@ -380,7 +416,10 @@ absl::StatusOr<AdaptiveExecutor*> MyExecutor(uint32_t database, const Settings& 
   if (!owner.ok()) return owner.status();
   State& s = S();
   if (!s.context) s.context = std::make_unique<PgExecutionContext>();
+  const std::string before = s.context->ConninfoSignature();
   s.context->Prepare(database, settings, executor, active_client_backends, interrupted, runner);
+  // Idle connections made with other node_conninfo keywords are not reused.
+  if (s.executor && s.context->ConninfoSignature() != before) s.executor->CloseIdle();
   ExecutorOptions options;
   options.max_pool_size = std::max(executor.max_pool_size, 1);
   options.max_cached_per_node = std::max(executor.max_cached_per_node, 0);
@@ -441,6 +480,39 @@ Wait BeginWait(int64_t timeout_ms, bool from_setting) noexcept {
 }
 
 uint32_t Capacity() { return TableReady() ? S().table->options().capacity : 0; }
+
+uint64_t FullTableEvents() { return TableReady() ? S().table->FullTableEvents() : 0; }
+
+bool NodeConninfoKeywordAllowed(const char* keyword) {
+  static constexpr std::string_view kAllowed[] = {
+      "application_name",
+      "channel_binding",
+      "connect_timeout",
+      "gssencmode",
+      "keepalives",
+      "keepalives_count",
+      "keepalives_idle",
+      "keepalives_interval",
+      "krbsrvname",
+      "ssl_max_protocol_version",
+      "ssl_min_protocol_version",
+      "sslcert",
+      "sslcompression",
+      "sslcrl",
+      "sslcrldir",
+      "sslkey",
+      "sslmode",
+      "sslrootcert",
+      "sslsni",
+      "target_session_attrs",
+      "tcp_user_timeout",
+  };
+  if (keyword == nullptr) return false;
+  for (std::string_view allowed : kAllowed) {
+    if (allowed == keyword) return true;
+  }
+  return false;
+}
 
 Outcome TryAcquire(const char* host, int port, uint32_t database, const Settings& settings,
                    int active_client_backends, bool* acquired) {
@@ -692,7 +764,8 @@ Outcome RunTasks(const TaskSpec* tasks, int count, uint32_t database, const Sett
 
 Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, uint32_t database,
                         const Settings& settings, const ExecutorSettings& executor,
-                        int active_client_backends, Wait& wait, bool (*interrupted)()) {
+                        int active_client_backends, Wait& wait, bool (*interrupted)(),
+                        bool (*stream_interrupted)()) {
   return Guard([&] {
     ForgetResults();
     if (!TableReady()) return NotReady();
@@ -709,6 +782,7 @@ Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, u
     if (absl::IsCancelled(copy.status())) return Resume(wait);
     if (!copy.ok()) return WaitTimedOut(copy.status(), wait);
     s.copy = *std::move(copy);
+    if (stream_interrupted != nullptr) s.copy->set_interrupt(stream_interrupted);
     return Outcome{};
   });
 }
@@ -718,6 +792,7 @@ Outcome DistributeOne(int node, const char* row, size_t length) {
     State& s = S();
     if (!s.copy) return Fail(kObjectNotInPrerequisiteState, "connthrottle: no distribution open");
     absl::Status status = s.copy->Send(static_cast<size_t>(node), std::string_view(row, length));
+    if (absl::IsCancelled(status)) return Interrupted();
     return FromStatus(status);
   });
 }
@@ -729,6 +804,10 @@ Outcome FinishDistribute(const DistributeRow** rows, int* count) {
     State& s = S();
     if (!s.copy) return Fail(kObjectNotInPrerequisiteState, "connthrottle: no distribution open");
     absl::StatusOr<std::vector<CopyStream::NodeResult>> results = s.copy->Finish();
+    if (absl::IsCancelled(results.status())) {
+      s.copy.reset();  // cancels the workers' COPY, gives back the slots
+      return Interrupted();
+    }
     s.copy.reset();
     if (!results.ok()) return FromStatus(results.status());
     for (const CopyStream::NodeResult& r : *results) {

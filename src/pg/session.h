@@ -155,6 +155,8 @@ struct TableRow {
 Outcome TableStatistics(TableRow* out);
 // OK, or an error whose message lists every difference (Audit()).
 Outcome Audit();
+// Acquires that found the table full, since the server started (cheap).
+uint64_t FullTableEvents();
 // Wakes every waiting backend (after a raised limit).
 void WakeAllWaiters();
 // Capacity of the table (the number of rows NodeStats may return).
@@ -168,6 +170,8 @@ struct ExecutorSettings {
   int max_cached_lifetime_ms = 600000;     // connthrottle.max_cached_connection_lifetime
   int node_connection_timeout_ms = 30000;  // connthrottle.node_connection_timeout
   int slow_start_interval_ms = 10;         // connthrottle.executor_slow_start_interval
+  const char* node_conninfo = "";          // connthrottle.node_conninfo (checked keywords)
+  const char* client_encoding = "";        // the coordinator database's encoding
   const char* database = "";               // libpq dbname of worker connections
   const char* user = "";                   // libpq user of worker connections
 };
@@ -176,7 +180,8 @@ struct ExecutorSettings {
 // It must never raise: every error is caught and described here.
 struct LocalTaskOutcome {
   bool ok = false;
-  bool cancelled = false;  // the error was a query cancel or statement timeout
+  bool cancelled = false;   // the error was a query cancel or statement timeout
+  bool abort_call = false;  // the error could not be contained: stop the execution
   char sqlstate[6] = {0};
   char message[1024] = {0};
   char command_tag[64] = {0};
@@ -227,9 +232,22 @@ struct DistributeRow {
 // the end of the transaction abandons an unfinished one.
 Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, uint32_t database,
                         const Settings& settings, const ExecutorSettings& executor,
-                        int active_client_backends, Wait& wait, bool (*interrupted)());
+                        int active_client_backends, Wait& wait, bool (*interrupted)(),
+                        bool (*stream_interrupted)());
+// DistributeOne and FinishDistribute wait on the workers' sockets looking at
+// `stream_interrupted` (given to BeginDistribute) every 10 ms; when it fires
+// they return with interrupted set (for DistributeOne the stream stays, to
+// be abandoned by the transaction's end).
 Outcome DistributeOne(int node, const char* row, size_t length);
 Outcome FinishDistribute(const DistributeRow** rows, int* count);
+
+// ---- connection parameters ----
+
+// Whether connthrottle.node_conninfo may set the libpq keyword `keyword`:
+// TLS, timeouts, keepalives, target_session_attrs, application_name and the
+// like. Never host, port, dbname, user, password, passfile, service or
+// options: those choose where a connection goes and who it claims to be.
+bool NodeConninfoKeywordAllowed(const char* keyword);
 
 // ---- local node ----
 

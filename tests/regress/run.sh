@@ -18,7 +18,7 @@ source_dir=$1
 build_dir=$2  # unused for now: the installed extension is what is tested
 : "$build_dir"
 
-suites="create_extension guc slots waiting reservations privileges bad_input local_node"
+suites="create_extension guc slots waiting reservations privileges bad_input local_node hardening"
 
 pg_config=${PG_CONFIG:-pg_config}
 bindir=$("$pg_config" --bindir)

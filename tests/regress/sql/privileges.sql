@@ -67,7 +67,6 @@ SELECT * FROM connthrottle.session_slots();
 SELECT * FROM connthrottle.reservations();
 SELECT connthrottle.release('priv-node', 5432);
 SELECT connthrottle.release_all();
-SELECT connthrottle.is_local_node('priv-node', 5432);
 RESET ROLE;
 --
 -- A member of pg_monitor reads the statistics, but takes no slots.
