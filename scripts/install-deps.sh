@@ -6,7 +6,7 @@ set -eu
 PACKAGES="build-essential cmake git pkg-config clang-format
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libpq-dev postgresql-15 postgresql-client-15 postgresql-server-dev-15
-  gnuplot-nox procps python3"
+  gnuplot-nox procps python3 spin"
 
 missing=""
 for p in $PACKAGES; do
