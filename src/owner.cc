@@ -98,7 +98,7 @@ absl::StatusOr<Slot> Owner::TryAcquire(const NodeKey& key, Limit limit,
     std::atomic<uint64_t>& word = entries_[e].word;
     uint64_t w = word.load(kRelaxed);
     // Live, unlocked, nobody queued, and still the cached key's tag.
-    constexpr uint64_t kState = ~(Word::kCountMask | Word::kTakeover);
+    constexpr uint64_t kState = ~Word::kCountMask;
     const uint64_t expected_state = Word::kLive | Word::WithTag(cached.tag());
     const uint32_t count = Word::Count(w);
     if (ABSL_PREDICT_TRUE((w & kState) == expected_state && limit.Admits(count, 0) &&

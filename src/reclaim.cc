@@ -24,8 +24,8 @@
 //   takes over from (kOwnerReclaiming, dead reclaimer) the same way.
 // Reclaiming owner D
 //   For every entry D has a cell on, is queued on or is in flight on: lock
-//   the entry (taking the lock over if D held it: no live owner's in_flight
-//   names it), wait until no live owner is in flight on it, and recompute it
+//   the entry (taking the lock over if D held it: the word's stamp names D),
+//   wait until no live owner is in flight on it, and recompute it
 //   from the cells of live owners (owner_ops.cc, "Recovery"), which clears
 //   D's cells, waiting_on and in_flight there. Wake its waiters. Then take
 //   over the structure lock if D held it (rebuilding the index from the

@@ -85,10 +85,12 @@ class OwnerOps {
   internal::Cell& MyCell(uint32_t entry) { return owner_.cells_[entry]; }
   void Remember(const NodeKey& key, uint32_t entry);
 
-  // ---- the entry lock (a bit of Entry::word) ----
+  // ---- the entry lock (a bit of Entry::word, and the holder's stamp) ----
   // Locks the entry; this owner's in_flight names it until Unlock. With
-  // reclamation, takes the lock over from a holder that died, and recomputes
-  // the entry before returning.
+  // reclamation, takes the lock over from a holder that died (or one left by
+  // the previous process of an adopted record), and recomputes the entry
+  // before returning. ReadLocked, WriteLocked and the unlocks require the
+  // lock, held by this owner.
   void LockEntry(uint32_t entry);
   EntryCounts ReadLocked(uint32_t entry);
   // Writes `counts` into the locked entry (same tag), keeping it locked.
@@ -98,9 +100,6 @@ class OwnerOps {
   // Unlocks without changing anything.
   void UnlockUnchanged(uint32_t entry);
   void AddStats(uint32_t entry, const StatDelta& stats);
-  // Whether no live owner names `entry` in its in_flight: then the lock bit
-  // was left by a dead holder.
-  bool EntryHolderIsDead(uint32_t entry);
   // Waits until no live owner other than this one is in flight on `entry`
   // (a hot-path operation that changed the word before the entry was locked).
   void AwaitInFlight(uint32_t entry);
