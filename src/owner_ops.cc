@@ -14,8 +14,11 @@
 //   cached, and the release of such a slot, change Entry::word with a single
 //   compare-and-swap: it fails if the entry is locked, has waiters, is not
 //   live, or carries another tag (it took another key). Around it the owner
-//   sets OwnerRecord::in_flight to the entry, and after it updates its own
-//   cell with plain stores, then clears in_flight (release).
+//   sets OwnerRecord::in_flight to the entry (release), and after it updates
+//   its own cell with plain stores, then clears in_flight (release). The
+//   acq_rel compare-and-swap already orders the marker before the word's
+//   change; the release store says so, costs nothing on x86, and keeps the
+//   marker ordered after the owner's earlier cell stores on weaker machines.
 // Entry lock (Entry::word's locked bit, and the holder's stamp)
 //   Everything else — creating and dropping entries, waiting, forced and
 //   reserved slots, refusals, statistics, other owners' cells — happens with
@@ -48,10 +51,27 @@
 //   entry with the same low sequence bits, all between the waiter's read and
 //   its compare-and-swap.
 // Structure lock (TableHeader::structure_lock: owner id << 32 | seq)
-//   Serialises the index and entry lifecycle: free -> live (insert), zombie
-//   -> live (revive), zombie -> free (drop). live -> zombie happens on the
-//   word alone, when count and waiters reach zero. Order: the structure lock
-//   before an entry lock, never the reverse.
+//   Serialises the index and the entry lifecycle changes that touch it:
+//   free -> live (insert) and zombie -> free (drop). Order: the structure
+//   lock before an entry lock, never the reverse.
+// Entry lifecycle: zombies are revived on the word, dropped on demand
+//   live -> zombie happens on the word alone, when count and waiters reach
+//   zero (the word keeps its tag, loses kLive). The zombie stays indexed and
+//   keeps its key. zombie -> live happens on the word alone too: an acquire
+//   whose cached (entry, tag) matches a zombie's word (count zero, no flag)
+//   revives it with the same one compare-and-swap that takes the slot, and a
+//   locked acquire finding the zombie through the index revives it under
+//   the lock. So a key whose count keeps falling to zero never touches the
+//   structure lock. A zombie is dropped only when its entry is needed: when
+//   a new key finds no free entry, it locks a zombie (under the structure
+//   lock), checks it is still one, retires it and takes the entry. Retiring
+//   changes the tag, so a hint cached for the old key can no longer revive
+//   it: the lock makes a racing revive's compare-and-swap fail first, and
+//   the tag keeps it failing afterwards. How both promises fit: a zombie
+//   counts no slot and is not listed, and any number of them yield to new
+//   keys, so a table of capacity C still tracks C busy keys however many
+//   keys it has seen; what a zombie keeps is only its place, its key and
+//   its statistics, until someone needs the place.
 // Lookup
 //   Lock-free: probe the index, lock the candidate, and accept it only if it
 //   is live and holds the key (entries are re-used, so only a check made
@@ -403,7 +423,8 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
     const uint32_t e = static_cast<uint32_t>(value) - 1;
     LockEntry(e);
     if (EntryOf(e).in_use.load(kRelaxed) && KeyMatches(e, key)) {
-      // A zombie is revived before anyone dropped it: same key, same tag.
+      // A zombie is revived before anyone dropped it: same key, same tag
+      // (the hot path revives zombies without us; this is the locked way).
       std::atomic<uint64_t>& word = EntryOf(e).word;
       word.store(word.load(kRelaxed) | Word::kLive, kRelaxed);
       UnlockStructure();
@@ -464,8 +485,12 @@ std::optional<uint32_t> OwnerOps::AllocateEntryLocked() {
       }
     }
   }
-  // Full of busy keys, unless a zombie is waiting to be dropped: take it.
-  for (uint32_t e = 0; e < capacity; ++e) {
+  // Every entry in use: drop a zombie, if there is one, and take its place.
+  // Start where the last allocation ended, so that the zombies dropped are
+  // spread over the table rather than always the first ones.
+  const uint32_t start = h_->alloc_hint.load(kRelaxed);
+  for (uint32_t n = 0; n < capacity; ++n) {
+    const uint32_t e = (start + n) % capacity;
     if (EntryOf(e).word.load(kRelaxed) & Word::kLive) continue;
     LockEntry(e);
     EntryCounts counts = ReadLocked(e);
@@ -474,6 +499,7 @@ std::optional<uint32_t> OwnerOps::AllocateEntryLocked() {
       RemoveBucketLocked(e);
       RetireLocked(e);
       h_->live_entries.fetch_sub(1, kRelaxed);
+      h_->alloc_hint.store((e + 1) % capacity, kRelaxed);
       UnlockUnchanged(e);
       return e;
     }
@@ -516,20 +542,6 @@ void OwnerOps::RemoveBucketLocked(uint32_t entry) {
   buckets[hole].store(0, kRelease);
 }
 
-void OwnerOps::DropIfZombie(uint32_t e) {
-  LockStructure();
-  LockEntry(e);
-  EntryCounts counts = ReadLocked(e);
-  if (EntryOf(e).in_use.load(kRelaxed) && !counts.live && counts.count == 0 &&
-      counts.waiters == 0) {
-    RemoveBucketLocked(e);
-    RetireLocked(e);
-    h_->live_entries.fetch_sub(1, kRelaxed);
-  }
-  UnlockUnchanged(e);
-  UnlockStructure();
-}
-
 void OwnerOps::RetireLocked(uint32_t e) {
   // The hot-path release that made this entry a zombie may still be writing
   // its cell; after this no one can be in flight here (the entry is not live).
@@ -557,6 +569,11 @@ void OwnerOps::RetireLocked(uint32_t e) {
   AddTo(h_->retired_forced_total, cold.forced_total.load(kRelaxed));
   entry.acquired_base.store(0, kRelaxed);
   entry.in_use.store(0, kRelaxed);
+  // A new tag: cached hints for the dropped key fail from now on, instead of
+  // reviving a free entry (the hot path revives zombies by their tag).
+  const uint64_t w = entry.word.load(kRelaxed);
+  entry.word.store((w & ~(Word::kTagMask << Word::kTagShift)) | Word::WithTag(Word::Tag(w) + 1),
+                   kRelaxed);
   entry.version.store(entry.version.load(kRelaxed) + 1, kRelaxed);
   h_->retire_seq.store(seq + 1, kRelease);
   h_->entries_dropped.fetch_add(1, kRelaxed);
@@ -820,7 +837,6 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
   if (pass_on) entry.wake_seq.fetch_add(1, kRelease);
   Unlock(e, counts);
   if (pass_on) internal::FutexWake(entry.wake_seq, 1);
-  if (zombie) DropIfZombie(e);
   return gave_up;
 }
 
@@ -855,7 +871,6 @@ void OwnerOps::ReleaseSlow(uint32_t e, SlotKind kind) {
   if (wake) entry.wake_seq.fetch_add(1, kRelease);
   Unlock(e, counts);
   if (wake) internal::FutexWake(entry.wake_seq, 1);
-  if (zombie) DropIfZombie(e);
 }
 
 void OwnerOps::ReleaseUncounted() {
@@ -863,10 +878,7 @@ void OwnerOps::ReleaseUncounted() {
   if (uncounted > 0) self_.uncounted.store(uncounted - 1, kRelaxed);
 }
 
-void OwnerOps::AfterRelease(uint32_t e, bool zombie) {
-  if (zombie) DropIfZombie(e);
-  if ((owner_.ops_since_check_ & 1023) == 0) MaybeReclaimDeadOwners();
-}
+void OwnerOps::AfterRelease() { MaybeReclaimDeadOwners(); }
 
 uint64_t OwnerOps::ReleaseAll(bool fold_acquired) {
   uint64_t released = 0;
@@ -893,7 +905,6 @@ uint64_t OwnerOps::ReleaseAll(bool fold_acquired) {
     if (wake) entry.wake_seq.fetch_add(1, kRelease);
     Unlock(e, counts);
     if (wake) internal::FutexWake(entry.wake_seq, INT_MAX);
-    if (zombie) DropIfZombie(e);
     released += hold.total;
   }
   released += self_.uncounted.load(kRelaxed);

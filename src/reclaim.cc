@@ -185,11 +185,9 @@ uint64_t OwnerOps::RecoverRecord(uint32_t dead) {
     LockEntry(e);  // takes the lock over (and recomputes) if the dead owner held it
     EntryCounts counts = RecomputeLocked(e, /*exclude_self=*/adopted, &slots);
     internal::Entry& entry = EntryAt(h_, e);
-    const bool zombie = !counts.live && entry.in_use.load(kRelaxed);
     entry.wake_seq.fetch_add(1, std::memory_order_release);
     Unlock(e, counts);
     internal::FutexWake(entry.wake_seq, INT_MAX);
-    if (zombie) DropIfZombie(e);
   }
   record.uncounted.store(0, kRelaxed);
   if (!adopted) record.in_flight.store(0, kRelaxed);

@@ -59,9 +59,8 @@ class OwnerOps {
   absl::StatusOr<Slot> AcquireForced(const NodeKey& key, const AcquireOptions& options);
   void ReleaseSlow(uint32_t entry, SlotKind kind);
   void ReleaseUncounted();
-  // After a hot-path release: drop the entry if it became a zombie, and now
-  // and then look for dead owners.
-  void AfterRelease(uint32_t entry, bool zombie);
+  // Every 1024th hot-path release: look for dead owners.
+  void AfterRelease();
   // Gives back every slot recorded against this owner. With fold_acquired,
   // also folds its acquisition counts into the entries (when it leaves).
   uint64_t ReleaseAll(bool fold_acquired);
@@ -124,11 +123,10 @@ class OwnerOps {
   std::optional<uint32_t> AllocateEntryLocked();
   void InsertBucketLocked(uint32_t entry, uint64_t hash);
   void RemoveBucketLocked(uint32_t entry);
-  // Drops `entry` if it is still a zombie. Takes the structure lock.
-  void DropIfZombie(uint32_t entry);
   // With the structure lock and the entry lock held, on an entry with no
-  // slot and no waiter: folds its statistics into the table totals and frees
-  // it (the caller removes or rebuilds its bucket).
+  // slot and no waiter: folds its statistics into the table totals, frees it
+  // and changes its tag, so that no cached hint revives it (the caller
+  // removes or rebuilds its bucket).
   void RetireLocked(uint32_t entry);
   // Rebuilds the index from the entries after a structure-lock holder died.
   void RepairIndexLocked();
