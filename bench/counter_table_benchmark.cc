@@ -24,12 +24,20 @@
 //                                  busy.
 //   _TwoThreadsDistinctKeys        two threads, thread t uses key t (2 busy keys).
 //   _TwoThreadsOneKey              two threads, both on key 0 (1 busy key).
+//   _FallingToZero/keys:N          single thread, round-robin over N idle keys:
+//                                  every release takes a key's count to zero,
+//                                  and the next acquire of it brings it back.
+//   _TwoThreadsFallingToZeroOwnKeys  two threads, thread t uses idle key t.
+//   _TwoThreadsFallingToZeroOneKey   two threads, both on idle key 0 (its count
+//                                  falls to zero whenever both have released).
 //
 // A busy key holds one slot taken by a separate setup participant for the whole
 // run, so its entry stays in the table and the measured acquire never creates
-// or drops an entry. Limits are large enough that every acquire succeeds; a
-// refused acquire is reported as an error. Keys (NodeKey, the reference key
-// struct) are built once up front; building them is not part of the acquire.
+// or drops an entry. An idle key holds none: in connthrottle its entry turns
+// zombie at zero and is revived by the next acquire; the reference design
+// erases it at zero and inserts it again (issue 14). Limits are large enough that every acquire
+// succeeds; a refused acquire is reported as an error. Keys (NodeKey, the reference key struct) are
+// built once up front; building them is not part of the acquire.
 //
 // Every benchmark uses real (wall-clock) time. For the two-thread cases Google
 // Benchmark divides the wall time by the iterations of BOTH threads, so the
@@ -80,19 +88,21 @@ std::string HostName(int i) {
 
 std::string ToStd(const absl::Status& status) { return std::string(status.ToString()); }
 
-// Environments are built once per (implementation, busy key count) and kept for
-// the whole process, so repeated runs and both threads of a threaded run share
-// them. Between runs every environment holds exactly its busy slots.
+// Environments are built once per (implementation, key count, busy or idle)
+// and kept for the whole process, so repeated runs and both threads of a
+// threaded run share them. Between runs every environment holds exactly its
+// busy slots (none, for idle keys).
 template <class Env>
-absl::StatusOr<Env*> GetEnv(int busy_keys) {
+absl::StatusOr<Env*> GetEnv(int keys, bool busy = true) {
   static std::mutex mu;
-  static std::map<int, std::unique_ptr<Env>>* envs = new std::map<int, std::unique_ptr<Env>>();
+  static std::map<std::pair<int, bool>, std::unique_ptr<Env>>* envs =
+      new std::map<std::pair<int, bool>, std::unique_ptr<Env>>();
   std::lock_guard<std::mutex> lock(mu);
-  auto it = envs->find(busy_keys);
+  auto it = envs->find({keys, busy});
   if (it == envs->end()) {
-    absl::StatusOr<std::unique_ptr<Env>> env = Env::Create(busy_keys);
+    absl::StatusOr<std::unique_ptr<Env>> env = Env::Create(keys, busy);
     if (!env.ok()) return env.status();
-    it = envs->emplace(busy_keys, *std::move(env)).first;
+    it = envs->emplace(std::make_pair(keys, busy), *std::move(env)).first;
   }
   return it->second.get();
 }
@@ -110,7 +120,7 @@ struct FreeDeleter {
 template <bool kReclaim>
 class ConnthrottleEnv {
  public:
-  static absl::StatusOr<std::unique_ptr<ConnthrottleEnv>> Create(int busy_keys) {
+  static absl::StatusOr<std::unique_ptr<ConnthrottleEnv>> Create(int busy_keys, bool busy) {
     auto env = std::unique_ptr<ConnthrottleEnv>(new ConnthrottleEnv());
     const TableOptions options{
         .capacity = kCapacity, .max_owners = kMaxOwners, .reclaim_dead_owners = kReclaim};
@@ -131,12 +141,12 @@ class ConnthrottleEnv {
     absl::StatusOr<std::unique_ptr<Owner>> setup = env->table_->RegisterOwner();
     if (!setup.ok()) return setup.status();
     env->setup_owner_ = *std::move(setup);
-    for (const NodeKey& key : env->keys_) {
+    for (const NodeKey& key : busy ? env->keys_ : std::vector<NodeKey>()) {
       absl::StatusOr<Slot> slot = env->setup_owner_->TryAcquire(key, Limit::AtMost(kLimit));
       if (!slot.ok()) return slot.status();
       env->busy_slots_.push_back(*std::move(slot));
     }
-    if (env->table_->Stats().entries_in_use != static_cast<uint32_t>(busy_keys)) {
+    if (env->table_->Stats().entries_in_use != static_cast<uint32_t>(busy ? busy_keys : 0)) {
       return absl::InternalError("busy keys did not all get an entry");
     }
     return env;
@@ -222,7 +232,7 @@ struct RefKeyEq {
 
 class ReferenceEnv {
  public:
-  static absl::StatusOr<std::unique_ptr<ReferenceEnv>> Create(int busy_keys) {
+  static absl::StatusOr<std::unique_ptr<ReferenceEnv>> Create(int busy_keys, bool busy) {
     auto env = std::unique_ptr<ReferenceEnv>(new ReferenceEnv());
     pthread_mutexattr_t attr;
     if (pthread_mutexattr_init(&attr) != 0 ||
@@ -240,7 +250,9 @@ class ReferenceEnv {
       key.port = kPort;
       key.database = kDatabase;
       env->keys_.push_back(key);
-      if (!env->TryAcquire(key, kLimit)) return absl::InternalError("setup acquire refused");
+      if (busy && !env->TryAcquire(key, kLimit)) {
+        return absl::InternalError("setup acquire refused");
+      }
     }
     return env;
   }
@@ -319,10 +331,10 @@ struct alignas(64) FloorCounter {
 
 class FloorEnv {
  public:
-  static absl::StatusOr<std::unique_ptr<FloorEnv>> Create(int busy_keys) {
+  static absl::StatusOr<std::unique_ptr<FloorEnv>> Create(int busy_keys, bool busy) {
     auto env = std::unique_ptr<FloorEnv>(new FloorEnv());
     env->counters_ = std::make_unique<FloorCounter[]>(busy_keys);
-    for (int i = 0; i < busy_keys; ++i) {
+    for (int i = 0; i < (busy ? busy_keys : 0); ++i) {
       if (!TryAcquire(env->counters_[i], kLimit)) {
         return absl::InternalError("setup acquire refused");
       }
@@ -381,11 +393,12 @@ struct AtomicFloor {
 // ---------------------------------------------------------------------------
 // The cases, written once for all three implementations.
 
-// Single thread; round-robin over the busy keys, or always key 0.
-template <class Impl, bool kRoundRobin>
+// Single thread; round-robin over the keys, or always key 0; the keys busy,
+// or idle (falling to zero at every release).
+template <class Impl, bool kRoundRobin, bool kBusy = true>
 void BM_Optional(benchmark::State& state) {
   const int busy_keys = static_cast<int>(state.range(0));
-  absl::StatusOr<typename Impl::Env*> env = GetEnv<typename Impl::Env>(busy_keys);
+  absl::StatusOr<typename Impl::Env*> env = GetEnv<typename Impl::Env>(busy_keys, kBusy);
   if (!env.ok()) {
     state.SkipWithError(ToStd(env.status()).c_str());
     return;
@@ -409,21 +422,23 @@ void BM_Optional(benchmark::State& state) {
   }
   // Conservation: only the busy slot is left on every key touched.
   for (size_t k = 0; k < (kRoundRobin ? n : 1); ++k) {
-    if ((*env)->Count(k) != 1) {
+    if ((*env)->Count(k) != (kBusy ? 1u : 0u)) {
       state.SkipWithError("a key does not hold exactly its busy slot after the run");
       return;
     }
   }
   state.SetItemsProcessed(state.iterations());
-  state.SetLabel(kRoundRobin ? "round-robin over busy keys" : "fixed key 0");
+  state.SetLabel(!kBusy        ? "round-robin over idle keys, each falling to zero"
+                 : kRoundRobin ? "round-robin over busy keys"
+                               : "fixed key 0");
 }
 
 // Two threads, each with its own participant; distinct keys (thread t uses key
 // t) or one key (both use key 0).
-template <class Impl, bool kDistinct>
+template <class Impl, bool kDistinct, bool kBusy = true>
 void BM_TwoThreads(benchmark::State& state) {
   const int busy_keys = kDistinct ? 2 : 1;
-  absl::StatusOr<typename Impl::Env*> env = GetEnv<typename Impl::Env>(busy_keys);
+  absl::StatusOr<typename Impl::Env*> env = GetEnv<typename Impl::Env>(busy_keys, kBusy);
   if (!env.ok()) {
     state.SkipWithError(ToStd(env.status()).c_str());
     return;
@@ -443,7 +458,8 @@ void BM_TwoThreads(benchmark::State& state) {
     }
   }
   state.SetItemsProcessed(state.iterations());
-  state.SetLabel(kDistinct ? "thread t uses key t" : "both threads use key 0");
+  state.SetLabel(std::string(kDistinct ? "thread t uses key t" : "both threads use key 0") +
+                 (kBusy ? "" : ", falling to zero"));
 }
 
 // Two threads, one key with a limit of one slot: each iteration a thread
@@ -494,6 +510,15 @@ void RegisterOptional(const char* which, void (*fn)(benchmark::State&)) {
 }
 
 template <class Impl>
+void RegisterFalling(const char* which, void (*fn)(benchmark::State&)) {
+  benchmark::RegisterBenchmark(Name<Impl>(which).c_str(), fn)
+      ->ArgName("keys")
+      ->Arg(1)
+      ->Arg(16)
+      ->UseRealTime();
+}
+
+template <class Impl>
 void RegisterTwoThreads(const char* which, void (*fn)(benchmark::State&)) {
   benchmark::RegisterBenchmark(Name<Impl>(which).c_str(), fn)->Threads(2)->UseRealTime();
 }
@@ -523,6 +548,32 @@ void RegisterAll() {
   RegisterTwoThreads<ReferenceMutexHash>("TwoThreadsOneKey",
                                          BM_TwoThreads<ReferenceMutexHash, false>);
   RegisterTwoThreads<AtomicFloor>("TwoThreadsOneKey", BM_TwoThreads<AtomicFloor, false>);
+
+  // Keys that go idle (issue 14).
+  RegisterFalling<Connthrottle>("FallingToZero", BM_Optional<Connthrottle, true, false>);
+  RegisterFalling<ConnthrottleReclaiming>("FallingToZero",
+                                          BM_Optional<ConnthrottleReclaiming, true, false>);
+  RegisterFalling<ReferenceMutexHash>("FallingToZero",
+                                      BM_Optional<ReferenceMutexHash, true, false>);
+  RegisterFalling<AtomicFloor>("FallingToZero", BM_Optional<AtomicFloor, true, false>);
+
+  RegisterTwoThreads<Connthrottle>("TwoThreadsFallingToZeroOwnKeys",
+                                   BM_TwoThreads<Connthrottle, true, false>);
+  RegisterTwoThreads<ConnthrottleReclaiming>("TwoThreadsFallingToZeroOwnKeys",
+                                             BM_TwoThreads<ConnthrottleReclaiming, true, false>);
+  RegisterTwoThreads<ReferenceMutexHash>("TwoThreadsFallingToZeroOwnKeys",
+                                         BM_TwoThreads<ReferenceMutexHash, true, false>);
+  RegisterTwoThreads<AtomicFloor>("TwoThreadsFallingToZeroOwnKeys",
+                                  BM_TwoThreads<AtomicFloor, true, false>);
+
+  RegisterTwoThreads<Connthrottle>("TwoThreadsFallingToZeroOneKey",
+                                   BM_TwoThreads<Connthrottle, false, false>);
+  RegisterTwoThreads<ConnthrottleReclaiming>("TwoThreadsFallingToZeroOneKey",
+                                             BM_TwoThreads<ConnthrottleReclaiming, false, false>);
+  RegisterTwoThreads<ReferenceMutexHash>("TwoThreadsFallingToZeroOneKey",
+                                         BM_TwoThreads<ReferenceMutexHash, false, false>);
+  RegisterTwoThreads<AtomicFloor>("TwoThreadsFallingToZeroOneKey",
+                                  BM_TwoThreads<AtomicFloor, false, false>);
 
   benchmark::RegisterBenchmark("BM_Connthrottle_WaitHandoff", BM_Connthrottle_WaitHandoff)
       ->Threads(2)

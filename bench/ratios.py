@@ -25,6 +25,9 @@ Targets:
   single thread              connthrottle <= 2.0x floor, >= 2.5x faster than reference;
                              with reclamation <= 2.5x floor
   two threads, distinct keys connthrottle >= 4x faster than reference
+  keys falling to zero       (every release takes the count to zero; issue 14)
+                             single thread: connthrottle <= 2.0x floor; every
+                             case, one or two threads: faster than reference
 """
 
 import argparse
@@ -44,6 +47,9 @@ TARGETS = {
     "OptionalFixedKey": (2.0, 2.5, 2.5),
     "TwoThreadsDistinctKeys": (None, 4.0, None),
     "TwoThreadsOneKey": (None, None, None),
+    "FallingToZero": (2.0, 1.0, None),
+    "TwoThreadsFallingToZeroOwnKeys": (None, 1.0, None),
+    "TwoThreadsFallingToZeroOneKey": (None, 1.0, None),
 }
 
 

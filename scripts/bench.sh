@@ -14,4 +14,6 @@ cmake --build "$ROOT/build" -j"$(nproc)" --target counter_table_benchmark
   --benchmark_display_aggregates_only=true \
   --benchmark_out="$ROOT/build/bench.json" --benchmark_out_format=json "$@"
 echo
+# Busy keys (another slot keeps every count above zero) first, then keys
+# falling to zero at every release (FallingToZero*, issue 14).
 python3 "$ROOT/bench/ratios.py" "$ROOT/build/bench.json"

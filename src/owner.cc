@@ -56,9 +56,7 @@ ABSL_ATTRIBUTE_NOINLINE void ReleaseParkedPath(Owner& owner, Slot& slot) {
   owner.Unpark(slot);
   slot.Release();
 }
-ABSL_ATTRIBUTE_NOINLINE void AfterReleasePath(Owner& owner, uint32_t e, bool zombie) {
-  OwnerOps(owner).AfterRelease(e, zombie);
-}
+ABSL_ATTRIBUTE_NOINLINE void AfterReleasePath(Owner& owner) { OwnerOps(owner).AfterRelease(); }
 }  // namespace
 
 Owner::Owner(CounterTable table, uint32_t id, uint32_t first_seq)
@@ -97,14 +95,19 @@ absl::StatusOr<Slot> Owner::TryAcquire(const NodeKey& key, Limit limit,
     const uint32_t e = cached.entry();
     std::atomic<uint64_t>& word = entries_[e].word;
     uint64_t w = word.load(kRelaxed);
-    // Live, unlocked, nobody queued, and still the cached key's tag.
-    constexpr uint64_t kState = ~(Word::kCountMask | Word::kTakeover);
-    const uint64_t expected_state = Word::kLive | Word::WithTag(cached.tag());
+    // Unlocked, nobody queued, still the cached key's tag, and live — or a
+    // zombie of that key (count zero, no flag at all), which the same
+    // compare-and-swap revives: a key whose count keeps falling to zero
+    // costs what a busy key does (issue 14; owner_ops.cc, "Entry lifecycle").
+    constexpr uint64_t kState = ~Word::kCountMask;
+    const uint64_t tag = Word::WithTag(cached.tag());
     const uint32_t count = Word::Count(w);
-    if (ABSL_PREDICT_TRUE((w & kState) == expected_state && limit.Admits(count, 0) &&
+    if (ABSL_PREDICT_TRUE(((w & kState) == (Word::kLive | tag) || w == tag) &&
+                          limit.Admits(count, 0) &&
                           count < static_cast<uint32_t>(kMaxSlotsPerKey))) {
-      record_->in_flight.store(e + 1, kRelaxed);
-      if (ABSL_PREDICT_TRUE(word.compare_exchange_strong(w, w + 1, kAcqRel, kRelaxed))) {
+      record_->in_flight.store(e + 1, kRelease);
+      if (ABSL_PREDICT_TRUE(
+              word.compare_exchange_strong(w, (w + 1) | Word::kLive, kAcqRel, kRelaxed))) {
         internal::Cell& cell = cells_[e];
         cell.hold.store(cell.hold.load(kRelaxed) + 1, kRelaxed);
         cell.acquired.store(cell.acquired.load(kRelaxed) + 1, kRelaxed);
@@ -142,15 +145,16 @@ void Slot::Release() {
   // Unlocked, nobody queued to wake, and this owner's hold recorded.
   if (ABSL_PREDICT_TRUE(!(w & (Word::kLocked | Word::kHasWaiters)) && count > 0 &&
                         (hold & internal::Hold::kMask) > 0)) {
-    // The last slot of a key with no waiter makes the entry a zombie.
+    // The last slot of a key with no waiter makes the entry a zombie; it
+    // stays indexed, for its key's next acquire to revive.
     const bool zombie = count == 1;
     const uint64_t next = (w - 1) & ~(zombie ? Word::kLive : 0);
-    owner->record_->in_flight.store(e + 1, kRelaxed);
+    owner->record_->in_flight.store(e + 1, kRelease);
     if (ABSL_PREDICT_TRUE(word.compare_exchange_strong(w, next, kAcqRel, kRelaxed))) {
       cell.hold.store(hold - 1, kRelaxed);
       owner->record_->in_flight.store(0, kRelease);
-      if (ABSL_PREDICT_FALSE(zombie || (++owner->ops_since_check_ & 1023) == 0)) {
-        return AfterReleasePath(*owner, e, zombie);
+      if (ABSL_PREDICT_FALSE((++owner->ops_since_check_ & 1023) == 0)) {
+        return AfterReleasePath(*owner);
       }
       return;
     }

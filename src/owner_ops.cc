@@ -14,23 +14,64 @@
 //   cached, and the release of such a slot, change Entry::word with a single
 //   compare-and-swap: it fails if the entry is locked, has waiters, is not
 //   live, or carries another tag (it took another key). Around it the owner
-//   sets OwnerRecord::in_flight to the entry, and after it updates its own
-//   cell with plain stores, then clears in_flight (release).
-// Entry lock (Entry::word's locked bit)
+//   sets OwnerRecord::in_flight to the entry (release), and after it updates
+//   its own cell with plain stores, then clears in_flight (release). The
+//   acq_rel compare-and-swap already orders the marker before the word's
+//   change; the release store says so, costs nothing on x86, and keeps the
+//   marker ordered after the owner's earlier cell stores on weaker machines.
+// Entry lock (Entry::word's locked bit, and the holder's stamp)
 //   Everything else — creating and dropping entries, waiting, forced and
 //   reserved slots, refusals, statistics, other owners' cells — happens with
 //   the entry locked. The locker sets its in_flight to the entry just before
-//   the compare-and-swap that sets the bit (and clears it if that fails), so
-//   while an entry is locked, the one live owner whose in_flight names it is
-//   its holder. While locked, hot-path compare-and-swaps fail, so the holder
-//   changes the word and the fields beside it with plain stores and unlocks
-//   by storing the new word (release), then clears in_flight. An owner holds
-//   at most one entry lock and is never in flight on two entries.
+//   the compare-and-swap that sets the bit (and clears it if that fails).
+//   The same compare-and-swap replaces the count bits of the word with the
+//   lock's stamp: the holder's owner id and the next value of its record's
+//   lock_seq (layout.h, Word); the holder keeps the count meanwhile and
+//   writes it back when it unlocks. While locked, hot-path compare-and-swaps
+//   fail, so the holder changes the word's flags and the fields beside it
+//   with plain stores and unlocks by storing the new word (release), then
+//   clears in_flight. An owner holds at most one entry lock and is never in
+//   flight on two entries.
+// Why the stamp (the takeover ABA)
+//   A waiter that judges the holder dead takes the lock over with a
+//   compare-and-swap against the locked word it read before judging. Were
+//   the word the same under every holder, the holder could unlock and lock
+//   again (or another owner lock) during the judgement, and the stale
+//   compare-and-swap would then take a lock a live owner holds: lost
+//   updates, a slot admitted over the limit, and a deadlock between the two
+//   "holders". With the stamp, every acquisition writes a word different
+//   from the previous holder's (another id, or the same id with the next
+//   sequence), so the compare-and-swap succeeds only against the very lock
+//   the waiter judged. And the judgement is of the holder the word names,
+//   by its record's identity (a dead process never comes back to life),
+//   not of whoever happens to be in flight when the waiter looks. A word
+//   naming the waiter's own id was left by the previous process on its
+//   adopted record, and is taken over at once. A stale judgement can then
+//   only go wrong if the record changed process and the new one locked the
+//   entry with the same low sequence bits, all between the waiter's read and
+//   its compare-and-swap.
 // Structure lock (TableHeader::structure_lock: owner id << 32 | seq)
-//   Serialises the index and entry lifecycle: free -> live (insert), zombie
-//   -> live (revive), zombie -> free (drop). live -> zombie happens on the
-//   word alone, when count and waiters reach zero. Order: the structure lock
-//   before an entry lock, never the reverse.
+//   Serialises the index and the entry lifecycle changes that touch it:
+//   free -> live (insert) and zombie -> free (drop). Order: the structure
+//   lock before an entry lock, never the reverse.
+// Entry lifecycle: zombies are revived on the word, dropped on demand
+//   live -> zombie happens on the word alone, when count and waiters reach
+//   zero (the word keeps its tag, loses kLive). The zombie stays indexed and
+//   keeps its key. zombie -> live happens on the word alone too: an acquire
+//   whose cached (entry, tag) matches a zombie's word (count zero, no flag)
+//   revives it with the same one compare-and-swap that takes the slot, and a
+//   locked acquire finding the zombie through the index revives it under
+//   the lock. So a key whose count keeps falling to zero never touches the
+//   structure lock. A zombie is dropped only when its entry is needed: when
+//   a new key finds no free entry, it locks a zombie (under the structure
+//   lock), checks it is still one, retires it and takes the entry. Retiring
+//   changes the tag, so a hint cached for the old key can no longer revive
+//   it: the lock makes a racing revive's compare-and-swap fail first, and
+//   the tag keeps it failing afterwards. How both promises fit: a zombie
+//   counts no slot and is not listed, and any number of them yield to new
+//   keys, so a table of capacity C still tracks C busy keys however many
+//   keys it has seen; what a zombie keeps is only its place, its key and
+//   its statistics, until someone needs the place.
 // Lookup
 //   Lock-free: probe the index, lock the candidate, and accept it only if it
 //   is live and holds the key (entries are re-used, so only a check made
@@ -40,7 +81,7 @@
 //   (key -> entry, tag); the tag in the hot path's expected word makes a
 //   stale hint fail instead of touching another key.
 // Recovery (only with TableOptions::reclaim_dead_owners; see reclaim.cc)
-//   Whoever finds an entry locked by no live owner, or reclaims a dead owner,
+//   Whoever finds an entry locked by a dead owner, or reclaims a dead owner,
 //   locks the entry, waits until no live owner is in flight on it, and then
 //   recomputes its counters from the cells of live owners alone, clearing the
 //   cells of dead ones. Whatever a dead owner was doing — at any instruction,
@@ -76,6 +117,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "internal/futex.h"
+#include "internal/test_hooks.h"
 
 namespace connthrottle {
 
@@ -148,14 +190,20 @@ void OwnerOps::Remember(const NodeKey& key, uint32_t entry) {
 
 void OwnerOps::LockEntry(uint32_t e) {
   std::atomic<uint64_t>& word = EntryOf(e).word;
+  // This lock's stamp: our id and the next value of our record's lock_seq,
+  // so that the word differs from what it was under any earlier holder,
+  // including an earlier lock of our own.
+  const uint32_t seq = self_.lock_seq.load(kRelaxed) + 1;
+  self_.lock_seq.store(seq, kRelaxed);
+  const uint64_t stamp = Word::Stamp(owner_.id_, seq);
   Backoff backoff;
   for (;;) {
-    // Acquire: seeing a holder's locked word means seeing the in_flight it
-    // set before locking, which is how EntryHolderIsDead finds it.
     uint64_t current = word.load(kAcquire);
     if (!(current & Word::kLocked)) {
       self_.in_flight.store(e + 1, kRelease);
-      if (word.compare_exchange_weak(current, current | Word::kLocked, kAcqRel, kRelaxed)) {
+      if (word.compare_exchange_weak(current, (current & ~Word::kStampMask) | Word::kLocked | stamp,
+                                     kAcqRel, kRelaxed)) {
+        owner_.locked_count_ = Word::Count(current);
         // Readers that see any store made under the lock also see the lock.
         std::atomic_thread_fence(kRelease);
         return;
@@ -163,32 +211,47 @@ void OwnerOps::LockEntry(uint32_t e) {
       self_.in_flight.store(0, kRelease);
       continue;
     }
-    if (backoff.Pause() && reclaiming() && EntryHolderIsDead(e)) {
-      // Take the lock over by flipping the takeover bit: of several live
-      // owners that all judged the holder dead, exactly one succeeds.
-      self_.in_flight.store(e + 1, kRelease);
-      if (word.compare_exchange_strong(current, current ^ Word::kTakeover, kAcqRel, kRelaxed)) {
-        std::atomic_thread_fence(kRelease);
-        // The dead holder may have left anything half-written under the
-        // lock; the live ledger is the truth, for every field.
-        uint64_t reclaimed = 0;
-        WriteLocked(e, RecomputeLocked(e, /*exclude_self=*/false, &reclaimed));
-        h_->slots_reclaimed.fetch_add(reclaimed, kRelaxed);
-        // A waiter may be owed a wake-up from whatever the holder was doing.
-        Entry& entry = EntryOf(e);
-        entry.wake_seq.fetch_add(1, kRelease);
-        internal::FutexWake(entry.wake_seq, INT_MAX);
-        return;
-      }
-      self_.in_flight.store(0, kRelease);
+    // The word names its holder. One naming us was left by the process that
+    // held our (adopted) record before: an owner never waits for an entry
+    // lock while it holds one. Any other holder is waited for, unless it is
+    // dead. The holder is judged by its record's identity, which for a given
+    // process never turns from dead to alive; and whatever we judged, the
+    // compare-and-swap below succeeds only against the very lock we judged:
+    // a lock taken since, even by the same owner, carries another stamp.
+    const uint32_t holder = Word::Holder(current);
+    if (holder != owner_.id_) {
+      if (!backoff.Pause() || !reclaiming()) continue;
+      internal::TestPoint("LockEntry.judge_holder");
+      if (!HolderIsDead(holder)) continue;
+      internal::TestPoint("LockEntry.takeover");
     }
+    // Take the lock over by putting our stamp in it: of several live owners
+    // that all judged the holder dead, exactly one succeeds.
+    self_.in_flight.store(e + 1, kRelease);
+    if (word.compare_exchange_strong(current, (current & ~Word::kStampMask) | stamp, kAcqRel,
+                                     kRelaxed)) {
+      std::atomic_thread_fence(kRelease);
+      internal::TestPoint("LockEntry.took_over");
+      // The dead holder may have left anything half-written under the lock
+      // (and its count is lost with it); the live ledger is the truth, for
+      // every field.
+      uint64_t reclaimed = 0;
+      WriteLocked(e, RecomputeLocked(e, /*exclude_self=*/false, &reclaimed));
+      h_->slots_reclaimed.fetch_add(reclaimed, kRelaxed);
+      // A waiter may be owed a wake-up from whatever the holder was doing.
+      Entry& entry = EntryOf(e);
+      entry.wake_seq.fetch_add(1, kRelease);
+      internal::FutexWake(entry.wake_seq, INT_MAX);
+      return;
+    }
+    self_.in_flight.store(0, kRelease);
   }
 }
 
 EntryCounts OwnerOps::ReadLocked(uint32_t e) {
   const Entry& entry = EntryOf(e);
   const uint64_t w = entry.word.load(kRelaxed);
-  return {Word::Count(w), entry.waiters.load(kRelaxed), entry.forced.load(kRelaxed),
+  return {owner_.locked_count_, entry.waiters.load(kRelaxed), entry.forced.load(kRelaxed),
           entry.reserved.load(kRelaxed), (w & Word::kLive) != 0};
 }
 
@@ -198,23 +261,23 @@ void OwnerOps::WriteLocked(uint32_t e, const EntryCounts& counts) {
   entry.forced.store(counts.forced, kRelaxed);
   entry.reserved.store(counts.reserved, kRelaxed);
   entry.version.store(entry.version.load(kRelaxed) + 1, kRelaxed);
+  // The count goes into the word when we unlock; the stamp stays till then.
+  owner_.locked_count_ = counts.count & static_cast<uint32_t>(Word::kCountMask);
   const uint64_t w = entry.word.load(kRelaxed);
-  const uint64_t keep = w & ((Word::kTagMask << Word::kTagShift) | Word::kTakeover | Word::kLocked);
-  entry.word.store(keep | (counts.count & Word::kCountMask) |
+  entry.word.store((w & ~(Word::kHasWaiters | Word::kLive)) |
                        (counts.waiters ? Word::kHasWaiters : 0) | (counts.live ? Word::kLive : 0),
                    kRelaxed);
 }
 
 void OwnerOps::Unlock(uint32_t e, const EntryCounts& counts) {
   WriteLocked(e, counts);
-  std::atomic<uint64_t>& word = EntryOf(e).word;
-  word.store(word.load(kRelaxed) & ~Word::kLocked, kRelease);
-  self_.in_flight.store(0, kRelease);
+  UnlockUnchanged(e);
 }
 
 void OwnerOps::UnlockUnchanged(uint32_t e) {
   std::atomic<uint64_t>& word = EntryOf(e).word;
-  word.store(word.load(kRelaxed) & ~Word::kLocked, kRelease);
+  word.store((word.load(kRelaxed) & ~(Word::kLocked | Word::kStampMask)) | owner_.locked_count_,
+             kRelease);
   self_.in_flight.store(0, kRelease);
 }
 
@@ -226,14 +289,6 @@ void OwnerOps::AddStats(uint32_t e, const StatDelta& stats) {
   AddTo(cold.wait_ns, stats.wait_ns);
   AddTo(cold.forced_total, stats.forced_total);
   AddTo(cold.wakeups, stats.wakeups);
-}
-
-bool OwnerOps::EntryHolderIsDead(uint32_t e) {
-  for (uint32_t id = 1; id <= h_->max_owners; ++id) {
-    if (id == owner_.id_) continue;
-    if (OwnerAt(h_, id).in_flight.load(kAcquire) == e + 1 && OwnerIsAlive(id)) return false;
-  }
-  return true;
 }
 
 void OwnerOps::AwaitInFlight(uint32_t e) {
@@ -368,7 +423,8 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
     const uint32_t e = static_cast<uint32_t>(value) - 1;
     LockEntry(e);
     if (EntryOf(e).in_use.load(kRelaxed) && KeyMatches(e, key)) {
-      // A zombie is revived before anyone dropped it: same key, same tag.
+      // A zombie is revived before anyone dropped it: same key, same tag
+      // (the hot path revives zombies without us; this is the locked way).
       std::atomic<uint64_t>& word = EntryOf(e).word;
       word.store(word.load(kRelaxed) | Word::kLive, kRelaxed);
       UnlockStructure();
@@ -406,8 +462,9 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
   // A new tag: cached hints for the key this entry held before now fail.
   const uint64_t w = entry.word.load(kRelaxed);
   entry.word.store(
-      Word::WithTag(Word::Tag(w) + 1) | Word::kLive | Word::kLocked | (w & Word::kTakeover),
+      Word::WithTag(Word::Tag(w) + 1) | Word::kLive | Word::kLocked | (w & Word::kStampMask),
       kRelaxed);
+  owner_.locked_count_ = 0;
   InsertBucketLocked(e, key.hash());
   h_->live_entries.fetch_add(1, kRelaxed);
   h_->entries_created.fetch_add(1, kRelaxed);
@@ -428,8 +485,12 @@ std::optional<uint32_t> OwnerOps::AllocateEntryLocked() {
       }
     }
   }
-  // Full of busy keys, unless a zombie is waiting to be dropped: take it.
-  for (uint32_t e = 0; e < capacity; ++e) {
+  // Every entry in use: drop a zombie, if there is one, and take its place.
+  // Start where the last allocation ended, so that the zombies dropped are
+  // spread over the table rather than always the first ones.
+  const uint32_t start = h_->alloc_hint.load(kRelaxed);
+  for (uint32_t n = 0; n < capacity; ++n) {
+    const uint32_t e = (start + n) % capacity;
     if (EntryOf(e).word.load(kRelaxed) & Word::kLive) continue;
     LockEntry(e);
     EntryCounts counts = ReadLocked(e);
@@ -438,6 +499,7 @@ std::optional<uint32_t> OwnerOps::AllocateEntryLocked() {
       RemoveBucketLocked(e);
       RetireLocked(e);
       h_->live_entries.fetch_sub(1, kRelaxed);
+      h_->alloc_hint.store((e + 1) % capacity, kRelaxed);
       UnlockUnchanged(e);
       return e;
     }
@@ -480,20 +542,6 @@ void OwnerOps::RemoveBucketLocked(uint32_t entry) {
   buckets[hole].store(0, kRelease);
 }
 
-void OwnerOps::DropIfZombie(uint32_t e) {
-  LockStructure();
-  LockEntry(e);
-  EntryCounts counts = ReadLocked(e);
-  if (EntryOf(e).in_use.load(kRelaxed) && !counts.live && counts.count == 0 &&
-      counts.waiters == 0) {
-    RemoveBucketLocked(e);
-    RetireLocked(e);
-    h_->live_entries.fetch_sub(1, kRelaxed);
-  }
-  UnlockUnchanged(e);
-  UnlockStructure();
-}
-
 void OwnerOps::RetireLocked(uint32_t e) {
   // The hot-path release that made this entry a zombie may still be writing
   // its cell; after this no one can be in flight here (the entry is not live).
@@ -521,6 +569,11 @@ void OwnerOps::RetireLocked(uint32_t e) {
   AddTo(h_->retired_forced_total, cold.forced_total.load(kRelaxed));
   entry.acquired_base.store(0, kRelaxed);
   entry.in_use.store(0, kRelaxed);
+  // A new tag: cached hints for the dropped key fail from now on, instead of
+  // reviving a free entry (the hot path revives zombies by their tag).
+  const uint64_t w = entry.word.load(kRelaxed);
+  entry.word.store((w & ~(Word::kTagMask << Word::kTagShift)) | Word::WithTag(Word::Tag(w) + 1),
+                   kRelaxed);
   entry.version.store(entry.version.load(kRelaxed) + 1, kRelaxed);
   h_->retire_seq.store(seq + 1, kRelease);
   h_->entries_dropped.fetch_add(1, kRelaxed);
@@ -689,6 +742,7 @@ absl::StatusOr<Slot> OwnerOps::TryAcquireSlow(const NodeKey& key, Limit limit,
   EntryCounts counts = ReadLocked(*e);
   if (!limit.Admits(counts.count, counts.waiters)) {
     AddStats(*e, StatDelta{.refused = 1});
+    internal::TestPoint("TryAcquireSlow.refusing");
     UnlockUnchanged(*e);
     MaybeReclaimDeadOwners();
     return Refusal(key, limit, counts);
@@ -783,7 +837,6 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
   if (pass_on) entry.wake_seq.fetch_add(1, kRelease);
   Unlock(e, counts);
   if (pass_on) internal::FutexWake(entry.wake_seq, 1);
-  if (zombie) DropIfZombie(e);
   return gave_up;
 }
 
@@ -818,7 +871,6 @@ void OwnerOps::ReleaseSlow(uint32_t e, SlotKind kind) {
   if (wake) entry.wake_seq.fetch_add(1, kRelease);
   Unlock(e, counts);
   if (wake) internal::FutexWake(entry.wake_seq, 1);
-  if (zombie) DropIfZombie(e);
 }
 
 void OwnerOps::ReleaseUncounted() {
@@ -826,10 +878,7 @@ void OwnerOps::ReleaseUncounted() {
   if (uncounted > 0) self_.uncounted.store(uncounted - 1, kRelaxed);
 }
 
-void OwnerOps::AfterRelease(uint32_t e, bool zombie) {
-  if (zombie) DropIfZombie(e);
-  if ((owner_.ops_since_check_ & 1023) == 0) MaybeReclaimDeadOwners();
-}
+void OwnerOps::AfterRelease() { MaybeReclaimDeadOwners(); }
 
 uint64_t OwnerOps::ReleaseAll(bool fold_acquired) {
   uint64_t released = 0;
@@ -856,7 +905,6 @@ uint64_t OwnerOps::ReleaseAll(bool fold_acquired) {
     if (wake) entry.wake_seq.fetch_add(1, kRelease);
     Unlock(e, counts);
     if (wake) internal::FutexWake(entry.wake_seq, INT_MAX);
-    if (zombie) DropIfZombie(e);
     released += hold.total;
   }
   released += self_.uncounted.load(kRelaxed);

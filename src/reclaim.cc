@@ -24,8 +24,8 @@
 //   takes over from (kOwnerReclaiming, dead reclaimer) the same way.
 // Reclaiming owner D
 //   For every entry D has a cell on, is queued on or is in flight on: lock
-//   the entry (taking the lock over if D held it: no live owner's in_flight
-//   names it), wait until no live owner is in flight on it, and recompute it
+//   the entry (taking the lock over if D held it: the word's stamp names D),
+//   wait until no live owner is in flight on it, and recompute it
 //   from the cells of live owners (owner_ops.cc, "Recovery"), which clears
 //   D's cells, waiting_on and in_flight there. Wake its waiters. Then take
 //   over the structure lock if D held it (rebuilding the index from the
@@ -185,11 +185,9 @@ uint64_t OwnerOps::RecoverRecord(uint32_t dead) {
     LockEntry(e);  // takes the lock over (and recomputes) if the dead owner held it
     EntryCounts counts = RecomputeLocked(e, /*exclude_self=*/adopted, &slots);
     internal::Entry& entry = EntryAt(h_, e);
-    const bool zombie = !counts.live && entry.in_use.load(kRelaxed);
     entry.wake_seq.fetch_add(1, std::memory_order_release);
     Unlock(e, counts);
     internal::FutexWake(entry.wake_seq, INT_MAX);
-    if (zombie) DropIfZombie(e);
   }
   record.uncounted.store(0, kRelaxed);
   if (!adopted) record.in_flight.store(0, kRelaxed);

@@ -3,6 +3,7 @@
 // samples the table and every process's own account of what it holds, and
 // fails on any moment where a key has more non-forced slots than its limit.
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,14 +27,20 @@ namespace {
 constexpr int kProcesses = 8;
 constexpr int kKeys = 3;
 constexpr uint32_t kLimit = 2;
+// Keys whose counts fall to zero constantly (FallingKeysStayExact): more of
+// them than the table has entries, so that entries are dropped and reused.
+constexpr int kFallingKeys = 12;
+constexpr uint32_t kFallingCapacity = 8;
+constexpr int kMaxKeys = kFallingKeys;
 
 // Shared with the children through an anonymous MAP_SHARED mapping: what the
 // processes themselves believe they hold, and what went wrong.
 struct Truth {
-  std::atomic<int> held[kKeys];  // non-forced slots held, per key
-  std::atomic<int> peak[kKeys];  // the most ever held at once, per key
-  std::atomic<int> over_limit;   // times a process saw more than kLimit held
-  std::atomic<int> errors;       // unexpected statuses
+  std::atomic<int> held[kMaxKeys];  // non-forced slots held, per key
+  std::atomic<int> peak[kMaxKeys];  // the most ever held at once, per key
+  std::atomic<long> granted;        // slots granted (FallingKeysStayExact)
+  std::atomic<int> over_limit;      // times a process saw more than kLimit held
+  std::atomic<int> errors;          // unexpected statuses
   std::atomic<long> operations;
 };
 
@@ -109,6 +116,98 @@ int RunChild(const std::string& segment, Truth& truth, int seed, absl::Duration 
     }
   }
   return 0;
+}
+
+NodeKey FallingKey(int k) { return *NodeKey::Create(absl::StrCat("falling-", k), 5432, 1); }
+
+// One child of FallingKeysStayExact: takes a slot of a random key, holds it
+// for a moment and gives it back, so that every key's count keeps falling to
+// zero and rising again, while the other processes do the same on the same
+// keys. A process holds at most one slot, so the table (kFallingCapacity
+// entries, kProcesses processes) is never full of busy keys: every slot is
+// counted, and keys beyond the capacity take the places of zombies.
+int RunFallingChild(const std::string& segment, Truth& truth, int seed, absl::Duration run_for) {
+  absl::StatusOr<std::unique_ptr<SharedSegment>> shm = SharedSegment::Attach(segment);
+  if (!shm.ok()) return 10;
+  absl::StatusOr<std::unique_ptr<Owner>> owner = (*shm)->table().RegisterOwner();
+  if (!owner.ok()) return 11;
+  std::mt19937 rng(seed);
+  std::vector<NodeKey> keys;
+  for (int k = 0; k < kFallingKeys; ++k) keys.push_back(FallingKey(k));
+  const absl::Time end = absl::Now() + run_for;
+  while (absl::Now() < end) {
+    truth.operations.fetch_add(1);
+    const int k = static_cast<int>(rng() % kFallingKeys);
+    absl::StatusOr<Slot> s = (*owner)->TryAcquire(keys[k], Limit::AtMost(kLimit));
+    if (!Expected(s.status())) truth.errors.fetch_add(1);
+    if (!s.ok()) continue;
+    if (s->kind() != SlotKind::kConnection) truth.errors.fetch_add(1);  // uncounted: table full
+    truth.granted.fetch_add(1);
+    Hold(truth, k);
+    for (int i = static_cast<int>(rng() % 3); i > 0; --i) sched_yield();
+    Drop(truth, k);
+  }
+  return 0;
+}
+
+TEST(MultiProcessTest, FallingKeysStayExact) {
+  const std::string name = absl::StrCat("connthrottle-mp-falling-", getpid());
+  (void)SharedSegment::Remove(name);
+  absl::StatusOr<std::unique_ptr<SharedSegment>> shm =
+      SharedSegment::CreateOrAttach(name, TableOptions{kFallingCapacity, 64});
+  ASSERT_TRUE(shm.ok()) << shm.status();
+  CounterTable table = (*shm)->table();
+  void* mem =
+      mmap(nullptr, sizeof(Truth), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  Truth& truth = *new (mem) Truth();
+
+  for (int i = 0; i < kProcesses; ++i) {
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) _exit(RunFallingChild(name, truth, 2000 + i, absl::Seconds(3)));
+  }
+  long samples = 0, table_violations = 0;
+  int running = kProcesses;
+  std::vector<int> exit_codes;
+  while (running > 0) {
+    for (const KeyStats& k : table.Snapshot()) {
+      ++samples;
+      if (k.connections - k.forced > kLimit) ++table_violations;
+    }
+    int status = 0;
+    pid_t done = waitpid(-1, &status, WNOHANG);
+    if (done > 0) {
+      --running;
+      exit_codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
+    }
+  }
+  for (int code : exit_codes) EXPECT_EQ(code, 0);
+  EXPECT_EQ(table_violations, 0);
+  EXPECT_EQ(truth.over_limit.load(), 0);
+  EXPECT_EQ(truth.errors.load(), 0);
+  int keys_at_limit = 0;
+  for (int i = 0; i < kFallingKeys; ++i) {
+    EXPECT_EQ(truth.held[i].load(), 0);
+    if (truth.peak[i].load() == static_cast<int>(kLimit)) ++keys_at_limit;
+  }
+  EXPECT_GT(keys_at_limit, 0) << "no key ever reached its limit: the test proves nothing";
+  EXPECT_TRUE(table.Snapshot().empty());
+  const TableStats stats = table.Stats();
+  EXPECT_EQ(stats.entries_in_use, 0u);
+  EXPECT_EQ(stats.owners, 0u);
+  EXPECT_EQ(stats.full_table_events, 0u);
+  EXPECT_GT(stats.entries_dropped, 0u) << "no entry was ever reused for another key";
+  // Exact: every grant counted once, whether its entry was revived, kept or
+  // dropped and reused since.
+  EXPECT_EQ(stats.acquired, static_cast<uint64_t>(truth.granted.load()));
+  EXPECT_TRUE(table.Audit().ok()) << table.Audit();
+  std::printf("%ld operations, %ld granted, %ld samples, %lu entries created, %lu dropped\n",
+              truth.operations.load(), truth.granted.load(), samples,
+              static_cast<unsigned long>(stats.entries_created),
+              static_cast<unsigned long>(stats.entries_dropped));
+  munmap(mem, sizeof(Truth));
+  EXPECT_TRUE(SharedSegment::Remove(name).ok());
 }
 
 TEST(MultiProcessTest, StrictLimitAcrossForkedProcesses) {

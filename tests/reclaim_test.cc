@@ -705,6 +705,11 @@ constexpr int kStormKeys = 3;
 constexpr uint32_t kStormLimit = 2;
 constexpr uint32_t kReservationUser = 10;
 constexpr int kKillsPerSecond = 30;
+// Keys whose counts fall to zero constantly: taken and given back at once by
+// every worker. More of them than the table has entries to spare, so that
+// zombies are dropped and their entries reused while others revive them.
+constexpr int kFallingKeys = 30;
+constexpr uint32_t kStormCapacity = 24;
 
 // One worker's own account, in memory shared with the parent. The parent
 // reads it after reaping the worker, and resets it for the replacement.
@@ -729,6 +734,7 @@ bool StormExpected(const absl::Status& s) {
 }
 
 NodeKey StormKey(int k) { return Key(absl::StrCat("storm-", k)); }
+NodeKey FallingStormKey(int k) { return Key(absl::StrCat("falling-", k)); }
 
 // The worker's loop: a random mix of every kind of acquire, holding up to a
 // few slots at a time so that kills land while it holds, queues or reserves.
@@ -736,6 +742,8 @@ void StormLoop(Owner& owner, Storm& storm, WorkerAccount& account, uint32_t seed
   std::mt19937 rng(seed);
   std::vector<NodeKey> keys;
   for (int k = 0; k < kStormKeys; ++k) keys.push_back(StormKey(k));
+  std::vector<NodeKey> falling;
+  for (int k = 0; k < kFallingKeys; ++k) falling.push_back(FallingStormKey(k));
   auto limit = [](const NodeKey&) { return Limit::AtMost(kStormLimit); };
   // account.holding is raised after a slot is in hand and lowered before it
   // is given back, so at a kill it never exceeds what the victim held.
@@ -769,8 +777,15 @@ void StormLoop(Owner& owner, Storm& storm, WorkerAccount& account, uint32_t seed
   while (!storm.stop.load(std::memory_order_relaxed)) {
     account.operations.fetch_add(1, std::memory_order_relaxed);
     const int k = static_cast<int>(rng() % kStormKeys);
-    const int r = static_cast<int>(rng() % 100);
-    if (r < 35) {
+    const int r = static_cast<int>(rng() % 125);
+    if (r >= 100) {
+      // A key falling to zero: take a slot and give it back at once.
+      absl::StatusOr<Slot> s =
+          owner.TryAcquire(falling[rng() % kFallingKeys], Limit::AtMost(kStormLimit));
+      const bool granted = s.ok();
+      keep(std::move(s));
+      if (granted) release(held.size() - 1);
+    } else if (r < 35) {
       keep(owner.TryAcquire(keys[k], Limit::AtMost(kStormLimit)));
     } else if (r < 43) {
       account.waiting.store(1);
@@ -854,7 +869,7 @@ int StormSeconds() {
 TEST_F(ReclaimTest, KillStormKeepsCountsExact) {
   const int seconds = StormSeconds();
   // Few spare owner records: dead records are often adopted, not only reclaimed.
-  Open(TableOptions{16, kWorkers + 4});
+  Open(TableOptions{kStormCapacity, kWorkers + 4});
   if (HasFatalFailure()) return;
   CounterTable t = table();
   std::unique_ptr<Owner> mine = MustRegister();
@@ -995,6 +1010,10 @@ TEST_F(ReclaimTest, KillStormKeepsCountsExact) {
   for (int i = 0; i < kStormKeys; ++i) {
     EXPECT_EQ(t.ConnectionCount(StormKey(i)), 0u) << "key " << i;
   }
+  for (int i = 0; i < kFallingKeys; ++i) {
+    EXPECT_EQ(t.ConnectionCount(FallingStormKey(i)), 0u) << "falling key " << i;
+  }
+  EXPECT_GT(stats.entries_dropped, 0u) << "no zombie's entry was ever reused for another key";
   std::vector<KeyStats> left = t.Snapshot();
   EXPECT_TRUE(left.empty()) << left.size() << " busy keys left, first " << left[0].host << ": "
                             << left[0].connections << " connections, " << left[0].forced

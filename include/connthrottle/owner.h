@@ -129,6 +129,7 @@ class Owner {
   uint64_t release_epoch_;                // bumped by ReleaseAll; Slots of older epochs are void
   uint32_t ops_since_check_ = 0;          // releases since the last check for dead owners
   uint32_t fork_generation_;              // the process's fork count when registered (owner.cc)
+  uint32_t locked_count_ = 0;             // the count of the entry this owner has locked
   std::vector<uint32_t> parked_entries_;  // one element per parked Slot of this owner
   std::unique_ptr<CachedEntry[]> cache_;
   uint64_t cache_mask_;

@@ -30,7 +30,7 @@ namespace connthrottle::internal {
 
 inline constexpr uint64_t kMagic = 0x6374687274626c31ULL;  // "cthrtbl1"
 // Bump on any change to this file or to the key hash once released.
-inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr uint32_t kLayoutVersion = 3;
 inline constexpr size_t kCacheLine = 64;
 
 inline constexpr uint32_t kMaxCapacity = 1u << 24;
@@ -39,27 +39,44 @@ inline constexpr uint32_t kMaxOwners = (1u << 16) - 1;
 // ---- Entry --------------------------------------------------------------
 
 // Entry::word, the one word every acquire and release changes:
-//   bits  0..19  count: slots held, of every kind
+//   bits  0..19  unlocked: count, the slots held, of every kind.
+//                locked: the lock stamp, which names the holder: its owner
+//                id (bits 0..15) and the low bits of its record's lock_seq
+//                (16..19). The count is then kept by the holder (Owner::
+//                locked_count_) and written back when it unlocks.
 //   bit  20      has_waiters: waiters > 0
 //   bit  21      live: the entry holds a key and slots may be taken (else it
-//                is free, or a zombie waiting to be dropped; see in_use)
+//                is free, or a zombie waiting to be revived or dropped; see
+//                in_use)
 //   bit  22      locked: an owner holds the entry lock
-//   bit  23      takeover: flipped when a dead holder's lock is taken over
+//   bit  23      unused (0)
 //   bits 24..63  tag: the entry's generation, which changes whenever the
-//                entry takes a new key. A compare-and-swap that expects a tag
-//                cannot succeed on an entry that has since changed keys.
+//                entry is dropped and whenever it takes a new key. A
+//                compare-and-swap that expects a tag cannot succeed on an
+//                entry that has since been dropped or changed keys.
+// Every lock acquisition writes a stamp that differs from the word's stamp
+// under the previous holder, so a compare-and-swap against a locked word
+// read earlier fails once the lock has changed hands (owner_ops.cc, "Entry
+// lock").
 struct Word {
   static constexpr uint64_t kCountMask = (uint64_t{1} << 20) - 1;
   static constexpr uint64_t kHasWaiters = uint64_t{1} << 20;
   static constexpr uint64_t kLive = uint64_t{1} << 21;
   static constexpr uint64_t kLocked = uint64_t{1} << 22;
-  static constexpr uint64_t kTakeover = uint64_t{1} << 23;
   static constexpr int kTagShift = 24;
   static constexpr uint64_t kTagMask = (uint64_t{1} << 40) - 1;
+  static constexpr uint64_t kStampMask = kCountMask;
+  static constexpr uint32_t kStampSeqBits = 4;
 
   static constexpr uint32_t Count(uint64_t w) { return static_cast<uint32_t>(w & kCountMask); }
   static constexpr uint64_t Tag(uint64_t w) { return w >> kTagShift; }
   static constexpr uint64_t WithTag(uint64_t tag) { return (tag & kTagMask) << kTagShift; }
+  // The stamp of a lock taken by `owner_id` as its record's `seq`-th lock.
+  static constexpr uint64_t Stamp(uint32_t owner_id, uint32_t seq) {
+    return (uint64_t{owner_id} & 0xffff) | (uint64_t{seq & ((1u << kStampSeqBits) - 1)} << 16);
+  }
+  // The owner id a locked word names as its holder.
+  static constexpr uint32_t Holder(uint64_t w) { return static_cast<uint32_t>(w & 0xffff); }
 };
 
 // Host names are stored as zero-padded 64-bit words so that they can be read
@@ -173,6 +190,9 @@ struct alignas(kCacheLine) OwnerRecord {
   // holds an entry lock it names that entry, which identifies the holder.
   std::atomic<uint32_t> in_flight;
   std::atomic<uint32_t> uncounted;  // kUncounted slots held
+  // Entry locks taken through this record, by every process that has held
+  // it (never reset): part of each lock's stamp (Word::Stamp).
+  std::atomic<uint32_t> lock_seq;
 };
 
 // ---- Header -------------------------------------------------------------

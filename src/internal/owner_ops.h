@@ -59,9 +59,8 @@ class OwnerOps {
   absl::StatusOr<Slot> AcquireForced(const NodeKey& key, const AcquireOptions& options);
   void ReleaseSlow(uint32_t entry, SlotKind kind);
   void ReleaseUncounted();
-  // After a hot-path release: drop the entry if it became a zombie, and now
-  // and then look for dead owners.
-  void AfterRelease(uint32_t entry, bool zombie);
+  // Every 1024th hot-path release: look for dead owners.
+  void AfterRelease();
   // Gives back every slot recorded against this owner. With fold_acquired,
   // also folds its acquisition counts into the entries (when it leaves).
   uint64_t ReleaseAll(bool fold_acquired);
@@ -85,10 +84,12 @@ class OwnerOps {
   internal::Cell& MyCell(uint32_t entry) { return owner_.cells_[entry]; }
   void Remember(const NodeKey& key, uint32_t entry);
 
-  // ---- the entry lock (a bit of Entry::word) ----
+  // ---- the entry lock (a bit of Entry::word, and the holder's stamp) ----
   // Locks the entry; this owner's in_flight names it until Unlock. With
-  // reclamation, takes the lock over from a holder that died, and recomputes
-  // the entry before returning.
+  // reclamation, takes the lock over from a holder that died (or one left by
+  // the previous process of an adopted record), and recomputes the entry
+  // before returning. ReadLocked, WriteLocked and the unlocks require the
+  // lock, held by this owner.
   void LockEntry(uint32_t entry);
   EntryCounts ReadLocked(uint32_t entry);
   // Writes `counts` into the locked entry (same tag), keeping it locked.
@@ -98,9 +99,6 @@ class OwnerOps {
   // Unlocks without changing anything.
   void UnlockUnchanged(uint32_t entry);
   void AddStats(uint32_t entry, const StatDelta& stats);
-  // Whether no live owner names `entry` in its in_flight: then the lock bit
-  // was left by a dead holder.
-  bool EntryHolderIsDead(uint32_t entry);
   // Waits until no live owner other than this one is in flight on `entry`
   // (a hot-path operation that changed the word before the entry was locked).
   void AwaitInFlight(uint32_t entry);
@@ -125,11 +123,10 @@ class OwnerOps {
   std::optional<uint32_t> AllocateEntryLocked();
   void InsertBucketLocked(uint32_t entry, uint64_t hash);
   void RemoveBucketLocked(uint32_t entry);
-  // Drops `entry` if it is still a zombie. Takes the structure lock.
-  void DropIfZombie(uint32_t entry);
   // With the structure lock and the entry lock held, on an entry with no
-  // slot and no waiter: folds its statistics into the table totals and frees
-  // it (the caller removes or rebuilds its bucket).
+  // slot and no waiter: folds its statistics into the table totals, frees it
+  // and changes its tag, so that no cached hint revives it (the caller
+  // removes or rebuilds its bucket).
   void RetireLocked(uint32_t entry);
   // Rebuilds the index from the entries after a structure-lock holder died.
   void RepairIndexLocked();
