@@ -14,6 +14,9 @@ cmake --build "$ROOT/build" -j"$(nproc)" --target counter_table_benchmark
   --benchmark_display_aggregates_only=true \
   --benchmark_out="$ROOT/build/bench.json" --benchmark_out_format=json "$@"
 echo
+echo "measured $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')," \
+  "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')," \
+  "load average $(cut -d' ' -f1-3 /proc/loadavg); 5 repetitions: median, largest CV shown"
 # Busy keys (another slot keeps every count above zero) first, then keys
 # falling to zero at every release (FallingToZero*, issue 14).
 python3 "$ROOT/bench/ratios.py" "$ROOT/build/bench.json"

@@ -64,7 +64,9 @@ SELECT entries_in_use, uncounted_in_use,
        acquired - :acquired0 AS acquired, refused - :refused0 AS refused,
        forced_total - :forced0 AS forced_total
   FROM connthrottle.table_stats();
--- A key that comes back starts its cumulative figures afresh.
+-- A key that comes back finds its entry (a zombie since its count fell to
+-- zero) and its cumulative figures with it; they restart only when the entry
+-- has been given to another key.
 SELECT connthrottle.try_acquire('slot-a', 5432);
 SELECT host, connections, acquired, refused, forced_total FROM connthrottle.node_stats();
 SELECT connthrottle.release('slot-a', 5432);
