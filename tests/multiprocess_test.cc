@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -150,6 +151,31 @@ int RunFallingChild(const std::string& segment, Truth& truth, int seed, absl::Du
   return 0;
 }
 
+// The checker of both tests: samples `table` until `children` forked
+// processes have exited, counting samples and counts above `limit`, and
+// showing each sampled key to `on_key`. Returns the children's exit codes.
+struct Checked {
+  long samples = 0, violations = 0;
+  std::vector<int> exit_codes;
+};
+Checked SampleUntilChildrenExit(const CounterTable& table, int children, uint32_t limit,
+                                const std::function<void(const KeyStats&)>& on_key) {
+  Checked c;
+  while (children > 0) {
+    for (const KeyStats& k : table.Snapshot()) {
+      ++c.samples;
+      if (k.connections - k.forced > limit) ++c.violations;
+      on_key(k);
+    }
+    int status = 0;
+    if (waitpid(-1, &status, WNOHANG) > 0) {
+      --children;
+      c.exit_codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
+    }
+  }
+  return c;
+}
+
 TEST(MultiProcessTest, FallingKeysStayExact) {
   const std::string name = absl::StrCat("connthrottle-mp-falling-", getpid());
   (void)SharedSegment::Remove(name);
@@ -167,21 +193,10 @@ TEST(MultiProcessTest, FallingKeysStayExact) {
     ASSERT_GE(pid, 0);
     if (pid == 0) _exit(RunFallingChild(name, truth, 2000 + i, absl::Seconds(3)));
   }
-  long samples = 0, table_violations = 0;
-  int running = kProcesses;
-  std::vector<int> exit_codes;
-  while (running > 0) {
-    for (const KeyStats& k : table.Snapshot()) {
-      ++samples;
-      if (k.connections - k.forced > kLimit) ++table_violations;
-    }
-    int status = 0;
-    pid_t done = waitpid(-1, &status, WNOHANG);
-    if (done > 0) {
-      --running;
-      exit_codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
-    }
-  }
+  const Checked checked =
+      SampleUntilChildrenExit(table, kProcesses, kLimit, [](const KeyStats&) {});
+  long samples = checked.samples, table_violations = checked.violations;
+  const std::vector<int>& exit_codes = checked.exit_codes;
   for (int code : exit_codes) EXPECT_EQ(code, 0);
   EXPECT_EQ(table_violations, 0);
   EXPECT_EQ(truth.over_limit.load(), 0);
@@ -232,25 +247,15 @@ TEST(MultiProcessTest, StrictLimitAcrossForkedProcesses) {
   }
 
   // The checker: sample until every child has exited.
-  long samples = 0, table_violations = 0;
   uint32_t peak[kKeys] = {};
-  int running = kProcesses;
-  std::vector<int> exit_codes;
-  while (running > 0) {
-    for (const KeyStats& k : table.Snapshot()) {
-      ++samples;
-      if (k.connections - k.forced > kLimit) ++table_violations;
-      for (int i = 0; i < kKeys; ++i) {
-        if (k.host == absl::StrCat("worker-", i)) peak[i] = std::max(peak[i], k.connections);
-      }
-    }
-    int status = 0;
-    pid_t done = waitpid(-1, &status, WNOHANG);
-    if (done > 0) {
-      --running;
-      exit_codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
-    }
-  }
+  const Checked checked =
+      SampleUntilChildrenExit(table, kProcesses, kLimit, [&](const KeyStats& k) {
+        for (int i = 0; i < kKeys; ++i) {
+          if (k.host == absl::StrCat("worker-", i)) peak[i] = std::max(peak[i], k.connections);
+        }
+      });
+  long samples = checked.samples, table_violations = checked.violations;
+  const std::vector<int>& exit_codes = checked.exit_codes;
 
   for (int code : exit_codes) EXPECT_EQ(code, 0);
   EXPECT_GT(samples, 100);
