@@ -17,5 +17,8 @@ cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$ROOT/build" -j"$(nproc)" --target connthrottle_pg connthrottle-stress
 cmake --install "$ROOT/build" --component postgresql >/dev/null
 
+# Timing (the monitor's cadence, a client completing nothing for 5 s) is
+# reported, not judged: on a busy machine it says more about the machine than
+# about connthrottle. Pass --judge_timing=true to judge it too.
 exec "$ROOT/build/bench/stress/connthrottle-stress" --duration=30s --compare_unthrottled \
-  --out="$ROOT/demo" "$@"
+  --judge_timing=false --out="$ROOT/demo" "$@"

@@ -64,6 +64,9 @@ def main(paths):
     passed = sum(1 for r in reports if r["passed"])
     print()
     print(f"every invariant held in {passed} of {len(reports)} throttled runs")
+    for i, r in enumerate(reports, 1):
+        for v in r.get("violations", []):
+            print(f"- run {i}: {v}")
 
 
 if __name__ == "__main__":
