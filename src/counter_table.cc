@@ -162,6 +162,14 @@ absl::StatusOr<CounterTable> CounterTable::Initialize(void* region, size_t bytes
   absl::StatusOr<Layout> layout = ComputeLayout(options);
   if (!layout.ok()) return layout.status();
   if (absl::Status s = CheckRegion(region, bytes, layout->total_bytes); !s.ok()) return s;
+  uint64_t pid_namespace = 0;
+  if (options.reclaim_dead_owners) {
+    // Owners judge each other's liveness by pid: only within one namespace,
+    // and only where /proc shows it. Find out before touching the region.
+    pid_namespace = internal::PidNamespace();
+    absl::StatusOr<internal::ProcessIdentity> self = internal::JudgeableSelfIdentity(pid_namespace);
+    if (!self.ok()) return self.status();
+  }
 
   std::memset(region, 0, layout->total_bytes);
   auto* h = new (region) TableHeader();
@@ -176,6 +184,7 @@ absl::StatusOr<CounterTable> CounterTable::Initialize(void* region, size_t bytes
   h->entries_offset = layout->entries_offset;
   h->keys_offset = layout->keys_offset;
   h->flags = options.reclaim_dead_owners ? internal::kFlagReclaimDeadOwners : 0;
+  h->pid_namespace = pid_namespace;
   char* base = static_cast<char*>(region);
   for (uint32_t i = 0; i < options.max_owners; ++i) {
     new (base + h->owners_offset + i * sizeof(internal::OwnerRecord)) internal::OwnerRecord();
@@ -232,6 +241,13 @@ TableOptions CounterTable::options() const {
 
 absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
   internal::ProcessIdentity self = internal::SelfIdentity();
+  if (header_->flags & internal::kFlagReclaimDeadOwners) {
+    // Other owners will judge whether we are alive; refuse unless they can.
+    absl::StatusOr<internal::ProcessIdentity> judgeable =
+        internal::JudgeableSelfIdentity(header_->pid_namespace);
+    if (!judgeable.ok()) return judgeable.status();
+    self = *judgeable;
+  }
   const uint64_t identity = internal::EncodeAlive(self.pid, self.start_time);
   for (uint32_t id = 1; id <= header_->max_owners; ++id) {
     internal::OwnerRecord& record = OwnerAt(header_, id);
@@ -240,7 +256,7 @@ absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
         !record.identity.compare_exchange_strong(expected, identity, kAcquire, kRelaxed)) {
       continue;
     }
-    auto owner = std::unique_ptr<Owner>(new Owner(*this, id, /*first_seq=*/1));
+    auto owner = std::unique_ptr<Owner>(new Owner(*this, id));
     OwnerOps(*owner).MaybeReclaimDeadOwners();
     return owner;
   }
@@ -268,7 +284,7 @@ absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
       // A structure-lock word the dead owner left names our id too; we take
       // it over in RecoverAdoptedRecord (and LockStructure never mistakes it
       // for ours, since an owner never waits for the lock while holding it).
-      auto owner = std::unique_ptr<Owner>(new Owner(*this, id, /*first_seq=*/1));
+      auto owner = std::unique_ptr<Owner>(new Owner(*this, id));
       OwnerOps(*owner).RecoverAdoptedRecord();
       return owner;
     }

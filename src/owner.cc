@@ -59,13 +59,12 @@ ABSL_ATTRIBUTE_NOINLINE void ReleaseParkedPath(Owner& owner, Slot& slot) {
 ABSL_ATTRIBUTE_NOINLINE void AfterReleasePath(Owner& owner) { OwnerOps(owner).AfterRelease(); }
 }  // namespace
 
-Owner::Owner(CounterTable table, uint32_t id, uint32_t first_seq)
+Owner::Owner(CounterTable table, uint32_t id)
     : table_(table),
       entries_(&internal::EntryAt(table.header_, 0)),
       cells_(internal::CellRow(table.header_, id)),
       record_(&internal::OwnerAt(table.header_, id)),
       id_(id),
-      next_seq_(first_seq),
       release_epoch_(1),
       fork_generation_(CurrentForkGeneration()) {
   const size_t slots =

@@ -348,27 +348,42 @@ EntryCounts OwnerOps::RecomputeLocked(uint32_t e, bool exclude_self, uint64_t* r
 // ---------------------------------------------------------------------------
 // The structure lock
 
+uint64_t OwnerOps::NextStructureLockWord() {
+  return LockWord(owner_.id_, h_->structure_seq.fetch_add(1, kRelaxed) + 1);
+}
+
 uint64_t OwnerOps::LockStructure() {
-  uint64_t mine = LockWord(owner_.id_, owner_.next_seq_++);
+  const uint64_t mine = NextStructureLockWord();
   std::atomic<uint64_t>& lock = h_->structure_lock;
   Backoff backoff;
   for (;;) {
     uint64_t current = lock.load(kRelaxed);
     if (current == 0) {
-      if (lock.compare_exchange_weak(current, mine, kAcquire, kRelaxed)) return mine;
+      if (lock.compare_exchange_weak(current, mine, kAcquire, kRelaxed)) {
+        internal::TestPoint("LockStructure.locked");
+        return mine;
+      }
       continue;
     }
     // Owners hold at most one structure lock and never wait for it while
     // holding it, so a word naming our own id was left by the previous
     // process on our (adopted) record: take it over at once.
+    // Anyone else is waited for unless it is dead. Whatever we judged, the
+    // compare-and-swap succeeds only against the very acquisition we judged:
+    // every acquisition writes a word of its own (NextStructureLockWord).
     const bool ours = LockOwner(current) == owner_.id_;
-    if ((ours || (backoff.Pause() && reclaiming() && HolderIsDead(LockOwner(current)))) &&
-        lock.compare_exchange_strong(current, mine, kAcquire, kRelaxed)) {
+    if (!ours) {
+      if (!backoff.Pause() || !reclaiming() || !HolderIsDead(LockOwner(current))) continue;
+      internal::TestPoint("LockStructure.takeover");
+    }
+    if (lock.compare_exchange_strong(current, mine, kAcquire, kRelaxed)) {
+      internal::TestPoint("LockStructure.took_over");
       // The holder died between any two of its steps; the entries are the
       // truth and the index is rebuilt from them.
       RepairIndexLocked();
       return mine;
     }
+    if (!ours) internal::TestPoint("LockStructure.takeover_lost");
   }
 }
 
@@ -762,6 +777,8 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
                                               absl::FunctionRef<bool()> interrupted,
                                               const AcquireOptions& options) {
   const SlotKind kind = options.reservation ? SlotKind::kReservation : SlotKind::kConnection;
+  // The limit is the caller's code: it is evaluated with no lock held, so a
+  // callback that is slow, blocks or throws delays only its caller.
   Limit limit = limit_now();
   if (limit.never_waits()) return owner_.TryAcquire(key, limit, options);
 
@@ -769,9 +786,10 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
   if (!found) return TableFull(key, options);
   const uint32_t e = *found;
   Entry& entry = EntryOf(e);
-  // Read wake_seq before evaluating the limit (see "Wake-ups" above).
+  // Waiters read wake_seq before evaluating the limit (see "Wake-ups"
+  // above). This first decision evaluated it before; a change in between is
+  // caught by evaluating it again once queued, below.
   uint32_t seen = entry.wake_seq.load(kAcquire);
-  limit = limit_now();
   EntryCounts counts = ReadLocked(e);
   const bool resumed = options.wait_began.has_value();
   const absl::Time start = options.wait_began.value_or(absl::Now());
@@ -791,53 +809,67 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
   const absl::Duration poll =
       std::clamp(options.poll_interval, absl::Milliseconds(1), absl::Hours(1));
   absl::Status gave_up;
-  for (;;) {
-    absl::Time now = absl::Now();
-    if (interrupted()) {
-      gave_up = absl::CancelledError(
-          absl::StrCat("wait for a connection slot to node ", key.ToString(), " was interrupted"));
-      break;
+  try {  // the callbacks are the caller's code: if one throws, leave the queue
+    const Limit fresh = limit_now();
+    bool recheck = !(fresh == limit);  // then decide again before sleeping
+    limit = fresh;
+    for (;;) {
+      absl::Time now = absl::Now();
+      if (interrupted()) {
+        gave_up = absl::CancelledError(absl::StrCat("wait for a connection slot to node ",
+                                                    key.ToString(), " was interrupted"));
+        break;
+      }
+      if (now >= deadline) {
+        gave_up = absl::DeadlineExceededError(
+            absl::StrCat("no connection slot to node ", key.ToString(), " became free within ",
+                         absl::FormatDuration(now - start), " (limit ", limit.ToString(), ")"));
+        break;
+      }
+      if (!recheck) {
+        internal::FutexWait(entry.wake_seq, seen, std::min(poll, deadline - now));
+        const uint32_t after = entry.wake_seq.load(kAcquire);
+        // A poll tick (nothing changed) is a good moment to look for dead
+        // owners; a real wake-up is not: the slot is waiting.
+        if (after == seen) MaybeReclaimDeadOwners();
+        seen = after;
+        limit = limit_now();  // after reading wake_seq, before locking
+      }
+      recheck = false;
+      LockEntry(e);
+      counts = ReadLocked(e);
+      // Woken waiters compete only with each other: no one queued is ahead.
+      if (limit.Admits(counts.count, 0)) {
+        return Grant(e, kind, /*dequeue=*/true, StatDelta{.wait_ns = waited_ns(), .wakeups = 1});
+      }
+      AddStats(e, StatDelta{.wakeups = 1});
+      UnlockUnchanged(e);
     }
-    if (now >= deadline) {
-      gave_up = absl::DeadlineExceededError(
-          absl::StrCat("no connection slot to node ", key.ToString(), " became free within ",
-                       absl::FormatDuration(now - start), " (limit ", limit.ToString(), ")"));
-      break;
-    }
-    internal::FutexWait(entry.wake_seq, seen, std::min(poll, deadline - now));
-    const uint32_t after = entry.wake_seq.load(kAcquire);
-    // A poll tick (nothing changed) is a good moment to look for dead owners;
-    // a real wake-up is not: the slot is waiting.
-    if (after == seen) MaybeReclaimDeadOwners();
-    seen = after;
-    LockEntry(e);
-    limit = limit_now();
-    counts = ReadLocked(e);
-    // Woken waiters compete only with each other: no one queued is ahead.
-    if (limit.Admits(counts.count, 0)) {
-      return Grant(e, kind, /*dequeue=*/true, StatDelta{.wait_ns = waited_ns(), .wakeups = 1});
-    }
-    AddStats(e, StatDelta{.wakeups = 1});
-    UnlockUnchanged(e);
+  } catch (...) {
+    LeaveQueue(e, StatDelta{});
+    throw;
   }
+  // A cancelled wait may be resumed: it is not counted as refused yet.
+  LeaveQueue(e, absl::IsCancelled(gave_up) ? StatDelta{}
+                                           : StatDelta{.refused = 1, .wait_ns = waited_ns()});
+  return gave_up;
+}
 
-  // Leave the queue. The wake-up this waiter may have consumed is passed on
-  // to the next one whenever others are queued: their limits may differ from
-  // ours, so only they can tell whether a slot is free for them.
+void OwnerOps::LeaveQueue(uint32_t e, const StatDelta& stats) {
+  // The wake-up this waiter may have consumed is passed on to the next one
+  // whenever others are queued: their limits may differ from ours, so only
+  // they can tell whether a slot is free for them.
+  Entry& entry = EntryOf(e);
   LockEntry(e);
-  counts = ReadLocked(e);
+  EntryCounts counts = ReadLocked(e);
   --counts.waiters;
   self_.waiting_on.store(0, kRelaxed);
   const bool pass_on = counts.waiters > 0;
-  const bool zombie = counts.count == 0 && counts.waiters == 0;
-  if (zombie) counts.live = false;
-  if (!absl::IsCancelled(gave_up)) {  // a cancelled wait may be resumed: not counted yet
-    AddStats(e, StatDelta{.refused = 1, .wait_ns = waited_ns()});
-  }
+  if (counts.count == 0 && counts.waiters == 0) counts.live = false;  // a zombie now
+  AddStats(e, stats);
   if (pass_on) entry.wake_seq.fetch_add(1, kRelease);
   Unlock(e, counts);
   if (pass_on) internal::FutexWake(entry.wake_seq, 1);
-  return gave_up;
 }
 
 void OwnerOps::ReleaseSlow(uint32_t e, SlotKind kind) {

@@ -5,12 +5,19 @@
 // ==============
 // Identity
 //   An owner record's identity word holds (kOwnerAlive, pid, process start
-//   time). A process is dead only when that is certain: /proc/<pid>/stat is
-//   gone (ENOENT), shows another start time (the pid was reused), or shows a
-//   zombie with no other thread left. A /proc that cannot be read (EMFILE,
-//   hidepid) falls back to kill(pid, 0), which can only prove absence.
-//   Threads of one process share its identity, and an owner never judges
-//   owners of its own process.
+//   time). A process is dead only when that is certain: /proc/<pid>/stat
+//   shows another start time (the pid was reused) or a zombie with no other
+//   thread left, or no process has the pid at all (/proc has no entry and
+//   kill(pid, 0) says ESRCH: under hidepid=2 /proc hides other users' live
+//   processes just as it hides gone ones). Anything else, a pid that exists
+//   but cannot be read, is alive: never reclaim on a guess. Threads of one
+//   process share its identity, and an owner never judges owners of its own
+//   process.
+//   A pid means something only in one PID namespace, and a start time only
+//   where /proc shows it: so only processes of the namespace that
+//   initialised the table, whose /proc shows them with a start time, may
+//   register (process_identity.h, JudgeableSelfIdentity); they are the
+//   judged and the judges.
 // Who notices
 //   Any live owner, with no daemon: on a refused optional acquire, on every
 //   wait tick of a waiting acquire, every 1024 releases, on registration and
@@ -52,6 +59,7 @@
 #include "internal/futex.h"
 #include "internal/owner_ops.h"
 #include "internal/process_identity.h"
+#include "internal/test_hooks.h"
 
 namespace connthrottle {
 
@@ -169,8 +177,9 @@ uint64_t OwnerOps::RecoverRecord(uint32_t dead) {
   std::atomic<uint64_t>& structure = h_->structure_lock;
   uint64_t current = structure.load(kAcquire);
   if (current != 0 && internal::LockOwner(current) == dead) {
-    uint64_t mine = internal::LockWord(owner_.id_, owner_.next_seq_++);
+    const uint64_t mine = NextStructureLockWord();
     if (structure.compare_exchange_strong(current, mine, kAcquire, kRelaxed)) {
+      internal::TestPoint("LockStructure.took_over");
       RepairIndexLocked();
       UnlockStructure();
     }

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,8 +30,8 @@
 #include "connthrottle/owner.h"
 #include "connthrottle/slot.h"
 #include "gtest/gtest.h"
-#include "internal/test_hooks.h"
 #include "tests/testing/heap_table.h"
+#include "tests/testing/pauses.h"
 
 namespace connthrottle {
 namespace {
@@ -38,97 +39,16 @@ namespace {
 using ::connthrottle::testing::HeapTable;
 using ::connthrottle::testing::Key;
 
-// Takeovers of an entry lock seen by the hook, in any test of this file.
-std::atomic<int> takeovers{0};
-// Times a waiter for an entry lock asked whether its holder is dead.
-std::atomic<int> judgements{0};
-
-// Pauses threads at named points. A thread takes part under a role; each
-// role has one gate, which the test arms at a point: the next thread of that
-// role to reach the point stops there until the test opens the gate.
-class Pauses {
- public:
-  enum Role { kNone = 0, kHolder = 1, kTaker = 2 };
-  static thread_local Role role;
-
-  static Pauses& Get() {
-    static Pauses* pauses = new Pauses();
-    return *pauses;
-  }
-
-  void Arm(Role r, const std::string& point) {
-    std::lock_guard<std::mutex> lock(mu_);
-    Gate& gate = gates_[r];
-    gate.point = point;
-    gate.armed = true;
-    gate.arrived = false;
-  }
-  // Waits until r's gate holds a thread.
-  void AwaitArrival(Role r) {
-    std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait(lock, [&] { return gates_[r].arrived; });
-  }
-  // Waits until r's gate holds a thread or *done (set with Done) is true.
-  // Returns whether a thread arrived.
-  bool AwaitArrivalOr(Role r, const bool* done) {
-    std::unique_lock<std::mutex> lock(mu_);
-    const Gate& gate = gates_[r];
-    changed_.wait(lock, [&] { return gate.arrived || *done; });
-    return gate.arrived;
-  }
-  // Lets the thread stopped at r's gate go on (the gate may be armed again
-  // before, for the thread's next point).
-  void Open(Role r) {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++gates_[r].opened;
-    changed_.notify_all();
-  }
-  void Done(bool* done) {
-    std::lock_guard<std::mutex> lock(mu_);
-    *done = true;
-    changed_.notify_all();
-  }
-
-  static void Hook(const char* point) {
-    if (std::strcmp(point, "LockEntry.took_over") == 0) takeovers.fetch_add(1);
-    if (std::strcmp(point, "LockEntry.judge_holder") == 0) judgements.fetch_add(1);
-    if (role != kNone) Get().Stop(point);
-  }
-
- private:
-  struct Gate {
-    std::string point;
-    bool armed = false;
-    bool arrived = false;
-    int opened = 0;  // times the test let a stopped thread go
-  };
-
-  void Stop(const char* point) {
-    std::unique_lock<std::mutex> lock(mu_);
-    Gate& gate = gates_[role];
-    if (!gate.armed || gate.arrived || gate.point != point) return;
-    gate.arrived = true;
-    gate.armed = false;
-    changed_.notify_all();
-    const int ticket = gate.opened;
-    changed_.wait(lock, [&] { return gate.opened > ticket; });
-  }
-
-  // std, not absl::Mutex: ThreadSanitizer sees the std (pthread) primitives
-  // even when Abseil is a prebuilt, uninstrumented library.
-  std::mutex mu_;
-  std::condition_variable changed_;
-  Gate gates_[3];
-};
-thread_local Pauses::Role Pauses::role = Pauses::kNone;
+using ::connthrottle::testing::Pauses;
+constexpr Pauses::Role kHolder = Pauses::kFirst;
+constexpr Pauses::Role kTaker = Pauses::kSecond;
 
 class EntryLockTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    takeovers.store(0);
-    internal::test_hook.store(&Pauses::Hook);
-  }
-  void TearDown() override { internal::test_hook.store(nullptr); }
+  void SetUp() override { Pauses::Get().Install(); }
+  void TearDown() override { Pauses::Get().Uninstall(); }
+
+  static int Takeovers() { return Pauses::Get().Count("LockEntry.took_over"); }
 };
 
 TableOptions Reclaiming() {
@@ -156,43 +76,43 @@ TEST_F(EntryLockTest, WaiterNeverTakesOverALockItsLiveHolderTookAgain) {
   };
 
   // 1. H holds the entry lock, stopped before it unlocks.
-  pauses.Arm(Pauses::kHolder, "TryAcquireSlow.refusing");
-  std::thread h1 = refused_acquire(*holder, Pauses::kHolder);
-  pauses.AwaitArrival(Pauses::kHolder);
+  pauses.Arm(kHolder, "TryAcquireSlow.refusing");
+  std::thread h1 = refused_acquire(*holder, kHolder);
+  pauses.AwaitArrival(kHolder);
 
   // 2. T waits for the lock long enough to ask whether H is dead; stopped
   //    just before it judges, with the locked word it read in hand.
-  pauses.Arm(Pauses::kTaker, "LockEntry.judge_holder");
+  pauses.Arm(kTaker, "LockEntry.judge_holder");
   bool taker_done = false;
   std::thread tk([&] {
-    Pauses::role = Pauses::kTaker;
+    Pauses::role = kTaker;
     absl::StatusOr<Slot> s = taker->TryAcquire(key, Limit::AtMost(1));
     EXPECT_TRUE(absl::IsResourceExhausted(s.status())) << s.status();
     pauses.Done(&taker_done);
   });
-  pauses.AwaitArrival(Pauses::kTaker);
+  pauses.AwaitArrival(kTaker);
 
   // 3. H unlocks and leaves: for a moment no one holds the entry.
-  pauses.Open(Pauses::kHolder);
+  pauses.Open(kHolder);
   h1.join();
 
   // 4. T judges. Had it judged H dead, it stops before its takeover.
-  pauses.Arm(Pauses::kTaker, "LockEntry.takeover");
-  pauses.Open(Pauses::kTaker);
+  pauses.Arm(kTaker, "LockEntry.takeover");
+  pauses.Open(kTaker);
   std::thread h2;
-  if (pauses.AwaitArrivalOr(Pauses::kTaker, &taker_done)) {
+  if (pauses.AwaitArrivalOr(kTaker, &taker_done)) {
     // 5. H takes the lock again, so the word is back to what T read in
     //    step 2, and holds it while T tries its takeover.
-    pauses.Arm(Pauses::kHolder, "TryAcquireSlow.refusing");
-    h2 = refused_acquire(*holder, Pauses::kHolder);
-    pauses.AwaitArrival(Pauses::kHolder);
-    pauses.Open(Pauses::kTaker);
+    pauses.Arm(kHolder, "TryAcquireSlow.refusing");
+    h2 = refused_acquire(*holder, kHolder);
+    pauses.AwaitArrival(kHolder);
+    pauses.Open(kTaker);
     // A wrong takeover would now wait for H to leave the entry: let H go.
-    pauses.Open(Pauses::kHolder);
+    pauses.Open(kHolder);
   }
   tk.join();
   if (h2.joinable()) h2.join();
-  EXPECT_EQ(takeovers.load(), 0) << "a live holder's entry lock was taken over";
+  EXPECT_EQ(Takeovers(), 0) << "a live holder's entry lock was taken over";
   EXPECT_EQ(t->ConnectionCount(key), 1u);
   EXPECT_TRUE(t->Audit().ok()) << t->Audit();
 }
@@ -223,7 +143,7 @@ TEST_F(EntryLockTest, ContendedLockIsNeverTakenOverWhileNobodyDies) {
     std::unique_lock<std::mutex> lock(watchdog_mu);
     if (watchdog_cv.wait_for(lock, std::chrono::minutes(10), [&] { return finished; })) return;
     std::fprintf(stderr, "entry lock stress: no progress in 10 minutes, %d takeovers: deadlock\n",
-                 takeovers.load());
+                 Takeovers());
     std::abort();
   });
 
@@ -251,11 +171,9 @@ TEST_F(EntryLockTest, ContendedLockIsNeverTakenOverWhileNobodyDies) {
     });
   }
   long samples = 0, over_limit = 0;
-  int takeovers_seen = 0;
   while (running.load() > 0) {
     ++samples;
     if (t->ConnectionCount(key) > kChurnLimit) ++over_limit;
-    takeovers_seen = std::max(takeovers_seen, takeovers.load());
   }
   for (std::thread& thread : threads) thread.join();
   {
@@ -266,13 +184,110 @@ TEST_F(EntryLockTest, ContendedLockIsNeverTakenOverWhileNobodyDies) {
   watchdog.join();
 
   std::printf("%d refusers x %d, %d churners x %d: %ld samples, %d judgements of a holder\n",
-              kRefusers, kRefusals, kChurners, kChurns, samples, judgements.load());
-  EXPECT_EQ(takeovers_seen, 0) << "an entry lock was taken over while every owner was alive";
-  EXPECT_EQ(takeovers.load(), 0);
+              kRefusers, kRefusals, kChurners, kChurns, samples,
+              Pauses::Get().Count("LockEntry.judge_holder"));
+  EXPECT_EQ(Takeovers(), 0) << "an entry lock was taken over while every owner was alive";
   EXPECT_GT(samples, 0);
   EXPECT_EQ(over_limit, 0);
   EXPECT_EQ(unexpected.load(), 0);
   EXPECT_EQ(t->ConnectionCount(key), 1u);
+  absl::Status audit = t->Audit();
+  EXPECT_TRUE(audit.ok()) << audit;
+}
+
+// A waiting acquire's limit is the caller's code (issue 13, finding 5): it
+// must never run under the entry lock, or a callback that blocks would wedge
+// the key for everyone. Here the waiter's callback blocks, in the waiter's
+// wait loop, until the others are done with the key: they must get through.
+TEST_F(EntryLockTest, BlockingLimitCallbackDoesNotHoldTheKey) {
+  HeapTable t(Reclaiming());
+  const NodeKey key = Key("k");
+  std::unique_ptr<Owner> holder = *t->RegisterOwner();
+  std::unique_ptr<Owner> waiter = *t->RegisterOwner();
+  std::unique_ptr<Owner> other = *t->RegisterOwner();
+  Slot busy = *holder->TryAcquire(key, Limit::AtMost(1));
+
+  std::mutex mu;
+  std::condition_variable cv;
+  int calls = 0;
+  bool block_next = false, blocked = false, go_on = false;
+  auto limit = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    ++calls;
+    cv.notify_all();
+    if (block_next) {
+      block_next = false;
+      blocked = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return go_on; });
+    }
+    return Limit::AtMost(1);
+  };
+  absl::StatusOr<Slot> got = absl::UnknownError("not yet");
+  std::thread w([&] {
+    got = waiter->AcquireWaiting(key, limit, absl::InfiniteFuture(), [] { return false; });
+  });
+  {
+    // Three calls: the first decision, the check once queued, and one from
+    // the wait loop (it re-evaluates at every poll tick). The next one, made
+    // in the loop, blocks.
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return calls >= 3; });
+    block_next = true;
+    cv.wait(lock, [&] { return blocked; });
+  }
+  // The waiter's callback is blocked. The key must still serve others: a
+  // refusal and a release both lock the entry (it has a waiter).
+  bool others_done = false;
+  std::thread o([&] {
+    EXPECT_TRUE(absl::IsResourceExhausted(other->TryAcquire(key, Limit::AtMost(1)).status()));
+    busy.Release();
+    std::lock_guard<std::mutex> lock(mu);
+    others_done = true;
+    cv.notify_all();
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_for(lock, std::chrono::seconds(60), [&] { return others_done; })) {
+      ADD_FAILURE() << "a blocked limit callback holds the entry: others hang";
+      std::fflush(stdout);
+      _exit(1);  // the threads cannot be stopped
+    }
+    go_on = true;
+    cv.notify_all();
+  }
+  o.join();
+  w.join();
+  ASSERT_TRUE(got.ok()) << got.status();  // the freed slot went to the waiter
+  EXPECT_EQ(t->ConnectionCount(key), 1u);
+  absl::Status audit = t->Audit();
+  EXPECT_TRUE(audit.ok()) << audit;
+}
+
+// A limit callback that throws once the caller is queued: the exception
+// reaches the caller, and the queue place goes with it (a phantom waiter
+// would keep every optional acquire of the key refused).
+TEST_F(EntryLockTest, ThrowingLimitCallbackLeavesTheQueue) {
+  HeapTable t(Reclaiming());
+  const NodeKey key = Key("k");
+  std::unique_ptr<Owner> holder = *t->RegisterOwner();
+  std::unique_ptr<Owner> waiter = *t->RegisterOwner();
+  Slot busy = *holder->TryAcquire(key, Limit::AtMost(1));
+  int calls = 0;
+  auto limit = [&] {
+    if (++calls == 2) throw std::runtime_error("configuration gone");
+    return Limit::AtMost(1);
+  };
+  EXPECT_THROW(
+      (void)waiter->AcquireWaiting(key, limit, absl::InfiniteFuture(), [] { return false; }),
+      std::runtime_error);
+  EXPECT_EQ(calls, 2);
+  std::vector<KeyStats> keys = t->Snapshot();
+  ASSERT_EQ(keys.size(), 1u);
+  EXPECT_EQ(keys[0].waiters, 0u) << "the thrown-out waiter is still queued";
+  // With no one queued, a second slot under a limit of 2 is admitted.
+  absl::StatusOr<Slot> second = holder->TryAcquire(key, Limit::AtMost(2));
+  EXPECT_TRUE(second.ok()) << second.status();
   absl::Status audit = t->Audit();
   EXPECT_TRUE(audit.ok()) << audit;
 }

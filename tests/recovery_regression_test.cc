@@ -165,6 +165,7 @@ TEST(RecoveryRegressionTest, WaitForInFlightOwnerEndsWhenItDies) {
     (void)!write(pipefd[1], &x, 1);
     for (;;) pause();
   }
+  close(pipefd[1]);  // a child that dies early ends the read below
   char x;
   ASSERT_EQ(read(pipefd[0], &x, 1), 1);
   std::atomic<bool> done{false};
@@ -200,6 +201,7 @@ TEST(RecoveryRegressionTest, UnreadableProcDoesNotMeanDead) {
     (void)!write(pipefd[1], &x, 1);
     for (;;) pause();
   }
+  close(pipefd[1]);  // a child that dies early ends the read below
   char x = 0;
   ASSERT_EQ(read(pipefd[0], &x, 1), 1);
   ASSERT_EQ(x, 1);
@@ -236,6 +238,7 @@ TEST(RecoveryRegressionTest, ProcessWhoseMainThreadExitedIsAlive) {
     }).detach();
     syscall(SYS_exit, 0);  // main thread only, as pthread_exit ends (no unwinding)
   }
+  close(pipefd[1]);  // a child that dies early ends the reads below
   char x = 0;
   ASSERT_EQ(read(pipefd[0], &x, 1), 1);
   ASSERT_EQ(x, 1);

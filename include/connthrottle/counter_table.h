@@ -110,6 +110,12 @@ struct TableOptions {
   // Whether live participants reclaim the slots of owners whose process died
   // (standalone segments). Inside PostgreSQL the postmaster re-initialises
   // shared memory after a crash instead, so the extension leaves this off.
+  // Owners judge each other by pid and start time, so with this on every
+  // owner must run in the PID namespace of the process that initialised the
+  // table, with a /proc of that namespace (hidepid is fine: a pid that
+  // exists but is hidden counts as alive). Initialize and RegisterOwner
+  // refuse a process for which that does not hold: its death could not be
+  // told from its life.
   bool reclaim_dead_owners = false;
 };
 
@@ -190,6 +196,8 @@ class CounterTable {
   // 64-byte aligned and at least RequiredBytes(options) long. Nobody else may
   // use the region during the call. The header is published last, so a
   // concurrent Attach sees either no table or a complete one.
+  // FailedPrecondition, with the region untouched, when reclaim_dead_owners
+  // is on and the caller's liveness could not be judged (see TableOptions).
   static absl::StatusOr<CounterTable> Initialize(void* region, size_t bytes,
                                                  const TableOptions& options);
 
@@ -198,7 +206,9 @@ class CounterTable {
   // layout version, or one whose size does not match `bytes`.
   static absl::StatusOr<CounterTable> Attach(void* region, size_t bytes);
 
-  // Registers a participant. ResourceExhausted when max_owners are registered.
+  // Registers a participant. ResourceExhausted when max_owners are registered;
+  // FailedPrecondition when the table reclaims dead owners and the caller's
+  // liveness could not be judged by the others (see TableOptions).
   // The Owner must be destroyed before the region is unmapped.
   absl::StatusOr<std::unique_ptr<Owner>> RegisterOwner() const;
 

@@ -80,6 +80,8 @@ class Limit {
 
   std::string ToString() const;
 
+  friend bool operator==(const Limit&, const Limit&) = default;
+
  private:
   static constexpr uint32_t kUnlimited = UINT32_MAX;
   constexpr Limit(uint32_t max, uint32_t external, bool never_waits)

@@ -51,11 +51,13 @@ class Owner {
                                   const AcquireOptions& options = {});
 
   // Waiting acquire. `limit` is evaluated at every decision (the first try and
-  // every wake-up), so a configuration change applies while waiting. Returns
-  // DeadlineExceeded when `deadline` passes and Cancelled when `interrupted`
-  // returns true (it is called at least every options.poll_interval and must
-  // not block or throw). A limit that never_waits() makes this an optional
-  // acquire.
+  // every wake-up), so a configuration change applies while waiting; it is
+  // never called with a lock of the table held, so a slow or throwing
+  // callback delays only this caller (an exception leaves the wait cleanly
+  // only before it queues: keep it from throwing). Returns DeadlineExceeded
+  // when `deadline` passes and Cancelled when `interrupted` returns true (it
+  // is called at least every options.poll_interval and must not block or
+  // throw). A limit that never_waits() makes this an optional acquire.
   absl::StatusOr<Slot> AcquireWaiting(const NodeKey& key, absl::FunctionRef<Limit()> limit,
                                       absl::Time deadline, absl::FunctionRef<bool()> interrupted,
                                       const AcquireOptions& options = {});
@@ -101,7 +103,7 @@ class Owner {
   friend class CounterTable;
   friend class Slot;
   friend class OwnerOps;
-  Owner(CounterTable table, uint32_t id, uint32_t first_seq);
+  Owner(CounterTable table, uint32_t id);
   // Everything TryAcquire's fast path does not handle; out of line.
   absl::StatusOr<Slot> TryAcquireSlow(const NodeKey& key, Limit limit,
                                       const AcquireOptions& options);
@@ -125,7 +127,6 @@ class Owner {
   internal::Cell* cells_;                 // this owner's row of cells
   internal::OwnerRecord* record_;         // this owner's record
   uint32_t id_;                           // 1-based index of this owner's record
-  uint32_t next_seq_;                     // sequence number for this owner's structure locks
   uint64_t release_epoch_;                // bumped by ReleaseAll; Slots of older epochs are void
   uint32_t ops_since_check_ = 0;          // releases since the last check for dead owners
   uint32_t fork_generation_;              // the process's fork count when registered (owner.cc)

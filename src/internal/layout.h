@@ -30,7 +30,7 @@ namespace connthrottle::internal {
 
 inline constexpr uint64_t kMagic = 0x6374687274626c31ULL;  // "cthrtbl1"
 // Bump on any change to this file or to the key hash once released.
-inline constexpr uint32_t kLayoutVersion = 3;
+inline constexpr uint32_t kLayoutVersion = 4;
 inline constexpr size_t kCacheLine = 64;
 
 inline constexpr uint32_t kMaxCapacity = 1u << 24;
@@ -211,10 +211,17 @@ struct alignas(kCacheLine) TableHeader {
   uint64_t entries_offset;
   uint64_t keys_offset;
   uint32_t flags;
+  // With kFlagReclaimDeadOwners: the PID namespace every owner must be in
+  // (process_identity.h), that of the process that initialised the table.
+  uint64_t pid_namespace;
 
   // Structure lock: serialises changes to the index and to entry lifecycle.
-  // 0 when free, else (owner id << 32) | the owner's sequence number.
+  // 0 when free, else (owner id << 32) | the acquisition's sequence number,
+  // drawn from structure_seq: no two acquisitions (in 2^32) write the same
+  // word, so a takeover compare-and-swap against a word read earlier fails
+  // once the lock has changed hands, even to an adopter of the same record.
   alignas(kCacheLine) std::atomic<uint64_t> structure_lock;
+  std::atomic<uint32_t> structure_seq;
   std::atomic<uint32_t> live_entries;  // entries in use (live + zombie)
   std::atomic<uint32_t> alloc_hint;    // where to start looking for a free entry
   std::atomic<uint32_t> retire_seq;    // odd while folding a dropped entry's statistics

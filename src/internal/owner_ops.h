@@ -112,6 +112,9 @@ class OwnerOps {
   // ---- the structure lock ----
   uint64_t LockStructure();
   void UnlockStructure();
+  // The word this owner writes for its next structure-lock acquisition: its
+  // id and a sequence number unique across the table (layout.h).
+  uint64_t NextStructureLockWord();
   bool HolderIsDead(uint32_t holder_id);
 
   // ---- index and lifecycle ----
@@ -135,6 +138,8 @@ class OwnerOps {
   absl::StatusOr<Slot> Grant(uint32_t entry, SlotKind kind, bool dequeue, const StatDelta& stats);
   absl::StatusOr<Slot> TableFull(const NodeKey& key, const AcquireOptions& options);
   absl::Status Refusal(const NodeKey& key, Limit limit, const EntryCounts& counts) const;
+  // Takes this owner's place in `entry`'s queue away, adding `stats`.
+  void LeaveQueue(uint32_t entry, const StatDelta& stats);
 
   // ---- reclamation ----
   bool ReclaimOwner(uint32_t dead_id, uint64_t observed_identity);

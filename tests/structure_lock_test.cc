@@ -1,0 +1,135 @@
+// The structure lock after its holder died (issue 13, finding 2): a waiter
+// that judged the dead holder may take the lock over only from that holder,
+// never from the process that has since adopted the dead holder's record
+// and taken the lock over itself. Every acquisition writes a word of its
+// own, so the waiter's compare-and-swap, made against the word it judged,
+// fails once the adopter holds the lock.
+//
+// Children leave via _exit and never use gtest.
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "connthrottle/counter_table.h"
+#include "connthrottle/limit.h"
+#include "connthrottle/owner.h"
+#include "connthrottle/slot.h"
+#include "gtest/gtest.h"
+#include "internal/layout.h"
+#include "internal/test_hooks.h"
+#include "tests/testing/heap_table.h"
+#include "tests/testing/pauses.h"
+
+namespace connthrottle {
+namespace {
+
+using ::connthrottle::testing::Key;
+using ::connthrottle::testing::Pauses;
+constexpr Pauses::Role kWaiter = Pauses::kFirst;
+constexpr Pauses::Role kAdopter = Pauses::kSecond;
+
+class StructureLockTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const TableOptions options{.capacity = 8, .max_owners = 2, .reclaim_dead_owners = true};
+    bytes_ = *CounterTable::RequiredBytes(options);
+    region_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(region_, MAP_FAILED);
+    table_.emplace(*CounterTable::Initialize(region_, bytes_, options));
+  }
+  void TearDown() override {
+    Pauses::Get().Uninstall();
+    munmap(region_, bytes_);
+  }
+
+  uint64_t StructureLockWord() const {
+    return static_cast<internal::TableHeader*>(region_)->structure_lock.load();
+  }
+
+  void* region_ = nullptr;
+  size_t bytes_ = 0;
+  std::optional<CounterTable> table_;
+};
+
+// Dies (SIGKILL) the moment it holds the structure lock.
+void KillSelfWhenLocked(const char* point) {
+  if (std::strcmp(point, "LockStructure.locked") == 0) raise(SIGKILL);
+}
+
+TEST_F(StructureLockTest, WaiterNeverTakesOverFromTheAdopterOfTheDeadHoldersRecord) {
+  // Record 1: the waiter, in this process.
+  std::unique_ptr<Owner> waiter = *table_->RegisterOwner();
+  // Record 2: a process that dies holding the structure lock (inserting a key).
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    internal::test_hook.store(&KillSelfWhenLocked);
+    absl::StatusOr<std::unique_ptr<Owner>> dying = table_->RegisterOwner();
+    if (!dying.ok()) _exit(2);
+    (void)(*dying)->TryAcquire(Key("a"), Limit::AtMost(5));
+    _exit(3);  // not reached: killed inside the insert
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  const uint64_t left_by_dead = StructureLockWord();
+  ASSERT_EQ(internal::LockOwner(left_by_dead), 2u);
+
+  Pauses& pauses = Pauses::Get();
+  pauses.Install();
+  // 1. The waiter needs the structure lock (a new key), judges its holder
+  //    dead, and stops just before its takeover, with the dead holder's word
+  //    in hand.
+  pauses.Arm(kWaiter, "LockStructure.takeover");
+  bool waiter_done = false;
+  absl::StatusOr<Slot> b = absl::UnknownError("not acquired");
+  std::thread w([&] {
+    Pauses::role = kWaiter;
+    b = waiter->TryAcquire(Key("b"), Limit::AtMost(5));
+    pauses.Done(&waiter_done);
+  });
+  pauses.AwaitArrival(kWaiter);
+
+  // 2. Another process (here a thread: its own registration) finds every
+  //    record taken, adopts the dead one's and, as its new owner, takes the
+  //    structure lock over; it stops while it repairs the index.
+  pauses.Arm(kAdopter, "LockStructure.took_over");
+  std::thread a([&] {
+    Pauses::role = kAdopter;
+    absl::StatusOr<std::unique_ptr<Owner>> adopter = table_->RegisterOwner();
+    EXPECT_TRUE(adopter.ok()) << adopter.status();
+  });
+  pauses.AwaitArrival(kAdopter);
+  EXPECT_NE(StructureLockWord(), left_by_dead)
+      << "the adopter's acquisition wrote the same word as the dead holder's";
+
+  // 3. The waiter tries its takeover against the word it judged. It must
+  //    lose: the lock is the adopter's now.
+  pauses.Arm(kWaiter, "LockStructure.takeover_lost");
+  pauses.Open(kWaiter);
+  const bool lost = pauses.AwaitArrivalOr(kWaiter, &waiter_done);
+  EXPECT_TRUE(lost) << "the waiter took over the structure lock the adopter holds";
+  EXPECT_EQ(pauses.Count("LockStructure.took_over"), 1) << "two owners hold the structure lock";
+  if (lost) pauses.Open(kWaiter);  // it waits for the adopter now
+  pauses.Open(kAdopter);
+  a.join();
+  w.join();
+  pauses.Uninstall();
+
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(StructureLockWord(), 0u);
+  EXPECT_EQ(table_->ConnectionCount(Key("b")), 1u);
+  absl::Status audit = table_->Audit();
+  EXPECT_TRUE(audit.ok()) << audit;
+}
+
+}  // namespace
+}  // namespace connthrottle
