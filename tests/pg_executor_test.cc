@@ -32,9 +32,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "cluster/local_server.h"
 #include "cluster/pg_client.h"
 #include "gmock/gmock.h"
@@ -1259,6 +1263,54 @@ TEST_F(PgExecutorTest, TaskEnteringCopyFailsAndItsConnectionIsClosed) {
     })) << "worker "
         << i + 1 << " still runs a task's COPY";
   }
+}
+
+// Resident memory of process `pid` from /proc/<pid>/status: `field` is
+// VmRSS or VmHWM (the peak). -1 when it cannot be read.
+int64_t ProcStatusKb(const std::string& pid, const char* field) {
+  std::ifstream status("/proc/" + pid + "/status");
+  const std::string prefix = absl::StrCat(field, ":");
+  for (std::string line; std::getline(status, line);) {
+    if (!absl::StartsWith(line, prefix)) continue;
+    int64_t kb = -1;
+    return absl::SimpleAtoi(absl::StripAsciiWhitespace(absl::StripSuffix(
+                                absl::string_view(line).substr(prefix.size()), "kB")),
+                            &kb)
+               ? kb
+               : -1;
+  }
+  return -1;
+}
+
+// A task returning ten million rows: run_tasks counts them and keeps one,
+// so the coordinator backend's peak memory grows by far less than the
+// result (about 80 MB on the wire; buffered whole, several times that).
+TEST_F(PgExecutorTest, TaskReturningTenMillionRowsKeepsTheBackendSmall) {
+  std::unique_ptr<PgClient> s = Connect();
+  ASSERT_NE(s, nullptr);
+  const std::string pid = Value(*s, "SELECT pg_backend_pid()");
+  // Reset the backend's peak to its current size (needs the server's user
+  // or root, as the tests run in CI).
+  std::ofstream("/proc/" + pid + "/clear_refs") << "5";
+  const int64_t before = ProcStatusKb(pid, "VmRSS");
+  const int64_t reset_peak = ProcStatusKb(pid, "VmHWM");
+  absl::StatusOr<QueryResult> r = s->Query(
+      "SELECT success, result, rows, error FROM connthrottle.run_tasks($1::text[], $2::int[], "
+      "$3::text[])",
+      {TextArray({Host()}), IntArray({Port(0)}),
+       TextArray({"SELECT g, repeat('x', 20) FROM generate_series(1, 10000000) g"})});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->rows.size(), 1u);
+  EXPECT_EQ(r->rows[0][0], Cell("t")) << r->rows[0][3].value_or("");
+  EXPECT_EQ(r->rows[0][1], Cell("SELECT 10000000"));
+  EXPECT_EQ(r->rows[0][2], Cell("10000000"));
+  const int64_t peak = ProcStatusKb(pid, "VmHWM");
+  if (before < 0 || peak < 0 || reset_peak > before + 1024) {
+    GTEST_SKIP() << "cannot read or reset the backend's peak memory (/proc/" << pid << ")";
+  }
+  EXPECT_LT(peak - before, 64 * 1024)
+      << "10 million rows grew the backend's peak RSS by " << (peak - before) / 1024 << " MB";
+  std::printf("[ FIGURE   ] 10M-row task: backend peak RSS %+.1f MB\n", (peak - before) / 1024.0);
 }
 
 // Text comes back in the coordinator's encoding whatever the worker

@@ -90,8 +90,12 @@ struct TaskResult {
   absl::Status status;
   std::string sqlstate;
   std::string command_tag;
+  // The columns and rows of the task's last result set: all of its rows, or
+  // with ExecutorOptions::max_rows_kept the first ones only; row_count counts
+  // every row of that result set either way.
   std::vector<std::string> columns;
   std::vector<std::vector<std::optional<std::string>>> rows;
+  int64_t row_count = 0;
   NodeAddress node;
   bool ran_locally = false;
   int connection = -1;    // the executor's number for the connection that ran it
@@ -109,6 +113,11 @@ struct ExecutorOptions {
   absl::Duration slot_wait_timeout = absl::Minutes(1);
   // How often the loop consults ExecutionContext::Interrupted at least.
   absl::Duration tick = absl::Milliseconds(10);
+  // Rows of a task's result kept in TaskResult::rows; -1 keeps them all. With
+  // a bound, results are read in libpq's single-row mode and every row past
+  // it is counted and dropped as it arrives, so a task returning millions of
+  // rows costs the coordinator no more memory than one row.
+  int64_t max_rows_kept = -1;
 };
 
 // What the executor needs from its caller. Called on the executor's thread

@@ -346,6 +346,10 @@ struct ExecutionRun {
       Broken(pool, c, Trim(PQerrorMessage(c.pg)));
       return;
     }
+    // With a bound on the rows kept, rows arrive one PGresult each and are
+    // dropped as they come (ReadResults), instead of piling up in libpq.
+    c.in_result_set = false;
+    if (opt.max_rows_kept >= 0) PQsetSingleRowMode(c.pg);
     c.state = State::kBusy;
     int flushed = PQflush(c.pg);
     if (flushed < 0) {
@@ -416,11 +420,24 @@ struct ExecutionRun {
       TaskResult& r = results[c.task];
       switch (PQresultStatus(res)) {
         case PGRES_TUPLES_OK:
-        case PGRES_SINGLE_TUPLE:
-          r.columns.clear();
-          r.rows.clear();
-          for (int col = 0; col < PQnfields(res); ++col) r.columns.push_back(PQfname(res, col));
+        case PGRES_SINGLE_TUPLE: {
+          // A result set comes whole (TUPLES_OK), or in single-row mode as
+          // one SINGLE_TUPLE per row and an empty TUPLES_OK at its end. The
+          // task's last result set is the one reported.
+          if (!c.in_result_set) {
+            r.columns.clear();
+            r.rows.clear();
+            r.row_count = 0;
+            for (int col = 0; col < PQnfields(res); ++col) r.columns.push_back(PQfname(res, col));
+          }
+          const bool last = PQresultStatus(res) == PGRES_TUPLES_OK;
+          c.in_result_set = !last;
           for (int row = 0; row < PQntuples(res); ++row) {
+            ++r.row_count;
+            if (opt.max_rows_kept >= 0 &&
+                static_cast<int64_t>(r.rows.size()) >= opt.max_rows_kept) {
+              continue;
+            }
             std::vector<std::optional<std::string>> values;
             for (int col = 0; col < PQnfields(res); ++col) {
               if (PQgetisnull(res, row, col)) {
@@ -432,8 +449,9 @@ struct ExecutionRun {
             }
             r.rows.push_back(std::move(values));
           }
-          r.command_tag = PQcmdStatus(res);
+          if (last) r.command_tag = PQcmdStatus(res);
           break;
+        }
         case PGRES_COMMAND_OK:
         case PGRES_EMPTY_QUERY:
           r.command_tag = PQcmdStatus(res);

@@ -30,6 +30,7 @@ struct AdaptiveExecutor::Connection {
   absl::Time ready;  // when the connection became usable
   int task = -1;     // the task it runs while kBusy
   bool task_got_result = false;
+  bool in_result_set = false;  // single-row mode: rows of a result set are arriving
 
   Connection() = default;
   Connection(const Connection&) = delete;

@@ -358,6 +358,9 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
     } else {
       strlcpy(out->command_tag, "UTILITY", sizeof(out->command_tag));
     }
+    // Rows returned, as a remote task counts them (a DML's rows are counted
+    // only with RETURNING).
+    if (SPI_tuptable != nullptr) out->row_count = static_cast<int64_t>(SPI_processed);
     if (SPI_tuptable != nullptr && SPI_processed == 1 && SPI_tuptable->tupdesc->natts == 1) {
       char* value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
       out->has_value = true;

@@ -382,6 +382,7 @@ class PgExecutionContext : public ExecutionContext {
     if (out.cancelled) cancelled_ = true;  // the cancel was spent on the local query
     if (out.ok) {
       r.command_tag = out.command_tag;
+      r.row_count = out.row_count;
       if (out.has_value) {
         r.columns.push_back("value");
         r.rows.push_back(
@@ -426,6 +427,9 @@ absl::StatusOr<AdaptiveExecutor*> MyExecutor(uint32_t database, const Settings& 
   options.max_cached_lifetime = absl::Milliseconds(executor.max_cached_lifetime_ms);
   options.connect_timeout = absl::Milliseconds(executor.node_connection_timeout_ms);
   options.slow_start_interval = absl::Milliseconds(std::max(executor.slow_start_interval_ms, 1));
+  // run_tasks returns a task's single value or its command tag, and how many
+  // rows it returned: one row is all it keeps, however many arrive.
+  options.max_rows_kept = 1;
   options.slot_wait_timeout = settings.connection_wait_timeout_ms < 0
                                   ? absl::Hours(24 * 365)
                                   : absl::Milliseconds(settings.connection_wait_timeout_ms);
@@ -742,7 +746,7 @@ Outcome RunTasks(const TaskSpec* tasks, int count, uint32_t database, const Sett
       row.success = t.status.ok();
       row.sqlstate = Keep(t.sqlstate);
       if (t.status.ok()) {
-        const bool single = t.rows.size() == 1 && t.rows[0].size() == 1;
+        const bool single = t.row_count == 1 && t.rows.size() == 1 && t.rows[0].size() == 1;
         row.result = single ? (t.rows[0][0].has_value() ? Keep(*t.rows[0][0]) : nullptr)
                             : Keep(t.command_tag);
         row.error = nullptr;
@@ -752,7 +756,7 @@ Outcome RunTasks(const TaskSpec* tasks, int count, uint32_t database, const Sett
       }
       row.ran_locally = t.ran_locally;
       row.connection = t.connection;
-      row.rows = static_cast<int64_t>(t.rows.size());
+      row.rows = t.row_count;
       row.queued_us = absl::ToInt64Microseconds(t.queued);
       row.run_us = absl::ToInt64Microseconds(t.run);
       s.task_rows.push_back(row);

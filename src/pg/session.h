@@ -185,6 +185,7 @@ struct LocalTaskOutcome {
   char sqlstate[6] = {0};
   char message[1024] = {0};
   char command_tag[64] = {0};
+  int64_t row_count = 0;   // rows returned
   bool has_value = false;  // one row of one column
   char* value = nullptr;   // malloc'd by the runner, freed by the session
 };
