@@ -1,15 +1,17 @@
 #!/bin/sh
 # Model-checks model/connthrottle.pml with spin. Exits non-zero on any
-# violation, on an incomplete search, or (with --bug) when spin does NOT
-# find finding 1 in the old protocol.
+# violation, on an incomplete exhaustive search, or when spin does NOT find
+# a second believed holder of an entry lock in a bug variant.
 #
-#   model/check.sh            quick: exhaustive safety and liveness runs of
-#                             the fixed protocol at small bounds (minutes)
-#   model/check.sh --full     longer: more operations per owner, deaths,
-#                             forced acquires and give-ups
-#   model/check.sh --bug      the old entry lock (-DABA_BUG) and an owner-id
-#                             lock (-DLOCK_OWNER): spin must find a second
-#                             believed holder of an entry lock
+#   model/check.sh            quick: the bug variants ABA_BUG and
+#                             NO_JUDGE_HAZARD must be refuted (exhaustive
+#                             search, stops at the violation, seconds), then
+#                             time-boxed supertrace (bitstate) runs of the
+#                             protocol: NOT exhaustive (README, "Running")
+#   model/check.sh --full     exhaustive runs (-DCOLLAPSE); hours, GBs
+#   model/check.sh --bug      ABA_BUG, LOCK_OWNER and NO_JUDGE_HAZARD: spin
+#                             must find a second believed holder of an
+#                             entry lock
 #
 # Work files go to a temporary directory (or $MODEL_WORKDIR).
 set -eu
@@ -46,7 +48,7 @@ run() {
     limit="timeout -s INT $BUDGET"
   else
     flags="$flags -DCOLLAPSE -DMEMLIM=$MEMLIM"
-    limit=""
+    limit=${BUG_LIMIT:+timeout -s INT $BUG_LIMIT}
   fi
   # shellcheck disable=SC2086
   (cd "$dir" && $CC -O2 -w $flags -o pan pan.c)
@@ -86,24 +88,32 @@ expect_violation() {
 status=0
 SEARCH=exhaustive
 BUDGET=${MODEL_BUDGET:-50}  # seconds per bitstate run in --quick
+BUG_LIMIT=600               # seconds a bug variant may take to be refuted
 case "$MODE" in
   --quick)
-    # Not exhaustive (see README): time-boxed supertrace runs, plus the bug
-    # variant, which spin refutes in seconds.
+    # Not exhaustive (see README): the bug variants, which spin refutes in
+    # seconds, then time-boxed supertrace runs.
     run aba_bug safety -DABA_BUG -DOPS=1 -DMAXDEATH=0 && expect_violation aba_bug
+    run no_judge_hazard safety -DNO_JUDGE_HAZARD -DOPS=1 -DMAXDEATH=1 && expect_violation no_judge_hazard
+    BUG_LIMIT=
     SEARCH=bitstate
     run safety_death safety -DOPS=1 -DMAXDEATH=1 -DFORCED -DGIVEUP && expect_pass safety_death
+    run safety_zombie safety -DE=1 -DOPS=1 -DMAXDEATH=1 -DGIVEUP && expect_pass safety_zombie
     run liveness liveness -DOPS=1 -DMAXDEATH=0 && expect_pass liveness
     ;;
   --full)
+    BUG_LIMIT=
     run safety_full safety -DOPS=2 -DMAXDEATH=1 && expect_pass safety_full
     run safety_full_forced safety -DOPS=2 -DMAXDEATH=1 -DFORCED -DGIVEUP && expect_pass safety_full_forced
+    run safety_full_zombie safety -DE=1 -DOPS=2 -DMAXDEATH=1 -DFORCED -DGIVEUP && expect_pass safety_full_zombie
+    run safety_two_deaths safety -DOPS=1 -DMAXDEATH=2 && expect_pass safety_two_deaths
     run liveness_full liveness -DOPS=2 -DMAXDEATH=0 -DGIVEUP && expect_pass liveness_full
     run liveness_death liveness -DOPS=1 -DMAXDEATH=1 && expect_pass liveness_death
     ;;
   --bug)
     run aba_bug safety -DABA_BUG -DOPS=2 -DMAXDEATH=0 && expect_violation aba_bug
     run lock_owner safety -DLOCK_OWNER -DOPS=2 -DMAXDEATH=0 && expect_violation lock_owner
+    run no_judge_hazard safety -DNO_JUDGE_HAZARD -DOPS=1 -DMAXDEATH=1 && expect_violation no_judge_hazard
     ;;
   *)
     echo "usage: $0 [--quick|--full|--bug]" >&2

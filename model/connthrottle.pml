@@ -1,59 +1,89 @@
 /*
  * connthrottle.pml — a Promela model of the shared counter table's protocol:
- * the hot paths, the entry lock, waits and wake-ups, entry drop and revive,
- * the structure lock, and reclamation of owners that die at any step.
+ * the hot paths (with zombie revive), the entry lock and its stamp, waits and
+ * wake-ups, entry drop, the structure lock, reclamation of owners that die at
+ * any step, and new processes that register into a dead owner's record
+ * (fresh, after reclamation, or by adoption).
  * See model/README.md for what is modelled, what is abstracted and how to
  * run it (model/check.sh).
  *
  * Compile-time switches (spin -D...):
- *   ABA_BUG     the entry lock as of 9877a61: locking and unlocking only flip
- *               kLocked, so a locked word repeats (issue 13, finding 1).
- *               Spin must find a second believed holder.
- *   LOCK_OWNER  the lock stores the locker's owner id in the word, but the
- *               takeover still judges the holder by scanning in_flight
- *               (EntryHolderIsDead). Shows that an id alone does not fix
- *               finding 1 when the same owner relocks.
- *   (default)   every lock acquisition (and takeover) writes a fresh lock
- *               sequence into the word: the fix for finding 1.
- *   OPS=n       acquires per owner (default 2)
- *   MAXDEATH=n  owners that may die (default 1)
- *   FORCED      also forced acquires (counted above the limit)
- *   GIVEUP      waiting acquires may give up (deadline, cancel) at any time
+ *   (default)        the code: every entry-lock acquisition writes a stamp
+ *                    (owner id, the record's lock_seq mod SEQMOD); a waiter
+ *                    judges the holder the word names by its record's
+ *                    identity, publishing it in OwnerRecord::judging first;
+ *                    a process registering into a record waits until no
+ *                    live owner judges it (AwaitJudges).
+ *   NO_JUDGE_HAZARD  without the judging field and AwaitJudges (the code as
+ *                    of 2a4f58b). Spin must find a second believed holder of
+ *                    an entry lock: a stale judgement of a dead holder whose
+ *                    record a new process has taken and whose stamp has
+ *                    wrapped round.
+ *   ABA_BUG          the entry lock as of 9877a61: locking only sets kLocked
+ *                    (the count stays in the word), the holder is judged by a
+ *                    scan of in_flight and a takeover flips a bit. Spin must
+ *                    find a second believed holder, with no death.
+ *   LOCK_OWNER       the stamp is the locker's id alone (no sequence), but the
+ *                    holder is still judged by the in_flight scan. Spin finds
+ *                    the same violation (the same owner relocks).
+ *   SEQMOD=m         the stamp's sequence modulus (default 2; the code keeps
+ *                    4 bits, i.e. 16). Small, so that wrap-around is reached.
+ *   OPS=n            acquires per process (default 2)
+ *   MAXDEATH=n       processes that may die (default 1); after each death a
+ *                    new process may register into the dead one's record
+ *   E=n              entries (default 2; 1 makes the two keys compete for
+ *                    one entry: zombies are dropped for a new key)
+ *   FORCED           also forced acquires (counted above the limit)
+ *   GIVEUP           waiting acquires may give up (deadline, cancel)
  *
- * Sizes: 3 owners, 2 keys, 2 entries; key 0 has limit 1, key 1 limit 2.
+ * Sizes: 3 owner records, 2 keys, E entries; key 0 has limit 1, key 1 limit 2.
+ * A proctype Owner(me) is the sequence of processes that hold record me: the
+ * first is registered by init; after it dies, a new process may claim the
+ * record (fresh once it is reclaimed and free, or by adoption while every
+ * record is taken), with a new identity (generation).
  *
- * Unbounded counters (entry tags, wake_seq, the lock sequence) are kept
- * finite without wrap-around: a new value is the smallest one that neither
- * the shared word nor any copy an owner keeps (its cache, the word it read
- * before a compare-and-swap, the wake_seq it saw) holds. Only equality is
- * ever asked of these values, so this behaves exactly like a counter that
- * never wraps (the code's counters are 32 and 40 bits wide).
+ * Unbounded counters (entry tags, wake_seq, the structure-lock sequence) are
+ * kept finite without wrap-around: a new value is the smallest one that
+ * neither the shared word nor any copy an owner keeps (its cache, the word it
+ * read before a compare-and-swap, the wake_seq it saw) holds. Only equality
+ * is ever asked of these values, so this behaves exactly like a counter that
+ * never wraps (the code's counters are 32 and 40 bits wide). The entry-lock
+ * stamp's sequence is NOT abstracted this way: it is the record's lock_seq
+ * mod SEQMOD, and wraps, as the code's 4 bits do.
  *
  * MAPPING (model step -> code). Every `atomic`/`d_step` below is one
  * hardware step of the code (a load, a store or one compare-and-swap)
  * unless its comment says it merges several.
- *   try_acquire        owner.cc Owner::TryAcquire (hot path) and
- *                      owner_ops.cc OwnerOps::TryAcquireSlow
- *   wait_acquire       owner_ops.cc OwnerOps::AcquireWaiting
+ *   try_acquire        owner.cc Owner::TryAcquire (hot path, incl. zombie
+ *                      revive) and owner_ops.cc OwnerOps::TryAcquireSlow
+ *   wait_acquire       owner_ops.cc OwnerOps::AcquireWaiting, LeaveQueue
  *   forced_acquire     owner_ops.cc OwnerOps::AcquireForced
  *   release            owner.cc Slot::Release (hot path), OwnerOps::ReleaseSlow
  *   grant              owner_ops.cc OwnerOps::Grant
- *   lock_entry         owner_ops.cc OwnerOps::LockEntry (incl. takeover)
- *   holder_is_dead     owner_ops.cc OwnerOps::EntryHolderIsDead
+ *   lock_entry         owner_ops.cc OwnerOps::LockEntry (stamp, takeover,
+ *                      own-id words taken over at once, EndJudging)
+ *   holder_is_dead     reclaim.cc OwnerOps::HolderIsDead (judging, then
+ *                      OwnerIsAlive of the named holder)
+ *   holder_is_dead_scan  the 9877a61 EntryHolderIsDead (ABA_BUG, LOCK_OWNER)
  *   await_in_flight    owner_ops.cc OwnerOps::AwaitInFlight
  *   recompute          owner_ops.cc OwnerOps::RecomputeLocked
- *   unlock, unlock_unchanged, read_locked
- *                      owner_ops.cc OwnerOps::Unlock/WriteLocked,
- *                      UnlockUnchanged, ReadLocked
+ *   read_locked, write_locked, unlock, unlock_unchanged
+ *                      owner_ops.cc ReadLocked, WriteLocked, Unlock,
+ *                      UnlockUnchanged (the private count: Owner::locked_count_)
  *   lock_structure     owner_ops.cc OwnerOps::LockStructure (incl. takeover)
- *   find_or_insert     owner_ops.cc OwnerOps::FindLive + FindOrInsert +
- *                      AllocateEntryLocked (free entries only)
- *   drop_if_zombie     owner_ops.cc OwnerOps::DropIfZombie
+ *   find_or_insert     owner_ops.cc FindLive + FindOrInsert +
+ *                      AllocateEntryLocked (free entry, else drop a zombie)
  *   retire             owner_ops.cc OwnerOps::RetireLocked
  *   repair_index       owner_ops.cc OwnerOps::RepairIndexLocked
  *   reclaim_dead_owners reclaim.cc OwnerOps::ReclaimDeadOwners
  *   reclaim_owner      reclaim.cc OwnerOps::ReclaimOwner
- *   recover_record     reclaim.cc OwnerOps::RecoverRecord
+ *   recover_record     reclaim.cc OwnerOps::RecoverRecord (adopted or not)
+ *   recover_adopted    reclaim.cc OwnerOps::RecoverAdoptedRecord, incl.
+ *                      finishing the reclamations the record was running
+ *   await_judges       reclaim.cc OwnerOps::AwaitJudges
+ *   start_on_free_record reclaim.cc OwnerOps::StartOnFreeRecord
+ *   end_dead: ...      counter_table.cc CounterTable::RegisterOwner (claim a
+ *                      free record, or adopt a dead process's record)
  *   futex_wait/wake_*  internal/futex.cc FutexWait / FutexWake
  *   Killer             SIGKILL of an owner process at any step
  *   Monitor            OwnerOps::Audit's checks, when the table is quiescent
@@ -65,36 +95,54 @@
 #ifndef MAXDEATH
 #define MAXDEATH 1
 #endif
+#ifndef SEQMOD
+#define SEQMOD 2
+#endif
+#ifndef E
+#define E 2  /* entries (1 or 2) */
+#endif
 
-#define N 3  /* owners (the code's owner ids are these + 1) */
-#define E 2  /* entries */
+#define N 3  /* owner records (the code's owner ids are these + 1) */
 #define K 2  /* keys */
 
 #define RECLAIMING 1  /* TableOptions::reclaim_dead_owners */
 
-/* Entry::word (layout.h), narrowed: count, has_waiters, live, locked,
-   takeover, the lock field (sequence or owner id), the tag. */
-#define CNTMASK 7
-#define HW 8
-#define LIVE 16
-#define LOCKED 32
-#define TAKEOVER 64
-#define LSHIFT 8
-#define LMASK 3840   /* 15 << 8 */
-#define TSHIFT 12
-#define TMASK 61440  /* 15 << 12 */
-#define CNT(w) ((w) & CNTMASK)
-#define LSEQ(w) (((w) >> LSHIFT) & 15)
+#if defined(ABA_BUG) || defined(LOCK_OWNER)
+#define SCAN_JUDGE      /* the holder is judged by scanning in_flight */
+#ifndef NO_JUDGE_HAZARD
+#define NO_JUDGE_HAZARD /* these variants predate OwnerRecord::judging */
+#endif
+#endif
+
+/* Entry::word (layout.h), narrowed: bits 0..3 the count (unlocked) or the
+   lock stamp (locked: holder id in bits 0..1, lock_seq mod SEQMOD in bits
+   2..3), has_waiters, live, locked, (ABA_BUG's takeover bit), the tag. */
+#define SMASK 15
+#define HW 16
+#define LIVE 32
+#define LOCKED 64
+#define TAKEOVER 128
+#define TSHIFT 8
+#define TMASK 3840   /* 15 << 8 */
+#define CNT(w) ((w) & SMASK)
 #define TAG(w) (((w) >> TSHIFT) & 15)
-/* owner.cc TryAcquire's kState: everything but the count and takeover */
-#define STATEMASK (HW | LIVE | LOCKED | LMASK | TMASK)
+#define HOLDER(w) ((w) & 3)                 /* Word::Holder: record + 1 */
+#define STAMP(id, s) ((id) | ((s) << 2))    /* Word::Stamp */
+/* owner.cc TryAcquire's kState: everything but the count */
+#define STATE(w) ((w) & ~(SMASK | TAKEOVER))
 
 #define LIMIT(k) ((k) == 0 -> 1 : 2)
 
-/* OwnerRecord::identity: free, alive (pid, start time), reclaiming by r */
+/* OwnerRecord::identity: free; alive, with the process's generation (its pid
+   and start time); reclaiming by record r. */
 #define FREE 0
-#define ALIVE 1
-#define RECL 2
+#define ALIVE0 1
+#define RECL 8
+#define IS_ALIVE_ID(v) ((v) >= ALIVE0 && (v) < RECL)
+
+/* TableHeader::structure_lock: 0, or holder + 1 | seq << 2 */
+#define SOWNER(w) ((w) & 3)
+#define SWORD(id, s) ((id) | ((s) << 2))
 
 /* ---- shared state ---- */
 int  word[E];        /* Entry::word */
@@ -109,25 +157,33 @@ byte fhold[N * E];   /* Cell::hold forced */
 byte in_flight[N];   /* OwnerRecord::in_flight */
 byte waiting_on[N];  /* OwnerRecord::waiting_on */
 byte identity[N];    /* OwnerRecord::identity */
-byte slock;          /* TableHeader::structure_lock: holder + 1 (see README) */
+byte lseq[N];        /* OwnerRecord::lock_seq, mod SEQMOD (never reset) */
+byte judging[N];     /* OwnerRecord::judging: record + 1 being judged */
+byte slock;          /* TableHeader::structure_lock */
 
 /* ---- the world and the observers ---- */
-bit  dead[N];        /* the owner's process has died */
-bit  done[N];        /* the owner finished its operations (and is idle, alive) */
-bit  busy[N];        /* the owner is inside an operation */
+bit  dead[N];        /* the process now on the record has died */
+byte gen[N];         /* that process's generation on the record */
+bit  done[N];        /* the process finished its operations (and is idle, alive) */
+bit  busy[N];        /* the process is inside an operation (or registering) */
+bit  adopting[N];    /* the process adopted the record and is recovering it:
+                        the cells still hold the predecessor's slots */
 byte sleeping[N];    /* asleep in FutexWait on entry + 1 */
-byte believe[N];     /* entry + 1 whose lock the owner believes it holds */
-bit  sbelieve[N];    /* the owner believes it holds the structure lock */
+byte believe[N];     /* entry + 1 whose lock the process believes it holds */
+bit  sbelieve[N];    /* the process believes it holds the structure lock */
 byte deaths;
 /* copies owners keep, published for the fresh-value rule above */
 int  cur_w[N];       /* the word read before a compare-and-swap */
 byte cur_e[N];       /* ... of entry + 1 (0: none) */
+byte scur[N];        /* the structure-lock word read before a compare-and-swap */
 byte cur_seen[N];    /* the wake_seq a waiter saw */
 byte seen_e[N];      /* ... of entry + 1 (0: none) */
 byte ce[N * K];      /* Owner's cache: key -> entry + 1 */
 byte ct[N * K];      /* ... and the entry's tag */
 
-#define ALIVE_OWNER(i) ((i) == me || (identity[i] == ALIVE && !dead[i]))
+/* OwnerIsAlive(i) as owner `me` asks it (itself: always). */
+#define LIVE_PROC(i) (IS_ALIVE_ID(identity[i]) && !dead[i])
+#define ALIVE_OWNER(i) ((i) == me || LIVE_PROC(i))
 
 #define OTHERS_HOLD(le) ((me != 0 && believe[0] == (le) + 1 && !dead[0]) || \
                          (me != 1 && believe[1] == (le) + 1 && !dead[1]) || \
@@ -142,27 +198,33 @@ byte ct[N * K];      /* ... and the entry's tag */
   (ce[2] == (le) + 1 && ct[2] == (t)) || (ce[3] == (le) + 1 && ct[3] == (t)) || \
   (ce[4] == (le) + 1 && ct[4] == (t)) || (ce[5] == (le) + 1 && ct[5] == (t)) || \
   WORD_COPY(0, le, t, TAG) || WORD_COPY(1, le, t, TAG) || WORD_COPY(2, le, t, TAG))
-#define LSEQ_HELD(le, s) (LSEQ(word[le]) == (s) || WORD_COPY(0, le, s, LSEQ) || \
-  WORD_COPY(1, le, s, LSEQ) || WORD_COPY(2, le, s, LSEQ))
 #define SEEN_HELD(le, v) (wake_seq[le] == (v) || \
   (seen_e[0] == (le) + 1 && cur_seen[0] == (v)) || \
   (seen_e[1] == (le) + 1 && cur_seen[1] == (v)) || \
   (seen_e[2] == (le) + 1 && cur_seen[2] == (v)))
+#define SW_HELD(w) (slock == (w) || scur[0] == (w) || scur[1] == (w) || scur[2] == (w))
 
-/* The lock word an acquisition (LOCKVAL) or a takeover (TAKEVAL) writes. */
+/* The word an entry-lock acquisition (LOCKVAL) or takeover (TAKEVAL) writes. */
 #if defined(ABA_BUG)
-#define NEWSEQ(le) skip
 #define LOCKVAL(c) ((c) | LOCKED)
 #define TAKEVAL(c) ((c) ^ TAKEOVER)
-#elif defined(LOCK_OWNER)
-#define NEWSEQ(le) skip
-#define LOCKVAL(c) ((c) | LOCKED | ((me + 1) << LSHIFT))
-#define TAKEVAL(c) ((((c) & ~LMASK) | ((me + 1) << LSHIFT)) ^ TAKEOVER)
 #else
-#define NEWSEQ(le) fv = 1; do :: LSEQ_HELD(le, fv) -> fv++ :: else -> break od; assert(fv < 16)
-#define LOCKVAL(c) ((c) | LOCKED | (fv << LSHIFT))
-#define TAKEVAL(c) ((((c) & ~LMASK) | (fv << LSHIFT)) ^ TAKEOVER)
+#define LOCKVAL(c) (((c) & ~SMASK) | LOCKED | stamp)
+#define TAKEVAL(c) (((c) & ~SMASK) | stamp)
 #endif
+
+#ifdef NO_JUDGE_HAZARD
+#define SET_JUDGING(v) skip
+#define END_JUDGING skip
+#else
+#define SET_JUDGING(v) judging[me] = (v)
+#define END_JUDGING judging[me] = 0
+#endif
+
+/* The structure-lock word of a new acquisition: a fresh sequence. */
+#define NEW_SWORD \
+  fv = 0; do :: SW_HELD(SWORD(me + 1, fv)) -> fv++ :: else -> break od; \
+  assert(fv < 32); slock = SWORD(me + 1, fv); fv = 0
 
 /* ---- futex (internal/futex.cc) ---- */
 
@@ -222,32 +284,43 @@ inline futex_wait(le) {
 
 /* ---- the entry lock (owner_ops.cc) ---- */
 
+/* ReadLocked: the count is the holder's own (locked_count_). */
 inline read_locked(le) {
   d_step {
-    rc = CNT(word[le]); rw = waiters[le]; rf = forced[le];
+    rc = lc; rw = waiters[le]; rf = forced[le];
     rlive = ((word[le] & LIVE) != 0)
   }
 }
 
-/* Unlock = WriteLocked + the release store of the word; merged: the fields
-   beside the word are read only under the lock. */
+/* WriteLocked: the fields beside the word, the private count, the flags;
+   still locked (merged: only the holder writes them). */
+inline write_locked(le) {
+  d_step {
+    waiters[le] = rw; forced[le] = rf; lc = rc;
+    word[le] = (word[le] & ~(HW | LIVE)) | (rw > 0 -> HW : 0) | (rlive -> LIVE : 0)
+  }
+}
+
+/* UnlockUnchanged: the count back into the word in place of the stamp. */
+inline unlock_unchanged(le) {
+  d_step { word[le] = (word[le] & ~(LOCKED | SMASK)) | lc; believe[me] = 0; lc = 0 };
+  in_flight[me] = 0
+}
+
+/* Unlock = WriteLocked + UnlockUnchanged, merged (see write_locked). */
 inline unlock(le) {
   d_step {
     waiters[le] = rw; forced[le] = rf;
-    word[le] = (word[le] & (TMASK | TAKEOVER)) | rc | (rw > 0 -> HW : 0) | (rlive -> LIVE : 0);
-    believe[me] = 0
+    word[le] = (word[le] & ~(HW | LIVE | LOCKED | SMASK)) | rc |
+               (rw > 0 -> HW : 0) | (rlive -> LIVE : 0);
+    believe[me] = 0; lc = 0
   };
   in_flight[me] = 0
 }
 
-inline unlock_unchanged(le) {
-  d_step { word[le] = word[le] & ~(LOCKED | LMASK); believe[me] = 0 };
-  in_flight[me] = 0
-}
-
-/* EntryHolderIsDead: a stepwise scan of the other owners' in_flight. The
-   load of in_flight and OwnerIsAlive are one step here. */
-inline holder_is_dead(le) {
+/* ABA_BUG / LOCK_OWNER: the 9877a61 EntryHolderIsDead, a stepwise scan of
+   the other owners' in_flight (the load and OwnerIsAlive are one step). */
+inline holder_is_dead_scan(le) {
   isdead = 1; i = 0;
   do
   :: i == N -> break
@@ -258,6 +331,18 @@ inline holder_is_dead(le) {
      fi
   od;
   i = 0
+}
+
+/* HolderIsDead(holder hi): publish the judgement (judging), then (seq_cst
+   fence) read the holder's identity and judge its process (one step). Sets
+   lok when dead, leaving judging set until END_JUDGING after the caller's
+   compare-and-swap; when alive, ends the judgement. */
+inline holder_is_dead(hi) {
+  SET_JUDGING(hi + 1);
+  if
+  :: !ALIVE_OWNER(hi) -> lok = 1
+  :: else -> END_JUDGING; lok = 0
+  fi
 }
 
 /* AwaitInFlight: for each other owner in flight here, wait until it leaves
@@ -277,9 +362,10 @@ inline await_in_flight(le) {
   i = 0
 }
 
-/* RecomputeLocked(e, exclude_self = false): the live ledger, one owner's
-   cell and record per step; dead owners' cells and queue places cleared. */
-inline recompute(le) {
+/* RecomputeLocked(e, exclude_self = xself): the live ledger, one owner's cell
+   and record per step; dead owners' cells and queue places cleared (and,
+   with xself, this record's own: the adopted predecessor's). */
+inline recompute(le, xself) {
   await_in_flight(le);
   rc = 0; rw = 0; rf = 0; i = 0;
   do
@@ -291,7 +377,7 @@ inline recompute(le) {
           !(i != me && in_flight[i] == le + 1) -> skip
        :: else ->
           if
-          :: ALIVE_OWNER(i) ->
+          :: (i == me -> !(xself) : LIVE_PROC(i)) ->
              rc = rc + hold[i * E + le]; rf = rf + fhold[i * E + le];
              if :: waiting_on[i] == le + 1 -> rw++ :: else -> skip fi
           :: else ->
@@ -306,11 +392,20 @@ inline recompute(le) {
   rlive = (in_use[le] && (rc > 0 || rw > 0))
 }
 
-/* LockEntry: load; if unlocked, set in_flight and compare-and-swap the lock
-   in; if locked, spin until the word changes (modelled as blocking on it),
-   or, now and then, ask whether the holder is dead and take the lock over
+/* LockEntry: the stamp (our id, our record's next lock_seq); then load; if
+   unlocked, set in_flight and compare-and-swap the stamp in; if locked by
+   our own id (a dead predecessor on this record), take over at once; else
+   spin until the word changes (modelled as blocking on it), or, now and
+   then, judge the holder the word names and, if dead, take the lock over
    with a compare-and-swap against the word read at the top. */
 inline lock_entry(le) {
+#if defined(ABA_BUG)
+  skip;
+#elif defined(LOCK_OWNER)
+  stamp = STAMP(me + 1, 0);
+#else
+  d_step { lseq[me] = (lseq[me] + 1) % SEQMOD; stamp = STAMP(me + 1, lseq[me]) };
+#endif
   do
   :: atomic { cur_w[me] = word[le]; cur_e[me] = le + 1 };
      if
@@ -319,60 +414,65 @@ inline lock_entry(le) {
         atomic {
           if
           :: word[le] == cur_w[me] ->
-             NEWSEQ(le);
-             word[le] = LOCKVAL(cur_w[me]);
+             word[le] = LOCKVAL(cur_w[me]); lc = CNT(cur_w[me]);
              assert(!OTHERS_HOLD(le));  /* one believed holder per lock */
              believe[me] = le + 1; lok = 1
           :: else -> lok = 0
-          fi;
-          fv = 0
+          fi
         };
         if
         :: lok -> break
         :: else -> d_step { cur_w[me] = 0; cur_e[me] = 0 }; in_flight[me] = 0
         fi
      :: else ->
+#ifdef SCAN_JUDGE
         if
-        :: word[le] != cur_w[me] -> d_step { cur_w[me] = 0; cur_e[me] = 0 }
+        :: word[le] != cur_w[me] -> lok = 0
         :: RECLAIMING ->
-           holder_is_dead(le);
+           holder_is_dead_scan(le);
+           lok = isdead; isdead = 0
+        fi;
+#else
+        if
+        :: HOLDER(cur_w[me]) == me + 1 -> lok = 1  /* ours: left by a dead predecessor */
+        :: else ->
            if
-           :: isdead ->
-              isdead = 0;
-              in_flight[me] = le + 1;
-              atomic {
-                if
-                :: word[le] == cur_w[me] ->
-                   NEWSEQ(le);
-                   word[le] = TAKEVAL(cur_w[me]);
-                   assert(!OTHERS_HOLD(le));  /* one believed holder per lock */
-                   believe[me] = le + 1; lok = 1
-                :: else -> lok = 0
-                fi;
-                fv = 0;
-                cur_w[me] = 0; cur_e[me] = 0
-              };
-              if
-              :: lok ->
-                 lok = 0;
-                 recompute(le);
-                 d_step {  /* WriteLocked: still locked */
-                   waiters[le] = rw; forced[le] = rf;
-                   word[le] = (word[le] & (TMASK | TAKEOVER | LOCKED | LMASK)) | rc |
-                              (rw > 0 -> HW : 0) | (rlive -> LIVE : 0)
-                 };
-                 bump_wake_seq(le);
-                 futex_wake_all(le);
-                 break
-              :: else -> in_flight[me] = 0
-              fi
-           :: else -> d_step { cur_w[me] = 0; cur_e[me] = 0 }
+           :: word[le] != cur_w[me] -> lok = 0
+           :: RECLAIMING -> holder_is_dead(HOLDER(cur_w[me]) - 1)
            fi
+        fi;
+#endif
+        if
+        :: lok ->
+           lok = 0;
+           in_flight[me] = le + 1;
+           atomic {
+             if
+             :: word[le] == cur_w[me] ->
+                word[le] = TAKEVAL(cur_w[me]);
+                assert(!OTHERS_HOLD(le));  /* one believed holder per lock */
+                believe[me] = le + 1; tok = 1
+             :: else -> tok = 0
+             fi;
+             cur_w[me] = 0; cur_e[me] = 0
+           };
+           END_JUDGING;
+           if
+           :: tok ->
+              tok = 0;
+              recompute(le, 0);
+              write_locked(le);
+              bump_wake_seq(le);
+              futex_wake_all(le);
+              break
+           :: else -> in_flight[me] = 0
+           fi
+        :: else -> d_step { cur_w[me] = 0; cur_e[me] = 0 }
         fi
      fi
   od;
   /* the jump target of the loop's breaks */
-  atomic { cur_w[me] = 0; cur_e[me] = 0; lok = 0; rc = 0; rw = 0; rf = 0; rlive = 0 }
+  atomic { cur_w[me] = 0; cur_e[me] = 0; lok = 0; tok = 0; stamp = 0; rc = 0; rw = 0; rf = 0; rlive = 0 }
 }
 
 /* ---- the structure lock ---- */
@@ -382,16 +482,25 @@ inline unlock_structure() {
 }
 
 /* RetireLocked: wait out a hot-path release still writing its cell, then
-   free the entry. Only a dead owner's hold may be left on it. */
+   free the entry with a new tag. Only a dead process's hold may be left on
+   it (a dead owner's, or the predecessor's on a record being adopted). */
 inline retire(le) {
   await_in_flight(le);
   d_step {
-    assert(hold[0 * E + le] == 0 || !ALIVE_OWNER(0));
-    assert(hold[1 * E + le] == 0 || !ALIVE_OWNER(1));
-    assert(hold[2 * E + le] == 0 || !ALIVE_OWNER(2));
-    hold[0 * E + le] = 0; hold[1 * E + le] = 0; hold[2 * E + le] = 0;
-    fhold[0 * E + le] = 0; fhold[1 * E + le] = 0; fhold[2 * E + le] = 0;
-    in_use[le] = 0
+    i = 0;
+    do
+    :: i < N ->
+       assert(hold[i * E + le] == 0 || adopting[i] || (i != me && !LIVE_PROC(i)));
+       hold[i * E + le] = 0; fhold[i * E + le] = 0; i++
+    :: else -> break
+    od;
+    i = 0;
+    in_use[le] = 0;
+    fv = 0;
+    do :: TAG_HELD(le, fv) -> fv++ :: else -> break od;
+    assert(fv < 16);
+    word[le] = (word[le] & ~TMASK) | (fv << TSHIFT);
+    fv = 0
   }
 }
 
@@ -416,60 +525,57 @@ inline repair_index() {
   ee = 0
 }
 
-/* LockStructure: compare-and-swap 0 -> mine; else wait for a change, or
-   take the lock over from a dead holder (HolderIsDead) and repair. */
+/* LockStructure: compare-and-swap 0 -> a fresh word of ours (load and CAS
+   merged); else take over a word naming our own id at once (a dead
+   predecessor's), wait for a change, or judge the holder the word names
+   and take the lock over from a dead one, then repair. */
 inline lock_structure() {
   do
   :: atomic {
        if
        :: slock == 0 ->
-          slock = me + 1; assert(!OTHERS_SHOLD); sbelieve[me] = 1; sok = 1
-       :: else -> scur = slock; sok = 0
+          NEW_SWORD; assert(!OTHERS_SHOLD); sbelieve[me] = 1; sok = 1
+       :: else -> scur[me] = slock; sok = 0
        fi
      };
      if
      :: sok -> break
      :: else ->
         if
-        :: slock != scur -> scur = 0
-        :: RECLAIMING && !ALIVE_OWNER(scur - 1) ->
+        :: SOWNER(scur[me]) == me + 1 -> lok = 1  /* ours */
+        :: else ->
+           if
+           :: slock != scur[me] -> lok = 0
+           :: RECLAIMING -> holder_is_dead(SOWNER(scur[me]) - 1)
+           fi
+        fi;
+        if
+        :: lok ->
+           lok = 0;
            atomic {
              if
-             :: slock == scur ->
-                slock = me + 1; assert(!OTHERS_SHOLD); sbelieve[me] = 1; sok = 1
+             :: slock == scur[me] ->
+                NEW_SWORD; assert(!OTHERS_SHOLD); sbelieve[me] = 1; sok = 1
              :: else -> sok = 0
              fi;
-             scur = 0
+             scur[me] = 0
            };
+           END_JUDGING;
            if
            :: sok -> repair_index(); break
            :: else -> skip
            fi
+        :: else -> scur[me] = 0
         fi
      fi
   od;
   sok = 0
 }
 
-/* DropIfZombie */
-inline drop_if_zombie(le) {
-  lock_structure();
-  lock_entry(le);
-  read_locked(le);
-  if
-  :: in_use[le] && !rlive && rc == 0 && rw == 0 ->
-     d_step { if :: idx[ekey[le]] == le + 1 -> idx[ekey[le]] = 0 :: else -> skip fi };
-     retire(le)
-  :: else -> skip
-  fi;
-  unlock_unchanged(le);
-  unlock_structure();
-  d_step { rc = 0; rw = 0; rf = 0; rlive = 0 }
-}
-
 /* FindLive, then FindOrInsert under the structure lock: revive the key's
-   zombie, or allocate a free entry with a new tag. Leaves `e` locked and
-   found = 1, or found = 0 when the table is full. */
+   zombie, or allocate an entry (AllocateEntryLocked: a free one, else drop
+   a zombie) with a new tag. Leaves `e` locked and found = 1, or found = 0
+   when the table is full. */
 inline find_or_insert(fk) {
   found = 0;
   d_step { e = idx[fk] };  /* lock-free probe */
@@ -493,7 +599,7 @@ inline find_or_insert(fk) {
         lock_entry(e);
         if
         :: in_use[e] && ekey[e] == fk ->
-           word[e] = word[e] | LIVE;  /* revive a zombie */
+           word[e] = word[e] | LIVE;  /* revive a zombie, under the lock */
            found = 1; unlock_structure()
         :: else -> unlock_unchanged(e)
         fi
@@ -502,20 +608,50 @@ inline find_or_insert(fk) {
      if
      :: !found ->
         /* AllocateEntryLocked: in_use changes only under the structure lock */
-        d_step { if :: !in_use[0] -> e = 1 :: in_use[0] && !in_use[1] -> e = 2 :: else -> e = 0 fi };
+        d_step {
+          e = 0; ee = 0;
+          do
+          :: ee < E && !in_use[ee] -> e = ee + 1; break
+          :: ee < E && in_use[ee] -> ee++
+          :: ee == E -> break
+          od;
+          ee = 0
+        };
+        if
+        :: e == 0 ->  /* every entry in use: drop a zombie and take its place */
+           do
+           :: ee == E -> break
+           :: ee < E && (word[ee] & LIVE) -> ee++
+           :: ee < E && !(word[ee] & LIVE) ->
+              lock_entry(ee);
+              read_locked(ee);
+              if
+              :: in_use[ee] && !rlive && rc == 0 && rw == 0 ->
+                 d_step { if :: idx[ekey[ee]] == ee + 1 -> idx[ekey[ee]] = 0 :: else -> skip fi };
+                 retire(ee);
+                 unlock_unchanged(ee);
+                 e = ee + 1;
+                 break
+              :: else -> unlock_unchanged(ee); ee++
+              fi
+           od;
+           ee = 0;
+           d_step { rc = 0; rw = 0; rf = 0; rlive = 0 }
+        :: else -> skip
+        fi;
         if
         :: e == 0 -> unlock_structure()  /* table full */
         :: else ->
            e = e - 1;
            lock_entry(e);
            d_step {  /* key, counters, new tag, then the bucket (merged) */
-             assert(!(in_use[1 - e] && ekey[1 - e] == fk));  /* one entry per key */
+             assert(!(E > 1 && in_use[1 - e] && ekey[1 - e] == fk));  /* one entry per key */
              ekey[e] = fk; in_use[e] = 1; waiters[e] = 0; forced[e] = 0;
              fv = 0;
              do :: TAG_HELD(e, fv) -> fv++ :: else -> break od;
              assert(fv < 16);
-             word[e] = (fv << TSHIFT) | LIVE | LOCKED | (word[e] & (TAKEOVER | LMASK));
-             fv = 0;
+             word[e] = (fv << TSHIFT) | LIVE | LOCKED | (word[e] & (TAKEOVER | SMASK));
+             fv = 0; lc = 0;
              idx[fk] = e + 1
            };
            found = 1;
@@ -539,6 +675,7 @@ inline grant(ge, gk, dq, fz) {
     if :: fz -> rf++ :: else -> skip fi;
     if :: dq -> rw--; waiting_on[me] = 0 :: else -> skip fi;
     rlive = 1;
+    assert(rc <= SMASK);
     assert(in_use[ge] && ekey[ge] == gk);  /* the slot is the key's */
     assert(fz || rc <= LIMIT(gk))          /* count <= limit at a non-forced grant */
   };
@@ -546,14 +683,59 @@ inline grant(ge, gk, dq, fz) {
   got = 1
 }
 
-/* ---- reclamation (reclaim.cc) ---- */
+/* ---- registration and reclamation (counter_table.cc, reclaim.cc) ---- */
 
+/* AwaitJudges: (after a seq_cst fence) for each other owner judging this
+   record, wait until it stops or dies. */
+inline await_judges() {
+#ifndef NO_JUDGE_HAZARD
+  i = 0;
+  do
+  :: i == N -> break
+  :: i < N ->
+     if
+     :: i != me && judging[i] == me + 1 && LIVE_PROC(i) ->
+        (judging[i] != me + 1 || !LIVE_PROC(i))
+     :: else -> skip
+     fi;
+     i++
+  od;
+  i = 0
+#else
+  skip
+#endif
+}
+
+/* StartOnFreeRecord */
+inline start_on_free_record() {
+#ifndef NO_JUDGE_HAZARD
+  in_flight[me] = 0;
+  judging[me] = 0;
+  await_judges()
+#else
+  skip
+#endif
+}
+
+/* RecoverRecord(d): d == me when adopting. */
 inline recover_record(d) {
   d_step { wif = in_flight[d] };
+  if
+  :: d == me ->
+     in_flight[me] = 0;
+#ifndef NO_JUDGE_HAZARD
+     judging[me] = 0;
+     await_judges()
+#else
+     skip
+#endif
+  :: else -> skip
+  fi;
   /* the structure lock first, if the dead owner held it (load + CAS merged) */
   atomic {
     if
-    :: slock == d + 1 -> slock = me + 1; assert(!OTHERS_SHOLD); sbelieve[me] = 1; rok = 1
+    :: slock != 0 && SOWNER(slock) == d + 1 ->
+       NEW_SWORD; assert(!OTHERS_SHOLD); sbelieve[me] = 1; rok = 1
     :: else -> rok = 0
     fi
   };
@@ -569,17 +751,18 @@ inline recover_record(d) {
      :: hold[d * E + e2] == 0 && waiting_on[d] != e2 + 1 && wif != e2 + 1 -> skip
      :: else ->
         lock_entry(e2);
-        recompute(e2);
-        zom2 = (!rlive && in_use[e2]);
+        recompute(e2, d == me);
         bump_wake_seq(e2);
         unlock(e2);
         futex_wake_all(e2);
-        d_step { rc = 0; rw = 0; rf = 0; rlive = 0 };
-        if :: zom2 -> zom2 = 0; drop_if_zombie(e2) :: else -> skip fi
+        d_step { rc = 0; rw = 0; rf = 0; rlive = 0 }
      fi;
      e2++
   od;
-  atomic { in_flight[d] = 0; e2 = 0; wif = 0 }
+  atomic {
+    if :: d != me -> in_flight[d] = 0; judging[d] = 0 :: else -> skip fi;
+    e2 = 0; wif = 0
+  }
 }
 
 inline reclaim_owner(d) {
@@ -598,9 +781,10 @@ inline reclaim_owner(d) {
   fi
 }
 
-/* ReclaimDeadOwners: a stepwise scan of the owner records. (The code's
-   RecoverRecord also resumes reclamations the dead owner was running; here
-   the scan does, as it finds them, which is the same work.) */
+/* ReclaimDeadOwners: a stepwise scan of the owner records (load and judgement
+   merged). The code's RecoverRecord also resumes reclamations the dead owner
+   was running; here the scan does, as it finds them, which is the same
+   work. */
 inline reclaim_dead_owners() {
   r = 0;
   do
@@ -608,10 +792,13 @@ inline reclaim_dead_owners() {
   :: r < N ->
      if
      :: r != me ->
-        d_step { obs = identity[r] };
+        d_step {
+          obs = identity[r];
+          isdead = (IS_ALIVE_ID(obs) && dead[r]) ||
+                   (obs >= RECL && obs - RECL != me && !ALIVE_OWNER(obs - RECL))
+        };
         if
-        :: obs == ALIVE && dead[r] -> reclaim_owner(r)
-        :: obs >= RECL && obs - RECL != me && !ALIVE_OWNER(obs - RECL) -> reclaim_owner(r)
+        :: isdead -> isdead = 0; reclaim_owner(r)
         :: else -> skip
         fi
      :: else -> skip
@@ -621,25 +808,53 @@ inline reclaim_dead_owners() {
   atomic { r = 0; obs = 0 }
 }
 
+/* RecoverAdoptedRecord: recover this record, then finish the reclamations
+   it was running (records reclaimed by our id). */
+inline recover_adopted() {
+  recover_record(me);
+  x = 0;
+  do
+  :: x == N -> break
+  :: x < N ->
+     if
+     :: x != me && identity[x] == RECL + me ->
+        recover_record(x);
+        d_step { if :: identity[x] == RECL + me -> identity[x] = FREE :: else -> skip fi }
+     :: else -> skip
+     fi;
+     x++
+  od;
+  x = 0
+}
+
+/* A new process claims record me (RegisterOwner: load and CAS merged) */
+#define NEW_PROCESS gen[me]++; identity[me] = ALIVE0 + gen[me]; dead[me] = 0; busy[me] = 1
+/* ... adopting it: every record taken, and this one's process dead (or its
+   reclaimer dead) */
+#define ADOPTABLE (identity[0] != FREE && identity[1] != FREE && identity[2] != FREE && \
+  (IS_ALIVE_ID(identity[me]) || (identity[me] >= RECL && !LIVE_PROC(identity[me] - RECL))))
+
 /* ---- acquire and release ---- */
 
 inline try_acquire(k) {
-  /* the hot path: a cached entry, live, unlocked, no waiters, same tag */
+  /* the hot path: a cached entry, unlocked, no waiters, same tag, and live
+     or a zombie of the cached key (w == tag), which the CAS revives */
   d_step { e = ce[me * K + k] };
   if
   :: e != 0 ->
      e = e - 1;
      d_step { cur_w[me] = word[e]; cur_e[me] = e + 1 };
      if
-     :: (cur_w[me] & STATEMASK) == (LIVE | (ct[me * K + k] << TSHIFT)) &&
+     :: (STATE(cur_w[me]) == (LIVE | (ct[me * K + k] << TSHIFT)) ||
+         (cur_w[me] & ~TAKEOVER) == (ct[me * K + k] << TSHIFT)) &&
         CNT(cur_w[me]) < LIMIT(k) ->
         in_flight[me] = e + 1;
         atomic {
           if
           :: word[e] == cur_w[me] ->
-             word[e] = cur_w[me] + 1;
-             assert(in_use[e] && ekey[e] == k);
-             assert(CNT(word[e]) <= LIMIT(k));  /* count <= limit at a grant */
+             word[e] = (cur_w[me] + 1) | LIVE;
+             assert(in_use[e] && ekey[e] == k);  /* the slot is the key's */
+             assert(CNT(word[e]) <= LIMIT(k));   /* count <= limit at a grant */
              got = 1
           :: else -> skip
           fi;
@@ -711,17 +926,16 @@ inline wait_acquire(k) {
            fi
         od;
         if
-        :: gave ->  /* leave the queue, passing a consumed wake-up on */
+        :: gave ->  /* LeaveQueue, passing a consumed wake-up on */
            lock_entry(e);
            read_locked(e);
            d_step {
-             rw--; waiting_on[me] = 0; pass = (rw > 0); zom = (rc == 0 && rw == 0);
-             if :: zom -> rlive = 0 :: else -> skip fi
+             rw--; waiting_on[me] = 0; pass = (rw > 0);
+             if :: rc == 0 && rw == 0 -> rlive = 0 :: else -> skip fi  /* a zombie now */
            };
            if :: pass -> bump_wake_seq(e) :: else -> skip fi;
            unlock(e);
-           if :: pass -> futex_wake_one(e) :: else -> skip fi;
-           if :: zom -> drop_if_zombie(e) :: else -> skip fi
+           if :: pass -> futex_wake_one(e) :: else -> skip fi
         :: else -> skip
         fi
      fi
@@ -739,8 +953,8 @@ inline release_slow(le, fz) {
     assert(h > 0 && rc > 0 && (!fz || (fhold[me * E + le] > 0 && rf > 0)));
     rc--;
     if :: fz -> rf-- :: else -> skip fi;
-    wake = (rw > 0); zom = (rc == 0 && rw == 0);
-    if :: zom -> rlive = 0 :: else -> skip fi
+    wake = (rw > 0);
+    if :: rc == 0 && !wake -> rlive = 0 :: else -> skip fi  /* a zombie */
   };
   d_step {
     hold[me * E + le] = h - 1;
@@ -748,8 +962,7 @@ inline release_slow(le, fz) {
   };
   if :: wake -> bump_wake_seq(le) :: else -> skip fi;
   unlock(le);
-  if :: wake -> futex_wake_one(le) :: else -> skip fi;
-  if :: zom -> drop_if_zombie(le) :: else -> skip fi
+  if :: wake -> futex_wake_one(le) :: else -> skip fi
 }
 
 inline release(le) {
@@ -758,7 +971,7 @@ inline release(le) {
   :: fhold[me * E + le] > 0 -> fz = 1                  /* a forced slot */
   fi;
   if
-  :: !fz ->  /* the hot path */
+  :: !fz ->  /* the hot path; the last slot leaves a zombie (kLive off) */
      d_step { cur_w[me] = word[le]; cur_e[me] = le + 1; h = hold[me * E + le] };
      if
      :: !(cur_w[me] & (LOCKED | HW)) && CNT(cur_w[me]) > 0 && h > 0 ->
@@ -772,10 +985,7 @@ inline release(le) {
           cur_w[me] = 0; cur_e[me] = 0
         };
         if
-        :: got ->
-           hold[me * E + le] = h - 1;
-           in_flight[me] = 0;
-           if :: zom -> drop_if_zombie(le) :: else -> skip fi
+        :: got -> hold[me * E + le] = h - 1; in_flight[me] = 0
         :: else -> in_flight[me] = 0
         fi
      :: else -> d_step { cur_w[me] = 0; cur_e[me] = 0 }
@@ -783,51 +993,84 @@ inline release(le) {
   :: else -> skip
   fi;
   if
-  :: !got -> zom = 0; release_slow(le, fz)
+  :: !got -> release_slow(le, fz)
   :: else -> skip
   fi
 }
 
+#if E == 1
+#define HOLDS_NOTHING (hold[me * E + 0] == 0)
+#else
 #define HOLDS_NOTHING (hold[me * E + 0] == 0 && hold[me * E + 1] == 0)
+#endif
 
 proctype Owner(byte me) {
-  byte e, k, i, r, ee, e2, obs, scur, fv, rc, rw, rf, h, wif, ops;
-  bit found, got, lok, sok, rok, isdead, rlive, zom, zom2, wake, pass, gave, tick, fz;
-  {
-    do
-    :: atomic { ops < OPS -> busy[me] = 1; ops++; if :: k = 0 :: k = 1 fi };
+  byte e, k, i, r, x, ee, e2, obs, fv, rc, rw, rf, lc, h, wif, ops, stamp;
+  bit found, got, lok, tok, sok, rok, isdead, rlive, zom, wake, pass, gave, tick, fz;
+  bit adopt, fresh;
+  do
+  :: {
+       /* a new process: recover or start on its record first */
        if
-       :: try_acquire(k)
-#ifdef FORCED
-       :: forced_acquire(k)
-#endif
-       /* A pool never waits while holding a connection (DESIGN.md). */
-       :: HOLDS_NOTHING -> wait_acquire(k)
+       :: adopt -> recover_adopted()
+       :: fresh -> start_on_free_record(); if :: reclaim_dead_owners() :: skip fi
+       :: else -> skip
        fi;
        d_step {
-         e = 0; k = 0; found = 0; got = 0; rc = 0; rw = 0; rf = 0; rlive = 0; h = 0;
-         zom = 0; wake = 0; pass = 0; gave = 0; fz = 0; busy[me] = 0
+         assert(HOLDS_NOTHING && waiting_on[me] == 0 && in_flight[me] == 0);
+         adopt = 0; fresh = 0; adopting[me] = 0; busy[me] = 0
+       };
+       do
+       :: atomic { ops < OPS -> busy[me] = 1; ops++; if :: k = 0 :: k = 1 fi };
+          if
+          :: try_acquire(k)
+#ifdef FORCED
+          :: forced_acquire(k)
+#endif
+          /* A pool never waits while holding a connection (DESIGN.md). */
+          :: HOLDS_NOTHING -> wait_acquire(k)
+          fi;
+          d_step {
+            e = 0; k = 0; found = 0; got = 0; rc = 0; rw = 0; rf = 0; rlive = 0; h = 0;
+            zom = 0; wake = 0; pass = 0; gave = 0; fz = 0; busy[me] = 0
+          }
+       :: atomic { hold[me * E + 0] > 0 -> busy[me] = 1; e = 0 };
+          release(e);
+          d_step { e = 0; got = 0; rc = 0; rw = 0; rf = 0; rlive = 0; h = 0; zom = 0; wake = 0; fz = 0; busy[me] = 0 }
+#if E > 1
+       :: atomic { hold[me * E + 1] > 0 -> busy[me] = 1; e = 1 };
+          release(e);
+          d_step { e = 0; got = 0; rc = 0; rw = 0; rf = 0; rlive = 0; h = 0; zom = 0; wake = 0; fz = 0; busy[me] = 0 }
+#endif
+       :: atomic { ops == OPS && HOLDS_NOTHING -> done[me] = 1; break }
+       od
+     } unless {
+       atomic {
+         dead[me] ->
+         /* what dies with the process: its stack, its cache, its beliefs */
+         sleeping[me] = 0; cur_w[me] = 0; cur_e[me] = 0; scur[me] = 0; cur_seen[me] = 0;
+         seen_e[me] = 0; believe[me] = 0; sbelieve[me] = 0; adopting[me] = 0;
+         ce[me * K + 0] = 0; ct[me * K + 0] = 0; ce[me * K + 1] = 0; ct[me * K + 1] = 0;
+         e = 0; k = 0; i = 0; r = 0; x = 0; ee = 0; e2 = 0; obs = 0; fv = 0; rc = 0; rw = 0;
+         rf = 0; lc = 0; h = 0; wif = 0; ops = 0; stamp = 0; found = 0; got = 0; lok = 0;
+         tok = 0; sok = 0; rok = 0; isdead = 0; rlive = 0; zom = 0; wake = 0; pass = 0;
+         gave = 0; tick = 0; fz = 0; adopt = 0; fresh = 0
        }
-    :: atomic { hold[me * E + 0] > 0 -> busy[me] = 1; e = 0 };
-       release(e);
-       d_step { e = 0; got = 0; rc = 0; rw = 0; rf = 0; rlive = 0; h = 0; zom = 0; wake = 0; fz = 0; busy[me] = 0 }
-    :: atomic { hold[me * E + 1] > 0 -> busy[me] = 1; e = 1 };
-       release(e);
-       d_step { e = 0; got = 0; rc = 0; rw = 0; rf = 0; rlive = 0; h = 0; zom = 0; wake = 0; fz = 0; busy[me] = 0 }
-    :: atomic { ops == OPS && HOLDS_NOTHING -> done[me] = 1; break }
-    od
-  } unless {
-    atomic {
-      dead[me] ->
-      sleeping[me] = 0; cur_w[me] = 0; cur_e[me] = 0; cur_seen[me] = 0; seen_e[me] = 0;
-      e = 0; k = 0; i = 0; r = 0; ee = 0; e2 = 0; obs = 0; scur = 0; fv = 0; rc = 0; rw = 0;
-      rf = 0; h = 0; wif = 0; ops = 0; found = 0; got = 0; lok = 0; sok = 0; rok = 0;
-      isdead = 0; rlive = 0; zom = 0; zom2 = 0; wake = 0; pass = 0; gave = 0; tick = 0; fz = 0
-    }
-  }
+     };
+     if
+     :: done[me] -> break
+     :: else -> skip
+     fi;
+     /* RegisterOwner by a new process: a free record, or adoption */
+end_dead:
+     if
+     :: atomic { identity[me] == FREE -> NEW_PROCESS; fresh = 1 }
+     :: atomic { ADOPTABLE -> NEW_PROCESS; adopt = 1; adopting[me] = 1 }
+     fi
+  od
 }
 
-/* SIGKILL: any owner that has not finished, at any step, up to MAXDEATH. */
+/* SIGKILL: any process that has not finished, at any step, up to MAXDEATH. */
 active proctype Killer() {
   do
   :: atomic {
@@ -863,7 +1106,11 @@ active proctype Killer() {
                       waiters[le] == QUEUED(le) && !(word[le] & LOCKED) && \
                       (in_use[le] || (CNT(word[le]) == 0 && waiters[le] == 0)) && \
                       (!in_use[le] || idx[ekey[le]] == le + 1))
+#if E == 1
+#define AUDIT_OK (BALANCED(0) && slock == 0)
+#else
 #define AUDIT_OK (BALANCED(0) && BALANCED(1) && slock == 0)
+#endif
 
 active proctype Monitor() {
 end_monitor:
@@ -872,7 +1119,7 @@ end_monitor:
 
 init {
   atomic {
-    identity[0] = ALIVE; identity[1] = ALIVE; identity[2] = ALIVE;
+    identity[0] = ALIVE0; identity[1] = ALIVE0; identity[2] = ALIVE0;
     run Owner(0); run Owner(1); run Owner(2)
   }
 }

@@ -257,6 +257,7 @@ absl::StatusOr<std::unique_ptr<Owner>> CounterTable::RegisterOwner() const {
       continue;
     }
     auto owner = std::unique_ptr<Owner>(new Owner(*this, id));
+    OwnerOps(*owner).StartOnFreeRecord();
     OwnerOps(*owner).MaybeReclaimDeadOwners();
     return owner;
   }

@@ -46,10 +46,19 @@
 //   by its record's identity (a dead process never comes back to life),
 //   not of whoever happens to be in flight when the waiter looks. A word
 //   naming the waiter's own id was left by the previous process on its
-//   adopted record, and is taken over at once. A stale judgement can then
-//   only go wrong if the record changed process and the new one locked the
-//   entry with the same low sequence bits, all between the waiter's read and
-//   its compare-and-swap.
+//   adopted record, and is taken over at once. The stamp keeps only a few
+//   sequence bits, so one stale judgement is left: the record changes
+//   process (the dead holder's record is reclaimed and registered into, or
+//   adopted) and the new process locks the entry 16 times, ending with the
+//   same stamp, all between the waiter's read and its compare-and-swap. So
+//   the waiter publishes whom it judges (OwnerRecord::judging) before it
+//   reads that owner's identity, and keeps it published until its
+//   compare-and-swap is done; a process registering into a record, after
+//   claiming it, waits until no live owner judges it (AwaitJudges). With a
+//   sequentially consistent fence on each side, either the judge sees the
+//   new process alive, or the new process waits for the judge: during a
+//   judgement that found the holder dead, no live process writes a stamp
+//   with the holder's id.
 // Structure lock (TableHeader::structure_lock: owner id << 32 | seq)
 //   Serialises the index and the entry lifecycle changes that touch it:
 //   free -> live (insert) and zombie -> free (drop). Order: the structure
@@ -106,8 +115,6 @@
 
 #include "internal/owner_ops.h"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <cassert>
 #include <climits>
@@ -116,6 +123,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "internal/backoff.h"
 #include "internal/futex.h"
 #include "internal/test_hooks.h"
 
@@ -129,6 +137,7 @@ bool IsTableFullError(const absl::Status& status) {
   return absl::IsResourceExhausted(status) && status.GetPayload(kTableFullPayload).has_value();
 }
 
+using internal::Backoff;
 using internal::Bucket;
 using internal::Buckets;
 using internal::Cell;
@@ -146,34 +155,6 @@ constexpr auto kRelaxed = std::memory_order_relaxed;
 constexpr auto kAcquire = std::memory_order_acquire;
 constexpr auto kRelease = std::memory_order_release;
 constexpr auto kAcqRel = std::memory_order_acq_rel;
-
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
-// Spins briefly, then yields the processor. Pause() returns true every so
-// often once yielding, which is when a waiter for a lock asks whether the
-// holder has died.
-class Backoff {
- public:
-  bool Pause() {
-    if (spins_ < 32) {
-      for (int i = 0; i < (1 << std::min(spins_ / 8, 3)); ++i) CpuRelax();
-      ++spins_;
-      return false;
-    }
-    sched_yield();
-    return (++yields_ % 64) == 0;
-  }
-
- private:
-  int spins_ = 0;
-  uint32_t yields_ = 0;
-};
 
 void AddTo(std::atomic<uint64_t>& counter, uint64_t delta) {
   if (delta != 0) counter.store(counter.load(kRelaxed) + delta, kRelaxed);
@@ -228,8 +209,10 @@ void OwnerOps::LockEntry(uint32_t e) {
     // Take the lock over by putting our stamp in it: of several live owners
     // that all judged the holder dead, exactly one succeeds.
     self_.in_flight.store(e + 1, kRelease);
-    if (word.compare_exchange_strong(current, (current & ~Word::kStampMask) | stamp, kAcqRel,
-                                     kRelaxed)) {
+    const bool took = word.compare_exchange_strong(current, (current & ~Word::kStampMask) | stamp,
+                                                   kAcqRel, kRelaxed);
+    EndJudging();
+    if (took) {
       std::atomic_thread_fence(kRelease);
       internal::TestPoint("LockEntry.took_over");
       // The dead holder may have left anything half-written under the lock
@@ -376,7 +359,9 @@ uint64_t OwnerOps::LockStructure() {
       if (!backoff.Pause() || !reclaiming() || !HolderIsDead(LockOwner(current))) continue;
       internal::TestPoint("LockStructure.takeover");
     }
-    if (lock.compare_exchange_strong(current, mine, kAcquire, kRelaxed)) {
+    const bool took = lock.compare_exchange_strong(current, mine, kAcquire, kRelaxed);
+    EndJudging();
+    if (took) {
       internal::TestPoint("LockStructure.took_over");
       // The holder died between any two of its steps; the entries are the
       // truth and the index is rebuilt from them.

@@ -50,12 +50,24 @@
 //   record of a dead process: it swaps the identity to its own and recovers
 //   every entry the record touches, treating the record's old cells as dead,
 //   before its first operation (CounterTable::RegisterOwner).
+// Judges
+//   Whoever is about to take a lock over from a holder it judged dead
+//   publishes the holder's id (OwnerRecord::judging) before it reads the
+//   holder's identity, until its compare-and-swap is done. A process that
+//   claims a record — free or adopted — waits, before anything else, until
+//   no live owner judges that record (AwaitJudges): a new process on the
+//   record could otherwise lock the entry again and again until the lock's
+//   stamp, which keeps only a few sequence bits, came back to the one
+//   judged, and the judge would take a live owner's lock (owner_ops.cc, "Why
+//   the stamp"). The wait is a few instructions long, or ends when the
+//   judge dies.
 
 #include <time.h>
 #include <unistd.h>
 
 #include <climits>
 
+#include "internal/backoff.h"
 #include "internal/futex.h"
 #include "internal/owner_ops.h"
 #include "internal/process_identity.h"
@@ -104,7 +116,40 @@ bool OwnerOps::OwnerIsAlive(uint32_t id) {
 
 bool OwnerOps::HolderIsDead(uint32_t holder_id) {
   if (holder_id == 0 || holder_id > h_->max_owners || holder_id == owner_.id_) return false;
-  return !OwnerIsAlive(holder_id);
+  // Publish whom we judge before reading its identity (the other side of
+  // this fence is AwaitJudges'): from here on, a process that registers
+  // into the holder's record waits until we are done.
+  self_.judging.store(holder_id, kRelaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!OwnerIsAlive(holder_id)) return true;
+  EndJudging();
+  return false;
+}
+
+void OwnerOps::EndJudging() { self_.judging.store(0, std::memory_order_release); }
+
+void OwnerOps::AwaitJudges() {
+  if (!reclaiming()) return;  // no one judges, no one takes over
+  // Our claim of the record (its identity) is ordered before the loads below.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  for (uint32_t id = 1; id <= h_->max_owners; ++id) {
+    if (id == owner_.id_) continue;
+    std::atomic<uint32_t>& judging = OwnerAt(h_, id).judging;
+    if (judging.load(kAcquire) != owner_.id_) continue;
+    internal::TestPoint("RegisterOwner.awaits_judge");
+    // The judge is a few instructions from its compare-and-swap; a dead one
+    // never makes it.
+    internal::Backoff backoff;
+    while (judging.load(kAcquire) == owner_.id_) {
+      if (backoff.Pause() && !OwnerIsAlive(id)) break;
+    }
+  }
+}
+
+void OwnerOps::StartOnFreeRecord() {
+  self_.in_flight.store(0, kRelaxed);
+  self_.judging.store(0, kRelaxed);
+  AwaitJudges();
 }
 
 void OwnerOps::MaybeReclaimDeadOwners(absl::Duration interval) {
@@ -168,9 +213,15 @@ uint64_t OwnerOps::RecoverRecord(uint32_t dead) {
   // Where the dead owner was in flight: possibly an entry where its cell does
   // not show the compare-and-swap it made, or whose lock it held.
   const uint32_t was_in_flight = record.in_flight.load(kAcquire);
-  // An adopted record's in_flight is the previous holder's; clearing it lets
-  // anyone take over an entry lock that holder left.
-  if (adopted) record.in_flight.store(0, std::memory_order_release);
+  if (adopted) {
+    // The adopted record's markers are the previous holder's. Clearing
+    // in_flight lets anyone take over an entry lock that holder left, and
+    // must come before we wait for judges of the record: a judge that took
+    // such a lock over waits for that marker (AwaitInFlight).
+    record.in_flight.store(0, std::memory_order_release);
+    record.judging.store(0, kRelaxed);
+    AwaitJudges();
+  }
   // The structure lock first, if it held it: the entries are the truth and
   // the index is rebuilt from them (entry locks it left are taken over on
   // the way). Dropping zombies below needs the structure lock.
@@ -199,7 +250,10 @@ uint64_t OwnerOps::RecoverRecord(uint32_t dead) {
     internal::FutexWake(entry.wake_seq, INT_MAX);
   }
   record.uncounted.store(0, kRelaxed);
-  if (!adopted) record.in_flight.store(0, kRelaxed);
+  if (!adopted) {
+    record.in_flight.store(0, kRelaxed);
+    record.judging.store(0, kRelaxed);
+  }
   // Reclamations it was running.
   for (uint32_t id = 1; id <= h_->max_owners; ++id) {
     uint64_t identity = OwnerAt(h_, id).identity.load(kAcquire);

@@ -7,6 +7,13 @@
 // (internal/test_hooks.h) to play the interleaving that once let a waiter
 // "take over" a lock its live holder had just released and taken again. The
 // stress test hammers one entry's lock from many owners and counts takeovers.
+// The last test lets a holder die for real (SIGKILL, in a child process) and
+// re-uses its record while a waiter judges it.
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +24,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -30,6 +38,8 @@
 #include "connthrottle/owner.h"
 #include "connthrottle/slot.h"
 #include "gtest/gtest.h"
+#include "internal/layout.h"
+#include "internal/test_hooks.h"
 #include "tests/testing/heap_table.h"
 #include "tests/testing/pauses.h"
 
@@ -289,6 +299,153 @@ TEST_F(EntryLockTest, ThrowingLimitCallbackLeavesTheQueue) {
   absl::StatusOr<Slot> second = holder->TryAcquire(key, Limit::AtMost(2));
   EXPECT_TRUE(second.ok()) << second.status();
   absl::Status audit = t->Audit();
+  EXPECT_TRUE(audit.ok()) << audit;
+}
+
+// A holder that died leaves its lock stamped with its owner id and the low
+// bits of its record's lock sequence. A waiter judges it dead and is about to
+// take the lock over when another process adopts the dead holder's record.
+// Were the adopter let go on, its 16th lock of the entry would carry the very
+// stamp the waiter judged, and the waiter's compare-and-swap would take a
+// lock a live owner holds. The adopter must wait for the judgement to end.
+// Children leave via _exit and never use gtest.
+class EntryLockAfterDeathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // Two records: the waiter's, and the one that dies and is adopted.
+    const TableOptions options{.capacity = 8, .max_owners = 2, .reclaim_dead_owners = true};
+    bytes_ = *CounterTable::RequiredBytes(options);
+    region_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(region_, MAP_FAILED);
+    table_.emplace(*CounterTable::Initialize(region_, bytes_, options));
+  }
+  void TearDown() override {
+    Pauses::Get().Uninstall();
+    munmap(region_, bytes_);
+  }
+
+  std::atomic<uint64_t>& Word(const NodeKey& key) {
+    auto* h = static_cast<internal::TableHeader*>(region_);
+    for (uint32_t e = 0; e < h->capacity; ++e) {
+      internal::Entry& entry = internal::EntryAt(h, e);
+      if (entry.in_use.load() != 0 && entry.hash.load() == key.hash()) return entry.word;
+    }
+    ADD_FAILURE() << "no entry for " << key.host();
+    return internal::EntryAt(h, 0).word;
+  }
+
+  void* region_ = nullptr;
+  size_t bytes_ = 0;
+  std::optional<CounterTable> table_;
+};
+
+// Dies (SIGKILL) the moment it holds an entry lock to refuse an acquire.
+void KillSelfWhenRefusing(const char* point) {
+  if (std::strcmp(point, "TryAcquireSlow.refusing") == 0) raise(SIGKILL);
+}
+
+TEST_F(EntryLockAfterDeathTest, RecordOfAJudgedHolderIsNotReusedUntilTheJudgementEnds) {
+  constexpr Pauses::Role kWaiter = Pauses::kFirst;
+  constexpr Pauses::Role kAdopter = Pauses::kSecond;
+  const NodeKey key = Key("a");
+  // Record 1: the waiter, in this process, with one slot of the key.
+  std::unique_ptr<Owner> waiter = *table_->RegisterOwner();
+  Slot held = *waiter->TryAcquire(key, Limit::AtMost(5));
+  // Record 2: a process that takes a slot, then dies holding the entry lock.
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    absl::StatusOr<std::unique_ptr<Owner>> dying = table_->RegisterOwner();
+    if (!dying.ok()) _exit(2);
+    absl::StatusOr<Slot> its = (*dying)->TryAcquire(key, Limit::AtMost(5));
+    if (!its.ok()) _exit(2);
+    internal::test_hook.store(&KillSelfWhenRefusing);
+    (void)(*dying)->TryAcquire(key, Limit::AtMost(2));
+    _exit(3);  // not reached: killed while refusing
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  const uint64_t judged = Word(key).load();
+  ASSERT_TRUE(judged & internal::Word::kLocked);
+  ASSERT_EQ(internal::Word::Holder(judged), 2u);
+
+  Pauses& pauses = Pauses::Get();
+  pauses.Install();
+  // 1. The waiter wants the entry, judges the holder dead and stops just
+  //    before its takeover, with the dead holder's word in hand.
+  pauses.Arm(kWaiter, "LockEntry.takeover");
+  bool waiter_done = false;
+  absl::StatusOr<Slot> got = absl::UnknownError("not acquired");
+  std::thread w([&] {
+    Pauses::role = kWaiter;
+    got = waiter->TryAcquire(key, Limit::AtMost(5));
+    pauses.Done(&waiter_done);
+  });
+  pauses.AwaitArrival(kWaiter);
+
+  // 2. Another process (here a thread: its own registration) finds every
+  //    record taken and adopts the dead one's. It must wait for the judge.
+  pauses.Arm(kAdopter, "RegisterOwner.awaits_judge");
+  bool adopted = false;
+  std::unique_ptr<Owner> adopter;
+  std::thread a([&] {
+    Pauses::role = kAdopter;
+    absl::StatusOr<std::unique_ptr<Owner>> r = table_->RegisterOwner();
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) adopter = *std::move(r);
+    pauses.Done(&adopted);
+  });
+  std::thread relocker;
+  bool adopter_holds = false;
+  if (pauses.AwaitArrivalOr(kAdopter, &adopted)) {
+    pauses.Open(kAdopter);  // it goes on waiting for the judgement to end
+  } else {
+    // 3'. Not waited for: the adopter locks the entry (refusing acquires)
+    //     until its stamp comes back to the one the waiter judged, and
+    //     stops holding it there.
+    a.join();
+    ASSERT_NE(adopter, nullptr);
+    for (int n = 0; n < 64 && !adopter_holds; ++n) {
+      pauses.Arm(kAdopter, "TryAcquireSlow.refusing");
+      relocker = std::thread([&] {
+        Pauses::role = kAdopter;
+        (void)adopter->TryAcquire(key, Limit::AtMost(1));
+      });
+      pauses.AwaitArrival(kAdopter);
+      adopter_holds = Word(key).load() == judged;
+      if (!adopter_holds) {
+        pauses.Open(kAdopter);
+        relocker.join();
+      }
+    }
+    ASSERT_TRUE(adopter_holds) << "the adopter's stamp never came back to the judged one";
+  }
+
+  // 3. The waiter tries its takeover against the word it judged: the dead
+  //    holder's lock, unless the adopter holds a lock with the same stamp.
+  pauses.Arm(kWaiter, "LockEntry.took_over");
+  pauses.Open(kWaiter);
+  const bool took = pauses.AwaitArrivalOr(kWaiter, &waiter_done);
+  EXPECT_TRUE(took) << "the waiter did not take over the dead holder's lock";
+  EXPECT_FALSE(took && adopter_holds)
+      << "the waiter took over an entry lock the adopter holds: the adopter re-used the record of "
+         "the holder it was judging, and its stamp came back to the judged one";
+  if (took) pauses.Open(kWaiter);
+  if (adopter_holds) {
+    pauses.Open(kAdopter);
+    relocker.join();
+  }
+  w.join();
+  if (a.joinable()) a.join();
+  pauses.Uninstall();
+
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_NE(adopter, nullptr);
+  // The dead process's slot is given back: the waiter's two remain.
+  EXPECT_EQ(table_->ConnectionCount(key), 2u);
+  adopter.reset();  // Audit registers an owner of its own
+  absl::Status audit = table_->Audit();
   EXPECT_TRUE(audit.ok()) << audit;
 }
 

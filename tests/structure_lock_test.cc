@@ -1,9 +1,11 @@
 // The structure lock after its holder died (issue 13, finding 2): a waiter
 // that judged the dead holder may take the lock over only from that holder,
-// never from the process that has since adopted the dead holder's record
-// and taken the lock over itself. Every acquisition writes a word of its
-// own, so the waiter's compare-and-swap, made against the word it judged,
-// fails once the adopter holds the lock.
+// never from the process that has since adopted the dead holder's record.
+// Two things see to it: the adopter waits until no live owner judges its
+// record before it does anything (so it cannot take the lock over, as its
+// record's new owner, under the judge's feet), and every acquisition writes
+// a word of its own (so a compare-and-swap against a word judged earlier
+// fails once the lock has changed hands).
 //
 // Children leave via _exit and never use gtest.
 
@@ -99,29 +101,36 @@ TEST_F(StructureLockTest, WaiterNeverTakesOverFromTheAdopterOfTheDeadHoldersReco
   pauses.AwaitArrival(kWaiter);
 
   // 2. Another process (here a thread: its own registration) finds every
-  //    record taken, adopts the dead one's and, as its new owner, takes the
-  //    structure lock over; it stops while it repairs the index.
-  pauses.Arm(kAdopter, "LockStructure.took_over");
+  //    record taken and adopts the dead one's. While the waiter judges that
+  //    record, the adopter must not start: as the record's new owner it
+  //    would take the lock over at once and hold it, and the waiter's
+  //    compare-and-swap would then decide who else holds it.
+  pauses.Arm(kAdopter, "RegisterOwner.awaits_judge");
+  bool adopted = false;
   std::thread a([&] {
     Pauses::role = kAdopter;
     absl::StatusOr<std::unique_ptr<Owner>> adopter = table_->RegisterOwner();
     EXPECT_TRUE(adopter.ok()) << adopter.status();
+    pauses.Done(&adopted);
   });
-  pauses.AwaitArrival(kAdopter);
-  EXPECT_NE(StructureLockWord(), left_by_dead)
-      << "the adopter's acquisition wrote the same word as the dead holder's";
+  const bool waited = pauses.AwaitArrivalOr(kAdopter, &adopted);
+  EXPECT_TRUE(waited) << "the adopter started on the record while the waiter judged it";
+  if (waited) pauses.Open(kAdopter);  // it goes on waiting for the judgement to end
 
-  // 3. The waiter tries its takeover against the word it judged. It must
-  //    lose: the lock is the adopter's now.
-  pauses.Arm(kWaiter, "LockStructure.takeover_lost");
+  // 3. The waiter takes over the dead holder's lock, which nobody else holds.
+  pauses.Arm(kWaiter, "LockStructure.took_over");
   pauses.Open(kWaiter);
-  const bool lost = pauses.AwaitArrivalOr(kWaiter, &waiter_done);
-  EXPECT_TRUE(lost) << "the waiter took over the structure lock the adopter holds";
-  EXPECT_EQ(pauses.Count("LockStructure.took_over"), 1) << "two owners hold the structure lock";
-  if (lost) pauses.Open(kWaiter);  // it waits for the adopter now
-  pauses.Open(kAdopter);
+  const bool took = pauses.AwaitArrivalOr(kWaiter, &waiter_done);
+  EXPECT_TRUE(took) << "the waiter did not take over the dead holder's structure lock";
+  if (took) {
+    EXPECT_NE(StructureLockWord(), left_by_dead)
+        << "the takeover wrote the same word as the dead holder's acquisition";
+    EXPECT_EQ(pauses.Count("LockStructure.took_over"), 1) << "two owners took the lock over";
+    pauses.Open(kWaiter);
+  }
   a.join();
   w.join();
+  EXPECT_EQ(pauses.Count("LockStructure.took_over"), 1) << "two owners took the lock over";
   pauses.Uninstall();
 
   ASSERT_TRUE(b.ok()) << b.status();

@@ -30,7 +30,7 @@ namespace connthrottle::internal {
 
 inline constexpr uint64_t kMagic = 0x6374687274626c31ULL;  // "cthrtbl1"
 // Bump on any change to this file or to the key hash once released.
-inline constexpr uint32_t kLayoutVersion = 4;
+inline constexpr uint32_t kLayoutVersion = 5;
 inline constexpr size_t kCacheLine = 64;
 
 inline constexpr uint32_t kMaxCapacity = 1u << 24;
@@ -193,6 +193,12 @@ struct alignas(kCacheLine) OwnerRecord {
   // Entry locks taken through this record, by every process that has held
   // it (never reset): part of each lock's stamp (Word::Stamp).
   std::atomic<uint32_t> lock_seq;
+  // The owner id of the lock holder this owner is judging, from just before
+  // it reads that holder's identity until its takeover compare-and-swap is
+  // done, else 0. A process registering into a record waits until no live
+  // owner judges it (owner_ops.cc, "Why the stamp"), so a lock word naming
+  // the record cannot come back under a new process during a judgement.
+  std::atomic<uint32_t> judging;
 };
 
 // ---- Header -------------------------------------------------------------

@@ -71,8 +71,14 @@ class OwnerOps {
   void MaybeReclaimDeadOwners(absl::Duration interval = absl::Milliseconds(200));
   // Checks every owner now. Returns the number of owners reclaimed.
   int ReclaimDeadOwners();
+  // Run by a new owner on the free record it has just claimed, before its
+  // first operation: clears the markers a previous process may have left and
+  // waits until no live owner is judging the record (a judgement of its
+  // previous process, about to take over a lock that process left).
+  void StartOnFreeRecord();
   // Run by a new owner that adopted a dead process's record, before its first
-  // operation: gives back everything the previous holder left.
+  // operation: waits like StartOnFreeRecord, then gives back everything the
+  // previous holder left.
   void RecoverAdoptedRecord();
 
   // CounterTable::Audit, with this owner locking each entry in turn.
@@ -115,7 +121,12 @@ class OwnerOps {
   // The word this owner writes for its next structure-lock acquisition: its
   // id and a sequence number unique across the table (layout.h).
   uint64_t NextStructureLockWord();
+  // Whether the lock holder `holder_id` (named by a lock word) is dead. When
+  // it says dead, the owner is judging that holder (OwnerRecord::judging)
+  // until EndJudging, which the caller calls right after its takeover
+  // compare-and-swap, won or lost.
   bool HolderIsDead(uint32_t holder_id);
+  void EndJudging();
 
   // ---- index and lifecycle ----
   bool KeyMatches(uint32_t entry, const NodeKey& key) const;
@@ -148,6 +159,8 @@ class OwnerOps {
   uint64_t RecoverRecord(uint32_t dead);
   // Whether owner `id` is alive: registered and its process running.
   bool OwnerIsAlive(uint32_t id);
+  // Waits until no live owner's OwnerRecord::judging names this owner's id.
+  void AwaitJudges();
 
   Owner& owner_;
   internal::TableHeader* h_;
