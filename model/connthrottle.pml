@@ -917,12 +917,20 @@ inline wait_acquire(k) {
            d_step {
              tick = (wake_seq[e] == cur_seen[me]); cur_seen[me] = wake_seq[e]
            };
-           if :: tick && RECLAIMING -> tick = 0; reclaim_dead_owners() :: else -> tick = 0 fi;
-           lock_entry(e);
-           read_locked(e);
            if
-           :: rc < LIMIT(k) -> grant(e, k, 1, 0); break  /* only queued waiters compete */
-           :: else -> unlock_unchanged(e); d_step { rc = 0; rw = 0; rf = 0; rlive = 0 }
+           :: tick ->
+              /* A poll tick: wake_seq unchanged and (limits being constant
+                 here) the limit too, so no re-check under the lock; only a
+                 look for dead owners. */
+              tick = 0;
+              if :: RECLAIMING -> reclaim_dead_owners() :: else -> skip fi
+           :: else ->
+              lock_entry(e);
+              read_locked(e);
+              if
+              :: rc < LIMIT(k) -> grant(e, k, 1, 0); break  /* only queued waiters compete */
+              :: else -> unlock_unchanged(e); d_step { rc = 0; rw = 0; rf = 0; rlive = 0 }
+              fi
            fi
         od;
         if

@@ -318,6 +318,7 @@ TableStats CounterTable::Stats() const {
     t.waited = h->retired_waited.load(kRelaxed);
     uint64_t wait_ns = h->retired_wait_ns.load(kRelaxed);
     t.forced_total = h->retired_forced_total.load(kRelaxed);
+    t.wakeups = h->retired_wakeups.load(kRelaxed);
     t.entries_in_use = 0;
     for (uint32_t e = 0; e < h->capacity; ++e) {
       KeyStats k;
@@ -327,6 +328,7 @@ TableStats CounterTable::Stats() const {
       t.refused += k.refused;
       t.waited += k.waited;
       t.forced_total += k.forced_total;
+      t.wakeups += k.wakeups;
       wait_ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(k.wait_time));
     }
     std::atomic_thread_fence(kAcquire);

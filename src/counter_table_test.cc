@@ -660,6 +660,49 @@ TEST(CounterTableWaitTest, ReleasedSlotWakesTheWaiterWithoutPolling) {
   wait.join();
 }
 
+// A waiter that polls (every millisecond here, to look at its interrupt
+// callback) re-checks the entry only when something changed: the release
+// that frees its slot is its one wake-up, however many ticks it slept
+// through (issue 11: "wakeups per wait <= 2").
+TEST(CounterTableWaitTest, PollTicksAreNotWakeUps) {
+  HeapTable t;
+  auto holder = *t->RegisterOwner();
+  auto waiter = *t->RegisterOwner();
+  NodeKey key = Key("ticks");
+  Slot held = *holder->TryAcquire(key, Limit::AtMost(1));
+  Slot keep = *holder->TryAcquire(key, Limit::AtMost(2));  // keeps the entry's statistics
+  constexpr int kTicks = 50;
+  std::atomic<int> limit_calls{0};
+  std::atomic<bool> granted{false};
+  std::thread wait([&] {
+    AcquireOptions fast_polling;
+    fast_polling.poll_interval = absl::Milliseconds(1);
+    absl::StatusOr<Slot> s = waiter->AcquireWaiting(
+        key,
+        [&] {
+          limit_calls.fetch_add(1);
+          return Limit::AtMost(2);
+        },
+        WaiterDeadline(), [] { return false; }, fast_polling);
+    EXPECT_TRUE(s.ok()) << s.status();
+    granted = true;
+    AwaitCondition([&] { return !granted.load(); });  // hold it until the checks are done
+  });
+  // The limit is evaluated once per tick: wait for many ticks, then free a slot.
+  AwaitCondition([&] { return limit_calls.load() >= kTicks; }, absl::Seconds(60));
+  const TableStats before = t->Stats();
+  held.Release();
+  AwaitCondition([&] { return granted.load(); }, absl::Seconds(30));
+  std::optional<KeyStats> k = StatsOf(t.table(), key);
+  ASSERT_TRUE(k.has_value());
+  EXPECT_EQ(k->waited, 1u);
+  EXPECT_EQ(k->wakeups, 1u) << "after " << limit_calls.load() << " ticks";
+  EXPECT_EQ(t->Stats().wakeups, 1u);
+  EXPECT_EQ(before.wakeups, 0u);
+  granted = false;
+  wait.join();
+}
+
 TEST(CounterTableWaitTest, ReleaseWakesOneWaiterOfItsKeyOnly) {
   HeapTable t(TableOptions{16, 32});
   auto holder = *t->RegisterOwner();

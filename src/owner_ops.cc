@@ -567,6 +567,7 @@ void OwnerOps::RetireLocked(uint32_t e) {
   AddTo(h_->retired_waited, cold.waited.load(kRelaxed));
   AddTo(h_->retired_wait_ns, cold.wait_ns.load(kRelaxed));
   AddTo(h_->retired_forced_total, cold.forced_total.load(kRelaxed));
+  AddTo(h_->retired_wakeups, cold.wakeups.load(kRelaxed));
   entry.acquired_base.store(0, kRelaxed);
   entry.in_use.store(0, kRelaxed);
   // A new tag: cached hints for the dropped key fail from now on, instead of
@@ -814,11 +815,18 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
       if (!recheck) {
         internal::FutexWait(entry.wake_seq, seen, std::min(poll, deadline - now));
         const uint32_t after = entry.wake_seq.load(kAcquire);
-        // A poll tick (nothing changed) is a good moment to look for dead
-        // owners; a real wake-up is not: the slot is waiting.
-        if (after == seen) MaybeReclaimDeadOwners();
+        const Limit fresh = limit_now();  // after reading wake_seq, before locking
+        if (after == seen && fresh == limit) {
+          // A poll tick: no release, reclamation or departure has bumped
+          // wake_seq, and the limit is what it was, so the entry has nothing
+          // for us; locking it to look would only add traffic. It is a good
+          // moment to look for dead owners (a real wake-up is not: the slot
+          // is waiting).
+          MaybeReclaimDeadOwners();
+          continue;
+        }
         seen = after;
-        limit = limit_now();  // after reading wake_seq, before locking
+        limit = fresh;
       }
       recheck = false;
       LockEntry(e);

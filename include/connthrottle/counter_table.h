@@ -163,7 +163,7 @@ struct KeyStats {
   uint64_t refused = 0;       // optional acquires refused, waits that gave up
   uint64_t waited = 0;        // waiting acquires that had to queue
   uint64_t forced_total = 0;  // forced acquires granted
-  uint64_t wakeups = 0;       // times a queued waiter woke up and re-checked
+  uint64_t wakeups = 0;       // times a queued waiter was woken and re-checked
   absl::Duration wait_time;   // total time queued
 };
 
@@ -183,6 +183,7 @@ struct TableStats {
   uint64_t refused = 0;
   uint64_t waited = 0;
   uint64_t forced_total = 0;
+  uint64_t wakeups = 0;  // times a queued waiter was woken (or its limit changed) and re-checked
   absl::Duration wait_time;
 };
 

@@ -240,6 +240,7 @@ struct alignas(kCacheLine) TableHeader {
   std::atomic<uint64_t> retired_waited;
   std::atomic<uint64_t> retired_wait_ns;
   std::atomic<uint64_t> retired_forced_total;
+  std::atomic<uint64_t> retired_wakeups;
   std::atomic<uint64_t> refused_without_entry;
 
   // Reclamation of dead owners (TableOptions::reclaim_dead_owners).
