@@ -21,6 +21,14 @@ std::string Trim(std::string s) {
 // How often a wait on a worker's socket looks at the interrupt check.
 constexpr int kTickMs = 10;
 
+// How often a worker's backend checks, while our COPY runs on it, whether
+// we have gone (client_connection_check_interval, PostgreSQL 14 and later).
+// An abandoned COPY — the coordinator's statement was cancelled or failed —
+// then ends within this long of our closing the connection, even while it
+// waits for a lock on the worker, and with no cancel request (which costs
+// the worker a process of its own and us a blocking connect).
+constexpr int kHangupCheckMs = 10;
+
 // Waits until `pg`'s socket is ready for `events`, `interrupted()` says stop
 // (Cancelled), or `deadline` passes (DeadlineExceeded).
 absl::Status WaitSocket(PGconn* pg, short events, const std::function<bool()>& interrupted,
@@ -70,6 +78,10 @@ struct CopyStream::Target {
   NodeAddress node;
   std::unique_ptr<AdaptiveExecutor::Connection> conn;  // set once connected (or cached)
   bool in_copy = false;
+  // The worker checks that we are still there every kHangupCheckMs while
+  // its COPY runs (client_connection_check_interval): closing our side ends
+  // the COPY, without a cancel request.
+  bool ends_on_hangup = false;
   uint64_t rows = 0;
   absl::Status status;
   std::string command_tag;
@@ -198,14 +210,27 @@ absl::Status CopyStream::Open(Target& target) {
   // interrupts.
   PQsetnonblocking(pg, 1);
   target.conn->state = AdaptiveExecutor::Connection::State::kBusy;
-  if (!PQsendQuery(pg, copy_sql_.c_str())) {
+  // The setting stays on the connection (it may be cached and re-used): it
+  // only makes the worker notice sooner that we went away.
+  const bool check_hangup = PQserverVersion(pg) >= 140000;
+  const std::string sql =
+      check_hangup
+          ? absl::StrCat("SET client_connection_check_interval = ", kHangupCheckMs, "; ", copy_sql_)
+          : copy_sql_;
+  if (!PQsendQuery(pg, sql.c_str())) {
     return absl::UnavailableError(
         absl::StrCat("node ", target.node.ToString(), ": ", Trim(PQerrorMessage(pg))));
   }
-  target.in_copy = true;  // from here on, an abandoned stream cancels it
+  target.in_copy = true;  // from here on, an abandoned stream ends it
   if (absl::Status s = FlushAll(pg, interrupted_); !s.ok()) return s;
   absl::StatusOr<PGresult*> res = NextResult(pg, interrupted_);
   if (!res.ok()) return res.status();
+  if (check_hangup && *res != nullptr && PQresultStatus(*res) == PGRES_COMMAND_OK) {
+    target.ends_on_hangup = true;  // the SET took
+    PQclear(*res);
+    res = NextResult(pg, interrupted_);
+    if (!res.ok()) return res.status();
+  }
   const bool ok = *res != nullptr && PQresultStatus(*res) == PGRES_COPY_IN;
   std::string why = *res != nullptr ? Trim(PQresultErrorMessage(*res)) : Trim(PQerrorMessage(pg));
   PQclear(*res);
@@ -307,10 +332,11 @@ CopyStream::~CopyStream() {
   std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> closing;
   for (auto& target : targets_) {
     if (target->conn == nullptr) continue;
-    if (!finished_ && target->in_copy) {
-      // Without blocking: cancel the worker's COPY (which may be waiting for
-      // a lock and read nothing), then close; CloseAll waits a bounded time
-      // for the worker backend to go.
+    if (!finished_ && target->in_copy && !target->ends_on_hangup) {
+      // A worker that does not check for us (before PostgreSQL 14): cancel
+      // its COPY (which may be waiting for a lock and read nothing), then
+      // close. Otherwise closing is enough. Either way CloseAll waits a
+      // bounded time for the worker backend to go.
       if (PGcancel* cancel = PQgetCancel(target->conn->pg)) {
         char error[256];
         PQcancel(cancel, error, sizeof(error));

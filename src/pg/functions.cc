@@ -38,6 +38,7 @@ extern "C" {
 #include "utils/builtins.h"
 #include "utils/regproc.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "utils/wait_event.h"
@@ -309,6 +310,58 @@ void RaiseExecutorInterrupt(Settings* settings) {
 // again once the C++ frames have returned. nullptr when none.
 ErrorData* local_task_error = nullptr;
 
+// Receives a local task's rows as the executor produces them
+// (SPI_execute_extended's dest): counts them and keeps the first row's value
+// when it has one column (the task's result, should it return one row), so
+// that a task returning millions of rows costs no memory — SPI_execute would
+// keep them all in SPI_tuptable. Each statement that returns rows starts
+// afresh (rStartup): the last one's rows are the task's, as over libpq.
+struct RowCounter {
+  DestReceiver pub;  // first: the executor sees a DestReceiver
+  bool started = false;
+  uint64 rows = 0;
+  bool single_column = false;
+  bool has_first = false;
+  char* first = nullptr;  // malloc'd; nullptr for NULL
+
+  void Forget() {
+    free(first);
+    first = nullptr;
+    has_first = false;
+  }
+};
+
+bool RowCounterReceive(TupleTableSlot* slot, DestReceiver* self) {
+  auto* r = reinterpret_cast<RowCounter*>(self);
+  if (r->rows++ == 0 && r->single_column) {
+    bool isnull = false;
+    const Datum d = slot_getattr(slot, 1, &isnull);
+    if (!isnull) {
+      Oid output = InvalidOid;
+      bool varlena = false;
+      getTypeOutputInfo(TupleDescAttr(slot->tts_tupleDescriptor, 0)->atttypid, &output, &varlena);
+      char* text = OidOutputFunctionCall(output, d);
+      r->first = strdup(text);
+      pfree(text);
+      if (r->first == nullptr) {
+        ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+      }
+    }
+    r->has_first = true;
+  }
+  return true;
+}
+
+void RowCounterStartup(DestReceiver* self, int /*operation*/, TupleDesc desc) {
+  auto* r = reinterpret_cast<RowCounter*>(self);
+  r->Forget();
+  r->started = true;
+  r->rows = 0;
+  r->single_column = desc->natts == 1;
+}
+
+void RowCounterNothing(DestReceiver* /*self*/) {}
+
 // Runs one task in this backend (local-execution failover) inside an internal
 // subtransaction, as PL/pgSQL's exception blocks do: every error is caught,
 // the subtransaction rolled back, and the error described in `out`, so that
@@ -320,13 +373,23 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
   MemoryContext oldcontext = CurrentMemoryContext;
   ResourceOwner oldowner = CurrentResourceOwner;
   volatile bool in_subtransaction = false;
+  RowCounter counter;
+  counter.pub.receiveSlot = RowCounterReceive;
+  counter.pub.rStartup = RowCounterStartup;
+  counter.pub.rShutdown = RowCounterNothing;
+  counter.pub.rDestroy = RowCounterNothing;
+  counter.pub.mydest = DestTuplestore;  // not DestNone: SPI would call a SELECT "UTILITY"
+  RowCounter* volatile rows = &counter;
   PG_TRY();
   {
     BeginInternalSubTransaction(nullptr);
     in_subtransaction = true;
     MemoryContextSwitchTo(oldcontext);
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "connthrottle: SPI_connect failed");
-    int rc = SPI_execute(sql, false, 0);
+    SPIExecuteOptions options{};
+    options.read_only = false;
+    options.dest = &counter.pub;
+    int rc = SPI_execute_extended(sql, &options);
     if (rc < 0) elog(ERROR, "connthrottle: SPI_execute failed: %s", SPI_result_code_string(rc));
     const char* verb = "OK";
     switch (rc) {
@@ -359,13 +422,19 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
       strlcpy(out->command_tag, "UTILITY", sizeof(out->command_tag));
     }
     // Rows returned, as a remote task counts them (a DML's rows are counted
-    // only with RETURNING).
-    if (SPI_tuptable != nullptr) out->row_count = static_cast<int64_t>(SPI_processed);
-    if (SPI_tuptable != nullptr && SPI_processed == 1 && SPI_tuptable->tupdesc->natts == 1) {
-      char* value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-      out->has_value = true;
-      out->value = value != nullptr ? strdup(value) : nullptr;  // freed by the session
+    // only with RETURNING; a utility statement's, like SHOW's, as sent).
+    const bool returns_rows = rc == SPI_OK_SELECT || rc == SPI_OK_INSERT_RETURNING ||
+                              rc == SPI_OK_UPDATE_RETURNING || rc == SPI_OK_DELETE_RETURNING ||
+                              (rc == SPI_OK_UTILITY && counter.started);
+    if (returns_rows) {
+      out->row_count = static_cast<int64_t>(counter.rows);
+      if (counter.rows == 1 && counter.has_first) {
+        out->has_value = true;
+        out->value = counter.first;  // freed by the session
+        counter.first = nullptr;
+      }
     }
+    counter.Forget();
     SPI_finish();
     ReleaseCurrentSubTransaction();
     in_subtransaction = false;
@@ -376,6 +445,7 @@ void RunLocalTask(const char* sql, connthrottle::pg::LocalTaskOutcome* out) {
   PG_CATCH();
   {
     MemoryContextSwitchTo(oldcontext);
+    rows->Forget();
     ErrorData* edata = CopyErrorData();
     FlushErrorState();
     if (!in_subtransaction) {
