@@ -108,11 +108,15 @@ CREATE FUNCTION connthrottle.holders(
 CREATE VIEW connthrottle.holders AS SELECT * FROM connthrottle.holders();
 
 -- Table-wide figures; cumulative ones include keys that are no longer busy.
+-- wakeups: times a queued waiter was woken (by a release, a departure, a
+-- reclamation or a changed limit) and re-checked its node; wakeups / waited
+-- near 1 means waiters are woken by the release that frees their slot.
 CREATE FUNCTION connthrottle.table_stats(
     OUT capacity integer, OUT entries_in_use integer, OUT owners integer,
     OUT max_owners integer, OUT uncounted_in_use bigint, OUT full_table_events bigint,
     OUT entries_created bigint, OUT entries_dropped bigint, OUT acquired bigint,
-    OUT refused bigint, OUT waited bigint, OUT wait_time interval, OUT forced_total bigint)
+    OUT refused bigint, OUT waited bigint, OUT wait_time interval, OUT forced_total bigint,
+    OUT wakeups bigint)
   RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_table_stats';
 
 -- Whether host:port is this server (connthrottle.local_node).

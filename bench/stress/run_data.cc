@@ -248,6 +248,13 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
   });
   row("worker sessions per query",
       [](const RunData& r) { return absl::StrFormat("%.3f", Summarize(r).sessions_per_query); });
+  row("waits (queued acquires) / wake-ups per wait", [](const RunData& r) {
+    if (r.waits < 0 || r.wakeups < 0) return std::string("-");
+    return absl::StrCat(r.waits, " / ",
+                        r.waits == 0 ? std::string("-")
+                                     : absl::StrFormat("%.2f", static_cast<double>(r.wakeups) /
+                                                                   static_cast<double>(r.waits)));
+  });
   row("per-client completions min/max", [](const RunData& r) {
     Summary s = Summarize(r);
     return absl::StrCat(s.min_completed, " / ", s.max_completed);
@@ -358,8 +365,9 @@ std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict)
         "},\"too_many_clients_errors\":", r.too_many_clients_errors,
         ",\"other_errors\":", r.other_errors, ",\"hung\":", r.hung, ",\"workers\":[",
         absl::StrJoin(workers, ","), "],\"completed_per_client\":[", absl::StrJoin(clients, ","),
-        "],\"errors\":{", JsonErrors(r.errors), "},\"jain_index\":", s.jain,
-        ",\"worker_sessions_per_query\":", s.sessions_per_query, ",\"worker_backends_per_query\":",
+        "],\"errors\":{", JsonErrors(r.errors), "},\"jain_index\":", s.jain, ",\"waits\":", r.waits,
+        ",\"wakeups\":", r.wakeups, ",\"worker_sessions_per_query\":", s.sessions_per_query,
+        ",\"worker_backends_per_query\":",
         s.backends_per_query < 0 ? std::string("null") : absl::StrCat(s.backends_per_query),
         ",\"faults\":{\"clients_killed\":", r.faults.clients_killed,
         ",\"coordinator_backends_terminated\":", r.faults.coordinator_backends_terminated,

@@ -110,6 +110,12 @@ struct RunData {
   int64_t other_errors = 0;
   int64_t hung = 0;     // operations past their deadline
   int64_t queries = 0;  // executed queries (executions) in total
+  // Waiting acquires that queued during the run, and the times a queued
+  // waiter was woken and re-checked (the coordinator's table_stats; -1: not
+  // read). Waiters woken by the release that frees their slot show about
+  // one wake-up per wait; polling shows many.
+  int64_t waits = -1;
+  int64_t wakeups = -1;
   // Error messages seen, with how often (at most kMaxErrorKinds kinds; the
   // rest are counted under "(other messages)").
   std::map<std::string, int64_t> errors;

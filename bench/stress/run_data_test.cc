@@ -296,6 +296,11 @@ TEST(ReportTest, TextShowsRunsSideBySideAndTheVerdict) {
   EXPECT_THAT(text, HasSubstr("limit off"));
   EXPECT_THAT(text, HasSubstr("17"));
   EXPECT_THAT(text, HasSubstr("PASSED"));
+  // Wake-ups per wait, where the coordinator's figures were read.
+  EXPECT_THAT(text, HasSubstr("wake-ups per wait"));
+  throttled.waits = 40;
+  throttled.wakeups = 50;
+  EXPECT_THAT(TextReport({throttled}, verdict), HasSubstr("40 / 1.25"));
 
   RunData bad = CleanRun();
   bad.hung = 1;
@@ -318,6 +323,7 @@ TEST(ReportTest, JsonEscapesAndCarriesTheFigures) {
   EXPECT_THAT(json, HasSubstr(R"("peak":4)"));
   EXPECT_THAT(json, HasSubstr(R"("jain_index":1)"));
   EXPECT_THAT(json, HasSubstr(R"("samples":1000)"));
+  EXPECT_THAT(json, HasSubstr(R"("waits":-1,"wakeups":-1)"));
   EXPECT_THAT(json, HasSubstr(R"("counters_zero_after_s":0.003)"));
   run.counters_zero_after = std::nullopt;
   EXPECT_THAT(JsonReport({run}, verdict), HasSubstr(R"("counters_zero_after_s":null)"));

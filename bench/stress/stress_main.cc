@@ -701,6 +701,16 @@ int64_t SessionsOpened(const Cluster& cluster, const Endpoint& w) {
   return v.ok() ? std::atoll(v->c_str()) : 0;
 }
 
+// The coordinator's cumulative (waited, wakeups), or (-1, -1).
+std::pair<int64_t, int64_t> WaitFigures(const Cluster& cluster) {
+  auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
+  if (!c.ok()) return {-1, -1};
+  absl::StatusOr<cluster::QueryResult> r =
+      (*c)->Query("SELECT waited, wakeups FROM connthrottle.table_stats()");
+  if (!r.ok() || r->rows.size() != 1 || !r->rows[0][0] || !r->rows[0][1]) return {-1, -1};
+  return {std::atoll(r->rows[0][0]->c_str()), std::atoll(r->rows[0][1]->c_str())};
+}
+
 void SetLimit(const Cluster& cluster, int limit) {
   if (cluster.coordinator.port == 0) return;
   auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
@@ -766,6 +776,8 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
     run.workers.push_back(f);
   }
   SetLimit(cluster, limit);
+  const std::pair<int64_t, int64_t> waits_before =
+      library ? std::pair<int64_t, int64_t>{0, 0} : WaitFigures(cluster);
   std::mt19937_64 rng(seed);
   Sampler sampler(cluster, run.sample_interval);
   Progress progress;
@@ -947,6 +959,9 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
       int64_t n = std::min<int64_t>(slot.latencies_written.load(), kLatencySamples);
       for (int64_t i = 0; i < n; ++i) latencies[c].Add(slot.latency_us[i].load());
     }
+    const TableStats table = segment->table().Stats();  // the segment is this run's
+    run.waits = static_cast<int64_t>(table.waited);
+    run.wakeups = static_cast<int64_t>(table.wakeups);
     observer.reset();
     munmap(results, sizeof(SharedResults));
     unlink(ResultsPath(segment_name).c_str());
@@ -974,6 +989,11 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
         break;
       }
       absl::SleepFor(absl::Milliseconds(5));  // polling the coordinator, bounded
+    }
+    const std::pair<int64_t, int64_t> waits_after = WaitFigures(cluster);
+    if (waits_before.first >= 0 && waits_after.first >= 0) {
+      run.waits = waits_after.first - waits_before.first;
+      run.wakeups = waits_after.second - waits_before.second;
     }
     if (c.ok()) {
       absl::StatusOr<std::string> forced =

@@ -835,7 +835,7 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
   desc = BlessTupleDesc(desc);
   connthrottle::pg::TableRow t{};
   Raise(connthrottle::pg::TableStatistics(&t));
-  Datum values[13] = {
+  Datum values[14] = {
       Int32GetDatum(static_cast<int32>(t.capacity)),
       Int32GetDatum(static_cast<int32>(t.entries_in_use)),
       Int32GetDatum(static_cast<int32>(t.owners)),
@@ -849,8 +849,9 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
       Int64GetDatum(static_cast<int64>(t.waited)),
       MicrosecondsInterval(t.wait_time_us),
       Int64GetDatum(static_cast<int64>(t.forced_total)),
+      Int64GetDatum(static_cast<int64>(t.wakeups)),
   };
-  bool nulls[13] = {false};
+  bool nulls[14] = {false};
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

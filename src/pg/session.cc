@@ -890,7 +890,8 @@ Outcome TableStatistics(TableRow* out) {
                     t.refused,
                     t.waited,
                     t.forced_total,
-                    absl::ToInt64Microseconds(t.wait_time)};
+                    absl::ToInt64Microseconds(t.wait_time),
+                    t.wakeups};
     return Outcome{};
   });
 }

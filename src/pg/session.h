@@ -151,6 +151,7 @@ struct TableRow {
   uint64_t uncounted_in_use, full_table_events, entries_created, entries_dropped;
   uint64_t acquired, refused, waited, forced_total;
   int64_t wait_time_us;
+  uint64_t wakeups;
 };
 Outcome TableStatistics(TableRow* out);
 // OK, or an error whose message lists every difference (Audit()).

@@ -10,7 +10,8 @@ CREATE EXTENSION connthrottle;
 SHOW connthrottle.max_shared_pool_size;
 -- Table-wide cumulative figures include earlier suites: remember them.
 SELECT entries_created AS created0, entries_dropped AS dropped0, acquired AS acquired0,
-       refused AS refused0, forced_total AS forced0, full_table_events AS full0
+       refused AS refused0, forced_total AS forced0, full_table_events AS full0,
+       wakeups AS wakeups0
   FROM connthrottle.table_stats() \gset
 -- Two slots, then the limit refuses the third optional acquire.
 SELECT connthrottle.try_acquire('slot-a', 5432);
@@ -82,7 +83,7 @@ SELECT capacity, entries_in_use, owners >= 1 AS owners_ok,
        entries_created - :created0 AS entries_created, entries_dropped - :dropped0 AS entries_dropped,
        acquired - :acquired0 AS acquired, refused - :refused0 AS refused,
        waited >= 0 AS waited_ok, wait_time >= '0' AS wait_time_ok,
-       forced_total - :forced0 AS forced_total
+       forced_total - :forced0 AS forced_total, wakeups - :wakeups0 AS wakeups
   FROM connthrottle.table_stats();
 SELECT connthrottle.audit();
 --
