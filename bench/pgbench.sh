@@ -1,0 +1,144 @@
+#!/bin/sh
+# Issue 11's workload with pgbench as the client: a coordinator with the
+# extension, 2 workers (max_connections 60), connthrottle.max_shared_pool_size
+# 40, 32 shard tables (shard_0..shard_31, even ones on worker 1, odd ones on
+# worker 2). For each workload and client count, a throttled and an
+# unthrottled pgbench run of DURATION seconds; prints TPS, p50 latency and
+# worker backends started per transaction (the workers' "connection
+# received" log lines, every attempt included), with the date, commit and
+# machine.
+#
+#   bench/pgbench.sh                       # every workload at 8, 64, 128 clients, 30 s
+#   CLIENTS="8 64" DURATION=10 WORKLOADS="fanout router" bench/pgbench.sh
+#
+# Workloads: fanout (one run_tasks of 32 tasks, a count(*) per shard),
+# router (one run_tasks of one single-row task on a random shard), copy
+# (distribute of 1,000 rows over both workers). Needs the extension
+# installed (scripts/demo.sh or `cmake --install build --component
+# postgresql`) and pgbench (postgresql-client-15). As root the servers run as
+# the user `connthrottle` (scripts/install-deps.sh creates it).
+set -eu
+CLIENTS=${CLIENTS:-"8 64 128"}
+DURATION=${DURATION:-30}
+WORKLOADS=${WORKLOADS:-"fanout router copy"}
+LIMIT=${LIMIT:-40}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=$(pg_config --bindir)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/connthrottle-pgbench.XXXXXX")
+BASE=${BASE_PORT:-$((26000 + $$ % 2000 * 4))}
+CPORT=$BASE
+W1=$((BASE + 1))
+W2=$((BASE + 2))
+
+as_server() {
+  if [ "$(id -u)" = 0 ]; then runuser -u connthrottle -- "$@"; else "$@"; fi
+}
+[ "$(id -u)" = 0 ] && chown connthrottle "$WORK"
+
+stop_all() {
+  for n in coordinator worker1 worker2; do
+    [ -d "$WORK/$n" ] && as_server "$PGBIN/pg_ctl" -D "$WORK/$n" -m immediate stop >/dev/null 2>&1 || true
+  done
+  rm -rf "$WORK"
+}
+trap stop_all EXIT INT TERM
+
+start_server() {  # name port max_connections extra-settings
+  as_server "$PGBIN/initdb" -D "$WORK/$1" -A trust -U postgres -E UTF8 --no-sync \
+    --no-instructions >"$WORK/$1.initdb.log" 2>&1
+  cat >>"$WORK/$1/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $2
+unix_socket_directories = '$WORK'
+max_connections = $3
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = '64MB'
+log_connections = on
+$4
+EOF
+  as_server "$PGBIN/pg_ctl" -D "$WORK/$1" -l "$WORK/$1.log" -w start >/dev/null
+}
+
+q() {  # port sql
+  "$PGBIN/psql" -X -q -A -t -h 127.0.0.1 -p "$1" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$2"
+}
+
+start_server worker1 "$W1" 60 ""
+start_server worker2 "$W2" 60 ""
+start_server coordinator "$CPORT" 300 "shared_preload_libraries = 'connthrottle'
+connthrottle.max_shared_pool_size = $LIMIT"
+q "$CPORT" "CREATE EXTENSION connthrottle" >/dev/null
+q "$CPORT" "SELECT connthrottle.add_node('127.0.0.1', $W1), connthrottle.add_node('127.0.0.1', $W2)" >/dev/null
+for s in $(seq 0 31); do
+  port=$W1
+  [ $((s % 2)) = 1 ] && port=$W2
+  q "$port" "CREATE TABLE shard_$s AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 1000) g;
+             CREATE UNIQUE INDEX ON shard_$s (id)" >/dev/null
+done
+for port in "$W1" "$W2"; do q "$port" "CREATE TABLE copy_target(id int, v text)" >/dev/null; done
+
+# The pgbench scripts.
+hosts="" ports="" tasks=""
+for s in $(seq 0 31); do
+  port=$W1
+  [ $((s % 2)) = 1 ] && port=$W2
+  hosts="$hosts${hosts:+,}'127.0.0.1'"
+  ports="$ports${ports:+,}$port"
+  tasks="$tasks${tasks:+,}'SELECT count(*) FROM shard_$s'"
+done
+cat >"$WORK/fanout.sql" <<EOF
+SELECT count(*) FROM connthrottle.run_tasks(ARRAY[$hosts], ARRAY[$ports], ARRAY[$tasks]) WHERE success;
+EOF
+cat >"$WORK/router.sql" <<EOF
+\\set s random(0, 31)
+\\set id random(1, 1000)
+\\set port $W1 + :s % 2
+SELECT result FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[:port],
+  ARRAY['SELECT v FROM shard_' || :s || ' WHERE id = ' || :id]);
+EOF
+cat >"$WORK/copy.sql" <<EOF
+SELECT sum(rows) FROM connthrottle.distribute('SELECT g, ''row '' || g FROM generate_series(1, 1000) g',
+  'copy_target', ARRAY['127.0.0.1', '127.0.0.1'], ARRAY[$W1, $W2]);
+EOF
+
+received() {  # connection attempts the workers have logged so far
+  cat "$WORK/worker1.log" "$WORK/worker2.log" | grep -c "connection received" || true
+}
+
+echo "connthrottle pgbench: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo '?')," \
+  "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run"
+echo
+echo "| workload | clients | throttled TPS | unthrottled TPS | ratio | throttled p50 ms | unthrottled p50 ms | worker backends per transaction, throttled / unthrottled | failed, throttled / unthrottled |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+for w in $WORKLOADS; do
+  for c in $CLIENTS; do
+    line="| $w | $c"
+    for mode in throttled unthrottled; do
+      limit=$LIMIT
+      [ "$mode" = unthrottled ] && limit=-1
+      q "$CPORT" "ALTER SYSTEM SET connthrottle.max_shared_pool_size = $limit" >/dev/null
+      q "$CPORT" "SELECT pg_reload_conf()" >/dev/null
+      # New backends (pgbench's) see the setting once the postmaster has reloaded.
+      until [ "$(q "$CPORT" "SHOW connthrottle.max_shared_pool_size")" = "$limit" ]; do :; done
+      before=$(received)
+      rm -f "$WORK"/pgbench_log.*
+      (cd "$WORK" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 \
+        -T "$DURATION" -f "$WORK/$w.sql" -l --log-prefix=pgbench_log postgres \
+        >"$WORK/$w-$c-$mode.out" 2>&1) || true
+      after=$(received)
+      tps=$(sed -n 's/^tps = \([0-9]*\)\.[0-9]* (without initial connection time)/\1/p' "$WORK/$w-$c-$mode.out")
+      n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$WORK/$w-$c-$mode.out")
+      failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$WORK/$w-$c-$mode.out")
+      # Per-transaction log: the third field is the latency in microseconds.
+      p50=$(cat "$WORK"/pgbench_log.* 2>/dev/null | awk '{print $3}' | sort -n |
+        awk '{a[NR] = $1} END {if (NR) printf "%.1f", a[int((NR + 1) / 2)] / 1000; else print "-"}')
+      per=$(awk -v b="$before" -v a="$after" -v n="${n:-0}" 'BEGIN {if (n > 0) printf "%.3f", (a - b) / n; else print "-"}')
+      eval "tps_$mode=\${tps:-0} p50_$mode=\$p50 per_$mode=\$per failed_$mode=\${failed:-?}"
+    done
+    ratio=$(awk -v t="$tps_throttled" -v u="$tps_unthrottled" 'BEGIN {if (u > 0) printf "%.2f", t / u; else print "-"}')
+    echo "$line | $tps_throttled | $tps_unthrottled | $ratio | $p50_throttled | $p50_unthrottled | $per_throttled / $per_unthrottled | $failed_throttled / $failed_unthrottled |"
+  done
+done
