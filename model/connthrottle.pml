@@ -269,15 +269,15 @@ inline futex_wake_all(le) {
 inline futex_wait(le) {
   atomic {
     if
-    :: wake_seq[le] == cur_seen[me] -> sleeping[me] = le + 1
-    :: else -> skip
+    :: wake_seq[le] == cur_seen[me] -> sleeping[me] = le + 1; woke = 1
+    :: else -> woke = 0  /* EAGAIN: not a wake-up */
     fi
   };
   if
-  :: sleeping[me] == 0 -> skip
-  :: deaths > 0 && sleeping[me] != 0 -> sleeping[me] = 0  /* poll tick */
+  :: sleeping[me] == 0 -> skip  /* woken by a FutexWake (woke), or never slept */
+  :: deaths > 0 && sleeping[me] != 0 -> sleeping[me] = 0; woke = 0  /* poll tick */
 #ifdef GIVEUP
-  :: sleeping[me] != 0 -> sleeping[me] = 0                /* deadline */
+  :: sleeping[me] != 0 -> sleeping[me] = 0; woke = 0                /* deadline */
 #endif
   fi
 }
@@ -915,7 +915,8 @@ inline wait_acquire(k) {
         :: true ->
            futex_wait(e);
            d_step {
-             tick = (wake_seq[e] == cur_seen[me]); cur_seen[me] = wake_seq[e]
+             tick = (!woke && wake_seq[e] == cur_seen[me]); woke = 0;
+             cur_seen[me] = wake_seq[e]
            };
            if
            :: tick ->
@@ -924,7 +925,11 @@ inline wait_acquire(k) {
                  look for dead owners. */
               tick = 0;
               if :: RECLAIMING -> reclaim_dead_owners() :: else -> skip fi
-           :: else ->
+           :: !tick && !(word[e] & LOCKED) && CNT(word[e]) >= LIMIT(k) ->
+              /* Changed, but the word, unlocked, shows no room (the freed
+                 slot was taken): sleep again without locking. */
+              skip
+           :: !tick && ((word[e] & LOCKED) || CNT(word[e]) < LIMIT(k)) ->
               lock_entry(e);
               read_locked(e);
               if
@@ -1014,7 +1019,7 @@ inline release(le) {
 
 proctype Owner(byte me) {
   byte e, k, i, r, x, ee, e2, obs, fv, rc, rw, rf, lc, h, wif, ops, stamp;
-  bit found, got, lok, tok, sok, rok, isdead, rlive, zom, wake, pass, gave, tick, fz;
+  bit found, got, lok, tok, sok, rok, isdead, rlive, zom, wake, pass, gave, tick, fz, woke;
   bit adopt, fresh;
   do
   :: {
@@ -1062,7 +1067,7 @@ proctype Owner(byte me) {
          e = 0; k = 0; i = 0; r = 0; x = 0; ee = 0; e2 = 0; obs = 0; fv = 0; rc = 0; rw = 0;
          rf = 0; lc = 0; h = 0; wif = 0; ops = 0; stamp = 0; found = 0; got = 0; lok = 0;
          tok = 0; sok = 0; rok = 0; isdead = 0; rlive = 0; zom = 0; wake = 0; pass = 0;
-         gave = 0; tick = 0; fz = 0; adopt = 0; fresh = 0
+         gave = 0; tick = 0; fz = 0; woke = 0; adopt = 0; fresh = 0
        }
      };
      if

@@ -703,6 +703,54 @@ TEST(CounterTableWaitTest, PollTicksAreNotWakeUps) {
   wait.join();
 }
 
+// Two waiters, two releases: two wake-ups in all, whichever waiter looks
+// first. The release wakes one waiter, but the other also sees wake_seq
+// change on its next poll tick; it finds the freed slot taken and goes back
+// to sleep without locking the entry or counting a wake-up.
+TEST(CounterTableWaitTest, AWakeUpTakenByAnotherWaiterIsNotCounted) {
+  HeapTable t;
+  auto holder = *t->RegisterOwner();
+  NodeKey key = Key("two-waiters");
+  Slot held = *holder->TryAcquire(key, Limit::AtMost(1));
+  Slot keep = *holder->TryAcquire(key, Limit::AtMost(2));  // keeps the entry's statistics
+  std::atomic<int> granted{0};
+  std::atomic<bool> release_mine{false};
+  std::atomic<int> limit_calls{0};  // one per tick of a waiter
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 2; ++i) {
+    waiters.emplace_back([&] {
+      auto owner = *t->RegisterOwner();
+      AcquireOptions fast_polling;
+      fast_polling.poll_interval = absl::Milliseconds(1);
+      absl::StatusOr<Slot> s = owner->AcquireWaiting(
+          key,
+          [&] {
+            limit_calls.fetch_add(1);
+            return Limit::AtMost(2);
+          },
+          WaiterDeadline(), [] { return false; }, fast_polling);
+      EXPECT_TRUE(s.ok()) << s.status();
+      const int order = granted.fetch_add(1);
+      // The first one granted holds its slot until the test lets it go.
+      if (order == 0) AwaitCondition([&] { return release_mine.load(); });
+    });
+  }
+  AwaitCondition([&] { return WaitersOf(t.table(), key) == 2; });
+  held.Release();
+  AwaitCondition([&] { return granted.load() == 1; }, absl::Seconds(30));
+  // The other waiter wakes (FutexWake, or its tick seeing wake_seq changed)
+  // and ticks on: wait for many of its ticks.
+  const int calls = limit_calls.load();
+  AwaitCondition([&] { return limit_calls.load() >= calls + 20; }, absl::Seconds(60));
+  release_mine = true;
+  AwaitCondition([&] { return granted.load() == 2; }, absl::Seconds(30));
+  for (auto& w : waiters) w.join();
+  std::optional<KeyStats> k = StatsOf(t.table(), key);
+  ASSERT_TRUE(k.has_value());
+  EXPECT_EQ(k->waited, 2u);
+  EXPECT_EQ(k->wakeups, 2u) << "a waiter counted a wake-up whose slot another had taken";
+}
+
 TEST(CounterTableWaitTest, ReleaseWakesOneWaiterOfItsKeyOnly) {
   HeapTable t(TableOptions{16, 32});
   auto holder = *t->RegisterOwner();

@@ -828,20 +828,31 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
         break;
       }
       if (!recheck) {
-        internal::FutexWait(entry.wake_seq, seen, std::min(poll, deadline - now));
+        const bool woken =
+            internal::FutexWait(entry.wake_seq, seen, std::min(poll, deadline - now));
         const uint32_t after = entry.wake_seq.load(kAcquire);
         const Limit fresh = limit_now();  // after reading wake_seq, before locking
-        if (after == seen && fresh == limit) {
+        if (!woken && after == seen && fresh == limit) {
           // A poll tick: no release, reclamation or departure has bumped
           // wake_seq, and the limit is what it was, so the entry has nothing
           // for us; locking it to look would only add traffic. It is a good
           // moment to look for dead owners (a real wake-up is not: the slot
-          // is waiting).
+          // is waiting). A FutexWake is acted on even when wake_seq looks
+          // unchanged: the bump it announces may be one we read before
+          // queueing, and FutexWake(1) chose us to take the freed slot.
           MaybeReclaimDeadOwners();
           continue;
         }
         seen = after;
         limit = fresh;
+        // Something changed, but a wake-up reaches every waiter that looks,
+        // and the slot a release freed may be taken already (by the waiter
+        // FutexWake woke, or by one that looked first). When the word,
+        // unlocked, shows no room, sleep again without locking: a slot
+        // freed after this bumps wake_seq again (under the entry lock, which
+        // the releaser took before the bump we have seen).
+        const uint64_t w = entry.word.load(kAcquire);
+        if (!(w & Word::kLocked) && !limit.Admits(Word::Count(w), 0)) continue;
       }
       recheck = false;
       LockEntry(e);

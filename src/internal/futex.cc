@@ -16,11 +16,12 @@ uint32_t* Address(std::atomic<uint32_t>& word) { return reinterpret_cast<uint32_
 
 }  // namespace
 
-void FutexWait(std::atomic<uint32_t>& word, uint32_t expected, absl::Duration timeout) {
+bool FutexWait(std::atomic<uint32_t>& word, uint32_t expected, absl::Duration timeout) {
   if (timeout < absl::ZeroDuration()) timeout = absl::ZeroDuration();
   timespec ts = absl::ToTimespec(timeout);
-  // Errors (EAGAIN: the value changed, EINTR, ETIMEDOUT) all mean "re-check".
-  syscall(SYS_futex, Address(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
+  // 0: woken by FutexWake (or, rarely, spuriously). Errors — EAGAIN (the
+  // value had changed), EINTR, ETIMEDOUT — are not wake-ups.
+  return syscall(SYS_futex, Address(word), FUTEX_WAIT, expected, &ts, nullptr, 0) == 0;
 }
 
 void FutexWake(std::atomic<uint32_t>& word, int count) {

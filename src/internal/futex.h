@@ -14,7 +14,10 @@ namespace connthrottle::internal {
 // Sleeps while *word == expected, for at most `timeout` (clamped to >= 0).
 // Returns on a wake-up, on a timeout, on a signal, or at once when *word no
 // longer holds `expected`; callers re-check their condition in every case.
-void FutexWait(std::atomic<uint32_t>& word, uint32_t expected, absl::Duration timeout);
+// Returns true when a FutexWake woke the caller (a wake-up meant for some
+// sleeper on the word: a caller that got one must act on it), false
+// otherwise.
+bool FutexWait(std::atomic<uint32_t>& word, uint32_t expected, absl::Duration timeout);
 
 // Wakes up to `count` sleepers on `word`.
 void FutexWake(std::atomic<uint32_t>& word, int count);
