@@ -11,7 +11,6 @@
 // re-uses its record while a waiter judges it.
 
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,7 +23,6 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -42,6 +40,7 @@
 #include "internal/test_hooks.h"
 #include "tests/testing/heap_table.h"
 #include "tests/testing/pauses.h"
+#include "tests/testing/shared_table.h"
 
 namespace connthrottle {
 namespace {
@@ -50,6 +49,7 @@ using ::connthrottle::testing::HeapTable;
 using ::connthrottle::testing::Key;
 
 using ::connthrottle::testing::Pauses;
+using ::connthrottle::testing::SharedTable;
 constexpr Pauses::Role kHolder = Pauses::kFirst;
 constexpr Pauses::Role kTaker = Pauses::kSecond;
 
@@ -311,21 +311,10 @@ TEST_F(EntryLockTest, ThrowingLimitCallbackLeavesTheQueue) {
 // Children leave via _exit and never use gtest.
 class EntryLockAfterDeathTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    // Two records: the waiter's, and the one that dies and is adopted.
-    const TableOptions options{.capacity = 8, .max_owners = 2, .reclaim_dead_owners = true};
-    bytes_ = *CounterTable::RequiredBytes(options);
-    region_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    ASSERT_NE(region_, MAP_FAILED);
-    table_.emplace(*CounterTable::Initialize(region_, bytes_, options));
-  }
-  void TearDown() override {
-    Pauses::Get().Uninstall();
-    munmap(region_, bytes_);
-  }
+  void TearDown() override { Pauses::Get().Uninstall(); }
 
   std::atomic<uint64_t>& Word(const NodeKey& key) {
-    auto* h = static_cast<internal::TableHeader*>(region_);
+    auto* h = static_cast<internal::TableHeader*>(table_.region());
     for (uint32_t e = 0; e < h->capacity; ++e) {
       internal::Entry& entry = internal::EntryAt(h, e);
       if (entry.in_use.load() != 0 && entry.hash.load() == key.hash()) return entry.word;
@@ -334,9 +323,8 @@ class EntryLockAfterDeathTest : public ::testing::Test {
     return internal::EntryAt(h, 0).word;
   }
 
-  void* region_ = nullptr;
-  size_t bytes_ = 0;
-  std::optional<CounterTable> table_;
+  // Two records: the waiter's, and the one that dies and is adopted.
+  SharedTable table_{TableOptions{.capacity = 8, .max_owners = 2, .reclaim_dead_owners = true}};
 };
 
 // Dies (SIGKILL) the moment it holds an entry lock to refuse an acquire.

@@ -12,7 +12,6 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,7 +22,6 @@
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -35,11 +33,13 @@
 #include "gtest/gtest.h"
 #include "tests/testing/child_process.h"
 #include "tests/testing/heap_table.h"
+#include "tests/testing/shared_table.h"
 
 namespace connthrottle {
 namespace {
 
 using ::connthrottle::testing::Key;
+using ::connthrottle::testing::SharedTable;
 using ::connthrottle::testing::WaitForExit;
 
 // Exit codes of the children.
@@ -48,22 +48,9 @@ constexpr int kFailed = 1;
 constexpr int kCannotSetUp = 77;  // the machine does not allow the set-up
 
 // A table in shared anonymous memory: forked children see the parent's.
-class SharedTable {
- public:
-  explicit SharedTable(bool reclaim) {
-    const TableOptions options{.capacity = 8, .max_owners = 8, .reclaim_dead_owners = reclaim};
-    bytes_ = *CounterTable::RequiredBytes(options);
-    region_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    table_.emplace(*CounterTable::Initialize(region_, bytes_, options));
-  }
-  ~SharedTable() { munmap(region_, bytes_); }
-  CounterTable* operator->() { return &*table_; }
-
- private:
-  void* region_ = nullptr;
-  size_t bytes_ = 0;
-  std::optional<CounterTable> table_;
-};
+TableOptions Options(bool reclaim) {
+  return TableOptions{.capacity = 8, .max_owners = 8, .reclaim_dead_owners = reclaim};
+}
 
 // Runs `body` in a forked child and returns its exit code (or -signal).
 // The child prints why it could not set up or why it failed to stderr.
@@ -109,7 +96,7 @@ int MountOwnProc(const char* options) {
 // they had exited. A live owner of another user must not look dead.
 TEST(LivenessTest, OwnerThatHidepidHidesIsNotReclaimed) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root: mounts /proc and changes user";
-  SharedTable table(/*reclaim=*/true);
+  SharedTable table(Options(/*reclaim=*/true));
   std::unique_ptr<Owner> parent = *table->RegisterOwner();
   Slot held = *parent->TryAcquire(Key("k"), Limit::AtMost(1));
   const pid_t parent_pid = getpid();
@@ -143,7 +130,7 @@ TEST(LivenessTest, OwnerThatHidepidHidesIsNotReclaimed) {
 // judge it by a pid that is not its own, and it would judge the parent by a
 // pid its own /proc does not show.
 TEST(LivenessTest, OwnerInAnotherPidNamespaceIsRefusedWhereDeadOwnersAreReclaimed) {
-  SharedTable table(/*reclaim=*/true);
+  SharedTable table(Options(/*reclaim=*/true));
   std::unique_ptr<Owner> parent = *table->RegisterOwner();
   Slot held = *parent->TryAcquire(Key("k"), Limit::AtMost(1));
 
@@ -178,7 +165,7 @@ TEST(LivenessTest, OwnerInAnotherPidNamespaceIsRefusedWhereDeadOwnersAreReclaime
 // Without reclamation nobody judges anyone: namespaces do not matter, and
 // the table is shared across them.
 TEST(LivenessTest, TableWithoutReclamationIsSharedAcrossPidNamespaces) {
-  SharedTable table(/*reclaim=*/false);
+  SharedTable table(Options(/*reclaim=*/false));
   EXPECT_CHILD_PASSED(InChild([&] {
     if (unshare(CLONE_NEWUSER | CLONE_NEWPID) != 0) {
       return CannotSetUp("unshare(CLONE_NEWUSER | CLONE_NEWPID)");
@@ -202,7 +189,7 @@ TEST(LivenessTest, TableWithoutReclamationIsSharedAcrossPidNamespaces) {
 // nor initialise such a table.
 TEST(LivenessTest, ProcessWithoutProcIsRefusedWhereDeadOwnersAreReclaimed) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root: mounts over /proc";
-  SharedTable table(/*reclaim=*/true);
+  SharedTable table(Options(/*reclaim=*/true));
   EXPECT_CHILD_PASSED(InChild([&] {
     if (unshare(CLONE_NEWNS) != 0) return CannotSetUp("unshare(CLONE_NEWNS)");
     if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {

@@ -10,13 +10,11 @@
 // Children leave via _exit and never use gtest.
 
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <thread>
 
 #include "absl/status/statusor.h"
@@ -29,36 +27,26 @@
 #include "internal/test_hooks.h"
 #include "tests/testing/heap_table.h"
 #include "tests/testing/pauses.h"
+#include "tests/testing/shared_table.h"
 
 namespace connthrottle {
 namespace {
 
 using ::connthrottle::testing::Key;
 using ::connthrottle::testing::Pauses;
+using ::connthrottle::testing::SharedTable;
 constexpr Pauses::Role kWaiter = Pauses::kFirst;
 constexpr Pauses::Role kAdopter = Pauses::kSecond;
 
 class StructureLockTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const TableOptions options{.capacity = 8, .max_owners = 2, .reclaim_dead_owners = true};
-    bytes_ = *CounterTable::RequiredBytes(options);
-    region_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    ASSERT_NE(region_, MAP_FAILED);
-    table_.emplace(*CounterTable::Initialize(region_, bytes_, options));
-  }
-  void TearDown() override {
-    Pauses::Get().Uninstall();
-    munmap(region_, bytes_);
-  }
+  void TearDown() override { Pauses::Get().Uninstall(); }
 
   uint64_t StructureLockWord() const {
-    return static_cast<internal::TableHeader*>(region_)->structure_lock.load();
+    return static_cast<internal::TableHeader*>(table_.region())->structure_lock.load();
   }
 
-  void* region_ = nullptr;
-  size_t bytes_ = 0;
-  std::optional<CounterTable> table_;
+  SharedTable table_{TableOptions{.capacity = 8, .max_owners = 2, .reclaim_dead_owners = true}};
 };
 
 // Dies (SIGKILL) the moment it holds the structure lock.
