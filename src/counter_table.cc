@@ -353,6 +353,11 @@ TableStats CounterTable::Stats() const {
 uint64_t CounterTable::FullTableEvents() const { return header_->full_table_events.load(kRelaxed); }
 
 uint32_t CounterTable::ConnectionCount(const NodeKey& key) const {
+  const std::optional<KeyStats> k = Lookup(key);
+  return k ? k->connections : 0;
+}
+
+std::optional<KeyStats> CounterTable::Lookup(const NodeKey& key) const {
   const uint32_t mask = header_->index_buckets - 1;
   const uint32_t tag = static_cast<uint32_t>(key.hash());
   const internal::Bucket* buckets = internal::Buckets(header_);
@@ -364,10 +369,13 @@ uint32_t CounterTable::ConnectionCount(const NodeKey& key) const {
     KeyStats k;
     if (ReadEntry(header_, static_cast<uint32_t>(value) - 1, &k) && k.host == key.host() &&
         k.port == key.port() && k.database == key.database()) {
-      return k.connections;
+      // A zombie entry (count and waiters at zero, kept for a quick revive)
+      // is not busy, as in Snapshot().
+      if (k.connections == 0 && k.waiters == 0) return std::nullopt;
+      return k;
     }
   }
-  return 0;
+  return std::nullopt;
 }
 
 absl::Status CounterTable::Audit() const {

@@ -54,11 +54,16 @@ void AwaitCondition(Pred pred, absl::Duration bound = absl::Seconds(30)) {
   }
 }
 
-std::optional<KeyStats> StatsOf(CounterTable& table, const NodeKey& key) {
+// The key's row of Snapshot(), which Lookup must agree with.
+std::optional<KeyStats> SnapshotRow(CounterTable& table, const NodeKey& key) {
   for (KeyStats& k : table.Snapshot()) {
     if (k.host == key.host() && k.port == key.port() && k.database == key.database()) return k;
   }
   return std::nullopt;
+}
+
+std::optional<KeyStats> StatsOf(CounterTable& table, const NodeKey& key) {
+  return table.Lookup(key);
 }
 
 uint32_t WaitersOf(CounterTable& table, const NodeKey& key) {
@@ -67,6 +72,29 @@ uint32_t WaitersOf(CounterTable& table, const NodeKey& key) {
 }
 
 // ---- layout -----------------------------------------------------------------
+
+TEST(CounterTableLookupTest, FindsABusyKeysEntryAndNothingOnceItIsDropped) {
+  HeapTable t;
+  auto owner = *t->RegisterOwner();
+  const NodeKey key = Key("looked-up"), other = Key("other");
+  EXPECT_FALSE(t->Lookup(key).has_value());
+  absl::StatusOr<Slot> a = owner->TryAcquire(key, Limit::AtMost(4));
+  absl::StatusOr<Slot> b = owner->TryAcquire(other, Limit::AtMost(4));
+  absl::StatusOr<Slot> c = owner->TryAcquire(key, Limit::AtMost(4));
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  std::optional<KeyStats> found = t->Lookup(key);
+  std::optional<KeyStats> row = SnapshotRow(t.table(), key);
+  ASSERT_TRUE(found.has_value());
+  ASSERT_TRUE(row.has_value());
+  EXPECT_EQ(found->host, "looked-up");
+  EXPECT_EQ(found->connections, 2u);
+  EXPECT_EQ(found->connections, row->connections);
+  EXPECT_EQ(found->acquired, row->acquired);
+  a->Release();
+  c->Release();
+  EXPECT_FALSE(t->Lookup(key).has_value()) << "a key at zero is not busy";
+  EXPECT_EQ(t->Lookup(other)->connections, 1u);
+}
 
 TEST(CounterTableLayoutTest, RequiredBytesRejectsOutOfRangeOptions) {
   for (TableOptions bad : {TableOptions{0, 1}, TableOptions{(1u << 24) + 1, 1}, TableOptions{16, 0},

@@ -222,6 +222,9 @@ class CounterTable {
 
   // The slots `key` holds now (0 when it is not busy).
   uint32_t ConnectionCount(const NodeKey& key) const;
+  // `key`'s entry, read consistently without locking; nullopt when the key
+  // is not busy. A lookup in the index: cheap enough to call every tick.
+  std::optional<KeyStats> Lookup(const NodeKey& key) const;
 
   // Who holds and who waits: one row per live owner and busy key it holds
   // slots of or waits for, ordered by key then pid. Read without locks, for
