@@ -26,24 +26,6 @@ namespace connthrottle {
 using Connection = AdaptiveExecutor::Connection;
 using State = AdaptiveExecutor::Connection::State;
 
-namespace {
-
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
-// A connection's socket has something to read while nobody asked anything:
-// the worker closed it or is about to (a FATAL message, EOF).
-bool IdleConnectionIsDead(PGconn* pg) {
-  if (PQstatus(pg) != CONNECTION_OK) return true;
-  pollfd p{PQsocket(pg), POLLIN, 0};
-  if (p.fd < 0) return true;
-  return poll(&p, 1, 0) != 0;
-}
-
-}  // namespace
-
 TaskResult ExecutionContext::RunLocally(const Task& task) {
   TaskResult r;
   r.node = task.node;
@@ -417,65 +399,16 @@ struct ExecutionRun {
         return;
       }
       c.task_got_result = true;
-      TaskResult& r = results[c.task];
-      switch (PQresultStatus(res)) {
-        case PGRES_TUPLES_OK:
-        case PGRES_SINGLE_TUPLE: {
-          // A result set comes whole (TUPLES_OK), or in single-row mode as
-          // one SINGLE_TUPLE per row and an empty TUPLES_OK at its end. The
-          // task's last result set is the one reported.
-          if (!c.in_result_set) {
-            r.columns.clear();
-            r.rows.clear();
-            r.row_count = 0;
-            for (int col = 0; col < PQnfields(res); ++col) r.columns.push_back(PQfname(res, col));
-          }
-          const bool last = PQresultStatus(res) == PGRES_TUPLES_OK;
-          c.in_result_set = !last;
-          for (int row = 0; row < PQntuples(res); ++row) {
-            ++r.row_count;
-            if (opt.max_rows_kept >= 0 &&
-                static_cast<int64_t>(r.rows.size()) >= opt.max_rows_kept) {
-              continue;
-            }
-            std::vector<std::optional<std::string>> values;
-            for (int col = 0; col < PQnfields(res); ++col) {
-              if (PQgetisnull(res, row, col)) {
-                values.push_back(std::nullopt);
-              } else {
-                values.emplace_back(
-                    std::string(PQgetvalue(res, row, col), PQgetlength(res, row, col)));
-              }
-            }
-            r.rows.push_back(std::move(values));
-          }
-          if (last) r.command_tag = PQcmdStatus(res);
-          break;
-        }
-        case PGRES_COMMAND_OK:
-        case PGRES_EMPTY_QUERY:
-          r.command_tag = PQcmdStatus(res);
-          break;
-        case PGRES_COPY_IN:
-        case PGRES_COPY_OUT:
-        case PGRES_COPY_BOTH: {
-          // libpq hands back the COPY state again at every PQgetResult until
-          // the COPY is ended; a task has no rows to send or place for rows
-          // streamed back. The task fails and its connection is closed (the
-          // worker's COPY cancelled first, so that it stops at once).
-          const ExecStatusType copy = PQresultStatus(res);
-          PQclear(res);
-          FailCopy(pool, c, copy);
-          return;
-        }
-        default: {
-          const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-          if (r.status.ok()) {
-            r.sqlstate = state != nullptr ? state : "";
-            r.status = absl::UnknownError(
-                absl::StrCat("node ", pool.node.ToString(), ": ", Trim(PQresultErrorMessage(res))));
-          }
-        }
+      if (FoldResult(res, pool.node, opt.max_rows_kept, c.in_result_set, results[c.task]) ==
+          Fold::kCopy) {
+        // libpq hands back the COPY state again at every PQgetResult until
+        // the COPY is ended; a task has no rows to send or place for rows
+        // streamed back. The task fails and its connection is closed (the
+        // worker's COPY cancelled first, so that it stops at once).
+        const ExecStatusType copy = PQresultStatus(res);
+        PQclear(res);
+        FailCopy(pool, c, copy);
+        return;
       }
       PQclear(res);
     }

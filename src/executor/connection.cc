@@ -20,6 +20,70 @@ AdaptiveExecutor::Connection::~Connection() {
 
 std::string NodeAddress::ToString() const { return absl::StrCat(host, ":", port); }
 
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+bool IdleConnectionIsDead(PGconn* pg) {
+  if (PQstatus(pg) != CONNECTION_OK) return true;
+  pollfd p{PQsocket(pg), POLLIN, 0};
+  if (p.fd < 0) return true;
+  return poll(&p, 1, 0) != 0;
+}
+
+Fold FoldResult(const PGresult* res, const NodeAddress& node, int64_t max_rows_kept,
+                bool& in_result_set, TaskResult& r) {
+  switch (PQresultStatus(res)) {
+    case PGRES_TUPLES_OK:
+    case PGRES_SINGLE_TUPLE: {
+      // A result set comes whole (TUPLES_OK), or in single-row mode as one
+      // SINGLE_TUPLE per row and an empty TUPLES_OK at its end. The task's
+      // last result set is the one reported.
+      if (!in_result_set) {
+        r.columns.clear();
+        r.rows.clear();
+        r.row_count = 0;
+        for (int col = 0; col < PQnfields(res); ++col) r.columns.push_back(PQfname(res, col));
+      }
+      const bool last = PQresultStatus(res) == PGRES_TUPLES_OK;
+      in_result_set = !last;
+      for (int row = 0; row < PQntuples(res); ++row) {
+        ++r.row_count;
+        if (max_rows_kept >= 0 && static_cast<int64_t>(r.rows.size()) >= max_rows_kept) continue;
+        std::vector<std::optional<std::string>> values;
+        for (int col = 0; col < PQnfields(res); ++col) {
+          if (PQgetisnull(res, row, col)) {
+            values.push_back(std::nullopt);
+          } else {
+            values.emplace_back(std::string(PQgetvalue(res, row, col), PQgetlength(res, row, col)));
+          }
+        }
+        r.rows.push_back(std::move(values));
+      }
+      if (last) r.command_tag = PQcmdStatus(const_cast<PGresult*>(res));
+      return Fold::kData;
+    }
+    case PGRES_COMMAND_OK:
+    case PGRES_EMPTY_QUERY:
+      r.command_tag = PQcmdStatus(const_cast<PGresult*>(res));
+      return Fold::kData;
+    case PGRES_COPY_IN:
+    case PGRES_COPY_OUT:
+    case PGRES_COPY_BOTH:
+      return Fold::kCopy;
+    default: {
+      const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+      if (r.status.ok()) {
+        r.sqlstate = state != nullptr ? state : "";
+        r.status = absl::UnknownError(
+            absl::StrCat("node ", node.ToString(), ": ", Trim(PQresultErrorMessage(res))));
+      }
+      return Fold::kData;
+    }
+  }
+}
+
 void QuietNotices(PGconn* pg) {
   PQsetNoticeProcessor(
       pg, [](void*, const char*) {}, nullptr);

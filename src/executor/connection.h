@@ -6,7 +6,9 @@
 
 #include <libpq-fe.h>
 
+#include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -42,6 +44,26 @@ struct AdaptiveExecutor::Connection {
 // in a PostgreSQL backend is the server log): a task's outcome is its result
 // or its error, and errors reach the caller through TaskResult.
 void QuietNotices(PGconn* pg);
+
+// libpq's message without its trailing newline.
+std::string Trim(std::string s);
+
+// An idle connection's socket has something to read while nobody asked
+// anything: the worker closed it or is about to (a FATAL message, EOF).
+bool IdleConnectionIsDead(PGconn* pg);
+
+// What one PGresult of a running task was.
+enum class Fold { kData, kCopy };
+
+// Folds one PGresult of a running task into `r`: the columns and rows of its
+// last result set (at most `max_rows_kept` rows kept when that is >= 0, every
+// row counted), its command tag, and its first error with the SQLSTATE (the
+// message names `node`). `in_result_set` carries single-row mode's state
+// between calls: true while rows of a result set are arriving. Returns kCopy,
+// leaving `r` alone, when the task entered COPY (which a task cannot do; the
+// caller ends it).
+Fold FoldResult(const PGresult* res, const NodeAddress& node, int64_t max_rows_kept,
+                bool& in_result_set, TaskResult& r);
 
 // Closes connections so that their slots are given back only once the worker
 // backends are gone: each socket is duplicated, libpq sends Terminate (on an

@@ -13,11 +13,6 @@
 namespace connthrottle {
 namespace {
 
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
 // How often a wait on a worker's socket looks at the interrupt check.
 constexpr int kTickMs = 10;
 
