@@ -1,7 +1,8 @@
 #!/bin/sh
 # The test command: installs dependencies, then configures, builds and runs
 # every test — first the sanitizer builds (AddressSanitizer+UBSan over the
-# core and executor tests, ThreadSanitizer over the core tests), then the
+# core, executor and shared pool tests, ThreadSanitizer over the core and
+# shared pool tests), then the
 # regular build (every test: core, extension, executor, stress smoke runs),
 # whose ctest summary is the last thing printed. Every stage runs even when an
 # earlier one failed; the script exits non-zero if any stage failed.
@@ -37,11 +38,11 @@ else
   failed="$failed asan-build"
 fi
 
-echo "== ThreadSanitizer: core tests (threads and processes)"
+echo "== ThreadSanitizer: core tests (threads and processes) and the shared pool's"
 # shellcheck disable=SC2086
 if configure_and_build build-tsan -DCONNTHROTTLE_TSAN=ON $SANITIZED; then
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-    ctest --test-dir "$ROOT/build-tsan" -L core --no-tests=error --output-on-failure \
+    ctest --test-dir "$ROOT/build-tsan" -L 'core|tsan' --no-tests=error --output-on-failure \
     -j"$JOBS" || failed="$failed tsan"
 else
   failed="$failed tsan-build"

@@ -1,0 +1,174 @@
+// connthrottle/shared_pool.h — long-lived worker connections shared by many
+// sessions, and the transport through which a session uses them.
+//
+// A SharedPool runs one event loop, on a thread of its own, over every
+// connection it holds. Connections are grouped in pools, one per (node,
+// database, connection parameters). Sessions submit their tasks through a
+// SharedPoolTransport and wait for their tasks' turn, never for a slot: no
+// session holds anything while it waits, so there is no hold-and-wait.
+//
+//   * Every connection holds a slot of the shared CounterTable, taken
+//     through the pool's Owner, for as long as it exists: the strict limit,
+//     Holders() and Audit() keep their meaning, with the pool as the holder.
+//   * Fairness: a free connection takes the next task of the next session in
+//     a round-robin over the sessions with tasks queued for its pool, so one
+//     session's thousand tasks do not starve another's one.
+//   * Growth: a pool with tasks queued and no idle connection opens one more
+//     if a slot is free now (an optional acquire: the loop never waits for a
+//     slot; refused, it tries again at the next slow-start interval), at most
+//     k new connections per interval (k grows by one each interval), up to
+//     max_pool_size, and only while the queue would outlast twice a connect
+//     time on the connections it has (measured task and connect times).
+//   * A connection idle for idle_timeout is closed and its slot given back;
+//     so is an idle connection while others queue for a slot of its node
+//     (direct-transport sessions, COPY's reservations): the pool looks every
+//     slow-start interval and gives back one idle connection per waiter.
+//   * A dead connection is found while idle (its socket turns readable) or
+//     just before use, closed and replaced. A task not yet sent moves to
+//     another connection; a task that was running fails with 08006.
+//   * A connection that a task left inside a transaction is closed rather
+//     than reused. Tasks must be self-contained: as in a transaction-mode
+//     pooler, session state (SET, temporary tables, prepared statements)
+//     does not carry from one task to the next.
+//   * Cancel: a session's queued tasks are dropped and its running ones
+//     cancelled (PQcancel); their connections are drained back to idle and
+//     stay in the pool. The session does not wait for the drain.
+//   * Local failover: when a local node's pool cannot get one connection,
+//     its queued tasks go back to their sessions, which run them in-process
+//     (ExecutionContext::RunLocally), as the direct transport does.
+//   * A pool whose node cannot be connected to fails its queued tasks with
+//     08001; one that gets no slot for slot_wait_timeout fails them with
+//     53300.
+//
+// Thread-safety: SharedPoolTransports of any threads may use one SharedPool
+// at once; stats() and Connections() may be called from any thread. The
+// pool's Owner is used by the loop's thread only (and by the destructor,
+// after the loop has stopped); it and the limit function must outlive the
+// pool, and the limit function must be callable from the loop's thread.
+
+#ifndef CONNTHROTTLE_SHARED_POOL_H_
+#define CONNTHROTTLE_SHARED_POOL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "connthrottle/executor.h"
+#include "connthrottle/limit.h"
+#include "connthrottle/owner.h"
+#include "connthrottle/task.h"
+#include "connthrottle/transport.h"
+
+namespace connthrottle {
+
+struct SharedPoolOptions {
+  int max_pool_size = 16;  // connections per pool at most (the limit caps them too)
+  absl::Duration idle_timeout = absl::Seconds(60);     // connthrottle.pool_idle_timeout
+  absl::Duration connect_timeout = absl::Seconds(30);  // node_connection_timeout
+  absl::Duration slow_start_interval = absl::Milliseconds(10);
+  // How long a pool with queued tasks may go without a single connection
+  // because no slot is free before its queued tasks fail with 53300.
+  absl::Duration slot_wait_timeout = absl::Minutes(1);
+  FullTablePolicy when_table_full = FullTablePolicy::kAdmitUncounted;
+};
+
+// Cumulative figures of a SharedPool since it started.
+struct SharedPoolStats {
+  int64_t connections_started = 0;    // attempts; each costs the worker a backend
+  int64_t connections_opened = 0;     // established
+  int64_t connections_failed = 0;     // attempts that failed or timed out
+  int64_t closed_idle = 0;            // closed after idle_timeout
+  int64_t closed_dead = 0;            // found dead while idle or before use
+  int64_t closed_in_transaction = 0;  // a task left them inside a transaction
+  int64_t closed_for_waiters = 0;     // idle, given back to others waiting for the node
+  int64_t optional_refused = 0;       // growth refused: no slot free
+  int64_t tasks_run = 0;              // tasks that ran on a pooled connection
+  int64_t tasks_retried = 0;          // moved to another connection before being sent
+  int64_t tasks_cancelled = 0;        // dropped from the queue or cancelled while running
+  int64_t tasks_handed_back = 0;      // local failover: given back to run in-process
+};
+
+class SharedPool {
+ public:
+  // Where the limit of a node comes from; read at every decision.
+  using LimitFunction = std::function<Limit(const NodeAddress& node, bool local)>;
+
+  // Starts the loop's thread. `owner` takes and holds every connection's slot.
+  SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options = {});
+  SharedPool(const SharedPool&) = delete;
+  SharedPool& operator=(const SharedPool&) = delete;
+  // Stops the loop: tasks still queued or running fail with 08006
+  // ("shared pool shut down"), running queries are cancelled, and every
+  // connection is closed, its slot given back.
+  ~SharedPool();
+
+  SharedPoolStats stats() const;
+  // Connections open now (connecting, idle or busy), per node.
+  std::map<NodeAddress, int> Connections() const;
+  // Tasks waiting for a connection now, per node.
+  std::map<NodeAddress, int> Queued() const;
+
+  struct Batch;  // one execution's tasks; defined in src/executor/shared_pool.cc
+
+ private:
+  friend class SharedPoolTransport;
+  struct Loop;
+
+  void Submit(std::shared_ptr<Batch> batch);
+  void Cancel(std::shared_ptr<Batch> batch);
+  void Wake();
+
+  Owner& owner_;
+  LimitFunction limit_;
+  const SharedPoolOptions options_;
+  int wake_fd_ = -1;  // eventfd the loop polls: new work, cancels, stop
+
+  mutable std::mutex mu_;
+  std::vector<std::shared_ptr<Batch>> submitted_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Batch>> cancelled_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  SharedPoolStats stats_ ABSL_GUARDED_BY(mu_);
+  std::map<NodeAddress, int> connections_ ABSL_GUARDED_BY(mu_);
+  std::map<NodeAddress, int> queued_ ABSL_GUARDED_BY(mu_);
+
+  std::unique_ptr<Loop> loop_;
+  std::thread thread_;
+};
+
+// The session side of a SharedPool: Execute() submits the tasks and waits,
+// consulting the context's Interrupted() at least every `tick`, for their
+// results. On an interrupt it cancels them and returns Cancelled at once. A
+// SharedPoolTransport belongs to one session (one thread); the pool and the
+// context must outlive it.
+class SharedPoolTransport : public Transport {
+ public:
+  struct Options {
+    absl::Duration tick = absl::Milliseconds(10);
+    int64_t max_rows_kept = -1;  // as ExecutorOptions::max_rows_kept
+  };
+
+  SharedPoolTransport(SharedPool& pool, ExecutionContext& context, Options options);
+  SharedPoolTransport(SharedPool& pool, ExecutionContext& context)
+      : SharedPoolTransport(pool, context, Options{}) {}
+
+  // Connection figures in the result's stats stay zero (connections are the
+  // pool's: SharedPool::stats()); tasks_run_locally and tasks_retried count.
+  absl::StatusOr<ExecutionResult> Execute(std::vector<Task> tasks) override;
+
+ private:
+  SharedPool& pool_;
+  ExecutionContext& context_;
+  Options options_;
+};
+
+}  // namespace connthrottle
+
+#endif  // CONNTHROTTLE_SHARED_POOL_H_

@@ -1,0 +1,897 @@
+// shared_pool.cc — the SharedPool's event loop and the transport that feeds
+// it. The header explains the policy; the comments here explain the steps.
+//
+// Ownership: a Batch (one Execute's tasks) is shared by its session and the
+// loop. The session writes it before submitting and then reads only under
+// Batch::mu; the loop reads the tasks and writes results under Batch::mu.
+// Everything else of the loop (pools, connections, their results while they
+// are being read) belongs to the loop's thread alone.
+
+#include "connthrottle/shared_pool.h"
+
+#include <libpq-fe.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "connthrottle/counter_table.h"
+#include "executor/connection.h"
+
+namespace connthrottle {
+
+using Connection = AdaptiveExecutor::Connection;
+using State = AdaptiveExecutor::Connection::State;
+
+struct SharedPool::Batch {
+  // Written by the session before Submit; read-only afterwards.
+  std::vector<Task> tasks;
+  std::vector<ConnParams> params;  // per task
+  std::vector<char> local;         // per task: its node is this coordinator
+  uint32_t database_id = 0;
+  int64_t max_rows_kept = -1;
+  absl::Time submitted;
+
+  // Set by the session when it gives up on the batch; the loop then drops
+  // the batch's queued tasks and cancels its running ones.
+  std::atomic<bool> cancelled{false};
+
+  // std::mutex, not absl::Mutex: ThreadSanitizer sees through the former
+  // only (the system's Abseil is not built with it).
+  std::mutex mu;
+  std::condition_variable changed;  // a result, a hand-back, the pool gone
+  std::vector<TaskResult> results ABSL_GUARDED_BY(mu);
+  std::vector<int> handed_back ABSL_GUARDED_BY(mu);  // local failover: run in-process
+  int remaining ABSL_GUARDED_BY(mu) = 0;             // tasks without a result yet
+  int retried ABSL_GUARDED_BY(mu) = 0;
+  bool pool_gone ABSL_GUARDED_BY(mu) = false;  // the pool shut down
+};
+
+namespace {
+
+// Sets the task's result and wakes the session when it was the last.
+void Finish(SharedPool::Batch& b, int t, TaskResult result) {
+  result.node = b.tasks[t].node;
+  bool last;
+  {
+    std::lock_guard<std::mutex> lock(b.mu);
+    b.results[t] = std::move(result);
+    last = --b.remaining == 0;
+  }
+  if (last) b.changed.notify_all();
+}
+
+void Fail(SharedPool::Batch& b, int t, absl::Status status, const char* sqlstate) {
+  TaskResult r;
+  r.status = std::move(status);
+  r.sqlstate = sqlstate;
+  Finish(b, t, std::move(r));
+}
+
+void SendCancel(PGconn* pg) {
+  // PG 15 has only the blocking cancel: one short connection to the
+  // worker's postmaster, on loopback about a millisecond.
+  if (PGcancel* cancel = PQgetCancel(pg)) {
+    char error[256];
+    PQcancel(cancel, error, sizeof(error));
+    PQfreeCancel(cancel);
+  }
+}
+
+// The name of the pool a task goes to: node, database id and every
+// connection parameter (a password too: sessions with different
+// credentials never share a connection).
+std::string PoolName(const NodeAddress& node, uint32_t database, const ConnParams& params) {
+  std::string name = absl::StrCat(node.host, ":", node.port, "/", database);
+  const char* const* k = params.keywords();
+  const char* const* v = params.values();
+  for (; *k != nullptr; ++k, ++v) {
+    name.push_back('\0');
+    absl::StrAppend(&name, *k, "=", *v);
+  }
+  return name;
+}
+
+}  // namespace
+
+struct SharedPool::Loop {
+  struct Conn {
+    std::unique_ptr<Connection> c;
+    std::shared_ptr<Batch> batch;  // whose task it runs while busy
+    int task = -1;
+    TaskResult result;        // the running task's result, as it is read
+    bool cancelling = false;  // its task was cancelled: read and drop until idle
+    absl::Time idle_since;
+    absl::Time sent;
+  };
+
+  // One session's tasks queued for one pool.
+  struct Queue {
+    std::shared_ptr<Batch> batch;
+    std::deque<int> tasks;
+  };
+
+  struct Pool {
+    NodeAddress node;
+    std::optional<NodeKey> key;
+    ConnParams params;
+    bool local = false;
+    // The round-robin over sessions. After a session is served it stays at
+    // the front, marked, until the next pick moves it to the back: a session
+    // that arrives meanwhile is then served before it again.
+    std::deque<Queue> queues;
+    bool front_served = false;
+    int queued = 0;
+    std::vector<std::unique_ptr<Conn>> conns;
+    // Slow start: at most k new connections per interval, k += 1 each
+    // interval while tasks stay queued.
+    int k = 1;
+    absl::Time interval_start;
+    int opened_in_interval = 0;
+    absl::Time retry_at;                                 // after a refused slot: the next interval
+    absl::Time starving_since = absl::InfiniteFuture();  // tasks queued, no connection
+    // Cost model, over the pool's life.
+    absl::Duration task_time_total;
+    int64_t tasks_done = 0;
+    absl::Duration connect_time_total;
+    int64_t connects_done = 0;
+  };
+
+  explicit Loop(SharedPool& pool) : sp(pool) {}
+
+  SharedPool& sp;
+  std::map<std::string, Pool> pools;
+  SharedPoolStats stats;
+  int next_connection_id = 0;
+
+  // ---- the loop ----
+
+  void Run() {
+    while (TakeInbox()) {
+      const absl::Time now = absl::Now();
+      for (auto& [name, pool] : pools) Service(pool, now);
+      std::erase_if(
+          pools, [](const auto& p) { return p.second.conns.empty() && p.second.queues.empty(); });
+      Publish();
+      WaitForEvents(now);
+    }
+    Shutdown();
+    Publish();
+  }
+
+  // New batches and cancels; false when the pool is stopping.
+  bool TakeInbox() {
+    uint64_t count;
+    while (read(sp.wake_fd_, &count, sizeof(count)) > 0) {
+    }
+    std::vector<std::shared_ptr<Batch>> submitted, cancelled;
+    bool stopping;
+    {
+      std::lock_guard<std::mutex> lock(sp.mu_);
+      submitted.swap(sp.submitted_);
+      cancelled.swap(sp.cancelled_);
+      stopping = sp.stopping_;
+    }
+    for (auto& b : submitted) Enqueue(std::move(b));
+    for (auto& b : cancelled) Cancel(*b);
+    return !stopping;
+  }
+
+  void Enqueue(std::shared_ptr<Batch> b) {
+    if (b->cancelled.load()) return;
+    const absl::Time now = absl::Now();
+    std::map<Pool*, std::deque<int>> per_pool;
+    for (int t = 0; t < static_cast<int>(b->tasks.size()); ++t) {
+      const Task& task = b->tasks[t];
+      absl::StatusOr<NodeKey> key = NodeKey::Create(task.node.host, task.node.port, b->database_id);
+      if (!key.ok()) {
+        Fail(*b, t, key.status(), "22023");  // invalid_parameter_value
+        continue;
+      }
+      Pool& pool = pools[PoolName(task.node, b->database_id, b->params[t])];
+      if (!pool.key) {
+        pool.node = task.node;
+        pool.key = *key;
+        pool.params = b->params[t];
+        pool.local = b->local[t] != 0;
+        pool.interval_start = now;
+      }
+      per_pool[&pool].push_back(t);
+    }
+    for (auto& [pool, tasks] : per_pool) {
+      if (pool->queued == 0 && LiveConnections(*pool) == 0) pool->starving_since = now;
+      pool->queued += static_cast<int>(tasks.size());
+      pool->queues.push_back({b, std::move(tasks)});
+    }
+  }
+
+  // The session gave up on `b`: its queued tasks are dropped, its running
+  // ones cancelled; their connections are drained back to idle.
+  void Cancel(Batch& b) {
+    for (auto& [name, pool] : pools) {
+      Rotate(pool);
+      for (const Queue& q : pool.queues) {
+        if (q.batch.get() != &b) continue;
+        pool.queued -= static_cast<int>(q.tasks.size());
+        stats.tasks_cancelled += static_cast<int64_t>(q.tasks.size());
+      }
+      std::erase_if(pool.queues, [&](const Queue& q) { return q.batch.get() == &b; });
+      for (auto& conn : pool.conns) {
+        if (conn->batch.get() != &b || conn->cancelling) continue;
+        SendCancel(conn->c->pg);
+        conn->cancelling = true;
+        ++stats.tasks_cancelled;
+      }
+    }
+  }
+
+  void Service(Pool& pool, absl::Time now) {
+    if (pool.queued == 0) {
+      pool.k = 1;
+      pool.starving_since = absl::InfiniteFuture();
+      ExpireIdle(pool, now);
+      YieldToWaiters(pool);
+    }
+    Dispatch(pool, now);
+    Grow(pool, now);
+    Reap(pool);
+    if (pool.queued > 0 && LiveConnections(pool) == 0 &&
+        now - pool.starving_since >= sp.options_.slot_wait_timeout) {
+      FailQueued(pool,
+                 absl::ResourceExhaustedError(absl::StrCat(
+                     "no connection slot to node ", pool.node.ToString(), " became free within ",
+                     absl::FormatDuration(sp.options_.slot_wait_timeout), " (",
+                     sp.limit_(pool.node, pool.local).ToString(), ")")),
+                 "53300");  // too_many_connections
+    }
+  }
+
+  // ---- the queue ----
+
+  // Moves the session served last to the back of the round-robin.
+  static void Rotate(Pool& pool) {
+    if (!pool.front_served) return;
+    pool.front_served = false;
+    pool.queues.push_back(std::move(pool.queues.front()));
+    pool.queues.pop_front();
+  }
+
+  // The next task in the round-robin over the pool's sessions.
+  std::pair<std::shared_ptr<Batch>, int> NextTask(Pool& pool) {
+    Rotate(pool);
+    while (!pool.queues.empty()) {
+      Queue& q = pool.queues.front();
+      if (q.batch->cancelled.load()) {  // its cancel is on its way
+        pool.queued -= static_cast<int>(q.tasks.size());
+        stats.tasks_cancelled += static_cast<int64_t>(q.tasks.size());
+        pool.queues.pop_front();
+        continue;
+      }
+      const int t = q.tasks.front();
+      q.tasks.pop_front();
+      --pool.queued;
+      std::shared_ptr<Batch> b = q.batch;
+      if (q.tasks.empty()) {
+        pool.queues.pop_front();
+      } else {
+        pool.front_served = true;
+      }
+      return {std::move(b), t};
+    }
+    return {nullptr, -1};
+  }
+
+  // A task that was never sent goes back to the head of the queue.
+  void Requeue(Pool& pool, std::shared_ptr<Batch> b, int t) {
+    Rotate(pool);
+    ++stats.tasks_retried;
+    {
+      std::lock_guard<std::mutex> lock(b->mu);
+      ++b->retried;
+    }
+    pool.queues.push_front({std::move(b), {t}});
+    ++pool.queued;
+  }
+
+  void FailQueued(Pool& pool, const absl::Status& why, const char* sqlstate) {
+    while (true) {
+      auto [b, t] = NextTask(pool);
+      if (b == nullptr) break;
+      Fail(*b, t, why, sqlstate);
+    }
+  }
+
+  // Local failover: the queued tasks go back to their sessions to run
+  // in-process; those that may not run locally fail.
+  void HandBack(Pool& pool) {
+    while (true) {
+      auto [b, t] = NextTask(pool);
+      if (b == nullptr) break;
+      if (!b->tasks[t].allow_local) {
+        Fail(*b, t,
+             absl::UnavailableError(
+                 absl::StrCat("no connection to the local node ", pool.node.ToString(),
+                              " is allowed now and the task may not run locally")),
+             "53300");  // too_many_connections
+        continue;
+      }
+      ++stats.tasks_handed_back;
+      {
+        std::lock_guard<std::mutex> lock(b->mu);
+        b->handed_back.push_back(t);
+      }
+      b->changed.notify_all();
+    }
+  }
+
+  // ---- connections ----
+
+  static int LiveConnections(const Pool& pool) {
+    return static_cast<int>(std::count_if(pool.conns.begin(), pool.conns.end(), [](const auto& c) {
+      return c->c->state != State::kBroken;
+    }));
+  }
+
+  void Grow(Pool& pool, absl::Time now) {
+    if (pool.queued == 0 || now < pool.retry_at) return;
+    int live = 0, connecting = 0;
+    for (const auto& conn : pool.conns) {
+      if (conn->c->state == State::kIdle) return;  // Dispatch found the queue empty
+      if (conn->c->state == State::kBroken) continue;
+      ++live;
+      if (conn->c->state == State::kConnecting) ++connecting;
+    }
+    if (live >= sp.options_.max_pool_size) return;
+    if (live > 0) {
+      if (now - pool.interval_start >= sp.options_.slow_start_interval) {
+        pool.interval_start = now;
+        pool.opened_in_interval = 0;
+        ++pool.k;
+      }
+      if (pool.opened_in_interval >= pool.k) return;
+      // Tasks that will not find a connection when those on their way are ready.
+      if (pool.queued <= connecting) return;
+      if (pool.tasks_done > 0) {
+        // The queue drains on the open connections in queued * task / live.
+        // A new connection shortens that only if the drain outlasts its
+        // connect time, and it costs the worker a backend: open one only
+        // when the queue outlasts twice the connect time.
+        const absl::Duration task = pool.task_time_total / pool.tasks_done;
+        const absl::Duration connect = pool.connects_done > 0
+                                           ? pool.connect_time_total / pool.connects_done
+                                           : absl::Milliseconds(5);
+        if (task * static_cast<double>(pool.queued) / live < 2 * connect) return;
+      }
+    }
+    AcquireOptions options;
+    options.when_full = sp.options_.when_table_full;
+    absl::StatusOr<Slot> slot =
+        sp.owner_.TryAcquire(*pool.key, sp.limit_(pool.node, pool.local), options);
+    if (!slot.ok()) {
+      ++stats.optional_refused;
+      if (live == 0 && IsTableFullError(slot.status())) {
+        FailQueued(pool, slot.status(), "53400");  // configuration_limit_exceeded
+      } else if (live == 0 && pool.local) {
+        HandBack(pool);
+      }
+      pool.retry_at = now + sp.options_.slow_start_interval;
+      return;
+    }
+    ++pool.opened_in_interval;
+    StartConnect(pool, *std::move(slot), now);
+  }
+
+  void StartConnect(Pool& pool, Slot slot, absl::Time now) {
+    auto conn = std::make_unique<Conn>();
+    conn->c = std::make_unique<Connection>();
+    Connection& c = *conn->c;
+    c.id = next_connection_id++;
+    c.node = pool.node;
+    c.slot = std::move(slot);
+    c.connect_started = now;
+    ++stats.connections_started;
+    c.pg = PQconnectStartParams(pool.params.keywords(), pool.params.values(), /*expand_dbname=*/0);
+    if (c.pg == nullptr || PQstatus(c.pg) == CONNECTION_BAD) {
+      std::string why = c.pg != nullptr ? Trim(PQerrorMessage(c.pg)) : "out of memory";
+      c.state = State::kBroken;
+      pool.conns.push_back(std::move(conn));
+      ConnectFailed(pool, why);
+      return;
+    }
+    QuietNotices(c.pg);
+    c.state = State::kConnecting;
+    c.poll = PGRES_POLLING_WRITING;
+    pool.conns.push_back(std::move(conn));
+  }
+
+  void Connecting(Pool& pool, Conn& conn, absl::Time now) {
+    Connection& c = *conn.c;
+    c.poll = PQconnectPoll(c.pg);
+    if (c.poll == PGRES_POLLING_FAILED) {
+      c.state = State::kBroken;
+      ConnectFailed(pool, Trim(PQerrorMessage(c.pg)));
+      return;
+    }
+    if (c.poll != PGRES_POLLING_OK) return;
+    PQsetnonblocking(c.pg, 1);
+    c.state = State::kIdle;
+    c.ready = now;
+    conn.idle_since = now;
+    pool.connect_time_total += now - c.connect_started;
+    ++pool.connects_done;
+    ++stats.connections_opened;
+  }
+
+  // A connection attempt failed. With no other connection left, the pool's
+  // queued tasks fail (or, for the local node, run in-process).
+  void ConnectFailed(Pool& pool, const std::string& why) {
+    ++stats.connections_failed;
+    if (LiveConnections(pool) > 0 || pool.queued == 0) return;
+    if (pool.local) {
+      HandBack(pool);
+      return;
+    }
+    FailQueued(pool,
+               absl::UnavailableError(
+                   absl::StrCat("could not connect to node ", pool.node.ToString(), ": ", why)),
+               "08001");  // sqlclient_unable_to_establish_sqlconnection
+  }
+
+  void ExpireIdle(Pool& pool, absl::Time now) {
+    for (auto& conn : pool.conns) {
+      if (conn->c->state == State::kIdle && now - conn->idle_since >= sp.options_.idle_timeout) {
+        conn->c->state = State::kBroken;
+        ++stats.closed_idle;
+      }
+    }
+  }
+
+  // Others queue for a slot of this node (sessions of the direct transport,
+  // COPY's reservations) while the pool sits on idle connections: it gives
+  // back one idle connection per waiter no free slot serves. The pool can always open one again
+  // later; a waiter cannot run until it gets a slot.
+  void YieldToWaiters(Pool& pool) {
+    int idle = 0;
+    for (const auto& conn : pool.conns) idle += conn->c->state == State::kIdle ? 1 : 0;
+    if (idle == 0) return;
+    const std::optional<KeyStats> key = sp.owner_.table().Lookup(*pool.key);
+    if (!key || key->waiters == 0) return;
+    // Waiters that a free slot will serve anyway (one given back a moment
+    // ago, not yet taken) need nothing more.
+    const Limit limit = sp.limit_(pool.node, pool.local);
+    if (limit.unlimited()) return;
+    const int free =
+        std::max(0, static_cast<int>(limit.max()) - static_cast<int>(key->connections));
+    int waiters = static_cast<int>(key->waiters) - free;
+    for (auto& conn : pool.conns) {
+      if (waiters == 0) break;
+      if (conn->c->state != State::kIdle) continue;
+      conn->c->state = State::kBroken;
+      ++stats.closed_for_waiters;
+      --waiters;
+    }
+  }
+
+  void Reap(Pool& pool) {
+    std::vector<std::unique_ptr<Connection>> closing;
+    for (auto& conn : pool.conns) {
+      if (conn->c->state == State::kBroken) closing.push_back(std::move(conn->c));
+    }
+    std::erase_if(pool.conns, [](const auto& conn) { return conn->c == nullptr; });
+    // The slots are given back once the workers' backends are gone.
+    if (!closing.empty()) CloseAll(std::move(closing));
+  }
+
+  // ---- running tasks ----
+
+  void Dispatch(Pool& pool, absl::Time now) {
+    for (auto& conn : pool.conns) {
+      if (pool.queued == 0) return;
+      if (conn->c->state != State::kIdle) continue;
+      if (IdleConnectionIsDead(conn->c->pg)) {
+        conn->c->state = State::kBroken;
+        ++stats.closed_dead;
+        continue;
+      }
+      auto [b, t] = NextTask(pool);
+      if (b == nullptr) return;
+      Send(pool, *conn, std::move(b), t, now);
+    }
+  }
+
+  void Send(Pool& pool, Conn& conn, std::shared_ptr<Batch> b, int t, absl::Time now) {
+    Connection& c = *conn.c;
+    conn.result = TaskResult{};
+    conn.result.queued = now - b->submitted;
+    conn.result.connection = c.id;
+    conn.sent = now;
+    conn.cancelling = false;
+    c.task_got_result = false;
+    c.in_result_set = false;
+    if (!PQsendQuery(c.pg, b->tasks[t].sql.c_str())) {
+      // Nothing of the command reached the worker: it goes to another
+      // connection, and this one is closed.
+      c.state = State::kBroken;
+      ++stats.closed_dead;
+      Requeue(pool, std::move(b), t);
+      return;
+    }
+    if (b->max_rows_kept >= 0) PQsetSingleRowMode(c.pg);
+    const int flushed = PQflush(c.pg);
+    if (flushed < 0) {
+      c.state = State::kBroken;
+      ++stats.closed_dead;
+      Requeue(pool, std::move(b), t);
+      return;
+    }
+    c.want_write = flushed == 1;
+    c.state = State::kBusy;
+    conn.batch = std::move(b);
+    conn.task = t;
+  }
+
+  void ReadResults(Pool& pool, Conn& conn, absl::Time now) {
+    Connection& c = *conn.c;
+    if (!PQconsumeInput(c.pg)) {
+      Lost(pool, conn, Trim(PQerrorMessage(c.pg)));
+      return;
+    }
+    while (c.state == State::kBusy && !PQisBusy(c.pg)) {
+      PGresult* res = PQgetResult(c.pg);
+      if (res == nullptr) {
+        Complete(pool, conn, now);
+        return;
+      }
+      const ExecStatusType status = PQresultStatus(res);
+      if (status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH) {
+        PQclear(res);
+        FailCopy(pool, conn, status);
+        return;
+      }
+      if (!conn.cancelling) {
+        c.task_got_result = true;
+        FoldResult(res, pool.node, conn.batch->max_rows_kept, c.in_result_set, conn.result);
+      }
+      PQclear(res);
+    }
+  }
+
+  // The task's last result has arrived.
+  void Complete(Pool& pool, Conn& conn, absl::Time now) {
+    Connection& c = *conn.c;
+    if (PQstatus(c.pg) == CONNECTION_BAD) {
+      Lost(pool, conn,
+           conn.result.status.ok() ? Trim(PQerrorMessage(c.pg))
+                                   : std::string(conn.result.status.message()));
+      return;
+    }
+    const absl::Duration run = now - conn.sent;
+    pool.task_time_total += run;
+    ++pool.tasks_done;
+    if (!conn.cancelling) {
+      conn.result.run = run;
+      ++stats.tasks_run;
+      Finish(*conn.batch, conn.task, std::move(conn.result));
+    }
+    conn.batch = nullptr;
+    conn.task = -1;
+    conn.cancelling = false;
+    conn.idle_since = now;
+    if (PQtransactionStatus(c.pg) != PQTRANS_IDLE) {
+      // Whatever the task began must not leak into another session's task.
+      c.state = State::kBroken;
+      ++stats.closed_in_transaction;
+    } else {
+      c.state = State::kIdle;
+    }
+  }
+
+  // The connection broke while running a task, which fails with 08006.
+  void Lost(Pool& pool, Conn& conn, const std::string& why) {
+    conn.c->state = State::kBroken;
+    if (conn.batch != nullptr && !conn.cancelling) {
+      Fail(*conn.batch, conn.task,
+           absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
+                                               " was lost while running the task: ", why)),
+           "08006");  // connection_failure
+    }
+    conn.batch = nullptr;
+    conn.task = -1;
+  }
+
+  // A task entered COPY, which tasks cannot do: it fails with 0A000 and its
+  // connection is closed (the worker's COPY stopped first).
+  void FailCopy(Pool& pool, Conn& conn, ExecStatusType copy) {
+    Connection& c = *conn.c;
+    if (copy == PGRES_COPY_IN) {
+      PQputCopyEnd(c.pg, "COPY FROM STDIN is not supported in connthrottle tasks");
+      PQflush(c.pg);
+    } else {
+      SendCancel(c.pg);
+    }
+    c.state = State::kBroken;
+    if (conn.batch != nullptr && !conn.cancelling) {
+      const char* what = copy == PGRES_COPY_IN    ? "COPY FROM STDIN"
+                         : copy == PGRES_COPY_OUT ? "COPY TO STDOUT"
+                                                  : "COPY BOTH (replication)";
+      Fail(*conn.batch, conn.task,
+           absl::UnimplementedError(absl::StrCat("node ", pool.node.ToString(), ": ", what,
+                                                 " is not supported in tasks; the connection "
+                                                 "was closed")),
+           "0A000");  // feature_not_supported
+    }
+    conn.batch = nullptr;
+    conn.task = -1;
+  }
+
+  // An idle connection's socket turned readable: a notice, or the worker
+  // closing it.
+  void IdleReadable(Conn& conn) {
+    PGconn* pg = conn.c->pg;
+    if (!PQconsumeInput(pg) || PQstatus(pg) == CONNECTION_BAD) {
+      conn.c->state = State::kBroken;
+      ++stats.closed_dead;
+      return;
+    }
+    while (PGnotify* n = PQnotifies(pg)) PQfreemem(n);
+  }
+
+  // ---- waiting ----
+
+  void WaitForEvents(absl::Time now) {
+    std::vector<pollfd> fds{{sp.wake_fd_, POLLIN, 0}};
+    std::vector<std::pair<Pool*, Conn*>> owners{{nullptr, nullptr}};
+    absl::Time wake = now + absl::Seconds(1);
+    const SharedPoolOptions& opt = sp.options_;
+    for (auto& [name, pool] : pools) {
+      if (pool.queued > 0) {
+        const int live = LiveConnections(pool);
+        if (live == 0) {
+          wake = std::min(
+              {wake, std::max(pool.retry_at, now), pool.starving_since + opt.slot_wait_timeout});
+        } else if (live < opt.max_pool_size) {
+          wake = std::min(
+              wake, std::max({pool.retry_at, pool.interval_start + opt.slow_start_interval, now}));
+        }
+      }
+      for (auto& conn : pool.conns) {
+        const Connection& c = *conn->c;
+        short events = POLLIN;
+        if (c.state == State::kConnecting) {
+          events = c.poll == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+          wake = std::min(wake, c.connect_started + opt.connect_timeout);
+        } else if (c.state == State::kBusy) {
+          events = POLLIN | (c.want_write ? POLLOUT : 0);
+        } else if (c.state == State::kIdle) {
+          // Idle connections: closed at their timeout, and looked at every
+          // interval for waiters to yield to.
+          if (pool.queued == 0) {
+            wake = std::min(
+                {wake, conn->idle_since + opt.idle_timeout, now + opt.slow_start_interval});
+          }
+        } else {
+          continue;
+        }
+        fds.push_back({PQsocket(c.pg), events, 0});
+        owners.emplace_back(&pool, conn.get());
+      }
+    }
+    const int timeout_ms =
+        static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wake - absl::Now()) + 1));
+    if (poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) return;
+    const absl::Time after = absl::Now();
+    for (size_t i = 1; i < fds.size(); ++i) {
+      auto [pool, conn] = owners[i];
+      Connection& c = *conn->c;
+      if (c.state == State::kConnecting) {
+        if (fds[i].revents != 0) {
+          Connecting(*pool, *conn, after);
+        } else if (after - c.connect_started > opt.connect_timeout) {
+          c.state = State::kBroken;
+          ConnectFailed(*pool,
+                        absl::StrCat("timed out after ", absl::FormatDuration(opt.connect_timeout),
+                                     " (node_connection_timeout)"));
+        }
+      } else if (c.state == State::kBusy) {
+        if (c.want_write && (fds[i].revents & POLLOUT)) {
+          const int flushed = PQflush(c.pg);
+          if (flushed < 0) {
+            Lost(*pool, *conn, Trim(PQerrorMessage(c.pg)));
+            continue;
+          }
+          c.want_write = flushed == 1;
+        }
+        if (fds[i].revents & (POLLIN | POLLERR | POLLHUP)) ReadResults(*pool, *conn, after);
+      } else if (c.state == State::kIdle && fds[i].revents != 0) {
+        IdleReadable(*conn);
+      }
+    }
+  }
+
+  // ---- the end ----
+
+  void Shutdown() {
+    const absl::Status gone = absl::UnavailableError("the connthrottle shared pool shut down");
+    std::vector<std::unique_ptr<Connection>> closing;
+    for (auto& [name, pool] : pools) {
+      FailQueued(pool, gone, "08006");
+      for (auto& conn : pool.conns) {
+        if (conn->c->state == State::kBusy) {
+          SendCancel(conn->c->pg);
+          if (!conn->cancelling) Fail(*conn->batch, conn->task, gone, "08006");
+        }
+        closing.push_back(std::move(conn->c));
+      }
+    }
+    pools.clear();
+    CloseAll(std::move(closing));
+    std::vector<std::shared_ptr<Batch>> late;
+    {
+      std::lock_guard<std::mutex> lock(sp.mu_);
+      late.swap(sp.submitted_);
+    }
+    for (auto& b : late) {
+      {
+        std::lock_guard<std::mutex> lock(b->mu);
+        b->pool_gone = true;
+      }
+      b->changed.notify_all();
+    }
+  }
+
+  void Publish() {
+    std::map<NodeAddress, int> connections, queued;
+    for (const auto& [name, pool] : pools) {
+      const int live = LiveConnections(pool);
+      if (live > 0) connections[pool.node] += live;
+      if (pool.queued > 0) queued[pool.node] += pool.queued;
+    }
+    std::lock_guard<std::mutex> lock(sp.mu_);
+    sp.stats_ = stats;
+    sp.connections_ = std::move(connections);
+    sp.queued_ = std::move(queued);
+  }
+};
+
+// ---- SharedPool ----
+
+SharedPool::SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options)
+    : owner_(owner), limit_(std::move(limit)), options_(options) {
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  loop_ = std::make_unique<Loop>(*this);
+  thread_ = std::thread([this] { loop_->Run(); });
+}
+
+SharedPool::~SharedPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  Wake();
+  thread_.join();
+  loop_.reset();
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void SharedPool::Wake() {
+  const uint64_t one = 1;
+  // A full counter (never in practice) still leaves the fd readable.
+  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
+}
+
+void SharedPool::Submit(std::shared_ptr<Batch> batch) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) {
+      std::lock_guard<std::mutex> batch_lock(batch->mu);
+      batch->pool_gone = true;
+      return;  // Execute sees it before it first waits
+    }
+    submitted_.push_back(std::move(batch));
+  }
+  Wake();
+}
+
+void SharedPool::Cancel(std::shared_ptr<Batch> batch) {
+  batch->cancelled.store(true);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_.push_back(std::move(batch));
+  }
+  Wake();
+}
+
+SharedPoolStats SharedPool::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+std::map<NodeAddress, int> SharedPool::Connections() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return connections_;
+}
+
+std::map<NodeAddress, int> SharedPool::Queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queued_;
+}
+
+// ---- SharedPoolTransport ----
+
+SharedPoolTransport::SharedPoolTransport(SharedPool& pool, ExecutionContext& context,
+                                         Options options)
+    : pool_(pool), context_(context), options_(options) {}
+
+absl::StatusOr<ExecutionResult> SharedPoolTransport::Execute(std::vector<Task> tasks) {
+  using Batch = SharedPool::Batch;
+  ExecutionResult out;
+  if (tasks.empty()) return out;
+  auto b = std::make_shared<Batch>();
+  b->database_id = context_.DatabaseId();
+  b->max_rows_kept = options_.max_rows_kept;
+  for (const Task& task : tasks) {
+    b->params.push_back(context_.ParamsFor(task.node));
+    b->local.push_back(context_.IsLocal(task.node) ? 1 : 0);
+  }
+  const int n = static_cast<int>(tasks.size());
+  b->tasks = std::move(tasks);
+  b->submitted = absl::Now();
+  {
+    std::lock_guard<std::mutex> lock(b->mu);
+    b->results.resize(n);
+    for (int t = 0; t < n; ++t) b->results[t].node = b->tasks[t].node;
+    b->remaining = n;
+  }
+  pool_.Submit(b);
+
+  const auto tick = absl::ToChronoNanoseconds(options_.tick);
+  while (true) {
+    std::vector<int> local;
+    bool done = false;
+    {
+      std::unique_lock<std::mutex> lock(b->mu);
+      b->changed.wait_for(
+          lock, tick, [&] { return b->remaining == 0 || !b->handed_back.empty() || b->pool_gone; });
+      local.swap(b->handed_back);
+      if (b->pool_gone) {
+        return absl::UnavailableError("the connthrottle shared pool shut down");
+      }
+      done = b->remaining == 0;
+    }
+    // Local failover: tasks the local node's pool could not connect for.
+    for (int t : local) {
+      const absl::Time began = absl::Now();
+      TaskResult r = context_.RunLocally(b->tasks[t]);
+      r.node = b->tasks[t].node;
+      r.ran_locally = true;
+      r.queued = began - b->submitted;
+      r.run = absl::Now() - began;
+      ++out.stats.tasks_run_locally;
+      std::lock_guard<std::mutex> lock(b->mu);
+      b->results[t] = std::move(r);
+      done = --b->remaining == 0;
+    }
+    if (done) break;
+    if (context_.Interrupted()) {
+      pool_.Cancel(b);
+      return absl::CancelledError("the execution was cancelled");
+    }
+  }
+  std::lock_guard<std::mutex> lock(b->mu);
+  out.tasks = std::move(b->results);
+  out.stats.tasks_retried = b->retried;
+  return out;
+}
+
+}  // namespace connthrottle
