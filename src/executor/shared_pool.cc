@@ -141,7 +141,13 @@ struct SharedPool::Loop {
     int opened_in_interval = 0;
     absl::Time retry_at;                                 // after a refused slot: the next interval
     absl::Time starving_since = absl::InfiniteFuture();  // tasks queued, no connection
-    // Cost model, over the pool's life.
+    absl::Time next_yield_check;  // when to look for waiters to yield idle connections to
+    // Cost model. A pooled connection lives long, so what it costs (a
+    // connect, a worker backend) is weighed against the waiting it saves
+    // over time: the integral of the queue's length since the pool last
+    // grew, i.e. the task-time spent queued.
+    absl::Duration waited;
+    absl::Time waited_at;  // when `waited` was last brought up to date
     absl::Duration task_time_total;
     int64_t tasks_done = 0;
     absl::Duration connect_time_total;
@@ -154,6 +160,7 @@ struct SharedPool::Loop {
   std::map<std::string, Pool> pools;
   SharedPoolStats stats;
   int next_connection_id = 0;
+  absl::Time published_at = absl::InfinitePast();
 
   // ---- the loop ----
 
@@ -163,11 +170,13 @@ struct SharedPool::Loop {
       for (auto& [name, pool] : pools) Service(pool, now);
       std::erase_if(
           pools, [](const auto& p) { return p.second.conns.empty() && p.second.queues.empty(); });
-      Publish();
+      // The figures for other threads: at most every millisecond while busy
+      // (the loop turns once per event), and before any longer sleep.
+      if (now - published_at >= absl::Milliseconds(1)) Publish(now);
       WaitForEvents(now);
     }
     Shutdown();
-    Publish();
+    Publish(absl::Now());
   }
 
   // New batches and cancels; false when the pool is stopping.
@@ -206,6 +215,7 @@ struct SharedPool::Loop {
         pool.params = b->params[t];
         pool.local = b->local[t] != 0;
         pool.interval_start = now;
+        pool.waited_at = now;
       }
       per_pool[&pool].push_back(t);
     }
@@ -237,11 +247,16 @@ struct SharedPool::Loop {
   }
 
   void Service(Pool& pool, absl::Time now) {
+    pool.waited += (now - pool.waited_at) * pool.queued;
+    pool.waited_at = now;
     if (pool.queued == 0) {
       pool.k = 1;
       pool.starving_since = absl::InfiniteFuture();
       ExpireIdle(pool, now);
-      YieldToWaiters(pool);
+      if (now >= pool.next_yield_check) {
+        pool.next_yield_check = now + sp.options_.slow_start_interval;
+        YieldToWaiters(pool);
+      }
     }
     Dispatch(pool, now);
     Grow(pool, now);
@@ -362,17 +377,14 @@ struct SharedPool::Loop {
       if (pool.opened_in_interval >= pool.k) return;
       // Tasks that will not find a connection when those on their way are ready.
       if (pool.queued <= connecting) return;
-      if (pool.tasks_done > 0) {
-        // The queue drains on the open connections in queued * task / live.
-        // A new connection shortens that only if the drain outlasts its
-        // connect time, and it costs the worker a backend: open one only
-        // when the queue outlasts twice the connect time.
-        const absl::Duration task = pool.task_time_total / pool.tasks_done;
-        const absl::Duration connect = pool.connects_done > 0
-                                           ? pool.connect_time_total / pool.connects_done
-                                           : absl::Milliseconds(5);
-        if (task * static_cast<double>(pool.queued) / live < 2 * connect) return;
-      }
+      // One more connection pays when the tasks have waited in the queue,
+      // all together, twice a connect time since the pool last grew: a
+      // short burst opens nothing, sustained queueing (many short tasks, or
+      // a few long ones) grows the pool by slow start.
+      const absl::Duration connect = pool.connects_done > 0
+                                         ? pool.connect_time_total / pool.connects_done
+                                         : absl::Milliseconds(5);
+      if (pool.waited < 2 * connect) return;
     }
     AcquireOptions options;
     options.when_full = sp.options_.when_table_full;
@@ -389,6 +401,7 @@ struct SharedPool::Loop {
       return;
     }
     ++pool.opened_in_interval;
+    pool.waited = absl::ZeroDuration();
     StartConnect(pool, *std::move(slot), now);
   }
 
@@ -687,8 +700,10 @@ struct SharedPool::Loop {
         owners.emplace_back(&pool, conn.get());
       }
     }
+    const absl::Duration wait = wake - absl::Now();
+    if (wait > absl::Milliseconds(1) && published_at < now) Publish(now);
     const int timeout_ms =
-        static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wake - absl::Now()) + 1));
+        static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wait) + 1));
     if (poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) return;
     const absl::Time after = absl::Now();
     for (size_t i = 1; i < fds.size(); ++i) {
@@ -750,7 +765,8 @@ struct SharedPool::Loop {
     }
   }
 
-  void Publish() {
+  void Publish(absl::Time now) {
+    published_at = now;
     std::map<NodeAddress, int> connections, queued;
     for (const auto& [name, pool] : pools) {
       const int live = LiveConnections(pool);
