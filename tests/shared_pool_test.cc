@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "connthrottle/executor.h"
@@ -344,8 +345,10 @@ TEST_F(SharedPoolTest, ConnectionsOutliveSessionsAndNeverExceedTheLimit) {
   const int started2 = Logged(*w2_).authorized - before2.authorized;
   EXPECT_LE(started1, kLimit);
   EXPECT_LE(started2, kLimit);
+  // The loop publishes its figures a moment after the results.
+  EXPECT_TRUE(PollUntil([&] { return pool_->stats().tasks_run == kSessions * kExecutions * 8; }))
+      << pool_->stats().tasks_run;
   const SharedPoolStats stats = pool_->stats();
-  EXPECT_EQ(stats.tasks_run, kSessions * kExecutions * 8);
   EXPECT_LE(stats.connections_started, 2 * kLimit);
   // Connections stay after their sessions, holding their slots.
   EXPECT_EQ(table().ConnectionCount(KeyOf(n1)), static_cast<uint32_t>(pool_->Connections()[n1]));
@@ -362,23 +365,32 @@ TEST_F(SharedPoolTest, SessionsTakeTurnsOnABusyPool) {
   // so the values give the order the tasks ran in.
   ASSERT_TRUE(w1_->Query("DROP SEQUENCE IF EXISTS ct_turns; CREATE SEQUENCE ct_turns").ok());
   ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_lock(4242)").ok());
+  // Whatever fails below, the lock goes and the threads are joined.
+  std::thread ta, tb;
+  absl::Cleanup join = [&] {
+    (void)obs1_->Query("SELECT pg_advisory_unlock_all()");
+    if (ta.joinable()) ta.join();
+    if (tb.joinable()) tb.join();
+  };
   auto a = PoolSession(Settings(1));
   auto b = PoolSession(Settings(1));
-  std::vector<Task> a_tasks{Task{n1, "SELECT pg_advisory_lock_shared(4242), nextval('ct_turns')"}};
+  std::vector<Task> a_tasks{
+      Task{n1, "SELECT pg_advisory_xact_lock_shared(4242), nextval('ct_turns')"}};
   for (int i = 1; i < 50; ++i) a_tasks.push_back(Task{n1, "SELECT 0, nextval('ct_turns')"});
   absl::StatusOr<ExecutionResult> ra = absl::UnknownError("not run");
-  std::thread ta([&] { ra = a->transport->Execute(a_tasks); });
+  ta = std::thread([&] { ra = a->transport->Execute(a_tasks); });
   const std::string waiting =
       "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle' "
       "AND wait_event_type = 'Lock'";
   ASSERT_TRUE(PollUntil([&] { return IntValue(*obs1_, waiting) == 1; }));
   absl::StatusOr<ExecutionResult> rb = absl::UnknownError("not run");
-  std::thread tb([&] { rb = b->transport->Execute({Task{n1, "SELECT 1, nextval('ct_turns')"}}); });
+  tb = std::thread([&] {
+    rb = b->transport->Execute({Task{n1, "SELECT 1, nextval('ct_turns')"}});
+  });
   // B's task is queued behind A's 49 (the pool's queue, read by the test).
   ASSERT_TRUE(PollUntil([&] { return pool_->Queued()[n1] == 50; }));
   ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_unlock(4242)").ok());
-  ta.join();
-  tb.join();
+  std::move(join).Invoke();
   ASSERT_TRUE(ra.ok()) << ra.status();
   ASSERT_TRUE(rb.ok()) << rb.status();
   ASSERT_TRUE(rb->tasks[0].status.ok()) << rb->tasks[0].status;
@@ -426,17 +438,26 @@ TEST_F(SharedPoolTest, AWorkerBackendKilledMidTaskFailsTheTaskWith08006) {
   auto s = PoolSession(Settings(4));
   absl::StatusOr<ExecutionResult> r = absl::UnknownError("not run");
   std::thread runner([&] { r = s->transport->Execute({Task{n1, "SELECT pg_sleep(600)"}}); });
+  bool killed = false;
+  absl::Cleanup join = [&] {
+    if (!killed) s->context.Cancel();  // an assertion below failed first
+    runner.join();
+  };
   const std::string sleeping = ActiveQueries("pg_sleep(600)");
   ASSERT_TRUE(PollUntil([&] { return IntValue(*obs1_, sleeping) == 1; }));
   ASSERT_EQ(IntValue(*obs1_,
                      "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
                      "application_name = 'connthrottle' AND query LIKE '%pg_sleep(600)%'"),
             1);
-  runner.join();
+  killed = true;
+  std::move(join).Invoke();
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->tasks[0].sqlstate, "08006") << r->tasks[0].status;
   EXPECT_THAT(std::string(r->tasks[0].status.message()), HasSubstr(n1.ToString()));
-  EXPECT_EQ(table().ConnectionCount(KeyOf(n1)), 0u) << "the dead connection's slot is still held";
+  // The slot is given back once the loop has closed the connection.
+  EXPECT_TRUE(PollUntil([&] { return table().ConnectionCount(KeyOf(n1)) == 0; }))
+      << "the dead connection's slot is still held";
+  s->context.Reset();
   // The next task gets a new connection.
   r = s->transport->Execute({Task{n1, "SELECT 1"}});
   ASSERT_TRUE(r.ok()) << r.status();
@@ -454,10 +475,13 @@ TEST_F(SharedPoolTest, ACancelledTasksConnectionStaysInThePool) {
     r = s->transport->Execute({Task{n1, "SELECT pg_sleep(600)"}});
     done = true;
   });
+  absl::Cleanup join = [&] {
+    s->context.Cancel();
+    runner.join();
+  };
   const std::string sleeping = ActiveQueries("pg_sleep(600)");
   ASSERT_TRUE(PollUntil([&] { return IntValue(*obs1_, sleeping) == 1; }));
-  s->context.Cancel();
-  runner.join();
+  std::move(join).Invoke();
   EXPECT_TRUE(absl::IsCancelled(r.status())) << r.status();
   s->context.Reset();
   // Another session gets the same worker backend: the connection was drained
@@ -493,15 +517,19 @@ TEST_F(SharedPoolTest, IdleConnectionsAreGivenBackToOthersWaitingForTheNode) {
   auto s = PoolSession(Settings(2));
   absl::StatusOr<ExecutionResult> r = absl::UnknownError("not run");
   std::thread runner([&] {
-    r = s->transport->Execute({Task{n1, "SELECT pg_advisory_lock_shared(4243)"},
-                               Task{n1, "SELECT pg_advisory_lock_shared(4243)"}});
+    r = s->transport->Execute({Task{n1, "SELECT pg_advisory_xact_lock_shared(4243)"},
+                               Task{n1, "SELECT pg_advisory_xact_lock_shared(4243)"}});
   });
+  absl::Cleanup join = [&] {
+    (void)obs1_->Query("SELECT pg_advisory_unlock_all()");
+    runner.join();
+  };
   const std::string waiting =
       "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle' "
       "AND wait_event_type = 'Lock'";
   ASSERT_TRUE(PollUntil([&] { return IntValue(*obs1_, waiting) == 2; }));
   ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_unlock(4243)").ok());
-  runner.join();
+  std::move(join).Invoke();
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(pool_->Connections()[n1], 2);
   ASSERT_EQ(table().ConnectionCount(KeyOf(n1)), 2u);

@@ -105,6 +105,10 @@ std::string PoolName(const NodeAddress& node, uint32_t database, const ConnParam
 
 }  // namespace
 
+// How often a pool with idle connections looks for others waiting for its
+// node's slots.
+constexpr absl::Duration kYieldCheckInterval = absl::Milliseconds(25);
+
 struct SharedPool::Loop {
   struct Conn {
     std::unique_ptr<Connection> c;
@@ -220,7 +224,6 @@ struct SharedPool::Loop {
       per_pool[&pool].push_back(t);
     }
     for (auto& [pool, tasks] : per_pool) {
-      if (pool->queued == 0 && LiveConnections(*pool) == 0) pool->starving_since = now;
       pool->queued += static_cast<int>(tasks.size());
       pool->queues.push_back({b, std::move(tasks)});
     }
@@ -251,18 +254,24 @@ struct SharedPool::Loop {
     pool.waited_at = now;
     if (pool.queued == 0) {
       pool.k = 1;
-      pool.starving_since = absl::InfiniteFuture();
       ExpireIdle(pool, now);
       if (now >= pool.next_yield_check) {
-        pool.next_yield_check = now + sp.options_.slow_start_interval;
+        pool.next_yield_check = now + kYieldCheckInterval;
         YieldToWaiters(pool);
       }
     }
     Dispatch(pool, now);
+    // Broken connections give their slots back before the pool tries for
+    // new ones.
+    Reap(pool);
     Grow(pool, now);
     Reap(pool);
-    if (pool.queued > 0 && LiveConnections(pool) == 0 &&
-        now - pool.starving_since >= sp.options_.slot_wait_timeout) {
+    // How long the pool has had tasks queued and no connection at all.
+    if (pool.queued == 0 || LiveConnections(pool) > 0) {
+      pool.starving_since = absl::InfiniteFuture();
+    } else if (pool.starving_since == absl::InfiniteFuture()) {
+      pool.starving_since = now;
+    } else if (now - pool.starving_since >= sp.options_.slot_wait_timeout) {
       FailQueued(pool,
                  absl::ResourceExhaustedError(absl::StrCat(
                      "no connection slot to node ", pool.node.ToString(), " became free within ",
@@ -488,7 +497,7 @@ struct SharedPool::Loop {
         std::max(0, static_cast<int>(limit.max()) - static_cast<int>(key->connections));
     int waiters = static_cast<int>(key->waiters) - free;
     for (auto& conn : pool.conns) {
-      if (waiters == 0) break;
+      if (waiters <= 0) break;
       if (conn->c->state != State::kIdle) continue;
       conn->c->state = State::kBroken;
       ++stats.closed_for_waiters;
@@ -665,7 +674,8 @@ struct SharedPool::Loop {
   void WaitForEvents(absl::Time now) {
     std::vector<pollfd> fds{{sp.wake_fd_, POLLIN, 0}};
     std::vector<std::pair<Pool*, Conn*>> owners{{nullptr, nullptr}};
-    absl::Time wake = now + absl::Seconds(1);
+    // Without an eventfd (none could be made) new work is found by polling.
+    absl::Time wake = now + (sp.wake_fd_ >= 0 ? absl::Seconds(1) : absl::Milliseconds(5));
     const SharedPoolOptions& opt = sp.options_;
     for (auto& [name, pool] : pools) {
       if (pool.queued > 0) {
@@ -704,7 +714,11 @@ struct SharedPool::Loop {
     if (wait > absl::Milliseconds(1) && published_at < now) Publish(now);
     const int timeout_ms =
         static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wait) + 1));
-    if (poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) return;
+    if (poll(fds.data(), fds.size(), timeout_ms) < 0) {
+      // EINTR, or a failure (ENOMEM) that a short pause may outlast.
+      if (errno != EINTR) absl::SleepFor(absl::Milliseconds(1));
+      return;
+    }
     const absl::Time after = absl::Now();
     for (size_t i = 1; i < fds.size(); ++i) {
       auto [pool, conn] = owners[i];
@@ -784,6 +798,8 @@ struct SharedPool::Loop {
 
 SharedPool::SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options)
     : owner_(owner), limit_(std::move(limit)), options_(options) {
+  // Without it (no file descriptor left) the loop polls for new work every
+  // few milliseconds instead of being woken.
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   loop_ = std::make_unique<Loop>(*this);
   thread_ = std::thread([this] { loop_->Run(); });
@@ -801,6 +817,7 @@ SharedPool::~SharedPool() {
 }
 
 void SharedPool::Wake() {
+  if (wake_fd_ < 0) return;
   const uint64_t one = 1;
   // A full counter (never in practice) still leaves the fd readable.
   [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
