@@ -547,5 +547,55 @@ TEST_F(SharedPoolTest, IdleConnectionsAreGivenBackToOthersWaitingForTheNode) {
   direct.executor.CloseIdle();
 }
 
+TEST_F(SharedPoolTest, ABusyPoolGivesAConnectionBackToAWaiterAsATaskEnds) {
+  const NodeAddress n1 = Addr(*w1_);
+  // Both of worker1's slots go to the pool: its first two tasks wait for
+  // lock 1 and every later one for lock 2, both held by the test, so the
+  // pool always has work queued.
+  ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_lock(4244), pg_advisory_lock(4245)").ok());
+  auto a = PoolSession(Settings(2));
+  std::vector<Task> tasks(2, Task{n1, "SELECT pg_advisory_xact_lock_shared(4244)"});
+  for (int i = 0; i < 20; ++i)
+    tasks.push_back(Task{n1, "SELECT pg_advisory_xact_lock_shared(4245)"});
+  absl::StatusOr<ExecutionResult> ra = absl::UnknownError("not run");
+  std::thread ta([&] { ra = a->transport->Execute(tasks); });
+  ExecutorOptions options;
+  options.slot_wait_timeout = absl::Minutes(1);
+  Session direct(table(), Settings(2), options);
+  absl::StatusOr<ExecutionResult> rd = absl::UnknownError("not run");
+  std::atomic<bool> direct_done{false};
+  std::thread td;
+  absl::Cleanup join = [&] {
+    (void)obs1_->Query("SELECT pg_advisory_unlock_all()");
+    ta.join();
+    if (td.joinable()) td.join();
+  };
+  const std::string waiting =
+      "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle' "
+      "AND wait_event_type = 'Lock'";
+  ASSERT_TRUE(PollUntil([&] { return IntValue(*obs1_, waiting) == 2; }));
+  // A direct-transport session queues for a slot of worker1.
+  td = std::thread([&] {
+    rd = direct.executor.Execute({Task{n1, "SELECT 1"}});
+    direct_done = true;
+  });
+  ASSERT_TRUE(PollUntil([&] {
+    std::optional<KeyStats> k = table().Lookup(KeyOf(n1));
+    return k && k->waiters == 1;
+  }));
+  // Lock 1 goes: the pool's first two tasks end. Lock 2 stays, so the
+  // pool's queue never empties; the direct session still gets a slot.
+  ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_unlock(4244)").ok());
+  ASSERT_TRUE(PollUntil([&] { return direct_done.load(); }, absl::Minutes(2)));
+  ASSERT_TRUE(rd.ok()) << rd.status();
+  EXPECT_TRUE(rd->tasks[0].status.ok()) << rd->tasks[0].status;
+  EXPECT_GT(pool_->Queued()[n1], 0) << "the pool's queue emptied first: the case proves nothing";
+  EXPECT_EQ(pool_->stats().closed_for_waiters, 1);
+  direct.executor.CloseIdle();
+  std::move(join).Invoke();
+  ASSERT_TRUE(ra.ok()) << ra.status();
+  for (const TaskResult& t : ra->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
+}
+
 }  // namespace
 }  // namespace connthrottle::testing

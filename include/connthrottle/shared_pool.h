@@ -22,7 +22,9 @@
 //   * A connection idle for idle_timeout is closed and its slot given back;
 //     so is an idle connection while others queue for a slot of its node
 //     (direct-transport sessions, COPY's reservations): the pool looks every
-//     slow-start interval and gives back one idle connection per waiter.
+//     25 ms and gives back one idle connection per waiter no free slot
+//     serves. A pool that always has work gives one back as a task ends
+//     instead, keeping at least one connection for its own queue.
 //   * A dead connection is found while idle (its socket turns readable) or
 //     just before use, closed and replaced. A task not yet sent moves to
 //     another connection; a task that was running fails with 08006.

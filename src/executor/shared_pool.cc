@@ -479,23 +479,28 @@ struct SharedPool::Loop {
     }
   }
 
-  // Others queue for a slot of this node (sessions of the direct transport,
-  // COPY's reservations) while the pool sits on idle connections: it gives
-  // back one idle connection per waiter no free slot serves. The pool can always open one again
-  // later; a waiter cannot run until it gets a slot.
-  void YieldToWaiters(Pool& pool) {
-    int idle = 0;
-    for (const auto& conn : pool.conns) idle += conn->c->state == State::kIdle ? 1 : 0;
-    if (idle == 0) return;
+  // How many others queue for a slot of this node (sessions of the direct
+  // transport, COPY's reservations) that no free slot serves: a slot given
+  // back a moment ago and not yet taken serves one.
+  int UnservedWaiters(const Pool& pool) {
     const std::optional<KeyStats> key = sp.owner_.table().Lookup(*pool.key);
-    if (!key || key->waiters == 0) return;
-    // Waiters that a free slot will serve anyway (one given back a moment
-    // ago, not yet taken) need nothing more.
+    if (!key || key->waiters == 0) return 0;
     const Limit limit = sp.limit_(pool.node, pool.local);
-    if (limit.unlimited()) return;
+    if (limit.unlimited()) return 0;
     const int free =
         std::max(0, static_cast<int>(limit.max()) - static_cast<int>(key->connections));
-    int waiters = static_cast<int>(key->waiters) - free;
+    return std::max(0, static_cast<int>(key->waiters) - free);
+  }
+
+  // While others wait for the node, the pool gives back one idle connection
+  // per unserved waiter: it can open one again later, a waiter cannot run
+  // until it gets a slot.
+  void YieldToWaiters(Pool& pool) {
+    if (std::none_of(pool.conns.begin(), pool.conns.end(),
+                     [](const auto& conn) { return conn->c->state == State::kIdle; })) {
+      return;
+    }
+    int waiters = UnservedWaiters(pool);
     for (auto& conn : pool.conns) {
       if (waiters <= 0) break;
       if (conn->c->state != State::kIdle) continue;
@@ -614,6 +619,12 @@ struct SharedPool::Loop {
       // Whatever the task began must not leak into another session's task.
       c.state = State::kBroken;
       ++stats.closed_in_transaction;
+    } else if (pool.queued > 0 && LiveConnections(pool) > 1 && UnservedWaiters(pool) > 0) {
+      // A pool that always has work would otherwise keep its slots for ever
+      // while others wait for the node: it gives one back as a task ends,
+      // keeping at least one connection for its own queue.
+      c.state = State::kBroken;
+      ++stats.closed_for_waiters;
     } else {
       c.state = State::kIdle;
     }
