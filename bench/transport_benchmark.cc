@@ -19,9 +19,11 @@
 // stays within max_connections. Reported per case: executions per second
 // (items_per_second), the worker backends started per execution (counter
 // backends_per_exec, from the workers' own log), Jain's fairness index over
-// the sessions' rates (counter jain; 1 = all equal) and the slowest single
-// execution of any session (slowest_ms). A failed task is an error of the
-// case. Compare the transports within one run:
+// the sessions' rates (counter jain; 1 = all equal), the slowest single
+// execution of any session (slowest_ms), and where one session's time goes
+// (exec_us per execution; task_queued_us from Execute to a task's start,
+// task_run_us from sending it to its last result). A failed task is an
+// error of the case. Compare the transports within one run:
 //
 //   build/bench/transport_benchmark --benchmark_repetitions=3
 
@@ -137,13 +139,15 @@ void Run(benchmark::State& state, Kind kind, bool fan_out) {
   // This session's own time: from its first execution's start to its last
   // one's end (the loop's end waits for every thread).
   absl::Time first = absl::InfiniteFuture(), last;
-  absl::Duration slowest;
+  absl::Duration slowest, queued, run, total;
+  int64_t tasks_seen = 0;
   for (auto _ : state) {
     const absl::Time began = absl::Now();
     first = std::min(first, began);
     absl::StatusOr<ExecutionResult> r = transport->Execute(tasks);
     last = absl::Now();
     slowest = std::max(slowest, last - began);
+    total += last - began;
     bool ok = r.ok();
     if (ok) {
       for (const TaskResult& t : r->tasks) ok = ok && t.status.ok();
@@ -151,6 +155,11 @@ void Run(benchmark::State& state, Kind kind, bool fan_out) {
     if (!ok) {
       state.SkipWithError(r.ok() ? "a task failed" : "the execution failed");
       break;
+    }
+    for (const TaskResult& t : r->tasks) {
+      queued += t.queued;
+      run += t.run;
+      ++tasks_seen;
     }
   }
   transport.reset();
@@ -165,6 +174,14 @@ void Run(benchmark::State& state, Kind kind, bool fan_out) {
       std::this_thread::yield();
     }
     state.counters["jain"] = JainIndex(state.threads());
+    // Where an execution's time goes (thread 0's tasks): queued, from the
+    // start of Execute to the task's start; run, from sending it to its last
+    // result; and the execution's whole time.
+    const double n = static_cast<double>(std::max<int64_t>(1, tasks_seen));
+    state.counters["task_queued_us"] = absl::ToDoubleMicroseconds(queued) / n;
+    state.counters["task_run_us"] = absl::ToDoubleMicroseconds(run) / n;
+    state.counters["exec_us"] = absl::ToDoubleMicroseconds(total) /
+                                static_cast<double>(std::max<int64_t>(1, state.iterations()));
     if (kind == Kind::kSharedPool) {
       int pooled = 0;
       for (const auto& [node, n] : world->pool->Connections()) pooled += n;
