@@ -152,8 +152,6 @@ struct SharedPool::Loop {
     // grew, i.e. the task-time spent queued.
     absl::Duration waited;
     absl::Time waited_at;  // when `waited` was last brought up to date
-    absl::Duration task_time_total;
-    int64_t tasks_done = 0;
     absl::Duration connect_time_total;
     int64_t connects_done = 0;
   };
@@ -604,8 +602,6 @@ struct SharedPool::Loop {
       return;
     }
     const absl::Duration run = now - conn.sent;
-    pool.task_time_total += run;
-    ++pool.tasks_done;
     if (!conn.cancelling) {
       conn.result.run = run;
       ++stats.tasks_run;
