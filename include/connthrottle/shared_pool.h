@@ -25,6 +25,8 @@
 //     25 ms and gives back one idle connection per waiter no free slot
 //     serves. A pool that always has work gives one back as a task ends
 //     instead, keeping at least one connection for its own queue.
+//   * After the limit is lowered, connections above it are closed as they
+//     become idle (looked at every 25 ms, and as each task ends).
 //   * A dead connection is found while idle (its socket turns readable) or
 //     just before use, closed and replaced. A task not yet sent moves to
 //     another connection; a task that was running fails with 08006.
@@ -63,6 +65,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "connthrottle/conn_params.h"
 #include "connthrottle/executor.h"
 #include "connthrottle/limit.h"
 #include "connthrottle/owner.h"
@@ -91,6 +94,7 @@ struct SharedPoolStats {
   int64_t closed_dead = 0;            // found dead while idle or before use
   int64_t closed_in_transaction = 0;  // a task left them inside a transaction
   int64_t closed_for_waiters = 0;     // idle, given back to others waiting for the node
+  int64_t closed_over_limit = 0;      // closed as they went idle after the limit was lowered
   int64_t optional_refused = 0;       // growth refused: no slot free
   int64_t tasks_run = 0;              // tasks that ran on a pooled connection
   int64_t tasks_retried = 0;          // moved to another connection before being sent
@@ -118,20 +122,54 @@ class SharedPool {
   // Tasks waiting for a connection now, per node.
   std::map<NodeAddress, int> Queued() const;
 
+  // Changes the idle timeout while the pool runs (a configuration reload).
+  void set_idle_timeout(absl::Duration timeout);
+  absl::Duration idle_timeout() const;
+
+  // ---- Submitting tasks (SharedPoolTransport, the extension's communicator) ----
+
+  // One execution's tasks, and how to reach each task's node.
+  struct Submission {
+    std::vector<Task> tasks;
+    std::vector<ConnParams> params;  // per task
+    std::vector<bool> local;         // per task: its node is this coordinator
+    uint32_t database_id = 0;
+    int64_t max_rows_kept = -1;  // as ExecutorOptions::max_rows_kept
+  };
+  // What a submitted execution has come to.
+  struct Progress {
+    std::vector<int> handed_back;  // tasks given back since the last look: run them in-process
+    bool settled = false;          // every task has a result or was handed back
+    bool pool_gone = false;        // the pool shut down: no more results will come
+  };
   struct Batch;  // one execution's tasks; defined in src/executor/shared_pool.cc
+  using Ticket = std::shared_ptr<Batch>;
+
+  // Queues the tasks. `on_change`, when given, is called on the loop's
+  // thread each time the execution progresses (a result settles it, a task
+  // is handed back, the pool stops), with no lock held: it must be quick and
+  // must not call into the pool.
+  Ticket Submit(Submission submission, std::function<void()> on_change = {});
+  // Takes the progress made so far; Await waits up to `timeout` for some.
+  Progress Poll(const Ticket& ticket);
+  Progress Await(const Ticket& ticket, absl::Duration timeout);
+  // Once settled: the results in task order (handed-back tasks' results are
+  // left for the caller to fill) and tasks_retried. Call once.
+  ExecutionResult TakeResults(const Ticket& ticket);
+  // Drops the execution's queued tasks and cancels its running ones; the
+  // ticket gets no more results.
+  void Cancel(const Ticket& ticket);
 
  private:
-  friend class SharedPoolTransport;
   struct Loop;
 
-  void Submit(std::shared_ptr<Batch> batch);
-  void Cancel(std::shared_ptr<Batch> batch);
   void Wake();
 
   Owner& owner_;
   LimitFunction limit_;
   const SharedPoolOptions options_;
   int wake_fd_ = -1;  // eventfd the loop polls: new work, cancels, stop
+  std::atomic<int64_t> idle_timeout_ns_;
 
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<Batch>> submitted_ ABSL_GUARDED_BY(mu_);

@@ -53,9 +53,21 @@ struct SharedPool::Batch {
   std::condition_variable changed;  // a result, a hand-back, the pool gone
   std::vector<TaskResult> results ABSL_GUARDED_BY(mu);
   std::vector<int> handed_back ABSL_GUARDED_BY(mu);  // local failover: run in-process
+  int handed_back_total ABSL_GUARDED_BY(mu) = 0;     // every task ever handed back
   int remaining ABSL_GUARDED_BY(mu) = 0;             // tasks without a result yet
   int retried ABSL_GUARDED_BY(mu) = 0;
   bool pool_gone ABSL_GUARDED_BY(mu) = false;  // the pool shut down
+
+  // Called after each change, on the thread that made it, with no lock held.
+  std::function<void()> on_change;
+
+  bool Settled() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return remaining == handed_back_total || pool_gone;
+  }
+  void Notify() {
+    changed.notify_all();
+    if (on_change) on_change();
+  }
 };
 
 namespace {
@@ -67,9 +79,10 @@ void Finish(SharedPool::Batch& b, int t, TaskResult result) {
   {
     std::lock_guard<std::mutex> lock(b.mu);
     b.results[t] = std::move(result);
-    last = --b.remaining == 0;
+    --b.remaining;
+    last = b.Settled();
   }
-  if (last) b.changed.notify_all();
+  if (last) b.Notify();
 }
 
 void Fail(SharedPool::Batch& b, int t, absl::Status status, const char* sqlstate) {
@@ -253,10 +266,11 @@ struct SharedPool::Loop {
     if (pool.queued == 0) {
       pool.k = 1;
       ExpireIdle(pool, now);
-      if (now >= pool.next_yield_check) {
-        pool.next_yield_check = now + kYieldCheckInterval;
-        YieldToWaiters(pool);
-      }
+    }
+    if (now >= pool.next_yield_check) {
+      pool.next_yield_check = now + kYieldCheckInterval;
+      ShrinkToLimit(pool);
+      if (pool.queued == 0) YieldToWaiters(pool);
     }
     Dispatch(pool, now);
     // Broken connections give their slots back before the pool tries for
@@ -352,8 +366,9 @@ struct SharedPool::Loop {
       {
         std::lock_guard<std::mutex> lock(b->mu);
         b->handed_back.push_back(t);
+        ++b->handed_back_total;
       }
-      b->changed.notify_all();
+      b->Notify();
     }
   }
 
@@ -470,10 +485,30 @@ struct SharedPool::Loop {
 
   void ExpireIdle(Pool& pool, absl::Time now) {
     for (auto& conn : pool.conns) {
-      if (conn->c->state == State::kIdle && now - conn->idle_since >= sp.options_.idle_timeout) {
+      if (conn->c->state == State::kIdle && now - conn->idle_since >= sp.idle_timeout()) {
         conn->c->state = State::kBroken;
         ++stats.closed_idle;
       }
+    }
+  }
+
+  // How many connections the node has above its limit (the limit was
+  // lowered): the pool closes that many as they become idle.
+  int OverLimit(const Pool& pool) {
+    const Limit limit = sp.limit_(pool.node, pool.local);
+    if (limit.unlimited()) return 0;
+    const std::optional<KeyStats> key = sp.owner_.table().Lookup(*pool.key);
+    return key ? static_cast<int>(key->connections) - static_cast<int>(limit.max()) : 0;
+  }
+
+  void ShrinkToLimit(Pool& pool) {
+    int excess = OverLimit(pool);
+    for (auto& conn : pool.conns) {
+      if (excess <= 0) break;
+      if (conn->c->state != State::kIdle) continue;
+      conn->c->state = State::kBroken;
+      ++stats.closed_over_limit;
+      --excess;
     }
   }
 
@@ -615,6 +650,9 @@ struct SharedPool::Loop {
       // Whatever the task began must not leak into another session's task.
       c.state = State::kBroken;
       ++stats.closed_in_transaction;
+    } else if (OverLimit(pool) > 0) {
+      c.state = State::kBroken;
+      ++stats.closed_over_limit;
     } else if (pool.queued > 0 && LiveConnections(pool) > 1 && UnservedWaiters(pool) > 0) {
       // A pool that always has work would otherwise keep its slots for ever
       // while others wait for the node: it gives one back as a task ends,
@@ -708,7 +746,7 @@ struct SharedPool::Loop {
           // interval for waiters to yield to.
           if (pool.queued == 0) {
             wake = std::min(
-                {wake, conn->idle_since + opt.idle_timeout, now + opt.slow_start_interval});
+                {wake, conn->idle_since + sp.idle_timeout(), now + opt.slow_start_interval});
           }
         } else {
           continue;
@@ -782,7 +820,7 @@ struct SharedPool::Loop {
         std::lock_guard<std::mutex> lock(b->mu);
         b->pool_gone = true;
       }
-      b->changed.notify_all();
+      b->Notify();
     }
   }
 
@@ -804,7 +842,10 @@ struct SharedPool::Loop {
 // ---- SharedPool ----
 
 SharedPool::SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options)
-    : owner_(owner), limit_(std::move(limit)), options_(options) {
+    : owner_(owner),
+      limit_(std::move(limit)),
+      options_(options),
+      idle_timeout_ns_(absl::ToInt64Nanoseconds(options.idle_timeout)) {
   // Without it (no file descriptor left) the loop polls for new work every
   // few milliseconds instead of being woken.
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -830,26 +871,85 @@ void SharedPool::Wake() {
   [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
 }
 
-void SharedPool::Submit(std::shared_ptr<Batch> batch) {
+SharedPool::Ticket SharedPool::Submit(Submission submission, std::function<void()> on_change) {
+  auto b = std::make_shared<Batch>();
+  const int n = static_cast<int>(submission.tasks.size());
+  b->tasks = std::move(submission.tasks);
+  b->params = std::move(submission.params);
+  b->local.assign(submission.local.begin(), submission.local.end());
+  b->params.resize(n);
+  b->local.resize(n, 0);
+  b->database_id = submission.database_id;
+  b->max_rows_kept = submission.max_rows_kept;
+  b->on_change = std::move(on_change);
+  b->submitted = absl::Now();
+  {
+    std::lock_guard<std::mutex> lock(b->mu);
+    b->results.resize(n);
+    for (int t = 0; t < n; ++t) b->results[t].node = b->tasks[t].node;
+    b->remaining = n;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) {
-      std::lock_guard<std::mutex> batch_lock(batch->mu);
-      batch->pool_gone = true;
-      return;  // Execute sees it before it first waits
+      std::lock_guard<std::mutex> batch_lock(b->mu);
+      b->pool_gone = true;
+      return b;  // the first Poll sees it
     }
-    submitted_.push_back(std::move(batch));
+    if (n > 0) submitted_.push_back(b);
+  }
+  Wake();
+  return b;
+}
+
+namespace {
+
+SharedPool::Progress TakeProgress(SharedPool::Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) {
+  SharedPool::Progress p;
+  p.handed_back.swap(b.handed_back);
+  p.settled = b.Settled();
+  p.pool_gone = b.pool_gone;
+  return p;
+}
+
+}  // namespace
+
+SharedPool::Progress SharedPool::Poll(const Ticket& ticket) {
+  std::lock_guard<std::mutex> lock(ticket->mu);
+  return TakeProgress(*ticket);
+}
+
+SharedPool::Progress SharedPool::Await(const Ticket& ticket, absl::Duration timeout) {
+  Batch& b = *ticket;
+  std::unique_lock<std::mutex> lock(b.mu);
+  b.changed.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                     [&] { return b.Settled() || !b.handed_back.empty(); });
+  return TakeProgress(b);
+}
+
+ExecutionResult SharedPool::TakeResults(const Ticket& ticket) {
+  ExecutionResult out;
+  std::lock_guard<std::mutex> lock(ticket->mu);
+  out.tasks = std::move(ticket->results);
+  out.stats.tasks_retried = ticket->retried;
+  return out;
+}
+
+void SharedPool::Cancel(const Ticket& ticket) {
+  ticket->cancelled.store(true);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_.push_back(ticket);
   }
   Wake();
 }
 
-void SharedPool::Cancel(std::shared_ptr<Batch> batch) {
-  batch->cancelled.store(true);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    cancelled_.push_back(std::move(batch));
-  }
-  Wake();
+void SharedPool::set_idle_timeout(absl::Duration timeout) {
+  idle_timeout_ns_.store(absl::ToInt64Nanoseconds(timeout), std::memory_order_relaxed);
+}
+
+absl::Duration SharedPool::idle_timeout() const {
+  return absl::Nanoseconds(idle_timeout_ns_.load(std::memory_order_relaxed));
 }
 
 SharedPoolStats SharedPool::stats() const {
@@ -874,63 +974,41 @@ SharedPoolTransport::SharedPoolTransport(SharedPool& pool, ExecutionContext& con
     : pool_(pool), context_(context), options_(options) {}
 
 absl::StatusOr<ExecutionResult> SharedPoolTransport::Execute(std::vector<Task> tasks) {
-  using Batch = SharedPool::Batch;
-  ExecutionResult out;
-  if (tasks.empty()) return out;
-  auto b = std::make_shared<Batch>();
-  b->database_id = context_.DatabaseId();
-  b->max_rows_kept = options_.max_rows_kept;
+  if (tasks.empty()) return ExecutionResult{};
+  SharedPool::Submission submission;
+  submission.database_id = context_.DatabaseId();
+  submission.max_rows_kept = options_.max_rows_kept;
   for (const Task& task : tasks) {
-    b->params.push_back(context_.ParamsFor(task.node));
-    b->local.push_back(context_.IsLocal(task.node) ? 1 : 0);
+    submission.params.push_back(context_.ParamsFor(task.node));
+    submission.local.push_back(context_.IsLocal(task.node));
   }
-  const int n = static_cast<int>(tasks.size());
-  b->tasks = std::move(tasks);
-  b->submitted = absl::Now();
-  {
-    std::lock_guard<std::mutex> lock(b->mu);
-    b->results.resize(n);
-    for (int t = 0; t < n; ++t) b->results[t].node = b->tasks[t].node;
-    b->remaining = n;
-  }
-  pool_.Submit(b);
+  submission.tasks = tasks;
+  const absl::Time submitted = absl::Now();
+  SharedPool::Ticket ticket = pool_.Submit(std::move(submission));
 
-  const auto tick = absl::ToChronoNanoseconds(options_.tick);
+  std::map<int, TaskResult> ran_locally;
   while (true) {
-    std::vector<int> local;
-    bool done = false;
-    {
-      std::unique_lock<std::mutex> lock(b->mu);
-      b->changed.wait_for(
-          lock, tick, [&] { return b->remaining == 0 || !b->handed_back.empty() || b->pool_gone; });
-      local.swap(b->handed_back);
-      if (b->pool_gone) {
-        return absl::UnavailableError("the connthrottle shared pool shut down");
-      }
-      done = b->remaining == 0;
-    }
+    SharedPool::Progress p = pool_.Await(ticket, options_.tick);
+    if (p.pool_gone) return absl::UnavailableError("the connthrottle shared pool shut down");
     // Local failover: tasks the local node's pool could not connect for.
-    for (int t : local) {
+    for (int t : p.handed_back) {
       const absl::Time began = absl::Now();
-      TaskResult r = context_.RunLocally(b->tasks[t]);
-      r.node = b->tasks[t].node;
+      TaskResult r = context_.RunLocally(tasks[t]);
+      r.node = tasks[t].node;
       r.ran_locally = true;
-      r.queued = began - b->submitted;
+      r.queued = began - submitted;
       r.run = absl::Now() - began;
-      ++out.stats.tasks_run_locally;
-      std::lock_guard<std::mutex> lock(b->mu);
-      b->results[t] = std::move(r);
-      done = --b->remaining == 0;
+      ran_locally[t] = std::move(r);
     }
-    if (done) break;
+    if (p.settled) break;  // taken with the hand-backs: no more can come
     if (context_.Interrupted()) {
-      pool_.Cancel(b);
+      pool_.Cancel(ticket);
       return absl::CancelledError("the execution was cancelled");
     }
   }
-  std::lock_guard<std::mutex> lock(b->mu);
-  out.tasks = std::move(b->results);
-  out.stats.tasks_retried = b->retried;
+  ExecutionResult out = pool_.TakeResults(ticket);
+  for (auto& [t, r] : ran_locally) out.tasks[t] = std::move(r);
+  out.stats.tasks_run_locally = static_cast<int>(ran_locally.size());
   return out;
 }
 
