@@ -1,0 +1,45 @@
+// connthrottle.run_tasks from a test client: array literals for its
+// parameters, and its rows as a struct.
+
+#ifndef CONNTHROTTLE_TESTS_TESTING_RUN_TASKS_H_
+#define CONNTHROTTLE_TESTS_TESTING_RUN_TASKS_H_
+
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cluster/pg_client.h"
+
+namespace connthrottle::cluster {
+
+// A PostgreSQL array literal of text elements ({"a","b"}), for a $n::text[] parameter.
+std::string TextArray(const std::vector<std::string>& items);
+std::string IntArray(const std::vector<int>& items);
+
+// One task for run_tasks.
+struct TaskSpec {
+  std::string host;
+  int port = 0;
+  std::string sql;
+};
+
+// One row of run_tasks.
+struct TaskRow {
+  int task = 0;
+  std::string host;
+  int port = 0;
+  bool success = false;
+  std::optional<std::string> result, sqlstate, error;
+  bool ran_locally = false;
+  std::optional<std::string> connection;
+};
+std::ostream& operator<<(std::ostream& os, const TaskRow& r);
+
+// Runs the tasks through connthrottle.run_tasks on `c`; rows in task order.
+absl::StatusOr<std::vector<TaskRow>> RunTasks(PgClient& c, const std::vector<TaskSpec>& tasks);
+
+}  // namespace connthrottle::cluster
+
+#endif  // CONNTHROTTLE_TESTS_TESTING_RUN_TASKS_H_
