@@ -2,11 +2,13 @@
 # Issue 11's workload with pgbench as the client: a coordinator with the
 # extension, 2 workers (max_connections 60), connthrottle.max_shared_pool_size
 # 40, 32 shard tables (shard_0..shard_31, even ones on worker 1, odd ones on
-# worker 2). For each workload and client count, a throttled and an
-# unthrottled pgbench run of DURATION seconds; prints TPS, p50 latency and
+# worker 2). For each workload and client count, three pgbench runs of
+# DURATION seconds: throttled through the direct transport, throttled through
+# the shared pool (connthrottle.executor_transport = shared_pool), and
+# unthrottled (direct, max_shared_pool_size = -1); prints TPS, p50 latency and
 # worker backends started per transaction (the workers' "connection
 # received" log lines, every attempt included), with the date, commit and
-# machine.
+# machine. distribute (copy) always uses the direct transport.
 #
 #   bench/pgbench.sh                       # every workload at 8, 64, 128 clients, 30 s
 #   CLIENTS="8 64" DURATION=10 WORKLOADS="fanout router" bench/pgbench.sh
@@ -111,18 +113,21 @@ echo "connthrottle pgbench: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$
   "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run"
 echo
-echo "| workload | clients | throttled TPS | unthrottled TPS | ratio | throttled p50 ms | unthrottled p50 ms | worker backends per transaction, throttled / unthrottled | failed, throttled / unthrottled |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+echo "| workload | clients | direct TPS | pool TPS | unthrottled TPS | pool / unthrottled | pool / direct | p50 ms, direct / pool / unthrottled | worker backends per transaction, direct / pool / unthrottled | failed, direct / pool / unthrottled |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
 for w in $WORKLOADS; do
   for c in $CLIENTS; do
     line="| $w | $c"
-    for mode in throttled unthrottled; do
-      limit=$LIMIT
+    for mode in direct pool unthrottled; do
+      limit=$LIMIT transport=direct
       [ "$mode" = unthrottled ] && limit=-1
+      [ "$mode" = pool ] && transport=shared_pool
       q "$CPORT" "ALTER SYSTEM SET connthrottle.max_shared_pool_size = $limit" >/dev/null
+      q "$CPORT" "ALTER SYSTEM SET connthrottle.executor_transport = $transport" >/dev/null
       q "$CPORT" "SELECT pg_reload_conf()" >/dev/null
-      # New backends (pgbench's) see the setting once the postmaster has reloaded.
-      until [ "$(q "$CPORT" "SHOW connthrottle.max_shared_pool_size")" = "$limit" ]; do :; done
+      # New backends (pgbench's) see the settings once the postmaster has reloaded.
+      until [ "$(q "$CPORT" "SHOW connthrottle.max_shared_pool_size")" = "$limit" ] &&
+        [ "$(q "$CPORT" "SHOW connthrottle.executor_transport")" = "$transport" ]; do :; done
       before=$(received)
       rm -f "$WORK"/pgbench_log.*
       (cd "$WORK" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 \
@@ -138,7 +143,7 @@ for w in $WORKLOADS; do
       per=$(awk -v b="$before" -v a="$after" -v n="${n:-0}" 'BEGIN {if (n > 0) printf "%.3f", (a - b) / n; else print "-"}')
       eval "tps_$mode=\${tps:-0} p50_$mode=\$p50 per_$mode=\$per failed_$mode=\${failed:-?}"
     done
-    ratio=$(awk -v t="$tps_throttled" -v u="$tps_unthrottled" 'BEGIN {if (u > 0) printf "%.2f", t / u; else print "-"}')
-    echo "$line | $tps_throttled | $tps_unthrottled | $ratio | $p50_throttled | $p50_unthrottled | $per_throttled / $per_unthrottled | $failed_throttled / $failed_unthrottled |"
+    ratio() { awk -v t="$1" -v u="$2" 'BEGIN {if (u > 0) printf "%.2f", t / u; else print "-"}'; }
+    echo "$line | $tps_direct | $tps_pool | $tps_unthrottled | $(ratio "$tps_pool" "$tps_unthrottled") | $(ratio "$tps_pool" "$tps_direct") | $p50_direct / $p50_pool / $p50_unthrottled | $per_direct / $per_pool / $per_unthrottled | $failed_direct / $failed_pool / $failed_unthrottled |"
   done
 done

@@ -119,6 +119,21 @@ CREATE FUNCTION connthrottle.table_stats(
     OUT wakeups bigint)
   RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_table_stats';
 
+-- The communicator (the background worker behind executor_transport =
+-- 'shared_pool') and its pool, as it published them last (about every
+-- 100 ms): its pid (NULL while it is not running), how many times it has
+-- started, the pooled connections open and tasks queued now, and
+-- cumulative figures since it last started. connections_started is the
+-- number of worker backends the pool has cost the workers.
+CREATE FUNCTION connthrottle.pool_stats(
+    OUT pid integer, OUT starts bigint, OUT connections bigint, OUT tasks_queued bigint,
+    OUT connections_started bigint, OUT connections_opened bigint,
+    OUT connections_failed bigint, OUT closed_idle bigint, OUT closed_dead bigint,
+    OUT closed_in_transaction bigint, OUT closed_for_waiters bigint,
+    OUT optional_refused bigint, OUT tasks_run bigint, OUT tasks_retried bigint,
+    OUT tasks_cancelled bigint, OUT tasks_handed_back bigint, OUT closed_over_limit bigint)
+  RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_pool_stats';
+
 -- Whether host:port is this server (connthrottle.local_node).
 CREATE FUNCTION connthrottle.is_local_node(host text, port integer)
   RETURNS boolean LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'connthrottle_is_local_node';
@@ -285,6 +300,7 @@ GRANT EXECUTE ON FUNCTION connthrottle.release_all() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION connthrottle.is_local_node(text, integer) TO pg_monitor;
 GRANT EXECUTE ON FUNCTION connthrottle.node_stats() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION connthrottle.table_stats() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION connthrottle.pool_stats() TO pg_monitor;
 GRANT SELECT ON connthrottle.nodes TO pg_monitor;
 GRANT EXECUTE ON FUNCTION connthrottle.holders() TO pg_monitor;
 GRANT SELECT ON connthrottle.holders TO pg_monitor;

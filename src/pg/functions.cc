@@ -45,11 +45,13 @@ extern "C" {
 // clang-format on
 }
 
+#include "pg/communicator.h"
 #include "pg/guc.h"
 #include "pg/session.h"
 
 namespace {
 
+using connthrottle::pg::ActiveClientBackends;
 using connthrottle::pg::Outcome;
 using connthrottle::pg::Settings;
 
@@ -230,26 +232,6 @@ void WaitInterruptibly(Settings* settings, Attempt attempt) {
     if (!o.interrupted) return Raise(o);
     HandleInterrupt(settings);
   }
-}
-
-// Client backends connected now, for the local node's limit: live
-// processes connected to a database that are neither background workers nor
-// autovacuum workers. A PGPROC is live while its process owns its latch
-// (ProcKill disowns it; a recycled PGPROC's pid stays stale), and every field
-// read here is reset when a process takes the PGPROC. Auxiliary processes
-// and the autovacuum launcher have no database; prepared transactions own no
-// latch. Logical WAL senders are counted: nothing in PGPROC tells them apart.
-// Unlocked reads: the count is a momentary figure whichever way it races.
-int ActiveClientBackends() {
-  int count = 0;
-  for (uint32 i = 0; i < ProcGlobal->allProcCount; ++i) {
-    const PGPROC* proc = &ProcGlobal->allProcs[i];
-    if (proc->procLatch.owner_pid != 0 && OidIsValid(proc->databaseId) &&
-        !proc->isBackgroundWorker && (proc->statusFlags & PROC_IS_AUTOVACUUM) == 0) {
-      ++count;
-    }
-  }
-  return count;
 }
 
 // Full-table events seen when this backend last looked, and when it last
@@ -624,6 +606,7 @@ PG_FUNCTION_INFO_V1(connthrottle_reservations);
 PG_FUNCTION_INFO_V1(connthrottle_node_stats);
 PG_FUNCTION_INFO_V1(connthrottle_holders);
 PG_FUNCTION_INFO_V1(connthrottle_table_stats);
+PG_FUNCTION_INFO_V1(connthrottle_pool_stats);
 PG_FUNCTION_INFO_V1(connthrottle_is_local_node);
 PG_FUNCTION_INFO_V1(connthrottle_audit);
 PG_FUNCTION_INFO_V1(connthrottle_run_tasks);
@@ -855,6 +838,40 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
+// pool_stats() returns one row: the communicator and its shared pool
+Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
+  RequireTable();
+  TupleDesc desc;
+  if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE) {
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("connthrottle: pool_stats must return a record")));
+  }
+  desc = BlessTupleDesc(desc);
+  const connthrottle::pg::CommunicatorStats c = connthrottle::pg::ReadCommunicatorStats();
+  Datum values[17] = {
+      Int32GetDatum(c.pid),
+      Int64GetDatum(static_cast<int64>(c.epoch)),
+      Int64GetDatum(c.connections),
+      Int64GetDatum(c.tasks_queued),
+      Int64GetDatum(c.connections_started),
+      Int64GetDatum(c.connections_opened),
+      Int64GetDatum(c.connections_failed),
+      Int64GetDatum(c.closed_idle),
+      Int64GetDatum(c.closed_dead),
+      Int64GetDatum(c.closed_in_transaction),
+      Int64GetDatum(c.closed_for_waiters),
+      Int64GetDatum(c.optional_refused),
+      Int64GetDatum(c.tasks_run),
+      Int64GetDatum(c.tasks_retried),
+      Int64GetDatum(c.tasks_cancelled),
+      Int64GetDatum(c.tasks_handed_back),
+      Int64GetDatum(c.closed_over_limit),
+  };
+  bool nulls[17] = {false};
+  nulls[0] = c.pid == 0;
+  PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
 // is_local_node(host text, port int) returns boolean
 Datum connthrottle_is_local_node(PG_FUNCTION_ARGS) {
   const char* host = HostArg(fcinfo, 0);
@@ -918,9 +935,14 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
   // needs no PG_TRY.
   ++executor_calls;
   local_task_error = nullptr;
+  // The shared pool needs this backend's session slot (any backend
+  // connected to a database has one).
+  connthrottle::pg::ChannelOps channel{};
+  const bool pooled = connthrottle::pg::UseSharedPool() && connthrottle::pg::ChannelAvailable();
+  if (pooled) channel = connthrottle::pg::BackendChannelOps();
   Outcome o = connthrottle::pg::RunTasks(tasks, count, MyDatabaseId, settings, executor,
                                          ActiveClientBackends(), ExecutorInterruptCheck,
-                                         RunLocalTask, &rows);
+                                         RunLocalTask, pooled ? &channel : nullptr, &rows);
   --executor_calls;
   pgstat_report_wait_end();
   if (local_task_error != nullptr) {

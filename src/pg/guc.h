@@ -13,6 +13,14 @@ Settings CurrentSettings();
 // The executor's settings (database and user are filled in by the caller).
 ExecutorSettings CurrentExecutorSettings();
 
+// Client backends connected now (the local node's limit counts them).
+int ActiveClientBackends();
+
+// connthrottle.executor_transport is 'shared_pool'.
+bool UseSharedPool();
+// connthrottle.pool_idle_timeout, in milliseconds.
+int PoolIdleTimeoutMs();
+
 // Registers the before_shmem_exit callback that gives back what this backend
 // holds; called before its first slot or reservation.
 void EnsureBackendExitCallback();

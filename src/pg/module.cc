@@ -24,6 +24,7 @@ extern "C" {
 #include "postmaster/postmaster.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
 // clang-format on
@@ -34,6 +35,7 @@ PG_MODULE_MAGIC;
 void _PG_init(void);
 }
 
+#include "pg/communicator.h"
 #include "pg/guc.h"
 #include "pg/session.h"
 
@@ -53,6 +55,16 @@ int max_cached_connection_lifetime_ms = 10 * 60 * 1000;
 int node_connection_timeout_ms = 30 * 1000;
 int executor_slow_start_interval_ms = 10;
 char* node_conninfo = nullptr;
+enum Transport : int { kDirect = 0, kSharedPool = 1 };
+int executor_transport = kDirect;
+int pool_idle_timeout_ms = 60 * 1000;
+int pool_message_bytes = 64 * 1024;
+
+const struct config_enum_entry kTransports[] = {
+    {"direct", kDirect, false},
+    {"shared_pool", kSharedPool, false},
+    {nullptr, 0, false},
+};
 
 const struct config_enum_entry kFullTablePolicies[] = {
     {"admit_uncounted", static_cast<int>(FullTable::kAdmitUncounted), false},
@@ -76,6 +88,8 @@ void ShmemRequest() {
   table_owners = static_cast<uint32>(MaxBackends);
   // 64 more bytes to align the table on a cache line.
   RequestAddinShmemSpace(add_size(TableBytes(), 64));
+  connthrottle::pg::SetPoolMessageBytes(pool_message_bytes);
+  RequestAddinShmemSpace(connthrottle::pg::CommunicatorShmemBytes());
 }
 
 void ShmemStartup() {
@@ -87,6 +101,8 @@ void ShmemStartup() {
   char* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t{63});
   connthrottle::pg::Outcome outcome = connthrottle::pg::SetUpTable(
       aligned, bytes, static_cast<uint32_t>(max_tracked_nodes), table_owners, found);
+  connthrottle::pg::SetPoolMessageBytes(pool_message_bytes);
+  connthrottle::pg::CommunicatorShmemInit();
   LWLockRelease(AddinShmemInitLock);
   if (!outcome.ok()) {
     ereport(FATAL, (errcode(outcome.sqlstate), errmsg("%s", outcome.message)));
@@ -173,6 +189,26 @@ void AssignLimit(int, void*) {
 
 namespace connthrottle::pg {
 
+// Client backends connected now, for the local node's limit: live
+// processes connected to a database that are neither background workers nor
+// autovacuum workers. A PGPROC is live while its process owns its latch
+// (ProcKill disowns it; a recycled PGPROC's pid stays stale), and every field
+// read here is reset when a process takes the PGPROC. Auxiliary processes
+// and the autovacuum launcher have no database; prepared transactions own no
+// latch. Logical WAL senders are counted: nothing in PGPROC tells them apart.
+// Unlocked reads: the count is a momentary figure whichever way it races.
+int ActiveClientBackends() {
+  int count = 0;
+  for (uint32 i = 0; i < ProcGlobal->allProcCount; ++i) {
+    const PGPROC* proc = &ProcGlobal->allProcs[i];
+    if (proc->procLatch.owner_pid != 0 && OidIsValid(proc->databaseId) &&
+        !proc->isBackgroundWorker && (proc->statusFlags & PROC_IS_AUTOVACUUM) == 0) {
+      ++count;
+    }
+  }
+  return count;
+}
+
 Settings CurrentSettings() {
   Settings s;
   s.max_shared_pool_size = max_shared_pool_size;
@@ -195,6 +231,9 @@ ExecutorSettings CurrentExecutorSettings() {
   e.node_conninfo = node_conninfo != nullptr ? node_conninfo : "";
   return e;
 }
+
+bool UseSharedPool() { return executor_transport == kSharedPool; }
+int PoolIdleTimeoutMs() { return pool_idle_timeout_ms; }
 
 void EnsureBackendExitCallback() {
   if (exit_callback_registered) return;
@@ -278,6 +317,24 @@ void _PG_init(void) {
       "TLS, timeouts, keepalives, target_session_attrs and application_name only; host, "
       "port, dbname, user, password, passfile, service and options are refused.",
       &node_conninfo, "", PGC_SUSET, 0, CheckNodeConninfo, nullptr, nullptr);
+  DefineCustomEnumVariable(
+      "connthrottle.executor_transport", "How run_tasks reaches the worker nodes.",
+      "direct: each session opens its own connections (it waits for a slot, and gives its "
+      "connections back when others wait). shared_pool: the session hands its tasks to the "
+      "connthrottle communicator, which runs them over long-lived connections shared by all "
+      "sessions.",
+      &executor_transport, kDirect, kTransports, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.pool_idle_timeout",
+      "How long a connection of the shared pool may stay idle before it is closed.", nullptr,
+      &pool_idle_timeout_ms, 60 * 1000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+      nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.pool_message_bytes", "Size of each session's message area for the shared pool.",
+      "Shared memory holds one area per possible backend. An execution's tasks, and its "
+      "results, must fit in it.",
+      &pool_message_bytes, 64 * 1024, 4096, 64 * 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_BYTE,
+      nullptr, nullptr, nullptr);
   MarkGUCPrefixReserved("connthrottle");
 
   prev_shmem_request_hook = shmem_request_hook;
@@ -285,4 +342,5 @@ void _PG_init(void) {
   prev_shmem_startup_hook = shmem_startup_hook;
   shmem_startup_hook = ShmemStartup;
   RegisterXactCallback(TransactionEnd, nullptr);
+  connthrottle::pg::RegisterCommunicator();
 }

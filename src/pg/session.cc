@@ -22,8 +22,10 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "connthrottle/copy_stream.h"
 #include "connthrottle/counter_table.h"
@@ -33,12 +35,14 @@
 #include "connthrottle/owner.h"
 #include "connthrottle/reservation_ledger.h"
 #include "connthrottle/slot.h"
+#include "pg/pool_channel.h"
+#include "pg/process_owner.h"
 
 namespace connthrottle::pg {
 namespace {
 
 // SQLSTATE packing, as PostgreSQL's MAKE_SQLSTATE does it.
-constexpr int Sqlstate(const char (&s)[6]) {
+constexpr int Sqlstate(const char* s) {
   auto six = [](char c) { return (c - '0') & 0x3F; };
   return six(s[0]) + (six(s[1]) << 6) + (six(s[2]) << 12) + (six(s[3]) << 18) + (six(s[4]) << 24);
 }
@@ -70,6 +74,17 @@ Outcome Fail(int sqlstate, std::string_view message, std::string_view detail = {
 Outcome FromStatus(const absl::Status& status, int exhausted_sqlstate = kTooManyConnections) {
   if (status.ok()) return Outcome{};
   std::string message = absl::StrCat("connthrottle: ", std::string(status.message()));
+  // A SQLSTATE chosen where the error arose (the shared pool's channel).
+  if (auto state = status.GetPayload(kSqlstatePayload)) {
+    const std::string text(*state);
+    if (text.size() == 5) {
+      char code[6];
+      std::memcpy(code, text.data(), 6);
+      return Fail(
+          Sqlstate(code),
+          absl::StrCat("connthrottle: ", absl::StripPrefix(status.message(), "connthrottle: ")));
+    }
+  }
   if (IsTableFullError(status)) {
     return Fail(kConfigurationLimitExceeded, message,
                 "connthrottle.full_table_policy is 'refuse'; raise connthrottle.max_tracked_nodes "
@@ -409,10 +424,11 @@ class PgExecutionContext : public ExecutionContext {
   std::string client_encoding_;
 };
 
-absl::StatusOr<AdaptiveExecutor*> MyExecutor(uint32_t database, const Settings& settings,
-                                             const ExecutorSettings& executor,
-                                             int active_client_backends, bool (*interrupted)(),
-                                             LocalRunner runner) {
+// Prepares this backend's execution context for one call.
+absl::StatusOr<PgExecutionContext*> MyContext(uint32_t database, const Settings& settings,
+                                              const ExecutorSettings& executor,
+                                              int active_client_backends, bool (*interrupted)(),
+                                              LocalRunner runner) {
   absl::StatusOr<Owner*> owner = MyOwner();
   if (!owner.ok()) return owner.status();
   State& s = S();
@@ -421,6 +437,24 @@ absl::StatusOr<AdaptiveExecutor*> MyExecutor(uint32_t database, const Settings& 
   s.context->Prepare(database, settings, executor, active_client_backends, interrupted, runner);
   // Idle connections made with other node_conninfo keywords are not reused.
   if (s.executor && s.context->ConninfoSignature() != before) s.executor->CloseIdle();
+  return s.context.get();
+}
+
+absl::Duration WaitTimeout(const Settings& settings) {
+  return settings.connection_wait_timeout_ms < 0
+             ? absl::Hours(24 * 365)
+             : absl::Milliseconds(settings.connection_wait_timeout_ms);
+}
+
+absl::StatusOr<AdaptiveExecutor*> MyExecutor(uint32_t database, const Settings& settings,
+                                             const ExecutorSettings& executor,
+                                             int active_client_backends, bool (*interrupted)(),
+                                             LocalRunner runner) {
+  absl::StatusOr<PgExecutionContext*> context =
+      MyContext(database, settings, executor, active_client_backends, interrupted, runner);
+  if (!context.ok()) return context.status();
+  absl::StatusOr<Owner*> owner = MyOwner();
+  State& s = S();
   ExecutorOptions options;
   options.max_pool_size = std::max(executor.max_pool_size, 1);
   options.max_cached_per_node = std::max(executor.max_cached_per_node, 0);
@@ -430,9 +464,7 @@ absl::StatusOr<AdaptiveExecutor*> MyExecutor(uint32_t database, const Settings& 
   // run_tasks returns a task's single value or its command tag, and how many
   // rows it returned: one row is all it keeps, however many arrive.
   options.max_rows_kept = 1;
-  options.slot_wait_timeout = settings.connection_wait_timeout_ms < 0
-                                  ? absl::Hours(24 * 365)
-                                  : absl::Milliseconds(settings.connection_wait_timeout_ms);
+  options.slot_wait_timeout = WaitTimeout(settings);
   if (!s.executor) s.executor = std::make_unique<AdaptiveExecutor>(**owner, *s.context, options);
   s.executor->set_options(options);
   return s.executor.get();
@@ -452,6 +484,12 @@ void ForgetResults() {
 }
 
 }  // namespace
+
+absl::StatusOr<Owner*> ProcessOwner() { return MyOwner(); }
+PoolLimits PoolLimitsOf(const Settings& settings) { return LimitsOf(settings); }
+FullTablePolicy FullTablePolicyOf(const Settings& settings) {
+  return OptionsOf(settings).when_full;
+}
 
 size_t RequiredBytes(uint32_t capacity, uint32_t max_owners) {
   try {
@@ -722,20 +760,31 @@ void EndTransaction() {
 
 Outcome RunTasks(const TaskSpec* tasks, int count, uint32_t database, const Settings& settings,
                  const ExecutorSettings& executor, int active_client_backends,
-                 bool (*interrupted)(), LocalRunner runner, const TaskRow** rows) {
+                 bool (*interrupted)(), LocalRunner runner, const ChannelOps* channel,
+                 const TaskRow** rows) {
   return Guard([&] {
     *rows = nullptr;
     ForgetResults();
     if (!TableReady()) return NotReady();
-    absl::StatusOr<AdaptiveExecutor*> ex =
-        MyExecutor(database, settings, executor, active_client_backends, interrupted, runner);
-    if (!ex.ok()) return FromStatus(ex.status(), kConfigurationLimitExceeded);
     std::vector<Task> list;
     list.reserve(count);
     for (int i = 0; i < count; ++i) {
       list.push_back({{tasks[i].host, tasks[i].port}, tasks[i].sql, true});
     }
-    absl::StatusOr<ExecutionResult> result = (*ex)->Execute(std::move(list));
+    absl::StatusOr<ExecutionResult> result;
+    if (channel != nullptr) {
+      absl::StatusOr<PgExecutionContext*> context =
+          MyContext(database, settings, executor, active_client_backends, interrupted, runner);
+      if (!context.ok()) return FromStatus(context.status(), kConfigurationLimitExceeded);
+      // run_tasks keeps one row per task, as with the direct transport.
+      PoolChannel pool(**context, *channel, /*max_rows_kept=*/1, WaitTimeout(settings));
+      result = pool.Execute(std::move(list));
+    } else {
+      absl::StatusOr<AdaptiveExecutor*> ex =
+          MyExecutor(database, settings, executor, active_client_backends, interrupted, runner);
+      if (!ex.ok()) return FromStatus(ex.status(), kConfigurationLimitExceeded);
+      result = (*ex)->Execute(std::move(list));
+    }
     if (absl::IsCancelled(result.status())) return Interrupted();
     if (!result.ok()) return FromStatus(result.status());
     State& s = S();

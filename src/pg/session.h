@@ -18,6 +18,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "pg/channel_ops.h"
+
 namespace connthrottle::pg {
 
 // What a call came to. sqlstate is a PostgreSQL SQLSTATE packed as by
@@ -212,13 +214,16 @@ struct TaskRow {
   int64_t run_us;
 };
 
-// Runs `tasks` with this backend's adaptive executor. Rows are valid until
-// the next call into the session. Returns with interrupted set when the
-// execution was cancelled (every remote query cancelled, every slot given
-// back); the glue then raises the pending interrupt.
+// Runs `tasks` with this backend's adaptive executor, or through the
+// communicator's shared pool when `channel` is given (this backend's slot).
+// Rows are valid until the next call into the session. Returns with
+// interrupted set when the execution was cancelled (every remote query
+// cancelled or withdrawn, every slot given back); the glue then raises the
+// pending interrupt.
 Outcome RunTasks(const TaskSpec* tasks, int count, uint32_t database, const Settings& settings,
                  const ExecutorSettings& executor, int active_client_backends,
-                 bool (*interrupted)(), LocalRunner runner, const TaskRow** rows);
+                 bool (*interrupted)(), LocalRunner runner, const ChannelOps* channel,
+                 const TaskRow** rows);
 
 struct DistributeRow {
   const char* host;

@@ -1,0 +1,115 @@
+#include "pg/pool_channel.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "pg/pool_message.h"
+
+namespace connthrottle::pg {
+namespace {
+
+absl::Status WithSqlstate(absl::Status status, const std::string& sqlstate) {
+  if (sqlstate.size() == 5) status.SetPayload(kSqlstatePayload, absl::Cord(sqlstate));
+  return status;
+}
+
+absl::Status Lost(ChannelState state) {
+  switch (state) {
+    case ChannelState::kTerminated:
+      return WithSqlstate(absl::UnavailableError("the connthrottle communicator was terminated "
+                                                 "while it ran this execution's tasks"),
+                          "57P01");  // admin_shutdown
+    case ChannelState::kNotRunning:
+      return WithSqlstate(absl::UnavailableError("the connthrottle communicator is not running"),
+                          "08006");
+    default:
+      return WithSqlstate(absl::UnavailableError("the connthrottle communicator restarted "
+                                                 "while it ran this execution's tasks"),
+                          "08006");  // connection_failure
+  }
+}
+
+}  // namespace
+
+PoolChannel::PoolChannel(ExecutionContext& context, ChannelOps ops, int64_t max_rows_kept,
+                         absl::Duration claim_timeout)
+    : context_(context), ops_(ops), max_rows_kept_(max_rows_kept), claim_timeout_(claim_timeout) {}
+
+absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
+  if (tasks.empty()) return ExecutionResult{};
+  SharedPool::Submission request;
+  request.database_id = context_.DatabaseId();
+  request.max_rows_kept = max_rows_kept_;
+  for (const Task& task : tasks) {
+    request.params.push_back(context_.ParamsFor(task.node));
+    request.local.push_back(context_.IsLocal(task.node));
+  }
+  request.tasks = tasks;
+
+  // The slot: free unless the communicator still drops a cancelled request,
+  // or is restarting (it starts again within a second).
+  const absl::Time claim_deadline = absl::Now() + claim_timeout_;
+  while (true) {
+    ChannelState state = ops_.claim();
+    if (state == ChannelState::kReady) break;
+    if (context_.Interrupted()) return absl::CancelledError("the execution was cancelled");
+    if (absl::Now() >= claim_deadline) {
+      return state == ChannelState::kNotRunning
+                 ? Lost(state)
+                 : WithSqlstate(absl::UnavailableError(
+                                    "the connthrottle communicator did not take this session's "
+                                    "request in time"),
+                                "08006");
+    }
+  }
+  size_t capacity = 0;
+  char* area = ops_.area(&capacity);
+  absl::StatusOr<size_t> size = EncodeRequest(request, area, capacity);
+  if (!size.ok()) {
+    return WithSqlstate(
+        absl::ResourceExhaustedError(
+            absl::StrCat(size.status().message(), ", more than connthrottle.pool_message_bytes")),
+        "54000");
+  }
+  const absl::Time submitted = absl::Now();
+  ops_.submit(*size);
+
+  size_t response_size = 0;
+  while (true) {
+    ChannelState state = ops_.await(&response_size);
+    if (state == ChannelState::kReady) break;
+    if (state != ChannelState::kPending) return Lost(state);
+    if (context_.Interrupted()) {
+      ops_.cancel();
+      return absl::CancelledError("the execution was cancelled");
+    }
+  }
+  absl::StatusOr<PoolResponse> response = DecodeResponse(area, response_size);
+  if (!response.ok()) return response.status();
+  if (!response->status.ok()) return WithSqlstate(response->status, response->sqlstate);
+  if (response->tasks.size() != tasks.size()) {
+    return absl::DataLossError("connthrottle: the communicator answered for other tasks");
+  }
+  ExecutionResult out;
+  out.tasks = std::move(response->tasks);
+  out.stats.tasks_retried = response->tasks_retried;
+  // Local failover: tasks the local node's pool could not connect for.
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    if (!response->run_locally[t]) continue;
+    const absl::Time began = absl::Now();
+    TaskResult r = context_.RunLocally(tasks[t]);
+    r.node = tasks[t].node;
+    r.ran_locally = true;
+    r.queued = began - submitted;
+    r.run = absl::Now() - began;
+    out.tasks[t] = std::move(r);
+    ++out.stats.tasks_run_locally;
+  }
+  return out;
+}
+
+}  // namespace connthrottle::pg

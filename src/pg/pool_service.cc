@@ -1,0 +1,280 @@
+#include "pg/pool_service.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "connthrottle/shared_pool.h"
+#include "pg/pool_message.h"
+#include "pg/process_owner.h"
+
+namespace connthrottle::pg {
+namespace {
+
+constexpr char kSetting[] = "connthrottle.pool_message_bytes";
+
+struct Request {
+  SharedPool::Ticket ticket;
+  std::vector<bool> run_locally;  // tasks handed back so far
+};
+
+// The communicator's state. Main thread only, except where marked.
+struct Service {
+  // Read by the pool's thread (the limit function): guarded.
+  std::mutex settings_mu;
+  PoolServiceSettings settings;
+  std::string local_node;  // settings.settings.local_node points here
+
+  // Written by the pool's thread (on_change), taken by the main thread.
+  std::mutex progressed_mu;
+  std::vector<int> progressed;
+  void (*notify)() = nullptr;
+
+  std::unique_ptr<SharedPool> pool;
+  absl::flat_hash_map<int, Request> requests;  // by session slot
+};
+
+Service& Svc() {
+  static Service* service = new Service();
+  return *service;
+}
+
+SharedPoolOptions OptionsFrom(const PoolServiceSettings& s) {
+  SharedPoolOptions o;
+  // The limit caps every pool; this only guards against a runaway.
+  o.max_pool_size = 10000;
+  o.idle_timeout = absl::Milliseconds(std::max(s.pool_idle_timeout_ms, 0));
+  o.connect_timeout = absl::Milliseconds(std::max(s.node_connection_timeout_ms, 10));
+  o.slow_start_interval = absl::Milliseconds(std::max(s.slow_start_interval_ms, 1));
+  o.slot_wait_timeout = s.settings.connection_wait_timeout_ms < 0
+                            ? absl::Hours(24 * 365)
+                            : absl::Milliseconds(s.settings.connection_wait_timeout_ms);
+  o.when_table_full = FullTablePolicyOf(s.settings);
+  return o;
+}
+
+void SetSettings(Service& svc, const PoolServiceSettings& settings) {
+  std::lock_guard<std::mutex> lock(svc.settings_mu);
+  svc.settings = settings;
+  svc.local_node = settings.settings.local_node != nullptr ? settings.settings.local_node : "";
+  svc.settings.settings.local_node = svc.local_node.c_str();
+}
+
+template <typename Body>
+auto Quietly(Body body, decltype(body()) otherwise) noexcept -> decltype(body()) {
+  try {
+    return body();
+  } catch (...) {
+    return otherwise;
+  }
+}
+
+// Starts the pool on first use. Its thread must never run a PostgreSQL
+// signal handler: it starts with every signal blocked.
+absl::Status EnsurePool(Service& svc) {
+  if (svc.pool) return absl::OkStatus();
+  absl::StatusOr<Owner*> owner = ProcessOwner();
+  if (!owner.ok()) return owner.status();
+  PoolServiceSettings settings;
+  {
+    std::lock_guard<std::mutex> lock(svc.settings_mu);
+    settings = svc.settings;
+  }
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
+  absl::Cleanup restore = [&] { pthread_sigmask(SIG_SETMASK, &before, nullptr); };
+  svc.pool = std::make_unique<SharedPool>(
+      **owner,
+      [&svc](const NodeAddress&, bool local) {
+        std::lock_guard<std::mutex> lock(svc.settings_mu);
+        PoolLimits limits = PoolLimitsOf(svc.settings.settings);
+        return local ? Limit::ForLocal(limits, svc.settings.active_client_backends)
+                     : Limit::ForRemote(limits);
+      },
+      OptionsFrom(settings));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void StartPoolService(const PoolServiceSettings& settings, void (*notify)()) noexcept {
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        SetSettings(svc, settings);
+        svc.notify = notify;
+        return 0;
+      },
+      0);
+}
+
+void UpdatePoolService(const PoolServiceSettings& settings) noexcept {
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        SetSettings(svc, settings);
+        if (svc.pool) svc.pool->set_idle_timeout(OptionsFrom(settings).idle_timeout);
+        return 0;
+      },
+      0);
+}
+
+void SubmitToPool(int slot, char* area, size_t size, size_t capacity, bool* answered,
+                  size_t* response_size) noexcept {
+  *answered = false;
+  *response_size = 0;
+  const bool ok = Quietly(
+      [&] {
+        Service& svc = Svc();
+        absl::StatusOr<SharedPool::Submission> request = DecodeRequest(area, size);
+        absl::Status pool = request.ok() ? EnsurePool(svc) : absl::OkStatus();
+        if (!request.ok() || !pool.ok() || request->tasks.empty()) {
+          PoolResponse r;
+          r.status = !request.ok() ? request.status() : pool;
+          r.sqlstate = !request.ok() ? "XX001" : pool.ok() ? "" : "55000";
+          *response_size = EncodeResponse(r, area, capacity, kSetting);
+          *answered = true;
+          return true;
+        }
+        const int n = static_cast<int>(request->tasks.size());
+        Request& entry = svc.requests[slot];
+        entry.run_locally.assign(n, false);
+        entry.ticket = svc.pool->Submit(*std::move(request), [&svc, slot] {
+          {
+            std::lock_guard<std::mutex> lock(svc.progressed_mu);
+            svc.progressed.push_back(slot);
+          }
+          svc.notify();
+        });
+        return true;
+      },
+      false);
+  if (!ok) {
+    *response_size =
+        WriteErrorResponse(area, capacity, static_cast<int>(absl::StatusCode::kInternal), "XX000",
+                           "connthrottle: the communicator ran out of memory");
+    *answered = true;
+  }
+}
+
+void CancelInPool(int slot) noexcept {
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        auto it = svc.requests.find(slot);
+        if (it == svc.requests.end()) return 0;
+        if (svc.pool) svc.pool->Cancel(it->second.ticket);
+        svc.requests.erase(it);
+        return 0;
+      },
+      0);
+}
+
+int TakeProgressed(int* slots, int max) noexcept {
+  return Quietly(
+      [&] {
+        Service& svc = Svc();
+        std::lock_guard<std::mutex> lock(svc.progressed_mu);
+        // Duplicates are harmless (AnswerIfDone looks again); keep what
+        // does not fit for the next call.
+        const int n = std::min(max, static_cast<int>(svc.progressed.size()));
+        std::copy(svc.progressed.begin(), svc.progressed.begin() + n, slots);
+        svc.progressed.erase(svc.progressed.begin(), svc.progressed.begin() + n);
+        return n;
+      },
+      0);
+}
+
+bool AnswerIfDone(int slot, char* area, size_t capacity, size_t* response_size) noexcept {
+  return Quietly(
+      [&] {
+        Service& svc = Svc();
+        auto it = svc.requests.find(slot);
+        if (it == svc.requests.end() || !svc.pool) return false;
+        Request& req = it->second;
+        SharedPool::Progress p = svc.pool->Poll(req.ticket);
+        for (int t : p.handed_back) req.run_locally[t] = true;
+        if (!p.settled) return false;
+        PoolResponse r;
+        if (p.pool_gone) {
+          r.status = absl::UnavailableError("connthrottle: the communicator's pool shut down");
+          r.sqlstate = "08006";
+        } else {
+          ExecutionResult result = svc.pool->TakeResults(req.ticket);
+          r.tasks = std::move(result.tasks);
+          r.tasks_retried = result.stats.tasks_retried;
+          r.run_locally = std::move(req.run_locally);
+        }
+        *response_size = EncodeResponse(r, area, capacity, kSetting);
+        svc.requests.erase(it);
+        return true;
+      },
+      false);
+}
+
+size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sqlstate,
+                          const char* message) noexcept {
+  return Quietly(
+      [&] {
+        PoolResponse r;
+        r.status = absl::Status(static_cast<absl::StatusCode>(code), message);
+        r.sqlstate = sqlstate;
+        return EncodeResponse(r, area, capacity, kSetting);
+      },
+      size_t{0});
+}
+
+PoolServiceStats PoolStats() noexcept {
+  PoolServiceStats out{};
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        if (!svc.pool) return 0;
+        const SharedPoolStats s = svc.pool->stats();
+        out = {s.connections_started,
+               s.connections_opened,
+               s.connections_failed,
+               s.closed_idle,
+               s.closed_dead,
+               s.closed_in_transaction,
+               s.closed_for_waiters,
+               s.closed_over_limit,
+               s.optional_refused,
+               s.tasks_run,
+               s.tasks_retried,
+               s.tasks_cancelled,
+               s.tasks_handed_back,
+               0,
+               0};
+        for (const auto& [node, n] : svc.pool->Connections()) out.connections_now += n;
+        for (const auto& [node, n] : svc.pool->Queued()) out.tasks_queued_now += n;
+        return 0;
+      },
+      0);
+  return out;
+}
+
+void StopPoolService() noexcept {
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        svc.requests.clear();
+        svc.pool.reset();
+        return 0;
+      },
+      0);
+}
+
+}  // namespace connthrottle::pg

@@ -1,0 +1,461 @@
+// The shared pool through SQL: run_tasks with connthrottle.executor_transport
+// = 'shared_pool' on a real cluster (a coordinator with connthrottle
+// preloaded, so its communicator background worker runs, and two plain
+// workers, all on 127.0.0.1).
+//
+// Covers the same results as the direct transport; many sessions sharing a
+// pool smaller than they are; cancel, statement_timeout and a terminated
+// session; a worker backend killed mid-task; a restarted worker; local
+// failover; and the communicator terminated (57P01) and killed (the
+// postmaster restarts the server). Every case ends with the counters exact —
+// what connthrottle.nodes counts for each worker equals the pooled
+// connections the communicator reports and the coordinator backends the
+// worker itself shows — and a clean connthrottle.audit(). Synchronisation is
+// by polling SQL state with deadlines; no assertion is on a duration.
+
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "cluster/local_server.h"
+#include "cluster/pg_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/pg_test_support.h"
+#include "tests/testing/run_tasks.h"
+
+namespace connthrottle::cluster {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+constexpr char kCoordinatorConnections[] =
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle'";
+
+int ToInt(const std::optional<std::string>& v) { return v.has_value() ? std::stoi(*v) : 0; }
+
+class PgPoolTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::string> root = MakeServerRoot("connthrottle-pgpool");
+    if (!root.ok()) {
+      *startup_error_ = root.status().ToString();
+      return;
+    }
+    *root_ = *root;
+    ServerConfig coordinator;
+    coordinator.name = "coordinator";
+    coordinator.max_connections = 50;
+    coordinator.preload_connthrottle = true;
+    coordinator.settings = {{"connthrottle.executor_transport", "'shared_pool'"}};
+    absl::StatusOr<std::unique_ptr<LocalServer>> c = LocalServer::Start(*root_, coordinator);
+    if (!c.ok()) {
+      *startup_error_ = c.status().ToString();
+      return;
+    }
+    for (int i = 0; i < 2; ++i) {
+      ServerConfig worker;
+      worker.name = absl::StrCat("worker", i + 1);
+      worker.max_connections = 30;
+      absl::StatusOr<std::unique_ptr<LocalServer>> w = LocalServer::Start(*root_, worker);
+      if (!w.ok()) {
+        *startup_error_ = w.status().ToString();
+        return;
+      }
+      workers_[i] = w->release();
+    }
+    for (const std::string& sql :
+         {std::string("CREATE EXTENSION connthrottle"),
+          absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", workers_[0]->port(), ")"),
+          absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", workers_[1]->port(), ")")}) {
+      absl::StatusOr<QueryResult> r = (*c)->Query(sql);
+      if (!r.ok()) {
+        *startup_error_ = r.status().ToString();
+        return;
+      }
+    }
+    coordinator_ = c->release();
+  }
+
+  static void TearDownTestSuite() {
+    delete coordinator_;
+    coordinator_ = nullptr;
+    for (LocalServer*& w : workers_) {
+      delete w;
+      w = nullptr;
+    }
+    if (!root_->empty()) RemoveTree(*root_);
+  }
+
+  void SetUp() override {
+    ASSERT_NE(coordinator_, nullptr) << "cluster did not start: " << *startup_error_;
+    ASSERT_TRUE(PollUntil([&] { return (obs_ = Connect()) != nullptr; }))
+        << "the coordinator does not accept connections";
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<std::unique_ptr<PgClient>> w = workers_[i]->Connect();
+      ASSERT_TRUE(w.ok()) << w.status();
+      wobs_[i] = *std::move(w);
+    }
+    ASSERT_TRUE(PollUntil([&] { return CommunicatorPid() != 0; })) << "no communicator runs";
+  }
+
+  // Every case ends with the counters exact and a clean audit.
+  void TearDown() override {
+    if (obs_ == nullptr) return;
+    for (const std::string& name : changed_settings_) {
+      EXPECT_TRUE(obs_->Exec(absl::StrCat("ALTER SYSTEM RESET ", name)).ok());
+    }
+    if (!changed_settings_.empty()) {
+      EXPECT_TRUE(obs_->Exec("SELECT pg_reload_conf()").ok());
+    }
+    ExpectCountersExact();
+    absl::Status audit = obs_->Exec("SELECT connthrottle.audit()");
+    EXPECT_TRUE(audit.ok()) << audit;
+  }
+
+  // What the table counts per worker, what the communicator says it holds,
+  // and what the workers see agree (polled: each publishes its figures on
+  // its own schedule).
+  void ExpectCountersExact() {
+    std::string last;
+    const bool exact = PollUntil([&] {
+      const int table0 = TableConnections(0), table1 = TableConnections(1);
+      const int seen0 = CoordinatorConnectionsOn(0), seen1 = CoordinatorConnectionsOn(1);
+      const int pool = ToInt(PoolStat("connections"));
+      last = absl::StrCat("table ", table0, "+", table1, ", workers see ", seen0, "+", seen1,
+                          ", communicator holds ", pool);
+      return table0 == seen0 && table1 == seen1 && table0 + table1 == pool;
+    });
+    EXPECT_TRUE(exact) << last << "; nodes: " << Rows(*obs_, kNodes);
+  }
+
+  static std::unique_ptr<PgClient> Connect() {
+    absl::StatusOr<std::unique_ptr<PgClient>> c = coordinator_->Connect();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  void SetSetting(const std::string& name, const std::string& value) {
+    changed_settings_.push_back(name);
+    ASSERT_TRUE(obs_->Exec(absl::StrCat("ALTER SYSTEM SET ", name, " = '", value, "'")).ok());
+    ASSERT_TRUE(obs_->Exec("SELECT pg_reload_conf()").ok());
+    ASSERT_TRUE(PollUntil([&] {
+      std::unique_ptr<PgClient> fresh = Connect();
+      return fresh != nullptr && Value(*fresh, absl::StrCat("SHOW ", name)) == value;
+    }));
+  }
+
+  static std::string Value(PgClient& c, const std::string& sql) {
+    absl::StatusOr<QueryResult> r = c.Query(sql);
+    return r.ok() ? r->Value() : r.status().ToString();
+  }
+
+  static std::string Rows(PgClient& c, const std::string& sql) {
+    absl::StatusOr<QueryResult> r = c.Query(sql);
+    if (!r.ok()) return r.status().ToString();
+    std::vector<std::string> rows;
+    for (const auto& row : r->rows) {
+      std::vector<std::string> cells;
+      for (const auto& cell : row) cells.push_back(cell.value_or("NULL"));
+      rows.push_back(absl::StrCat("(", absl::StrJoin(cells, ","), ")"));
+    }
+    return rows.empty() ? "none" : absl::StrJoin(rows, " ");
+  }
+
+  std::optional<std::string> PoolStat(const std::string& column) {
+    absl::StatusOr<QueryResult> r =
+        obs_->Query(absl::StrCat("SELECT ", column, " FROM connthrottle.pool_stats()"));
+    return r.ok() && !r->rows.empty() ? r->rows[0][0] : std::nullopt;
+  }
+  int CommunicatorPid() { return ToInt(PoolStat("pid")); }
+
+  int TableConnections(int i) {
+    return ToInt(obs_->Query(absl::StrCat("SELECT coalesce(sum(connections), 0) FROM "
+                                          "connthrottle.nodes WHERE port = ",
+                                          Port(i)))
+                     ->rows[0][0]);
+  }
+  int CoordinatorConnectionsOn(int i, const std::string& extra = "") {
+    absl::StatusOr<QueryResult> r = wobs_[i]->Query(absl::StrCat(kCoordinatorConnections, extra));
+    return r.ok() ? std::stoi(r->Value()) : -1;
+  }
+  // Backends on worker i running `query_part` for the coordinator.
+  int Running(int i, const std::string& query_part) {
+    return CoordinatorConnectionsOn(
+        i, absl::StrCat(" AND state = 'active' AND query LIKE '%", query_part, "%'"));
+  }
+
+  static int Port(int i) { return workers_[i]->port(); }
+  static TaskSpec On(int i, std::string sql) { return {"127.0.0.1", Port(i), std::move(sql)}; }
+
+  static constexpr char kNodes[] =
+      "SELECT host, port, connections, forced, reserved, waiters FROM connthrottle.nodes "
+      "ORDER BY host, port";
+
+  static inline LocalServer* coordinator_ = nullptr;
+  static inline LocalServer* workers_[2] = {nullptr, nullptr};
+  static inline std::string* root_ = new std::string;
+  static inline std::string* startup_error_ = new std::string;
+
+  std::unique_ptr<PgClient> obs_;
+  std::unique_ptr<PgClient> wobs_[2];
+  std::vector<std::string> changed_settings_;
+};
+
+// ---------------------------------------------------------------------------
+
+TEST_F(PgPoolTest, GivesTheSameRowsAsTheDirectTransport) {
+  const std::vector<TaskSpec> tasks = {
+      On(0, "SELECT 41 + 1"),
+      On(1, "SELECT NULL::text"),
+      On(0, "SELECT g FROM generate_series(1, 5) g"),
+      On(1, "SELECT 1/0"),
+      On(0, "CREATE TEMP TABLE t_pool (a int)"),
+      On(1, "SELECT repeat('x', 5000)"),
+  };
+  std::unique_ptr<PgClient> session = Connect();
+  ASSERT_NE(session, nullptr);
+  ASSERT_EQ(Value(*session, "SHOW connthrottle.executor_transport"), "shared_pool");
+  absl::StatusOr<std::vector<TaskRow>> pooled = RunTasks(*session, tasks);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  ASSERT_TRUE(session->Exec("SET connthrottle.executor_transport = direct").ok());
+  absl::StatusOr<std::vector<TaskRow>> direct = RunTasks(*session, tasks);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  ASSERT_EQ(pooled->size(), tasks.size());
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    SCOPED_TRACE(tasks[t].sql);
+    const TaskRow& p = (*pooled)[t];
+    const TaskRow& d = (*direct)[t];
+    EXPECT_EQ(p.success, d.success);
+    EXPECT_EQ(p.result, d.result);
+    EXPECT_EQ(p.sqlstate, d.sqlstate);
+    EXPECT_EQ(p.error.has_value(), d.error.has_value()) << p << " vs " << d;
+  }
+  EXPECT_EQ((*pooled)[0].result, "42");
+  EXPECT_EQ((*pooled)[1].result, std::nullopt);
+  EXPECT_EQ((*pooled)[2].result, "SELECT 5");
+  EXPECT_EQ((*pooled)[3].sqlstate, "22012");
+  EXPECT_EQ((*pooled)[5].result, std::string(5000, 'x'));
+  // The direct transport's cached connections go with the session.
+  session.reset();
+  ASSERT_TRUE(PollUntil([&] { return CoordinatorConnectionsOn(0) == TableConnections(0); }));
+}
+
+TEST_F(PgPoolTest, ManySessionsShareAPoolSmallerThanThemWithinTheLimit) {
+  ASSERT_NO_FATAL_FAILURE(SetSetting("connthrottle.max_shared_pool_size", "2"));
+  // Connections pooled under the old limit are closed down to the new one.
+  ASSERT_TRUE(PollUntil([&] {
+    return CoordinatorConnectionsOn(0) <= 2 && CoordinatorConnectionsOn(1) <= 2;
+  })) << "the pool kept more connections than the lowered limit";
+  const int64_t started_before = ToInt(PoolStat("connections_started"));
+  const int64_t run_before = ToInt(PoolStat("tasks_run"));
+  constexpr int kSessions = 12, kExecutions = 15;
+  std::atomic<int> failures{0}, peak0{0}, peak1{0};
+  std::atomic<bool> stop{false};
+  // The workers' own count of coordinator backends, sampled throughout.
+  std::thread watcher([&] {
+    std::unique_ptr<PgClient> w0 = *workers_[0]->Connect(), w1 = *workers_[1]->Connect();
+    while (!stop.load()) {
+      peak0 = std::max(peak0.load(), std::stoi(Value(*w0, kCoordinatorConnections)));
+      peak1 = std::max(peak1.load(), std::stoi(Value(*w1, kCoordinatorConnections)));
+    }
+  });
+  std::vector<std::thread> sessions;
+  std::vector<std::string> errors(kSessions);
+  for (int s = 0; s < kSessions; ++s) {
+    sessions.emplace_back([&, s] {
+      std::unique_ptr<PgClient> c = Connect();
+      if (c == nullptr) {
+        ++failures;
+        return;
+      }
+      for (int e = 0; e < kExecutions; ++e) {
+        absl::StatusOr<std::vector<TaskRow>> rows =
+            RunTasks(*c, {On(0, "SELECT pg_sleep(0.002)"), On(1, "SELECT pg_sleep(0.002)"),
+                          On(0, absl::StrCat("SELECT ", s)), On(1, absl::StrCat("SELECT ", e))});
+        bool ok = rows.ok() && rows->size() == 4;
+        for (size_t t = 0; ok && t < rows->size(); ++t) ok = (*rows)[t].success;
+        if (ok)
+          ok = (*rows)[2].result == std::to_string(s) && (*rows)[3].result == std::to_string(e);
+        if (!ok) {
+          ++failures;
+          errors[s] = rows.ok() ? "a task failed or gave a wrong value" : rows.status().ToString();
+        }
+      }
+    });
+  }
+  for (auto& t : sessions) t.join();
+  stop = true;
+  watcher.join();
+  EXPECT_EQ(failures.load(), 0) << absl::StrJoin(errors, "; ");
+  EXPECT_LE(peak0.load(), 2);
+  EXPECT_LE(peak1.load(), 2);
+  // Connections live across sessions: the whole run cost each worker at most
+  // its limit of backends, however many sessions came and went.
+  ASSERT_TRUE(PollUntil(
+      [&] { return ToInt(PoolStat("tasks_run")) - run_before >= kSessions * kExecutions * 4; }));
+  EXPECT_LE(ToInt(PoolStat("connections_started")) - started_before, 4);
+  Report("worker backends started by the pool for 720 tasks",
+         std::to_string(ToInt(PoolStat("connections_started")) - started_before));
+}
+
+TEST_F(PgPoolTest, CancelAndStatementTimeoutWithdrawTheTasksAndKeepTheConnections) {
+  std::unique_ptr<PgClient> session = Connect();
+  ASSERT_NE(session, nullptr);
+  // Warm: one connection to worker 1 in the pool.
+  ASSERT_TRUE(RunTasks(*session, {On(0, "SELECT 1")}).ok());
+  const std::string closed_before =
+      Rows(*obs_, "SELECT closed_dead, closed_in_transaction FROM connthrottle.pool_stats()");
+  {
+    AsyncQuery q(*session,
+                 absl::StrCat("SELECT * FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
+                              Port(0), "], ARRAY['SELECT pg_sleep(60)'])"));
+    ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(60)") == 1; }));
+    ASSERT_TRUE(session->Cancel().ok());
+    ASSERT_TRUE(q.WaitDone(60s));
+    EXPECT_EQ(SqlState(q.result().status()), "57014") << q.result().status();
+  }
+  // The worker's query was cancelled too, and its connection stays pooled.
+  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(60)") == 0; }));
+  ASSERT_TRUE(session->Exec("SET statement_timeout = '300ms'").ok());
+  absl::StatusOr<std::vector<TaskRow>> slow = RunTasks(*session, {On(0, "SELECT pg_sleep(60)")});
+  EXPECT_EQ(SqlState(slow.status()), "57014") << slow.status();
+  EXPECT_THAT(std::string(slow.status().message()), HasSubstr("statement timeout"));
+  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(60)") == 0; }));
+  ASSERT_TRUE(session->Exec("RESET statement_timeout").ok());
+  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(0, "SELECT 7")});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*after)[0].result, "7");
+  EXPECT_EQ(Rows(*obs_, "SELECT closed_dead, closed_in_transaction FROM connthrottle.pool_stats()"),
+            closed_before)
+      << "a cancelled task's connection was closed instead of drained";
+}
+
+TEST_F(PgPoolTest, ATerminatedSessionsTasksAreCancelled) {
+  std::unique_ptr<PgClient> session = Connect();
+  ASSERT_NE(session, nullptr);
+  const int pid = session->BackendPid();
+  AsyncQuery q(*session, absl::StrCat("SELECT * FROM connthrottle.run_tasks(ARRAY['127.0.0.1', "
+                                      "'127.0.0.1'], ARRAY[",
+                                      Port(0), ", ", Port(1),
+                                      "], ARRAY['SELECT pg_sleep(61)', 'SELECT pg_sleep(61)'])"));
+  ASSERT_TRUE(
+      PollUntil([&] { return Running(0, "pg_sleep(61)") + Running(1, "pg_sleep(61)") == 2; }));
+  ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_terminate_backend(", pid, ")")), "t");
+  ASSERT_TRUE(q.WaitDone(60s));
+  EXPECT_FALSE(q.result().ok());
+  EXPECT_TRUE(PollUntil([&] {
+    return Running(0, "pg_sleep(61)") + Running(1, "pg_sleep(61)") == 0;
+  })) << "the dead session's tasks still run on the workers";
+}
+
+TEST_F(PgPoolTest, AWorkerBackendKilledMidTaskFailsTheTaskWith08006) {
+  std::unique_ptr<PgClient> session = Connect();
+  ASSERT_NE(session, nullptr);
+  AsyncQuery q(*session, absl::StrCat("SELECT success, sqlstate FROM connthrottle.run_tasks("
+                                      "ARRAY['127.0.0.1'], ARRAY[",
+                                      Port(0), "], ARRAY['SELECT pg_sleep(62)'])"));
+  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(62)") == 1; }));
+  ASSERT_TRUE(wobs_[0]
+                  ->Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                         "application_name = 'connthrottle' AND query LIKE '%pg_sleep(62)%'")
+                  .ok());
+  ASSERT_TRUE(q.WaitDone(60s));
+  ASSERT_TRUE(q.result().ok()) << q.result().status();
+  EXPECT_EQ(q.result()->rows[0][0], "f");
+  EXPECT_EQ(q.result()->rows[0][1], "08006");
+  // The pool replaces the connection.
+  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(0, "SELECT 8")});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*after)[0].result, "8");
+}
+
+TEST_F(PgPoolTest, ARestartedWorkersPooledConnectionsAreReplaced) {
+  std::unique_ptr<PgClient> session = Connect();
+  ASSERT_NE(session, nullptr);
+  ASSERT_TRUE(RunTasks(*session, {On(1, "SELECT 1")}).ok());
+  ASSERT_GE(CoordinatorConnectionsOn(1), 1);
+  wobs_[1].reset();
+  ASSERT_TRUE(workers_[1]->Stop().ok());
+  ASSERT_TRUE(workers_[1]->StartAgain().ok());
+  absl::StatusOr<std::unique_ptr<PgClient>> w = workers_[1]->Connect();
+  ASSERT_TRUE(w.ok()) << w.status();
+  wobs_[1] = *std::move(w);
+  // The pooled connection is dead; the task had not been sent, so it runs
+  // on a new one.
+  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(1, "SELECT 9")});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE((*after)[0].success) << (*after)[0];
+  EXPECT_EQ((*after)[0].result, "9");
+}
+
+TEST_F(PgPoolTest, TheLocalNodeFailsOverToInProcessExecution) {
+  ASSERT_NO_FATAL_FAILURE(SetSetting("connthrottle.local_shared_pool_size", "-1"));
+  std::unique_ptr<PgClient> session = Connect();
+  ASSERT_NE(session, nullptr);
+  absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(
+      *session,
+      {{"127.0.0.1", coordinator_->port(), "SELECT current_setting('port')"}, On(0, "SELECT 10")});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_TRUE((*rows)[0].ran_locally) << (*rows)[0];
+  EXPECT_EQ((*rows)[0].result, std::to_string(coordinator_->port()));
+  EXPECT_FALSE((*rows)[1].ran_locally);
+  EXPECT_EQ((*rows)[1].result, "10");
+}
+
+TEST_F(PgPoolTest, ATerminatedCommunicatorAnswersWith57P01AndStartsAgain) {
+  std::unique_ptr<PgClient> session = Connect();
+  ASSERT_NE(session, nullptr);
+  const int communicator = CommunicatorPid();
+  AsyncQuery q(*session,
+               absl::StrCat("SELECT * FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
+                            Port(0), "], ARRAY['SELECT pg_sleep(63)'])"));
+  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(63)") == 1; }));
+  ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_terminate_backend(", communicator, ")")), "t");
+  ASSERT_TRUE(q.WaitDone(60s));
+  EXPECT_EQ(SqlState(q.result().status()), "57P01") << q.result().status();
+  EXPECT_THAT(std::string(q.result().status().message()), HasSubstr("communicator"));
+  // Its connections are closed and their slots given back; a new one starts.
+  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(63)") == 0; }));
+  ASSERT_TRUE(PollUntil([&] {
+    const int pid = CommunicatorPid();
+    return pid != 0 && pid != communicator;
+  }));
+  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(0, "SELECT 11")});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*after)[0].result, "11");
+}
+
+// Last: the server restarts.
+TEST_F(PgPoolTest, ZKilledCommunicatorRestartsTheServerWithNothingCounted) {
+  std::unique_ptr<PgClient> session = Connect();
+  ASSERT_NE(session, nullptr);
+  ASSERT_TRUE(RunTasks(*session, {On(0, "SELECT 1"), On(1, "SELECT 1")}).ok());
+  const int communicator = CommunicatorPid();
+  ASSERT_GT(communicator, 0);
+  ASSERT_EQ(kill(communicator, SIGKILL), 0);
+  // The postmaster ends every backend and re-initialises shared memory.
+  EXPECT_TRUE(PollUntil([&] { return !session->Exec("SELECT 1").ok(); }));
+  obs_.reset();
+  ASSERT_TRUE(PollUntil([&] { return (obs_ = Connect()) != nullptr && CommunicatorPid() != 0; }));
+  EXPECT_EQ(Rows(*obs_, kNodes), "none");
+  session = Connect();
+  ASSERT_NE(session, nullptr);
+  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(0, "SELECT 12")});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*after)[0].result, "12");
+}
+
+}  // namespace
+}  // namespace connthrottle::cluster
