@@ -2,8 +2,9 @@
 # The main job: on a fresh Debian 12 machine, as root, installs the packages,
 # builds connthrottle, installs the extension into PostgreSQL 15, and runs the
 # demo — connthrottle-stress with its own local cluster (a coordinator and two
-# workers), a mixed workload (fan-out, router and COPY) for 30 seconds, then
-# the same workload with throttling off, side by side. The report, the JSON,
+# workers), a mixed workload (fan-out, router and COPY) for 30 seconds
+# through the direct transport, then with throttling off, then throttled
+# through the shared pool (the communicator), side by side. The report, the JSON,
 # the connection time series and chart.png go to demo/.
 #
 #   ./scripts/demo.sh                 (as root; extra arguments go to the driver)
@@ -21,4 +22,5 @@ cmake --install "$ROOT/build" --component postgresql >/dev/null
 # reported, not judged: on a busy machine it says more about the machine than
 # about connthrottle. Pass --judge_timing=true to judge it too.
 exec "$ROOT/build/bench/stress/connthrottle-stress" --duration=30s --compare_unthrottled \
+  --compare_transports \
   --judge_timing=false --out="$ROOT/demo" "$@"

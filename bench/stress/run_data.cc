@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -212,6 +213,16 @@ std::string Ms(int64_t micros) { return absl::StrFormat("%.1f ms", micros / 1000
 
 }  // namespace
 
+// "throttled run", or the throttled runs by their labels.
+std::string ThrottledLabels(const std::vector<RunData>& runs) {
+  std::vector<std::string> labels;
+  for (const RunData& r : runs) {
+    if (r.label != "unthrottled") labels.push_back(r.label);
+  }
+  if (labels.size() == 1) return absl::StrCat(labels[0], " run");
+  return absl::StrCat("runs: ", absl::StrJoin(labels, "; "));
+}
+
 std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict) {
   std::vector<std::vector<std::string>> rows;
   rows.push_back({""});
@@ -229,6 +240,16 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
   row("latency p50", [](const RunData& r) { return Ms(r.latency.Percentile(50)); });
   row("latency p99", [](const RunData& r) { return Ms(r.latency.Percentile(99)); });
   row("latency max", [](const RunData& r) { return Ms(r.latency.Max()); });
+  std::set<std::string> kinds;
+  for (const RunData& r : runs) {
+    for (const auto& [kind, l] : r.latency_by_kind) kinds.insert(kind);
+  }
+  for (const std::string& kind : kinds) {
+    row(absl::StrCat("latency p50, ", kind), [&kind](const RunData& r) {
+      auto it = r.latency_by_kind.find(kind);
+      return it == r.latency_by_kind.end() ? std::string("-") : Ms(it->second.Percentile(50));
+    });
+  }
   row("\"too many clients\" errors",
       [](const RunData& r) { return absl::StrCat(r.too_many_clients_errors); });
   row("other errors", [](const RunData& r) { return absl::StrCat(r.other_errors); });
@@ -302,7 +323,7 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
   }
   absl::StrAppend(&out, "\n", verdict.passed ? "PASSED" : "FAILED", ": every invariant ",
                   verdict.passed ? "held" : "did not hold",
-                  runs.empty() ? "" : absl::StrCat(" (", runs[0].label, " run)"), "\n");
+                  " (", ThrottledLabels(runs), ")\n");
   for (const std::string& v : verdict.violations) absl::StrAppend(&out, "  - ", v, "\n");
   return out;
 }
@@ -357,12 +378,16 @@ std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict)
     }
     std::vector<std::string> clients;
     for (const ClientFigures& c : r.clients) clients.push_back(absl::StrCat(c.completed));
+    std::vector<std::string> kinds;
+    for (const auto& [kind, l] : r.latency_by_kind) {
+      kinds.push_back(absl::StrCat(JsonString(kind), ":", l.Percentile(50)));
+    }
     parts.push_back(absl::StrCat(
         "{\"label\":", JsonString(r.label), ",\"duration_s\":", absl::ToDoubleSeconds(r.duration),
         ",\"queries\":", r.queries, ",\"throughput_qps\":", s.throughput,
-        ",\"latency_us\":{\"p50\":", r.latency.Percentile(50),
-        ",\"p99\":", r.latency.Percentile(99), ",\"max\":", r.latency.Max(),
-        "},\"too_many_clients_errors\":", r.too_many_clients_errors,
+        ",\"latency_us\":{\"p50\":", r.latency.Percentile(50), ",\"p99\":",
+        r.latency.Percentile(99), ",\"max\":", r.latency.Max(), "},\"latency_p50_us_by_kind\":{",
+        absl::StrJoin(kinds, ","), "},\"too_many_clients_errors\":", r.too_many_clients_errors,
         ",\"other_errors\":", r.other_errors, ",\"hung\":", r.hung, ",\"workers\":[",
         absl::StrJoin(workers, ","), "],\"completed_per_client\":[", absl::StrJoin(clients, ","),
         "],\"errors\":{", JsonErrors(r.errors), "},\"jain_index\":", s.jain, ",\"waits\":", r.waits,

@@ -106,6 +106,7 @@ struct RunData {
   std::vector<ClientFigures> clients;
   std::vector<Sample> samples;
   LatencyRecorder latency;
+  std::map<std::string, LatencyRecorder> latency_by_kind;  // "fanout", "router", "copy"
   int64_t too_many_clients_errors = 0;  // SQLSTATE 53300 or "too many clients" anywhere
   int64_t other_errors = 0;
   int64_t hung = 0;     // operations past their deadline

@@ -279,6 +279,22 @@ TEST(JudgeTest, BackendsPerQueryIsReportedOnlyWhenEveryWorkerWasMeasured) {
               HasSubstr("\"worker_backends_per_query\":null"));
 }
 
+TEST(ReportTest, LatencyIsAlsoShownPerWorkloadKind) {
+  RunData pooled = CleanRun();
+  pooled.label = "throttled, shared_pool";
+  for (int i = 1; i <= 9; ++i) pooled.latency_by_kind["router"].Add(i * 1000);
+  pooled.latency_by_kind["fanout"].Add(40000);
+  RunData direct = CleanRun();
+  direct.latency_by_kind["router"].Add(70000);
+  const std::string text = TextReport({direct, pooled}, Judge(direct, kSettle, kStall));
+  EXPECT_THAT(text, HasSubstr("latency p50, router"));
+  EXPECT_THAT(text, HasSubstr("5.0 ms"));   // the pooled run's router median
+  EXPECT_THAT(text, HasSubstr("70.0 ms"));  // the direct run's
+  EXPECT_THAT(text, HasSubstr("latency p50, fanout"));
+  EXPECT_THAT(JsonReport({pooled}, Judge(pooled, kSettle, kStall)),
+              HasSubstr("\"latency_p50_us_by_kind\":{\"fanout\":40000,\"router\":5000}"));
+}
+
 TEST(ReportTest, TextShowsRunsSideBySideAndTheVerdict) {
   RunData throttled = CleanRun();
   RunData unthrottled = CleanRun();

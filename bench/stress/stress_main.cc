@@ -6,8 +6,11 @@
 // an unprivileged user), drives --clients concurrent clients for --duration,
 // samples every worker's own pg_stat_activity every --sample_interval, injects
 // the faults asked for, and judges the invariants of DESIGN.md. With
-// --compare_unthrottled it runs the same workload again with throttling off.
-// Exit status 0 only if every invariant held in the throttled run.
+// --compare_unthrottled it runs the same workload again with throttling off;
+// with --compare_transports again throttled, through the other transport
+// (direct: each session its own connections; shared_pool: the extension's
+// communicator). Exit status 0 only if every invariant held in every
+// throttled run.
 //
 // Modes:
 //   sql      clients are coordinator sessions running connthrottle.run_tasks
@@ -79,6 +82,10 @@ ABSL_FLAG(std::string, fanout_task, "scan",
 ABSL_FLAG(std::string, coordinator, "",
           "use this coordinator (host:port, with the extension) instead of starting a cluster");
 ABSL_FLAG(std::string, worker_nodes, "", "with --coordinator: the workers as host:port,host:port");
+ABSL_FLAG(std::string, transport, "direct",
+          "connthrottle.executor_transport of the throttled run (sql mode): direct or shared_pool");
+ABSL_FLAG(bool, compare_transports, false,
+          "also run the workload throttled through the other transport (sql mode)");
 ABSL_FLAG(bool, compare_unthrottled, false,
           "also run the workload with throttling off (max_shared_pool_size = -1)");
 ABSL_FLAG(std::string, out, "", "directory for report.txt, report.json, series CSVs and chart.png");
@@ -328,6 +335,18 @@ struct Mix {
 };
 
 // What one operation came to.
+const char* OpName(Op op) {
+  switch (op) {
+    case Op::kFanout:
+      return "fanout";
+    case Op::kRouter:
+      return "router";
+    case Op::kCopy:
+      return "copy";
+  }
+  return "?";
+}
+
 struct OpOutcome {
   bool ok = false;
   bool too_many_clients = false;
@@ -711,23 +730,27 @@ std::pair<int64_t, int64_t> WaitFigures(const Cluster& cluster) {
   return {std::atoll(r->rows[0][0]->c_str()), std::atoll(r->rows[0][1]->c_str())};
 }
 
-void SetLimit(const Cluster& cluster, int limit) {
+// The limit and the transport of the next run (a reload).
+void SetLimit(const Cluster& cluster, int limit, const std::string& transport) {
   if (cluster.coordinator.port == 0) return;
   auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
   if (!c.ok()) Die(std::string(c.status().message()));
   MustExec(**c, absl::StrCat("ALTER SYSTEM SET connthrottle.max_shared_pool_size = ", limit));
+  MustExec(**c, absl::StrCat("ALTER SYSTEM SET connthrottle.executor_transport = ", transport));
   MustExec(**c, "SELECT pg_reload_conf()");
   // The reload is asynchronous: wait until a new session sees the value.
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (absl::Now() < give_up) {
     auto probe = cluster.Connect(cluster.coordinator, "connthrottle-setup");
-    if (probe.ok() && (*probe)->QueryValue("SHOW connthrottle.max_shared_pool_size").value_or("") ==
-                          std::to_string(limit)) {
+    if (probe.ok() &&
+        (*probe)->QueryValue("SHOW connthrottle.max_shared_pool_size").value_or("") ==
+            std::to_string(limit) &&
+        (*probe)->QueryValue("SHOW connthrottle.executor_transport").value_or("") == transport) {
       return;
     }
     absl::SleepFor(absl::Milliseconds(20));  // polling the server, bounded
   }
-  Die("the coordinator did not apply the new limit within 10 s");
+  Die("the coordinator did not apply the new limit and transport within 10 s");
 }
 
 // ---- one run ----------------------------------------------------------------------
@@ -759,7 +782,8 @@ void ShowProgress(absl::Duration elapsed, absl::Duration total, Progress& progre
   std::fflush(stderr);
 }
 
-RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed) {
+RunData Run(Cluster& cluster, const std::string& label, int limit, const std::string& transport,
+            uint64_t seed) {
   const bool library = absl::GetFlag(FLAGS_mode) == "library";
   const int nclients = std::min(absl::GetFlag(FLAGS_clients), kMaxClients);
   const absl::Duration duration = absl::GetFlag(FLAGS_duration);
@@ -775,7 +799,7 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
     f.backends_started = BackendsStarted(cluster, w);
     run.workers.push_back(f);
   }
-  SetLimit(cluster, limit);
+  SetLimit(cluster, limit, transport);
   const std::pair<int64_t, int64_t> waits_before =
       library ? std::pair<int64_t, int64_t>{0, 0} : WaitFigures(cluster);
   std::mt19937_64 rng(seed);
@@ -813,6 +837,7 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
   std::vector<std::thread> threads;
   std::vector<ClientFigures> figures(nclients);
   std::vector<LatencyRecorder> latencies(nclients);
+  std::vector<std::map<std::string, LatencyRecorder>> latencies_by_kind(nclients);
   std::atomic<int64_t> too_many{0}, other_errors{0}, hung{0}, queries{0};
   std::mutex pid_mu;
   std::mutex errors_mu;
@@ -826,7 +851,8 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
       threads.emplace_back([&, c] {
         std::mt19937_64 local(seed * 31 + c);
         while (!stop.load()) {
-          OpOutcome o = sql_clients[c]->Run(mix.Pick(local));
+          const Op op = mix.Pick(local);
+          OpOutcome o = sql_clients[c]->Run(op);
           if (stop.load() && !o.ok) break;  // interrupted by the end of the run
           if (o.ok) {
             ++figures[c].completed;
@@ -845,6 +871,7 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
           if (o.too_many_clients) ++too_many;
           if (o.hung) ++hung;
           latencies[c].Add(o.micros);
+          latencies_by_kind[c][OpName(op)].Add(o.micros);
           std::lock_guard<std::mutex> lock(progress.mu);
           progress.recent.Add(o.micros);
         }
@@ -973,9 +1000,13 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
     auto c = cluster.Connect(cluster.coordinator, "connthrottle-monitor");
     for (;;) {
       absl::StatusOr<cluster::QueryResult> left =
+          // Every slot given back, but those of the shared pool's
+          // connections, which outlive the run (pool_idle_timeout).
           c.ok() ? (*c)->Query(
-                       "SELECT host || ':' || port || '=' || connections || "
-                       "'+' || waiters FROM connthrottle.nodes")
+                       "SELECT host || ':' || port || '=' || connections || '+' || waiters "
+                       "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
+                       "FROM connthrottle.nodes) <> (SELECT connections FROM "
+                       "connthrottle.pool_stats())")
                  : absl::StatusOr<cluster::QueryResult>(c.status());
       absl::Duration after = absl::Now() - stopped;
       if (left.ok() && left->rows.empty()) {
@@ -1015,6 +1046,9 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, uint64_t seed
   }
   run.clients = std::move(figures);
   for (const LatencyRecorder& l : latencies) run.latency.Merge(l);
+  for (const auto& kinds : latencies_by_kind) {
+    for (const auto& [kind, l] : kinds) run.latency_by_kind[kind].Merge(l);
+  }
   run.too_many_clients_errors = too_many.load();
   run.other_errors = other_errors.load();
   run.hung = hung.load();
@@ -1054,19 +1088,43 @@ int Main() {
   std::fprintf(stderr, "throttled run: %d clients, limit %d, %s ...\n",
                absl::GetFlag(FLAGS_clients), absl::GetFlag(FLAGS_limit),
                absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str());
-  runs.push_back(Run(*cluster, "throttled", absl::GetFlag(FLAGS_limit), seed));
+  const std::string transport = absl::GetFlag(FLAGS_transport);
+  if (transport != "direct" && transport != "shared_pool")
+    Die("--transport is direct or shared_pool");
+  if (library && (transport != "direct" || absl::GetFlag(FLAGS_compare_transports))) {
+    Die("--transport and --compare_transports are for sql mode");
+  }
+  const std::string other = transport == "direct" ? "shared_pool" : "direct";
+  auto label = [](const std::string& t) {
+    return t == "direct" ? std::string("throttled") : absl::StrCat("throttled, ", t);
+  };
+  runs.push_back(Run(*cluster, label(transport), absl::GetFlag(FLAGS_limit), transport, seed));
   if (g_interrupted) {
     std::fprintf(stderr, "interrupted: the cluster is stopped and removed\n");
     g_cluster = nullptr;
     cluster.reset();
     return 130;
   }
-  const Verdict verdict =
-      Judge(runs[0], absl::GetFlag(FLAGS_settle), absl::GetFlag(FLAGS_stall_window),
-            absl::GetFlag(FLAGS_judge_timing));
+  // The shared pool's connections outlive its run: it goes last.
   if (absl::GetFlag(FLAGS_compare_unthrottled)) {
-    std::fprintf(stderr, "unthrottled run (max_shared_pool_size = -1) ...\n");
-    runs.push_back(Run(*cluster, "unthrottled", -1, seed));
+    std::fprintf(stderr, "unthrottled run (max_shared_pool_size = -1, direct) ...\n");
+    runs.insert(transport == "direct" ? runs.end() : runs.begin(),
+                Run(*cluster, "unthrottled", -1, "direct", seed));
+  }
+  if (absl::GetFlag(FLAGS_compare_transports) && !g_interrupted) {
+    std::fprintf(stderr, "throttled run through %s ...\n", other.c_str());
+    runs.push_back(Run(*cluster, label(other), absl::GetFlag(FLAGS_limit), other, seed));
+  }
+  // Every throttled run is judged; the unthrottled one is the baseline.
+  Verdict verdict;
+  for (const RunData& r : runs) {
+    if (r.label == "unthrottled") continue;
+    const Verdict v = Judge(r, absl::GetFlag(FLAGS_settle), absl::GetFlag(FLAGS_stall_window),
+                            absl::GetFlag(FLAGS_judge_timing));
+    verdict.passed = verdict.passed && v.passed;
+    for (const std::string& why : v.violations) {
+      verdict.violations.push_back(runs.size() > 1 ? absl::StrCat(r.label, ": ", why) : why);
+    }
   }
   const std::string text = TextReport(runs, verdict);
   const std::string json = JsonReport(runs, verdict);
