@@ -124,14 +124,16 @@ CREATE FUNCTION connthrottle.table_stats(
 -- 100 ms): its pid (NULL while it is not running), how many times it has
 -- started, the pooled connections open and tasks queued now, and
 -- cumulative figures since it last started. connections_started is the
--- number of worker backends the pool has cost the workers.
+-- number of worker backends the pool has cost the workers; reloads counts
+-- the configuration reloads the communicator has applied.
 CREATE FUNCTION connthrottle.pool_stats(
     OUT pid integer, OUT starts bigint, OUT connections bigint, OUT tasks_queued bigint,
     OUT connections_started bigint, OUT connections_opened bigint,
     OUT connections_failed bigint, OUT closed_idle bigint, OUT closed_dead bigint,
     OUT closed_in_transaction bigint, OUT closed_for_waiters bigint,
     OUT optional_refused bigint, OUT tasks_run bigint, OUT tasks_retried bigint,
-    OUT tasks_cancelled bigint, OUT tasks_handed_back bigint, OUT closed_over_limit bigint)
+    OUT tasks_cancelled bigint, OUT tasks_handed_back bigint, OUT closed_over_limit bigint,
+    OUT reloads bigint)
   RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_pool_stats';
 
 -- Whether host:port is this server (connthrottle.local_node).

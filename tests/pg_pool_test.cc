@@ -11,7 +11,10 @@
 // what connthrottle.nodes counts for each worker equals the pooled
 // connections the communicator reports and the coordinator backends the
 // worker itself shows — and a clean connthrottle.audit(). Synchronisation is
-// by polling SQL state with deadlines; no assertion is on a duration.
+// by polling SQL state with deadlines; no assertion is on a duration. Each
+// case checks through pool_stats() that the pool ran its tasks (the glue
+// would fall back to the direct transport, with the same answers), and
+// settings are applied only once the communicator counted the reload.
 
 #include <signal.h>
 
@@ -118,7 +121,7 @@ class PgPoolTest : public ::testing::Test {
       EXPECT_TRUE(obs_->Exec(absl::StrCat("ALTER SYSTEM RESET ", name)).ok());
     }
     if (!changed_settings_.empty()) {
-      EXPECT_TRUE(obs_->Exec("SELECT pg_reload_conf()").ok());
+      EXPECT_TRUE(Reload());
     }
     ExpectCountersExact();
     absl::Status audit = obs_->Exec("SELECT connthrottle.audit()");
@@ -146,14 +149,27 @@ class PgPoolTest : public ::testing::Test {
     return c.ok() ? *std::move(c) : nullptr;
   }
 
+  // pg_reload_conf(), then waits until the communicator has applied it.
+  bool Reload() {
+    const int64_t before = Stat("reloads");
+    return obs_->Exec("SELECT pg_reload_conf()").ok() &&
+           PollUntil([&] { return Stat("reloads") > before; });
+  }
+
   void SetSetting(const std::string& name, const std::string& value) {
     changed_settings_.push_back(name);
     ASSERT_TRUE(obs_->Exec(absl::StrCat("ALTER SYSTEM SET ", name, " = '", value, "'")).ok());
-    ASSERT_TRUE(obs_->Exec("SELECT pg_reload_conf()").ok());
+    ASSERT_TRUE(Reload()) << "the communicator did not reload";
     ASSERT_TRUE(PollUntil([&] {
       std::unique_ptr<PgClient> fresh = Connect();
       return fresh != nullptr && Value(*fresh, absl::StrCat("SHOW ", name)) == value;
     }));
+  }
+
+  // Waits until the pool's published `column` has grown by at least `by`
+  // since `before`.
+  bool Grew(const std::string& column, int64_t before, int64_t by) {
+    return PollUntil([&] { return Stat(column) - before >= by; }, 15s);
   }
 
   static std::string Value(PgClient& c, const std::string& sql) {
@@ -179,6 +195,10 @@ class PgPoolTest : public ::testing::Test {
     return r.ok() && !r->rows.empty() ? r->rows[0][0] : std::nullopt;
   }
   int CommunicatorPid() { return ToInt(PoolStat("pid")); }
+  int64_t Stat(const std::string& column) {
+    std::optional<std::string> v = PoolStat(column);
+    return v.has_value() ? std::stoll(*v) : -1;
+  }
 
   int TableConnections(int i) {
     return ToInt(obs_->Query(absl::StrCat("SELECT coalesce(sum(connections), 0) FROM "
@@ -221,14 +241,16 @@ TEST_F(PgPoolTest, GivesTheSameRowsAsTheDirectTransport) {
       On(1, "SELECT NULL::text"),
       On(0, "SELECT g FROM generate_series(1, 5) g"),
       On(1, "SELECT 1/0"),
-      On(0, "CREATE TEMP TABLE t_pool (a int)"),
+      On(0, "DO $$ BEGIN END $$"),
       On(1, "SELECT repeat('x', 5000)"),
   };
   std::unique_ptr<PgClient> session = Connect();
   ASSERT_NE(session, nullptr);
   ASSERT_EQ(Value(*session, "SHOW connthrottle.executor_transport"), "shared_pool");
+  const int64_t run_before = Stat("tasks_run");
   absl::StatusOr<std::vector<TaskRow>> pooled = RunTasks(*session, tasks);
   ASSERT_TRUE(pooled.ok()) << pooled.status();
+  EXPECT_TRUE(Grew("tasks_run", run_before, 6)) << "the pool did not run the tasks";
   ASSERT_TRUE(session->Exec("SET connthrottle.executor_transport = direct").ok());
   absl::StatusOr<std::vector<TaskRow>> direct = RunTasks(*session, tasks);
   ASSERT_TRUE(direct.ok()) << direct.status();
@@ -313,51 +335,55 @@ TEST_F(PgPoolTest, ManySessionsShareAPoolSmallerThanThemWithinTheLimit) {
 TEST_F(PgPoolTest, CancelAndStatementTimeoutWithdrawTheTasksAndKeepTheConnections) {
   std::unique_ptr<PgClient> session = Connect();
   ASSERT_NE(session, nullptr);
-  // Warm: one connection to worker 1 in the pool.
+  // Warm: a connection to worker 1 in the pool.
   ASSERT_TRUE(RunTasks(*session, {On(0, "SELECT 1")}).ok());
-  const std::string closed_before =
-      Rows(*obs_, "SELECT closed_dead, closed_in_transaction FROM connthrottle.pool_stats()");
+  ASSERT_TRUE(PollUntil([&] { return Stat("connections") >= 1; }));
+  const int64_t cancelled_before = Stat("tasks_cancelled");
+  const int64_t started_before = Stat("connections_started");
   {
     AsyncQuery q(*session,
                  absl::StrCat("SELECT * FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
-                              Port(0), "], ARRAY['SELECT pg_sleep(60)'])"));
-    ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(60)") == 1; }));
+                              Port(0), "], ARRAY['SELECT pg_sleep(600)'])"));
+    ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(600)") == 1; }));
     ASSERT_TRUE(session->Cancel().ok());
     ASSERT_TRUE(q.WaitDone(60s));
     EXPECT_EQ(SqlState(q.result().status()), "57014") << q.result().status();
   }
-  // The worker's query was cancelled too, and its connection stays pooled.
-  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(60)") == 0; }));
+  // The worker's query was cancelled too, long before it would have ended.
+  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(600)") == 0; }, 15s));
+  EXPECT_TRUE(Grew("tasks_cancelled", cancelled_before, 1));
   ASSERT_TRUE(session->Exec("SET statement_timeout = '300ms'").ok());
-  absl::StatusOr<std::vector<TaskRow>> slow = RunTasks(*session, {On(0, "SELECT pg_sleep(60)")});
+  absl::StatusOr<std::vector<TaskRow>> slow = RunTasks(*session, {On(0, "SELECT pg_sleep(600)")});
   EXPECT_EQ(SqlState(slow.status()), "57014") << slow.status();
   EXPECT_THAT(std::string(slow.status().message()), HasSubstr("statement timeout"));
-  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(60)") == 0; }));
+  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(600)") == 0; }, 15s));
+  EXPECT_TRUE(Grew("tasks_cancelled", cancelled_before, 2));
   ASSERT_TRUE(session->Exec("RESET statement_timeout").ok());
   absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(0, "SELECT 7")});
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ((*after)[0].result, "7");
-  EXPECT_EQ(Rows(*obs_, "SELECT closed_dead, closed_in_transaction FROM connthrottle.pool_stats()"),
-            closed_before)
-      << "a cancelled task's connection was closed instead of drained";
+  // The cancelled tasks' connection was drained and kept, not replaced.
+  EXPECT_EQ(Stat("connections_started"), started_before);
 }
 
 TEST_F(PgPoolTest, ATerminatedSessionsTasksAreCancelled) {
   std::unique_ptr<PgClient> session = Connect();
   ASSERT_NE(session, nullptr);
   const int pid = session->BackendPid();
+  const int64_t cancelled_before = Stat("tasks_cancelled");
   AsyncQuery q(*session, absl::StrCat("SELECT * FROM connthrottle.run_tasks(ARRAY['127.0.0.1', "
                                       "'127.0.0.1'], ARRAY[",
                                       Port(0), ", ", Port(1),
-                                      "], ARRAY['SELECT pg_sleep(61)', 'SELECT pg_sleep(61)'])"));
+                                      "], ARRAY['SELECT pg_sleep(601)', 'SELECT pg_sleep(601)'])"));
   ASSERT_TRUE(
-      PollUntil([&] { return Running(0, "pg_sleep(61)") + Running(1, "pg_sleep(61)") == 2; }));
+      PollUntil([&] { return Running(0, "pg_sleep(601)") + Running(1, "pg_sleep(601)") == 2; }));
   ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_terminate_backend(", pid, ")")), "t");
   ASSERT_TRUE(q.WaitDone(60s));
   EXPECT_FALSE(q.result().ok());
-  EXPECT_TRUE(PollUntil([&] {
-    return Running(0, "pg_sleep(61)") + Running(1, "pg_sleep(61)") == 0;
-  })) << "the dead session's tasks still run on the workers";
+  EXPECT_TRUE(PollUntil(
+      [&] { return Running(0, "pg_sleep(601)") + Running(1, "pg_sleep(601)") == 0; }, 15s))
+      << "the dead session's tasks still run on the workers";
+  EXPECT_TRUE(Grew("tasks_cancelled", cancelled_before, 2));
 }
 
 TEST_F(PgPoolTest, AWorkerBackendKilledMidTaskFailsTheTaskWith08006) {
@@ -365,20 +391,22 @@ TEST_F(PgPoolTest, AWorkerBackendKilledMidTaskFailsTheTaskWith08006) {
   ASSERT_NE(session, nullptr);
   AsyncQuery q(*session, absl::StrCat("SELECT success, sqlstate FROM connthrottle.run_tasks("
                                       "ARRAY['127.0.0.1'], ARRAY[",
-                                      Port(0), "], ARRAY['SELECT pg_sleep(62)'])"));
-  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(62)") == 1; }));
+                                      Port(0), "], ARRAY['SELECT pg_sleep(602)'])"));
+  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(602)") == 1; }));
   ASSERT_TRUE(wobs_[0]
                   ->Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                         "application_name = 'connthrottle' AND query LIKE '%pg_sleep(62)%'")
+                         "application_name = 'connthrottle' AND query LIKE '%pg_sleep(602)%'")
                   .ok());
   ASSERT_TRUE(q.WaitDone(60s));
   ASSERT_TRUE(q.result().ok()) << q.result().status();
   EXPECT_EQ(q.result()->rows[0][0], "f");
   EXPECT_EQ(q.result()->rows[0][1], "08006");
   // The pool replaces the connection.
+  const int64_t run_before = Stat("tasks_run");
   absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(0, "SELECT 8")});
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ((*after)[0].result, "8");
+  EXPECT_TRUE(Grew("tasks_run", run_before, 1));
 }
 
 TEST_F(PgPoolTest, ARestartedWorkersPooledConnectionsAreReplaced) {
@@ -386,6 +414,8 @@ TEST_F(PgPoolTest, ARestartedWorkersPooledConnectionsAreReplaced) {
   ASSERT_NE(session, nullptr);
   ASSERT_TRUE(RunTasks(*session, {On(1, "SELECT 1")}).ok());
   ASSERT_GE(CoordinatorConnectionsOn(1), 1);
+  const int64_t run_before = Stat("tasks_run");
+  const int64_t dead_before = Stat("closed_dead");
   wobs_[1].reset();
   ASSERT_TRUE(workers_[1]->Stop().ok());
   ASSERT_TRUE(workers_[1]->StartAgain().ok());
@@ -398,12 +428,15 @@ TEST_F(PgPoolTest, ARestartedWorkersPooledConnectionsAreReplaced) {
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_TRUE((*after)[0].success) << (*after)[0];
   EXPECT_EQ((*after)[0].result, "9");
+  EXPECT_TRUE(Grew("tasks_run", run_before, 1));
+  EXPECT_TRUE(Grew("closed_dead", dead_before, 1)) << "the dead connection was not noticed";
 }
 
 TEST_F(PgPoolTest, TheLocalNodeFailsOverToInProcessExecution) {
   ASSERT_NO_FATAL_FAILURE(SetSetting("connthrottle.local_shared_pool_size", "-1"));
   std::unique_ptr<PgClient> session = Connect();
   ASSERT_NE(session, nullptr);
+  const int64_t handed_before = Stat("tasks_handed_back");
   absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(
       *session,
       {{"127.0.0.1", coordinator_->port(), "SELECT current_setting('port')"}, On(0, "SELECT 10")});
@@ -412,6 +445,8 @@ TEST_F(PgPoolTest, TheLocalNodeFailsOverToInProcessExecution) {
   EXPECT_EQ((*rows)[0].result, std::to_string(coordinator_->port()));
   EXPECT_FALSE((*rows)[1].ran_locally);
   EXPECT_EQ((*rows)[1].result, "10");
+  EXPECT_TRUE(Grew("tasks_handed_back", handed_before, 1))
+      << "the local task did not go through the pool";
 }
 
 TEST_F(PgPoolTest, ATerminatedCommunicatorAnswersWith57P01AndStartsAgain) {
@@ -420,14 +455,15 @@ TEST_F(PgPoolTest, ATerminatedCommunicatorAnswersWith57P01AndStartsAgain) {
   const int communicator = CommunicatorPid();
   AsyncQuery q(*session,
                absl::StrCat("SELECT * FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
-                            Port(0), "], ARRAY['SELECT pg_sleep(63)'])"));
-  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(63)") == 1; }));
+                            Port(0), "], ARRAY['SELECT pg_sleep(603)'])"));
+  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(603)") == 1; }));
   ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_terminate_backend(", communicator, ")")), "t");
   ASSERT_TRUE(q.WaitDone(60s));
   EXPECT_EQ(SqlState(q.result().status()), "57P01") << q.result().status();
   EXPECT_THAT(std::string(q.result().status().message()), HasSubstr("communicator"));
-  // Its connections are closed and their slots given back; a new one starts.
-  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(63)") == 0; }));
+  // Its connections are closed (the worker's query with them) and their
+  // slots given back; a new communicator starts.
+  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(603)") == 0; }, 15s));
   ASSERT_TRUE(PollUntil([&] {
     const int pid = CommunicatorPid();
     return pid != 0 && pid != communicator;
@@ -435,9 +471,10 @@ TEST_F(PgPoolTest, ATerminatedCommunicatorAnswersWith57P01AndStartsAgain) {
   absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(0, "SELECT 11")});
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ((*after)[0].result, "11");
+  EXPECT_TRUE(Grew("tasks_run", 0, 1)) << "the new communicator did not run it";
 }
 
-// Last: the server restarts.
+// Last (gtest runs a suite's cases in the order written): the server restarts.
 TEST_F(PgPoolTest, ZKilledCommunicatorRestartsTheServerWithNothingCounted) {
   std::unique_ptr<PgClient> session = Connect();
   ASSERT_NE(session, nullptr);
@@ -455,6 +492,7 @@ TEST_F(PgPoolTest, ZKilledCommunicatorRestartsTheServerWithNothingCounted) {
   absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*session, {On(0, "SELECT 12")});
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ((*after)[0].result, "12");
+  EXPECT_TRUE(Grew("tasks_run", 0, 1)) << "the new communicator did not run it";
 }
 
 }  // namespace

@@ -122,9 +122,9 @@ class SharedPool {
   // Tasks waiting for a connection now, per node.
   std::map<NodeAddress, int> Queued() const;
 
-  // Changes the idle timeout while the pool runs (a configuration reload).
-  void set_idle_timeout(absl::Duration timeout);
-  absl::Duration idle_timeout() const;
+  // New options while the pool runs (a configuration reload); the loop
+  // applies them at its next turn.
+  void set_options(const SharedPoolOptions& options);
 
   // ---- Submitting tasks (SharedPoolTransport, the extension's communicator) ----
 
@@ -167,9 +167,8 @@ class SharedPool {
 
   Owner& owner_;
   LimitFunction limit_;
-  const SharedPoolOptions options_;
+  SharedPoolOptions options_ ABSL_GUARDED_BY(mu_);
   int wake_fd_ = -1;  // eventfd the loop polls: new work, cancels, stop
-  std::atomic<int64_t> idle_timeout_ns_;
 
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<Batch>> submitted_ ABSL_GUARDED_BY(mu_);

@@ -169,9 +169,10 @@ struct SharedPool::Loop {
     int64_t connects_done = 0;
   };
 
-  explicit Loop(SharedPool& pool) : sp(pool) {}
+  explicit Loop(SharedPool& pool) : sp(pool), options(pool.options_) {}
 
   SharedPool& sp;
+  SharedPoolOptions options;  // as of the last turn (set_options)
   std::map<std::string, Pool> pools;
   SharedPoolStats stats;
   int next_connection_id = 0;
@@ -206,6 +207,7 @@ struct SharedPool::Loop {
       submitted.swap(sp.submitted_);
       cancelled.swap(sp.cancelled_);
       stopping = sp.stopping_;
+      options = sp.options_;
     }
     for (auto& b : submitted) Enqueue(std::move(b));
     for (auto& b : cancelled) Cancel(*b);
@@ -283,11 +285,11 @@ struct SharedPool::Loop {
       pool.starving_since = absl::InfiniteFuture();
     } else if (pool.starving_since == absl::InfiniteFuture()) {
       pool.starving_since = now;
-    } else if (now - pool.starving_since >= sp.options_.slot_wait_timeout) {
+    } else if (now - pool.starving_since >= options.slot_wait_timeout) {
       FailQueued(pool,
                  absl::ResourceExhaustedError(absl::StrCat(
                      "no connection slot to node ", pool.node.ToString(), " became free within ",
-                     absl::FormatDuration(sp.options_.slot_wait_timeout), " (",
+                     absl::FormatDuration(options.slot_wait_timeout), " (",
                      sp.limit_(pool.node, pool.local).ToString(), ")")),
                  "53300");  // too_many_connections
     }
@@ -389,9 +391,9 @@ struct SharedPool::Loop {
       ++live;
       if (conn->c->state == State::kConnecting) ++connecting;
     }
-    if (live >= sp.options_.max_pool_size) return;
+    if (live >= options.max_pool_size) return;
     if (live > 0) {
-      if (now - pool.interval_start >= sp.options_.slow_start_interval) {
+      if (now - pool.interval_start >= options.slow_start_interval) {
         pool.interval_start = now;
         pool.opened_in_interval = 0;
         ++pool.k;
@@ -408,10 +410,10 @@ struct SharedPool::Loop {
                                          : absl::Milliseconds(5);
       if (pool.waited < 2 * connect) return;
     }
-    AcquireOptions options;
-    options.when_full = sp.options_.when_table_full;
+    AcquireOptions acquire;
+    acquire.when_full = options.when_table_full;
     absl::StatusOr<Slot> slot =
-        sp.owner_.TryAcquire(*pool.key, sp.limit_(pool.node, pool.local), options);
+        sp.owner_.TryAcquire(*pool.key, sp.limit_(pool.node, pool.local), acquire);
     if (!slot.ok()) {
       ++stats.optional_refused;
       if (live == 0 && IsTableFullError(slot.status())) {
@@ -419,7 +421,7 @@ struct SharedPool::Loop {
       } else if (live == 0 && pool.local) {
         HandBack(pool);
       }
-      pool.retry_at = now + sp.options_.slow_start_interval;
+      pool.retry_at = now + options.slow_start_interval;
       return;
     }
     ++pool.opened_in_interval;
@@ -485,7 +487,7 @@ struct SharedPool::Loop {
 
   void ExpireIdle(Pool& pool, absl::Time now) {
     for (auto& conn : pool.conns) {
-      if (conn->c->state == State::kIdle && now - conn->idle_since >= sp.idle_timeout()) {
+      if (conn->c->state == State::kIdle && now - conn->idle_since >= options.idle_timeout) {
         conn->c->state = State::kBroken;
         ++stats.closed_idle;
       }
@@ -493,12 +495,16 @@ struct SharedPool::Loop {
   }
 
   // How many connections the node has above its limit (the limit was
-  // lowered): the pool closes that many as they become idle.
+  // lowered): the pool closes that many as they become idle. Forced
+  // connections are not the pool's to make up for. Slots are given back
+  // as soon as a pool's closed connections are reaped (each Service), so
+  // the next pool of the same key sees the count already lowered.
   int OverLimit(const Pool& pool) {
     const Limit limit = sp.limit_(pool.node, pool.local);
     if (limit.unlimited()) return 0;
     const std::optional<KeyStats> key = sp.owner_.table().Lookup(*pool.key);
-    return key ? static_cast<int>(key->connections) - static_cast<int>(limit.max()) : 0;
+    if (!key) return 0;
+    return static_cast<int>(key->connections - key->forced) - static_cast<int>(limit.max());
   }
 
   void ShrinkToLimit(Pool& pool) {
@@ -721,7 +727,7 @@ struct SharedPool::Loop {
     std::vector<std::pair<Pool*, Conn*>> owners{{nullptr, nullptr}};
     // Without an eventfd (none could be made) new work is found by polling.
     absl::Time wake = now + (sp.wake_fd_ >= 0 ? absl::Seconds(1) : absl::Milliseconds(5));
-    const SharedPoolOptions& opt = sp.options_;
+    const SharedPoolOptions& opt = options;
     for (auto& [name, pool] : pools) {
       if (pool.queued > 0) {
         const int live = LiveConnections(pool);
@@ -746,7 +752,7 @@ struct SharedPool::Loop {
           // interval for waiters to yield to.
           if (pool.queued == 0) {
             wake = std::min(
-                {wake, conn->idle_since + sp.idle_timeout(), now + opt.slow_start_interval});
+                {wake, conn->idle_since + options.idle_timeout, now + opt.slow_start_interval});
           }
         } else {
           continue;
@@ -842,10 +848,7 @@ struct SharedPool::Loop {
 // ---- SharedPool ----
 
 SharedPool::SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options)
-    : owner_(owner),
-      limit_(std::move(limit)),
-      options_(options),
-      idle_timeout_ns_(absl::ToInt64Nanoseconds(options.idle_timeout)) {
+    : owner_(owner), limit_(std::move(limit)), options_(options) {
   // Without it (no file descriptor left) the loop polls for new work every
   // few milliseconds instead of being woken.
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -944,12 +947,12 @@ void SharedPool::Cancel(const Ticket& ticket) {
   Wake();
 }
 
-void SharedPool::set_idle_timeout(absl::Duration timeout) {
-  idle_timeout_ns_.store(absl::ToInt64Nanoseconds(timeout), std::memory_order_relaxed);
-}
-
-absl::Duration SharedPool::idle_timeout() const {
-  return absl::Nanoseconds(idle_timeout_ns_.load(std::memory_order_relaxed));
+void SharedPool::set_options(const SharedPoolOptions& options) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    options_ = options;
+  }
+  Wake();
 }
 
 SharedPoolStats SharedPool::stats() const {

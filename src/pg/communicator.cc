@@ -76,12 +76,12 @@ struct Slot {
   pg_atomic_uint32 cancel;  // the id of a request the backend withdrew
   uint32 request_id;        // written by the backend before kSubmitted
   uint32 epoch;             // the communicator's epoch when submitted
-  Latch* latch;             // the backend's
+  pg_atomic_uint64 latch;   // the Latch* of the backend using the slot
   uint64 size;              // bytes of the request, then of the response
 };
 
 // The statistics the communicator publishes, one counter each.
-constexpr int kStatCount = 15;
+constexpr int kStatCount = 16;
 
 struct Header {
   pg_atomic_uint32 epoch;        // bumped by every communicator start
@@ -110,6 +110,7 @@ char* AreaOf(Slot* slot) { return reinterpret_cast<char*>(slot) + MAXALIGN(sizeo
 // ---- the communicator ----
 
 volatile sig_atomic_t got_sigterm = false;
+uint64 reloads = 0;  // configuration reloads applied since the communicator started
 int notify_fd = -1;
 
 void OnSigterm(SIGNAL_ARGS) {
@@ -136,11 +137,22 @@ connthrottle::pg::PoolServiceSettings ServiceSettings() {
   return s;
 }
 
+void WakeBackend(Slot* slot) {
+  if (Latch* latch = reinterpret_cast<Latch*>(pg_atomic_read_u64(&slot->latch))) SetLatch(latch);
+}
+
 void Answer(Slot* slot, size_t size) {
   slot->size = size;
   pg_write_barrier();
   pg_atomic_write_u32(&slot->state, kDone);
-  SetLatch(slot->latch);
+  WakeBackend(slot);
+}
+
+// Answers a request this communicator will not run with 08006.
+void AnswerLost(Slot* slot, const char* why) {
+  Answer(slot, connthrottle::pg::WriteErrorResponse(AreaOf(slot), header->area_bytes,
+                                                    14 /* absl::StatusCode::kUnavailable */,
+                                                    "08006", why));
 }
 
 // One look at every slot: new requests, withdrawn ones.
@@ -154,10 +166,20 @@ void ServeSlots() {
     if (withdrawn) {
       if (state == kRunning) connthrottle::pg::CancelInPool(static_cast<int>(i));
       pg_atomic_write_u32(&slot->state, kFree);
-      SetLatch(slot->latch);
+      WakeBackend(slot);
       continue;
     }
     if (state != kSubmitted) continue;
+    // Submitted to an earlier communicator (the backend has been told so, or
+    // will be): not run.
+    if (slot->epoch != pg_atomic_read_u32(&header->epoch)) {
+      AnswerLost(slot, "connthrottle: the communicator restarted before it ran this request");
+      continue;
+    }
+    if (slot->size > header->area_bytes) {
+      AnswerLost(slot, "connthrottle: a malformed request");
+      continue;
+    }
     bool answered = false;
     size_t response = 0;
     connthrottle::pg::SubmitToPool(static_cast<int>(i), AreaOf(slot), slot->size,
@@ -166,6 +188,19 @@ void ServeSlots() {
       Answer(slot, response);
     } else {
       pg_atomic_write_u32(&slot->state, kRunning);
+    }
+  }
+}
+
+// Every running request, in case a progress report went missing.
+void AnswerRunning() {
+  for (uint32 i = 0; i < header->slots; ++i) {
+    Slot* slot = SlotAt(i);
+    if (pg_atomic_read_u32(&slot->state) != kRunning) continue;
+    size_t response = 0;
+    if (connthrottle::pg::AnswerIfDone(static_cast<int>(i), AreaOf(slot), header->area_bytes,
+                                       &response)) {
+      Answer(slot, response);
     }
   }
 }
@@ -187,11 +222,14 @@ void AnswerProgressed() {
 
 void PublishStats() {
   const connthrottle::pg::PoolServiceStats s = connthrottle::pg::PoolStats();
-  const int64 values[kStatCount] = {
-      s.connections_now,    s.tasks_queued_now,  s.connections_started, s.connections_opened,
-      s.connections_failed, s.closed_idle,       s.closed_dead,         s.closed_in_transaction,
-      s.closed_for_waiters, s.optional_refused,  s.tasks_run,           s.tasks_retried,
-      s.tasks_cancelled,    s.tasks_handed_back, s.closed_over_limit};
+  const int64 values[kStatCount] = {s.connections_now,     s.tasks_queued_now,
+                                    s.connections_started, s.connections_opened,
+                                    s.connections_failed,  s.closed_idle,
+                                    s.closed_dead,         s.closed_in_transaction,
+                                    s.closed_for_waiters,  s.optional_refused,
+                                    s.tasks_run,           s.tasks_retried,
+                                    s.tasks_cancelled,     s.tasks_handed_back,
+                                    s.closed_over_limit,   static_cast<int64>(reloads)};
   for (int k = 0; k < kStatCount; ++k) {
     pg_atomic_write_u64(&header->stats[k], static_cast<uint64>(values[k]));
   }
@@ -234,14 +272,39 @@ Slot* MySlot() {
   return SlotAt(static_cast<uint32>(MyBackendId - 1));
 }
 
-bool CommunicatorRunning() { return pg_atomic_read_u32(&header->pid) != 0; }
+// Whether a communicator runs; header->latch is its latch once this is true.
+bool CommunicatorRunning() {
+  const bool running = pg_atomic_read_u32(&header->pid) != 0;
+  pg_read_barrier();
+  return running;
+}
 
 // Returns false on postmaster death.
+// An error WaitLatch raised (it raises only when epoll fails), kept until
+// the C++ frames above have returned (RethrowChannelError).
+ErrorData* channel_error = nullptr;
+
+// Waits up to a tick on this backend's latch. False on postmaster death, or
+// when the wait itself failed: the error is kept in channel_error.
 bool WaitTick() {
-  const int rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_POSTMASTER_DEATH, kTickMs,
-                           PG_WAIT_EXTENSION);
-  ResetLatch(MyLatch);
-  return (rc & WL_POSTMASTER_DEATH) == 0;
+  MemoryContext context = CurrentMemoryContext;
+  volatile int rc = 0;
+  volatile bool failed = false;
+  PG_TRY();
+  {
+    rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_POSTMASTER_DEATH, kTickMs,
+                   PG_WAIT_EXTENSION);
+    ResetLatch(MyLatch);
+  }
+  PG_CATCH();
+  {
+    MemoryContextSwitchTo(context);
+    if (channel_error == nullptr) channel_error = CopyErrorData();
+    FlushErrorState();
+    failed = true;
+  }
+  PG_END_TRY();
+  return !failed && (rc & WL_POSTMASTER_DEATH) == 0;
 }
 
 void Withdraw() {
@@ -263,6 +326,8 @@ char* OpsArea(size_t* capacity) {
 
 ChannelState OpsClaim() {
   Slot* slot = MySlot();
+  // Wake this backend, not the slot's previous one, when the slot frees.
+  pg_atomic_write_u64(&slot->latch, reinterpret_cast<uint64>(MyLatch));
   for (int look = 0; look < 2; ++look) {
     if (!CommunicatorRunning()) {
       if (look == 0 && WaitTick()) continue;
@@ -281,16 +346,12 @@ ChannelState OpsClaim() {
 
 void OpsSubmit(size_t size) {
   Slot* slot = MySlot();
-  if (!backend_exit_registered) {
-    before_shmem_exit(BackendExitWithdraw, 0);
-    backend_exit_registered = true;
-  }
   slot->size = size;
   // Ids count per slot, not per backend: a backend that takes over the slot
   // of one that withdrew a request must not reuse that request's id.
   slot->request_id = slot->request_id + 1;
   slot->epoch = pg_atomic_read_u32(&header->epoch);
-  slot->latch = MyLatch;
+  pg_atomic_write_u64(&slot->latch, reinterpret_cast<uint64>(MyLatch));
   pg_write_barrier();
   pg_atomic_write_u32(&slot->state, kSubmitted);
   pg_memory_barrier();
@@ -300,13 +361,17 @@ void OpsSubmit(size_t size) {
 ChannelState OpsAwait(size_t* size) {
   Slot* slot = MySlot();
   for (int look = 0; look < 2; ++look) {
-    if (pg_atomic_read_u32(&slot->state) == kDone) {
+    const uint32 state = pg_atomic_read_u32(&slot->state);
+    if (state == kDone) {
       pg_read_barrier();
-      *size = slot->size;
+      *size = Min(slot->size, header->area_bytes);
       pg_atomic_write_u32(&slot->state, kFree);
       return ChannelState::kReady;
     }
-    if (!CommunicatorRunning() || pg_atomic_read_u32(&header->epoch) != slot->epoch) {
+    // Freed without an answer: only a communicator that started meanwhile
+    // does that.
+    if (state == kFree || !CommunicatorRunning() ||
+        pg_atomic_read_u32(&header->epoch) != slot->epoch) {
       return pg_atomic_read_u32(&header->terminating) != 0 ? ChannelState::kTerminated
                                                            : ChannelState::kRestarted;
     }
@@ -340,6 +405,7 @@ void CommunicatorShmemInit() {
   for (uint32 i = 0; i < header->slots; ++i) {
     pg_atomic_init_u32(&SlotAt(i)->state, kFree);
     pg_atomic_init_u32(&SlotAt(i)->cancel, 0);
+    pg_atomic_init_u64(&SlotAt(i)->latch, 0);
   }
 }
 
@@ -347,7 +413,8 @@ void RegisterCommunicator() {
   BackgroundWorker worker;
   memset(&worker, 0, sizeof(worker));
   worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-  worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+  // A standby's sessions may run read-only tasks too.
+  worker.bgw_start_time = BgWorkerStart_ConsistentState;
   worker.bgw_restart_time = 1;
   snprintf(worker.bgw_library_name, BGW_MAXLEN, "connthrottle");
   snprintf(worker.bgw_function_name, BGW_MAXLEN, "connthrottle_communicator_main");
@@ -358,7 +425,22 @@ void RegisterCommunicator() {
 
 bool ChannelAvailable() { return MySlot() != nullptr; }
 
-ChannelOps BackendChannelOps() { return {OpsArea, OpsClaim, OpsSubmit, OpsAwait, Withdraw}; }
+ChannelOps BackendChannelOps() {
+  // Registered here, in the glue, not from inside the C++ transport: it may
+  // raise (too many callbacks).
+  if (!backend_exit_registered) {
+    before_shmem_exit(BackendExitWithdraw, 0);
+    backend_exit_registered = true;
+  }
+  return {OpsArea, OpsClaim, OpsSubmit, OpsAwait, Withdraw};
+}
+
+void RethrowChannelError() {
+  if (channel_error == nullptr) return;
+  ErrorData* error = channel_error;
+  channel_error = nullptr;
+  ReThrowError(error);
+}
 
 CommunicatorStats ReadCommunicatorStats() {
   CommunicatorStats out{};
@@ -372,7 +454,7 @@ CommunicatorStats ReadCommunicatorStats() {
                        &out.closed_for_waiters,  &out.optional_refused,
                        &out.tasks_run,           &out.tasks_retried,
                        &out.tasks_cancelled,     &out.tasks_handed_back,
-                       &out.closed_over_limit};
+                       &out.closed_over_limit,   &out.reloads};
   for (int k = 0; k < kStatCount; ++k) {
     *fields[k] = static_cast<int64_t>(pg_atomic_read_u64(&header->stats[k]));
   }
@@ -395,16 +477,16 @@ void connthrottle_communicator_main(Datum) {
     ereport(ERROR, (errcode_for_file_access(),
                     errmsg("connthrottle communicator: could not create an eventfd: %m")));
   }
-  // Take over the slots: an earlier communicator's requests are answered
-  // (08006 by the epoch) and their slots freed.
+  // Take over the slots: requests an earlier communicator left are answered
+  // with 08006 (ServeSlots answers those submitted under the old epoch
+  // after this scan passed them).
   pg_atomic_fetch_add_u32(&header->epoch, 1);
   pg_atomic_write_u32(&header->terminating, 0);
   for (uint32 i = 0; i < header->slots; ++i) {
     Slot* slot = SlotAt(i);
     const uint32 state = pg_atomic_read_u32(&slot->state);
     if (state == kSubmitted || state == kRunning) {
-      pg_atomic_write_u32(&slot->state, kFree);
-      SetLatch(slot->latch);
+      AnswerLost(slot, "connthrottle: the communicator restarted while it held this request");
     }
   }
   header->latch = MyLatch;
@@ -439,8 +521,10 @@ void connthrottle_communicator_main(Datum) {
       if (ConfigReloadPending) {
         ConfigReloadPending = false;
         ProcessConfigFile(PGC_SIGHUP);
+        ++reloads;
       }
       connthrottle::pg::UpdatePoolService(ServiceSettings());
+      AnswerRunning();
       PublishStats();
       refreshed = now;
     }

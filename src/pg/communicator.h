@@ -23,8 +23,12 @@ void RegisterCommunicator();
 
 // Whether this process has a session slot (a backend connected to a database).
 bool ChannelAvailable();
-// This backend's half of its slot; only when ChannelAvailable().
+// This backend's half of its slot; only when ChannelAvailable(). May raise
+// a PostgreSQL error: call it before any C++ frame is entered.
 ChannelOps BackendChannelOps();
+// Raises the error a wait on the latch raised during the call, if any
+// (the channel reported the communicator lost meanwhile).
+void RethrowChannelError();
 
 // What the communicator published last (about every 100 ms).
 struct CommunicatorStats {
@@ -32,7 +36,7 @@ struct CommunicatorStats {
   uint32_t epoch;  // how many times it started
   int64_t connections, tasks_queued, connections_started, connections_opened, connections_failed,
       closed_idle, closed_dead, closed_in_transaction, closed_for_waiters, optional_refused,
-      tasks_run, tasks_retried, tasks_cancelled, tasks_handed_back, closed_over_limit;
+      tasks_run, tasks_retried, tasks_cancelled, tasks_handed_back, closed_over_limit, reloads;
 };
 CommunicatorStats ReadCommunicatorStats();
 

@@ -848,7 +848,7 @@ Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
   }
   desc = BlessTupleDesc(desc);
   const connthrottle::pg::CommunicatorStats c = connthrottle::pg::ReadCommunicatorStats();
-  Datum values[17] = {
+  Datum values[18] = {
       Int32GetDatum(c.pid),
       Int64GetDatum(static_cast<int64>(c.epoch)),
       Int64GetDatum(c.connections),
@@ -866,8 +866,9 @@ Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
       Int64GetDatum(c.tasks_cancelled),
       Int64GetDatum(c.tasks_handed_back),
       Int64GetDatum(c.closed_over_limit),
+      Int64GetDatum(c.reloads),
   };
-  bool nulls[17] = {false};
+  bool nulls[18] = {false};
   nulls[0] = c.pid == 0;
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
@@ -945,6 +946,7 @@ Datum connthrottle_run_tasks(PG_FUNCTION_ARGS) {
                                          RunLocalTask, pooled ? &channel : nullptr, &rows);
   --executor_calls;
   pgstat_report_wait_end();
+  if (pooled) connthrottle::pg::RethrowChannelError();
   if (local_task_error != nullptr) {
     ErrorData* edata = local_task_error;
     local_task_error = nullptr;

@@ -82,7 +82,10 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
   while (true) {
     ChannelState state = ops_.await(&response_size);
     if (state == ChannelState::kReady) break;
-    if (state != ChannelState::kPending) return Lost(state);
+    if (state != ChannelState::kPending) {
+      ops_.cancel();  // a communicator that starts later must not run it
+      return Lost(state);
+    }
     if (context_.Interrupted()) {
       ops_.cancel();
       return absl::CancelledError("the execution was cancelled");

@@ -125,7 +125,7 @@ void UpdatePoolService(const PoolServiceSettings& settings) noexcept {
       [&] {
         Service& svc = Svc();
         SetSettings(svc, settings);
-        if (svc.pool) svc.pool->set_idle_timeout(OptionsFrom(settings).idle_timeout);
+        if (svc.pool) svc.pool->set_options(OptionsFrom(settings));
         return 0;
       },
       0);
@@ -149,7 +149,7 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity, bool* answ
           return true;
         }
         const int n = static_cast<int>(request->tasks.size());
-        Request& entry = svc.requests[slot];
+        Request entry;
         entry.run_locally.assign(n, false);
         entry.ticket = svc.pool->Submit(*std::move(request), [&svc, slot] {
           {
@@ -158,6 +158,7 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity, bool* answ
           }
           svc.notify();
         });
+        svc.requests[slot] = std::move(entry);
         return true;
       },
       false);
