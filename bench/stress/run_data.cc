@@ -322,8 +322,7 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
     }
   }
   absl::StrAppend(&out, "\n", verdict.passed ? "PASSED" : "FAILED", ": every invariant ",
-                  verdict.passed ? "held" : "did not hold",
-                  " (", ThrottledLabels(runs), ")\n");
+                  verdict.passed ? "held" : "did not hold", " (", ThrottledLabels(runs), ")\n");
   for (const std::string& v : verdict.violations) absl::StrAppend(&out, "  - ", v, "\n");
   return out;
 }
