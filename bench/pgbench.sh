@@ -10,7 +10,7 @@
 # received" log lines, every attempt included), with the date, commit and
 # machine. distribute (copy) always uses the direct transport.
 #
-#   bench/pgbench.sh                       # every workload at 8, 64, 128 clients, 30 s
+#   bench/pgbench.sh                       # every workload at 1, 8, 64, 128 clients, 30 s
 #   CLIENTS="8 64" DURATION=10 WORKLOADS="fanout router" bench/pgbench.sh
 #
 # Workloads: fanout (one run_tasks of 32 tasks, a count(*) per shard),
@@ -20,8 +20,12 @@
 # postgresql`) and pgbench (postgresql-client-15). As root the servers run as
 # the user `connthrottle` (scripts/install-deps.sh creates it).
 set -eu
-CLIENTS=${CLIENTS:-"8 64 128"}
+CLIENTS=${CLIENTS:-"1 8 64 128"}
 DURATION=${DURATION:-30}
+# Seconds of the same workload before each measured run, not counted: the
+# figures are the steady state (the shared pool's connections are opened,
+# the direct transport's caches filled).
+WARMUP=${WARMUP:-5}
 WORKLOADS=${WORKLOADS:-"fanout router copy"}
 LIMIT=${LIMIT:-40}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -111,7 +115,7 @@ received() {  # connection attempts the workers have logged so far
 
 echo "connthrottle pgbench: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo '?')," \
   "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run"
+echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run after ${WARMUP} s of warm-up"
 echo
 echo "| workload | clients | direct TPS | pool TPS | unthrottled TPS | pool / unthrottled | pool / direct | p50 ms, direct / pool / unthrottled | worker backends per transaction, direct / pool / unthrottled | failed, direct / pool / unthrottled |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
@@ -128,6 +132,8 @@ for w in $WORKLOADS; do
       # New backends (pgbench's) see the settings once the postmaster has reloaded.
       until [ "$(q "$CPORT" "SHOW connthrottle.max_shared_pool_size")" = "$limit" ] &&
         [ "$(q "$CPORT" "SHOW connthrottle.executor_transport")" = "$transport" ]; do :; done
+      "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 -T "$WARMUP" \
+        -f "$WORK/$w.sql" postgres >/dev/null 2>&1 || true
       before=$(received)
       rm -f "$WORK"/pgbench_log.*
       (cd "$WORK" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 \

@@ -131,6 +131,7 @@ connthrottle::pg::PoolServiceSettings ServiceSettings() {
   s.settings = connthrottle::pg::CurrentSettings();
   s.active_client_backends = connthrottle::pg::ActiveClientBackends();
   const connthrottle::pg::ExecutorSettings e = connthrottle::pg::CurrentExecutorSettings();
+  s.max_pool_size = e.max_pool_size;
   s.node_connection_timeout_ms = e.node_connection_timeout_ms;
   s.slow_start_interval_ms = e.slow_start_interval_ms;
   s.pool_idle_timeout_ms = connthrottle::pg::PoolIdleTimeoutMs();

@@ -52,8 +52,9 @@ Service& Svc() {
 
 SharedPoolOptions OptionsFrom(const PoolServiceSettings& s) {
   SharedPoolOptions o;
-  // The limit caps every pool; this only guards against a runaway.
-  o.max_pool_size = 10000;
+  // Per pool (node, database, user): max_adaptive_executor_pool_size, as
+  // for one execution of the direct transport; the limit caps it too.
+  o.max_pool_size = std::max(s.max_pool_size, 1);
   o.idle_timeout = absl::Milliseconds(std::max(s.pool_idle_timeout_ms, 0));
   o.connect_timeout = absl::Milliseconds(std::max(s.node_connection_timeout_ms, 10));
   o.slow_start_interval = absl::Milliseconds(std::max(s.slow_start_interval_ms, 1));

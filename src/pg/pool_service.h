@@ -23,6 +23,7 @@ namespace connthrottle::pg {
 struct PoolServiceSettings {
   Settings settings;
   int active_client_backends = 0;
+  int max_pool_size = 16;  // connthrottle.max_adaptive_executor_pool_size
   int node_connection_timeout_ms = 30000;
   int slow_start_interval_ms = 10;
   int pool_idle_timeout_ms = 60000;
