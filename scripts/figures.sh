@@ -41,7 +41,7 @@ table() {
   python3 "$ROOT/scripts/stress_table.py" "$OUT/$name"-*.json
 }
 
-table demo --duration=30s
+table demo --duration=30s --compare_transports
 table unsaturated-mix --duration=30s --clients=12
 table short-fanout --duration=30s --clients=8 --mix=fanout=1 --tasks_per_worker=16 \
   --fanout_task=short

@@ -36,6 +36,12 @@ def main(paths):
         ("latency p50, ms", lambda r: r["latency_us"]["p50"] / 1000, lambda v: f"{v:,.1f}"),
         ("latency p99, ms", lambda r: r["latency_us"]["p99"] / 1000, lambda v: f"{v:,.0f}"),
         ("latency max, ms", lambda r: r["latency_us"]["max"] / 1000, lambda v: f"{v:,.0f}"),
+    ] + [
+        (f"latency p50, {kind}, ms",
+         lambda r, kind=kind: r.get("latency_p50_us_by_kind", {}).get(kind, 0) / 1000 or None,
+         lambda v: f"{v:,.1f}")
+        for kind in ("fanout", "router", "copy")
+    ] + [
         ("`too many clients` errors", lambda r: r["too_many_clients_errors"], lambda v: f"{v:.0f}"),
         ("operations hung past their deadline", lambda r: r["hung"], lambda v: f"{v:.0f}"),
         ("peak coordinator connections, busiest worker",
@@ -58,12 +64,15 @@ def main(paths):
     for name, get, fmt in rows:
         cells = [spread([get(r) for r in figures(reports, l)], fmt) for l in labels]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    if len(labels) == 2:
-        t = [r["throughput_qps"] for r in figures(reports, labels[0])]
-        u = [r["throughput_qps"] for r in figures(reports, labels[1])]
-        ratios = [a / b for a, b in zip(t, u) if b > 0]
-        print(f"| throughput ratio, {labels[0]} / {labels[1]} | "
-              f"{spread(ratios, lambda v: f'{v:.2f}')} | |")
+    if "unthrottled" in labels:
+        u = [r["throughput_qps"] for r in figures(reports, "unthrottled")]
+        for label in labels:
+            if label == "unthrottled":
+                continue
+            t = [r["throughput_qps"] for r in figures(reports, label)]
+            ratios = [a / b for a, b in zip(t, u) if b > 0]
+            print(f"| throughput ratio, {label} / unthrottled | "
+                  f"{spread(ratios, lambda v: f'{v:.2f}')} |" + " |" * (len(labels) - 1))
     passed = sum(1 for r in reports if r["passed"])
     print()
     print(f"every invariant held in {passed} of {len(reports)} throttled runs")

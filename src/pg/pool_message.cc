@@ -38,6 +38,7 @@ class Writer {
       ok_ = false;
       return;
     }
+    if (n == 0) return;  // an empty string's data() may be null: no memcpy
     std::memcpy(out_ + size_, p, n);
     size_ += n;
   }
