@@ -943,16 +943,9 @@ TEST_F(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
   std::vector<TaskSpec> tasks;
   // Only the cancel can end these within the test.
   for (int i = 0; i < 4; ++i) tasks.push_back({Host(), Port(i % 2), "SELECT pg_sleep(600)"});
-  std::vector<std::string> hosts, sqls;
-  std::vector<int> ports;
-  for (const TaskSpec& t : tasks) {
-    hosts.push_back(t.host);
-    ports.push_back(t.port);
-    sqls.push_back(t.sql);
-  }
   {
     AsyncQuery run(*c, "SELECT * FROM connthrottle.run_tasks($1::text[], $2::int[], $3::text[])",
-                   {TextArray(hosts), IntArray(ports), TextArray(sqls)});
+                   RunTasksParams(tasks));
     ASSERT_TRUE(PollUntil([&] {
       return CoordinatorConnectionsOn(0, active_sleeps) == 2 &&
              CoordinatorConnectionsOn(1, active_sleeps) == 2;

@@ -214,7 +214,7 @@ std::string Ms(int64_t micros) { return absl::StrFormat("%.1f ms", micros / 1000
 }  // namespace
 
 // "throttled run", or the throttled runs by their labels.
-std::string ThrottledLabels(const std::vector<RunData>& runs) {
+static std::string ThrottledLabels(const std::vector<RunData>& runs) {
   std::vector<std::string> labels;
   for (const RunData& r : runs) {
     if (r.label != "unthrottled") labels.push_back(r.label);

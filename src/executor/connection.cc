@@ -131,4 +131,14 @@ void CloseAll(std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> connect
   connections.clear();  // releases the slots
 }
 
+TaskResult RunHandedBack(ExecutionContext& context, const Task& task, absl::Time submitted) {
+  const absl::Time began = absl::Now();
+  TaskResult r = context.RunLocally(task);
+  r.node = task.node;
+  r.ran_locally = true;
+  r.queued = began - submitted;
+  r.run = absl::Now() - began;
+  return r;
+}
+
 }  // namespace connthrottle

@@ -52,6 +52,10 @@ std::string Trim(std::string s);
 // anything: the worker closed it or is about to (a FATAL message, EOF).
 bool IdleConnectionIsDead(PGconn* pg);
 
+// Local failover of a pooled transport: runs a task the pool handed back
+// in-process, timed from `submitted` (when the execution was submitted).
+TaskResult RunHandedBack(ExecutionContext& context, const Task& task, absl::Time submitted);
+
 // What one PGresult of a running task was.
 enum class Fold { kData, kCopy };
 

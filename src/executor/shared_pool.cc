@@ -507,16 +507,18 @@ struct SharedPool::Loop {
     return static_cast<int>(key->connections - key->forced) - static_cast<int>(limit.max());
   }
 
-  void ShrinkToLimit(Pool& pool) {
-    int excess = OverLimit(pool);
+  // Closes up to `n` idle connections, counting each in `closed`.
+  static void CloseIdle(Pool& pool, int n, int64_t& closed) {
     for (auto& conn : pool.conns) {
-      if (excess <= 0) break;
+      if (n <= 0) break;
       if (conn->c->state != State::kIdle) continue;
       conn->c->state = State::kBroken;
-      ++stats.closed_over_limit;
-      --excess;
+      ++closed;
+      --n;
     }
   }
+
+  void ShrinkToLimit(Pool& pool) { CloseIdle(pool, OverLimit(pool), stats.closed_over_limit); }
 
   // How many others queue for a slot of this node (sessions of the direct
   // transport, COPY's reservations) that no free slot serves: a slot given
@@ -539,14 +541,7 @@ struct SharedPool::Loop {
                      [](const auto& conn) { return conn->c->state == State::kIdle; })) {
       return;
     }
-    int waiters = UnservedWaiters(pool);
-    for (auto& conn : pool.conns) {
-      if (waiters <= 0) break;
-      if (conn->c->state != State::kIdle) continue;
-      conn->c->state = State::kBroken;
-      ++stats.closed_for_waiters;
-      --waiters;
-    }
+    CloseIdle(pool, UnservedWaiters(pool), stats.closed_for_waiters);
   }
 
   void Reap(Pool& pool) {
@@ -994,15 +989,7 @@ absl::StatusOr<ExecutionResult> SharedPoolTransport::Execute(std::vector<Task> t
     SharedPool::Progress p = pool_.Await(ticket, options_.tick);
     if (p.pool_gone) return absl::UnavailableError("the connthrottle shared pool shut down");
     // Local failover: tasks the local node's pool could not connect for.
-    for (int t : p.handed_back) {
-      const absl::Time began = absl::Now();
-      TaskResult r = context_.RunLocally(tasks[t]);
-      r.node = tasks[t].node;
-      r.ran_locally = true;
-      r.queued = began - submitted;
-      r.run = absl::Now() - began;
-      ran_locally[t] = std::move(r);
-    }
+    for (int t : p.handed_back) ran_locally[t] = RunHandedBack(context_, tasks[t], submitted);
     if (p.settled) break;  // taken with the hand-backs: no more can come
     if (context_.Interrupted()) {
       pool_.Cancel(ticket);

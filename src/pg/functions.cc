@@ -807,15 +807,20 @@ Datum connthrottle_holders(PG_FUNCTION_ARGS) {
   });
 }
 
-// table_stats() returns one row of table-wide figures
-Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
-  RequireTable();
+// The tuple descriptor of a function returning one record.
+TupleDesc RecordResult(FunctionCallInfo fcinfo, const char* function) {
   TupleDesc desc;
   if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE) {
     ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                    errmsg("connthrottle: table_stats must return a record")));
+                    errmsg("connthrottle: %s must return a record", function)));
   }
-  desc = BlessTupleDesc(desc);
+  return BlessTupleDesc(desc);
+}
+
+// table_stats() returns one row of table-wide figures
+Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
+  RequireTable();
+  TupleDesc desc = RecordResult(fcinfo, "table_stats");
   connthrottle::pg::TableRow t{};
   Raise(connthrottle::pg::TableStatistics(&t));
   Datum values[14] = {
@@ -841,12 +846,7 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
 // pool_stats() returns one row: the communicator and its shared pool
 Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
   RequireTable();
-  TupleDesc desc;
-  if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE) {
-    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                    errmsg("connthrottle: pool_stats must return a record")));
-  }
-  desc = BlessTupleDesc(desc);
+  TupleDesc desc = RecordResult(fcinfo, "pool_stats");
   const connthrottle::pg::CommunicatorStats c = connthrottle::pg::ReadCommunicatorStats();
   Datum values[18] = {
       Int32GetDatum(c.pid),

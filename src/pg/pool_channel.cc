@@ -7,6 +7,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "executor/connection.h"
 #include "pg/pool_message.h"
 
 namespace connthrottle::pg {
@@ -103,13 +104,7 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
   // Local failover: tasks the local node's pool could not connect for.
   for (size_t t = 0; t < tasks.size(); ++t) {
     if (!response->run_locally[t]) continue;
-    const absl::Time began = absl::Now();
-    TaskResult r = context_.RunLocally(tasks[t]);
-    r.node = tasks[t].node;
-    r.ran_locally = true;
-    r.queued = began - submitted;
-    r.run = absl::Now() - began;
-    out.tasks[t] = std::move(r);
+    out.tasks[t] = RunHandedBack(context_, tasks[t], submitted);
     ++out.stats.tasks_run_locally;
   }
   return out;

@@ -38,7 +38,7 @@ std::ostream& operator<<(std::ostream& os, const TaskRow& r) {
             << ", ran_locally " << r.ran_locally << "}";
 }
 
-absl::StatusOr<std::vector<TaskRow>> RunTasks(PgClient& c, const std::vector<TaskSpec>& tasks) {
+std::vector<std::optional<std::string>> RunTasksParams(const std::vector<TaskSpec>& tasks) {
   std::vector<std::string> hosts, sqls;
   std::vector<int> ports;
   for (const TaskSpec& t : tasks) {
@@ -46,10 +46,14 @@ absl::StatusOr<std::vector<TaskRow>> RunTasks(PgClient& c, const std::vector<Tas
     ports.push_back(t.port);
     sqls.push_back(t.sql);
   }
+  return {TextArray(hosts), IntArray(ports), TextArray(sqls)};
+}
+
+absl::StatusOr<std::vector<TaskRow>> RunTasks(PgClient& c, const std::vector<TaskSpec>& tasks) {
   absl::StatusOr<QueryResult> r = c.Query(
       "SELECT task, host, port, success, result, sqlstate, error, ran_locally, connection "
       "FROM connthrottle.run_tasks($1::text[], $2::int[], $3::text[]) ORDER BY task",
-      {TextArray(hosts), IntArray(ports), TextArray(sqls)});
+      RunTasksParams(tasks));
   if (!r.ok()) return r.status();
   std::vector<TaskRow> rows;
   for (const auto& row : r->rows) {

@@ -37,6 +37,9 @@ struct TaskRow {
 };
 std::ostream& operator<<(std::ostream& os, const TaskRow& r);
 
+// The three array parameters ($1 hosts, $2 ports, $3 commands) of run_tasks.
+std::vector<std::optional<std::string>> RunTasksParams(const std::vector<TaskSpec>& tasks);
+
 // Runs the tasks through connthrottle.run_tasks on `c`; rows in task order.
 absl::StatusOr<std::vector<TaskRow>> RunTasks(PgClient& c, const std::vector<TaskSpec>& tasks);
 
