@@ -7,11 +7,16 @@
 # the shared pool (connthrottle.executor_transport = shared_pool), and
 # unthrottled (direct, max_shared_pool_size = -1); prints TPS, p50 latency and
 # worker backends started per transaction (the workers' "connection
-# received" log lines, every attempt included), with the date, commit and
-# machine. distribute (copy) always uses the direct transport.
+# received" log lines, every attempt included), the peak of coordinator
+# connections on the busiest worker (its pg_stat_activity, sampled every
+# 50 ms by one psql session per worker), Jain's fairness index over the
+# clients' completed transactions and the longest time a client completed
+# nothing (both from pgbench's per-transaction log), with the date, commit
+# and machine. distribute (copy) always uses the direct transport.
 #
 #   bench/pgbench.sh                       # every workload at 1, 8, 64, 128 clients, 30 s
 #   CLIENTS="8 64" DURATION=10 WORKLOADS="fanout router" bench/pgbench.sh
+#   MODES="pool unthrottled" CLIENTS=64 WORKLOADS=router bench/pgbench.sh
 #
 # Workloads: fanout (one run_tasks of 32 tasks, a count(*) per shard),
 # router (one run_tasks of one single-row task on a random shard), copy
@@ -27,6 +32,7 @@ DURATION=${DURATION:-30}
 # the direct transport's caches filled).
 WARMUP=${WARMUP:-5}
 WORKLOADS=${WORKLOADS:-"fanout router copy"}
+MODES=${MODES:-"direct pool unthrottled"}
 LIMIT=${LIMIT:-40}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=$(pg_config --bindir)
@@ -117,12 +123,50 @@ echo "connthrottle pgbench: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$
   "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run after ${WARMUP} s of warm-up"
 echo
-echo "| workload | clients | direct TPS | pool TPS | unthrottled TPS | pool / unthrottled | pool / direct | p50 ms, direct / pool / unthrottled | worker backends per transaction, direct / pool / unthrottled | failed, direct / pool / unthrottled |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
+# The peak of connthrottle's connections on either worker, sampled until the
+# file $WORK/sampling disappears.
+sample_peak() {
+  for port in "$W1" "$W2"; do
+    (
+      "$PGBIN/psql" -X -q -A -t -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+        >"$WORK/peak.$port" 2>/dev/null <<'EOF' &
+SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle' \watch 0.05
+EOF
+      watcher=$!
+      while [ -e "$WORK/sampling" ]; do sleep 0.2; done
+      kill "$watcher" 2>/dev/null
+      wait "$watcher" 2>/dev/null
+    ) &
+  done
+}
+peak_of() { cat "$WORK"/peak.* 2>/dev/null | sort -n | tail -1; }
+
+# Jain's index over the clients' transactions, and the longest time (s) a
+# client completed nothing: from the run's start (the earliest transaction's
+# start) to its first completion, between two, and from its last to the
+# run's last. pgbench's log: client, transaction, latency (us), script,
+# completion time (s, us).
+fairness() {
+  cat "$WORK"/pgbench_log.* 2>/dev/null | awk '
+    { t = $5 + $6 / 1e6; c = $1; n[c]++
+      if (!(c in last)) first[c] = t; else if (t - last[c] > gap[c]) gap[c] = t - last[c]
+      last[c] = t; s = t - $3 / 1e6; if (start == "" || s < start) start = s; if (t > end) end = t }
+    END { if (length(n) == 0) { print "- -"; exit }
+      for (c in n) { sum += n[c]; sq += n[c] * n[c]; k++
+        g = gap[c]; if (first[c] - start > g) g = first[c] - start; if (end - last[c] > g) g = end - last[c]
+        if (g > worst) worst = g }
+      printf "%.3f %.1f\n", sum * sum / (k * sq), worst }'
+}
+
+echo "| workload | clients | direct TPS | pool TPS | unthrottled TPS | pool / unthrottled | pool / direct | p50 ms, direct / pool / unthrottled | worker backends per transaction, direct / pool / unthrottled | failed, direct / pool / unthrottled | peak connections, busiest worker, direct / pool | Jain, direct / pool / unthrottled | longest idle client s, direct / pool / unthrottled |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |"
 for w in $WORKLOADS; do
   for c in $CLIENTS; do
     line="| $w | $c"
     for mode in direct pool unthrottled; do
+      eval "tps_$mode=- p50_$mode=- per_$mode=- failed_$mode=- peak_$mode=- jain_$mode=- idle_$mode=-"
+    done
+    for mode in $MODES; do
       limit=$LIMIT transport=direct
       [ "$mode" = unthrottled ] && limit=-1
       [ "$mode" = pool ] && transport=shared_pool
@@ -135,11 +179,18 @@ for w in $WORKLOADS; do
       "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 -T "$WARMUP" \
         -f "$WORK/$w.sql" postgres >/dev/null 2>&1 || true
       before=$(received)
-      rm -f "$WORK"/pgbench_log.*
+      rm -f "$WORK"/pgbench_log.* "$WORK"/peak.*
+      touch "$WORK/sampling"
+      sample_peak
       (cd "$WORK" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 \
         -T "$DURATION" -f "$WORK/$w.sql" -l --log-prefix=pgbench_log postgres \
         >"$WORK/$w-$c-$mode.out" 2>&1) || true
+      rm -f "$WORK/sampling"
+      wait
       after=$(received)
+      peak=$(peak_of)
+      set -- $(fairness)
+      jain=$1 idle=$2
       tps=$(sed -n 's/^tps = \([0-9]*\)\.[0-9]* (without initial connection time)/\1/p' "$WORK/$w-$c-$mode.out")
       n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$WORK/$w-$c-$mode.out")
       failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$WORK/$w-$c-$mode.out")
@@ -147,9 +198,9 @@ for w in $WORKLOADS; do
       p50=$(cat "$WORK"/pgbench_log.* 2>/dev/null | awk '{print $3}' | sort -n |
         awk '{a[NR] = $1} END {if (NR) printf "%.1f", a[int((NR + 1) / 2)] / 1000; else print "-"}')
       per=$(awk -v b="$before" -v a="$after" -v n="${n:-0}" 'BEGIN {if (n > 0) printf "%.3f", (a - b) / n; else print "-"}')
-      eval "tps_$mode=\${tps:-0} p50_$mode=\$p50 per_$mode=\$per failed_$mode=\${failed:-?}"
+      eval "tps_$mode=\${tps:-0} p50_$mode=\$p50 per_$mode=\$per failed_$mode=\${failed:-?} peak_$mode=\${peak:-?} jain_$mode=\$jain idle_$mode=\$idle"
     done
     ratio() { awk -v t="$1" -v u="$2" 'BEGIN {if (u > 0) printf "%.2f", t / u; else print "-"}'; }
-    echo "$line | $tps_direct | $tps_pool | $tps_unthrottled | $(ratio "$tps_pool" "$tps_unthrottled") | $(ratio "$tps_pool" "$tps_direct") | $p50_direct / $p50_pool / $p50_unthrottled | $per_direct / $per_pool / $per_unthrottled | $failed_direct / $failed_pool / $failed_unthrottled |"
+    echo "$line | $tps_direct | $tps_pool | $tps_unthrottled | $(ratio "$tps_pool" "$tps_unthrottled") | $(ratio "$tps_pool" "$tps_direct") | $p50_direct / $p50_pool / $p50_unthrottled | $per_direct / $per_pool / $per_unthrottled | $failed_direct / $failed_pool / $failed_unthrottled | $peak_direct / $peak_pool | $jain_direct / $jain_pool / $jain_unthrottled | $idle_direct / $idle_pool / $idle_unthrottled |"
   done
 done

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -25,8 +26,11 @@ namespace {
 constexpr char kSetting[] = "connthrottle.pool_message_bytes";
 
 struct Request {
+  uint64_t seq = 0;  // which submission of the slot this is
   SharedPool::Ticket ticket;
   std::vector<bool> run_locally;  // tasks handed back so far
+  char* area = nullptr;           // the slot's message area
+  size_t capacity = 0;
 };
 
 // The communicator's state. Main thread only, except where marked.
@@ -36,13 +40,14 @@ struct Service {
   PoolServiceSettings settings;
   std::string local_node;  // settings.settings.local_node points here
 
-  // Written by the pool's thread (on_change), taken by the main thread.
-  std::mutex progressed_mu;
-  std::vector<int> progressed;
-  void (*notify)() = nullptr;
+  // The requests by session slot: the pool's thread answers them as they
+  // settle (on_change), the main thread adds and withdraws them.
+  std::mutex requests_mu;
+  absl::flat_hash_map<int, Request> requests;
+  uint64_t next_seq = 0;
+  AnswerFn answer = nullptr;
 
   std::unique_ptr<SharedPool> pool;
-  absl::flat_hash_map<int, Request> requests;  // by session slot
 };
 
 Service& Svc() {
@@ -110,12 +115,12 @@ absl::Status EnsurePool(Service& svc) {
 
 }  // namespace
 
-void StartPoolService(const PoolServiceSettings& settings, void (*notify)()) noexcept {
+void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer) noexcept {
   Quietly(
       [&] {
         Service& svc = Svc();
         SetSettings(svc, settings);
-        svc.notify = notify;
+        svc.answer = answer;
         return 0;
       },
       0);
@@ -132,49 +137,86 @@ void UpdatePoolService(const PoolServiceSettings& settings) noexcept {
       0);
 }
 
-void SubmitToPool(int slot, char* area, size_t size, size_t capacity, bool* answered,
-                  size_t* response_size) noexcept {
-  *answered = false;
-  *response_size = 0;
+namespace {
+
+// Writes the response of `req` if its tasks are settled and answers its
+// slot: true (the caller forgets the request).
+bool AnswerLocked(Service& svc, int slot, Request& req)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(svc.requests_mu) {
+  SharedPool::Progress p = svc.pool->Poll(req.ticket);
+  for (int t : p.handed_back) req.run_locally[t] = true;
+  if (!p.settled) return false;
+  PoolResponse r;
+  if (p.pool_gone) {
+    r.status = absl::UnavailableError("connthrottle: the communicator's pool shut down");
+    r.sqlstate = "08006";
+  } else {
+    ExecutionResult result = svc.pool->TakeResults(req.ticket);
+    r.tasks = std::move(result.tasks);
+    r.tasks_retried = result.stats.tasks_retried;
+    r.run_locally = std::move(req.run_locally);
+  }
+  svc.answer(slot, EncodeResponse(r, req.area, req.capacity, kSetting));
+  return true;
+}
+
+// The pool's on_change, on the pool's thread: the request settled or handed
+// tasks back. `seq` tells a withdrawn request's late report from the slot's
+// current one.
+void OnProgress(Service& svc, int slot, uint64_t seq) noexcept {
+  Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it == svc.requests.end() || it->second.seq != seq) return 0;
+        if (AnswerLocked(svc, slot, it->second)) svc.requests.erase(it);
+        return 0;
+      },
+      0);
+}
+
+}  // namespace
+
+void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
+  Service& svc = Svc();
   const bool ok = Quietly(
       [&] {
-        Service& svc = Svc();
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
         absl::StatusOr<SharedPool::Submission> request = DecodeRequest(area, size);
         absl::Status pool = request.ok() ? EnsurePool(svc) : absl::OkStatus();
         if (!request.ok() || !pool.ok() || request->tasks.empty()) {
           PoolResponse r;
           r.status = !request.ok() ? request.status() : pool;
           r.sqlstate = !request.ok() ? "XX001" : pool.ok() ? "" : "55000";
-          *response_size = EncodeResponse(r, area, capacity, kSetting);
-          *answered = true;
+          svc.answer(slot, EncodeResponse(r, area, capacity, kSetting));
           return true;
         }
-        const int n = static_cast<int>(request->tasks.size());
-        Request entry;
-        entry.run_locally.assign(n, false);
-        entry.ticket = svc.pool->Submit(*std::move(request), [&svc, slot] {
-          {
-            std::lock_guard<std::mutex> lock(svc.progressed_mu);
-            svc.progressed.push_back(slot);
-          }
-          svc.notify();
-        });
-        svc.requests[slot] = std::move(entry);
+        Request& entry = svc.requests[slot];
+        entry.seq = ++svc.next_seq;
+        entry.run_locally.assign(request->tasks.size(), false);
+        entry.area = area;
+        entry.capacity = capacity;
+        // The pool's thread may settle the request before Submit returns:
+        // its on_change waits for this lock, and finds the entry complete.
+        entry.ticket = svc.pool->Submit(
+            *std::move(request), [&svc, slot, seq = entry.seq] { OnProgress(svc, slot, seq); });
         return true;
       },
       false);
   if (!ok) {
-    *response_size =
-        WriteErrorResponse(area, capacity, static_cast<int>(absl::StatusCode::kInternal), "XX000",
-                           "connthrottle: the communicator ran out of memory");
-    *answered = true;
+    std::lock_guard<std::mutex> lock(svc.requests_mu);
+    svc.requests.erase(slot);
+    svc.answer(slot,
+               WriteErrorResponse(area, capacity, static_cast<int>(absl::StatusCode::kInternal),
+                                  "XX000", "connthrottle: the communicator ran out of memory"));
   }
 }
 
-void CancelInPool(int slot) noexcept {
+void CancelInPool(int slot, void (*release)(int slot)) noexcept {
+  Service& svc = Svc();
+  std::lock_guard<std::mutex> lock(svc.requests_mu);
   Quietly(
       [&] {
-        Service& svc = Svc();
         auto it = svc.requests.find(slot);
         if (it == svc.requests.end()) return 0;
         if (svc.pool) svc.pool->Cancel(it->second.ticket);
@@ -182,48 +224,31 @@ void CancelInPool(int slot) noexcept {
         return 0;
       },
       0);
+  release(slot);
 }
 
-int TakeProgressed(int* slots, int max) noexcept {
-  return Quietly(
+void AnswerIfDone(int slot) noexcept {
+  Service& svc = Svc();
+  Quietly(
       [&] {
-        Service& svc = Svc();
-        std::lock_guard<std::mutex> lock(svc.progressed_mu);
-        // Duplicates are harmless (AnswerIfDone looks again); keep what
-        // does not fit for the next call.
-        const int n = std::min(max, static_cast<int>(svc.progressed.size()));
-        std::copy(svc.progressed.begin(), svc.progressed.begin() + n, slots);
-        svc.progressed.erase(svc.progressed.begin(), svc.progressed.begin() + n);
-        return n;
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it == svc.requests.end() || !svc.pool) return 0;
+        if (AnswerLocked(svc, slot, it->second)) svc.requests.erase(it);
+        return 0;
       },
       0);
 }
 
-bool AnswerIfDone(int slot, char* area, size_t capacity, size_t* response_size) noexcept {
-  return Quietly(
+void DetachRequests() noexcept {
+  Service& svc = Svc();
+  Quietly(
       [&] {
-        Service& svc = Svc();
-        auto it = svc.requests.find(slot);
-        if (it == svc.requests.end() || !svc.pool) return false;
-        Request& req = it->second;
-        SharedPool::Progress p = svc.pool->Poll(req.ticket);
-        for (int t : p.handed_back) req.run_locally[t] = true;
-        if (!p.settled) return false;
-        PoolResponse r;
-        if (p.pool_gone) {
-          r.status = absl::UnavailableError("connthrottle: the communicator's pool shut down");
-          r.sqlstate = "08006";
-        } else {
-          ExecutionResult result = svc.pool->TakeResults(req.ticket);
-          r.tasks = std::move(result.tasks);
-          r.tasks_retried = result.stats.tasks_retried;
-          r.run_locally = std::move(req.run_locally);
-        }
-        *response_size = EncodeResponse(r, area, capacity, kSetting);
-        svc.requests.erase(it);
-        return true;
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        svc.requests.clear();
+        return 0;
       },
-      false);
+      0);
 }
 
 size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sqlstate,
@@ -272,7 +297,7 @@ void StopPoolService() noexcept {
   Quietly(
       [&] {
         Service& svc = Svc();
-        svc.requests.clear();
+        DetachRequests();
         svc.pool.reset();
         return 0;
       },

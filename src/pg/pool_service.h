@@ -1,8 +1,8 @@
 // The communicator's pool, in plain C++ (the PostgreSQL side of the
 // communicator is src/pg/communicator.cc): one SharedPool whose loop runs on
 // a thread of the communicator process, and the requests of the session
-// slots it is working on. Used by the communicator's main thread only; the
-// pool's own thread never calls into PostgreSQL.
+// slots it is working on. Called by the communicator's main thread; the
+// pool's own thread calls only the `answer` function it was given.
 //
 // Like session.h, every function is noexcept and reports failure in an
 // Outcome: no C++ exception reaches PostgreSQL's frames.
@@ -37,29 +37,35 @@ struct PoolServiceStats {
   int64_t connections_now, tasks_queued_now;
 };
 
-// Keeps the settings and `notify`, which is called on the pool's thread when
-// a request progresses; it must only wake the main thread. The pool itself
-// (this process registered as an Owner of the counter table, the pool's
-// thread started with every signal blocked) starts with the first request.
-void StartPoolService(const PoolServiceSettings& settings, void (*notify)()) noexcept;
+// Marks slot `slot` answered: its response (`size` bytes) is in its area.
+// Called with the service's lock held, on the pool's thread when a request
+// settles or on the main thread: it must only publish the answer and wake
+// the session (no PostgreSQL call that is not async-signal-safe).
+using AnswerFn = void (*)(int slot, size_t size);
+
+// Keeps the settings and `answer`. The pool itself (this process registered
+// as an Owner of the counter table, the pool's thread started with every
+// signal blocked) starts with the first request.
+void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer) noexcept;
 // New settings (limits are read at every decision; the idle timeout applies
 // from the next look).
 void UpdatePoolService(const PoolServiceSettings& settings) noexcept;
 
-// Takes slot `slot`'s request from `area`. When it cannot be run (malformed,
-// nothing to run) the response is written to `area` at once: *answered is
-// then true and *response_size its size.
-void SubmitToPool(int slot, char* area, size_t size, size_t capacity, bool* answered,
-                  size_t* response_size) noexcept;
+// Takes slot `slot`'s request from `area` (the slot is already marked
+// running). Its response is written to `area` and `answer` called when its
+// tasks are settled, at once when it cannot be run (malformed, nothing to
+// run), usually on the pool's thread.
+void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept;
 // Withdraws slot `slot`'s request: its queued tasks are dropped, its running
-// ones cancelled; it gets no response.
-void CancelInPool(int slot) noexcept;
-// Writes into `slots` (up to `max`) the slots whose requests may have
-// progressed since the last call; returns how many.
-int TakeProgressed(int* slots, int max) noexcept;
-// If slot `slot`'s request is settled, writes its response into `area` and
-// forgets it: true. False while its tasks run.
-bool AnswerIfDone(int slot, char* area, size_t capacity, size_t* response_size) noexcept;
+// ones cancelled; it gets no response. `release` (the slot freed) runs under
+// the service's lock, so that no answer is written after it.
+void CancelInPool(int slot, void (*release)(int slot)) noexcept;
+// Answers slot `slot`'s request if it is settled (a backstop: the pool's
+// thread answers as the request settles).
+void AnswerIfDone(int slot) noexcept;
+// Forgets every request, so that the pool's thread answers none of them
+// any more: the communicator answers them itself as it stops.
+void DetachRequests() noexcept;
 // Writes an error response to `area` (the communicator stops).
 size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sqlstate,
                           const char* message) noexcept;
