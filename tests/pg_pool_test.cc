@@ -6,8 +6,9 @@
 // Covers the same results as the direct transport; many sessions sharing a
 // pool smaller than they are; cancel, statement_timeout and a terminated
 // session; a worker backend killed mid-task; a restarted worker; local
-// failover; and the communicator terminated (57P01) and killed (the
-// postmaster restarts the server). Every case ends with the counters exact —
+// failover; a session that stops reading in the middle of a large result;
+// and the communicator terminated (57P01), also mid-response, and killed
+// (the postmaster restarts the server). Every case ends with the counters exact —
 // what connthrottle.nodes counts for each worker equals the pooled
 // connections the communicator reports and the coordinator backends the
 // worker itself shows — and a clean connthrottle.audit(). Synchronisation is
@@ -27,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -472,6 +474,84 @@ TEST_F(PgPoolTest, ATerminatedCommunicatorAnswersWith57P01AndStartsAgain) {
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ((*after)[0].result, "11");
   EXPECT_TRUE(Grew("tasks_run", 0, 1)) << "the new communicator did not run it";
+}
+
+// A response larger than the message area (1 MB against 64 kB) crosses it
+// in parts, each sent when the session has read the last. A session that
+// stops reading in the middle (its backend SIGSTOPped) holds up nobody: with
+// the limit at one connection per worker, another session's tasks run on
+// the very connection the big result came from; and once the slow session
+// reads again it gets every byte.
+TEST_F(PgPoolTest, ASessionReadingALargeResultSlowlyHoldsUpNoOneElse) {
+  SetSetting("connthrottle.max_shared_pool_size", "1");
+  std::unique_ptr<PgClient> slow = Connect(), other = Connect();
+  ASSERT_NE(slow, nullptr);
+  ASSERT_NE(other, nullptr);
+  const int pid = slow->BackendPid();
+  // The big task waits for this lock until the slow backend is stopped.
+  ASSERT_TRUE(wobs_[0]->Exec("SELECT pg_advisory_lock(4242)").ok());
+  AsyncQuery q(*slow, absl::StrCat("SELECT length(result), result = repeat('x', 1000000) FROM "
+                                   "connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
+                                   Port(0),
+                                   "], ARRAY['SELECT repeat(''x'', 1000000) FROM "
+                                   "pg_advisory_xact_lock(4242)'])"));
+  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_advisory_xact_lock(4242)") == 1; }));
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  absl::Cleanup resume = [pid] { kill(pid, SIGCONT); };
+  ASSERT_TRUE(wobs_[0]->Exec("SELECT pg_advisory_unlock(4242)").ok());
+  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_advisory_xact_lock(4242)") == 0; }));
+
+  // While the slow session's backend is stopped, mid-response.
+  for (int round = 0; round < 5; ++round) {
+    AsyncQuery o(*other, absl::StrCat("SELECT sum(result::int) FROM "
+                                      "connthrottle.run_tasks(ARRAY['127.0.0.1', '127.0.0.1'], "
+                                      "ARRAY[",
+                                      Port(0), ", ", Port(1), "], ARRAY['SELECT ", round,
+                                      "', 'SELECT ", round + 10, "'])"));
+    ASSERT_TRUE(o.WaitDone(60s)) << "another session waited for the slow reader";
+    ASSERT_TRUE(o.result().ok()) << o.result().status();
+    EXPECT_EQ(o.result()->Value(), std::to_string(2 * round + 10));
+  }
+  EXPECT_FALSE(q.done());
+  EXPECT_LE(CoordinatorConnectionsOn(0), 1);
+
+  std::move(resume).Invoke();
+  ASSERT_TRUE(q.WaitDone(60s));
+  ASSERT_TRUE(q.result().ok()) << q.result().status();
+  EXPECT_EQ(q.result()->rows[0][0], "1000000");
+  EXPECT_EQ(q.result()->rows[0][1], "t");
+}
+
+// The communicator terminated while a session is stopped in the middle of
+// reading a response in parts: once the session reads again it fails with
+// 57P01 or 08006 (whichever communicator it finds), and its slot is usable.
+TEST_F(PgPoolTest, ACommunicatorGoneMidResponseFailsTheReaderCleanly) {
+  std::unique_ptr<PgClient> slow = Connect();
+  ASSERT_NE(slow, nullptr);
+  const int pid = slow->BackendPid();
+  ASSERT_TRUE(wobs_[0]->Exec("SELECT pg_advisory_lock(4243)").ok());
+  AsyncQuery q(*slow, absl::StrCat("SELECT length(result) FROM connthrottle.run_tasks("
+                                   "ARRAY['127.0.0.1'], ARRAY[",
+                                   Port(0),
+                                   "], ARRAY['SELECT repeat(''y'', 1000000) FROM "
+                                   "pg_advisory_xact_lock(4243)'])"));
+  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_advisory_xact_lock(4243)") == 1; }));
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  absl::Cleanup resume = [pid] { kill(pid, SIGCONT); };
+  ASSERT_TRUE(wobs_[0]->Exec("SELECT pg_advisory_unlock(4243)").ok());
+  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_advisory_xact_lock(4243)") == 0; }));
+  const int communicator = CommunicatorPid();
+  ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_terminate_backend(", communicator, ")")), "t");
+  ASSERT_TRUE(PollUntil([&] { return CommunicatorPid() != communicator; }));
+
+  std::move(resume).Invoke();
+  ASSERT_TRUE(q.WaitDone(60s));
+  const std::string state = SqlState(q.result().status());
+  EXPECT_TRUE(state == "57P01" || state == "08006") << q.result().status();
+  ASSERT_TRUE(PollUntil([&] { return CommunicatorPid() != 0; }));
+  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*slow, {On(0, "SELECT 13")});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*after)[0].result, "13");
 }
 
 // Last (gtest runs a suite's cases in the order written): the server restarts.

@@ -27,8 +27,12 @@ struct ChannelOps {
   ChannelState (*claim)();
   // Publishes `size` bytes of request and wakes the communicator.
   void (*submit)(size_t size);
-  // Waits up to a tick for the response; kReady when it is in the area.
-  ChannelState (*await)(size_t* size);
+  // Waits up to a tick for the response; kReady when it, or its next part,
+  // is in the area: `size` bytes of `total` (a response larger than the
+  // area crosses it in parts).
+  ChannelState (*await)(size_t* size, size_t* total);
+  // Asks for the response's next part, once the last one was read.
+  void (*more)();
   // Withdraws the request: the communicator drops its queued tasks and
   // cancels its running ones. Does not wait.
   void (*cancel)();

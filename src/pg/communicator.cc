@@ -12,6 +12,8 @@
 //   kRunning    the communicator's: the tasks run; when they are settled it
 //               writes the response, then (write barrier)
 //   kDone       the backend's again: it reads the response (read barrier)
+//   kMore       the communicator's: the backend took a part of a response
+//               larger than the area and asks for the next (NextPart)
 //
 // A backend withdraws a request (cancel, statement_timeout, terminate, exit)
 // by writing its id to `cancel` and waking the communicator, without
@@ -73,7 +75,10 @@ namespace {
 
 using connthrottle::pg::ChannelState;
 
-enum SlotState : uint32 { kFree = 0, kSubmitted = 1, kRunning = 2, kDone = 3 };
+enum SlotState : uint32 { kFree = 0, kSubmitted = 1, kRunning = 2, kDone = 3, kMore = 4 };
+
+// Whether the communicator holds the slot's request.
+bool Held(uint32 state) { return state == kSubmitted || state == kRunning || state == kMore; }
 
 struct Slot {
   pg_atomic_uint32 state;
@@ -81,7 +86,8 @@ struct Slot {
   uint32 request_id;        // written by the backend before kSubmitted
   uint32 epoch;             // the communicator's epoch when submitted
   pg_atomic_uint64 latch;   // the Latch* of the backend using the slot
-  uint64 size;              // bytes of the request, then of the response
+  uint64 size;              // bytes of the request, then of the response's part
+  uint64 total;             // bytes of the whole response
 };
 
 // The statistics the communicator publishes, one counter each.
@@ -163,15 +169,18 @@ void WakeBackend(Slot* slot) {
   if (Latch* latch = reinterpret_cast<Latch*>(pg_atomic_read_u64(&slot->latch))) SetLatch(latch);
 }
 
-void Answer(Slot* slot, size_t size) {
+void Answer(Slot* slot, size_t size, size_t total) {
   slot->size = size;
+  slot->total = total;
   pg_write_barrier();
   pg_atomic_write_u32(&slot->state, kDone);
   WakeBackend(slot);
 }
 
 // The pool service's AnswerFn: on the pool's thread, or the main thread.
-void AnswerSlot(int i, size_t size) { Answer(SlotAt(static_cast<uint32>(i)), size); }
+void AnswerSlot(int i, size_t size, size_t total) {
+  Answer(SlotAt(static_cast<uint32>(i)), size, total);
+}
 
 // Frees a withdrawn request's slot (under the pool service's lock).
 void ReleaseSlot(int i) {
@@ -182,31 +191,37 @@ void ReleaseSlot(int i) {
 
 // Answers a request this communicator will not run with 08006.
 void AnswerLost(Slot* slot, const char* why) {
-  Answer(slot, connthrottle::pg::WriteErrorResponse(AreaOf(slot), header->area_bytes,
-                                                    14 /* absl::StatusCode::kUnavailable */,
-                                                    "08006", why));
+  const size_t n = connthrottle::pg::WriteErrorResponse(
+      AreaOf(slot), header->area_bytes, 14 /* absl::StatusCode::kUnavailable */, "08006", why);
+  Answer(slot, n, n);
 }
 
 // Slot i's new or withdrawn request, if it has one.
 void ServeSlot(uint32 i) {
   Slot* slot = SlotAt(i);
   const uint32 state = pg_atomic_read_u32(&slot->state);
-  if (state != kSubmitted && state != kRunning) return;
+  if (!Held(state)) return;
   pg_read_barrier();
   const bool withdrawn = pg_atomic_read_u32(&slot->cancel) == slot->request_id;
   if (withdrawn) {
-    if (state == kRunning) {
+    if (state != kSubmitted) {
       connthrottle::pg::CancelInPool(static_cast<int>(i), ReleaseSlot);
     } else {
       ReleaseSlot(static_cast<int>(i));
     }
     return;
   }
-  if (state != kSubmitted) return;
+  if (state == kRunning) return;
   // Submitted to an earlier communicator (the backend has been told so, or
   // will be): not run.
   if (slot->epoch != pg_atomic_read_u32(&header->epoch)) {
     AnswerLost(slot, "connthrottle: the communicator restarted before it ran this request");
+    return;
+  }
+  if (state == kMore) {
+    if (!connthrottle::pg::NextPart(static_cast<int>(i))) {
+      AnswerLost(slot, "connthrottle: the communicator lost the rest of this response");
+    }
     return;
   }
   if (slot->size > header->area_bytes) {
@@ -269,15 +284,14 @@ void CommunicatorExit(int, Datum) {
   connthrottle::pg::DetachRequests();
   for (uint32 i = 0; i < header->slots; ++i) {
     Slot* slot = SlotAt(i);
-    const uint32 state = pg_atomic_read_u32(&slot->state);
-    if (state != kSubmitted && state != kRunning) continue;
+    if (!Held(pg_atomic_read_u32(&slot->state))) continue;
     const size_t n = connthrottle::pg::WriteErrorResponse(
         AreaOf(slot), header->area_bytes, 14 /* absl::StatusCode::kUnavailable */,
         terminated ? "57P01" : "08006",
         terminated ? "connthrottle: the communicator was terminated while it ran this "
                      "execution's tasks"
                    : "connthrottle: the communicator stopped while it ran this execution's tasks");
-    Answer(slot, n);
+    Answer(slot, n, n);
   }
   connthrottle::pg::StopPoolService();
   connthrottle::pg::BackendExit();
@@ -335,8 +349,7 @@ bool WaitTick() {
 void Withdraw() {
   Slot* slot = MySlot();
   if (slot == nullptr) return;
-  const uint32 state = pg_atomic_read_u32(&slot->state);
-  if (state != kSubmitted && state != kRunning) return;
+  if (!Held(pg_atomic_read_u32(&slot->state))) return;
   pg_atomic_write_u32(&slot->cancel, slot->request_id);
   MarkPending(slot);
   if (CommunicatorRunning()) SetLatch(header->latch);
@@ -383,14 +396,16 @@ void OpsSubmit(size_t size) {
   if (CommunicatorRunning()) SetLatch(header->latch);
 }
 
-ChannelState OpsAwait(size_t* size) {
+// The response (or its part) stays in the area, the slot kDone, until the
+// backend asks for the next part (OpsMore) or claims the slot again.
+ChannelState OpsAwait(size_t* size, size_t* total) {
   Slot* slot = MySlot();
   for (int look = 0; look < 2; ++look) {
     const uint32 state = pg_atomic_read_u32(&slot->state);
     if (state == kDone) {
       pg_read_barrier();
       *size = Min(slot->size, header->area_bytes);
-      pg_atomic_write_u32(&slot->state, kFree);
+      *total = Max(slot->total, *size);
       return ChannelState::kReady;
     }
     // Freed without an answer: only a communicator that started meanwhile
@@ -403,6 +418,13 @@ ChannelState OpsAwait(size_t* size) {
     if (look == 0 && !WaitTick()) return ChannelState::kNotRunning;
   }
   return ChannelState::kPending;
+}
+
+void OpsMore() {
+  Slot* slot = MySlot();
+  pg_atomic_write_u32(&slot->state, kMore);
+  MarkPending(slot);
+  if (CommunicatorRunning()) SetLatch(header->latch);
 }
 
 }  // namespace
@@ -460,7 +482,7 @@ ChannelOps BackendChannelOps() {
     before_shmem_exit(BackendExitWithdraw, 0);
     backend_exit_registered = true;
   }
-  return {OpsArea, OpsClaim, OpsSubmit, OpsAwait, Withdraw};
+  return {OpsArea, OpsClaim, OpsSubmit, OpsAwait, OpsMore, Withdraw};
 }
 
 void RethrowChannelError() {
@@ -507,8 +529,7 @@ void connthrottle_communicator_main(Datum) {
   pg_atomic_write_u32(&header->terminating, 0);
   for (uint32 i = 0; i < header->slots; ++i) {
     Slot* slot = SlotAt(i);
-    const uint32 state = pg_atomic_read_u32(&slot->state);
-    if (state == kSubmitted || state == kRunning) {
+    if (Held(pg_atomic_read_u32(&slot->state))) {
       AnswerLost(slot, "connthrottle: the communicator restarted while it held this request");
     }
   }

@@ -79,10 +79,31 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
   const absl::Time submitted = absl::Now();
   ops_.submit(*size);
 
-  size_t response_size = 0;
+  // The response: in the area when it fits, else gathered from its parts
+  // (each read before the next is asked for: a slow session holds up only
+  // its own answer).
+  std::string parts;
+  const char* message = nullptr;
+  size_t message_size = 0;
   while (true) {
-    ChannelState state = ops_.await(&response_size);
-    if (state == ChannelState::kReady) break;
+    size_t size = 0, total = 0;
+    ChannelState state = ops_.await(&size, &total);
+    if (state == ChannelState::kReady) {
+      if (size == total) {  // whole (an error may also end a response in parts)
+        message = area;
+        message_size = size;
+        break;
+      }
+      if (parts.empty()) parts.reserve(total);
+      parts.append(area, size);
+      if (parts.size() >= total) {
+        message = parts.data();
+        message_size = parts.size();
+        break;
+      }
+      ops_.more();
+      continue;
+    }
     if (state != ChannelState::kPending) {
       ops_.cancel();  // a communicator that starts later must not run it
       return Lost(state);
@@ -92,7 +113,7 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
       return absl::CancelledError("the execution was cancelled");
     }
   }
-  absl::StatusOr<PoolResponse> response = DecodeResponse(area, response_size);
+  absl::StatusOr<PoolResponse> response = DecodeResponse(message, message_size);
   if (!response.ok()) return response.status();
   if (!response->status.ok()) return WithSqlstate(response->status, response->sqlstate);
   if (response->tasks.size() != tasks.size()) {

@@ -16,7 +16,7 @@ constexpr uint32_t kRequestMagic = 0x43545251;   // "CTRQ"
 constexpr uint32_t kResponseMagic = 0x43545253;  // "CTRS"
 
 // Appends to a fixed area; once something does not fit, every later write
-// is dropped and ok() stays false.
+// is dropped and ok() stays false. With a null area it only counts.
 class Writer {
  public:
   Writer(char* out, size_t capacity) : out_(out), capacity_(capacity) {}
@@ -38,8 +38,8 @@ class Writer {
       ok_ = false;
       return;
     }
-    if (n == 0) return;  // an empty string's data() may be null: no memcpy
-    std::memcpy(out_ + size_, p, n);
+    // An empty string's data() may be null: no memcpy of 0 bytes.
+    if (n > 0 && out_ != nullptr) std::memcpy(out_ + size_, p, n);
     size_ += n;
   }
 
@@ -122,6 +122,13 @@ void PutTask(Writer& w, const TaskResult& t, bool run_locally) {
   w.Put<int64_t>(absl::ToInt64Microseconds(t.run));
 }
 
+void PutResponseHead(Writer& w, const PoolResponse& response) {
+  w.Put(kResponseMagic);
+  w.Put<int32_t>(0);
+  w.Put<uint32_t>(static_cast<uint32_t>(response.tasks.size()));
+  w.Put<int32_t>(response.tasks_retried);
+}
+
 size_t EncodeError(const absl::Status& status, absl::string_view sqlstate, char* out,
                    size_t capacity) {
   Writer w(out, capacity);
@@ -193,6 +200,17 @@ absl::StatusOr<SharedPool::Submission> DecodeRequest(const char* in, size_t size
   return s;
 }
 
+size_t ResponseBytes(const PoolResponse& response) {
+  if (!response.status.ok())
+    return EncodeError(response.status, response.sqlstate, nullptr, SIZE_MAX);
+  Writer w(nullptr, SIZE_MAX);
+  PutResponseHead(w, response);
+  for (size_t i = 0; i < response.tasks.size(); ++i) {
+    PutTask(w, response.tasks[i], i < response.run_locally.size() && response.run_locally[i]);
+  }
+  return w.size();
+}
+
 size_t EncodeResponse(const PoolResponse& response, char* out, size_t capacity,
                       const char* setting) {
   if (!response.status.ok()) {
@@ -200,10 +218,7 @@ size_t EncodeResponse(const PoolResponse& response, char* out, size_t capacity,
   }
   auto encode = [&](size_t max_text) {
     Writer w(out, capacity);
-    w.Put(kResponseMagic);
-    w.Put<int32_t>(0);
-    w.Put<uint32_t>(static_cast<uint32_t>(response.tasks.size()));
-    w.Put<int32_t>(response.tasks_retried);
+    PutResponseHead(w, response);
     for (size_t i = 0; i < response.tasks.size() && w.ok(); ++i) {
       const TaskResult& t = response.tasks[i];
       const bool local = i < response.run_locally.size() && response.run_locally[i];

@@ -41,6 +41,9 @@ struct PoolResponse {
   int tasks_retried = 0;
 };
 
+// The bytes EncodeResponse needs to write `response` whole (with nothing
+// cut to fit): a response larger than the message area crosses it in parts.
+size_t ResponseBytes(const PoolResponse& response);
 // Writes the response into `out`, which must hold at least 256 bytes. It
 // always fits: a task whose value or message would not is reported as
 // failed with 54000 (program_limit_exceeded) naming `setting`, and when even

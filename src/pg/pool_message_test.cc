@@ -143,6 +143,33 @@ TEST(PoolMessageTest, AValueTooLargeForTheAreaFailsThatTaskOnly) {
   EXPECT_EQ(back->tasks[3].sqlstate, "22012");
 }
 
+// What crosses the area in parts: ResponseBytes is exactly what a whole
+// encoding takes, and a buffer of that size keeps every value uncut.
+TEST(PoolMessageTest, ResponseBytesIsWhatTheWholeResponseTakes) {
+  PoolResponse p = FourResults();
+  p.tasks[1] = Value(std::string(300000, 'v'));
+  const size_t whole = ResponseBytes(p);
+  EXPECT_GT(whole, 300000u);
+  std::vector<char> buffer(whole);
+  EXPECT_EQ(EncodeResponse(p, buffer.data(), buffer.size(), "s"), whole);
+  absl::StatusOr<PoolResponse> back = DecodeResponse(buffer.data(), whole);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->tasks.size(), 4u);
+  EXPECT_EQ(back->tasks[1].rows[0][0], std::string(300000, 'v'));
+  EXPECT_EQ(back->tasks[3].sqlstate, "22012");
+  // One byte less and the big value no longer fits whole.
+  std::vector<char> smaller(whole - 1);
+  back = DecodeResponse(smaller.data(), EncodeResponse(p, smaller.data(), smaller.size(), "s"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->tasks[1].sqlstate, "54000");
+
+  PoolResponse error;
+  error.status = absl::UnavailableError("gone");
+  error.sqlstate = "08006";
+  std::vector<char> area(512);
+  EXPECT_EQ(ResponseBytes(error), EncodeResponse(error, area.data(), area.size(), "s"));
+}
+
 TEST(PoolMessageTest, ResultsThatCannotFitAtAllBecomeOneError) {
   PoolResponse p;
   for (int t = 0; t < 200; ++t) p.tasks.push_back(Value("x"));

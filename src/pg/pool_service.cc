@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "connthrottle/shared_pool.h"
 #include "pg/pool_message.h"
@@ -31,7 +33,15 @@ struct Request {
   std::vector<bool> run_locally;  // tasks handed back so far
   char* area = nullptr;           // the slot's message area
   size_t capacity = 0;
+  // A response larger than the area, while it crosses in parts.
+  std::string response;
+  size_t sent = 0;
 };
+
+// The largest response sent in parts: what a backend may allocate at once
+// (PostgreSQL's MaxAllocSize). Beyond it, results are cut to fit the area
+// (54000).
+constexpr size_t kMaxResponseBytes = 0x3fffffff;
 
 // The communicator's state. Main thread only, except where marked.
 struct Service {
@@ -139,10 +149,21 @@ void UpdatePoolService(const PoolServiceSettings& settings) noexcept {
 
 namespace {
 
+// Sends the next part of `req`'s response: true when it was the last (the
+// caller forgets the request).
+bool SendPart(Service& svc, int slot, Request& req) ABSL_EXCLUSIVE_LOCKS_REQUIRED(svc.requests_mu) {
+  const size_t n = std::min(req.capacity, req.response.size() - req.sent);
+  std::memcpy(req.area, req.response.data() + req.sent, n);
+  req.sent += n;
+  svc.answer(slot, n, req.response.size());
+  return req.sent == req.response.size();
+}
+
 // Writes the response of `req` if its tasks are settled and answers its
-// slot: true (the caller forgets the request).
+// slot: true when that was all of it (the caller forgets the request).
 bool AnswerLocked(Service& svc, int slot, Request& req)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(svc.requests_mu) {
+  if (!req.response.empty()) return false;  // answered already, in parts
   SharedPool::Progress p = svc.pool->Poll(req.ticket);
   for (int t : p.handed_back) req.run_locally[t] = true;
   if (!p.settled) return false;
@@ -156,8 +177,26 @@ bool AnswerLocked(Service& svc, int slot, Request& req)
     r.tasks_retried = result.stats.tasks_retried;
     r.run_locally = std::move(req.run_locally);
   }
-  svc.answer(slot, EncodeResponse(r, req.area, req.capacity, kSetting));
-  return true;
+  const size_t whole = ResponseBytes(r);
+  if (whole <= req.capacity || whole > kMaxResponseBytes) {
+    const size_t n = EncodeResponse(r, req.area, req.capacity, kSetting);
+    svc.answer(slot, n, n);
+    return true;
+  }
+  try {
+    req.response.resize(whole);
+  } catch (const std::bad_alloc&) {
+    const size_t n = WriteErrorResponse(
+        req.area, req.capacity, static_cast<int>(absl::StatusCode::kResourceExhausted), "53200",
+        absl::StrCat("connthrottle: the communicator could not hold a response of ", whole,
+                     " bytes")
+            .c_str());
+    svc.answer(slot, n, n);
+    return true;
+  }
+  EncodeResponse(r, req.response.data(), whole, kSetting);
+  req.ticket.reset();  // settled, and its results are in `response` now
+  return SendPart(svc, slot, req);
 }
 
 // The pool's on_change, on the pool's thread: the request settled or handed
@@ -188,7 +227,8 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
           PoolResponse r;
           r.status = !request.ok() ? request.status() : pool;
           r.sqlstate = !request.ok() ? "XX001" : pool.ok() ? "" : "55000";
-          svc.answer(slot, EncodeResponse(r, area, capacity, kSetting));
+          const size_t n = EncodeResponse(r, area, capacity, kSetting);
+          svc.answer(slot, n, n);
           return true;
         }
         Request& entry = svc.requests[slot];
@@ -206,9 +246,10 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
   if (!ok) {
     std::lock_guard<std::mutex> lock(svc.requests_mu);
     svc.requests.erase(slot);
-    svc.answer(slot,
-               WriteErrorResponse(area, capacity, static_cast<int>(absl::StatusCode::kInternal),
-                                  "XX000", "connthrottle: the communicator ran out of memory"));
+    const size_t n =
+        WriteErrorResponse(area, capacity, static_cast<int>(absl::StatusCode::kInternal), "XX000",
+                           "connthrottle: the communicator ran out of memory");
+    svc.answer(slot, n, n);
   }
 }
 
@@ -219,7 +260,7 @@ void CancelInPool(int slot, void (*release)(int slot)) noexcept {
       [&] {
         auto it = svc.requests.find(slot);
         if (it == svc.requests.end()) return 0;
-        if (svc.pool) svc.pool->Cancel(it->second.ticket);
+        if (svc.pool && it->second.ticket) svc.pool->Cancel(it->second.ticket);
         svc.requests.erase(it);
         return 0;
       },
@@ -238,6 +279,15 @@ void AnswerIfDone(int slot) noexcept {
         return 0;
       },
       0);
+}
+
+bool NextPart(int slot) noexcept {
+  Service& svc = Svc();
+  std::lock_guard<std::mutex> lock(svc.requests_mu);
+  auto it = svc.requests.find(slot);
+  if (it == svc.requests.end() || it->second.response.empty()) return false;
+  if (SendPart(svc, slot, it->second)) svc.requests.erase(it);
+  return true;
 }
 
 void DetachRequests() noexcept {

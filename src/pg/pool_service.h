@@ -37,11 +37,13 @@ struct PoolServiceStats {
   int64_t connections_now, tasks_queued_now;
 };
 
-// Marks slot `slot` answered: its response (`size` bytes) is in its area.
-// Called with the service's lock held, on the pool's thread when a request
-// settles or on the main thread: it must only publish the answer and wake
-// the session (no PostgreSQL call that is not async-signal-safe).
-using AnswerFn = void (*)(int slot, size_t size);
+// Marks slot `slot` answered: `size` bytes of its response, which is `total`
+// bytes in all, are in its area (a response larger than the area crosses it
+// in parts, each asked for by the session: NextPart). Called with the
+// service's lock held, on the pool's thread when a request settles or on
+// the main thread: it must only publish the answer and wake the session (no
+// PostgreSQL call that is not async-signal-safe).
+using AnswerFn = void (*)(int slot, size_t size, size_t total);
 
 // Keeps the settings and `answer`. The pool itself (this process registered
 // as an Owner of the counter table, the pool's thread started with every
@@ -63,10 +65,16 @@ void CancelInPool(int slot, void (*release)(int slot)) noexcept;
 // Answers slot `slot`'s request if it is settled (a backstop: the pool's
 // thread answers as the request settles).
 void AnswerIfDone(int slot) noexcept;
+// Writes the next part of slot `slot`'s response into its area and answers
+// it (the session took the previous part). The rest waits in the
+// communicator's memory, so a session that reads slowly holds up nobody
+// else: its tasks' connections went back to the pool when they settled.
+// False when the slot has no response in parts (nothing written).
+bool NextPart(int slot) noexcept;
 // Forgets every request, so that the pool's thread answers none of them
 // any more: the communicator answers them itself as it stops.
 void DetachRequests() noexcept;
-// Writes an error response to `area` (the communicator stops).
+// Writes an error response to `area` (the communicator stops); always whole.
 size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sqlstate,
                           const char* message) noexcept;
 PoolServiceStats PoolStats() noexcept;
