@@ -1,5 +1,6 @@
-// The adaptive executor through SQL on a real cluster: a coordinator with
-// connthrottle preloaded and two plain PostgreSQL workers, all on 127.0.0.1.
+// The adaptive executor (the direct transport) through SQL on a real
+// cluster: a coordinator with connthrottle preloaded and two plain
+// PostgreSQL workers, all on 127.0.0.1.
 // Covers the worker-node catalog, run_tasks / run_on_all_nodes fan-out, the
 // shared limit across concurrent coordinator sessions (checked from the
 // workers' own pg_stat_activity), local-execution failover, distribute (COPY
@@ -88,6 +89,9 @@ class PgExecutorTest : public ::testing::Test {
     coordinator.name = "coordinator";
     coordinator.max_connections = 50;
     coordinator.preload_connthrottle = true;
+    // The direct transport (each session's own adaptive executor), which
+    // these cases are about; pg_pool_test covers the shared pool.
+    coordinator.settings = {{"connthrottle.executor_transport", "'direct'"}};
     absl::StatusOr<std::unique_ptr<LocalServer>> c = LocalServer::Start(*root_, coordinator);
     if (!c.ok()) {
       *startup_error_ = c.status().ToString();

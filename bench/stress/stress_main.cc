@@ -82,8 +82,9 @@ ABSL_FLAG(std::string, fanout_task, "scan",
 ABSL_FLAG(std::string, coordinator, "",
           "use this coordinator (host:port, with the extension) instead of starting a cluster");
 ABSL_FLAG(std::string, worker_nodes, "", "with --coordinator: the workers as host:port,host:port");
-ABSL_FLAG(std::string, transport, "direct",
-          "connthrottle.executor_transport of the throttled run (sql mode): direct or shared_pool");
+ABSL_FLAG(std::string, transport, "shared_pool",
+          "connthrottle.executor_transport of the throttled run (sql mode): shared_pool (the "
+          "extension's default) or direct");
 ABSL_FLAG(bool, compare_transports, false,
           "also run the workload throttled through the other transport (sql mode)");
 ABSL_FLAG(bool, compare_unthrottled, false,

@@ -56,7 +56,7 @@ int node_connection_timeout_ms = 30 * 1000;
 int executor_slow_start_interval_ms = 10;
 char* node_conninfo = nullptr;
 enum Transport : int { kDirect = 0, kSharedPool = 1 };
-int executor_transport = kDirect;
+int executor_transport = kSharedPool;
 int pool_idle_timeout_ms = 60 * 1000;
 int pool_message_bytes = 64 * 1024;
 
@@ -323,7 +323,7 @@ void _PG_init(void) {
       "connections back when others wait). shared_pool: the session hands its tasks to the "
       "connthrottle communicator, which runs them over long-lived connections shared by all "
       "sessions.",
-      &executor_transport, kDirect, kTransports, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+      &executor_transport, kSharedPool, kTransports, PGC_USERSET, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable(
       "connthrottle.pool_idle_timeout",
       "How long a connection of the shared pool may stay idle before it is closed.", nullptr,
