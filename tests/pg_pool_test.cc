@@ -347,12 +347,17 @@ TEST_F(PgPoolTest, CancelAndStatementTimeoutWithdrawTheTasksAndKeepTheConnection
                  absl::StrCat("SELECT * FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
                               Port(0), "], ARRAY['SELECT pg_sleep(600)'])"));
     ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(600)") == 1; }));
+    const Clock::time_point cancelled = Clock::now();
     ASSERT_TRUE(session->Cancel().ok());
     ASSERT_TRUE(q.WaitDone(60s));
     EXPECT_EQ(SqlState(q.result().status()), "57014") << q.result().status();
+    // The worker's query was cancelled too, long before it would have ended.
+    EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(600)") == 0; }, 15s));
+    // Printed, not asserted (issue 11 wants 50 ms; these machines are shared).
+    Report("cancel -> the session's error",
+           absl::StrCat(Ms(q.ended() - cancelled), " ms; -> the worker's query gone: ",
+                        Ms(Clock::now() - cancelled), " ms (poll granularity ~1 ms)"));
   }
-  // The worker's query was cancelled too, long before it would have ended.
-  EXPECT_TRUE(PollUntil([&] { return Running(0, "pg_sleep(600)") == 0; }, 15s));
   EXPECT_TRUE(Grew("tasks_cancelled", cancelled_before, 1));
   ASSERT_TRUE(session->Exec("SET statement_timeout = '300ms'").ok());
   absl::StatusOr<std::vector<TaskRow>> slow = RunTasks(*session, {On(0, "SELECT pg_sleep(600)")});

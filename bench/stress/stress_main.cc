@@ -82,9 +82,9 @@ ABSL_FLAG(std::string, fanout_task, "scan",
 ABSL_FLAG(std::string, coordinator, "",
           "use this coordinator (host:port, with the extension) instead of starting a cluster");
 ABSL_FLAG(std::string, worker_nodes, "", "with --coordinator: the workers as host:port,host:port");
-ABSL_FLAG(std::string, transport, "shared_pool",
+ABSL_FLAG(std::string, transport, "",
           "connthrottle.executor_transport of the throttled run (sql mode): shared_pool (the "
-          "extension's default) or direct");
+          "default, as the extension's) or direct");
 ABSL_FLAG(bool, compare_transports, false,
           "also run the workload throttled through the other transport (sql mode)");
 ABSL_FLAG(bool, compare_unthrottled, false,
@@ -1089,12 +1089,17 @@ int Main() {
   std::fprintf(stderr, "throttled run: %d clients, limit %d, %s ...\n",
                absl::GetFlag(FLAGS_clients), absl::GetFlag(FLAGS_limit),
                absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str());
-  const std::string transport = absl::GetFlag(FLAGS_transport);
-  if (transport != "direct" && transport != "shared_pool")
-    Die("--transport is direct or shared_pool");
-  if (library && (transport != "direct" || absl::GetFlag(FLAGS_compare_transports))) {
+  if (library &&
+      (!absl::GetFlag(FLAGS_transport).empty() || absl::GetFlag(FLAGS_compare_transports))) {
     Die("--transport and --compare_transports are for sql mode");
   }
+  // Library mode's clients are the direct transport.
+  const std::string transport = library ? "direct"
+                                : absl::GetFlag(FLAGS_transport).empty()
+                                    ? "shared_pool"
+                                    : absl::GetFlag(FLAGS_transport);
+  if (transport != "direct" && transport != "shared_pool")
+    Die("--transport is direct or shared_pool");
   const std::string other = transport == "direct" ? "shared_pool" : "direct";
   auto label = [](const std::string& t) {
     return t == "direct" ? std::string("throttled") : absl::StrCat("throttled, ", t);
