@@ -218,6 +218,34 @@ class PgPoolTest : public ::testing::Test {
         i, absl::StrCat(" AND state = 'active' AND query LIKE '%", query_part, "%'"));
   }
 
+  // A session whose backend is stopped (SIGSTOP) just as the communicator
+  // has the response of its 1 MB task: the task waits on worker 1 for the
+  // advisory lock `lock`, which the test lets go once the backend is stopped.
+  struct StoppedReader {
+    int pid = 0;
+    std::unique_ptr<AsyncQuery> query;
+    void Resume() {
+      if (pid != 0) kill(pid, SIGCONT);
+      pid = 0;
+    }
+    ~StoppedReader() { Resume(); }
+  };
+  void StopMidResponse(PgClient& session, int lock, StoppedReader& reader) {
+    const std::string waits = absl::StrCat("pg_advisory_xact_lock(", lock, ")");
+    ASSERT_TRUE(wobs_[0]->Exec(absl::StrCat("SELECT pg_advisory_lock(", lock, ")")).ok());
+    const int pid = session.BackendPid();
+    reader.query = std::make_unique<AsyncQuery>(
+        session,
+        absl::StrCat("SELECT length(result), result = repeat('x', 1000000) FROM "
+                     "connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
+                     Port(0), "], ARRAY['SELECT repeat(''x'', 1000000) FROM ", waits, "'])"));
+    ASSERT_TRUE(PollUntil([&] { return Running(0, waits) == 1; }));
+    ASSERT_EQ(kill(pid, SIGSTOP), 0);
+    reader.pid = pid;
+    ASSERT_TRUE(wobs_[0]->Exec(absl::StrCat("SELECT pg_advisory_unlock(", lock, ")")).ok());
+    ASSERT_TRUE(PollUntil([&] { return Running(0, waits) == 0; }));
+  }
+
   static int Port(int i) { return workers_[i]->port(); }
   static TaskSpec On(int i, std::string sql) { return {"127.0.0.1", Port(i), std::move(sql)}; }
 
@@ -492,19 +520,8 @@ TEST_F(PgPoolTest, ASessionReadingALargeResultSlowlyHoldsUpNoOneElse) {
   std::unique_ptr<PgClient> slow = Connect(), other = Connect();
   ASSERT_NE(slow, nullptr);
   ASSERT_NE(other, nullptr);
-  const int pid = slow->BackendPid();
-  // The big task waits for this lock until the slow backend is stopped.
-  ASSERT_TRUE(wobs_[0]->Exec("SELECT pg_advisory_lock(4242)").ok());
-  AsyncQuery q(*slow, absl::StrCat("SELECT length(result), result = repeat('x', 1000000) FROM "
-                                   "connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[",
-                                   Port(0),
-                                   "], ARRAY['SELECT repeat(''x'', 1000000) FROM "
-                                   "pg_advisory_xact_lock(4242)'])"));
-  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_advisory_xact_lock(4242)") == 1; }));
-  ASSERT_EQ(kill(pid, SIGSTOP), 0);
-  absl::Cleanup resume = [pid] { kill(pid, SIGCONT); };
-  ASSERT_TRUE(wobs_[0]->Exec("SELECT pg_advisory_unlock(4242)").ok());
-  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_advisory_xact_lock(4242)") == 0; }));
+  StoppedReader reader;
+  ASSERT_NO_FATAL_FAILURE(StopMidResponse(*slow, 4242, reader));
 
   // While the slow session's backend is stopped, mid-response.
   for (int round = 0; round < 5; ++round) {
@@ -517,14 +534,14 @@ TEST_F(PgPoolTest, ASessionReadingALargeResultSlowlyHoldsUpNoOneElse) {
     ASSERT_TRUE(o.result().ok()) << o.result().status();
     EXPECT_EQ(o.result()->Value(), std::to_string(2 * round + 10));
   }
-  EXPECT_FALSE(q.done());
+  EXPECT_FALSE(reader.query->done());
   EXPECT_LE(CoordinatorConnectionsOn(0), 1);
 
-  std::move(resume).Invoke();
-  ASSERT_TRUE(q.WaitDone(60s));
-  ASSERT_TRUE(q.result().ok()) << q.result().status();
-  EXPECT_EQ(q.result()->rows[0][0], "1000000");
-  EXPECT_EQ(q.result()->rows[0][1], "t");
+  reader.Resume();
+  ASSERT_TRUE(reader.query->WaitDone(60s));
+  ASSERT_TRUE(reader.query->result().ok()) << reader.query->result().status();
+  EXPECT_EQ(reader.query->result()->rows[0][0], "1000000");
+  EXPECT_EQ(reader.query->result()->rows[0][1], "t");
 }
 
 // The communicator terminated while a session is stopped in the middle of
@@ -533,23 +550,14 @@ TEST_F(PgPoolTest, ASessionReadingALargeResultSlowlyHoldsUpNoOneElse) {
 TEST_F(PgPoolTest, ACommunicatorGoneMidResponseFailsTheReaderCleanly) {
   std::unique_ptr<PgClient> slow = Connect();
   ASSERT_NE(slow, nullptr);
-  const int pid = slow->BackendPid();
-  ASSERT_TRUE(wobs_[0]->Exec("SELECT pg_advisory_lock(4243)").ok());
-  AsyncQuery q(*slow, absl::StrCat("SELECT length(result) FROM connthrottle.run_tasks("
-                                   "ARRAY['127.0.0.1'], ARRAY[",
-                                   Port(0),
-                                   "], ARRAY['SELECT repeat(''y'', 1000000) FROM "
-                                   "pg_advisory_xact_lock(4243)'])"));
-  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_advisory_xact_lock(4243)") == 1; }));
-  ASSERT_EQ(kill(pid, SIGSTOP), 0);
-  absl::Cleanup resume = [pid] { kill(pid, SIGCONT); };
-  ASSERT_TRUE(wobs_[0]->Exec("SELECT pg_advisory_unlock(4243)").ok());
-  ASSERT_TRUE(PollUntil([&] { return Running(0, "pg_advisory_xact_lock(4243)") == 0; }));
+  StoppedReader reader;
+  ASSERT_NO_FATAL_FAILURE(StopMidResponse(*slow, 4243, reader));
   const int communicator = CommunicatorPid();
   ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_terminate_backend(", communicator, ")")), "t");
   ASSERT_TRUE(PollUntil([&] { return CommunicatorPid() != communicator; }));
 
-  std::move(resume).Invoke();
+  reader.Resume();
+  AsyncQuery& q = *reader.query;
   ASSERT_TRUE(q.WaitDone(60s));
   const std::string state = SqlState(q.result().status());
   EXPECT_TRUE(state == "57P01" || state == "08006") << q.result().status();
