@@ -544,6 +544,24 @@ TEST_F(PgPoolTest, ASessionReadingALargeResultSlowlyHoldsUpNoOneElse) {
   EXPECT_EQ(reader.query->result()->rows[0][1], "t");
 }
 
+// A session cancelled while it holds the first part of a response in parts
+// gives up the rest (the communicator drops it) and its slot serves its next
+// request at once.
+TEST_F(PgPoolTest, ACancelMidResponseDropsTheRestAndFreesTheSlot) {
+  std::unique_ptr<PgClient> slow = Connect();
+  ASSERT_NE(slow, nullptr);
+  StoppedReader reader;
+  ASSERT_NO_FATAL_FAILURE(StopMidResponse(*slow, 4244, reader));
+  // Delivered when the backend runs again, with the first part in its area.
+  ASSERT_EQ(Value(*obs_, absl::StrCat("SELECT pg_cancel_backend(", reader.pid, ")")), "t");
+  reader.Resume();
+  ASSERT_TRUE(reader.query->WaitDone(60s));
+  EXPECT_EQ(SqlState(reader.query->result().status()), "57014") << reader.query->result().status();
+  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*slow, {On(0, "SELECT 14")});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*after)[0].result, "14");
+}
+
 // The communicator terminated while a session is stopped in the middle of
 // reading a response in parts: once the session reads again it fails with
 // 57P01 or 08006 (whichever communicator it finds), and its slot is usable.

@@ -147,8 +147,9 @@ class SharedPool {
 
   // Queues the tasks. `on_change`, when given, is called on the loop's
   // thread each time the execution progresses (a result settles it, a task
-  // is handed back, the pool stops), with no lock held: it must be quick and
-  // must not call into the pool.
+  // is handed back, the pool stops), with no lock of the pool held. It holds
+  // up the loop while it runs, so it must be quick; it may call Poll and
+  // TakeResults (they take only the execution's own lock).
   Ticket Submit(Submission submission, std::function<void()> on_change = {});
   // Takes the progress made so far; Await waits up to `timeout` for some.
   Progress Poll(const Ticket& ticket);

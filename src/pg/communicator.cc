@@ -20,7 +20,8 @@
 // waiting: the communicator cancels the tasks and frees the slot, and the
 // backend's next request waits for that (claim). Every change of state is
 // followed by setting the other side's latch. A backend that submits or
-// withdraws also sets its bit in the header's `pending` bitmap, so that the
+// withdraws or asks for a response's next part also sets its bit in the
+// header's `pending` bitmap, so that the
 // communicator looks at those slots only, not at all MaxBackends of them.
 //
 // The communicator's thread model: its main thread (this file) waits on its
@@ -182,11 +183,27 @@ void AnswerSlot(int i, size_t size, size_t total) {
   Answer(SlotAt(static_cast<uint32>(i)), size, total);
 }
 
-// Frees a withdrawn request's slot (under the pool service's lock).
+// Frees a withdrawn request's slot that the pool never had (kSubmitted).
 void ReleaseSlot(int i) {
   Slot* slot = SlotAt(static_cast<uint32>(i));
   pg_atomic_write_u32(&slot->state, kFree);
   WakeBackend(slot);
+}
+
+// Frees a withdrawn request's slot the pool had (under the pool service's
+// lock): only if it is still running or between parts. The pool's thread
+// may have answered it meanwhile, and the backend already claimed the slot
+// again and submitted its next request, which must stay.
+void ReleaseWithdrawn(int i) {
+  Slot* slot = SlotAt(static_cast<uint32>(i));
+  const uint32 held[] = {kRunning, kMore};
+  for (uint32 from : held) {
+    uint32 expected = from;
+    if (pg_atomic_compare_exchange_u32(&slot->state, &expected, kFree)) {
+      WakeBackend(slot);
+      return;
+    }
+  }
 }
 
 // Answers a request this communicator will not run with 08006.
@@ -205,23 +222,24 @@ void ServeSlot(uint32 i) {
   const bool withdrawn = pg_atomic_read_u32(&slot->cancel) == slot->request_id;
   if (withdrawn) {
     if (state != kSubmitted) {
-      connthrottle::pg::CancelInPool(static_cast<int>(i), ReleaseSlot);
+      connthrottle::pg::CancelInPool(static_cast<int>(i), ReleaseWithdrawn);
     } else {
       ReleaseSlot(static_cast<int>(i));
     }
     return;
   }
   if (state == kRunning) return;
+  if (state == kMore) {
+    // None after a restart: the parts were an earlier communicator's.
+    if (!connthrottle::pg::NextPart(static_cast<int>(i))) {
+      AnswerLost(slot, "connthrottle: the communicator lost the rest of this response");
+    }
+    return;
+  }
   // Submitted to an earlier communicator (the backend has been told so, or
   // will be): not run.
   if (slot->epoch != pg_atomic_read_u32(&header->epoch)) {
     AnswerLost(slot, "connthrottle: the communicator restarted before it ran this request");
-    return;
-  }
-  if (state == kMore) {
-    if (!connthrottle::pg::NextPart(static_cast<int>(i))) {
-      AnswerLost(slot, "connthrottle: the communicator lost the rest of this response");
-    }
     return;
   }
   if (slot->size > header->area_bytes) {
@@ -346,11 +364,25 @@ bool WaitTick() {
   return !failed && (rc & WL_POSTMASTER_DEATH) == 0;
 }
 
+// A part of a response in the area (kDone, fewer bytes than the whole): the
+// communicator may still hold the rest for this backend.
+bool HoldsAPart(Slot* slot) {
+  if (pg_atomic_read_u32(&slot->state) != kDone) return false;
+  pg_read_barrier();
+  return slot->size != slot->total;
+}
+
 void Withdraw() {
   Slot* slot = MySlot();
   if (slot == nullptr) return;
-  if (!Held(pg_atomic_read_u32(&slot->state))) return;
+  if (!Held(pg_atomic_read_u32(&slot->state)) && !HoldsAPart(slot)) return;
   pg_atomic_write_u32(&slot->cancel, slot->request_id);
+  pg_memory_barrier();
+  // Between parts the slot is the backend's: handing it back as kMore lets
+  // the communicator see the withdrawal and drop the rest. Looked at after
+  // the cancel word is visible, since the communicator may have sent a part
+  // (kMore -> kDone) meanwhile.
+  if (HoldsAPart(slot)) pg_atomic_write_u32(&slot->state, kMore);
   MarkPending(slot);
   if (CommunicatorRunning()) SetLatch(header->latch);
 }
@@ -366,6 +398,7 @@ ChannelState OpsClaim() {
   Slot* slot = MySlot();
   // Wake this backend, not the slot's previous one, when the slot frees.
   pg_atomic_write_u64(&slot->latch, reinterpret_cast<uint64>(MyLatch));
+  pg_memory_barrier();  // before the state is read: a release after it wakes us
   for (int look = 0; look < 2; ++look) {
     if (!CommunicatorRunning()) {
       if (look == 0 && WaitTick()) continue;
@@ -422,6 +455,7 @@ ChannelState OpsAwait(size_t* size, size_t* total) {
 
 void OpsMore() {
   Slot* slot = MySlot();
+  pg_memory_barrier();  // the part is read before the communicator may overwrite it
   pg_atomic_write_u32(&slot->state, kMore);
   MarkPending(slot);
   if (CommunicatorRunning()) SetLatch(header->latch);

@@ -1,5 +1,6 @@
 #include "pg/pool_channel.h"
 
+#include <new>
 #include <string>
 #include <utility>
 
@@ -94,12 +95,24 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
         message_size = size;
         break;
       }
-      if (parts.empty()) parts.reserve(total);
-      parts.append(area, size);
+      try {
+        if (parts.empty()) parts.reserve(total);
+        parts.append(area, size);
+      } catch (const std::bad_alloc&) {
+        ops_.cancel();  // the communicator drops the rest
+        return WithSqlstate(
+            absl::ResourceExhaustedError(absl::StrCat(
+                "connthrottle: no memory for this execution's results (", total, " bytes)")),
+            "53200");  // out_of_memory
+      }
       if (parts.size() >= total) {
         message = parts.data();
         message_size = parts.size();
         break;
+      }
+      if (context_.Interrupted()) {
+        ops_.cancel();
+        return absl::CancelledError("the execution was cancelled");
       }
       ops_.more();
       continue;

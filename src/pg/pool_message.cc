@@ -99,9 +99,10 @@ absl::Status Torn(const char* what) {
 }
 
 // The single value run_tasks shows, when the last result set has one.
-std::optional<std::optional<std::string>> SingleValue(const TaskResult& t) {
-  if (t.row_count == 1 && t.rows.size() == 1 && t.rows[0].size() == 1) return t.rows[0][0];
-  return std::nullopt;
+// Null when there is none; a pointer, not a copy (values may be large).
+const std::optional<std::string>* SingleValue(const TaskResult& t) {
+  if (t.row_count == 1 && t.rows.size() == 1 && t.rows[0].size() == 1) return &t.rows[0][0];
+  return nullptr;
 }
 
 void PutTask(Writer& w, const TaskResult& t, bool run_locally) {
@@ -112,8 +113,8 @@ void PutTask(Writer& w, const TaskResult& t, bool run_locally) {
   w.String(t.command_tag);
   w.Put<int64_t>(t.row_count);
   const auto value = SingleValue(t);
-  w.Put<uint8_t>(!value.has_value() ? 0 : value->has_value() ? 2 : 1);  // none, NULL, text
-  if (value.has_value() && value->has_value()) w.String(**value);
+  w.Put<uint8_t>(value == nullptr ? 0 : value->has_value() ? 2 : 1);  // none, NULL, text
+  if (value != nullptr && value->has_value()) w.String(**value);
   w.String(t.node.host);
   w.Put<int32_t>(t.node.port);
   w.Put<uint8_t>(t.ran_locally ? 1 : 0);
@@ -224,7 +225,7 @@ size_t EncodeResponse(const PoolResponse& response, char* out, size_t capacity,
       const bool local = i < response.run_locally.size() && response.run_locally[i];
       const auto value = SingleValue(t);
       const size_t text = std::max(t.status.message().size(),
-                                   value.has_value() && value->has_value() ? (*value)->size() : 0);
+                                   value != nullptr && value->has_value() ? (*value)->size() : 0);
       if (text <= max_text) {
         PutTask(w, t, local);
         continue;

@@ -129,8 +129,8 @@ void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer) noex
   Quietly(
       [&] {
         Service& svc = Svc();
-        SetSettings(svc, settings);
         svc.answer = answer;
+        SetSettings(svc, settings);
         return 0;
       },
       0);
@@ -167,34 +167,35 @@ bool AnswerLocked(Service& svc, int slot, Request& req)
   SharedPool::Progress p = svc.pool->Poll(req.ticket);
   for (int t : p.handed_back) req.run_locally[t] = true;
   if (!p.settled) return false;
-  PoolResponse r;
-  if (p.pool_gone) {
-    r.status = absl::UnavailableError("connthrottle: the communicator's pool shut down");
-    r.sqlstate = "08006";
-  } else {
-    ExecutionResult result = svc.pool->TakeResults(req.ticket);
-    r.tasks = std::move(result.tasks);
-    r.tasks_retried = result.stats.tasks_retried;
-    r.run_locally = std::move(req.run_locally);
-  }
-  const size_t whole = ResponseBytes(r);
-  if (whole <= req.capacity || whole > kMaxResponseBytes) {
-    const size_t n = EncodeResponse(r, req.area, req.capacity, kSetting);
-    svc.answer(slot, n, n);
-    return true;
-  }
+  // Settled: from here the request is answered whatever happens (an
+  // exception would leave it unanswered, and its session waiting).
   try {
+    PoolResponse r;
+    if (p.pool_gone) {
+      r.status = absl::UnavailableError("connthrottle: the communicator's pool shut down");
+      r.sqlstate = "08006";
+    } else {
+      ExecutionResult result = svc.pool->TakeResults(req.ticket);
+      r.tasks = std::move(result.tasks);
+      r.tasks_retried = result.stats.tasks_retried;
+      r.run_locally = std::move(req.run_locally);
+    }
+    const size_t whole = ResponseBytes(r);
+    if (whole <= req.capacity || whole > kMaxResponseBytes) {
+      const size_t n = EncodeResponse(r, req.area, req.capacity, kSetting);
+      svc.answer(slot, n, n);
+      return true;
+    }
     req.response.resize(whole);
-  } catch (const std::bad_alloc&) {
+    EncodeResponse(r, req.response.data(), whole, kSetting);
+  } catch (...) {
+    std::string().swap(req.response);
     const size_t n = WriteErrorResponse(
         req.area, req.capacity, static_cast<int>(absl::StatusCode::kResourceExhausted), "53200",
-        absl::StrCat("connthrottle: the communicator could not hold a response of ", whole,
-                     " bytes")
-            .c_str());
+        "connthrottle: the communicator ran out of memory for this execution's results");
     svc.answer(slot, n, n);
     return true;
   }
-  EncodeResponse(r, req.response.data(), whole, kSetting);
   req.ticket.reset();  // settled, and its results are in `response` now
   return SendPart(svc, slot, req);
 }
@@ -231,7 +232,11 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
           svc.answer(slot, n, n);
           return true;
         }
+        // A fresh entry: one the slot's last request left (a response in
+        // parts its session gave up on) must not shape this one.
         Request& entry = svc.requests[slot];
+        if (entry.ticket && svc.pool) svc.pool->Cancel(entry.ticket);
+        entry = Request{};
         entry.seq = ++svc.next_seq;
         entry.run_locally.assign(request->tasks.size(), false);
         entry.area = area;
@@ -256,15 +261,19 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
 void CancelInPool(int slot, void (*release)(int slot)) noexcept {
   Service& svc = Svc();
   std::lock_guard<std::mutex> lock(svc.requests_mu);
-  Quietly(
-      [&] {
-        auto it = svc.requests.find(slot);
-        if (it == svc.requests.end()) return 0;
-        if (svc.pool && it->second.ticket) svc.pool->Cancel(it->second.ticket);
-        svc.requests.erase(it);
-        return 0;
-      },
-      0);
+  auto it = svc.requests.find(slot);
+  if (it != svc.requests.end()) {
+    // Forgotten before the pool is told, so that no exception can leave an
+    // entry the pool's thread would still answer into a freed slot.
+    SharedPool::Ticket ticket = std::move(it->second.ticket);
+    svc.requests.erase(it);
+    Quietly(
+        [&] {
+          if (svc.pool && ticket) svc.pool->Cancel(ticket);
+          return 0;
+        },
+        0);
+  }
   release(slot);
 }
 
