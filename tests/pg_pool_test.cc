@@ -246,6 +246,14 @@ class PgPoolTest : public ::testing::Test {
     ASSERT_TRUE(PollUntil([&] { return Running(0, waits) == 0; }));
   }
 
+  // The session's slot serves its next request: it answers SELECT value.
+  static void ExpectSlotServes(PgClient& session, int value) {
+    absl::StatusOr<std::vector<TaskRow>> after =
+        RunTasks(session, {On(0, absl::StrCat("SELECT ", value))});
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_EQ((*after)[0].result, std::to_string(value));
+  }
+
   static int Port(int i) { return workers_[i]->port(); }
   static TaskSpec On(int i, std::string sql) { return {"127.0.0.1", Port(i), std::move(sql)}; }
 
@@ -557,9 +565,7 @@ TEST_F(PgPoolTest, ACancelMidResponseDropsTheRestAndFreesTheSlot) {
   reader.Resume();
   ASSERT_TRUE(reader.query->WaitDone(60s));
   EXPECT_EQ(SqlState(reader.query->result().status()), "57014") << reader.query->result().status();
-  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*slow, {On(0, "SELECT 14")});
-  ASSERT_TRUE(after.ok()) << after.status();
-  EXPECT_EQ((*after)[0].result, "14");
+  ExpectSlotServes(*slow, 14);
 }
 
 // The communicator terminated while a session is stopped in the middle of
@@ -580,9 +586,7 @@ TEST_F(PgPoolTest, ACommunicatorGoneMidResponseFailsTheReaderCleanly) {
   const std::string state = SqlState(q.result().status());
   EXPECT_TRUE(state == "57P01" || state == "08006") << q.result().status();
   ASSERT_TRUE(PollUntil([&] { return CommunicatorPid() != 0; }));
-  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*slow, {On(0, "SELECT 13")});
-  ASSERT_TRUE(after.ok()) << after.status();
-  EXPECT_EQ((*after)[0].result, "13");
+  ExpectSlotServes(*slow, 13);
 }
 
 // Last (gtest runs a suite's cases in the order written): the server restarts.
