@@ -1,6 +1,9 @@
-// The adaptive executor (the direct transport) through SQL on a real
-// cluster: a coordinator with connthrottle preloaded and two plain
-// PostgreSQL workers, all on 127.0.0.1.
+// run_tasks, run_on_all_nodes and distribute through SQL on a real cluster:
+// a coordinator with connthrottle preloaded and two plain PostgreSQL
+// workers, all on 127.0.0.1. Every case runs on both transports
+// (connthrottle.executor_transport = direct, each session's own adaptive
+// executor, and shared_pool, the communicator's pooled connections): the
+// same assertions hold for both.
 // Covers the worker-node catalog, run_tasks / run_on_all_nodes fan-out, the
 // shared limit across concurrent coordinator sessions (checked from the
 // workers' own pg_stat_activity), local-execution failover, distribute (COPY
@@ -11,8 +14,9 @@
 // same state (the catalog holds exactly the two workers, no busy node, the
 // executor settings at their defaults) and ends by restoring it: its sessions
 // gone, no coordinator connection left on any worker, no busy node, a clean
-// connthrottle.audit(). Synchronisation is by polling SQL state with
-// deadlines; timings are printed and only bounded generously.
+// connthrottle.audit(). On the shared pool the communicator's idle
+// connections close after kPoolIdleTimeout, so that holds there too. Synchronisation is by polling
+// SQL state with deadlines; timings are printed and only bounded generously.
 
 #include <algorithm>
 #include <atomic>
@@ -76,7 +80,11 @@ int ToInt(const Cell& v) { return v.has_value() ? std::stoi(*v) : 0; }
 constexpr char kCoordinatorConnections[] =
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle'";
 
-class PgExecutorTest : public ::testing::Test {
+// How long the shared pool keeps an idle connection in these cases: short,
+// so that every case can end with no coordinator connection on a worker.
+constexpr char kPoolIdleTimeout[] = "200ms";
+
+class PgExecutorTest : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
     absl::StatusOr<std::string> root = MakeServerRoot("connthrottle-pgexec");
@@ -89,9 +97,8 @@ class PgExecutorTest : public ::testing::Test {
     coordinator.name = "coordinator";
     coordinator.max_connections = 50;
     coordinator.preload_connthrottle = true;
-    // The direct transport (each session's own adaptive executor), which
-    // these cases are about; pg_pool_test covers the shared pool.
-    coordinator.settings = {{"connthrottle.executor_transport", "'direct'"}};
+    coordinator.settings = {
+        {"connthrottle.pool_idle_timeout", absl::StrCat("'", kPoolIdleTimeout, "'")}};
     absl::StatusOr<std::unique_ptr<LocalServer>> c = LocalServer::Start(*root_, coordinator);
     if (!c.ok()) {
       *startup_error_ = c.status().ToString();
@@ -138,6 +145,7 @@ class PgExecutorTest : public ::testing::Test {
     obs_ = Connect();
     ASSERT_NE(obs_, nullptr);
     ASSERT_NO_FATAL_FAILURE(ConnectWorkerObservers());
+    ASSERT_NO_FATAL_FAILURE(UseTransport(GetParam()));
     ASSERT_EQ(Catalog(), ExpectedCatalog()) << "catalog not as the suite set it up";
     ASSERT_EQ(Value(*obs_, kCountNodes), "0")
         << "busy nodes before the test: " << Rows(*obs_, kNodes);
@@ -180,6 +188,19 @@ class PgExecutorTest : public ::testing::Test {
     obs_.reset();
     for (auto& w : wobs_) w.reset();
   }
+
+  // Makes `transport` the executor_transport of every new session (ALTER
+  // SYSTEM, kept across cases of the same transport).
+  void UseTransport(const std::string& transport) {
+    if (Show("connthrottle.executor_transport") == transport) return;
+    ASSERT_TRUE(obs_->Exec(absl::StrCat("ALTER SYSTEM SET connthrottle.executor_transport = '",
+                                        transport, "'"))
+                    .ok());
+    ASSERT_TRUE(obs_->Exec("SELECT pg_reload_conf()").ok());
+    ASSERT_TRUE(PollUntil([&] { return Show("connthrottle.executor_transport") == transport; }))
+        << "executor_transport did not become " << transport;
+  }
+  bool OnSharedPool() const { return GetParam() == "shared_pool"; }
 
   static std::unique_ptr<PgClient> Connect() {
     absl::StatusOr<std::unique_ptr<PgClient>> c = coordinator_->Connect();
@@ -256,6 +277,27 @@ class PgExecutorTest : public ::testing::Test {
     return r.ok() ? std::stoi(r->Value()) : -1;
   }
 
+  // Nothing runs on worker i: the coordinator's connections there (at most
+  // `at_most`) are idle, each a worker backend counted once, and the node
+  // has no forced, reserved or waiting slot. For the shared pool, whose
+  // connections close when idle for kPoolIdleTimeout, polled until the
+  // coordinator's count and the worker's agree.
+  void ExpectIdleConnectionsOn(int i, int at_most) {
+    int backends = -1;
+    NodeCounters counted;
+    EXPECT_TRUE(PollUntil([&] {
+      counted = WorkerCounters(i);
+      backends = CoordinatorConnectionsOn(i);
+      return backends == counted.connections && WorkerCounters(i) == counted;
+    })) << backends
+        << " backends on worker " << i + 1 << " vs " << counted;
+    EXPECT_LE(counted.connections, at_most) << "worker " << i + 1;
+    EXPECT_EQ(counted.forced, 0);
+    EXPECT_EQ(counted.reserved, 0);
+    EXPECT_EQ(counted.waiters, 0);
+    EXPECT_EQ(CoordinatorConnectionsOn(i, " AND state <> 'idle'"), 0) << "worker " << i + 1;
+  }
+
   static std::string Host() { return "127.0.0.1"; }
   static int Port(int i) { return workers_[i]->port(); }
   static std::string Node(int i) { return absl::StrCat("127.0.0.1:", workers_[i]->port()); }
@@ -278,7 +320,7 @@ class PgExecutorTest : public ::testing::Test {
 
 // ---------------------------------------------------------------------------
 
-TEST_F(PgExecutorTest, CatalogRefusesBadAndDuplicateNodes) {
+TEST_P(PgExecutorTest, CatalogRefusesBadAndDuplicateNodes) {
   const std::string before = Catalog();
   struct Bad {
     std::string call;
@@ -349,7 +391,7 @@ TEST_F(PgExecutorTest, CatalogRefusesBadAndDuplicateNodes) {
             "42704");
 }
 
-TEST_F(PgExecutorTest, RunTasksFanOutResultsPerTask) {
+TEST_P(PgExecutorTest, RunTasksFanOutResultsPerTask) {
   std::unique_ptr<PgClient> s = Connect();
   ASSERT_NE(s, nullptr);
   constexpr int kTasks = 40;
@@ -369,11 +411,21 @@ TEST_F(PgExecutorTest, RunTasksFanOutResultsPerTask) {
       expected.push_back(std::to_string(i));
     }
   }
+  constexpr char kPoolTasksRun[] = "SELECT tasks_run FROM connthrottle.pool_stats()";
+  const int64_t pool_tasks_before = std::stoll(Value(*obs_, kPoolTasksRun));
   const Clock::time_point start = Clock::now();
   absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(*s, tasks);
   const Clock::duration took = Clock::now() - start;
   ASSERT_TRUE(rows.ok()) << rows.status();
   ASSERT_EQ(rows->size(), static_cast<size_t>(kTasks));
+  // On the shared pool the communicator ran them (it publishes its figures
+  // every 100 ms). The direct transport's own cases below fail if the pool
+  // ran its tasks (a limit contended without a waiting acquire).
+  if (OnSharedPool()) {
+    EXPECT_TRUE(PollUntil([&] {
+      return std::stoll(Value(*obs_, kPoolTasksRun)) - pool_tasks_before >= kTasks;
+    })) << "the communicator did not run the tasks";
+  }
   std::map<int, std::set<std::string>> connections;  // per worker
   for (int i = 0; i < kTasks; ++i) {
     const TaskRow& r = (*rows)[i];
@@ -430,7 +482,7 @@ TEST_F(PgExecutorTest, RunTasksFanOutResultsPerTask) {
   }
 }
 
-TEST_F(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
+TEST_P(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
   constexpr int kLimit = 2;
   constexpr int kSessions = 6;
   constexpr int kTasks = 20;
@@ -457,6 +509,7 @@ TEST_F(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
   std::atomic<int> samples[2] = {0, 0};
   std::atomic<int> counted_peak{0};
   std::atomic<int> counter_samples{0};
+  std::atomic<int> queued_peak{0};  // the communicator's queue (shared pool)
   std::atomic<bool> sample_failed{false};
   std::vector<std::thread> threads;
   for (int w = 0; w < 2; ++w) {
@@ -486,6 +539,15 @@ TEST_F(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
       const int n = std::stoi(*v);
       if (n > counted_peak.load()) counted_peak = n;
       ++counter_samples;
+      if (OnSharedPool()) {
+        absl::StatusOr<std::string> q =
+            counter_sampler->QueryValue("SELECT tasks_queued FROM connthrottle.pool_stats()");
+        if (!q.ok()) {
+          sample_failed = true;
+          return;
+        }
+        queued_peak = std::max(queued_peak.load(), std::stoi(*q));
+      }
     }
   });
 
@@ -554,7 +616,16 @@ TEST_F(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
   const int64_t waited = std::stoll(Value(*obs_, "SELECT waited FROM connthrottle.table_stats()")) -
                          std::stoll(waited_before);
   Report("waiting acquires during the run (first connections that waited)", std::to_string(waited));
-  EXPECT_GT(waited, 0) << "the limit was never contended";
+  if (OnSharedPool()) {
+    // Sessions wait for their tasks' turn, not for a slot: the pool never
+    // waits (it only tries for more connections), its queue does.
+    Report("peak tasks queued in the communicator (sampled every 100 ms)",
+           std::to_string(queued_peak.load()));
+    EXPECT_EQ(waited, 0) << "the shared pool waited for a slot";
+    EXPECT_GT(queued_peak.load(), 0) << "the limit was never contended";
+  } else {
+    EXPECT_GT(waited, 0) << "the limit was never contended";
+  }
 
   // Only idle cached connections remain, each a real worker backend.
   for (int w = 0; w < 2; ++w) {
@@ -585,8 +656,10 @@ TEST_F(PgExecutorTest, SharedLimitHoldsAcrossConcurrentCoordinatorSessions) {
 // A session that goes idle cannot give back its cached connections until it
 // runs again, so it keeps one only while the node still has a free slot with
 // it counted: idle sessions never hold a node's last slot, and a session
-// arriving later is never starved by them.
-TEST_F(PgExecutorTest, IdleSessionsNeverHoldANodesLastSlot) {
+// arriving later is never starved by them. On the shared pool no session
+// holds anything: the communicator's connections serve every session, and
+// the same sessions run without waiting.
+TEST_P(PgExecutorTest, IdleSessionsNeverHoldANodesLastSlot) {
   ASSERT_TRUE(SetSetting("connthrottle.max_shared_pool_size", "2"));
   std::unique_ptr<PgClient> idle1 = Connect();
   std::unique_ptr<PgClient> idle2 = Connect();
@@ -599,15 +672,24 @@ TEST_F(PgExecutorTest, IdleSessionsNeverHoldANodesLastSlot) {
     EXPECT_TRUE(rows.ok()) << rows.status();
     return rows.ok() && rows->size() == 1 && (*rows)[0].success;
   };
+  const std::string cached_query = absl::StrCat(
+      "SELECT coalesce(sum(cached), 0) FROM connthrottle.nodes WHERE port = ", Port(0));
   ASSERT_TRUE(run(*idle1, "SELECT 1"));
-  EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, 1, 0, 0, 0})) << "cached: a slot is still free";
-  EXPECT_EQ(
-      Value(*obs_, absl::StrCat("SELECT cached FROM connthrottle.nodes WHERE port = ", Port(0))),
-      "1")
-      << "the idle session's connection is parked";
+  if (OnSharedPool()) {
+    EXPECT_EQ(Value(*obs_, cached_query), "0") << "a session parked a connection";
+    ASSERT_NO_FATAL_FAILURE(ExpectIdleConnectionsOn(0, /*at_most=*/1));
+  } else {
+    EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, 1, 0, 0, 0})) << "cached: a slot is still free";
+    EXPECT_EQ(Value(*obs_, cached_query), "1") << "the idle session's connection is parked";
+  }
   ASSERT_TRUE(run(*idle2, "SELECT 1"));
-  // Another cached connection would have been the node's last slot.
-  EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, 1, 0, 0, 0})) << "idle2 must not cache";
+  if (OnSharedPool()) {
+    EXPECT_EQ(Value(*obs_, cached_query), "0") << "a session parked a connection";
+    ASSERT_NO_FATAL_FAILURE(ExpectIdleConnectionsOn(0, /*at_most=*/1));
+  } else {
+    // Another cached connection would have been the node's last slot.
+    EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, 1, 0, 0, 0})) << "idle2 must not cache";
+  }
 
   // Both idle: a third session gets the free slot at once, without waiting.
   // (A node's figures are cumulative while it keeps its entry: compare.)
@@ -627,11 +709,16 @@ TEST_F(PgExecutorTest, IdleSessionsNeverHoldANodesLastSlot) {
   idle1.reset();  // its cached connection goes with it
   ASSERT_TRUE(PollUntil([&] { return WorkerCounters(0).rows == 0; }));
   ASSERT_TRUE(run(*idle2, "SELECT 3"));
-  EXPECT_EQ(WorkerCounters(0).rows, 0) << "a cached connection would hold the only slot";
+  if (OnSharedPool()) {
+    // The pool may keep the only slot: it serves `later` too.
+    ASSERT_NO_FATAL_FAILURE(ExpectIdleConnectionsOn(0, /*at_most=*/1));
+  } else {
+    EXPECT_EQ(WorkerCounters(0).rows, 0) << "a cached connection would hold the only slot";
+  }
   ASSERT_TRUE(run(*later, "SELECT 4"));
 }
 
-TEST_F(PgExecutorTest, LocalFailoverWhenNeverConnectingToSelf) {
+TEST_P(PgExecutorTest, LocalFailoverWhenNeverConnectingToSelf) {
   const std::string c_port = std::to_string(coordinator_->port());
   const int cport = coordinator_->port();
   ASSERT_EQ(
@@ -760,7 +847,7 @@ TEST_F(PgExecutorTest, LocalFailoverWhenNeverConnectingToSelf) {
 // limit of n + 1 admits a connection to the local node, a limit of n does not.
 // Background processes (autovacuum launcher, logical replication launcher)
 // are not client backends.
-TEST_F(PgExecutorTest, LocalLimitCountsClientBackendsOnly) {
+TEST_P(PgExecutorTest, LocalLimitCountsClientBackendsOnly) {
   const std::string c_port = std::to_string(coordinator_->port());
   std::unique_ptr<PgClient> holder = Connect();
   ASSERT_NE(holder, nullptr);
@@ -791,7 +878,7 @@ TEST_F(PgExecutorTest, LocalLimitCountsClientBackendsOnly) {
   (void)holder->Exec("SELECT connthrottle.release_all()");
 }
 
-TEST_F(PgExecutorTest, DistributeLandsEveryRowOnTheRightNode) {
+TEST_P(PgExecutorTest, DistributeLandsEveryRowOnTheRightNode) {
   for (int w = 0; w < 2; ++w) {
     ASSERT_TRUE(wobs_[w]
                     ->Exec("CREATE TABLE items(id int, name text); "
@@ -930,7 +1017,7 @@ TEST_F(PgExecutorTest, DistributeLandsEveryRowOnTheRightNode) {
   EXPECT_EQ(Value(*holder, "SELECT connthrottle.release_all()"), "1");
 }
 
-TEST_F(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
+TEST_P(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
   std::unique_ptr<PgClient> c = Connect();
   ASSERT_NE(c, nullptr);
   const std::string active_sleeps = " AND state = 'active' AND query LIKE 'SELECT pg_sleep(600)%'";
@@ -988,7 +1075,9 @@ TEST_F(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
         << " backends vs " << WorkerCounters(w);
     EXPECT_EQ(CoordinatorConnectionsOn(w, " AND state <> 'idle'"), 0);
     const NodeCounters n = WorkerCounters(w);
-    EXPECT_LE(n.connections, 1);
+    // The session caches one; the pool keeps (cancelled, not closed) the
+    // two its sleeps ran on, until they idle out.
+    EXPECT_LE(n.connections, OnSharedPool() ? 2 : 1);
     EXPECT_EQ(n.waiters, 0);
     EXPECT_EQ(n.reserved, 0);
   }
@@ -1002,7 +1091,7 @@ TEST_F(PgExecutorTest, CancelRunTasksCancelsRemoteQueries) {
   EXPECT_TRUE((*again)[0].success && (*again)[1].success);
 }
 
-TEST_F(PgExecutorTest, TerminatingTheCoordinatorSessionGivesBackItsConnections) {
+TEST_P(PgExecutorTest, TerminatingTheCoordinatorSessionGivesBackItsConnections) {
   std::unique_ptr<PgClient> t = Connect();
   ASSERT_NE(t, nullptr);
   std::vector<TaskSpec> tasks;
@@ -1029,7 +1118,7 @@ TEST_F(PgExecutorTest, TerminatingTheCoordinatorSessionGivesBackItsConnections) 
   EXPECT_FALSE(t->Exec("SELECT 1").ok()) << "the terminated session still answers";
 }
 
-TEST_F(PgExecutorTest, ExecutorSettingsShowMeaningfulDefaults) {
+TEST_P(PgExecutorTest, ExecutorSettingsShowMeaningfulDefaults) {
   const std::vector<std::pair<std::string, std::string>> defaults = {
       {"connthrottle.node_connection_timeout", "30s"},
       {"connthrottle.max_cached_connection_lifetime", "10min"},
@@ -1045,6 +1134,15 @@ TEST_F(PgExecutorTest, ExecutorSettingsShowMeaningfulDefaults) {
     EXPECT_EQ(Value(*obs_, "SELECT boot_val = reset_val FROM pg_settings WHERE name = $1", {name}),
               "t")
         << name << " is not at its default";
+  }
+  // The transport and the pool's idle timeout, which this suite sets: their
+  // built-in defaults.
+  for (const auto& [name, boot] : std::vector<std::pair<std::string, std::string>>{
+           {"connthrottle.executor_transport", "shared_pool"},
+           {"connthrottle.pool_idle_timeout", "60000"},
+           {"connthrottle.pool_message_bytes", "65536"}}) {
+    EXPECT_EQ(Value(*obs_, "SELECT boot_val FROM pg_settings WHERE name = $1", {name}), boot)
+        << name;
   }
   for (const char* name :
        {"connthrottle.node_connection_timeout", "connthrottle.max_cached_connection_lifetime",
@@ -1067,7 +1165,7 @@ TEST_F(PgExecutorTest, ExecutorSettingsShowMeaningfulDefaults) {
   ASSERT_TRUE(obs_->Exec("RESET connthrottle.node_connection_timeout").ok());
 }
 
-TEST_F(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
+TEST_P(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
   std::unique_ptr<PgClient> s = Connect();
   ASSERT_NE(s, nullptr);
   std::vector<TaskSpec> tasks;
@@ -1115,9 +1213,14 @@ TEST_F(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
         EXPECT_EQ(r.sqlstate, Cell("08001"));
       }
     }
-    // Exact counters: worker 1's cached connections, nothing for worker 2.
-    EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, cached, 0, 0, 0}));
-    EXPECT_EQ(CoordinatorConnectionsOn(0), cached);
+    // Exact counters: worker 1's cached connections (the pool's: as many
+    // as it keeps), nothing for worker 2.
+    if (OnSharedPool()) {
+      ExpectIdleConnectionsOn(0, /*at_most=*/static_cast<int>(tasks.size()));
+    } else {
+      EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, cached, 0, 0, 0}));
+      EXPECT_EQ(CoordinatorConnectionsOn(0), cached);
+    }
     EXPECT_EQ(WorkerCounters(1), NodeCounters{});
     absl::Status audit = obs_->Exec("SELECT connthrottle.audit()");
     EXPECT_TRUE(audit.ok()) << audit;
@@ -1129,23 +1232,34 @@ TEST_F(PgExecutorTest, WorkerDownGivesAClearErrorAndNoLeak) {
     ASSERT_NE(fresh, nullptr);
     check_down(*fresh, "fresh session", 2);
   }
-  EXPECT_TRUE(PollUntil([&] { return CoordinatorConnectionsOn(0) == 1; }));
-  EXPECT_TRUE(PollUntil([&] {
-    return WorkerCounters(0) == NodeCounters{1, 1, 0, 0, 0};
-  })) << WorkerCounters(0);
+  if (OnSharedPool()) {
+    ExpectIdleConnectionsOn(0, /*at_most=*/static_cast<int>(tasks.size()));
+  } else {
+    EXPECT_TRUE(PollUntil([&] { return CoordinatorConnectionsOn(0) == 1; }));
+    EXPECT_TRUE(PollUntil([&] {
+      return WorkerCounters(0) == NodeCounters{1, 1, 0, 0, 0};
+    })) << WorkerCounters(0);
+  }
 
   // Back up: the same session reaches it again.
   ASSERT_TRUE(workers_[1]->StartAgain().ok());
   absl::StatusOr<std::vector<TaskRow>> back = RunTasks(*s, tasks);
   ASSERT_TRUE(back.ok()) << back.status();
   for (const TaskRow& r : *back) EXPECT_TRUE(r.success) << r;
-  EXPECT_EQ(WorkerCounters(1), (NodeCounters{1, 1, 0, 0, 0}));
+  if (OnSharedPool()) {
+    absl::StatusOr<std::unique_ptr<PgClient>> observer = workers_[1]->Connect();
+    ASSERT_TRUE(observer.ok()) << observer.status();
+    wobs_[1] = *std::move(observer);
+    ExpectIdleConnectionsOn(1, /*at_most=*/static_cast<int>(tasks.size()));
+  } else {
+    EXPECT_EQ(WorkerCounters(1), (NodeCounters{1, 1, 0, 0, 0}));
+  }
 }
 
 // A task that enters COPY (out, in) fails with 0A000 and its connection is
 // closed; the call returns and the other tasks are unaffected. (It used to
 // spin at 100% CPU, deaf to cancel and termination.)
-TEST_F(PgExecutorTest, TaskEnteringCopyFailsAndItsConnectionIsClosed) {
+TEST_P(PgExecutorTest, TaskEnteringCopyFailsAndItsConnectionIsClosed) {
   std::unique_ptr<PgClient> s = Connect();
   ASSERT_NE(s, nullptr);
   std::vector<std::string> hosts, sqls;
@@ -1209,7 +1323,7 @@ int64_t ProcStatusKb(const std::string& pid, const char* field) {
 // A task returning ten million rows: run_tasks counts them and keeps one,
 // so the coordinator backend's peak memory grows by far less than the
 // result (about 80 MB on the wire; buffered whole, several times that).
-TEST_F(PgExecutorTest, TaskReturningTenMillionRowsKeepsTheBackendSmall) {
+TEST_P(PgExecutorTest, TaskReturningTenMillionRowsKeepsTheBackendSmall) {
   std::unique_ptr<PgClient> s = Connect();
   ASSERT_NE(s, nullptr);
   const std::string pid = Value(*s, "SELECT pg_backend_pid()");
@@ -1240,7 +1354,7 @@ TEST_F(PgExecutorTest, TaskReturningTenMillionRowsKeepsTheBackendSmall) {
 // A task that fails over to local execution streams its rows too: they are
 // counted as the executor produces them, not kept (SPI_execute would keep
 // all ten million in SPI_tuptable).
-TEST_F(PgExecutorTest, LocalTaskReturningTenMillionRowsKeepsTheBackendSmall) {
+TEST_P(PgExecutorTest, LocalTaskReturningTenMillionRowsKeepsTheBackendSmall) {
   const int cport = coordinator_->port();
   ASSERT_TRUE(
       obs_->Exec(absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", cport, ")")).ok());
@@ -1296,7 +1410,7 @@ TEST_F(PgExecutorTest, LocalTaskReturningTenMillionRowsKeepsTheBackendSmall) {
 // distribute reads its query through a cursor, 1000 rows at a time, with the
 // text of each batch freed after it: three million rows grow the backend's
 // peak memory by far less than they weigh.
-TEST_F(PgExecutorTest, DistributeOfThreeMillionRowsKeepsTheBackendSmall) {
+TEST_P(PgExecutorTest, DistributeOfThreeMillionRowsKeepsTheBackendSmall) {
   for (auto& w : wobs_) ASSERT_TRUE(w->Exec("CREATE TABLE many_items(id int, name text)").ok());
   const Defer drop([this] {
     for (auto& w : wobs_) {
@@ -1334,7 +1448,7 @@ TEST_F(PgExecutorTest, DistributeOfThreeMillionRowsKeepsTheBackendSmall) {
 // Text comes back in the coordinator's encoding whatever the worker
 // database's (client_encoding is set on every connection), and bytes that
 // are not valid in it never become a datum.
-TEST_F(PgExecutorTest, TaskTextComesBackInTheCoordinatorsEncoding) {
+TEST_P(PgExecutorTest, TaskTextComesBackInTheCoordinatorsEncoding) {
   // Databases of the same name on both sides: the executor connects to the
   // worker database named as the coordinator's current one.
   ASSERT_TRUE(wobs_[0]
@@ -1392,7 +1506,7 @@ TEST_F(PgExecutorTest, TaskTextComesBackInTheCoordinatorsEncoding) {
 // A task that runs locally may not call run_tasks (or distribute) itself: the
 // inner call would take over the session's executor and rows, so the outer
 // call returned the inner call's rows. It fails as a task instead.
-TEST_F(PgExecutorTest, NestedRunTasksFromALocalTaskIsRefused) {
+TEST_P(PgExecutorTest, NestedRunTasksFromALocalTaskIsRefused) {
   const int cport = coordinator_->port();
   ASSERT_TRUE(
       obs_->Exec(absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", cport, ")")).ok());
@@ -1429,7 +1543,7 @@ TEST_F(PgExecutorTest, NestedRunTasksFromALocalTaskIsRefused) {
 
 // raise_on_error: the first failed task raises its error with its SQLSTATE.
 // distribute's target may be schema-qualified.
-TEST_F(PgExecutorTest, StrictRunTasksAndQualifiedDistributeTarget) {
+TEST_P(PgExecutorTest, StrictRunTasksAndQualifiedDistributeTarget) {
   std::unique_ptr<PgClient> s = Connect();
   ASSERT_NE(s, nullptr);
   absl::Status strict = s->Exec(absl::StrCat(
@@ -1471,7 +1585,7 @@ TEST_F(PgExecutorTest, StrictRunTasksAndQualifiedDistributeTarget) {
 // locked on a worker its COPY waits, and a query cancel still ends the call
 // (the workers' COPY is cancelled, every slot given back). It used to ignore
 // cancel and statement_timeout until the lock went away.
-TEST_F(PgExecutorTest, CancelEndsADistributeWaitingForALockedTable) {
+TEST_P(PgExecutorTest, CancelEndsADistributeWaitingForALockedTable) {
   for (int w = 0; w < 2; ++w) ASSERT_TRUE(wobs_[w]->Exec("CREATE TABLE locked_t(a int)").ok());
   absl::StatusOr<std::unique_ptr<PgClient>> locker = workers_[0]->Connect();
   ASSERT_TRUE(locker.ok()) << locker.status();
@@ -1507,7 +1621,7 @@ TEST_F(PgExecutorTest, CancelEndsADistributeWaitingForALockedTable) {
 // connthrottle.node_conninfo adds allowed libpq keywords to every worker
 // connection, and a change applies to the next execution (idle connections
 // made with the old keywords are not reused).
-TEST_F(PgExecutorTest, NodeConninfoKeywordsApplyToWorkerConnections) {
+TEST_P(PgExecutorTest, NodeConninfoKeywordsApplyToWorkerConnections) {
   std::unique_ptr<PgClient> s = Connect();
   ASSERT_NE(s, nullptr);
   const std::vector<TaskSpec> name = {
@@ -1541,6 +1655,11 @@ TEST_F(PgExecutorTest, NodeConninfoKeywordsApplyToWorkerConnections) {
   ASSERT_TRUE(rows.ok()) << rows.status();
   EXPECT_EQ(rows->at(0).result, Cell("connthrottle")) << rows->at(0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, PgExecutorTest, ::testing::Values("direct", "shared_pool"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace connthrottle::cluster
