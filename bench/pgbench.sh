@@ -12,9 +12,13 @@
 # 50 ms by one psql session per worker), Jain's fairness index over the
 # clients' completed transactions and the longest time a client completed
 # nothing (both from pgbench's per-transaction log), with the date, commit
-# and machine. distribute (copy) always uses the direct transport.
+# and machine. distribute (copy) always uses the direct transport. Each cell
+# runs RUNS times (3), the modes taking turns; TPS is printed as the median
+# (min-max), the other columns as the median (p50) or the worst run. All
+# cells at 3 runs take about 55 minutes.
 #
 #   bench/pgbench.sh                       # every workload at 1, 8, 64, 128 clients, 30 s
+#   RUNS=5 CLIENTS="64 128" WORKLOADS=fanout bench/pgbench.sh
 #   CLIENTS="8 64" DURATION=10 WORKLOADS="fanout router" bench/pgbench.sh
 #   MODES="pool unthrottled" CLIENTS=64 WORKLOADS=router bench/pgbench.sh
 #
@@ -32,6 +36,9 @@ DURATION=${DURATION:-30}
 # the direct transport's caches filled).
 WARMUP=${WARMUP:-5}
 WORKLOADS=${WORKLOADS:-"fanout router copy"}
+# Runs of each cell: TPS is printed as the median (min-max), the ratios are
+# of the medians.
+RUNS=${RUNS:-3}
 MODES=${MODES:-"direct pool unthrottled"}
 LIMIT=${LIMIT:-40}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -121,7 +128,7 @@ received() {  # connection attempts the workers have logged so far
 
 echo "connthrottle pgbench: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo '?')," \
   "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run after ${WARMUP} s of warm-up"
+echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run after ${WARMUP} s of warm-up, $RUNS run(s) per cell"
 echo
 # The peak of connthrottle's connections on either worker, sampled until the
 # file $WORK/sampling disappears.
@@ -158,49 +165,96 @@ fairness() {
       printf "%.3f %.1f\n", sum * sum / (k * sq), worst }'
 }
 
+# Summaries over the runs of one cell (space-separated values; "-" ignored).
+summary() {  # median|min|max|sum printf-format values...
+  what=$1 format=$2
+  shift 2
+  printf '%s\n' "$@" | grep -v '^-$' | grep -v '^$' | sort -g | awk -v w="$what" -v f="$format" '
+    { a[NR] = $1; s += $1 }
+    END { if (NR == 0) { print "-"; exit }
+      if (w == "median") v = NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+      else if (w == "min") v = a[1]
+      else if (w == "max") v = a[NR]
+      else v = s
+      printf f "\n", v }'
+}
+# "median (min-max)" over the runs, or the one value.
+spread() {
+  [ "$RUNS" -gt 1 ] && [ "$(summary median %.0f "$@")" != - ] || { summary median %.0f "$@"; return; }
+  echo "$(summary median %.0f "$@") ($(summary min %.0f "$@")-$(summary max %.0f "$@"))"
+}
+ratio() { awk -v t="$1" -v u="$2" 'BEGIN {if (t != "-" && u > 0) printf "%.2f", t / u; else print "-"}'; }
+
 echo "| workload | clients | direct TPS | pool TPS | unthrottled TPS | pool / unthrottled | pool / direct | p50 ms, direct / pool / unthrottled | worker backends per transaction, direct / pool / unthrottled | failed, direct / pool / unthrottled | peak connections, busiest worker, direct / pool | Jain, direct / pool / unthrottled | longest idle client s, direct / pool / unthrottled |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |"
 for w in $WORKLOADS; do
   for c in $CLIENTS; do
-    line="| $w | $c"
     for mode in direct pool unthrottled; do
-      eval "tps_$mode=- p50_$mode=- per_$mode=- failed_$mode=- peak_$mode=- jain_$mode=- idle_$mode=-"
+      eval "tps_$mode='' p50_$mode='' per_$mode='' failed_$mode='' peak_$mode='' jain_$mode='' idle_$mode=''"
     done
-    for mode in $MODES; do
-      limit=$LIMIT transport=direct
-      [ "$mode" = unthrottled ] && limit=-1
-      [ "$mode" = pool ] && transport=shared_pool
-      q "$CPORT" "ALTER SYSTEM SET connthrottle.max_shared_pool_size = $limit" >/dev/null
-      q "$CPORT" "ALTER SYSTEM SET connthrottle.executor_transport = $transport" >/dev/null
-      q "$CPORT" "SELECT pg_reload_conf()" >/dev/null
-      # New backends (pgbench's) see the settings once the postmaster has reloaded.
-      until [ "$(q "$CPORT" "SHOW connthrottle.max_shared_pool_size")" = "$limit" ] &&
-        [ "$(q "$CPORT" "SHOW connthrottle.executor_transport")" = "$transport" ]; do :; done
-      "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 -T "$WARMUP" \
-        -f "$WORK/$w.sql" postgres >/dev/null 2>&1 || true
-      before=$(received)
-      rm -f "$WORK"/pgbench_log.* "$WORK"/peak.*
-      touch "$WORK/sampling"
-      sample_peak
-      (cd "$WORK" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 \
-        -T "$DURATION" -f "$WORK/$w.sql" -l --log-prefix=pgbench_log postgres \
-        >"$WORK/$w-$c-$mode.out" 2>&1) || true
-      rm -f "$WORK/sampling"
-      wait
-      after=$(received)
-      peak=$(peak_of)
-      set -- $(fairness)
-      jain=$1 idle=$2
-      tps=$(sed -n 's/^tps = \([0-9]*\)\.[0-9]* (without initial connection time)/\1/p' "$WORK/$w-$c-$mode.out")
-      n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$WORK/$w-$c-$mode.out")
-      failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$WORK/$w-$c-$mode.out")
-      # Per-transaction log: the third field is the latency in microseconds.
-      p50=$(cat "$WORK"/pgbench_log.* 2>/dev/null | awk '{print $3}' | sort -n |
-        awk '{a[NR] = $1} END {if (NR) printf "%.1f", a[int((NR + 1) / 2)] / 1000; else print "-"}')
-      per=$(awk -v b="$before" -v a="$after" -v n="${n:-0}" 'BEGIN {if (n > 0) printf "%.3f", (a - b) / n; else print "-"}')
-      eval "tps_$mode=\${tps:-0} p50_$mode=\$p50 per_$mode=\$per failed_$mode=\${failed:-?} peak_$mode=\${peak:-?} jain_$mode=\$jain idle_$mode=\$idle"
+    # The modes take turns run by run, so that a drift of the machine's
+    # speed falls on all of them.
+    run=0
+    while [ "$run" -lt "$RUNS" ]; do
+      run=$((run + 1))
+      for mode in $MODES; do
+        limit=$LIMIT transport=direct
+        [ "$mode" = unthrottled ] && limit=-1
+        [ "$mode" = pool ] && transport=shared_pool
+        q "$CPORT" "ALTER SYSTEM SET connthrottle.max_shared_pool_size = $limit" >/dev/null
+        q "$CPORT" "ALTER SYSTEM SET connthrottle.executor_transport = $transport" >/dev/null
+        q "$CPORT" "SELECT pg_reload_conf()" >/dev/null
+        # New backends (pgbench's) see the settings once the postmaster has reloaded.
+        until [ "$(q "$CPORT" "SHOW connthrottle.max_shared_pool_size")" = "$limit" ] &&
+          [ "$(q "$CPORT" "SHOW connthrottle.executor_transport")" = "$transport" ]; do :; done
+        "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 -T "$WARMUP" \
+          -f "$WORK/$w.sql" postgres >/dev/null 2>&1 || true
+        before=$(received)
+        rm -f "$WORK"/pgbench_log.* "$WORK"/peak.*
+        touch "$WORK/sampling"
+        sample_peak
+        out="$WORK/$w-$c-$mode-$run.out"
+        (cd "$WORK" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 \
+          -T "$DURATION" -f "$WORK/$w.sql" -l --log-prefix=pgbench_log postgres \
+          >"$out" 2>&1) || true
+        rm -f "$WORK/sampling"
+        wait
+        after=$(received)
+        peak=$(peak_of)
+        set -- $(fairness)
+        jain=$1 idle=$2
+        tps=$(sed -n 's/^tps = \([0-9]*\)\.[0-9]* (without initial connection time)/\1/p' "$out")
+        n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+        failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
+        # Per-transaction log: the third field is the latency in microseconds.
+        p50=$(cat "$WORK"/pgbench_log.* 2>/dev/null | awk '{print $3}' | sort -n |
+          awk '{a[NR] = $1} END {if (NR) printf "%.1f", a[int((NR + 1) / 2)] / 1000; else print "-"}')
+        per=$(awk -v b="$before" -v a="$after" -v n="${n:-0}" 'BEGIN {if (n > 0) printf "%.3f", (a - b) / n; else print "-"}')
+        eval "tps_$mode=\"\$tps_$mode \${tps:-0}\" p50_$mode=\"\$p50_$mode \$p50\"
+          per_$mode=\"\$per_$mode \$per\" failed_$mode=\"\$failed_$mode \${failed:-0}\"
+          peak_$mode=\"\$peak_$mode \${peak:--}\" jain_$mode=\"\$jain_$mode \$jain\"
+          idle_$mode=\"\$idle_$mode \$idle\""
+      done
     done
-    ratio() { awk -v t="$1" -v u="$2" 'BEGIN {if (u > 0) printf "%.2f", t / u; else print "-"}'; }
-    echo "$line | $tps_direct | $tps_pool | $tps_unthrottled | $(ratio "$tps_pool" "$tps_unthrottled") | $(ratio "$tps_pool" "$tps_direct") | $p50_direct / $p50_pool / $p50_unthrottled | $per_direct / $per_pool / $per_unthrottled | $failed_direct / $failed_pool / $failed_unthrottled | $peak_direct / $peak_pool | $jain_direct / $jain_pool / $jain_unthrottled | $idle_direct / $idle_pool / $idle_unthrottled |"
+    # TPS: median (range); p50: median; worker backends per transaction,
+    # peak and longest idle: the worst run; failed: all runs; Jain: the
+    # least fair run. The ratios are of the medians.
+    for mode in direct pool unthrottled; do
+      eval "set -- \$tps_$mode"
+      eval "TPS_$mode=\$(spread \"\$@\") MED_$mode=\$(summary median %.0f \"\$@\")"
+      eval "set -- \$p50_$mode"
+      eval "P50_$mode=\$(summary median %.1f \"\$@\")"
+      eval "set -- \$per_$mode"
+      eval "PER_$mode=\$(summary max %.3f \"\$@\")"
+      eval "set -- \$failed_$mode"
+      eval "FAILED_$mode=\$(summary sum %d \"\$@\")"
+      eval "set -- \$peak_$mode"
+      eval "PEAK_$mode=\$(summary max %d \"\$@\")"
+      eval "set -- \$jain_$mode"
+      eval "JAIN_$mode=\$(summary min %.3f \"\$@\")"
+      eval "set -- \$idle_$mode"
+      eval "IDLE_$mode=\$(summary max %.1f \"\$@\")"
+    done
+    echo "| $w | $c | $TPS_direct | $TPS_pool | $TPS_unthrottled | $(ratio "$MED_pool" "$MED_unthrottled") | $(ratio "$MED_pool" "$MED_direct") | $P50_direct / $P50_pool / $P50_unthrottled | $PER_direct / $PER_pool / $PER_unthrottled | $FAILED_direct / $FAILED_pool / $FAILED_unthrottled | $PEAK_direct / $PEAK_pool | $JAIN_direct / $JAIN_pool / $JAIN_unthrottled | $IDLE_direct / $IDLE_pool / $IDLE_unthrottled |"
   done
 done
