@@ -1135,12 +1135,13 @@ TEST_P(PgExecutorTest, ExecutorSettingsShowMeaningfulDefaults) {
               "t")
         << name << " is not at its default";
   }
-  // The transport and the pool's idle timeout, which this suite sets: their
+  // The shared pool's settings (this suite sets the first two): their
   // built-in defaults.
   for (const auto& [name, boot] : std::vector<std::pair<std::string, std::string>>{
            {"connthrottle.executor_transport", "shared_pool"},
            {"connthrottle.pool_idle_timeout", "60000"},
-           {"connthrottle.pool_message_bytes", "65536"}}) {
+           {"connthrottle.pool_message_bytes", "65536"},
+           {"connthrottle.pool_response_memory", "262144"}}) {
     EXPECT_EQ(Value(*obs_, "SELECT boot_val FROM pg_settings WHERE name = $1", {name}), boot)
         << name;
   }

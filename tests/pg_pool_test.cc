@@ -568,6 +568,41 @@ TEST_F(PgPoolTest, ACancelMidResponseDropsTheRestAndFreesTheSlot) {
   ExpectSlotServes(*slow, 14);
 }
 
+// The communicator holds at most connthrottle.pool_response_memory of
+// results waiting to be read in parts. With 1500 kB and a stopped reader
+// holding about 1 MB, another session's 1 MB result cannot wait too: its
+// task fails at once with 54000 naming the setting (the session is not held
+// up). Once the reader has read its result, the same task succeeds.
+TEST_F(PgPoolTest, ResultsWaitingForSlowReadersStayWithinPoolResponseMemory) {
+  SetSetting("connthrottle.pool_response_memory", "1500kB");
+  std::unique_ptr<PgClient> slow = Connect(), other = Connect();
+  ASSERT_NE(slow, nullptr);
+  ASSERT_NE(other, nullptr);
+  const std::vector<TaskSpec> big = {On(1, "SELECT repeat('y', 1000000)")};
+  StoppedReader reader;
+  ASSERT_NO_FATAL_FAILURE(StopMidResponse(*slow, 4245, reader));
+
+  absl::StatusOr<std::vector<TaskRow>> refused = RunTasks(*other, big);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  ASSERT_EQ(refused->size(), 1u);
+  EXPECT_FALSE((*refused)[0].success);
+  EXPECT_EQ((*refused)[0].sqlstate, "54000") << (*refused)[0];
+  EXPECT_THAT((*refused)[0].error.value_or(""), HasSubstr("connthrottle.pool_response_memory"));
+  EXPECT_FALSE(reader.query->done());
+
+  reader.Resume();
+  ASSERT_TRUE(reader.query->WaitDone(60s));
+  ASSERT_TRUE(reader.query->result().ok()) << reader.query->result().status();
+  EXPECT_EQ(reader.query->result()->rows[0][0], "1000000");
+  EXPECT_EQ(reader.query->result()->rows[0][1], "t");
+
+  absl::StatusOr<std::vector<TaskRow>> again = RunTasks(*other, big);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->size(), 1u);
+  EXPECT_TRUE((*again)[0].success) << (*again)[0].error.value_or("");
+  EXPECT_TRUE((*again)[0].result == std::string(1000000, 'y')) << "the result is not intact";
+}
+
 // The communicator terminated while a session is stopped in the middle of
 // reading a response in parts: once the session reads again it fails with
 // 57P01 or 08006 (whichever communicator it finds), and its slot is usable.

@@ -163,6 +163,7 @@ connthrottle::pg::PoolServiceSettings ServiceSettings() {
   s.node_connection_timeout_ms = e.node_connection_timeout_ms;
   s.slow_start_interval_ms = e.slow_start_interval_ms;
   s.pool_idle_timeout_ms = connthrottle::pg::PoolIdleTimeoutMs();
+  s.response_memory_bytes = connthrottle::pg::PoolResponseMemoryBytes();
   return s;
 }
 

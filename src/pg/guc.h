@@ -4,6 +4,8 @@
 #ifndef CONNTHROTTLE_SRC_PG_GUC_H_
 #define CONNTHROTTLE_SRC_PG_GUC_H_
 
+#include <cstddef>
+
 #include "pg/session.h"
 
 namespace connthrottle::pg {
@@ -20,6 +22,8 @@ int ActiveClientBackends();
 bool UseSharedPool();
 // connthrottle.pool_idle_timeout, in milliseconds.
 int PoolIdleTimeoutMs();
+// connthrottle.pool_response_memory, in bytes.
+size_t PoolResponseMemoryBytes();
 
 // Registers the before_shmem_exit callback that gives back what this backend
 // holds; called before its first slot or reservation.

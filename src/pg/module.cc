@@ -59,6 +59,7 @@ enum Transport : int { kDirect = 0, kSharedPool = 1 };
 int executor_transport = kSharedPool;
 int pool_idle_timeout_ms = 60 * 1000;
 int pool_message_bytes = 64 * 1024;
+int pool_response_memory_kb = 256 * 1024;
 
 const struct config_enum_entry kTransports[] = {
     {"direct", kDirect, false},
@@ -234,6 +235,7 @@ ExecutorSettings CurrentExecutorSettings() {
 
 bool UseSharedPool() { return executor_transport == kSharedPool; }
 int PoolIdleTimeoutMs() { return pool_idle_timeout_ms; }
+size_t PoolResponseMemoryBytes() { return static_cast<size_t>(pool_response_memory_kb) * 1024; }
 
 void EnsureBackendExitCallback() {
   if (exit_callback_registered) return;
@@ -335,6 +337,14 @@ void _PG_init(void) {
       "results, must fit in it.",
       &pool_message_bytes, 64 * 1024, 4096, 64 * 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_BYTE,
       nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.pool_response_memory",
+      "Memory the communicator may hold for results waiting to be read in parts.",
+      "A response larger than a session's message area waits in the communicator while the "
+      "session reads it part by part. Beyond this total, a task whose result does not fit in "
+      "the area fails with 54000 instead. 0: every response must fit in the area.",
+      &pool_response_memory_kb, 256 * 1024, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_KB, nullptr, nullptr,
+      nullptr);
   MarkGUCPrefixReserved("connthrottle");
 
   prev_shmem_request_hook = shmem_request_hook;

@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -24,6 +25,46 @@ namespace connthrottle::pg {
 namespace {
 
 constexpr char kSetting[] = "connthrottle.pool_message_bytes";
+// Names what a result did not fit in when it could not wait in parts.
+constexpr char kHeldInFull[] =
+    "connthrottle.pool_message_bytes, and connthrottle.pool_response_memory is taken by results "
+    "sessions have not read yet";
+
+// A response waiting to cross a session's area in parts, counted in
+// `*total` (the bytes held for all sessions) for as long as it exists.
+// Guarded as the requests are.
+class HeldResponse {
+ public:
+  HeldResponse() = default;
+  HeldResponse(size_t size, size_t* total) : bytes_(size, '\0'), total_(total) {
+    *total_ += bytes_.size();
+  }
+  HeldResponse(HeldResponse&& other) noexcept
+      : bytes_(std::move(other.bytes_)), total_(std::exchange(other.total_, nullptr)) {}
+  HeldResponse& operator=(HeldResponse&& other) noexcept {
+    if (this != &other) {
+      Drop();
+      bytes_ = std::move(other.bytes_);
+      total_ = std::exchange(other.total_, nullptr);
+    }
+    return *this;
+  }
+  ~HeldResponse() { Drop(); }
+
+  bool empty() const { return bytes_.empty(); }
+  size_t size() const { return bytes_.size(); }
+  char* data() { return bytes_.data(); }
+
+  void Drop() noexcept {
+    if (total_ != nullptr) *total_ -= bytes_.size();
+    total_ = nullptr;
+    std::string().swap(bytes_);
+  }
+
+ private:
+  std::string bytes_;
+  size_t* total_ = nullptr;
+};
 
 struct Request {
   uint64_t seq = 0;  // which submission of the slot this is
@@ -32,7 +73,7 @@ struct Request {
   char* area = nullptr;           // the slot's message area
   size_t capacity = 0;
   // A response larger than the area, while it crosses in parts.
-  std::string response;
+  HeldResponse response;
   size_t sent = 0;
 };
 
@@ -53,6 +94,8 @@ struct Service {
   std::mutex requests_mu;
   absl::flat_hash_map<int, Request> requests;
   uint64_t next_seq = 0;
+  size_t held = 0;                                    // bytes of the requests' responses in parts
+  std::atomic<size_t> held_limit{size_t{256} << 20};  // connthrottle.pool_response_memory
   AnswerFn answer = nullptr;
 
   std::unique_ptr<SharedPool> pool;
@@ -83,6 +126,7 @@ void SetSettings(Service& svc, const PoolServiceSettings& settings) {
   svc.settings = settings;
   svc.local_node = settings.settings.local_node != nullptr ? settings.settings.local_node : "";
   svc.settings.settings.local_node = svc.local_node.c_str();
+  svc.held_limit.store(settings.response_memory_bytes, std::memory_order_relaxed);
 }
 
 template <typename Body>
@@ -178,16 +222,23 @@ bool AnswerLocked(Service& svc, int slot, Request& req)
       r.tasks_retried = result.stats.tasks_retried;
       r.run_locally = std::move(req.run_locally);
     }
+    // Whole in the area; or cut to fit it (54000 for the values that do
+    // not) when it may not wait in parts: too large for a backend to take
+    // at once, or more than pool_response_memory still has room for.
     const size_t whole = ResponseBytes(r);
-    if (whole <= req.capacity || whole > kMaxResponseBytes) {
-      const size_t n = EncodeResponse(r, req.area, req.capacity, kSetting);
+    const bool fits = whole <= req.capacity;
+    const size_t limit = svc.held_limit.load(std::memory_order_relaxed);
+    const bool may_wait = whole <= kMaxResponseBytes && whole <= limit - std::min(svc.held, limit);
+    if (fits || !may_wait) {
+      const bool memory = !fits && whole <= kMaxResponseBytes;
+      const size_t n = EncodeResponse(r, req.area, req.capacity, memory ? kHeldInFull : kSetting);
       svc.answer(slot, n, n);
       return true;
     }
-    req.response.resize(whole);
+    req.response = HeldResponse(whole, &svc.held);
     EncodeResponse(r, req.response.data(), whole, kSetting);
   } catch (...) {
-    std::string().swap(req.response);
+    req.response.Drop();
     const size_t n = WriteErrorResponse(
         req.area, req.capacity, static_cast<int>(absl::StatusCode::kResourceExhausted), "53200",
         "connthrottle: the communicator ran out of memory for this execution's results");
@@ -247,8 +298,13 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
       },
       false);
   if (!ok) {
-    std::lock_guard<std::mutex> lock(svc.requests_mu);
-    svc.requests.erase(slot);
+    Quietly(
+        [&] {
+          std::lock_guard<std::mutex> lock(svc.requests_mu);
+          svc.requests.erase(slot);
+          return 0;
+        },
+        0);
     const size_t n =
         WriteErrorResponse(area, capacity, static_cast<int>(absl::StatusCode::kInternal), "XX000",
                            "connthrottle: the communicator ran out of memory");
@@ -258,21 +314,29 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
 
 void CancelInPool(int slot, void (*release)(int slot)) noexcept {
   Service& svc = Svc();
-  std::lock_guard<std::mutex> lock(svc.requests_mu);
-  auto it = svc.requests.find(slot);
-  if (it != svc.requests.end()) {
-    // Forgotten before the pool is told, so that no exception can leave an
-    // entry the pool's thread would still answer into a freed slot.
-    SharedPool::Ticket ticket = std::move(it->second.ticket);
-    svc.requests.erase(it);
-    Quietly(
-        [&] {
-          if (svc.pool && ticket) svc.pool->Cancel(ticket);
-          return 0;
-        },
-        0);
-  }
-  release(slot);
+  const bool released = Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it != svc.requests.end()) {
+          // Forgotten before the pool is told, so that no exception can leave
+          // an entry the pool's thread would still answer into a freed slot.
+          SharedPool::Ticket ticket = std::move(it->second.ticket);
+          svc.requests.erase(it);
+          Quietly(
+              [&] {
+                if (svc.pool && ticket) svc.pool->Cancel(ticket);
+                return 0;
+              },
+              0);
+        }
+        release(slot);
+        return true;
+      },
+      false);
+  // Only a failing lock gets here: the slot is freed all the same (its
+  // session is gone or has given up on it).
+  if (!released) release(slot);
 }
 
 void AnswerIfDone(int slot) noexcept {
@@ -290,11 +354,15 @@ void AnswerIfDone(int slot) noexcept {
 
 bool NextPart(int slot) noexcept {
   Service& svc = Svc();
-  std::lock_guard<std::mutex> lock(svc.requests_mu);
-  auto it = svc.requests.find(slot);
-  if (it == svc.requests.end() || it->second.response.empty()) return false;
-  if (SendPart(svc, slot, it->second)) svc.requests.erase(it);
-  return true;
+  return Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it == svc.requests.end() || it->second.response.empty()) return false;
+        if (SendPart(svc, slot, it->second)) svc.requests.erase(it);
+        return true;
+      },
+      false);
 }
 
 void DetachRequests() noexcept {

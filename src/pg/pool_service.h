@@ -27,6 +27,9 @@ struct PoolServiceSettings {
   int node_connection_timeout_ms = 30000;
   int slow_start_interval_ms = 10;
   int pool_idle_timeout_ms = 60000;
+  // connthrottle.pool_response_memory: the most bytes of responses held for
+  // sessions to read in parts, all sessions together.
+  size_t response_memory_bytes = size_t{256} << 20;
 };
 
 // The pool's cumulative figures (SharedPoolStats, as plain integers).
