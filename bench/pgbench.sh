@@ -21,6 +21,7 @@
 #   RUNS=5 CLIENTS="64 128" WORKLOADS=fanout bench/pgbench.sh
 #   CLIENTS="8 64" DURATION=10 WORKLOADS="fanout router" bench/pgbench.sh
 #   MODES="pool unthrottled" CLIENTS=64 WORKLOADS=router bench/pgbench.sh
+#   COORDINATOR_SETTINGS="connthrottle.max_adaptive_executor_pool_size = 8" MODES=pool bench/pgbench.sh
 #
 # Workloads: fanout (one run_tasks of 32 tasks, a count(*) per shard),
 # router (one run_tasks of one single-row task on a random shard), copy
@@ -87,7 +88,8 @@ q() {  # port sql
 start_server worker1 "$W1" 60 ""
 start_server worker2 "$W2" 60 ""
 start_server coordinator "$CPORT" 300 "shared_preload_libraries = 'connthrottle'
-connthrottle.max_shared_pool_size = $LIMIT"
+connthrottle.max_shared_pool_size = $LIMIT
+${COORDINATOR_SETTINGS:-}"
 q "$CPORT" "CREATE EXTENSION connthrottle" >/dev/null
 q "$CPORT" "SELECT connthrottle.add_node('127.0.0.1', $W1), connthrottle.add_node('127.0.0.1', $W2)" >/dev/null
 for s in $(seq 0 31); do
