@@ -680,18 +680,21 @@ TEST_P(PgExecutorTest, IdleSessionsNeverHoldANodesLastSlot) {
   };
   const std::string cached_query = absl::StrCat(
       "SELECT coalesce(sum(cached), 0) FROM connthrottle.nodes WHERE port = ", Port(0));
+  // On the pool: no session parks a connection; the pool's one is idle.
+  auto expect_nothing_parked = [&] {
+    EXPECT_EQ(Value(*obs_, cached_query), "0") << "a session parked a connection";
+    ExpectIdleConnectionsOn(0, /*at_most=*/1);
+  };
   ASSERT_TRUE(run(*idle1, "SELECT 1"));
   if (OnSharedPool()) {
-    EXPECT_EQ(Value(*obs_, cached_query), "0") << "a session parked a connection";
-    ASSERT_NO_FATAL_FAILURE(ExpectIdleConnectionsOn(0, /*at_most=*/1));
+    ASSERT_NO_FATAL_FAILURE(expect_nothing_parked());
   } else {
     EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, 1, 0, 0, 0})) << "cached: a slot is still free";
     EXPECT_EQ(Value(*obs_, cached_query), "1") << "the idle session's connection is parked";
   }
   ASSERT_TRUE(run(*idle2, "SELECT 1"));
   if (OnSharedPool()) {
-    EXPECT_EQ(Value(*obs_, cached_query), "0") << "a session parked a connection";
-    ASSERT_NO_FATAL_FAILURE(ExpectIdleConnectionsOn(0, /*at_most=*/1));
+    ASSERT_NO_FATAL_FAILURE(expect_nothing_parked());
   } else {
     // Another cached connection would have been the node's last slot.
     EXPECT_EQ(WorkerCounters(0), (NodeCounters{1, 1, 0, 0, 0})) << "idle2 must not cache";

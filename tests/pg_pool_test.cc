@@ -246,6 +246,15 @@ class PgPoolTest : public ::testing::Test {
     ASSERT_TRUE(PollUntil([&] { return Running(0, waits) == 0; }));
   }
 
+  // Lets a StopMidResponse reader run again: it gets all 1,000,000 bytes.
+  static void ResumeAndExpectTheWholeResult(StoppedReader& reader) {
+    reader.Resume();
+    ASSERT_TRUE(reader.query->WaitDone(60s));
+    ASSERT_TRUE(reader.query->result().ok()) << reader.query->result().status();
+    EXPECT_EQ(reader.query->result()->rows[0][0], "1000000");
+    EXPECT_EQ(reader.query->result()->rows[0][1], "t");
+  }
+
   // The session's slot serves its next request: it answers SELECT value.
   static void ExpectSlotServes(PgClient& session, int value) {
     absl::StatusOr<std::vector<TaskRow>> after =
@@ -545,11 +554,7 @@ TEST_F(PgPoolTest, ASessionReadingALargeResultSlowlyHoldsUpNoOneElse) {
   EXPECT_FALSE(reader.query->done());
   EXPECT_LE(CoordinatorConnectionsOn(0), 1);
 
-  reader.Resume();
-  ASSERT_TRUE(reader.query->WaitDone(60s));
-  ASSERT_TRUE(reader.query->result().ok()) << reader.query->result().status();
-  EXPECT_EQ(reader.query->result()->rows[0][0], "1000000");
-  EXPECT_EQ(reader.query->result()->rows[0][1], "t");
+  ASSERT_NO_FATAL_FAILURE(ResumeAndExpectTheWholeResult(reader));
 }
 
 // A session cancelled while it holds the first part of a response in parts
@@ -590,11 +595,7 @@ TEST_F(PgPoolTest, ResultsWaitingForSlowReadersStayWithinPoolResponseMemory) {
   EXPECT_THAT((*refused)[0].error.value_or(""), HasSubstr("connthrottle.pool_response_memory"));
   EXPECT_FALSE(reader.query->done());
 
-  reader.Resume();
-  ASSERT_TRUE(reader.query->WaitDone(60s));
-  ASSERT_TRUE(reader.query->result().ok()) << reader.query->result().status();
-  EXPECT_EQ(reader.query->result()->rows[0][0], "1000000");
-  EXPECT_EQ(reader.query->result()->rows[0][1], "t");
+  ASSERT_NO_FATAL_FAILURE(ResumeAndExpectTheWholeResult(reader));
 
   absl::StatusOr<std::vector<TaskRow>> again = RunTasks(*other, big);
   ASSERT_TRUE(again.ok()) << again.status();
