@@ -125,7 +125,9 @@ CREATE FUNCTION connthrottle.table_stats(
 -- started, the pooled connections open and tasks queued now, and
 -- cumulative figures since it last started. connections_started is the
 -- number of worker backends the pool has cost the workers; reloads counts
--- the configuration reloads the communicator has applied.
+-- the configuration reloads the communicator has applied;
+-- statements_prepared counts the statements prepared on pooled connections
+-- and tasks_run_prepared the tasks of tasks_run that ran one.
 CREATE FUNCTION connthrottle.pool_stats(
     OUT pid integer, OUT starts bigint, OUT connections bigint, OUT tasks_queued bigint,
     OUT connections_started bigint, OUT connections_opened bigint,
@@ -133,7 +135,7 @@ CREATE FUNCTION connthrottle.pool_stats(
     OUT closed_in_transaction bigint, OUT closed_for_waiters bigint,
     OUT optional_refused bigint, OUT tasks_run bigint, OUT tasks_retried bigint,
     OUT tasks_cancelled bigint, OUT tasks_handed_back bigint, OUT closed_over_limit bigint,
-    OUT reloads bigint)
+    OUT reloads bigint, OUT statements_prepared bigint, OUT tasks_run_prepared bigint)
   RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_pool_stats';
 
 -- Whether host:port is this server (connthrottle.local_node).

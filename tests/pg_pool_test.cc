@@ -294,23 +294,44 @@ TEST_F(PgPoolTest, GivesTheSameRowsAsTheDirectTransport) {
   std::unique_ptr<PgClient> session = Connect();
   ASSERT_NE(session, nullptr);
   ASSERT_EQ(Value(*session, "SHOW connthrottle.executor_transport"), "shared_pool");
-  const int64_t run_before = Stat("tasks_run");
-  absl::StatusOr<std::vector<TaskRow>> pooled = RunTasks(*session, tasks);
-  ASSERT_TRUE(pooled.ok()) << pooled.status();
-  EXPECT_TRUE(Grew("tasks_run", run_before, 6)) << "the pool did not run the tasks";
+  // Round 0 runs the texts as text, rounds 1 and 2 as prepared statements
+  // (prepared on whichever connection runs them), round 3 as text again
+  // with pool_max_prepared_statements = 0.
+  constexpr int kRounds = 4;
+  std::vector<std::vector<TaskRow>> rounds;
+  const int64_t run_prepared_start = Stat("tasks_run_prepared");
+  int64_t run_prepared_before = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    if (round == kRounds - 1) {
+      ASSERT_NO_FATAL_FAILURE(SetSetting("connthrottle.pool_max_prepared_statements", "0"));
+      run_prepared_before = Stat("tasks_run_prepared");
+    }
+    const int64_t run_before = Stat("tasks_run");
+    absl::StatusOr<std::vector<TaskRow>> pooled = RunTasks(*session, tasks);
+    ASSERT_TRUE(pooled.ok()) << pooled.status();
+    ASSERT_EQ(pooled->size(), tasks.size());
+    EXPECT_TRUE(Grew("tasks_run", run_before, 6)) << "the pool did not run the tasks";
+    rounds.push_back(*std::move(pooled));
+    if (round == 2) {
+      EXPECT_GE(Stat("tasks_run_prepared") - run_prepared_start, 12) << "tasks ran as text only";
+    }
+  }
+  EXPECT_EQ(Stat("tasks_run_prepared"), run_prepared_before) << "a statement prepared at 0";
   ASSERT_TRUE(session->Exec("SET connthrottle.executor_transport = direct").ok());
   absl::StatusOr<std::vector<TaskRow>> direct = RunTasks(*session, tasks);
   ASSERT_TRUE(direct.ok()) << direct.status();
-  ASSERT_EQ(pooled->size(), tasks.size());
-  for (size_t t = 0; t < tasks.size(); ++t) {
-    SCOPED_TRACE(tasks[t].sql);
-    const TaskRow& p = (*pooled)[t];
-    const TaskRow& d = (*direct)[t];
-    EXPECT_EQ(p.success, d.success);
-    EXPECT_EQ(p.result, d.result);
-    EXPECT_EQ(p.sqlstate, d.sqlstate);
-    EXPECT_EQ(p.error.has_value(), d.error.has_value()) << p << " vs " << d;
+  for (int round = 0; round < kRounds; ++round) {
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      SCOPED_TRACE(absl::StrCat("round ", round, ": ", tasks[t].sql));
+      const TaskRow& p = rounds[round][t];
+      const TaskRow& d = (*direct)[t];
+      EXPECT_EQ(p.success, d.success);
+      EXPECT_EQ(p.result, d.result);
+      EXPECT_EQ(p.sqlstate, d.sqlstate);
+      EXPECT_EQ(p.error, d.error);
+    }
   }
+  const std::vector<TaskRow>* pooled = &rounds[1];
   EXPECT_EQ((*pooled)[0].result, "42");
   EXPECT_EQ((*pooled)[1].result, std::nullopt);
   EXPECT_EQ((*pooled)[2].result, "SELECT 5");

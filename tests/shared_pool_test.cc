@@ -40,6 +40,9 @@
 namespace connthrottle::testing {
 namespace {
 
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
 // The backends of this test's coordinator connections that run `pattern`.
 std::string ActiveQueries(const std::string& pattern) {
   return absl::StrCat(
@@ -595,6 +598,147 @@ TEST_F(SharedPoolTest, ABusyPoolGivesAConnectionBackToAWaiterAsATaskEnds) {
   std::move(join).Invoke();
   ASSERT_TRUE(ra.ok()) << ra.status();
   for (const TaskResult& t : ra->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
+}
+
+// ---------------------------------------------------------------------------
+// Prepared statements on pooled connections. One slot, so every task of a
+// case runs on the same worker backend, whose pg_prepared_statements the
+// cases read through the pool itself.
+
+class PreparedStatementTest : public SharedPoolTest {
+ protected:
+  // Runs `sql` through the pool as one task on worker 1.
+  TaskResult Run(const std::string& sql) {
+    auto s = PoolSession(Settings(1));
+    absl::StatusOr<ExecutionResult> r = s->transport->Execute({Task{Addr(*w1_), sql}});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->tasks[0] : TaskResult{};
+  }
+  // The single value `sql` returns through the pool.
+  std::string Value(const std::string& sql) {
+    const TaskResult t = Run(sql);
+    EXPECT_TRUE(t.status.ok()) << sql << ": " << t.status;
+    return t.status.ok() && t.rows.size() == 1 && t.rows[0].size() == 1
+               ? t.rows[0][0].value_or("NULL")
+               : "(no single value)";
+  }
+  // The statements prepared on the pooled connection: "text: generic plans"
+  // (how many times each ran). A text of its own each time: never prepared.
+  std::vector<std::string> Prepared() {
+    const TaskResult t =
+        Run(absl::StrCat("SELECT statement || ': ' || generic_plans FROM pg_prepared_statements "
+                         "WHERE name LIKE 'connthrottle\\_%' ORDER BY statement /* look ",
+                         ++looks_, " */"));
+    EXPECT_TRUE(t.status.ok()) << t.status;
+    std::vector<std::string> out;
+    for (const auto& row : t.rows) out.push_back(row[0].value_or("NULL"));
+    return out;
+  }
+
+  int looks_ = 0;
+};
+
+TEST_F(PreparedStatementTest, ATextSentAgainRunsItsPreparedStatementPlannedOnce) {
+  Pool(Settings(1));
+  EXPECT_EQ(Value("SELECT 6 * 7"), "42");  // first seen: runs as text
+  EXPECT_THAT(Prepared(), IsEmpty());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Value("SELECT 6 * 7"), "42");
+  // Prepared at its second run, then planned once and run three times.
+  EXPECT_THAT(Prepared(), ElementsAre("SELECT 6 * 7: 3"));
+  EXPECT_EQ(pool_->stats().statements_prepared, 1);
+  EXPECT_EQ(pool_->stats().tasks_run_prepared, 3);
+  EXPECT_EQ(pool_->stats().connections_opened, 1);
+}
+
+TEST_F(PreparedStatementTest, TextsThatCannotBePreparedRunAsTextEveryTime) {
+  Pool(Settings(1));
+  ASSERT_TRUE(obs1_->Exec("CREATE TABLE vacuumed (a int)").ok());
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    // Several statements: the last one's result, as with plain text.
+    TaskResult t = Run("SELECT 1; SELECT 2");
+    ASSERT_TRUE(t.status.ok()) << t.status;
+    EXPECT_EQ(t.rows, (std::vector<std::vector<std::optional<std::string>>>{{"2"}}));
+    // An error: the same SQLSTATE and message every time.
+    t = Run("SELECT * FROM no_such_table");
+    EXPECT_EQ(t.sqlstate, "42P01");
+    EXPECT_THAT(std::string(t.status.message()), HasSubstr("\"no_such_table\" does not exist"));
+    // A utility statement prepares and runs like any other.
+    t = Run("VACUUM vacuumed");
+    EXPECT_TRUE(t.status.ok()) << t.status;
+    EXPECT_EQ(t.command_tag, "VACUUM");
+  }
+  EXPECT_THAT(Prepared(), ElementsAre("VACUUM vacuumed: 2"));
+  EXPECT_EQ(pool_->stats().statements_prepared, 1);
+  EXPECT_EQ(pool_->stats().tasks_run_prepared, 2);
+  ASSERT_TRUE(obs1_->Exec("DROP TABLE vacuumed").ok());
+}
+
+TEST_F(PreparedStatementTest, AStatementATaskDeallocatedRunsAgainAsText) {
+  Pool(Settings(1));
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(Value("SELECT 7"), "7");
+  ASSERT_THAT(Prepared(), ElementsAre("SELECT 7: 1"));
+  EXPECT_TRUE(Run("DEALLOCATE ALL").status.ok());
+  EXPECT_THAT(Prepared(), IsEmpty());
+  // Its statement is gone (26000): it runs as text, and is prepared again.
+  EXPECT_EQ(Value("SELECT 7"), "7");
+  EXPECT_EQ(Value("SELECT 7"), "7");
+  EXPECT_THAT(Prepared(), ElementsAre("SELECT 7: 1"));
+  EXPECT_EQ(pool_->stats().statements_prepared, 2);
+  EXPECT_EQ(pool_->stats().tasks_run_prepared, 2);
+}
+
+TEST_F(PreparedStatementTest, AStatementWhoseResultTypeChangedRunsAgainAsText) {
+  Pool(Settings(1));
+  ASSERT_TRUE(obs1_->Exec("CREATE TABLE reshaped AS SELECT 1 AS a").ok());
+  absl::Cleanup drop = [&] { EXPECT_TRUE(obs1_->Exec("DROP TABLE reshaped").ok()); };
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(Run("SELECT * FROM reshaped").columns.size(), 1u);
+  ASSERT_THAT(Prepared(), ElementsAre("SELECT * FROM reshaped: 1"));
+  ASSERT_TRUE(obs1_->Exec("ALTER TABLE reshaped ADD COLUMN b int DEFAULT 2").ok());
+  // "cached plan must not change result type" (0A000): the old statement
+  // is deallocated and the task runs as text.
+  TaskResult t = Run("SELECT * FROM reshaped");
+  ASSERT_TRUE(t.status.ok()) << t.status;
+  EXPECT_EQ(t.columns, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(t.rows, (std::vector<std::vector<std::optional<std::string>>>{{"1", "2"}}));
+  EXPECT_THAT(Prepared(), IsEmpty());
+  t = Run("SELECT * FROM reshaped");
+  EXPECT_EQ(t.columns.size(), 2u);
+  EXPECT_THAT(Prepared(), ElementsAre("SELECT * FROM reshaped: 1"));
+  EXPECT_EQ(pool_->stats().tasks_run_prepared, 2);
+}
+
+TEST_F(PreparedStatementTest, EachConnectionKeepsAtMostMaxPreparedStatements) {
+  SharedPoolOptions options;
+  options.max_prepared_statements = 2;
+  Pool(Settings(1), options);
+  for (const char* sql : {"SELECT 1", "SELECT 2", "SELECT 1", "SELECT 3"}) {
+    for (int i = 0; i < 2; ++i) EXPECT_EQ(Value(sql), std::string(sql).substr(7));
+  }
+  // "SELECT 2" was the least recently used when "SELECT 3" needed room.
+  EXPECT_THAT(Prepared(), ElementsAre("SELECT 1: 3", "SELECT 3: 1"));
+  EXPECT_EQ(pool_->stats().statements_prepared, 3);
+  // Lowered to none: the connection deallocates them before its next task.
+  options.max_prepared_statements = 0;
+  pool_->set_options(options);
+  EXPECT_EQ(Value("SELECT 1"), "1");
+  EXPECT_THAT(Prepared(), IsEmpty());
+  EXPECT_EQ(pool_->stats().statements_prepared, 3);
+}
+
+TEST_F(PreparedStatementTest, PreparedRunsKeepMaxRowsKept) {
+  Pool(Settings(1));
+  SharedPoolTransport::Options kept;
+  kept.max_rows_kept = 2;
+  for (int i = 0; i < 3; ++i) {
+    auto s = PoolSession(Settings(1), kept);
+    absl::StatusOr<ExecutionResult> r =
+        s->transport->Execute({Task{Addr(*w1_), "SELECT g FROM generate_series(1, 5) g"}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->tasks[0].row_count, 5);
+    EXPECT_EQ(r->tasks[0].rows.size(), 2u);
+  }
+  EXPECT_EQ(pool_->stats().tasks_run_prepared, 2);
 }
 
 }  // namespace

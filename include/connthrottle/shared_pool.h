@@ -30,6 +30,16 @@
 //   * A dead connection is found while idle (its socket turns readable) or
 //     just before use, closed and replaced. A task not yet sent moves to
 //     another connection; a task that was running fails with 08006.
+//   * Prepared statements: a task text the pool has run before is prepared
+//     (a named statement, parsed and planned once) on each connection that
+//     runs it, up to max_prepared_statements per connection (the least
+//     recently used is deallocated to make room), and its later runs there
+//     skip parse and plan. A text that cannot be prepared (several
+//     statements, an error) runs as plain text, as does a text longer than
+//     kMaxPreparedText. A prepared run that fails before it started (the
+//     statement was deallocated by a task, or its result type changed:
+//     26000, 0A000) runs again as plain text on the same connection; a
+//     prepare that loses its connection moves the task to another one.
 //   * A connection that a task left inside a transaction is closed rather
 //     than reused. Tasks must be self-contained: as in a transaction-mode
 //     pooler, session state (SET, temporary tables, prepared statements)
@@ -83,7 +93,14 @@ struct SharedPoolOptions {
   // because no slot is free before its queued tasks fail with 53300.
   absl::Duration slot_wait_timeout = absl::Minutes(1);
   FullTablePolicy when_table_full = FullTablePolicy::kAdmitUncounted;
+  // Named statements kept per pooled connection
+  // (connthrottle.pool_max_prepared_statements); 0: every task runs as text.
+  int max_prepared_statements = 64;
 };
+
+// Task texts longer than this always run as text (they are rarely repeated,
+// and every connection would keep a copy).
+inline constexpr size_t kMaxPreparedText = 16 * 1024;
 
 // Cumulative figures of a SharedPool since it started.
 struct SharedPoolStats {
@@ -100,6 +117,8 @@ struct SharedPoolStats {
   int64_t tasks_retried = 0;          // moved to another connection before being sent
   int64_t tasks_cancelled = 0;        // dropped from the queue or cancelled while running
   int64_t tasks_handed_back = 0;      // local failover: given back to run in-process
+  int64_t statements_prepared = 0;    // named statements prepared on pooled connections
+  int64_t tasks_run_prepared = 0;     // tasks of tasks_run that ran a prepared statement
 };
 
 class SharedPool {

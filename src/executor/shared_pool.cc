@@ -24,6 +24,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "connthrottle/counter_table.h"
@@ -122,7 +123,16 @@ std::string PoolName(const NodeAddress& node, uint32_t database, const ConnParam
 // node's slots.
 constexpr absl::Duration kYieldCheckInterval = absl::Milliseconds(25);
 
+// Prepared statements: a pool counts how often it was sent each task text,
+// for at most this many texts (then it starts counting afresh); a text sent
+// before is prepared on the connection that runs it.
+constexpr size_t kMaxSightings = 512;
+
 struct SharedPool::Loop {
+  // What a busy connection is doing for its task: deallocating a statement
+  // to make room, preparing the task's text, or running the task.
+  enum class Step { kDeallocate, kPrepare, kTask };
+
   struct Conn {
     std::unique_ptr<Connection> c;
     std::shared_ptr<Batch> batch;  // whose task it runs while busy
@@ -131,6 +141,22 @@ struct SharedPool::Loop {
     bool cancelling = false;  // its task was cancelled: read and drop until idle
     absl::Time idle_since;
     absl::Time sent;
+
+    // The statements prepared on this connection, by task text, with when
+    // each was last used (in uses of this connection) for eviction.
+    struct Statement {
+      std::string name;
+      int64_t last_used = 0;
+    };
+    absl::flat_hash_map<std::string, Statement> statements;
+    std::vector<std::string> stale;  // evicted names still to DEALLOCATE
+    int64_t uses = 0;
+    Step step = Step::kTask;
+    bool prepare = false;        // the task's text is to be prepared before it runs
+    bool step_ok = false;        // the DEALLOCATE or PREPARE succeeded
+    bool prepared_run = false;   // the task runs its prepared statement
+    std::string stale_sqlstate;  // the prepared run failed before it started (26000, 0A000)
+    bool as_text = false;        // ... so the task runs again as text
   };
 
   // One session's tasks queued for one pool.
@@ -167,7 +193,12 @@ struct SharedPool::Loop {
     absl::Time waited_at;  // when `waited` was last brought up to date
     absl::Duration connect_time_total;
     int64_t connects_done = 0;
+    // How often each task text was sent here (kUnpreparable: preparing it
+    // failed), for the texts sent most recently.
+    absl::flat_hash_map<std::string, int> sightings;
   };
+
+  static constexpr int kUnpreparable = -1;
 
   explicit Loop(SharedPool& pool) : sp(pool), options(pool.options_) {}
 
@@ -176,6 +207,7 @@ struct SharedPool::Loop {
   std::map<std::string, Pool> pools;
   SharedPoolStats stats;
   int next_connection_id = 0;
+  int64_t next_statement_id = 0;
   absl::Time published_at = absl::InfinitePast();
 
   // ---- the loop ----
@@ -578,28 +610,125 @@ struct SharedPool::Loop {
     conn.result.connection = c.id;
     conn.sent = now;
     conn.cancelling = false;
-    c.task_got_result = false;
-    c.in_result_set = false;
-    if (!PQsendQuery(c.pg, b->tasks[t].sql.c_str())) {
-      // Nothing of the command reached the worker: it goes to another
+    conn.as_text = false;
+    const std::string& sql = b->tasks[t].sql;
+    conn.prepare =
+        options.max_prepared_statements > 0 && !conn.statements.contains(sql) && Recurs(pool, sql);
+    conn.batch = std::move(b);
+    conn.task = t;
+    SendNextStep(pool, conn);
+  }
+
+  // Counts one more sending of `sql` to the pool: true when it was sent
+  // before and may be prepared.
+  static bool Recurs(Pool& pool, const std::string& sql) {
+    if (sql.size() > kMaxPreparedText) return false;
+    auto it = pool.sightings.find(sql);
+    if (it == pool.sightings.end()) {
+      if (pool.sightings.size() >= kMaxSightings) pool.sightings.clear();
+      pool.sightings.emplace(sql, 1);
+      return false;
+    }
+    if (it->second == kUnpreparable) return false;
+    it->second = 2;
+    return true;
+  }
+
+  // Makes room for one more statement, or for a lowered limit: the least
+  // recently used is forgotten, to be deallocated before the next step.
+  void Evict(Conn& conn, size_t keep) {
+    while (conn.statements.size() > keep) {
+      auto lru = std::min_element(
+          conn.statements.begin(), conn.statements.end(),
+          [](const auto& a, const auto& b) { return a.second.last_used < b.second.last_used; });
+      conn.stale.push_back(std::move(lru->second.name));
+      conn.statements.erase(lru);
+    }
+  }
+
+  // Sends the connection's next step for its task; when that fails nothing
+  // of the task has run, so it moves to another connection.
+  void SendNextStep(Pool& pool, Conn& conn) {
+    Connection& c = *conn.c;
+    const size_t max = static_cast<size_t>(std::max(0, options.max_prepared_statements));
+    Evict(conn, conn.prepare && max > 0 ? max - 1 : max);
+    const std::string& sql = conn.batch->tasks[conn.task].sql;
+    int sent;
+    if (!conn.stale.empty()) {
+      conn.step = Step::kDeallocate;
+      sent = PQsendQuery(c.pg, absl::StrCat("DEALLOCATE ", conn.stale.back()).c_str());
+    } else if (conn.prepare && max > 0) {
+      conn.step = Step::kPrepare;
+      const std::string name = absl::StrCat("connthrottle_", ++next_statement_id);
+      sent = PQsendPrepare(c.pg, name.c_str(), sql.c_str(), 0, nullptr);
+      if (sent) conn.statements[sql] = {name, ++conn.uses};  // forgotten if it fails
+    } else {
+      conn.step = Step::kTask;
+      auto it = conn.as_text ? conn.statements.end() : conn.statements.find(sql);
+      conn.prepared_run = it != conn.statements.end();
+      if (conn.prepared_run) {
+        it->second.last_used = ++conn.uses;
+        sent = PQsendQueryPrepared(c.pg, it->second.name.c_str(), 0, nullptr, nullptr, nullptr, 0);
+      } else {
+        sent = PQsendQuery(c.pg, sql.c_str());
+      }
+      if (sent && conn.batch->max_rows_kept >= 0) PQsetSingleRowMode(c.pg);
+    }
+    conn.step_ok = false;
+    conn.stale_sqlstate.clear();
+    const int flushed = sent ? PQflush(c.pg) : -1;
+    if (flushed < 0) {
+      // Nothing of the task reached the worker: it goes to another
       // connection, and this one is closed.
       c.state = State::kBroken;
       ++stats.closed_dead;
-      Requeue(pool, std::move(b), t);
+      Requeue(pool, std::move(conn.batch), conn.task);
+      conn.task = -1;
       return;
     }
-    if (b->max_rows_kept >= 0) PQsetSingleRowMode(c.pg);
-    const int flushed = PQflush(c.pg);
-    if (flushed < 0) {
-      c.state = State::kBroken;
-      ++stats.closed_dead;
-      Requeue(pool, std::move(b), t);
-      return;
-    }
+    c.task_got_result = false;
+    c.in_result_set = false;
     c.want_write = flushed == 1;
     c.state = State::kBusy;
-    conn.batch = std::move(b);
-    conn.task = t;
+  }
+
+  // A DEALLOCATE or PREPARE ended, or a prepared run that failed before it
+  // started: the connection goes on to the task's next step.
+  void StepDone(Pool& pool, Conn& conn, absl::Time now) {
+    const std::string& sql = conn.batch->tasks[conn.task].sql;
+    switch (conn.step) {
+      case Step::kDeallocate:
+        // Failed only if the statement is gone already (a task deallocated it).
+        conn.stale.pop_back();
+        break;
+      case Step::kPrepare:
+        conn.prepare = false;
+        if (conn.step_ok) {
+          ++stats.statements_prepared;
+        } else {
+          conn.statements.erase(sql);
+          // Several statements, or an error: the text runs as text from now on.
+          if (!conn.cancelling) pool.sightings[sql] = kUnpreparable;
+        }
+        break;
+      case Step::kTask:
+        if (conn.stale_sqlstate == "26000") {
+          // A task deallocated it (DEALLOCATE ALL, DISCARD): assume them all gone.
+          conn.statements.clear();
+          conn.stale.clear();
+        } else if (auto it = conn.statements.find(sql); it != conn.statements.end()) {
+          // 0A000, its result type changed: prepared afresh next time.
+          conn.stale.push_back(std::move(it->second.name));
+          conn.statements.erase(it);
+        }
+        conn.as_text = true;
+        break;
+    }
+    if (conn.cancelling) {
+      Release(pool, conn, now);
+      return;
+    }
+    SendNextStep(pool, conn);
   }
 
   void ReadResults(Pool& pool, Conn& conn, absl::Time now) {
@@ -615,6 +744,21 @@ struct SharedPool::Loop {
         return;
       }
       const ExecStatusType status = PQresultStatus(res);
+      if (conn.step != Step::kTask) {  // a DEALLOCATE's or a PREPARE's
+        conn.step_ok = status == PGRES_COMMAND_OK;
+        PQclear(res);
+        continue;
+      }
+      if (conn.prepared_run && status == PGRES_FATAL_ERROR && !c.task_got_result) {
+        // The statement is gone, or its result type changed: PostgreSQL
+        // refused to run it, and the task runs again as text.
+        const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state != nullptr && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0)) {
+          conn.stale_sqlstate = state;
+          PQclear(res);
+          continue;
+        }
+      }
       if (status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH) {
         PQclear(res);
         FailCopy(pool, conn, status);
@@ -637,12 +781,22 @@ struct SharedPool::Loop {
                                    : std::string(conn.result.status.message()));
       return;
     }
-    const absl::Duration run = now - conn.sent;
+    if (conn.step != Step::kTask || !conn.stale_sqlstate.empty()) {
+      StepDone(pool, conn, now);
+      return;
+    }
     if (!conn.cancelling) {
-      conn.result.run = run;
+      conn.result.run = now - conn.sent;
       ++stats.tasks_run;
+      if (conn.prepared_run) ++stats.tasks_run_prepared;
       Finish(*conn.batch, conn.task, std::move(conn.result));
     }
+    Release(pool, conn, now);
+  }
+
+  // The connection's task is done: it becomes idle, or is closed.
+  void Release(Pool& pool, Conn& conn, absl::Time now) {
+    Connection& c = *conn.c;
     conn.batch = nullptr;
     conn.task = -1;
     conn.cancelling = false;
@@ -665,10 +819,13 @@ struct SharedPool::Loop {
     }
   }
 
-  // The connection broke while running a task, which fails with 08006.
+  // The connection broke while running a task, which fails with 08006; a
+  // task whose text was still being prepared moves to another connection.
   void Lost(Pool& pool, Conn& conn, const std::string& why) {
     conn.c->state = State::kBroken;
-    if (conn.batch != nullptr && !conn.cancelling) {
+    if (conn.batch != nullptr && !conn.cancelling && conn.step != Step::kTask) {
+      Requeue(pool, std::move(conn.batch), conn.task);
+    } else if (conn.batch != nullptr && !conn.cancelling) {
       Fail(*conn.batch, conn.task,
            absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
                                                " was lost while running the task: ", why)),

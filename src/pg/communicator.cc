@@ -92,7 +92,7 @@ struct Slot {
 };
 
 // The statistics the communicator publishes, one counter each.
-constexpr int kStatCount = 16;
+constexpr int kStatCount = 18;
 
 struct Header {
   pg_atomic_uint32 epoch;        // bumped by every communicator start
@@ -164,6 +164,7 @@ connthrottle::pg::PoolServiceSettings ServiceSettings() {
   s.slow_start_interval_ms = e.slow_start_interval_ms;
   s.pool_idle_timeout_ms = connthrottle::pg::PoolIdleTimeoutMs();
   s.response_memory_bytes = connthrottle::pg::PoolResponseMemoryBytes();
+  s.max_prepared_statements = connthrottle::pg::PoolMaxPreparedStatements();
   return s;
 }
 
@@ -286,7 +287,8 @@ void PublishStats() {
                                     s.closed_for_waiters,  s.optional_refused,
                                     s.tasks_run,           s.tasks_retried,
                                     s.tasks_cancelled,     s.tasks_handed_back,
-                                    s.closed_over_limit,   static_cast<int64>(reloads)};
+                                    s.closed_over_limit,   static_cast<int64>(reloads),
+                                    s.statements_prepared, s.tasks_run_prepared};
   for (int k = 0; k < kStatCount; ++k) {
     pg_atomic_write_u64(&header->stats[k], static_cast<uint64>(values[k]));
   }
@@ -539,7 +541,8 @@ CommunicatorStats ReadCommunicatorStats() {
                        &out.closed_for_waiters,  &out.optional_refused,
                        &out.tasks_run,           &out.tasks_retried,
                        &out.tasks_cancelled,     &out.tasks_handed_back,
-                       &out.closed_over_limit,   &out.reloads};
+                       &out.closed_over_limit,   &out.reloads,
+                       &out.statements_prepared, &out.tasks_run_prepared};
   for (int k = 0; k < kStatCount; ++k) {
     *fields[k] = static_cast<int64_t>(pg_atomic_read_u64(&header->stats[k]));
   }

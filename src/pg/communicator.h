@@ -36,7 +36,8 @@ struct CommunicatorStats {
   uint32_t epoch;  // how many times it started
   int64_t connections, tasks_queued, connections_started, connections_opened, connections_failed,
       closed_idle, closed_dead, closed_in_transaction, closed_for_waiters, optional_refused,
-      tasks_run, tasks_retried, tasks_cancelled, tasks_handed_back, closed_over_limit, reloads;
+      tasks_run, tasks_retried, tasks_cancelled, tasks_handed_back, closed_over_limit, reloads,
+      statements_prepared, tasks_run_prepared;
 };
 CommunicatorStats ReadCommunicatorStats();
 

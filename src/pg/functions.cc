@@ -848,7 +848,7 @@ Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
   RequireTable();
   TupleDesc desc = RecordResult(fcinfo, "pool_stats");
   const connthrottle::pg::CommunicatorStats c = connthrottle::pg::ReadCommunicatorStats();
-  Datum values[18] = {
+  Datum values[20] = {
       Int32GetDatum(c.pid),
       Int64GetDatum(static_cast<int64>(c.epoch)),
       Int64GetDatum(c.connections),
@@ -867,8 +867,10 @@ Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
       Int64GetDatum(c.tasks_handed_back),
       Int64GetDatum(c.closed_over_limit),
       Int64GetDatum(c.reloads),
+      Int64GetDatum(c.statements_prepared),
+      Int64GetDatum(c.tasks_run_prepared),
   };
-  bool nulls[18] = {false};
+  bool nulls[20] = {false};
   nulls[0] = c.pid == 0;
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

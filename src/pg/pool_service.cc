@@ -118,6 +118,7 @@ SharedPoolOptions OptionsFrom(const PoolServiceSettings& s) {
                             ? absl::Hours(24 * 365)
                             : absl::Milliseconds(s.settings.connection_wait_timeout_ms);
   o.when_table_full = FullTablePolicyOf(s.settings);
+  o.max_prepared_statements = std::max(s.max_prepared_statements, 0);
   return o;
 }
 
@@ -408,6 +409,8 @@ PoolServiceStats PoolStats() noexcept {
                s.tasks_retried,
                s.tasks_cancelled,
                s.tasks_handed_back,
+               s.statements_prepared,
+               s.tasks_run_prepared,
                0,
                0};
         for (const auto& [node, n] : svc.pool->Connections()) out.connections_now += n;
