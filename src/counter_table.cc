@@ -104,7 +104,10 @@ class ReadRetry {
 // Reads an entry's counters and key consistently without locking it: the
 // word must be unlocked and, with Entry::version, unchanged across the read.
 // Returns false when the entry holds no key (or could not be read).
-bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out) {
+// With `cumulative` false, only the key and its counts (connections to
+// parked) are read: not the cumulative figures, whose `acquired` sums a cell
+// of every owner.
+bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out, bool cumulative = true) {
   const Entry& entry = EntryAt(h, index);
   for (ReadRetry retry; retry.Again();) {
     uint32_t v1 = entry.version.load(kAcquire);
@@ -130,16 +133,19 @@ bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out) {
       uint64_t word = key.host[w].load(kRelaxed);
       std::memcpy(host + w * 8, &word, 8);
     }
-    uint64_t acquired = entry.acquired_base.load(kRelaxed);
-    for (uint32_t id = 1; id <= h->max_owners; ++id) {
-      acquired += internal::CellAt(h, id, index).acquired.load(kRelaxed);
+    uint64_t wait_ns = 0;
+    if (cumulative) {
+      uint64_t acquired = entry.acquired_base.load(kRelaxed);
+      for (uint32_t id = 1; id <= h->max_owners; ++id) {
+        acquired += internal::CellAt(h, id, index).acquired.load(kRelaxed);
+      }
+      out->acquired = acquired;
+      out->refused = entry.refused.load(kRelaxed);
+      out->waited = key.waited.load(kRelaxed);
+      out->forced_total = key.forced_total.load(kRelaxed);
+      out->wakeups = key.wakeups.load(kRelaxed);
+      wait_ns = key.wait_ns.load(kRelaxed);
     }
-    out->acquired = acquired;
-    out->refused = entry.refused.load(kRelaxed);
-    out->waited = key.waited.load(kRelaxed);
-    out->forced_total = key.forced_total.load(kRelaxed);
-    out->wakeups = key.wakeups.load(kRelaxed);
-    uint64_t wait_ns = key.wait_ns.load(kRelaxed);
     std::atomic_thread_fence(kAcquire);
     if (entry.word.load(kRelaxed) != w1 || entry.version.load(kRelaxed) != v1) continue;
     out->host.assign(host, len);
@@ -353,11 +359,19 @@ TableStats CounterTable::Stats() const {
 uint64_t CounterTable::FullTableEvents() const { return header_->full_table_events.load(kRelaxed); }
 
 uint32_t CounterTable::ConnectionCount(const NodeKey& key) const {
-  const std::optional<KeyStats> k = Lookup(key);
+  const std::optional<KeyStats> k = LookupCounts(key);
   return k ? k->connections : 0;
 }
 
 std::optional<KeyStats> CounterTable::Lookup(const NodeKey& key) const {
+  return Find(key, /*cumulative=*/true);
+}
+
+std::optional<KeyStats> CounterTable::LookupCounts(const NodeKey& key) const {
+  return Find(key, /*cumulative=*/false);
+}
+
+std::optional<KeyStats> CounterTable::Find(const NodeKey& key, bool cumulative) const {
   const uint32_t mask = header_->index_buckets - 1;
   const uint32_t tag = static_cast<uint32_t>(key.hash());
   const internal::Bucket* buckets = internal::Buckets(header_);
@@ -367,8 +381,8 @@ std::optional<KeyStats> CounterTable::Lookup(const NodeKey& key) const {
     if (value == 0) break;
     if (static_cast<uint32_t>(value >> 32) != tag) continue;
     KeyStats k;
-    if (ReadEntry(header_, static_cast<uint32_t>(value) - 1, &k) && k.host == key.host() &&
-        k.port == key.port() && k.database == key.database()) {
+    if (ReadEntry(header_, static_cast<uint32_t>(value) - 1, &k, cumulative) &&
+        k.host == key.host() && k.port == key.port() && k.database == key.database()) {
       // A zombie entry (count and waiters at zero, kept for a quick revive)
       // is not busy, as in Snapshot().
       if (k.connections == 0 && k.waiters == 0) return std::nullopt;

@@ -90,9 +90,17 @@ TEST(CounterTableLookupTest, FindsABusyKeysEntryAndNothingOnceItIsDropped) {
   EXPECT_EQ(found->connections, 2u);
   EXPECT_EQ(found->connections, row->connections);
   EXPECT_EQ(found->acquired, row->acquired);
+  // The counts alone: the same counts, no cumulative figures.
+  std::optional<KeyStats> counts = t->LookupCounts(key);
+  ASSERT_TRUE(counts.has_value());
+  EXPECT_EQ(counts->host, "looked-up");
+  EXPECT_EQ(counts->connections, 2u);
+  EXPECT_EQ(counts->waiters, 0u);
+  EXPECT_EQ(counts->acquired, 0u);
   a->Release();
   c->Release();
   EXPECT_FALSE(t->Lookup(key).has_value()) << "a key at zero is not busy";
+  EXPECT_FALSE(t->LookupCounts(key).has_value());
   EXPECT_EQ(t->Lookup(other)->connections, 1u);
 }
 

@@ -225,6 +225,11 @@ class CounterTable {
   // `key`'s entry, read consistently without locking; nullopt when the key
   // is not busy. A lookup in the index: cheap enough to call every tick.
   std::optional<KeyStats> Lookup(const NodeKey& key) const;
+  // As Lookup, but reads only the key and its counts (connections, forced,
+  // reserved, waiters, parked); the cumulative figures are left at zero.
+  // For callers that look after every task: it does not sum the per-owner
+  // `acquired` cells.
+  std::optional<KeyStats> LookupCounts(const NodeKey& key) const;
 
   // Who holds and who waits: one row per live owner and busy key it holds
   // slots of or waits for, ordered by key then pid. Read without locks, for
@@ -253,6 +258,7 @@ class CounterTable {
   friend class Owner;
   friend class OwnerOps;
   explicit CounterTable(internal::TableHeader* header) : header_(header) {}
+  std::optional<KeyStats> Find(const NodeKey& key, bool cumulative) const;
 
   internal::TableHeader* header_;
 };

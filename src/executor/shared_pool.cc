@@ -534,7 +534,7 @@ struct SharedPool::Loop {
   int OverLimit(const Pool& pool) {
     const Limit limit = sp.limit_(pool.node, pool.local);
     if (limit.unlimited()) return 0;
-    const std::optional<KeyStats> key = sp.owner_.table().Lookup(*pool.key);
+    const std::optional<KeyStats> key = sp.owner_.table().LookupCounts(*pool.key);
     if (!key) return 0;
     return static_cast<int>(key->connections - key->forced) - static_cast<int>(limit.max());
   }
@@ -556,7 +556,7 @@ struct SharedPool::Loop {
   // transport, COPY's reservations) that no free slot serves: a slot given
   // back a moment ago and not yet taken serves one.
   int UnservedWaiters(const Pool& pool) {
-    const std::optional<KeyStats> key = sp.owner_.table().Lookup(*pool.key);
+    const std::optional<KeyStats> key = sp.owner_.table().LookupCounts(*pool.key);
     if (!key || key->waiters == 0) return 0;
     const Limit limit = sp.limit_(pool.node, pool.local);
     if (limit.unlimited()) return 0;
