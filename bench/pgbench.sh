@@ -128,7 +128,7 @@ received() {  # connection attempts the workers have logged so far
   cat "$WORK/worker1.log" "$WORK/worker2.log" | grep -c "connection received" || true
 }
 
-echo "connthrottle pgbench: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo '?')," \
+echo "connthrottle pgbench: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$SRC" describe --always --dirty --abbrev=7 2>/dev/null || echo '?')," \
   "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run after ${WARMUP} s of warm-up, $RUNS run(s) per cell"
 echo

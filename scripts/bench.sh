@@ -14,7 +14,7 @@ cmake --build "$ROOT/build" -j"$(nproc)" --target counter_table_benchmark
   --benchmark_display_aggregates_only=true \
   --benchmark_out="$ROOT/build/bench.json" --benchmark_out_format=json "$@"
 echo
-echo "measured $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')," \
+echo "measured $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" describe --always --dirty --abbrev=7 2>/dev/null || echo '?')," \
   "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')," \
   "load average $(cut -d' ' -f1-3 /proc/loadavg); 5 repetitions: median, largest CV shown"
 # Busy keys (another slot keeps every count above zero) first, then keys

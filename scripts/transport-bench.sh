@@ -14,7 +14,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 build/bench/transport_benchmark --benchmark_repetitions="$REPETITIONS" \
   --benchmark_format=json "$@" >"$out"
-echo "transport_benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)," \
+echo "transport_benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git describe --always --dirty --abbrev=7)," \
   "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "executions per second, median of $REPETITIONS runs (min–max); limit 8 per worker"
 python3 bench/transport_table.py <"$out"
