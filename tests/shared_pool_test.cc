@@ -738,7 +738,115 @@ TEST_F(PreparedStatementTest, PreparedRunsKeepMaxRowsKept) {
     EXPECT_EQ(r->tasks[0].row_count, 5);
     EXPECT_EQ(r->tasks[0].rows.size(), 2u);
   }
-  EXPECT_EQ(pool_->stats().tasks_run_prepared, 2);
+  // The loop wakes the session before it publishes its figures.
+  EXPECT_TRUE(PollUntil([&] { return pool_->stats().tasks_run_prepared == 2; }))
+      << pool_->stats().tasks_run_prepared;
+}
+
+TEST_F(PreparedStatementTest, ErrorsRaisedWhileATaskRunsAreItsResultNotARefusal) {
+  Pool(Settings(1));
+  ASSERT_TRUE(obs1_->Exec("CREATE SEQUENCE side_effects").ok());
+  absl::Cleanup drop = [&] { EXPECT_TRUE(obs1_->Exec("DROP SEQUENCE side_effects").ok()); };
+  // The SQLSTATEs of a refusal (0A000, 26000), raised by the task itself
+  // after a side effect: each run fails once, and runs once.
+  const std::string raises =
+      "DO $$ BEGIN PERFORM nextval('side_effects'); "
+      "RAISE EXCEPTION 'not here' USING ERRCODE = 'feature_not_supported'; END $$";
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    TaskResult t = Run(raises);
+    EXPECT_EQ(t.sqlstate, "0A000") << t.status;
+    t = Run("EXECUTE no_such_statement");
+    EXPECT_EQ(t.sqlstate, "26000") << t.status;
+    // A parameter symbol: 42P02 every time, as text (it is not prepared).
+    t = Run("SELECT $1::int");
+    EXPECT_EQ(t.sqlstate, "42P02") << t.status;
+  }
+  EXPECT_EQ(IntValue(*obs1_, "SELECT last_value FROM side_effects"), 3);
+  // Both stay prepared: their errors were not taken for a refusal.
+  EXPECT_THAT(Prepared(), ElementsAre(absl::StrCat(raises, ": 2"), "EXECUTE no_such_statement: 2"));
+  EXPECT_EQ(pool_->stats().tasks_run_prepared, 4);
+}
+
+// A prepare that waits for a lock: cancelled, or its backend terminated.
+class BlockedPrepareTest : public PreparedStatementTest {
+ protected:
+  static constexpr char kSql[] = "SELECT a FROM locked";
+
+  void SetUp() override {
+    PreparedStatementTest::SetUp();
+    Pool(Settings(1));
+    ASSERT_TRUE(obs1_->Exec("CREATE TABLE locked AS SELECT 5 AS a").ok());
+    EXPECT_EQ(Value(kSql), "5");  // first seen: as text
+    absl::StatusOr<std::unique_ptr<PgClient>> locker = w1_->Connect();
+    ASSERT_TRUE(locker.ok()) << locker.status();
+    locker_ = *std::move(locker);
+    ASSERT_TRUE(locker_->Exec("BEGIN").ok());
+    ASSERT_TRUE(locker_->Exec("LOCK TABLE locked").ok());
+    session_ = PoolSession(Settings(1));
+    runner_ = std::thread([this] {
+      result_ = session_->transport->Execute({Task{Addr(*w1_), kSql}});
+    });
+  }
+
+  void TearDown() override {
+    if (runner_.joinable()) {
+      session_->context.Cancel();
+      runner_.join();
+    }
+    locker_.reset();  // its transaction ends with it
+    EXPECT_TRUE(obs1_->Exec("DROP TABLE locked").ok());
+    PreparedStatementTest::TearDown();
+  }
+
+  // Coordinator backends waiting for the lock on `locked`.
+  int Waiting() {
+    return IntValue(*obs1_,
+                    absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                 "'connthrottle' AND wait_event_type = 'Lock' AND query = '",
+                                 kSql, "'"));
+  }
+
+  std::unique_ptr<PgClient> locker_;
+  std::unique_ptr<AnySession> session_;
+  std::thread runner_;
+  absl::StatusOr<ExecutionResult> result_ = absl::UnknownError("not run");
+};
+
+TEST_F(BlockedPrepareTest, ACancelledPrepareLeavesTheConnectionAndTheTextUsable) {
+  // The second sighting's PREPARE waits for the lock.
+  ASSERT_TRUE(PollUntil([&] { return Waiting() == 1; }));
+  session_->context.Cancel();
+  runner_.join();
+  EXPECT_TRUE(absl::IsCancelled(result_.status())) << result_.status();
+  ASSERT_TRUE(locker_->Exec("COMMIT").ok());
+  // Drained back to idle, the connection runs the text again and prepares it.
+  EXPECT_EQ(Value(kSql), "5");
+  EXPECT_THAT(Prepared(), ElementsAre("SELECT a FROM locked: 1"));
+  EXPECT_EQ(pool_->stats().connections_opened, 1);
+  EXPECT_EQ(pool_->stats().statements_prepared, 1);
+}
+
+TEST_F(BlockedPrepareTest, ATaskWhosePrepareLostItsConnectionRunsOnAnotherAsText) {
+  ASSERT_TRUE(PollUntil([&] { return Waiting() == 1; }));
+  ASSERT_EQ(IntValue(*obs1_, absl::StrCat("SELECT count(pg_terminate_backend(pid)) FROM "
+                                          "pg_stat_activity WHERE application_name = "
+                                          "'connthrottle' AND query = '",
+                                          kSql, "'")),
+            1);
+  // Nothing of the task ran: it moves to a new connection, as text, and
+  // waits for the lock there.
+  ASSERT_TRUE(PollUntil([&] { return pool_->stats().tasks_retried == 1 && Waiting() == 1; }));
+  ASSERT_TRUE(locker_->Exec("COMMIT").ok());
+  runner_.join();
+  ASSERT_TRUE(result_.ok()) << result_.status();
+  ASSERT_TRUE(result_->tasks[0].status.ok()) << result_->tasks[0].status;
+  EXPECT_EQ(result_->tasks[0].rows, (std::vector<std::vector<std::optional<std::string>>>{{"5"}}));
+  // The text is not prepared again.
+  EXPECT_EQ(Value(kSql), "5");
+  EXPECT_THAT(Prepared(), IsEmpty());
+  EXPECT_EQ(pool_->stats().connections_opened, 2);
+  EXPECT_EQ(pool_->stats().statements_prepared, 0);
 }
 
 }  // namespace

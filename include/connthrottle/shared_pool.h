@@ -35,11 +35,14 @@
 //     runs it, up to max_prepared_statements per connection (the least
 //     recently used is deallocated to make room), and its later runs there
 //     skip parse and plan. A text that cannot be prepared (several
-//     statements, an error) runs as plain text, as does a text longer than
-//     kMaxPreparedText. A prepared run that fails before it started (the
-//     statement was deallocated by a task, or its result type changed:
-//     26000, 0A000) runs again as plain text on the same connection; a
-//     prepare that loses its connection moves the task to another one.
+//     statements, an error) runs as plain text from then on, as do texts
+//     longer than kMaxPreparedText and texts with a parameter symbol ($1).
+//     A prepared run PostgreSQL refused before starting it (a task
+//     deallocated the statement: 26000 naming it; its result type changed:
+//     0A000 from plan revalidation) runs again as text on the same
+//     connection; the same SQLSTATEs raised while a task runs are its
+//     result. A prepare that loses its connection moves the task to another
+//     connection, as text.
 //   * A connection that a task left inside a transaction is closed rather
 //     than reused. Tasks must be self-contained: as in a transaction-mode
 //     pooler, session state (SET, temporary tables, prepared statements)

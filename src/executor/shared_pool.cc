@@ -25,7 +25,9 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "connthrottle/counter_table.h"
 #include "executor/connection.h"
@@ -133,6 +135,15 @@ struct SharedPool::Loop {
   // to make room, preparing the task's text, or running the task.
   enum class Step { kDeallocate, kPrepare, kTask };
 
+  // How PostgreSQL refused to run a prepared statement, if it did, before
+  // running any of it.
+  enum class Refusal {
+    kNone,
+    kGone,      // 26000: the statement does not exist (a task deallocated it)
+    kReshaped,  // 0A000: "cached plan must not change result type"
+    kUnsure,    // 26000 or 0A000 from a server that does not say where from
+  };
+
   struct Conn {
     std::unique_ptr<Connection> c;
     std::shared_ptr<Batch> batch;  // whose task it runs while busy
@@ -152,11 +163,11 @@ struct SharedPool::Loop {
     std::vector<std::string> stale;  // evicted names still to DEALLOCATE
     int64_t uses = 0;
     Step step = Step::kTask;
-    bool prepare = false;        // the task's text is to be prepared before it runs
-    bool step_ok = false;        // the DEALLOCATE or PREPARE succeeded
-    bool prepared_run = false;   // the task runs its prepared statement
-    std::string stale_sqlstate;  // the prepared run failed before it started (26000, 0A000)
-    bool as_text = false;        // ... so the task runs again as text
+    bool prepare = false;              // the task's text is to be prepared before it runs
+    bool step_ok = false;              // the DEALLOCATE or PREPARE succeeded
+    bool prepared_run = false;         // the task runs its prepared statement
+    Refusal refusal = Refusal::kNone;  // of the prepared run, see RefusalOf
+    bool as_text = false;              // refused: the task runs again as text
   };
 
   // One session's tasks queued for one pool.
@@ -620,9 +631,10 @@ struct SharedPool::Loop {
   }
 
   // Counts one more sending of `sql` to the pool: true when it was sent
-  // before and may be prepared.
+  // before and may be prepared. A text with a parameter symbol ($1) is not
+  // prepared: as text it fails with 42P02, and so it must when prepared.
   static bool Recurs(Pool& pool, const std::string& sql) {
-    if (sql.size() > kMaxPreparedText) return false;
+    if (sql.size() > kMaxPreparedText || HasParameterSymbol(sql)) return false;
     auto it = pool.sightings.find(sql);
     if (it == pool.sightings.end()) {
       if (pool.sightings.size() >= kMaxSightings) pool.sightings.clear();
@@ -632,6 +644,53 @@ struct SharedPool::Loop {
     if (it->second == kUnpreparable) return false;
     it->second = 2;
     return true;
+  }
+
+  static bool HasParameterSymbol(absl::string_view sql) {
+    for (size_t i = sql.find('$'); i != absl::string_view::npos; i = sql.find('$', i + 1)) {
+      if (i + 1 < sql.size() && absl::ascii_isdigit(static_cast<unsigned char>(sql[i + 1]))) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Whether the error `res` of a prepared run is PostgreSQL refusing to run
+  // statement `name` before starting it. Only then may the task run again:
+  // the same SQLSTATEs raised while it runs (a function's RAISE, an EXECUTE
+  // of the task's own) are the task's result. Told apart by the routine that
+  // raised the error and, for 26000, the statement it names.
+  static Refusal RefusalOf(const PGresult* res, absl::string_view name) {
+    const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (state == nullptr) return Refusal::kNone;
+    const bool gone = strcmp(state, "26000") == 0;
+    const bool reshaped = strcmp(state, "0A000") == 0;
+    if (!gone && !reshaped) return Refusal::kNone;
+    const char* routine = PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION);
+    if (routine == nullptr) return Refusal::kUnsure;
+    if (reshaped) {
+      return strcmp(routine, "RevalidateCachedQuery") == 0 ? Refusal::kReshaped : Refusal::kNone;
+    }
+    if (strcmp(routine, "FetchPreparedStatement") != 0) return Refusal::kNone;
+    const char* message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const absl::string_view m = message != nullptr ? message : "";
+    // The name, not a longer one (connthrottle_1 in connthrottle_12).
+    for (size_t i = m.find(name); i != absl::string_view::npos; i = m.find(name, i + 1)) {
+      const size_t end = i + name.size();
+      if (end == m.size() || !absl::ascii_isdigit(static_cast<unsigned char>(m[end]))) {
+        return Refusal::kGone;
+      }
+    }
+    return Refusal::kNone;
+  }
+
+  // Forgets the statement prepared for `sql`, to be deallocated before the
+  // connection's next step.
+  static void Forget(Conn& conn, const std::string& sql) {
+    if (auto it = conn.statements.find(sql); it != conn.statements.end()) {
+      conn.stale.push_back(std::move(it->second.name));
+      conn.statements.erase(it);
+    }
   }
 
   // Makes room for one more statement, or for a lowered limit: the least
@@ -675,7 +734,7 @@ struct SharedPool::Loop {
       if (sent && conn.batch->max_rows_kept >= 0) PQsetSingleRowMode(c.pg);
     }
     conn.step_ok = false;
-    conn.stale_sqlstate.clear();
+    conn.refusal = Refusal::kNone;
     const int flushed = sent ? PQflush(c.pg) : -1;
     if (flushed < 0) {
       // Nothing of the task reached the worker: it goes to another
@@ -698,8 +757,9 @@ struct SharedPool::Loop {
     const std::string& sql = conn.batch->tasks[conn.task].sql;
     switch (conn.step) {
       case Step::kDeallocate:
-        // Failed only if the statement is gone already (a task deallocated it).
-        conn.stale.pop_back();
+        // Done, or failed because the statement is gone already (a task
+        // deallocated it); a cancelled one is tried again before the next task.
+        if (conn.step_ok || !conn.cancelling) conn.stale.pop_back();
         break;
       case Step::kPrepare:
         conn.prepare = false;
@@ -712,14 +772,10 @@ struct SharedPool::Loop {
         }
         break;
       case Step::kTask:
-        if (conn.stale_sqlstate == "26000") {
-          // A task deallocated it (DEALLOCATE ALL, DISCARD): assume them all gone.
-          conn.statements.clear();
-          conn.stale.clear();
-        } else if (auto it = conn.statements.find(sql); it != conn.statements.end()) {
-          // 0A000, its result type changed: prepared afresh next time.
-          conn.stale.push_back(std::move(it->second.name));
-          conn.statements.erase(it);
+        if (conn.refusal == Refusal::kGone) {
+          conn.statements.erase(sql);  // nothing to deallocate
+        } else {
+          Forget(conn, sql);  // its result type changed: prepared afresh next time
         }
         conn.as_text = true;
         break;
@@ -750,11 +806,10 @@ struct SharedPool::Loop {
         continue;
       }
       if (conn.prepared_run && status == PGRES_FATAL_ERROR && !c.task_got_result) {
-        // The statement is gone, or its result type changed: PostgreSQL
-        // refused to run it, and the task runs again as text.
-        const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        if (state != nullptr && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0)) {
-          conn.stale_sqlstate = state;
+        const auto it = conn.statements.find(conn.batch->tasks[conn.task].sql);
+        conn.refusal = RefusalOf(res, it != conn.statements.end() ? it->second.name : "");
+        if (conn.refusal == Refusal::kGone || conn.refusal == Refusal::kReshaped) {
+          // Nothing of it ran: the task runs again as text.
           PQclear(res);
           continue;
         }
@@ -781,10 +836,14 @@ struct SharedPool::Loop {
                                    : std::string(conn.result.status.message()));
       return;
     }
-    if (conn.step != Step::kTask || !conn.stale_sqlstate.empty()) {
+    if (conn.step != Step::kTask || conn.refusal == Refusal::kGone ||
+        conn.refusal == Refusal::kReshaped) {
       StepDone(pool, conn, now);
       return;
     }
+    // Perhaps refused: the error stands, and the statement is prepared
+    // afresh next time.
+    if (conn.refusal == Refusal::kUnsure) Forget(conn, conn.batch->tasks[conn.task].sql);
     if (!conn.cancelling) {
       conn.result.run = now - conn.sent;
       ++stats.tasks_run;
@@ -824,6 +883,10 @@ struct SharedPool::Loop {
   void Lost(Pool& pool, Conn& conn, const std::string& why) {
     conn.c->state = State::kBroken;
     if (conn.batch != nullptr && !conn.cancelling && conn.step != Step::kTask) {
+      // Its text is not prepared again: the prepare itself may have been
+      // what ended the worker's backend.
+      if (conn.step == Step::kPrepare)
+        pool.sightings[conn.batch->tasks[conn.task].sql] = kUnpreparable;
       Requeue(pool, std::move(conn.batch), conn.task);
     } else if (conn.batch != nullptr && !conn.cancelling) {
       Fail(*conn.batch, conn.task,

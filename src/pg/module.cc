@@ -353,7 +353,7 @@ void _PG_init(void) {
       "A task text the pool has run before is prepared on the connection that runs it, and "
       "later runs there skip parse and plan; the least recently used is deallocated to make "
       "room. 0: every task runs as plain text.",
-      &pool_max_prepared_statements, 64, 0, 10000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+      &pool_max_prepared_statements, 64, 0, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   MarkGUCPrefixReserved("connthrottle");
 
   prev_shmem_request_hook = shmem_request_hook;
