@@ -78,7 +78,11 @@ shared_buffers = '64MB'
 log_connections = on
 $4
 EOF
-  as_server "$PGBIN/pg_ctl" -D "$WORK/$1" -l "$WORK/$1.log" -w start >/dev/null
+  as_server "$PGBIN/pg_ctl" -D "$WORK/$1" -l "$WORK/$1.log" -w start >/dev/null || {
+    echo "pgbench.sh: $1 did not start on port $2; its log:" >&2
+    cat "$WORK/$1.log" >&2
+    exit 1
+  }
 }
 
 q() {  # port sql
