@@ -168,6 +168,9 @@ struct SharedPool::Loop {
     bool prepared_run = false;         // the task runs its prepared statement
     Refusal refusal = Refusal::kNone;  // of the prepared run, see RefusalOf
     bool as_text = false;              // refused: the task runs again as text
+
+    // PostgreSQL refused the prepared run before starting it: it runs again.
+    bool Refused() const { return refusal == Refusal::kGone || refusal == Refusal::kReshaped; }
   };
 
   // One session's tasks queued for one pool.
@@ -687,21 +690,22 @@ struct SharedPool::Loop {
   // Forgets the statement prepared for `sql`, to be deallocated before the
   // connection's next step.
   static void Forget(Conn& conn, const std::string& sql) {
-    if (auto it = conn.statements.find(sql); it != conn.statements.end()) {
-      conn.stale.push_back(std::move(it->second.name));
-      conn.statements.erase(it);
-    }
+    if (auto it = conn.statements.find(sql); it != conn.statements.end()) Retire(conn, it);
+  }
+
+  static void Retire(Conn& conn, decltype(Conn::statements)::iterator it) {
+    conn.stale.push_back(std::move(it->second.name));
+    conn.statements.erase(it);
   }
 
   // Makes room for one more statement, or for a lowered limit: the least
   // recently used is forgotten, to be deallocated before the next step.
-  void Evict(Conn& conn, size_t keep) {
+  static void Evict(Conn& conn, size_t keep) {
     while (conn.statements.size() > keep) {
-      auto lru = std::min_element(
-          conn.statements.begin(), conn.statements.end(),
-          [](const auto& a, const auto& b) { return a.second.last_used < b.second.last_used; });
-      conn.stale.push_back(std::move(lru->second.name));
-      conn.statements.erase(lru);
+      Retire(conn, std::min_element(conn.statements.begin(), conn.statements.end(),
+                                    [](const auto& a, const auto& b) {
+                                      return a.second.last_used < b.second.last_used;
+                                    }));
     }
   }
 
@@ -808,7 +812,7 @@ struct SharedPool::Loop {
       if (conn.prepared_run && status == PGRES_FATAL_ERROR && !c.task_got_result) {
         const auto it = conn.statements.find(conn.batch->tasks[conn.task].sql);
         conn.refusal = RefusalOf(res, it != conn.statements.end() ? it->second.name : "");
-        if (conn.refusal == Refusal::kGone || conn.refusal == Refusal::kReshaped) {
+        if (conn.Refused()) {
           // Nothing of it ran: the task runs again as text.
           PQclear(res);
           continue;
@@ -836,8 +840,7 @@ struct SharedPool::Loop {
                                    : std::string(conn.result.status.message()));
       return;
     }
-    if (conn.step != Step::kTask || conn.refusal == Refusal::kGone ||
-        conn.refusal == Refusal::kReshaped) {
+    if (conn.step != Step::kTask || conn.Refused()) {
       StepDone(pool, conn, now);
       return;
     }
@@ -882,13 +885,16 @@ struct SharedPool::Loop {
   // task whose text was still being prepared moves to another connection.
   void Lost(Pool& pool, Conn& conn, const std::string& why) {
     conn.c->state = State::kBroken;
-    if (conn.batch != nullptr && !conn.cancelling && conn.step != Step::kTask) {
+    if (conn.batch == nullptr || conn.cancelling) {
+      // Nobody waits for its result.
+    } else if (conn.step != Step::kTask) {
       // Its text is not prepared again: the prepare itself may have been
       // what ended the worker's backend.
-      if (conn.step == Step::kPrepare)
+      if (conn.step == Step::kPrepare) {
         pool.sightings[conn.batch->tasks[conn.task].sql] = kUnpreparable;
+      }
       Requeue(pool, std::move(conn.batch), conn.task);
-    } else if (conn.batch != nullptr && !conn.cancelling) {
+    } else {
       Fail(*conn.batch, conn.task,
            absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
                                                " was lost while running the task: ", why)),
