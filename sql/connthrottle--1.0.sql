@@ -125,9 +125,14 @@ CREATE FUNCTION connthrottle.table_stats(
 -- started, the pooled connections open and tasks queued now, and
 -- cumulative figures since it last started. connections_started is the
 -- number of worker backends the pool has cost the workers; reloads counts
--- the configuration reloads the communicator has applied;
--- statements_prepared counts the statements prepared on pooled connections
--- and tasks_run_prepared the tasks of tasks_run that ran one.
+-- the configuration reloads the communicator has applied; resets counts the
+-- DISCARD ALLs run on pooled connections after tasks, closed_reset_failed the
+-- connections closed because one failed, closed_for_pools those given to
+-- another pool (role, connection parameters) of the same node and database,
+-- notifications_dropped the NOTIFY messages tasks' LISTENs brought in,
+-- tasks_over_memory the tasks failed (54000) because their results would have
+-- taken the pool beyond connthrottle.pool_response_memory, out_of_memory the
+-- allocation failures on the pool's thread (53200).
 CREATE FUNCTION connthrottle.pool_stats(
     OUT pid integer, OUT starts bigint, OUT connections bigint, OUT tasks_queued bigint,
     OUT connections_started bigint, OUT connections_opened bigint,
@@ -135,7 +140,9 @@ CREATE FUNCTION connthrottle.pool_stats(
     OUT closed_in_transaction bigint, OUT closed_for_waiters bigint,
     OUT optional_refused bigint, OUT tasks_run bigint, OUT tasks_retried bigint,
     OUT tasks_cancelled bigint, OUT tasks_handed_back bigint, OUT closed_over_limit bigint,
-    OUT reloads bigint, OUT statements_prepared bigint, OUT tasks_run_prepared bigint)
+    OUT reloads bigint, OUT resets bigint, OUT closed_reset_failed bigint,
+    OUT closed_for_pools bigint, OUT notifications_dropped bigint, OUT tasks_over_memory bigint,
+    OUT out_of_memory bigint)
   RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'connthrottle_pool_stats';
 
 -- Whether host:port is this server (connthrottle.local_node).

@@ -1168,8 +1168,7 @@ TEST_P(PgExecutorTest, ExecutorSettingsShowMeaningfulDefaults) {
            {"connthrottle.executor_transport", "shared_pool"},
            {"connthrottle.pool_idle_timeout", "60000"},
            {"connthrottle.pool_message_bytes", "65536"},
-           {"connthrottle.pool_response_memory", "262144"},
-           {"connthrottle.pool_max_prepared_statements", "64"}}) {
+           {"connthrottle.pool_response_memory", "262144"}}) {
     EXPECT_EQ(Value(*obs_, "SELECT boot_val FROM pg_settings WHERE name = $1", {name}), boot)
         << name;
   }

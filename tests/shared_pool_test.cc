@@ -601,252 +601,230 @@ TEST_F(SharedPoolTest, ABusyPoolGivesAConnectionBackToAWaiterAsATaskEnds) {
 }
 
 // ---------------------------------------------------------------------------
-// Prepared statements on pooled connections. One slot, so every task of a
-// case runs on the same worker backend, whose pg_prepared_statements the
-// cases read through the pool itself.
+// Isolation: what a task leaves on its pooled connection. One slot, so every
+// task of a case runs on the same worker backend (each case checks that it
+// did: otherwise it would prove nothing).
 
-class PreparedStatementTest : public SharedPoolTest {
+class IsolationTest : public SharedPoolTest {
  protected:
-  // Runs `sql` through the pool as one task on worker 1.
-  TaskResult Run(const std::string& sql) {
+  // Runs `sql` through the pool as one task on worker 1, in a session of
+  // its own.
+  TaskResult Run(const std::string& sql, SharedPoolOptions options = {}) {
+    Pool(Settings(1), options);
     auto s = PoolSession(Settings(1));
     absl::StatusOr<ExecutionResult> r = s->transport->Execute({Task{Addr(*w1_), sql}});
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? r->tasks[0] : TaskResult{};
   }
-  // The single value `sql` returns through the pool.
-  std::string Value(const std::string& sql) {
+  // What `sql` gives: its single value, or its SQLSTATE.
+  std::string Outcome(const std::string& sql) {
     const TaskResult t = Run(sql);
-    EXPECT_TRUE(t.status.ok()) << sql << ": " << t.status;
-    return t.status.ok() && t.rows.size() == 1 && t.rows[0].size() == 1
-               ? t.rows[0][0].value_or("NULL")
-               : "(no single value)";
+    if (!t.status.ok()) return absl::StrCat("error ", t.sqlstate);
+    return t.rows.size() == 1 && t.rows[0].size() == 1 ? t.rows[0][0].value_or("NULL")
+                                                       : "(no single value)";
   }
-  // The statements prepared on the pooled connection: "text: generic plans"
-  // (how many times each ran). A text of its own each time: never prepared.
-  std::vector<std::string> Prepared() {
-    const TaskResult t =
-        Run(absl::StrCat("SELECT statement || ': ' || generic_plans FROM pg_prepared_statements "
-                         "WHERE name LIKE 'connthrottle\\_%' ORDER BY statement /* look ",
-                         ++looks_, " */"));
-    EXPECT_TRUE(t.status.ok()) << t.status;
-    std::vector<std::string> out;
-    for (const auto& row : t.rows) out.push_back(row[0].value_or("NULL"));
-    return out;
-  }
-
-  int looks_ = 0;
 };
 
-TEST_F(PreparedStatementTest, ATextSentAgainRunsItsPreparedStatementPlannedOnce) {
-  Pool(Settings(1));
-  EXPECT_EQ(Value("SELECT 6 * 7"), "42");  // first seen: runs as text
-  EXPECT_THAT(Prepared(), IsEmpty());
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(Value("SELECT 6 * 7"), "42");
-  // Prepared at its second run, then planned once and run three times.
-  EXPECT_THAT(Prepared(), ElementsAre("SELECT 6 * 7: 3"));
-  EXPECT_EQ(pool_->stats().statements_prepared, 1);
-  EXPECT_EQ(pool_->stats().tasks_run_prepared, 3);
-  EXPECT_EQ(pool_->stats().connections_opened, 1);
-}
-
-TEST_F(PreparedStatementTest, TextsThatCannotBePreparedRunAsTextEveryTime) {
-  Pool(Settings(1));
-  ASSERT_TRUE(obs1_->Exec("CREATE TABLE vacuumed (a int)").ok());
-  for (int i = 0; i < 3; ++i) {
-    SCOPED_TRACE(i);
-    // Several statements: the last one's result, as with plain text.
-    TaskResult t = Run("SELECT 1; SELECT 2");
-    ASSERT_TRUE(t.status.ok()) << t.status;
-    EXPECT_EQ(t.rows, (std::vector<std::vector<std::optional<std::string>>>{{"2"}}));
-    // An error: the same SQLSTATE and message every time.
-    t = Run("SELECT * FROM no_such_table");
-    EXPECT_EQ(t.sqlstate, "42P01");
-    EXPECT_THAT(std::string(t.status.message()), HasSubstr("\"no_such_table\" does not exist"));
-    // A utility statement prepares and runs like any other.
-    t = Run("VACUUM vacuumed");
-    EXPECT_TRUE(t.status.ok()) << t.status;
-    EXPECT_EQ(t.command_tag, "VACUUM");
+TEST_F(IsolationTest, NothingATaskLeavesBehindReachesTheNextTask) {
+  ASSERT_TRUE(obs1_
+                  ->Exec("CREATE TABLE events AS SELECT g FROM generate_series(1, 100) g; "
+                         "CREATE SEQUENCE iso_seq; CREATE ROLE iso_role")
+                  .ok());
+  absl::Cleanup drop = [&] {
+    EXPECT_TRUE(obs1_->Exec("DROP TABLE events; DROP SEQUENCE iso_seq; DROP ROLE iso_role").ok());
+  };
+  const std::string backend = Outcome("SELECT pg_backend_pid()");
+  struct Case {
+    const char* leave;  // what one task does
+    const char* check;  // what the next task, of another session, sees
+  };
+  const Case cases[] = {
+      {"CREATE TEMP TABLE events AS SELECT 1", "SELECT count(*) FROM events"},
+      {"SET ROLE iso_role", "SELECT current_user"},
+      {"SET SESSION AUTHORIZATION iso_role", "SELECT session_user"},
+      {"SET statement_timeout = '50ms'", "SHOW statement_timeout"},
+      {"SET search_path = nowhere", "SHOW search_path"},
+      {"SELECT set_config('work_mem', '64kB', false)", "SHOW work_mem"},
+      {"SELECT pg_advisory_lock(77)", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"},
+      {"LISTEN chan", "SELECT count(*) FROM pg_listening_channels()"},
+      {"DECLARE held CURSOR WITH HOLD FOR SELECT 1", "SELECT count(*) FROM pg_cursors"},
+      {"PREPARE mine AS SELECT 1", "SELECT count(*) FROM pg_prepared_statements"},
+      {"SELECT nextval('iso_seq')", "SELECT currval('iso_seq')"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.leave);
+    const std::string fresh = Outcome(c.check);
+    const TaskResult left = Run(c.leave);
+    EXPECT_TRUE(left.status.ok()) << left.status;
+    EXPECT_EQ(Outcome(c.check), fresh);
   }
-  EXPECT_THAT(Prepared(), ElementsAre("VACUUM vacuumed: 2"));
-  EXPECT_EQ(pool_->stats().statements_prepared, 1);
-  EXPECT_EQ(pool_->stats().tasks_run_prepared, 2);
-  ASSERT_TRUE(obs1_->Exec("DROP TABLE vacuumed").ok());
+  EXPECT_EQ(Outcome("SELECT pg_backend_pid()"), backend) << "the tasks ran on other connections";
+  EXPECT_EQ(pool_->stats().connections_opened, 1);
+  // A plain session of the worker sees the advisory lock free.
+  EXPECT_EQ(IntValue(*obs1_, "SELECT pg_try_advisory_lock(77)::int"), 1);
+  EXPECT_TRUE(obs1_->Exec("SELECT pg_advisory_unlock_all()").ok());
 }
 
-TEST_F(PreparedStatementTest, AStatementATaskDeallocatedRunsAgainAsText) {
-  Pool(Settings(1));
-  for (int i = 0; i < 2; ++i) EXPECT_EQ(Value("SELECT 7"), "7");
-  ASSERT_THAT(Prepared(), ElementsAre("SELECT 7: 1"));
-  EXPECT_TRUE(Run("DEALLOCATE ALL").status.ok());
-  EXPECT_THAT(Prepared(), IsEmpty());
-  // Its statement is gone (26000): it runs as text, and is prepared again.
-  EXPECT_EQ(Value("SELECT 7"), "7");
-  EXPECT_EQ(Value("SELECT 7"), "7");
-  EXPECT_THAT(Prepared(), ElementsAre("SELECT 7: 1"));
-  EXPECT_EQ(pool_->stats().statements_prepared, 2);
-  EXPECT_EQ(pool_->stats().tasks_run_prepared, 2);
+TEST_F(IsolationTest, ATaskLeftInATransactionIsClosedNotReset) {
+  const std::string backend = Outcome("SELECT pg_backend_pid()");
+  EXPECT_TRUE(Run("BEGIN; SET LOCAL work_mem = '64kB'").status.ok());
+  EXPECT_NE(Outcome("SELECT pg_backend_pid()"), backend);
+  EXPECT_EQ(pool_->stats().closed_in_transaction, 1);
 }
 
-TEST_F(PreparedStatementTest, AStatementWhoseResultTypeChangedRunsAgainAsText) {
-  Pool(Settings(1));
-  ASSERT_TRUE(obs1_->Exec("CREATE TABLE reshaped AS SELECT 1 AS a").ok());
-  absl::Cleanup drop = [&] { EXPECT_TRUE(obs1_->Exec("DROP TABLE reshaped").ok()); };
-  for (int i = 0; i < 2; ++i) EXPECT_EQ(Run("SELECT * FROM reshaped").columns.size(), 1u);
-  ASSERT_THAT(Prepared(), ElementsAre("SELECT * FROM reshaped: 1"));
-  ASSERT_TRUE(obs1_->Exec("ALTER TABLE reshaped ADD COLUMN b int DEFAULT 2").ok());
-  // "cached plan must not change result type" (0A000): the old statement
-  // is deallocated and the task runs as text.
-  TaskResult t = Run("SELECT * FROM reshaped");
-  ASSERT_TRUE(t.status.ok()) << t.status;
-  EXPECT_EQ(t.columns, (std::vector<std::string>{"a", "b"}));
-  EXPECT_EQ(t.rows, (std::vector<std::vector<std::optional<std::string>>>{{"1", "2"}}));
-  EXPECT_THAT(Prepared(), IsEmpty());
-  t = Run("SELECT * FROM reshaped");
-  EXPECT_EQ(t.columns.size(), 2u);
-  EXPECT_THAT(Prepared(), ElementsAre("SELECT * FROM reshaped: 1"));
-  EXPECT_EQ(pool_->stats().tasks_run_prepared, 2);
+TEST_F(IsolationTest, NotificationsATaskListensForAreReadAndDropped) {
+  // The task notifies itself: 6,000 notifications of 8 kB arrive with its
+  // result (48 MB that would otherwise stay in the pool's memory).
+  const TaskResult t =
+      Run("LISTEN chan_big; SELECT pg_notify('chan_big', repeat('x', 7990) || g) "
+          "FROM generate_series(1, 6000) g");
+  EXPECT_TRUE(t.status.ok()) << t.status;
+  EXPECT_TRUE(PollUntil([&] { return pool_->stats().notifications_dropped == 6000; }))
+      << pool_->stats().notifications_dropped;
+  EXPECT_EQ(Outcome("SELECT count(*) FROM pg_listening_channels()"), "0");
 }
 
-TEST_F(PreparedStatementTest, EachConnectionKeepsAtMostMaxPreparedStatements) {
+TEST_F(IsolationTest, AResultBeyondResultMemoryFailsWith54000AndTheConnectionServesOn) {
   SharedPoolOptions options;
-  options.max_prepared_statements = 2;
+  options.result_memory = 1 << 20;
+  options.result_memory_setting = "the test's result_memory";
+  const TaskResult big = Run("SELECT repeat('x', 2000000)", options);
+  EXPECT_EQ(big.sqlstate, "54000") << big.status;
+  EXPECT_THAT(std::string(big.status.message()), ::testing::HasSubstr("the test's result_memory"));
+  EXPECT_TRUE(PollUntil([&] { return pool_->stats().tasks_over_memory == 1; }));
+  // Two results of one execution held together: the second goes beyond.
+  auto s = PoolSession(Settings(1));
+  absl::StatusOr<ExecutionResult> r =
+      s->transport->Execute({Task{Addr(*w1_), "SELECT repeat('a', 700000)"},
+                             Task{Addr(*w1_), "SELECT repeat('b', 700000)"}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->tasks[0].status.ok()) << r->tasks[0].status;
+  EXPECT_EQ(r->tasks[1].sqlstate, "54000") << r->tasks[1].status;
+  // Taken by their session, results no longer count: 900 kB fits again.
+  EXPECT_EQ(Outcome("SELECT length(repeat('c', 900000))"), "900000");
+  const TaskResult fits = Run("SELECT repeat('c', 900000)");
+  EXPECT_TRUE(fits.status.ok()) << fits.status;
+  EXPECT_EQ(pool_->stats().connections_opened, 1);
+}
+
+TEST_F(IsolationTest, ASessionsOwnWaitTimeoutDecidesWhenItsTasksFailWith53300) {
+  const NodeAddress n1 = Addr(*w1_);
+  SharedPoolOptions options;
+  options.slot_wait_timeout = absl::Minutes(10);
   Pool(Settings(1), options);
-  for (const char* sql : {"SELECT 1", "SELECT 2", "SELECT 1", "SELECT 3"}) {
-    for (int i = 0; i < 2; ++i) EXPECT_EQ(Value(sql), std::string(sql).substr(7));
-  }
-  // "SELECT 2" was the least recently used when "SELECT 3" needed room.
-  EXPECT_THAT(Prepared(), ElementsAre("SELECT 1: 3", "SELECT 3: 1"));
-  EXPECT_EQ(pool_->stats().statements_prepared, 3);
-  // Lowered to none: the connection deallocates them before its next task.
-  options.max_prepared_statements = 0;
-  pool_->set_options(options);
-  EXPECT_EQ(Value("SELECT 1"), "1");
-  EXPECT_THAT(Prepared(), IsEmpty());
-  EXPECT_EQ(pool_->stats().statements_prepared, 3);
+  // The node's one slot is held elsewhere.
+  std::unique_ptr<Owner> holder = MustRegister(table());
+  absl::StatusOr<Slot> held = holder->TryAcquire(KeyOf(n1), Limit::AtMost(1));
+  ASSERT_TRUE(held.ok()) << held.status();
+  SharedPoolTransport::Options mine;
+  mine.slot_wait_timeout = absl::Seconds(1);
+  auto s = PoolSession(Settings(1), mine);
+  absl::StatusOr<ExecutionResult> r = absl::UnknownError("not run");
+  std::atomic<bool> done{false};
+  std::thread t([&] {
+    r = s->transport->Execute({Task{n1, "SELECT 1"}});
+    done = true;
+  });
+  // Far sooner than the pool's 10 minutes (the wait is not timed here).
+  const bool ended = PollUntil([&] { return done.load(); }, absl::Minutes(3));
+  if (!ended) s->context.Cancel();
+  t.join();
+  ASSERT_TRUE(ended) << "the session's 1 s wait timeout was not used";
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->tasks[0].sqlstate, "53300") << r->tasks[0].status;
+  EXPECT_THAT(std::string(r->tasks[0].status.message()), ::testing::HasSubstr("1s"));
 }
 
-TEST_F(PreparedStatementTest, PreparedRunsKeepMaxRowsKept) {
-  Pool(Settings(1));
-  SharedPoolTransport::Options kept;
-  kept.max_rows_kept = 2;
-  for (int i = 0; i < 3; ++i) {
-    auto s = PoolSession(Settings(1), kept);
-    absl::StatusOr<ExecutionResult> r =
-        s->transport->Execute({Task{Addr(*w1_), "SELECT g FROM generate_series(1, 5) g"}});
-    ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->tasks[0].row_count, 5);
-    EXPECT_EQ(r->tasks[0].rows.size(), 2u);
-  }
-  // The loop wakes the session before it publishes its figures.
-  EXPECT_TRUE(PollUntil([&] { return pool_->stats().tasks_run_prepared == 2; }))
-      << pool_->stats().tasks_run_prepared;
-}
-
-TEST_F(PreparedStatementTest, ErrorsRaisedWhileATaskRunsAreItsResultNotARefusal) {
-  Pool(Settings(1));
-  ASSERT_TRUE(obs1_->Exec("CREATE SEQUENCE side_effects").ok());
-  absl::Cleanup drop = [&] { EXPECT_TRUE(obs1_->Exec("DROP SEQUENCE side_effects").ok()); };
-  // The SQLSTATEs of a refusal (0A000, 26000), raised by the task itself
-  // after a side effect: each run fails once, and runs once.
-  const std::string raises =
-      "DO $$ BEGIN PERFORM nextval('side_effects'); "
-      "RAISE EXCEPTION 'not here' USING ERRCODE = 'feature_not_supported'; END $$";
-  for (int i = 0; i < 3; ++i) {
-    SCOPED_TRACE(i);
-    TaskResult t = Run(raises);
-    EXPECT_EQ(t.sqlstate, "0A000") << t.status;
-    t = Run("EXECUTE no_such_statement");
-    EXPECT_EQ(t.sqlstate, "26000") << t.status;
-    // A parameter symbol: 42P02 every time, as text (it is not prepared).
-    t = Run("SELECT $1::int");
-    EXPECT_EQ(t.sqlstate, "42P02") << t.status;
-  }
-  EXPECT_EQ(IntValue(*obs1_, "SELECT last_value FROM side_effects"), 3);
-  // Both stay prepared: their errors were not taken for a refusal.
-  EXPECT_THAT(Prepared(), ElementsAre(absl::StrCat(raises, ": 2"), "EXECUTE no_such_statement: 2"));
-  EXPECT_EQ(pool_->stats().tasks_run_prepared, 4);
-}
-
-// A prepare that waits for a lock: cancelled, or its backend terminated.
-class BlockedPrepareTest : public PreparedStatementTest {
+// Two pools of one node (the same database, other credentials) share its
+// slots.
+class TwoPoolsTest : public SharedPoolTest {
  protected:
-  static constexpr char kSql[] = "SELECT a FROM locked";
-
   void SetUp() override {
-    PreparedStatementTest::SetUp();
-    Pool(Settings(1));
-    ASSERT_TRUE(obs1_->Exec("CREATE TABLE locked AS SELECT 5 AS a").ok());
-    EXPECT_EQ(Value(kSql), "5");  // first seen: as text
-    absl::StatusOr<std::unique_ptr<PgClient>> locker = w1_->Connect();
-    ASSERT_TRUE(locker.ok()) << locker.status();
-    locker_ = *std::move(locker);
-    ASSERT_TRUE(locker_->Exec("BEGIN").ok());
-    ASSERT_TRUE(locker_->Exec("LOCK TABLE locked").ok());
-    session_ = PoolSession(Settings(1));
-    runner_ = std::thread([this] {
-      result_ = session_->transport->Execute({Task{Addr(*w1_), kSql}});
-    });
+    SharedPoolTest::SetUp();
+    ASSERT_TRUE(obs1_->Exec("CREATE ROLE pool_b LOGIN SUPERUSER").ok());
   }
-
   void TearDown() override {
-    if (runner_.joinable()) {
-      session_->context.Cancel();
-      runner_.join();
+    SharedPoolTest::TearDown();
+    absl::StatusOr<std::unique_ptr<PgClient>> c = w1_->Connect();
+    if (c.ok()) {
+      EXPECT_TRUE((*c)->Exec("DROP ROLE pool_b").ok());
     }
-    locker_.reset();  // its transaction ends with it
-    EXPECT_TRUE(obs1_->Exec("DROP TABLE locked").ok());
-    PreparedStatementTest::TearDown();
   }
-
-  // Coordinator backends waiting for the lock on `locked`.
-  int Waiting() {
-    return IntValue(*obs1_,
-                    absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                                 "'connthrottle' AND wait_event_type = 'Lock' AND query = '",
-                                 kSql, "'"));
+  static StandaloneContext::Settings AsB(StandaloneContext::Settings s) {
+    s.user = "pool_b";
+    return s;
   }
-
-  std::unique_ptr<PgClient> locker_;
-  std::unique_ptr<AnySession> session_;
-  std::thread runner_;
-  absl::StatusOr<ExecutionResult> result_ = absl::UnknownError("not run");
+  int ConnectionsOf(const std::string& user) {
+    return IntValue(*obs1_, absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE "
+                                         "application_name = 'connthrottle' AND usename = '",
+                                         user, "'"));
+  }
 };
 
-TEST_F(BlockedPrepareTest, ACancelledPrepareLeavesTheConnectionAndTheTextUsable) {
-  // The second sighting's PREPARE waits for the lock.
-  ASSERT_TRUE(PollUntil([&] { return Waiting() == 1; }));
-  session_->context.Cancel();
-  runner_.join();
-  EXPECT_TRUE(absl::IsCancelled(result_.status())) << result_.status();
-  ASSERT_TRUE(locker_->Exec("COMMIT").ok());
-  // Drained back to idle, the connection runs the text again and prepares it.
-  EXPECT_EQ(Value(kSql), "5");
-  EXPECT_THAT(Prepared(), ElementsAre("SELECT a FROM locked: 1"));
-  EXPECT_EQ(pool_->stats().connections_opened, 1);
-  EXPECT_EQ(pool_->stats().statements_prepared, 1);
+TEST_F(TwoPoolsTest, AnIdleConnectionOfOnePoolIsHandedToAnotherAtOnce) {
+  const NodeAddress n1 = Addr(*w1_);
+  SharedPoolOptions options;
+  options.slot_wait_timeout = absl::Minutes(10);  // a 53300 would need ten minutes
+  Pool(Settings(2), options);
+  // Pool A takes both slots (two tasks that overlap) and goes idle.
+  ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_lock(4250)").ok());
+  auto a = PoolSession(Settings(2));
+  absl::StatusOr<ExecutionResult> ra = absl::UnknownError("not run");
+  std::thread ta([&] {
+    ra = a->transport->Execute(
+        std::vector<Task>(4, Task{n1, "SELECT pg_advisory_xact_lock_shared(4250)"}));
+  });
+  ASSERT_TRUE(PollUntil([&] { return ConnectionsOf("postgres") == 2; }));
+  ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_unlock(4250)").ok());
+  ta.join();
+  ASSERT_TRUE(ra.ok()) << ra.status();
+  ASSERT_EQ(ConnectionsOf("postgres"), 2) << "pool A's connections are not idle in the pool";
+  // Pool B gets a slot at once: it does not wait for A's idle timeout.
+  auto b = PoolSession(AsB(Settings(2)));
+  absl::StatusOr<ExecutionResult> rb = b->transport->Execute({Task{n1, "SELECT current_user"}});
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  ASSERT_TRUE(rb->tasks[0].status.ok()) << rb->tasks[0].status;
+  EXPECT_EQ(rb->tasks[0].rows[0][0], "pool_b");
+  EXPECT_GE(pool_->stats().closed_for_pools, 1);
 }
 
-TEST_F(BlockedPrepareTest, ATaskWhosePrepareLostItsConnectionRunsOnAnotherAsText) {
-  ASSERT_TRUE(PollUntil([&] { return Waiting() == 1; }));
-  ASSERT_EQ(IntValue(*obs1_, absl::StrCat("SELECT count(pg_terminate_backend(pid)) FROM "
-                                          "pg_stat_activity WHERE application_name = "
-                                          "'connthrottle' AND query = '",
-                                          kSql, "'")),
-            1);
-  // Nothing of the task ran: it moves to a new connection, as text, and
-  // waits for the lock there.
-  ASSERT_TRUE(PollUntil([&] { return pool_->stats().tasks_retried == 1 && Waiting() == 1; }));
-  ASSERT_TRUE(locker_->Exec("COMMIT").ok());
-  runner_.join();
-  ASSERT_TRUE(result_.ok()) << result_.status();
-  ASSERT_TRUE(result_->tasks[0].status.ok()) << result_->tasks[0].status;
-  EXPECT_EQ(result_->tasks[0].rows, (std::vector<std::vector<std::optional<std::string>>>{{"5"}}));
-  // The text is not prepared again.
-  EXPECT_EQ(Value(kSql), "5");
-  EXPECT_THAT(Prepared(), IsEmpty());
-  EXPECT_EQ(pool_->stats().connections_opened, 2);
-  EXPECT_EQ(pool_->stats().statements_prepared, 0);
+TEST_F(TwoPoolsTest, BusyPoolsConvergeToFairShares) {
+  const NodeAddress n1 = Addr(*w1_);
+  Pool(Settings(4));
+  // Pool A's tasks wait for lock 1 and then lock 2, both held by the test:
+  // it has work queued throughout and grows to the whole limit.
+  ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_lock(4251), pg_advisory_lock(4252)").ok());
+  auto a = PoolSession(Settings(4));
+  std::vector<Task> a_tasks(4, Task{n1, "SELECT pg_advisory_xact_lock_shared(4251)"});
+  for (int i = 0; i < 40; ++i)
+    a_tasks.push_back(Task{n1, "SELECT pg_advisory_xact_lock_shared(4252)"});
+  absl::StatusOr<ExecutionResult> ra = absl::UnknownError("not run");
+  std::thread ta([&] { ra = a->transport->Execute(a_tasks); });
+  absl::Cleanup unlock = [&] {
+    (void)obs1_->Query("SELECT pg_advisory_unlock_all()");
+    if (ta.joinable()) ta.join();
+  };
+  ASSERT_TRUE(PollUntil([&] { return ConnectionsOf("postgres") == 4; }));
+  // Pool B queues work too, and is refused a slot.
+  auto b = PoolSession(AsB(Settings(4)));
+  absl::StatusOr<ExecutionResult> rb = absl::UnknownError("not run");
+  std::thread tb([&] {
+    rb = b->transport->Execute(
+        std::vector<Task>(8, Task{n1, "SELECT pg_advisory_xact_lock_shared(4252)"}));
+  });
+  ASSERT_TRUE(PollUntil([&] { return pool_->stats().optional_refused > 0; }));
+  // A's first four tasks end: with two pools busy, each gets two of the four.
+  ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_unlock(4251)").ok());
+  EXPECT_TRUE(PollUntil([&] { return ConnectionsOf("pool_b") == 2; }))
+      << ConnectionsOf("pool_b") << " of pool B's connections";
+  EXPECT_EQ(ConnectionsOf("postgres"), 2);
+  EXPECT_EQ(pool_->stats().closed_for_pools, 2);
+  std::move(unlock).Invoke();
+  tb.join();
+  ASSERT_TRUE(ra.ok()) << ra.status();
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  for (const TaskResult& t : ra->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
+  for (const TaskResult& t : rb->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
 }
 
 }  // namespace

@@ -30,23 +30,26 @@
 //   * A dead connection is found while idle (its socket turns readable) or
 //     just before use, closed and replaced. A task not yet sent moves to
 //     another connection; a task that was running fails with 08006.
-//   * Prepared statements: a task text the pool has run before is prepared
-//     (a named statement, parsed and planned once) on each connection that
-//     runs it, up to max_prepared_statements per connection (the least
-//     recently used is deallocated to make room), and its later runs there
-//     skip parse and plan. A text that cannot be prepared (several
-//     statements, an error) runs as plain text from then on, as do texts
-//     longer than kMaxPreparedText and texts with a parameter symbol ($1).
-//     A prepared run PostgreSQL refused before starting it (a task
-//     deallocated the statement: 26000 naming it; its result type changed:
-//     0A000 from plan revalidation) runs again as text on the same
-//     connection; the same SQLSTATEs raised while a task runs are its
-//     result. A prepare that loses its connection moves the task to another
-//     connection, as text.
-//   * A connection that a task left inside a transaction is closed rather
-//     than reused. Tasks must be self-contained: as in a transaction-mode
-//     pooler, session state (SET, temporary tables, prepared statements)
-//     does not carry from one task to the next.
+//   * Isolation: every task runs as on a fresh connection. After a task,
+//     its connection runs DISCARD ALL before it serves anyone again, so no
+//     role, setting, temporary table, cursor, LISTEN, advisory lock,
+//     sequence state or prepared statement a task leaves behind reaches
+//     another task (its own session's included). A connection a task left
+//     inside a transaction, or whose DISCARD ALL failed, is closed instead.
+//     The pool prepares no statements of its own, so there is nothing a
+//     task could replace. Notifications a task LISTENs for are read and
+//     dropped with its results (tasks have no way to receive them).
+//   * Pools of one node key (host, port, database) share its slots: a pool
+//     refused a slot while another pool of the key holds an idle connection
+//     gets that connection's slot at once (the idle one is closed); with k
+//     pools busy, a pool below min(limit / k, max_pool_size) that is refused
+//     a slot makes the pools above limit / k give one connection back each
+//     as a task ends, so busy pools converge to fair shares.
+//   * Memory: the results a pool holds (read and not yet taken by their
+//     sessions) stay within result_memory; a task whose result would go
+//     beyond fails with 54000 naming result_memory_setting. An allocation
+//     failure on the loop's thread fails the tasks it concerns with 53200
+//     and the loop goes on.
 //   * Cancel: a session's queued tasks are dropped and its running ones
 //     cancelled (PQcancel); their connections are drained back to idle and
 //     stay in the pool. The session does not wait for the drain.
@@ -54,8 +57,10 @@
 //     its queued tasks go back to their sessions, which run them in-process
 //     (ExecutionContext::RunLocally), as the direct transport does.
 //   * A pool whose node cannot be connected to fails its queued tasks with
-//     08001; one that gets no slot for slot_wait_timeout fails them with
-//     53300.
+//     08001. While a pool has tasks queued and no connection, each
+//     execution's tasks fail with 53300 once it has waited its own
+//     Submission::slot_wait_timeout (SharedPoolOptions::slot_wait_timeout
+//     when it brings none).
 //
 // Thread-safety: SharedPoolTransports of any threads may use one SharedPool
 // at once; stats() and Connections() may be called from any thread. The
@@ -72,6 +77,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -96,14 +103,12 @@ struct SharedPoolOptions {
   // because no slot is free before its queued tasks fail with 53300.
   absl::Duration slot_wait_timeout = absl::Minutes(1);
   FullTablePolicy when_table_full = FullTablePolicy::kAdmitUncounted;
-  // Named statements kept per pooled connection
-  // (connthrottle.pool_max_prepared_statements); 0: every task runs as text.
-  int max_prepared_statements = 64;
+  // The most bytes of task results the pool holds at once (read from the
+  // workers and not yet taken by their sessions); named in the error of a
+  // task that would go beyond.
+  size_t result_memory = size_t{256} << 20;
+  std::string result_memory_setting = "SharedPoolOptions::result_memory";
 };
-
-// Task texts longer than this always run as text (they are rarely repeated,
-// and every connection would keep a copy).
-inline constexpr size_t kMaxPreparedText = 16 * 1024;
 
 // Cumulative figures of a SharedPool since it started.
 struct SharedPoolStats {
@@ -113,6 +118,8 @@ struct SharedPoolStats {
   int64_t closed_idle = 0;            // closed after idle_timeout
   int64_t closed_dead = 0;            // found dead while idle or before use
   int64_t closed_in_transaction = 0;  // a task left them inside a transaction
+  int64_t closed_reset_failed = 0;    // their DISCARD ALL after a task failed
+  int64_t closed_for_pools = 0;       // given to another pool of the node (idle or above its share)
   int64_t closed_for_waiters = 0;     // idle, given back to others waiting for the node
   int64_t closed_over_limit = 0;      // closed as they went idle after the limit was lowered
   int64_t optional_refused = 0;       // growth refused: no slot free
@@ -120,8 +127,10 @@ struct SharedPoolStats {
   int64_t tasks_retried = 0;          // moved to another connection before being sent
   int64_t tasks_cancelled = 0;        // dropped from the queue or cancelled while running
   int64_t tasks_handed_back = 0;      // local failover: given back to run in-process
-  int64_t statements_prepared = 0;    // named statements prepared on pooled connections
-  int64_t tasks_run_prepared = 0;     // tasks of tasks_run that ran a prepared statement
+  int64_t resets = 0;                 // DISCARD ALLs run after tasks
+  int64_t notifications_dropped = 0;  // NOTIFY messages tasks' LISTENs brought in
+  int64_t tasks_over_memory = 0;      // failed with 54000: results beyond result_memory
+  int64_t out_of_memory = 0;          // allocation failures on the loop's thread (53200)
 };
 
 class SharedPool {
@@ -157,6 +166,10 @@ class SharedPool {
     std::vector<bool> local;         // per task: its node is this coordinator
     uint32_t database_id = 0;
     int64_t max_rows_kept = -1;  // as ExecutorOptions::max_rows_kept
+    // How long the tasks may wait while their pool has no connection before
+    // they fail with 53300 (the session's connthrottle.connection_wait_timeout);
+    // absent: SharedPoolOptions::slot_wait_timeout.
+    std::optional<absl::Duration> slot_wait_timeout;
   };
   // What a submitted execution has come to.
   struct Progress {
@@ -201,6 +214,10 @@ class SharedPool {
   std::map<NodeAddress, int> connections_ ABSL_GUARDED_BY(mu_);
   std::map<NodeAddress, int> queued_ ABSL_GUARDED_BY(mu_);
 
+  // Bytes of results held for sessions: read by the loop, released as the
+  // sessions take them (TakeResults) or drop their tickets.
+  std::shared_ptr<std::atomic<int64_t>> held_ = std::make_shared<std::atomic<int64_t>>(0);
+
   std::unique_ptr<Loop> loop_;
   std::thread thread_;
 };
@@ -214,7 +231,8 @@ class SharedPoolTransport : public Transport {
  public:
   struct Options {
     absl::Duration tick = absl::Milliseconds(10);
-    int64_t max_rows_kept = -1;  // as ExecutorOptions::max_rows_kept
+    int64_t max_rows_kept = -1;                       // as ExecutorOptions::max_rows_kept
+    std::optional<absl::Duration> slot_wait_timeout;  // as Submission::slot_wait_timeout
   };
 
   SharedPoolTransport(SharedPool& pool, ExecutionContext& context, Options options);

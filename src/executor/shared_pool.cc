@@ -19,13 +19,14 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
@@ -44,6 +45,7 @@ struct SharedPool::Batch {
   std::vector<char> local;         // per task: its node is this coordinator
   uint32_t database_id = 0;
   int64_t max_rows_kept = -1;
+  std::optional<absl::Duration> slot_wait_timeout;  // the session's own, if it gave one
   absl::Time submitted;
 
   // Set by the session when it gives up on the batch; the loop then drops
@@ -61,8 +63,17 @@ struct SharedPool::Batch {
   int retried ABSL_GUARDED_BY(mu) = 0;
   bool pool_gone ABSL_GUARDED_BY(mu) = false;  // the pool shut down
 
+  // Bytes of its settled results, counted in `*held_total` (the pool's
+  // figure) until the session takes them or drops the batch.
+  int64_t held_bytes ABSL_GUARDED_BY(mu) = 0;
+  std::shared_ptr<std::atomic<int64_t>> held_total;
+
   // Called after each change, on the thread that made it, with no lock held.
   std::function<void()> on_change;
+
+  ~Batch() {
+    if (held_total) held_total->fetch_sub(held_bytes);
+  }
 
   bool Settled() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return remaining == handed_back_total || pool_gone;
@@ -76,12 +87,15 @@ struct SharedPool::Batch {
 namespace {
 
 // Sets the task's result and wakes the session when it was the last.
-void Finish(SharedPool::Batch& b, int t, TaskResult result) {
+// `bytes` of the result are counted in the pool's held figure already; from
+// here the batch gives them back.
+void Finish(SharedPool::Batch& b, int t, TaskResult result, int64_t bytes = 0) {
   result.node = b.tasks[t].node;
   bool last;
   {
     std::lock_guard<std::mutex> lock(b.mu);
     b.results[t] = std::move(result);
+    b.held_bytes += bytes;
     --b.remaining;
     last = b.Settled();
   }
@@ -125,52 +139,42 @@ std::string PoolName(const NodeAddress& node, uint32_t database, const ConnParam
 // node's slots.
 constexpr absl::Duration kYieldCheckInterval = absl::Milliseconds(25);
 
-// Prepared statements: a pool counts how often it was sent each task text,
-// for at most this many texts (then it starts counting afresh); a text sent
-// before is prepared on the connection that runs it.
-constexpr size_t kMaxSightings = 512;
+// What a connection runs after every task, before it serves anyone again:
+// PostgreSQL's own definition of a fresh session's state (role and session
+// authorization, every setting, temporary tables, cursors, LISTEN, advisory
+// locks, sequences' state, prepared statements, cached plans). One
+// statement, so one cheap round trip; it cannot run inside a transaction,
+// and a connection a task left in one is closed instead.
+constexpr char kResetSql[] = "DISCARD ALL";
+
+// What one value of a kept row costs the pool, beyond its bytes.
+constexpr int64_t kValueOverhead = sizeof(std::optional<std::string>);
+
+// Bytes of values in rows [from, end) of `r`.
+int64_t RowBytes(const TaskResult& r, size_t from) {
+  int64_t bytes = 0;
+  for (size_t i = from; i < r.rows.size(); ++i) {
+    for (const auto& v : r.rows[i])
+      bytes += kValueOverhead + (v ? static_cast<int64_t>(v->size()) : 0);
+  }
+  return bytes;
+}
 
 struct SharedPool::Loop {
-  // What a busy connection is doing for its task: deallocating a statement
-  // to make room, preparing the task's text, or running the task.
-  enum class Step { kDeallocate, kPrepare, kTask };
-
-  // How PostgreSQL refused to run a prepared statement, if it did, before
-  // running any of it.
-  enum class Refusal {
-    kNone,
-    kGone,      // 26000: the statement does not exist (a task deallocated it)
-    kReshaped,  // 0A000: "cached plan must not change result type"
-    kUnsure,    // 26000 or 0A000 from a server that does not say where from
-  };
+  // What a busy connection is doing: a task, or the reset after one.
+  enum class Step { kTask, kReset };
 
   struct Conn {
     std::unique_ptr<Connection> c;
-    std::shared_ptr<Batch> batch;  // whose task it runs while busy
+    std::shared_ptr<Batch> batch;  // whose task it runs while busy with one
     int task = -1;
-    TaskResult result;        // the running task's result, as it is read
-    bool cancelling = false;  // its task was cancelled: read and drop until idle
+    Step step = Step::kTask;
+    TaskResult result;         // the running task's result, as it is read
+    int64_t result_bytes = 0;  // of `result`, counted in the pool's held figure
+    bool cancelling = false;   // its task was cancelled or failed: read and drop until idle
+    bool reset_ok = false;     // its DISCARD ALL succeeded
     absl::Time idle_since;
     absl::Time sent;
-
-    // The statements prepared on this connection, by task text, with when
-    // each was last used (in uses of this connection) for eviction.
-    struct Statement {
-      std::string name;
-      int64_t last_used = 0;
-    };
-    absl::flat_hash_map<std::string, Statement> statements;
-    std::vector<std::string> stale;  // evicted names still to DEALLOCATE
-    int64_t uses = 0;
-    Step step = Step::kTask;
-    bool prepare = false;              // the task's text is to be prepared before it runs
-    bool step_ok = false;              // the DEALLOCATE or PREPARE succeeded
-    bool prepared_run = false;         // the task runs its prepared statement
-    Refusal refusal = Refusal::kNone;  // of the prepared run, see RefusalOf
-    bool as_text = false;              // refused: the task runs again as text
-
-    // PostgreSQL refused the prepared run before starting it: it runs again.
-    bool Refused() const { return refusal == Refusal::kGone || refusal == Refusal::kReshaped; }
   };
 
   // One session's tasks queued for one pool.
@@ -182,6 +186,7 @@ struct SharedPool::Loop {
   struct Pool {
     NodeAddress node;
     std::optional<NodeKey> key;
+    std::string key_name;  // the counter table's key: pools with the same share its slots
     ConnParams params;
     bool local = false;
     // The round-robin over sessions. After a session is served it stays at
@@ -199,6 +204,13 @@ struct SharedPool::Loop {
     absl::Time retry_at;                                 // after a refused slot: the next interval
     absl::Time starving_since = absl::InfiniteFuture();  // tasks queued, no connection
     absl::Time next_yield_check;  // when to look for waiters to yield idle connections to
+    // Its last try for one more connection was refused: no slot was free.
+    bool wants_slot = false;
+    // Set by Rebalance each turn: the most connections it may grow to while
+    // another pool of its key is below its fair share, and how many it is to
+    // give back as tasks end for such a pool.
+    int share = std::numeric_limits<int>::max();
+    int surplus = 0;
     // Cost model. A pooled connection lives long, so what it costs (a
     // connect, a worker backend) is weighed against the waiting it saves
     // over time: the integral of the queue's length since the pool last
@@ -207,12 +219,7 @@ struct SharedPool::Loop {
     absl::Time waited_at;  // when `waited` was last brought up to date
     absl::Duration connect_time_total;
     int64_t connects_done = 0;
-    // How often each task text was sent here (kUnpreparable: preparing it
-    // failed), for the texts sent most recently.
-    absl::flat_hash_map<std::string, int> sightings;
   };
-
-  static constexpr int kUnpreparable = -1;
 
   explicit Loop(SharedPool& pool) : sp(pool), options(pool.options_) {}
 
@@ -221,7 +228,6 @@ struct SharedPool::Loop {
   std::map<std::string, Pool> pools;
   SharedPoolStats stats;
   int next_connection_id = 0;
-  int64_t next_statement_id = 0;
   absl::Time published_at = absl::InfinitePast();
 
   // ---- the loop ----
@@ -229,16 +235,31 @@ struct SharedPool::Loop {
   void Run() {
     while (TakeInbox()) {
       const absl::Time now = absl::Now();
-      for (auto& [name, pool] : pools) Service(pool, now);
+      // Each step stands alone: an allocation failure in one (its tasks
+      // failed where they could be told) must not end the loop, which every
+      // session depends on.
+      Guarded([&] { Rebalance(now); });
+      for (auto& [name, pool] : pools) Guarded([&] { Service(pool, now); });
       std::erase_if(
           pools, [](const auto& p) { return p.second.conns.empty() && p.second.queues.empty(); });
       // The figures for other threads: at most every millisecond while busy
       // (the loop turns once per event), and before any longer sleep.
-      if (now - published_at >= absl::Milliseconds(1)) Publish(now);
-      WaitForEvents(now);
+      Guarded([&] {
+        if (now - published_at >= absl::Milliseconds(1)) Publish(now);
+        WaitForEvents(now);
+      });
     }
     Shutdown();
     Publish(absl::Now());
+  }
+
+  template <typename Step>
+  void Guarded(Step step) {
+    try {
+      step();
+    } catch (const std::bad_alloc&) {
+      ++stats.out_of_memory;
+    }
   }
 
   // New batches and cancels; false when the pool is stopping.
@@ -255,12 +276,20 @@ struct SharedPool::Loop {
       stopping = sp.stopping_;
       options = sp.options_;
     }
-    for (auto& b : submitted) Enqueue(std::move(b));
-    for (auto& b : cancelled) Cancel(*b);
+    for (auto& b : submitted) {
+      try {
+        Enqueue(b);
+      } catch (const std::bad_alloc&) {
+        // Whatever of it was queued runs; the rest fails.
+        ++stats.out_of_memory;
+        FailUnqueued(*b);
+      }
+    }
+    for (auto& b : cancelled) Guarded([&] { Cancel(*b); });
     return !stopping;
   }
 
-  void Enqueue(std::shared_ptr<Batch> b) {
+  void Enqueue(const std::shared_ptr<Batch>& b) {
     if (b->cancelled.load()) return;
     const absl::Time now = absl::Now();
     std::map<Pool*, std::deque<int>> per_pool;
@@ -275,6 +304,7 @@ struct SharedPool::Loop {
       if (!pool.key) {
         pool.node = task.node;
         pool.key = *key;
+        pool.key_name = absl::StrCat(task.node.host, ":", task.node.port, "/", b->database_id);
         pool.params = b->params[t];
         pool.local = b->local[t] != 0;
         pool.interval_start = now;
@@ -286,6 +316,34 @@ struct SharedPool::Loop {
       pool->queued += static_cast<int>(tasks.size());
       pool->queues.push_back({b, std::move(tasks)});
     }
+  }
+
+  // Enqueue ran out of memory: the batch's tasks that no pool queued fail.
+  void FailUnqueued(Batch& b) {
+    std::vector<char> queued(b.tasks.size(), 0);
+    for (const auto& [name, pool] : pools) {
+      for (const Queue& q : pool.queues) {
+        if (q.batch.get() != &b) continue;
+        for (int t : q.tasks) queued[t] = 1;
+      }
+    }
+    std::vector<int> unanswered;
+    {
+      std::lock_guard<std::mutex> lock(b.mu);
+      for (size_t t = 0; t < b.tasks.size(); ++t) {
+        if (!queued[t] && b.results[t].status.ok() && b.results[t].command_tag.empty()) {
+          unanswered.push_back(static_cast<int>(t));
+        }
+      }
+    }
+    for (int t : unanswered) FailOutOfMemory(b, t);
+  }
+
+  static void FailOutOfMemory(Batch& b, int t) {
+    // No allocation on this path: the status is made once.
+    static const absl::Status* const kOutOfMemory = new absl::Status(absl::ResourceExhaustedError(
+        "the connthrottle shared pool ran out of memory for this task"));
+    Fail(b, t, *kOutOfMemory, "53200");  // out_of_memory
   }
 
   // The session gave up on `b`: its queued tasks are dropped, its running
@@ -329,15 +387,9 @@ struct SharedPool::Loop {
     // How long the pool has had tasks queued and no connection at all.
     if (pool.queued == 0 || LiveConnections(pool) > 0) {
       pool.starving_since = absl::InfiniteFuture();
-    } else if (pool.starving_since == absl::InfiniteFuture()) {
-      pool.starving_since = now;
-    } else if (now - pool.starving_since >= options.slot_wait_timeout) {
-      FailQueued(pool,
-                 absl::ResourceExhaustedError(absl::StrCat(
-                     "no connection slot to node ", pool.node.ToString(), " became free within ",
-                     absl::FormatDuration(options.slot_wait_timeout), " (",
-                     sp.limit_(pool.node, pool.local).ToString(), ")")),
-                 "53300");  // too_many_connections
+    } else {
+      if (pool.starving_since == absl::InfiniteFuture()) pool.starving_since = now;
+      FailStarved(pool, now);
     }
   }
 
@@ -396,6 +448,37 @@ struct SharedPool::Loop {
     }
   }
 
+  // How long `b`'s tasks may wait while their pool has no connection: the
+  // session's own connection_wait_timeout when it sent one.
+  absl::Duration WaitTimeoutOf(const Batch& b) const {
+    return b.slot_wait_timeout.value_or(options.slot_wait_timeout);
+  }
+
+  // When `q`'s tasks fail with 53300 if the pool still has no connection.
+  absl::Time StarvedAt(const Pool& pool, const Queue& q) const {
+    return std::max(pool.starving_since, q.batch->submitted) + WaitTimeoutOf(*q.batch);
+  }
+
+  // The pool has had no connection since starving_since: the executions
+  // that have waited their own wait timeout since then fail with 53300.
+  void FailStarved(Pool& pool, absl::Time now) {
+    Rotate(pool);
+    for (auto it = pool.queues.begin(); it != pool.queues.end();) {
+      if (now < StarvedAt(pool, *it)) {
+        ++it;
+        continue;
+      }
+      const absl::Status why = absl::ResourceExhaustedError(
+          absl::StrCat("no connection slot to node ", pool.node.ToString(), " became free within ",
+                       absl::FormatDuration(WaitTimeoutOf(*it->batch)),
+                       " (connthrottle.connection_wait_timeout; ",
+                       sp.limit_(pool.node, pool.local).ToString(), ")"));
+      for (int t : it->tasks) Fail(*it->batch, t, why, "53300");  // too_many_connections
+      pool.queued -= static_cast<int>(it->tasks.size());
+      it = pool.queues.erase(it);
+    }
+  }
+
   // Local failover: the queued tasks go back to their sessions to run
   // in-process; those that may not run locally fail.
   void HandBack(Pool& pool) {
@@ -420,6 +503,75 @@ struct SharedPool::Loop {
     }
   }
 
+  // ---- sharing a node's slots between pools ----
+
+  // Pools of one key (the same node and database: other roles, other
+  // connection parameters) take slots from one counter. With k of them
+  // busy, a pool's fair share is limit / k connections (at least one, at
+  // most its cap). While a pool with queued tasks is below its share, no
+  // pool grows beyond the share; and once such a pool was refused a slot,
+  // the pools above the share give one connection back each as a task ends
+  // (`surplus`). Idle connections of pools with nothing queued go at once
+  // to any pool refused a slot, below its share or not: a slot that serves
+  // nobody is wasted.
+  void Rebalance(absl::Time now) {
+    absl::flat_hash_map<absl::string_view, std::vector<Pool*>> by_key;
+    for (auto& [name, pool] : pools) {
+      pool.surplus = 0;
+      pool.share = std::numeric_limits<int>::max();
+      by_key[pool.key_name].push_back(&pool);
+    }
+    for (auto& [key, group] : by_key) {
+      if (group.size() < 2) continue;
+      const Limit limit = sp.limit_(group.front()->node, group.front()->local);
+      if (limit.unlimited()) continue;
+      const int busy = static_cast<int>(
+          std::count_if(group.begin(), group.end(), [](const Pool* p) { return Busy(*p); }));
+      if (busy == 0) continue;
+      const int fair = static_cast<int>(limit.max()) / busy;
+      const int share = std::min(std::max(fair, 1), options.max_pool_size);
+      bool below = false, refused_below = false;
+      for (Pool* p : group) {
+        if (p->queued > 0 && LiveConnections(*p) < share) {
+          below = true;
+          refused_below = refused_below || p->wants_slot;
+        }
+        if (!p->wants_slot) continue;
+        if (Conn* idle = LongestIdle(group, p)) {
+          idle->c->state = State::kBroken;
+          ++stats.closed_for_pools;
+          p->retry_at = now;  // the slot is given back below: try for it at once
+        }
+      }
+      for (Pool* p : group) {
+        Reap(*p);
+        if (below) p->share = share;
+        if (refused_below) p->surplus = std::max(0, LiveConnections(*p) - fair);
+      }
+    }
+  }
+
+  static bool Busy(const Pool& pool) {
+    if (pool.queued > 0 || pool.wants_slot) return true;
+    return std::any_of(pool.conns.begin(), pool.conns.end(),
+                       [](const auto& conn) { return conn->c->state == State::kBusy; });
+  }
+
+  // The connection that has been idle longest in the pools of `group` with
+  // nothing queued, `except` aside; null if none.
+  static Conn* LongestIdle(const std::vector<Pool*>& group, const Pool* except) {
+    Conn* best = nullptr;
+    for (Pool* p : group) {
+      // Its queued tasks take its idle connections in this turn.
+      if (p == except || p->queued > 0) continue;
+      for (auto& conn : p->conns) {
+        if (conn->c->state != State::kIdle) continue;
+        if (best == nullptr || conn->idle_since < best->idle_since) best = conn.get();
+      }
+    }
+    return best;
+  }
+
   // ---- connections ----
 
   static int LiveConnections(const Pool& pool) {
@@ -429,7 +581,12 @@ struct SharedPool::Loop {
   }
 
   void Grow(Pool& pool, absl::Time now) {
-    if (pool.queued == 0 || now < pool.retry_at) return;
+    if (pool.queued == 0) {
+      pool.wants_slot = false;
+      return;
+    }
+    if (now < pool.retry_at) return;
+    pool.wants_slot = false;
     int live = 0, connecting = 0;
     for (const auto& conn : pool.conns) {
       if (conn->c->state == State::kIdle) return;  // Dispatch found the queue empty
@@ -437,7 +594,7 @@ struct SharedPool::Loop {
       ++live;
       if (conn->c->state == State::kConnecting) ++connecting;
     }
-    if (live >= options.max_pool_size) return;
+    if (live >= std::min(options.max_pool_size, pool.share)) return;
     if (live > 0) {
       if (now - pool.interval_start >= options.slow_start_interval) {
         pool.interval_start = now;
@@ -462,6 +619,7 @@ struct SharedPool::Loop {
         sp.owner_.TryAcquire(*pool.key, sp.limit_(pool.node, pool.local), acquire);
     if (!slot.ok()) {
       ++stats.optional_refused;
+      pool.wants_slot = true;
       if (live == 0 && IsTableFullError(slot.status())) {
         FailQueued(pool, slot.status(), "53400");  // configuration_limit_exceeded
       } else if (live == 0 && pool.local) {
@@ -593,7 +751,10 @@ struct SharedPool::Loop {
   void Reap(Pool& pool) {
     std::vector<std::unique_ptr<Connection>> closing;
     for (auto& conn : pool.conns) {
-      if (conn->c->state == State::kBroken) closing.push_back(std::move(conn->c));
+      if (conn->c->state == State::kBroken) {
+        Uncount(*conn);
+        closing.push_back(std::move(conn->c));
+      }
     }
     std::erase_if(pool.conns, [](const auto& conn) { return conn->c == nullptr; });
     // The slots are given back once the workers' backends are gone.
@@ -624,252 +785,77 @@ struct SharedPool::Loop {
     conn.result.connection = c.id;
     conn.sent = now;
     conn.cancelling = false;
-    conn.as_text = false;
-    const std::string& sql = b->tasks[t].sql;
-    conn.prepare =
-        options.max_prepared_statements > 0 && !conn.statements.contains(sql) && Recurs(pool, sql);
-    conn.batch = std::move(b);
-    conn.task = t;
-    SendNextStep(pool, conn);
-  }
-
-  // Counts one more sending of `sql` to the pool: true when it was sent
-  // before and may be prepared. A text with a parameter symbol ($1) is not
-  // prepared: as text it fails with 42P02, and so it must when prepared.
-  static bool Recurs(Pool& pool, const std::string& sql) {
-    if (sql.size() > kMaxPreparedText || HasParameterSymbol(sql)) return false;
-    auto it = pool.sightings.find(sql);
-    if (it == pool.sightings.end()) {
-      if (pool.sightings.size() >= kMaxSightings) pool.sightings.clear();
-      pool.sightings.emplace(sql, 1);
-      return false;
-    }
-    if (it->second == kUnpreparable) return false;
-    it->second = 2;
-    return true;
-  }
-
-  static bool HasParameterSymbol(absl::string_view sql) {
-    for (size_t i = sql.find('$'); i != absl::string_view::npos; i = sql.find('$', i + 1)) {
-      if (i + 1 < sql.size() && absl::ascii_isdigit(static_cast<unsigned char>(sql[i + 1]))) {
-        return true;
-      }
-    }
-    return false;
-  }
-
-  // Whether the error `res` of a prepared run is PostgreSQL refusing to run
-  // statement `name` before starting it. Only then may the task run again:
-  // the same SQLSTATEs raised while it runs (a function's RAISE, an EXECUTE
-  // of the task's own) are the task's result. Told apart by the routine that
-  // raised the error and, for 26000, the statement it names.
-  static Refusal RefusalOf(const PGresult* res, absl::string_view name) {
-    const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (state == nullptr) return Refusal::kNone;
-    const bool gone = strcmp(state, "26000") == 0;
-    const bool reshaped = strcmp(state, "0A000") == 0;
-    if (!gone && !reshaped) return Refusal::kNone;
-    const char* routine = PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION);
-    if (routine == nullptr) return Refusal::kUnsure;
-    if (reshaped) {
-      return strcmp(routine, "RevalidateCachedQuery") == 0 ? Refusal::kReshaped : Refusal::kNone;
-    }
-    if (strcmp(routine, "FetchPreparedStatement") != 0) return Refusal::kNone;
-    const char* message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    const absl::string_view m = message != nullptr ? message : "";
-    // The name, not a longer one (connthrottle_1 in connthrottle_12).
-    for (size_t i = m.find(name); i != absl::string_view::npos; i = m.find(name, i + 1)) {
-      const size_t end = i + name.size();
-      if (end == m.size() || !absl::ascii_isdigit(static_cast<unsigned char>(m[end]))) {
-        return Refusal::kGone;
-      }
-    }
-    return Refusal::kNone;
-  }
-
-  // Forgets the statement prepared for `sql`, to be deallocated before the
-  // connection's next step.
-  static void Forget(Conn& conn, const std::string& sql) {
-    if (auto it = conn.statements.find(sql); it != conn.statements.end()) Retire(conn, it);
-  }
-
-  static void Retire(Conn& conn, decltype(Conn::statements)::iterator it) {
-    conn.stale.push_back(std::move(it->second.name));
-    conn.statements.erase(it);
-  }
-
-  // Makes room for one more statement, or for a lowered limit: the least
-  // recently used is forgotten, to be deallocated before the next step.
-  static void Evict(Conn& conn, size_t keep) {
-    while (conn.statements.size() > keep) {
-      Retire(conn, std::min_element(conn.statements.begin(), conn.statements.end(),
-                                    [](const auto& a, const auto& b) {
-                                      return a.second.last_used < b.second.last_used;
-                                    }));
-    }
-  }
-
-  // Sends the connection's next step for its task; when that fails nothing
-  // of the task has run, so it moves to another connection.
-  void SendNextStep(Pool& pool, Conn& conn) {
-    Connection& c = *conn.c;
-    const size_t max = static_cast<size_t>(std::max(0, options.max_prepared_statements));
-    Evict(conn, conn.prepare && max > 0 ? max - 1 : max);
-    const std::string& sql = conn.batch->tasks[conn.task].sql;
-    int sent;
-    if (!conn.stale.empty()) {
-      conn.step = Step::kDeallocate;
-      sent = PQsendQuery(c.pg, absl::StrCat("DEALLOCATE ", conn.stale.back()).c_str());
-    } else if (conn.prepare && max > 0) {
-      conn.step = Step::kPrepare;
-      const std::string name = absl::StrCat("connthrottle_", ++next_statement_id);
-      sent = PQsendPrepare(c.pg, name.c_str(), sql.c_str(), 0, nullptr);
-      if (sent) conn.statements[sql] = {name, ++conn.uses};  // forgotten if it fails
-    } else {
-      conn.step = Step::kTask;
-      auto it = conn.as_text ? conn.statements.end() : conn.statements.find(sql);
-      conn.prepared_run = it != conn.statements.end();
-      if (conn.prepared_run) {
-        it->second.last_used = ++conn.uses;
-        sent = PQsendQueryPrepared(c.pg, it->second.name.c_str(), 0, nullptr, nullptr, nullptr, 0);
-      } else {
-        sent = PQsendQuery(c.pg, sql.c_str());
-      }
-      if (sent && conn.batch->max_rows_kept >= 0) PQsetSingleRowMode(c.pg);
-    }
-    conn.step_ok = false;
-    conn.refusal = Refusal::kNone;
-    const int flushed = sent ? PQflush(c.pg) : -1;
-    if (flushed < 0) {
+    conn.step = Step::kTask;
+    const bool sent = PQsendQuery(c.pg, b->tasks[t].sql.c_str()) != 0;
+    if (sent && b->max_rows_kept >= 0) PQsetSingleRowMode(c.pg);
+    if (!Flush(c, sent)) {
       // Nothing of the task reached the worker: it goes to another
       // connection, and this one is closed.
       c.state = State::kBroken;
       ++stats.closed_dead;
-      Requeue(pool, std::move(conn.batch), conn.task);
-      conn.task = -1;
+      Requeue(pool, std::move(b), t);
       return;
     }
+    conn.batch = std::move(b);
+    conn.task = t;
+  }
+
+  // Flushes what was just sent (if it was): the connection is busy with it,
+  // or false when it could not be sent.
+  static bool Flush(Connection& c, bool sent) {
+    const int flushed = sent ? PQflush(c.pg) : -1;
+    if (flushed < 0) return false;
     c.task_got_result = false;
     c.in_result_set = false;
     c.want_write = flushed == 1;
     c.state = State::kBusy;
+    return true;
   }
 
-  // A DEALLOCATE or PREPARE ended, or a prepared run that failed before it
-  // started: the connection goes on to the task's next step.
-  void StepDone(Pool& pool, Conn& conn, absl::Time now) {
-    const std::string& sql = conn.batch->tasks[conn.task].sql;
-    switch (conn.step) {
-      case Step::kDeallocate:
-        // Done, or failed because the statement is gone already (a task
-        // deallocated it); a cancelled one is tried again before the next task.
-        if (conn.step_ok || !conn.cancelling) conn.stale.pop_back();
-        break;
-      case Step::kPrepare:
-        conn.prepare = false;
-        if (conn.step_ok) {
-          ++stats.statements_prepared;
-        } else {
-          conn.statements.erase(sql);
-          // Several statements, or an error: the text runs as text from now on.
-          if (!conn.cancelling) pool.sightings[sql] = kUnpreparable;
-        }
-        break;
-      case Step::kTask:
-        if (conn.refusal == Refusal::kGone) {
-          conn.statements.erase(sql);  // nothing to deallocate
-        } else {
-          Forget(conn, sql);  // its result type changed: prepared afresh next time
-        }
-        conn.as_text = true;
-        break;
-    }
-    if (conn.cancelling) {
-      Release(pool, conn, now);
-      return;
-    }
-    SendNextStep(pool, conn);
-  }
-
-  void ReadResults(Pool& pool, Conn& conn, absl::Time now) {
-    Connection& c = *conn.c;
-    if (!PQconsumeInput(c.pg)) {
-      Lost(pool, conn, Trim(PQerrorMessage(c.pg)));
-      return;
-    }
-    while (c.state == State::kBusy && !PQisBusy(c.pg)) {
-      PGresult* res = PQgetResult(c.pg);
-      if (res == nullptr) {
-        Complete(pool, conn, now);
-        return;
-      }
-      const ExecStatusType status = PQresultStatus(res);
-      if (conn.step != Step::kTask) {  // a DEALLOCATE's or a PREPARE's
-        conn.step_ok = status == PGRES_COMMAND_OK;
-        PQclear(res);
-        continue;
-      }
-      if (conn.prepared_run && status == PGRES_FATAL_ERROR && !c.task_got_result) {
-        const auto it = conn.statements.find(conn.batch->tasks[conn.task].sql);
-        conn.refusal = RefusalOf(res, it != conn.statements.end() ? it->second.name : "");
-        if (conn.Refused()) {
-          // Nothing of it ran: the task runs again as text.
-          PQclear(res);
-          continue;
-        }
-      }
-      if (status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH) {
-        PQclear(res);
-        FailCopy(pool, conn, status);
-        return;
-      }
-      if (!conn.cancelling) {
-        c.task_got_result = true;
-        FoldResult(res, pool.node, conn.batch->max_rows_kept, c.in_result_set, conn.result);
-      }
-      PQclear(res);
-    }
-  }
-
-  // The task's last result has arrived.
-  void Complete(Pool& pool, Conn& conn, absl::Time now) {
-    Connection& c = *conn.c;
-    if (PQstatus(c.pg) == CONNECTION_BAD) {
-      Lost(pool, conn,
-           conn.result.status.ok() ? Trim(PQerrorMessage(c.pg))
-                                   : std::string(conn.result.status.message()));
-      return;
-    }
-    if (conn.step != Step::kTask || conn.Refused()) {
-      StepDone(pool, conn, now);
-      return;
-    }
-    // Perhaps refused: the error stands, and the statement is prepared
-    // afresh next time.
-    if (conn.refusal == Refusal::kUnsure) Forget(conn, conn.batch->tasks[conn.task].sql);
-    if (!conn.cancelling) {
-      conn.result.run = now - conn.sent;
-      ++stats.tasks_run;
-      if (conn.prepared_run) ++stats.tasks_run_prepared;
-      Finish(*conn.batch, conn.task, std::move(conn.result));
-    }
-    Release(pool, conn, now);
-  }
-
-  // The connection's task is done: it becomes idle, or is closed.
-  void Release(Pool& pool, Conn& conn, absl::Time now) {
+  // The task is done (or dropped): the connection resets its session state
+  // before anyone else's task runs on it. One left inside a transaction is
+  // closed: DISCARD ALL cannot run there, and the transaction must not
+  // reach another task either.
+  void AfterTask(Conn& conn, absl::Time now) {
     Connection& c = *conn.c;
     conn.batch = nullptr;
     conn.task = -1;
     conn.cancelling = false;
-    conn.idle_since = now;
+    conn.result = TaskResult{};
+    Uncount(conn);
     if (PQtransactionStatus(c.pg) != PQTRANS_IDLE) {
-      // Whatever the task began must not leak into another session's task.
       c.state = State::kBroken;
       ++stats.closed_in_transaction;
-    } else if (OverLimit(pool) > 0) {
+      return;
+    }
+    conn.step = Step::kReset;
+    conn.reset_ok = false;
+    conn.sent = now;
+    if (!Flush(c, PQsendQuery(c.pg, kResetSql) != 0)) {
+      c.state = State::kBroken;
+      ++stats.closed_dead;
+    }
+  }
+
+  // Its reset done, the connection becomes idle, or is closed.
+  void Release(Pool& pool, Conn& conn, absl::Time now) {
+    Connection& c = *conn.c;
+    conn.idle_since = now;
+    if (!conn.reset_ok) {
+      // Whatever the task left behind could not be undone.
+      c.state = State::kBroken;
+      ++stats.closed_reset_failed;
+      return;
+    }
+    ++stats.resets;
+    if (OverLimit(pool) > 0) {
       c.state = State::kBroken;
       ++stats.closed_over_limit;
+    } else if (pool.surplus > 0) {
+      // Another pool of the node is below its fair share and refused a slot.
+      --pool.surplus;
+      c.state = State::kBroken;
+      ++stats.closed_for_pools;
     } else if (pool.queued > 0 && LiveConnections(pool) > 1 && UnservedWaiters(pool) > 0) {
       // A pool that always has work would otherwise keep its slots for ever
       // while others wait for the node: it gives one back as a task ends,
@@ -881,20 +867,118 @@ struct SharedPool::Loop {
     }
   }
 
-  // The connection broke while running a task, which fails with 08006; a
-  // task whose text was still being prepared moves to another connection.
+  // The bytes of the connection's result being read are no longer held.
+  void Uncount(Conn& conn) {
+    if (conn.result_bytes == 0) return;
+    sp.held_->fetch_sub(conn.result_bytes);
+    conn.result_bytes = 0;
+  }
+
+  // Counts `bytes` more of the running task's result: false (and nothing
+  // counted) when they would take the pool beyond result_memory.
+  bool Hold(Conn& conn, int64_t bytes) {
+    if (bytes <= 0) return true;
+    const int64_t limit = static_cast<int64_t>(std::min<size_t>(options.result_memory, INT64_MAX));
+    if (sp.held_->fetch_add(bytes) + bytes > limit) {
+      sp.held_->fetch_sub(bytes);
+      return false;
+    }
+    conn.result_bytes += bytes;
+    return true;
+  }
+
+  // The task's result would take the pool beyond result_memory: it fails
+  // with 54000 now, and the rest of it is cancelled, read and dropped.
+  void FailOverMemory(Pool& pool, Conn& conn) {
+    ++stats.tasks_over_memory;
+    conn.result = TaskResult{};
+    Uncount(conn);
+    SendCancel(conn.c->pg);
+    conn.cancelling = true;
+    Fail(*conn.batch, conn.task,
+         absl::ResourceExhaustedError(absl::StrCat("node ", pool.node.ToString(),
+                                                   ": the task's result would take the results the "
+                                                   "shared pool holds beyond ",
+                                                   options.result_memory_setting, " (",
+                                                   options.result_memory, " bytes)")),
+         "54000");  // program_limit_exceeded
+  }
+
+  void DropNotifications(PGconn* pg) {
+    while (PGnotify* n = PQnotifies(pg)) {
+      PQfreemem(n);
+      ++stats.notifications_dropped;
+    }
+  }
+
+  void ReadResults(Pool& pool, Conn& conn, absl::Time now) {
+    Connection& c = *conn.c;
+    if (!PQconsumeInput(c.pg)) {
+      Lost(pool, conn, Trim(PQerrorMessage(c.pg)));
+      return;
+    }
+    while (c.state == State::kBusy && !PQisBusy(c.pg)) {
+      DropNotifications(c.pg);
+      PGresult* res = PQgetResult(c.pg);
+      if (res == nullptr) {
+        Complete(pool, conn, now);
+        return;
+      }
+      const ExecStatusType status = PQresultStatus(res);
+      if (conn.step == Step::kReset) {
+        conn.reset_ok = status == PGRES_COMMAND_OK;
+        PQclear(res);
+        continue;
+      }
+      if (status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH) {
+        PQclear(res);
+        FailCopy(pool, conn, status);
+        return;
+      }
+      if (!conn.cancelling) {
+        c.task_got_result = true;
+        const size_t rows_before = conn.result.rows.size();
+        FoldResult(res, pool.node, conn.batch->max_rows_kept, c.in_result_set, conn.result);
+        if (conn.result.rows.size() < rows_before) {  // a new result set replaced the rows
+          Uncount(conn);
+          if (!Hold(conn, RowBytes(conn.result, 0))) FailOverMemory(pool, conn);
+        } else if (!Hold(conn, RowBytes(conn.result, rows_before))) {
+          FailOverMemory(pool, conn);
+        }
+      }
+      PQclear(res);
+    }
+    DropNotifications(c.pg);
+  }
+
+  // The connection's last result has arrived: its task's, or its reset's.
+  void Complete(Pool& pool, Conn& conn, absl::Time now) {
+    Connection& c = *conn.c;
+    if (PQstatus(c.pg) == CONNECTION_BAD) {
+      Lost(pool, conn,
+           conn.result.status.ok() ? Trim(PQerrorMessage(c.pg))
+                                   : std::string(conn.result.status.message()));
+      return;
+    }
+    if (conn.step == Step::kReset) {
+      Release(pool, conn, now);
+      return;
+    }
+    if (!conn.cancelling) {
+      conn.result.run = now - conn.sent;
+      ++stats.tasks_run;
+      const int64_t bytes = std::exchange(conn.result_bytes, 0);
+      Finish(*conn.batch, conn.task, std::move(conn.result), bytes);
+    }
+    AfterTask(conn, now);
+  }
+
+  // The connection broke while running a task, which fails with 08006, or
+  // while resetting after one (found dead, as an idle one would be).
   void Lost(Pool& pool, Conn& conn, const std::string& why) {
     conn.c->state = State::kBroken;
-    if (conn.batch == nullptr || conn.cancelling) {
-      // Nobody waits for its result.
-    } else if (conn.step != Step::kTask) {
-      // Its text is not prepared again: the prepare itself may have been
-      // what ended the worker's backend.
-      if (conn.step == Step::kPrepare) {
-        pool.sightings[conn.batch->tasks[conn.task].sql] = kUnpreparable;
-      }
-      Requeue(pool, std::move(conn.batch), conn.task);
-    } else {
+    if (conn.step == Step::kReset) ++stats.closed_dead;
+    if (conn.batch != nullptr && !conn.cancelling) {
       Fail(*conn.batch, conn.task,
            absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
                                                " was lost while running the task: ", why)),
@@ -938,7 +1022,19 @@ struct SharedPool::Loop {
       ++stats.closed_dead;
       return;
     }
-    while (PGnotify* n = PQnotifies(pg)) PQfreemem(n);
+    DropNotifications(pg);
+  }
+
+  // A connection's event could not be handled for want of memory: its task
+  // fails with 53200 and the connection is closed.
+  void OutOfMemory(Conn& conn) {
+    ++stats.out_of_memory;
+    conn.c->state = State::kBroken;
+    if (conn.batch != nullptr && !conn.cancelling) FailOutOfMemory(*conn.batch, conn.task);
+    conn.batch = nullptr;
+    conn.task = -1;
+    conn.result = TaskResult{};
+    Uncount(conn);
   }
 
   // ---- waiting ----
@@ -953,8 +1049,8 @@ struct SharedPool::Loop {
       if (pool.queued > 0) {
         const int live = LiveConnections(pool);
         if (live == 0) {
-          wake = std::min(
-              {wake, std::max(pool.retry_at, now), pool.starving_since + opt.slot_wait_timeout});
+          wake = std::min(wake, std::max(pool.retry_at, now));
+          for (const Queue& q : pool.queues) wake = std::min(wake, StarvedAt(pool, q));
         } else if (live < opt.max_pool_size) {
           wake = std::min(
               wake, std::max({pool.retry_at, pool.interval_start + opt.slow_start_interval, now}));
@@ -994,29 +1090,38 @@ struct SharedPool::Loop {
     const absl::Time after = absl::Now();
     for (size_t i = 1; i < fds.size(); ++i) {
       auto [pool, conn] = owners[i];
-      Connection& c = *conn->c;
-      if (c.state == State::kConnecting) {
-        if (fds[i].revents != 0) {
-          Connecting(*pool, *conn, after);
-        } else if (after - c.connect_started > opt.connect_timeout) {
-          c.state = State::kBroken;
-          ConnectFailed(*pool,
-                        absl::StrCat("timed out after ", absl::FormatDuration(opt.connect_timeout),
-                                     " (node_connection_timeout)"));
-        }
-      } else if (c.state == State::kBusy) {
-        if (c.want_write && (fds[i].revents & POLLOUT)) {
-          const int flushed = PQflush(c.pg);
-          if (flushed < 0) {
-            Lost(*pool, *conn, Trim(PQerrorMessage(c.pg)));
-            continue;
-          }
-          c.want_write = flushed == 1;
-        }
-        if (fds[i].revents & (POLLIN | POLLERR | POLLHUP)) ReadResults(*pool, *conn, after);
-      } else if (c.state == State::kIdle && fds[i].revents != 0) {
-        IdleReadable(*conn);
+      try {
+        HandleEvent(*pool, *conn, fds[i].revents, after);
+      } catch (const std::bad_alloc&) {
+        OutOfMemory(*conn);
       }
+    }
+  }
+
+  void HandleEvent(Pool& pool, Conn& conn, short revents, absl::Time now) {
+    Connection& c = *conn.c;
+    const SharedPoolOptions& opt = options;
+    if (c.state == State::kConnecting) {
+      if (revents != 0) {
+        Connecting(pool, conn, now);
+      } else if (now - c.connect_started > opt.connect_timeout) {
+        c.state = State::kBroken;
+        ConnectFailed(pool,
+                      absl::StrCat("timed out after ", absl::FormatDuration(opt.connect_timeout),
+                                   " (node_connection_timeout)"));
+      }
+    } else if (c.state == State::kBusy) {
+      if (c.want_write && (revents & POLLOUT)) {
+        const int flushed = PQflush(c.pg);
+        if (flushed < 0) {
+          Lost(pool, conn, Trim(PQerrorMessage(c.pg)));
+          return;
+        }
+        c.want_write = flushed == 1;
+      }
+      if (revents & (POLLIN | POLLERR | POLLHUP)) ReadResults(pool, conn, now);
+    } else if (c.state == State::kIdle && revents != 0) {
+      IdleReadable(conn);
     }
   }
 
@@ -1030,8 +1135,11 @@ struct SharedPool::Loop {
       for (auto& conn : pool.conns) {
         if (conn->c->state == State::kBusy) {
           SendCancel(conn->c->pg);
-          if (!conn->cancelling) Fail(*conn->batch, conn->task, gone, "08006");
+          if (conn->batch != nullptr && !conn->cancelling) {
+            Fail(*conn->batch, conn->task, gone, "08006");
+          }
         }
+        Uncount(*conn);
         closing.push_back(std::move(conn->c));
       }
     }
@@ -1105,6 +1213,8 @@ SharedPool::Ticket SharedPool::Submit(Submission submission, std::function<void(
   b->local.resize(n, 0);
   b->database_id = submission.database_id;
   b->max_rows_kept = submission.max_rows_kept;
+  b->slot_wait_timeout = submission.slot_wait_timeout;
+  b->held_total = held_;
   b->on_change = std::move(on_change);
   b->submitted = absl::Now();
   {
@@ -1156,6 +1266,8 @@ ExecutionResult SharedPool::TakeResults(const Ticket& ticket) {
   std::lock_guard<std::mutex> lock(ticket->mu);
   out.tasks = std::move(ticket->results);
   out.stats.tasks_retried = ticket->retried;
+  // The results are the session's now.
+  if (ticket->held_total) ticket->held_total->fetch_sub(std::exchange(ticket->held_bytes, 0));
   return out;
 }
 
@@ -1202,6 +1314,7 @@ absl::StatusOr<ExecutionResult> SharedPoolTransport::Execute(std::vector<Task> t
   SharedPool::Submission submission;
   submission.database_id = context_.DatabaseId();
   submission.max_rows_kept = options_.max_rows_kept;
+  submission.slot_wait_timeout = options_.slot_wait_timeout;
   for (const Task& task : tasks) {
     submission.params.push_back(context_.ParamsFor(task.node));
     submission.local.push_back(context_.IsLocal(task.node));

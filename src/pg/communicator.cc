@@ -92,7 +92,7 @@ struct Slot {
 };
 
 // The statistics the communicator publishes, one counter each.
-constexpr int kStatCount = 18;
+constexpr int kStatCount = 22;
 
 struct Header {
   pg_atomic_uint32 epoch;        // bumped by every communicator start
@@ -164,7 +164,6 @@ connthrottle::pg::PoolServiceSettings ServiceSettings() {
   s.slow_start_interval_ms = e.slow_start_interval_ms;
   s.pool_idle_timeout_ms = connthrottle::pg::PoolIdleTimeoutMs();
   s.response_memory_bytes = connthrottle::pg::PoolResponseMemoryBytes();
-  s.max_prepared_statements = connthrottle::pg::PoolMaxPreparedStatements();
   return s;
 }
 
@@ -280,15 +279,28 @@ void ServeAll() {
 
 void PublishStats() {
   const connthrottle::pg::PoolServiceStats s = connthrottle::pg::PoolStats();
-  const int64 values[kStatCount] = {s.connections_now,     s.tasks_queued_now,
-                                    s.connections_started, s.connections_opened,
-                                    s.connections_failed,  s.closed_idle,
-                                    s.closed_dead,         s.closed_in_transaction,
-                                    s.closed_for_waiters,  s.optional_refused,
-                                    s.tasks_run,           s.tasks_retried,
-                                    s.tasks_cancelled,     s.tasks_handed_back,
-                                    s.closed_over_limit,   static_cast<int64>(reloads),
-                                    s.statements_prepared, s.tasks_run_prepared};
+  const int64 values[kStatCount] = {s.connections_now,
+                                    s.tasks_queued_now,
+                                    s.connections_started,
+                                    s.connections_opened,
+                                    s.connections_failed,
+                                    s.closed_idle,
+                                    s.closed_dead,
+                                    s.closed_in_transaction,
+                                    s.closed_for_waiters,
+                                    s.optional_refused,
+                                    s.tasks_run,
+                                    s.tasks_retried,
+                                    s.tasks_cancelled,
+                                    s.tasks_handed_back,
+                                    s.closed_over_limit,
+                                    static_cast<int64>(reloads),
+                                    s.resets,
+                                    s.closed_reset_failed,
+                                    s.closed_for_pools,
+                                    s.notifications_dropped,
+                                    s.tasks_over_memory,
+                                    s.out_of_memory};
   for (int k = 0; k < kStatCount; ++k) {
     pg_atomic_write_u64(&header->stats[k], static_cast<uint64>(values[k]));
   }
@@ -534,15 +546,28 @@ CommunicatorStats ReadCommunicatorStats() {
   if (header == nullptr) return out;
   out.pid = static_cast<int>(pg_atomic_read_u32(&header->pid));
   out.epoch = pg_atomic_read_u32(&header->epoch);
-  int64_t* fields[] = {&out.connections,         &out.tasks_queued,
-                       &out.connections_started, &out.connections_opened,
-                       &out.connections_failed,  &out.closed_idle,
-                       &out.closed_dead,         &out.closed_in_transaction,
-                       &out.closed_for_waiters,  &out.optional_refused,
-                       &out.tasks_run,           &out.tasks_retried,
-                       &out.tasks_cancelled,     &out.tasks_handed_back,
-                       &out.closed_over_limit,   &out.reloads,
-                       &out.statements_prepared, &out.tasks_run_prepared};
+  int64_t* fields[] = {&out.connections,
+                       &out.tasks_queued,
+                       &out.connections_started,
+                       &out.connections_opened,
+                       &out.connections_failed,
+                       &out.closed_idle,
+                       &out.closed_dead,
+                       &out.closed_in_transaction,
+                       &out.closed_for_waiters,
+                       &out.optional_refused,
+                       &out.tasks_run,
+                       &out.tasks_retried,
+                       &out.tasks_cancelled,
+                       &out.tasks_handed_back,
+                       &out.closed_over_limit,
+                       &out.reloads,
+                       &out.resets,
+                       &out.closed_reset_failed,
+                       &out.closed_for_pools,
+                       &out.notifications_dropped,
+                       &out.tasks_over_memory,
+                       &out.out_of_memory};
   for (int k = 0; k < kStatCount; ++k) {
     *fields[k] = static_cast<int64_t>(pg_atomic_read_u64(&header->stats[k]));
   }

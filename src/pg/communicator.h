@@ -37,7 +37,8 @@ struct CommunicatorStats {
   int64_t connections, tasks_queued, connections_started, connections_opened, connections_failed,
       closed_idle, closed_dead, closed_in_transaction, closed_for_waiters, optional_refused,
       tasks_run, tasks_retried, tasks_cancelled, tasks_handed_back, closed_over_limit, reloads,
-      statements_prepared, tasks_run_prepared;
+      resets, closed_reset_failed, closed_for_pools, notifications_dropped, tasks_over_memory,
+      out_of_memory;
 };
 CommunicatorStats ReadCommunicatorStats();
 

@@ -848,7 +848,7 @@ Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
   RequireTable();
   TupleDesc desc = RecordResult(fcinfo, "pool_stats");
   const connthrottle::pg::CommunicatorStats c = connthrottle::pg::ReadCommunicatorStats();
-  Datum values[20] = {
+  Datum values[24] = {
       Int32GetDatum(c.pid),
       Int64GetDatum(static_cast<int64>(c.epoch)),
       Int64GetDatum(c.connections),
@@ -867,10 +867,14 @@ Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
       Int64GetDatum(c.tasks_handed_back),
       Int64GetDatum(c.closed_over_limit),
       Int64GetDatum(c.reloads),
-      Int64GetDatum(c.statements_prepared),
-      Int64GetDatum(c.tasks_run_prepared),
+      Int64GetDatum(c.resets),
+      Int64GetDatum(c.closed_reset_failed),
+      Int64GetDatum(c.closed_for_pools),
+      Int64GetDatum(c.notifications_dropped),
+      Int64GetDatum(c.tasks_over_memory),
+      Int64GetDatum(c.out_of_memory),
   };
-  bool nulls[20] = {false};
+  bool nulls[24] = {false};
   nulls[0] = c.pid == 0;
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

@@ -24,8 +24,6 @@ bool UseSharedPool();
 int PoolIdleTimeoutMs();
 // connthrottle.pool_response_memory, in bytes.
 size_t PoolResponseMemoryBytes();
-// connthrottle.pool_max_prepared_statements.
-int PoolMaxPreparedStatements();
 
 // Registers the before_shmem_exit callback that gives back what this backend
 // holds; called before its first slot or reservation.

@@ -60,7 +60,6 @@ int executor_transport = kSharedPool;
 int pool_idle_timeout_ms = 60 * 1000;
 int pool_message_bytes = 64 * 1024;
 int pool_response_memory_kb = 256 * 1024;
-int pool_max_prepared_statements = 64;
 
 const struct config_enum_entry kTransports[] = {
     {"direct", kDirect, false},
@@ -237,7 +236,6 @@ ExecutorSettings CurrentExecutorSettings() {
 bool UseSharedPool() { return executor_transport == kSharedPool; }
 int PoolIdleTimeoutMs() { return pool_idle_timeout_ms; }
 size_t PoolResponseMemoryBytes() { return static_cast<size_t>(pool_response_memory_kb) * 1024; }
-int PoolMaxPreparedStatements() { return pool_max_prepared_statements; }
 
 void EnsureBackendExitCallback() {
   if (exit_callback_registered) return;
@@ -341,19 +339,14 @@ void _PG_init(void) {
       nullptr, nullptr, nullptr);
   DefineCustomIntVariable(
       "connthrottle.pool_response_memory",
-      "Memory the communicator may hold for results waiting to be read in parts.",
+      "Memory the communicator may hold for results: gathering, and waiting to be read in parts.",
       "A response larger than a session's message area waits in the communicator while the "
       "session reads it part by part. Beyond this total, a task whose result does not fit in "
-      "the area fails with 54000 instead. 0: every response must fit in the area.",
+      "the area fails with 54000 instead. 0: every response must fit in the area. Results "
+      "still gathering (an execution's other tasks still running) have a budget of the same "
+      "size, at least 1MB, of their own: a task whose result would go beyond fails with 54000.",
       &pool_response_memory_kb, 256 * 1024, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_KB, nullptr, nullptr,
       nullptr);
-  DefineCustomIntVariable(
-      "connthrottle.pool_max_prepared_statements",
-      "Prepared statements each connection of the shared pool keeps.",
-      "A task text the pool has run before is prepared on the connection that runs it, and "
-      "later runs there skip parse and plan; the least recently used is deallocated to make "
-      "room. 0: every task runs as plain text.",
-      &pool_max_prepared_statements, 64, 0, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   MarkGUCPrefixReserved("connthrottle");
 
   prev_shmem_request_hook = shmem_request_hook;

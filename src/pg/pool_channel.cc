@@ -46,6 +46,9 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
   SharedPool::Submission request;
   request.database_id = context_.DatabaseId();
   request.max_rows_kept = max_rows_kept_;
+  // The session's connection_wait_timeout decides its tasks' 53300, not
+  // the communicator's.
+  request.slot_wait_timeout = claim_timeout_;
   for (const Task& task : tasks) {
     request.params.push_back(context_.ParamsFor(task.node));
     request.local.push_back(context_.IsLocal(task.node));

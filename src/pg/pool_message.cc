@@ -1,5 +1,6 @@
 #include "pg/pool_message.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -148,6 +149,10 @@ absl::StatusOr<size_t> EncodeRequest(const SharedPool::Submission& request, char
   w.Put(kRequestMagic);
   w.Put<uint32_t>(request.database_id);
   w.Put<int64_t>(request.max_rows_kept);
+  // Milliseconds; -1: none given.
+  w.Put<int64_t>(request.slot_wait_timeout
+                     ? std::max<int64_t>(0, absl::ToInt64Milliseconds(*request.slot_wait_timeout))
+                     : -1);
   w.Put<uint32_t>(static_cast<uint32_t>(request.tasks.size()));
   for (size_t i = 0; i < request.tasks.size() && w.ok(); ++i) {
     const Task& t = request.tasks[i];
@@ -179,6 +184,9 @@ absl::StatusOr<SharedPool::Submission> DecodeRequest(const char* in, size_t size
   SharedPool::Submission s;
   s.database_id = r.Get<uint32_t>();
   s.max_rows_kept = r.Get<int64_t>();
+  if (const int64_t wait_ms = r.Get<int64_t>(); wait_ms >= 0) {
+    s.slot_wait_timeout = absl::Milliseconds(wait_ms);
+  }
   const uint32_t n = r.Count(16);
   for (uint32_t i = 0; i < n && r.ok(); ++i) {
     Task t;

@@ -15,6 +15,7 @@ SharedPool::Submission TwoTasks() {
   SharedPool::Submission s;
   s.database_id = 16384;
   s.max_rows_kept = 1;
+  s.slot_wait_timeout = absl::Milliseconds(1500);
   s.tasks = {{{"10.0.0.1", 5432}, "SELECT 1", true},
              {{"worker-b.example", 6432}, std::string("SELECT '\0x'", 11), false}};
   ConnParams a;
@@ -35,6 +36,7 @@ TEST(PoolMessageTest, ARequestComesBackAsItWasWritten) {
   const SharedPool::Submission want = TwoTasks();
   EXPECT_EQ(back->database_id, want.database_id);
   EXPECT_EQ(back->max_rows_kept, 1);
+  EXPECT_EQ(back->slot_wait_timeout, absl::Milliseconds(1500));
   ASSERT_EQ(back->tasks.size(), 2u);
   for (size_t t = 0; t < 2; ++t) {
     EXPECT_EQ(back->tasks[t].node, want.tasks[t].node);

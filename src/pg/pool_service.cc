@@ -118,7 +118,8 @@ SharedPoolOptions OptionsFrom(const PoolServiceSettings& s) {
                             ? absl::Hours(24 * 365)
                             : absl::Milliseconds(s.settings.connection_wait_timeout_ms);
   o.when_table_full = FullTablePolicyOf(s.settings);
-  o.max_prepared_statements = std::max(s.max_prepared_statements, 0);
+  o.result_memory = std::max(s.response_memory_bytes, size_t{1} << 20);
+  o.result_memory_setting = "connthrottle.pool_response_memory";
   return o;
 }
 
@@ -409,8 +410,12 @@ PoolServiceStats PoolStats() noexcept {
                s.tasks_retried,
                s.tasks_cancelled,
                s.tasks_handed_back,
-               s.statements_prepared,
-               s.tasks_run_prepared,
+               s.resets,
+               s.closed_reset_failed,
+               s.closed_for_pools,
+               s.notifications_dropped,
+               s.tasks_over_memory,
+               s.out_of_memory,
                0,
                0};
         for (const auto& [node, n] : svc.pool->Connections()) out.connections_now += n;

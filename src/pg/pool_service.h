@@ -29,15 +29,17 @@ struct PoolServiceSettings {
   int pool_idle_timeout_ms = 60000;
   // connthrottle.pool_response_memory: the most bytes of responses held for
   // sessions to read in parts, all sessions together.
+  // Results gathering in the pool are held within the same figure, a budget
+  // of their own.
   size_t response_memory_bytes = size_t{256} << 20;
-  int max_prepared_statements = 64;  // connthrottle.pool_max_prepared_statements
 };
 
 // The pool's cumulative figures (SharedPoolStats, as plain integers).
 struct PoolServiceStats {
   int64_t connections_started, connections_opened, connections_failed, closed_idle, closed_dead,
       closed_in_transaction, closed_for_waiters, closed_over_limit, optional_refused, tasks_run,
-      tasks_retried, tasks_cancelled, tasks_handed_back, statements_prepared, tasks_run_prepared;
+      tasks_retried, tasks_cancelled, tasks_handed_back, resets, closed_reset_failed,
+      closed_for_pools, notifications_dropped, tasks_over_memory, out_of_memory;
   int64_t connections_now, tasks_queued_now;
 };
 
