@@ -221,73 +221,93 @@ void StopCluster() {
   if (Cluster* c = g_cluster.exchange(nullptr)) c->Stop();
 }
 
+// The cluster given by --coordinator and --worker_nodes.
+void UseGivenServers(Cluster& c) {
+  std::optional<Endpoint> coord = ParseEndpoint(absl::GetFlag(FLAGS_coordinator));
+  if (!coord) Die("--coordinator must be host:port");
+  c.coordinator = *coord;
+  for (absl::string_view w :
+       absl::StrSplit(absl::GetFlag(FLAGS_worker_nodes), ',', absl::SkipEmpty())) {
+    std::optional<Endpoint> e = ParseEndpoint(std::string(w));
+    if (!e) Die("--worker_nodes must be host:port,host:port");
+    c.workers.push_back(*e);
+  }
+  if (c.workers.empty()) Die("--coordinator needs --worker_nodes");
+}
+
+// Starts --workers local workers and, when asked, a coordinator with the
+// extension preloaded, in a new directory that Stop() removes.
+void StartLocalServers(Cluster& c, bool need_coordinator) {
+  absl::StatusOr<std::string> root = cluster::MakeServerRoot("connthrottle-stress-");
+  if (!root.ok()) Die(std::string(root.status().message()));
+  c.root = *root;
+  std::fprintf(stderr, "starting a local cluster in %s ...\n", c.root.c_str());
+  for (int w = 0; w < absl::GetFlag(FLAGS_workers); ++w) {
+    cluster::ServerConfig config;
+    config.name = absl::StrCat("worker", w + 1);
+    config.max_connections = absl::GetFlag(FLAGS_worker_max_connections);
+    // Every backend a worker starts is logged ("connection received"):
+    // the report's worker backends per query come from there.
+    config.settings = {{"log_connections", "on"}};
+    auto server = LocalServer::Start(c.root, config);
+    if (!server.ok()) Die(std::string(server.status().message()));
+    c.workers.push_back({(*server)->host(), (*server)->port(), config.name});
+    c.worker_servers.push_back(*std::move(server));
+  }
+  if (need_coordinator) {
+    cluster::ServerConfig config;
+    config.name = "coordinator";
+    config.max_connections = absl::GetFlag(FLAGS_clients) + 20;
+    config.preload_connthrottle = true;
+    config.settings = {{"connthrottle.connection_wait_timeout", "'15s'"},
+                       {"connthrottle.local_node", "'none'"}};
+    auto server = LocalServer::Start(c.root, config);
+    if (!server.ok()) Die(std::string(server.status().message()));
+    c.coordinator = {(*server)->host(), (*server)->port(), "coordinator"};
+    c.coordinator_server = *std::move(server);
+  }
+}
+
+std::unique_ptr<PgClient> MustConnect(const Cluster& c, const Endpoint& e) {
+  auto client = c.Connect(e, "connthrottle-setup");
+  if (!client.ok()) Die(std::string(client.status().message()));
+  return *std::move(client);
+}
+
+// Readies worker `w`: the shard table with data and the COPY target.
+// Returns the worker's max_connections.
+int PrepareWorker(const Cluster& c, const Endpoint& w) {
+  std::unique_ptr<PgClient> client = MustConnect(c, w);
+  MustExec(*client,
+           "DROP TABLE IF EXISTS shard, items; "
+           "CREATE TABLE shard (id int PRIMARY KEY, payload text); "
+           "INSERT INTO shard SELECT g, md5(g::text) FROM generate_series(1, 20000) g; "
+           "CREATE TABLE items (id int, name text); ANALYZE shard");
+  return std::atoi(client->QueryValue("SHOW max_connections")->c_str());
+}
+
+// Readies the coordinator: the extension and its catalog of the workers.
+void PrepareCoordinator(const Cluster& c) {
+  std::unique_ptr<PgClient> client = MustConnect(c, c.coordinator);
+  MustExec(*client, "CREATE EXTENSION IF NOT EXISTS connthrottle");
+  MustExec(*client, "DELETE FROM connthrottle.worker_node");
+  for (const Endpoint& w : c.workers) {
+    absl::StatusOr<cluster::QueryResult> r =
+        client->Query("SELECT connthrottle.add_node($1, $2)", {w.host, std::to_string(w.port)});
+    if (!r.ok()) Die(std::string(r.status().message()));
+  }
+}
+
 std::unique_ptr<Cluster> StartCluster(bool need_coordinator) {
   auto c = std::make_unique<Cluster>();
   g_cluster = c.get();
   if (!absl::GetFlag(FLAGS_coordinator).empty()) {
-    std::optional<Endpoint> coord = ParseEndpoint(absl::GetFlag(FLAGS_coordinator));
-    if (!coord) Die("--coordinator must be host:port");
-    c->coordinator = *coord;
-    for (absl::string_view w :
-         absl::StrSplit(absl::GetFlag(FLAGS_worker_nodes), ',', absl::SkipEmpty())) {
-      std::optional<Endpoint> e = ParseEndpoint(std::string(w));
-      if (!e) Die("--worker_nodes must be host:port,host:port");
-      c->workers.push_back(*e);
-    }
-    if (c->workers.empty()) Die("--coordinator needs --worker_nodes");
+    UseGivenServers(*c);
   } else {
-    absl::StatusOr<std::string> root = cluster::MakeServerRoot("connthrottle-stress-");
-    if (!root.ok()) Die(std::string(root.status().message()));
-    c->root = *root;
-    std::fprintf(stderr, "starting a local cluster in %s ...\n", c->root.c_str());
-    for (int w = 0; w < absl::GetFlag(FLAGS_workers); ++w) {
-      cluster::ServerConfig config;
-      config.name = absl::StrCat("worker", w + 1);
-      config.max_connections = absl::GetFlag(FLAGS_worker_max_connections);
-      // Every backend a worker starts is logged ("connection received"):
-      // the report's worker backends per query come from there.
-      config.settings = {{"log_connections", "on"}};
-      auto server = LocalServer::Start(c->root, config);
-      if (!server.ok()) Die(std::string(server.status().message()));
-      c->workers.push_back({(*server)->host(), (*server)->port(), config.name});
-      c->worker_servers.push_back(*std::move(server));
-    }
-    if (need_coordinator) {
-      cluster::ServerConfig config;
-      config.name = "coordinator";
-      config.max_connections = absl::GetFlag(FLAGS_clients) + 20;
-      config.preload_connthrottle = true;
-      config.settings = {{"connthrottle.connection_wait_timeout", "'15s'"},
-                         {"connthrottle.local_node", "'none'"}};
-      auto server = LocalServer::Start(c->root, config);
-      if (!server.ok()) Die(std::string(server.status().message()));
-      c->coordinator = {(*server)->host(), (*server)->port(), "coordinator"};
-      c->coordinator_server = *std::move(server);
-    }
+    StartLocalServers(*c, need_coordinator);
   }
-  // Shard tables with data on every worker, and the COPY target.
-  for (const Endpoint& w : c->workers) {
-    auto client = c->Connect(w, "connthrottle-setup");
-    if (!client.ok()) Die(std::string(client.status().message()));
-    MustExec(**client,
-             "DROP TABLE IF EXISTS shard, items; "
-             "CREATE TABLE shard (id int PRIMARY KEY, payload text); "
-             "INSERT INTO shard SELECT g, md5(g::text) FROM generate_series(1, 20000) g; "
-             "CREATE TABLE items (id int, name text); ANALYZE shard");
-    c->worker_max_connections.push_back(
-        std::atoi((*client)->QueryValue("SHOW max_connections")->c_str()));
-  }
-  if (need_coordinator) {
-    auto client = c->Connect(c->coordinator, "connthrottle-setup");
-    if (!client.ok()) Die(std::string(client.status().message()));
-    MustExec(**client, "CREATE EXTENSION IF NOT EXISTS connthrottle");
-    MustExec(**client, "DELETE FROM connthrottle.worker_node");
-    for (const Endpoint& w : c->workers) {
-      absl::StatusOr<cluster::QueryResult> r = (*client)->Query(
-          "SELECT connthrottle.add_node($1, $2)", {w.host, std::to_string(w.port)});
-      if (!r.ok()) Die(std::string(r.status().message()));
-    }
-  }
+  for (const Endpoint& w : c->workers) c->worker_max_connections.push_back(PrepareWorker(*c, w));
+  if (need_coordinator) PrepareCoordinator(*c);
   return c;
 }
 
@@ -756,6 +776,96 @@ void SetLimit(const Cluster& cluster, int limit, const std::string& transport) {
 
 // ---- one run ----------------------------------------------------------------------
 
+// Each worker's figures as they stand before a run with `limit`: the
+// counters the run's figures are the difference from.
+std::vector<WorkerFigures> WorkerFiguresBefore(const Cluster& cluster, int limit) {
+  std::vector<WorkerFigures> workers;
+  for (size_t w = 0; w < cluster.workers.size(); ++w) {
+    WorkerFigures f;
+    f.name = cluster.workers[w].name;
+    f.limit = limit;
+    f.max_connections = cluster.worker_max_connections[w];
+    f.sessions_opened = -SessionsOpened(cluster, cluster.workers[w]);
+    f.backends_started = BackendsStarted(cluster, w);
+    workers.push_back(f);
+  }
+  return workers;
+}
+
+// Completes run.workers once the clients are done and run.samples taken:
+// the peaks, the sessions and the backends the run cost each worker.
+void WorkerFiguresAfter(const Cluster& cluster, RunData& run) {
+  const std::vector<int> peaks = PeakPerWorker(run.samples, run.workers.size());
+  for (size_t w = 0; w < run.workers.size(); ++w) run.workers[w].peak = peaks[w];
+  for (size_t w = 0; w < cluster.workers.size(); ++w) {
+    run.workers[w].sessions_opened += SessionsOpened(cluster, cluster.workers[w]);
+    // The workers log a backend's start as it happens; the clients are done
+    // and have closed their connections, so the log is complete now.
+    const int64_t before = run.workers[w].backends_started;
+    const int64_t after = BackendsStarted(cluster, w);
+    run.workers[w].backends_started = before < 0 || after < 0 ? -1 : after - before;
+  }
+}
+
+// Library mode, once the client processes are gone: how long until every
+// counter of the run's segment is zero (reclaiming the killed clients'
+// slots), or what was left after 5 x --settle.
+void AwaitLibraryCountersZero(SharedSegment& segment, Owner& observer, RunData& run) {
+  const absl::Time stopped = absl::Now();
+  for (;;) {
+    observer.ReclaimDeadOwners();
+    std::vector<KeyStats> left = segment.table().Snapshot();
+    absl::Duration after = absl::Now() - stopped;
+    if (left.empty()) {
+      run.counters_zero_after = after;
+      break;
+    }
+    if (after > absl::GetFlag(FLAGS_settle) * 5) {
+      for (const KeyStats& k : left) {
+        absl::StrAppend(&run.counters_left, k.host, ":", k.port, "=", k.connections, " ");
+      }
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));  // polling the table, bounded
+  }
+}
+
+// SQL mode, once the client sessions are closed: how long until the
+// coordinator's counters hold nothing but the shared pool's connections,
+// or what was left after 5 x --settle; then the forced connections.
+void AwaitSqlCountersZero(const Cluster& cluster, RunData& run) {
+  const absl::Time stopped = absl::Now();
+  auto c = cluster.Connect(cluster.coordinator, "connthrottle-monitor");
+  for (;;) {
+    absl::StatusOr<cluster::QueryResult> left =
+        // Every slot given back, but those of the shared pool's
+        // connections, which outlive the run (pool_idle_timeout).
+        c.ok() ? (*c)->Query(
+                     "SELECT host || ':' || port || '=' || connections || '+' || waiters "
+                     "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
+                     "FROM connthrottle.nodes) <> (SELECT connections FROM "
+                     "connthrottle.pool_stats())")
+               : absl::StatusOr<cluster::QueryResult>(c.status());
+    absl::Duration after = absl::Now() - stopped;
+    if (left.ok() && left->rows.empty()) {
+      run.counters_zero_after = after;
+      break;
+    }
+    if (after > absl::GetFlag(FLAGS_settle) * 5) {
+      if (left.ok()) {
+        for (const auto& row : left->rows) absl::StrAppend(&run.counters_left, *row[0], " ");
+      }
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));  // polling the coordinator, bounded
+  }
+  if (c.ok()) {
+    absl::StatusOr<std::string> forced =
+        (*c)->QueryValue("SELECT coalesce(max(forced), 0) FROM connthrottle.nodes");
+    for (WorkerFigures& w : run.workers) w.forced = forced.ok() ? std::atoi(forced->c_str()) : 0;
+  }
+}
+
 struct Progress {
   std::atomic<int64_t> completed{0};
   std::mutex mu;
@@ -791,15 +901,7 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
   RunData run;
   run.label = label;
   run.sample_interval = absl::GetFlag(FLAGS_sample_interval);
-  for (size_t w = 0; w < cluster.workers.size(); ++w) {
-    WorkerFigures f;
-    f.name = cluster.workers[w].name;
-    f.limit = limit;
-    f.max_connections = cluster.worker_max_connections[w];
-    f.sessions_opened = -SessionsOpened(cluster, cluster.workers[w]);
-    f.backends_started = BackendsStarted(cluster, w);
-    run.workers.push_back(f);
-  }
+  run.workers = WorkerFiguresBefore(cluster, limit);
   SetLimit(cluster, limit, transport);
   const std::pair<int64_t, int64_t> waits_before =
       library ? std::pair<int64_t, int64_t>{0, 0} : WaitFigures(cluster);
@@ -945,29 +1047,12 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
   run.duration = absl::Now() - start;
 
   // Stop the clients, then time how long until every shared counter is zero.
-  absl::Time stopped;
   if (library) {
     results->stop.store(1);
     for (pid_t pid : pids) {
       if (pid > 0) waitpid(pid, nullptr, 0);
     }
-    stopped = absl::Now();
-    for (;;) {
-      observer->ReclaimDeadOwners();
-      std::vector<KeyStats> left = segment->table().Snapshot();
-      absl::Duration after = absl::Now() - stopped;
-      if (left.empty()) {
-        run.counters_zero_after = after;
-        break;
-      }
-      if (after > absl::GetFlag(FLAGS_settle) * 5) {
-        for (const KeyStats& k : left) {
-          absl::StrAppend(&run.counters_left, k.host, ":", k.port, "=", k.connections, " ");
-        }
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(5));  // polling the table, bounded
-    }
+    AwaitLibraryCountersZero(*segment, *observer, run);
     for (int c = 0; c < nclients; ++c) {
       ClientSlot& slot = results->clients[c];
       figures[c].completed = slot.completed.load();
@@ -997,54 +1082,16 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
     (void)SharedSegment::Remove(segment_name);
   } else {
     for (std::thread& t : threads) t.join();
-    stopped = absl::Now();
-    auto c = cluster.Connect(cluster.coordinator, "connthrottle-monitor");
-    for (;;) {
-      absl::StatusOr<cluster::QueryResult> left =
-          // Every slot given back, but those of the shared pool's
-          // connections, which outlive the run (pool_idle_timeout).
-          c.ok() ? (*c)->Query(
-                       "SELECT host || ':' || port || '=' || connections || '+' || waiters "
-                       "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
-                       "FROM connthrottle.nodes) <> (SELECT connections FROM "
-                       "connthrottle.pool_stats())")
-                 : absl::StatusOr<cluster::QueryResult>(c.status());
-      absl::Duration after = absl::Now() - stopped;
-      if (left.ok() && left->rows.empty()) {
-        run.counters_zero_after = after;
-        break;
-      }
-      if (after > absl::GetFlag(FLAGS_settle) * 5) {
-        if (left.ok()) {
-          for (const auto& row : left->rows) absl::StrAppend(&run.counters_left, *row[0], " ");
-        }
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(5));  // polling the coordinator, bounded
-    }
+    AwaitSqlCountersZero(cluster, run);
     const std::pair<int64_t, int64_t> waits_after = WaitFigures(cluster);
     if (waits_before.first >= 0 && waits_after.first >= 0) {
       run.waits = waits_after.first - waits_before.first;
       run.wakeups = waits_after.second - waits_before.second;
     }
-    if (c.ok()) {
-      absl::StatusOr<std::string> forced =
-          (*c)->QueryValue("SELECT coalesce(max(forced), 0) FROM connthrottle.nodes");
-      for (WorkerFigures& w : run.workers) w.forced = forced.ok() ? std::atoi(forced->c_str()) : 0;
-    }
   }
   sampler.Stop();
   run.samples = sampler.samples();
-  const std::vector<int> peaks = PeakPerWorker(run.samples, run.workers.size());
-  for (size_t w = 0; w < run.workers.size(); ++w) run.workers[w].peak = peaks[w];
-  for (size_t w = 0; w < cluster.workers.size(); ++w) {
-    run.workers[w].sessions_opened += SessionsOpened(cluster, cluster.workers[w]);
-    // The workers log a backend's start as it happens; the clients are done
-    // and have closed their connections, so the log is complete now.
-    const int64_t before = run.workers[w].backends_started;
-    const int64_t after = BackendsStarted(cluster, w);
-    run.workers[w].backends_started = before < 0 || after < 0 ? -1 : after - before;
-  }
+  WorkerFiguresAfter(cluster, run);
   run.clients = std::move(figures);
   for (const LatencyRecorder& l : latencies) run.latency.Merge(l);
   for (const auto& kinds : latencies_by_kind) {
