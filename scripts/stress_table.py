@@ -21,6 +21,14 @@ def spread(values, fmt):
     return f"{fmt(med)} ({fmt(min(values))}–{fmt(max(values))})"
 
 
+def role_spread(run):
+    """The least-served role's completions per client over the best-served one's."""
+    per_client = [g["completed"] / g["clients"] for g in run.get("roles", []) if g["clients"]]
+    if len(per_client) < 2 or max(per_client) == 0:
+        return None
+    return min(per_client) / max(per_client)
+
+
 def figures(reports, label):
     runs = []
     for report in reports:
@@ -57,6 +65,17 @@ def main(paths):
          lambda v: f"{v:,.0f}"),
         ("Jain's fairness index", lambda r: r["jain_index"], lambda v: f"{v:.3f}"),
     ]
+    # Reports of runs with several roles or databases (--roles, --databases)
+    # carry these; the tables of other runs stay as they were.
+    if any("jain_index_roles" in r for report in reports for r in report["runs"]):
+        rows += [
+            ("Jain's index across roles (per client)", lambda r: r.get("jain_index_roles"),
+             lambda v: f"{v:.3f}"),
+            ("completions per client of a role, least-served / best-served role",
+             role_spread, lambda v: f"{v:.2f}"),
+            ("operations failed with SQLSTATE 53300", lambda r: r.get("sqlstate_53300_errors"),
+             lambda v: f"{v:.0f}"),
+        ]
     print(f"{len(reports)} runs; median (min–max)")
     print()
     print("| | " + " | ".join(labels) + " |")

@@ -79,6 +79,19 @@ std::vector<int> PeakPerWorker(const std::vector<Sample>& samples, size_t worker
   return peak;
 }
 
+std::vector<std::vector<int>> PeakPerWorkerAndDatabase(const std::vector<Sample>& samples,
+                                                       size_t workers, size_t databases) {
+  std::vector<std::vector<int>> peak(workers, std::vector<int>(databases, 0));
+  for (const Sample& s : samples) {
+    for (size_t w = 0; w < workers && w < s.per_database.size(); ++w) {
+      for (size_t d = 0; d < databases && d < s.per_database[w].size(); ++d) {
+        peak[w][d] = std::max(peak[w][d], s.per_database[w][d]);
+      }
+    }
+  }
+  return peak;
+}
+
 absl::Duration LongestSampleGap(const std::vector<Sample>& samples, absl::Duration duration) {
   absl::Duration longest = absl::ZeroDuration();
   absl::Duration previous = absl::ZeroDuration();
@@ -92,6 +105,87 @@ absl::Duration LongestSampleGap(const std::vector<Sample>& samples, absl::Durati
 absl::Duration MeanSampleInterval(const RunData& run) {
   return run.samples.empty() ? run.duration
                              : run.duration / static_cast<int64_t>(run.samples.size());
+}
+
+bool SeveralRolesOrDatabases(const RunData& run) {
+  return run.roles.size() > 1 || run.databases.size() > 1;
+}
+
+ClientGroup AssignClient(int client, int roles, int databases) {
+  roles = std::max(roles, 1);
+  databases = std::max(databases, 1);
+  return {client % roles, (client / roles) % databases};
+}
+
+namespace {
+
+// Sums run.clients into `names.size()` groups by `group_of` (a client whose
+// index is out of range is left out).
+template <typename GroupOf>
+std::vector<GroupFigures> SumGroups(const RunData& run, const std::vector<std::string>& names,
+                                    GroupOf group_of) {
+  std::vector<GroupFigures> groups;
+  for (const std::string& name : names) groups.push_back({name, 0, 0, 0});
+  for (const ClientFigures& c : run.clients) {
+    const int g = group_of(c);
+    if (g < 0 || static_cast<size_t>(g) >= groups.size()) continue;
+    ++groups[g].clients;
+    groups[g].completed += c.completed;
+    groups[g].failed += c.failed;
+  }
+  return groups;
+}
+
+}  // namespace
+
+std::vector<GroupFigures> PerRole(const RunData& run) {
+  return SumGroups(run, run.roles, [](const ClientFigures& c) { return c.role; });
+}
+
+std::vector<GroupFigures> PerDatabase(const RunData& run) {
+  return SumGroups(run, run.databases, [](const ClientFigures& c) { return c.database; });
+}
+
+double GroupJainIndex(const std::vector<GroupFigures>& groups) {
+  std::vector<double> per_client;
+  for (const GroupFigures& g : groups) {
+    if (g.clients > 0) per_client.push_back(static_cast<double>(g.completed) / g.clients);
+  }
+  return JainIndex(per_client);
+}
+
+std::vector<Starvation> StarvedGroups(const std::vector<std::vector<absl::Duration>>& completions,
+                                      absl::Duration duration, absl::Duration window) {
+  std::vector<Starvation> starved;
+  if (completions.size() < 2 || window <= absl::ZeroDuration() || duration < window) {
+    return starved;
+  }
+  std::vector<std::vector<absl::Duration>> sorted = completions;
+  for (std::vector<absl::Duration>& times : sorted) std::sort(times.begin(), times.end());
+  // Completions of group g in [from, to).
+  auto count = [&](size_t g, absl::Duration from, absl::Duration to) -> int64_t {
+    return std::lower_bound(sorted[g].begin(), sorted[g].end(), to) -
+           std::lower_bound(sorted[g].begin(), sorted[g].end(), from);
+  };
+  auto others = [&](size_t g, absl::Duration from, absl::Duration to) {
+    int64_t n = 0;
+    for (size_t h = 0; h < sorted.size(); ++h) n += h == g ? 0 : count(h, from, to);
+    return n;
+  };
+  const absl::Duration step = window / 10;
+  for (size_t g = 0; g < sorted.size(); ++g) {
+    const std::vector<absl::Duration>& times = sorted[g];
+    for (absl::Duration start = absl::ZeroDuration(); start + window <= duration; start += step) {
+      if (count(g, start, start + window) > 0 || others(g, start, start + window) == 0) continue;
+      // The group's whole silent stretch around this window.
+      auto next = std::lower_bound(times.begin(), times.end(), start + window);
+      const absl::Duration from = next == times.begin() ? absl::ZeroDuration() : *(next - 1);
+      const absl::Duration to = next == times.end() ? duration : std::min(*next, duration);
+      starved.push_back({static_cast<int>(g), from, to, others(g, from, to)});
+      break;
+    }
+  }
+  return starved;
 }
 
 void NoteError(RunData& run, const std::string& message) {
@@ -136,10 +230,18 @@ Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_wi
                       Dur(kMaxSampleGap), " allowed): a peak could have been missed"));
   }
   for (const WorkerFigures& w : run.workers) {
-    if (w.limit >= 0 && w.peak > w.limit + w.forced) {
+    const std::string forced = w.forced > 0 ? absl::StrCat(" + ", w.forced, " forced") : "";
+    if (w.limit >= 0 && w.peak_per_database.empty() && w.peak > w.limit + w.forced) {
       fail(absl::StrCat("worker ", w.name, ": peak of ", w.peak,
-                        " coordinator connections exceeds the limit of ", w.limit,
-                        w.forced > 0 ? absl::StrCat(" + ", w.forced, " forced") : ""));
+                        " coordinator connections exceeds the limit of ", w.limit, forced));
+    }
+    // The extension counts per (node, database): each database has the limit.
+    for (size_t d = 0; w.limit >= 0 && d < w.peak_per_database.size(); ++d) {
+      if (w.peak_per_database[d] <= w.limit + w.forced) continue;
+      fail(absl::StrCat("worker ", w.name, ", database ",
+                        d < run.databases.size() ? run.databases[d] : absl::StrCat(d + 1),
+                        ": peak of ", w.peak_per_database[d],
+                        " coordinator connections exceeds the limit of ", w.limit, forced));
     }
   }
   if (run.too_many_clients_errors > 0) {
@@ -166,6 +268,19 @@ Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_wi
         "client ", c, " completed nothing from ", Dur(gap.from), " to ", Dur(gap.to),
         " (a stall: ", Dur(stall_window), " allowed); ", failed, " operations failed meanwhile",
         first.empty() ? "" : absl::StrCat(", the first with: ", first.substr(0, 300))));
+  }
+  if (judge_timing && run.roles.size() >= 2) {
+    std::vector<std::vector<absl::Duration>> per_role(run.roles.size());
+    for (const ClientFigures& c : run.clients) {
+      if (c.role < 0 || static_cast<size_t>(c.role) >= per_role.size()) continue;
+      per_role[c.role].insert(per_role[c.role].end(), c.completion_times.begin(),
+                              c.completion_times.end());
+    }
+    for (const Starvation& s : StarvedGroups(per_role, run.duration, stall_window)) {
+      fail(absl::StrCat("role ", run.roles[s.group], " completed nothing from ", Dur(s.from),
+                        " to ", Dur(s.to), " while the other roles completed ", s.others_completed,
+                        " (starved: ", Dur(stall_window), " allowed)"));
+    }
   }
   return v;
 }
@@ -252,6 +367,10 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
   }
   row("\"too many clients\" errors",
       [](const RunData& r) { return absl::StrCat(r.too_many_clients_errors); });
+  if (!runs.empty() && SeveralRolesOrDatabases(runs[0])) {
+    row("operations failed with SQLSTATE 53300",
+        [](const RunData& r) { return absl::StrCat(r.sqlstate_53300_errors); });
+  }
   row("other errors", [](const RunData& r) { return absl::StrCat(r.other_errors); });
   row("hung operations", [](const RunData& r) { return absl::StrCat(r.hung); });
   const size_t workers = runs.empty() ? 0 : runs[0].workers.size();
@@ -260,8 +379,20 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
       if (w >= r.workers.size()) return std::string("-");
       const WorkerFigures& f = r.workers[w];
       return absl::StrCat(f.peak, " (limit ", f.limit < 0 ? "off" : absl::StrCat(f.limit),
+                          f.limit >= 0 && !f.peak_per_database.empty() ? " per database" : "",
                           ", max_connections ", f.max_connections, ")");
     });
+    for (size_t d = 0; d < runs[0].workers[w].peak_per_database.size(); ++d) {
+      const std::string database =
+          d < runs[0].databases.size() ? runs[0].databases[d] : absl::StrCat(d + 1);
+      row(absl::StrCat("peak connections, ", runs[0].workers[w].name, ", ", database),
+          [w, d](const RunData& r) {
+            if (w >= r.workers.size() || d >= r.workers[w].peak_per_database.size()) {
+              return std::string("-");
+            }
+            return absl::StrCat(r.workers[w].peak_per_database[d]);
+          });
+    }
   }
   row("worker backends started per query", [](const RunData& r) {
     const double b = Summarize(r).backends_per_query;
@@ -282,6 +413,24 @@ std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict)
   });
   row("Jain's fairness index",
       [](const RunData& r) { return absl::StrFormat("%.3f", Summarize(r).jain); });
+  if (!runs.empty() && SeveralRolesOrDatabases(runs[0])) {
+    // Every run of one invocation has the same roles and databases.
+    auto groups = [&row](const std::string& kind, const std::vector<GroupFigures>& names,
+                         std::vector<GroupFigures> (*per)(const RunData&)) {
+      for (size_t g = 0; g < names.size(); ++g) {
+        row(absl::StrCat("completions, ", kind, " ", names[g].name), [g, per](const RunData& r) {
+          const std::vector<GroupFigures> figures = per(r);
+          if (g >= figures.size()) return std::string("-");
+          return absl::StrCat(figures[g].completed, " (", figures[g].clients, " clients, ",
+                              figures[g].failed, " failed)");
+        });
+      }
+    };
+    groups("role", PerRole(runs[0]), PerRole);
+    groups("database", PerDatabase(runs[0]), PerDatabase);
+    row("Jain's index across roles (per client)",
+        [](const RunData& r) { return absl::StrFormat("%.3f", GroupJainIndex(PerRole(r))); });
+  }
   row("monitor samples (mean / longest gap)", [](const RunData& r) {
     return absl::StrCat(r.samples.size(), " (", Dur(MeanSampleInterval(r)), " / ",
                         Dur(LongestSampleGap(r.samples, r.duration)), ")");
@@ -353,6 +502,16 @@ std::string JsonString(const std::string& s) {
   return out + "\"";
 }
 
+// "name":[{"name":...,"clients":...,"completed":...},...]
+std::string JsonGroups(const std::string& name, const std::vector<GroupFigures>& groups) {
+  std::vector<std::string> parts;
+  for (const GroupFigures& g : groups) {
+    parts.push_back(absl::StrCat("{\"name\":", JsonString(g.name), ",\"clients\":", g.clients,
+                                 ",\"completed\":", g.completed, ",\"failed\":", g.failed, "}"));
+  }
+  return absl::StrCat(JsonString(name), ":[", absl::StrJoin(parts, ","), "]");
+}
+
 std::string JsonErrors(const std::map<std::string, int64_t>& errors) {
   std::vector<std::string> parts;
   for (const auto& [message, count] : errors) {
@@ -369,12 +528,24 @@ std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict)
     Summary s = Summarize(r);
     std::vector<std::string> workers;
     for (const WorkerFigures& w : r.workers) {
-      workers.push_back(absl::StrCat("{\"name\":", JsonString(w.name), ",\"limit\":", w.limit,
-                                     ",\"max_connections\":", w.max_connections,
-                                     ",\"peak\":", w.peak, ",\"forced\":", w.forced,
-                                     ",\"sessions_opened\":", w.sessions_opened,
-                                     ",\"backends_started\":", w.backends_started, "}"));
+      workers.push_back(absl::StrCat(
+          "{\"name\":", JsonString(w.name), ",\"limit\":", w.limit, ",\"max_connections\":",
+          w.max_connections, ",\"peak\":", w.peak, ",\"forced\":", w.forced,
+          ",\"sessions_opened\":", w.sessions_opened, ",\"backends_started\":", w.backends_started,
+          w.peak_per_database.empty() ? ""
+                                      : absl::StrCat(",\"peak_per_database\":[",
+                                                     absl::StrJoin(w.peak_per_database, ","), "]"),
+          "}"));
     }
+    // Only when there is more than one role or database, so that a report
+    // of the default run is what it was before.
+    const std::string groups =
+        SeveralRolesOrDatabases(r)
+            ? absl::StrCat(",", JsonGroups("roles", PerRole(r)), ",",
+                           JsonGroups("databases", PerDatabase(r)),
+                           ",\"jain_index_roles\":", GroupJainIndex(PerRole(r)),
+                           ",\"sqlstate_53300_errors\":", r.sqlstate_53300_errors)
+            : "";
     std::vector<std::string> clients;
     for (const ClientFigures& c : r.clients) clients.push_back(absl::StrCat(c.completed));
     std::vector<std::string> kinds;
@@ -389,9 +560,9 @@ std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict)
         absl::StrJoin(kinds, ","), "},\"too_many_clients_errors\":", r.too_many_clients_errors,
         ",\"other_errors\":", r.other_errors, ",\"hung\":", r.hung, ",\"workers\":[",
         absl::StrJoin(workers, ","), "],\"completed_per_client\":[", absl::StrJoin(clients, ","),
-        "],\"errors\":{", JsonErrors(r.errors), "},\"jain_index\":", s.jain, ",\"waits\":", r.waits,
-        ",\"wakeups\":", r.wakeups, ",\"worker_sessions_per_query\":", s.sessions_per_query,
-        ",\"worker_backends_per_query\":",
+        "],\"errors\":{", JsonErrors(r.errors), "},\"jain_index\":", s.jain, groups,
+        ",\"waits\":", r.waits, ",\"wakeups\":", r.wakeups,
+        ",\"worker_sessions_per_query\":", s.sessions_per_query, ",\"worker_backends_per_query\":",
         s.backends_per_query < 0 ? std::string("null") : absl::StrCat(s.backends_per_query),
         ",\"faults\":{\"clients_killed\":", r.faults.clients_killed,
         ",\"coordinator_backends_terminated\":", r.faults.coordinator_backends_terminated,

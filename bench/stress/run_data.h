@@ -55,11 +55,19 @@ Gap LongestGap(std::vector<absl::Duration> times, absl::Duration duration);
 struct Sample {
   absl::Duration at;
   std::vector<int> coordinator_connections;  // per worker, from pg_stat_activity
+  // The same per worker and database (RunData::databases' order) when the
+  // run used more than one database; empty otherwise.
+  std::vector<std::vector<int>> per_database = {};
 };
 
 // The highest count per worker over `samples` (`workers` entries; a sample
 // with fewer columns contributes to the ones it has).
 std::vector<int> PeakPerWorker(const std::vector<Sample>& samples, size_t workers);
+
+// The highest count per worker and database over `samples`' per_database
+// (`workers` entries of `databases` each; missing columns count as 0).
+std::vector<std::vector<int>> PeakPerWorkerAndDatabase(const std::vector<Sample>& samples,
+                                                       size_t workers, size_t databases);
 
 // The longest time with no sample: between the run's start, consecutive
 // samples and the run's end (`duration`).
@@ -67,7 +75,9 @@ absl::Duration LongestSampleGap(const std::vector<Sample>& samples, absl::Durati
 
 struct WorkerFigures {
   std::string name;
-  int limit = 0;                // max_shared_pool_size in force (-1: off)
+  // max_shared_pool_size in force (-1: off). It counts per (node, database):
+  // with several databases each may have this many connections.
+  int limit = 0;
   int max_connections = 0;      // the worker's own max_connections
   int peak = 0;                 // peak connections from the coordinator, sampled
   int forced = 0;               // forced connections reported by the coordinator
@@ -78,9 +88,15 @@ struct WorkerFigures {
   // ("connection received" in the worker's log; -1 where the driver cannot
   // read the log, i.e. a cluster it did not start).
   int64_t backends_started = -1;
+  // The peak per database (RunData::databases' order) when the run used more
+  // than one; empty otherwise. The limit is judged against these then.
+  std::vector<int> peak_per_database = {};
 };
 
 struct ClientFigures {
+  // Indexes into RunData::roles and RunData::databases (AssignClient).
+  int role = 0;
+  int database = 0;
   int64_t completed = 0;
   int64_t failed = 0;
   std::vector<absl::Duration> completion_times;
@@ -104,10 +120,22 @@ struct RunData {
   absl::Duration sample_interval;
   std::vector<WorkerFigures> workers;
   std::vector<ClientFigures> clients;
+  // The roles and databases the clients ran as (sql mode; empty in library
+  // mode). With more than one of either the report shows completions per
+  // role and per database and Jain's index across roles, and Judge checks
+  // that no role starved.
+  std::vector<std::string> roles;
+  std::vector<std::string> databases;
   std::vector<Sample> samples;
   LatencyRecorder latency;
   std::map<std::string, LatencyRecorder> latency_by_kind;  // "fanout", "router", "copy"
   int64_t too_many_clients_errors = 0;  // SQLSTATE 53300 or "too many clients" anywhere
+  // Operations that failed with SQLSTATE 53300 (too_many_connections) as
+  // their error's (a failed task's) SQLSTATE: a worker's "too many clients",
+  // or the coordinator's own "no connection slot ... became free" after
+  // connection_wait_timeout, which too_many_clients_errors does not count.
+  // Sql mode; distribute's per-node errors carry no SQLSTATE.
+  int64_t sqlstate_53300_errors = 0;
   int64_t other_errors = 0;
   int64_t hung = 0;     // operations past their deadline
   int64_t queries = 0;  // executed queries (executions) in total
@@ -131,6 +159,53 @@ inline constexpr absl::Duration kMaxSampleInterval = absl::Milliseconds(20);
 // A scheduler hiccup on a loaded machine is tolerated; a stuck monitor is not.
 inline constexpr absl::Duration kMaxSampleGap = absl::Milliseconds(200);
 
+// Whether the clients ran as more than one role or in more than one database.
+bool SeveralRolesOrDatabases(const RunData& run);
+
+// The role and database client `client` runs as, of `roles` and `databases`
+// (each at least 1): role client % roles, database (client / roles) %
+// databases. Every roles x databases consecutive clients cover each
+// combination once, and the roles' client counts differ by at most one.
+struct ClientGroup {
+  int role = 0;
+  int database = 0;
+};
+ClientGroup AssignClient(int client, int roles, int databases);
+
+// The clients and completions of one role or one database.
+struct GroupFigures {
+  std::string name;
+  int clients = 0;
+  int64_t completed = 0;
+  int64_t failed = 0;
+};
+// One entry per name of run.roles (PerRole) or run.databases (PerDatabase),
+// in that order, summing run.clients by their role or database.
+std::vector<GroupFigures> PerRole(const RunData& run);
+std::vector<GroupFigures> PerDatabase(const RunData& run);
+
+// Jain's index over the groups' completions per client, so that a role with
+// more clients is not favoured for completing more; groups without clients
+// are left out. 1 when every group's clients completed as much on average.
+double GroupJainIndex(const std::vector<GroupFigures>& groups);
+
+// A group of clients (a role) that completed nothing for a whole `window`
+// while the other groups completed something in that window: the group's
+// silent stretch around the first such window (from its previous completion,
+// or the run's start, to its next one, or the run's end) and how many the
+// other groups completed in that stretch.
+struct Starvation {
+  int group = 0;
+  absl::Duration from, to;
+  int64_t others_completed = 0;
+};
+// `completions[g]` are group g's completion times since the start of a run
+// of `duration`. Windows slide as in StalledClients; a window in which no
+// group completed anything starves nobody (the whole run stalled: that is
+// the stall check's business). Fewer than two groups: nobody.
+std::vector<Starvation> StarvedGroups(const std::vector<std::vector<absl::Duration>>& completions,
+                                      absl::Duration duration, absl::Duration window);
+
 // The run's duration divided by its number of samples.
 absl::Duration MeanSampleInterval(const RunData& run);
 
@@ -151,9 +226,13 @@ struct Verdict {
 //   peak coordinator connections per worker <= limit + forced;
 //   no "too many clients" error; no operation hung past its deadline;
 //   every shared counter back to zero within `settle` after the clients stop;
-//   no client stalled for a whole `stall_window`.
-// With `judge_timing` false the monitor's cadence and the stall window are
-// not judged (they are still reported): on a shared, busy machine they
+//   no client stalled for a whole `stall_window`;
+//   with two roles or more, no role starved (StarvedGroups) for a whole
+//   `stall_window`.
+// With several databases the limit is judged per worker and database, as
+// the extension counts it.
+// With `judge_timing` false the monitor's cadence, stalls and starved roles
+// are not judged (they are still reported): on a shared, busy machine they
 // measure the machine rather than connthrottle. The smoke tests run so.
 Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_window,
               bool judge_timing = true);

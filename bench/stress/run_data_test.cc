@@ -1,6 +1,7 @@
 #include "stress/run_data.h"
 
 #include <algorithm>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -11,9 +12,11 @@
 namespace connthrottle::stress {
 namespace {
 
+using ::testing::ContainsRegex;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::SizeIs;
 
 TEST(LatencyRecorderTest, NearestRankPercentiles) {
@@ -117,12 +120,143 @@ TEST(StalledClientsTest, UnsortedCompletionTimesAreSorted) {
   EXPECT_THAT(StalledClients({times}, absl::Seconds(10), absl::Seconds(5)), IsEmpty());
 }
 
+TEST(AssignClientTest, RolesRoundRobinAndEveryCombinationCovered) {
+  // 4 roles x 2 databases over 16 clients: each combination twice.
+  std::map<std::pair<int, int>, int> seen;
+  std::vector<int> per_role(4, 0);
+  for (int c = 0; c < 16; ++c) {
+    const ClientGroup g = AssignClient(c, 4, 2);
+    EXPECT_EQ(g.role, c % 4) << c;
+    ++seen[{g.role, g.database}];
+    ++per_role[g.role];
+  }
+  EXPECT_THAT(seen, SizeIs(8));
+  for (const auto& [group, n] : seen) EXPECT_EQ(n, 2);
+  EXPECT_THAT(per_role, ElementsAre(4, 4, 4, 4));
+  // The first roles x databases clients already cover every combination.
+  seen.clear();
+  for (int c = 0; c < 6; ++c) ++seen[{AssignClient(c, 2, 3).role, AssignClient(c, 2, 3).database}];
+  EXPECT_THAT(seen, SizeIs(6));
+  // The defaults: everybody in role 0, database 0.
+  EXPECT_EQ(AssignClient(7, 1, 1).role, 0);
+  EXPECT_EQ(AssignClient(7, 1, 1).database, 0);
+}
+
+// Clients with the given roles and completions.
+RunData Clients(std::vector<std::string> roles, std::vector<std::pair<int, int64_t>> clients) {
+  RunData run;
+  run.roles = std::move(roles);
+  run.databases = {"postgres"};
+  for (const auto& [role, completed] : clients) {
+    ClientFigures f;
+    f.role = role;
+    f.completed = completed;
+    run.clients.push_back(f);
+  }
+  return run;
+}
+
+TEST(RoleFairnessTest, PerRoleSumsClientsAndCompletions) {
+  RunData run = Clients({"a", "b"}, {{0, 10}, {1, 5}, {0, 30}, {1, 7}, {1, 1}});
+  std::vector<GroupFigures> roles = PerRole(run);
+  ASSERT_THAT(roles, SizeIs(2));
+  EXPECT_EQ(roles[0].name, "a");
+  EXPECT_EQ(roles[0].clients, 2);
+  EXPECT_EQ(roles[0].completed, 40);
+  EXPECT_EQ(roles[1].name, "b");
+  EXPECT_EQ(roles[1].clients, 3);
+  EXPECT_EQ(roles[1].completed, 13);
+  std::vector<GroupFigures> databases = PerDatabase(run);
+  ASSERT_THAT(databases, SizeIs(1));
+  EXPECT_EQ(databases[0].clients, 5);
+  EXPECT_EQ(databases[0].completed, 53);
+}
+
+TEST(RoleFairnessTest, JainAcrossRolesIsPerClient) {
+  // Role a has twice the clients and twice the completions: equally served.
+  EXPECT_DOUBLE_EQ(GroupJainIndex({{"a", 8, 2000}, {"b", 4, 1000}}), 1.0);
+  // Equal totals over unequal client counts: a's clients got half as much.
+  // Per client 125 and 250: (375)^2 / (2 * (125^2 + 250^2)) = 0.9.
+  EXPECT_NEAR(GroupJainIndex({{"a", 8, 1000}, {"b", 4, 1000}}), 0.9, 1e-12);
+  // One role of four did everything.
+  EXPECT_DOUBLE_EQ(GroupJainIndex({{"a", 8, 800}, {"b", 8, 0}, {"c", 8, 0}, {"d", 8, 0}}), 0.25);
+  // A role without clients is left out, not counted as starved.
+  EXPECT_DOUBLE_EQ(GroupJainIndex({{"a", 8, 800}, {"b", 0, 0}, {"c", 8, 800}}), 1.0);
+  // Computed from the run's clients.
+  EXPECT_NEAR(GroupJainIndex(PerRole(Clients({"a", "b"}, {{0, 100}, {1, 300}, {0, 100}}))),
+              // per client 100 and 300
+              400.0 * 400.0 / (2 * (100.0 * 100.0 + 300.0 * 300.0)), 1e-12);
+}
+
 Sample At(int ms, std::vector<int> counts) { return {absl::Milliseconds(ms), std::move(counts)}; }
 
 TEST(SamplingTest, PeakPerWorker) {
   std::vector<Sample> samples = {At(10, {1, 2}), At(20, {4, 0}), At(30, {3, 7}), At(40, {2})};
   EXPECT_THAT(PeakPerWorker(samples, 2), ElementsAre(4, 7));
   EXPECT_THAT(PeakPerWorker({}, 3), ElementsAre(0, 0, 0));
+}
+
+TEST(StarvedGroupsTest, ARoleSilentWhileOthersCompleteIsStarved) {
+  const absl::Duration run = absl::Seconds(20);
+  const absl::Duration window = absl::Seconds(5);
+  // Role 1 completes until 4 s, then again from 11 s: silent 6.9 s.
+  std::vector<absl::Duration> silent =
+      Every(absl::Milliseconds(100), absl::ZeroDuration(), absl::Seconds(4));
+  std::vector<absl::Duration> back = Every(absl::Milliseconds(100), absl::Seconds(11), run);
+  silent.insert(silent.end(), back.begin(), back.end());
+  std::vector<std::vector<absl::Duration>> roles = {
+      Every(absl::Seconds(1), absl::ZeroDuration(), run), silent,
+      Every(absl::Seconds(1), absl::ZeroDuration(), run)};
+  std::vector<Starvation> starved = StarvedGroups(roles, run, window);
+  ASSERT_THAT(starved, SizeIs(1));
+  EXPECT_EQ(starved[0].group, 1);
+  EXPECT_EQ(starved[0].from, absl::Milliseconds(3900));
+  EXPECT_EQ(starved[0].to, absl::Seconds(11));
+  // Roles 0 and 2 each completed at 4, 5, ..., 10 s.
+  EXPECT_EQ(starved[0].others_completed, 14);
+}
+
+TEST(StarvedGroupsTest, ShortHolesEverybodyIdleAndOneRoleAreNotStarvation) {
+  const absl::Duration run = absl::Seconds(20);
+  const absl::Duration window = absl::Seconds(5);
+  // 4.5-second holes: not a whole window.
+  EXPECT_THAT(StarvedGroups({Every(absl::Milliseconds(4500), absl::Milliseconds(100), run),
+                             Every(absl::Seconds(1), absl::ZeroDuration(), run)},
+                            run, window),
+              IsEmpty());
+  // Both roles silent from 5 s to 12 s: the run stalled, nobody starved.
+  auto holed = [&] {
+    std::vector<absl::Duration> v = Every(absl::Seconds(1), absl::ZeroDuration(), absl::Seconds(5));
+    std::vector<absl::Duration> w = Every(absl::Seconds(1), absl::Seconds(12), run);
+    v.insert(v.end(), w.begin(), w.end());
+    return v;
+  };
+  EXPECT_THAT(StarvedGroups({holed(), holed()}, run, window), IsEmpty());
+  // One role: nobody to compare with.
+  EXPECT_THAT(StarvedGroups({{}}, run, window), IsEmpty());
+  // A run shorter than the window judges nobody.
+  EXPECT_THAT(StarvedGroups({{}, {absl::Seconds(1)}}, absl::Seconds(3), window), IsEmpty());
+}
+
+TEST(StarvedGroupsTest, ARoleThatNeverCompletesIsStarvedForTheWholeRun) {
+  const absl::Duration run = absl::Seconds(10);
+  std::vector<absl::Duration> busy = Every(absl::Seconds(1), absl::ZeroDuration(), run);
+  std::reverse(busy.begin(), busy.end());  // unsorted on purpose
+  std::vector<Starvation> starved = StarvedGroups({busy, {}}, run, absl::Seconds(5));
+  ASSERT_THAT(starved, SizeIs(1));
+  EXPECT_EQ(starved[0].group, 1);
+  EXPECT_EQ(starved[0].from, absl::ZeroDuration());
+  EXPECT_EQ(starved[0].to, run);
+  EXPECT_EQ(starved[0].others_completed, 10);
+}
+
+TEST(SamplingTest, PeakPerWorkerAndDatabase) {
+  std::vector<Sample> samples = {{absl::Milliseconds(10), {3, 2}, {{1, 2}, {2, 0}}},
+                                 {absl::Milliseconds(20), {5, 4}, {{4, 1}, {1, 3}}},
+                                 {absl::Milliseconds(30), {1}, {{0, 1}}}};
+  EXPECT_THAT(PeakPerWorkerAndDatabase(samples, 2, 2),
+              ElementsAre(ElementsAre(4, 2), ElementsAre(2, 3)));
+  EXPECT_THAT(PeakPerWorkerAndDatabase({}, 1, 3), ElementsAre(ElementsAre(0, 0, 0)));
 }
 
 TEST(SamplingTest, LongestGapCountsTheEdgesOfTheRun) {
@@ -226,6 +360,50 @@ TEST(JudgeTest, StallFails) {
       {absl::Seconds(2), "early"}, {absl::Seconds(5), "refused"}, {absl::Seconds(6), "again"}};
   EXPECT_THAT(Judge(run, kSettle, kStall).violations,
               ElementsAre(HasSubstr("2 operations failed meanwhile, the first with: refused")));
+}
+
+// CleanRun's three clients as roles r1, r1, r2 in two databases.
+RunData CleanRunOfRoles() {
+  RunData run = CleanRun();
+  run.roles = {"r1", "r2"};
+  run.databases = {"d1", "d2"};
+  run.clients[1].database = 1;
+  run.clients[2].role = 1;
+  return run;
+}
+
+TEST(JudgeTest, StarvedRoleFailsOnlyWhenTimingIsJudged) {
+  RunData run = CleanRunOfRoles();
+  EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
+  // Role r2's only client stops at 4 s; r1's two keep completing.
+  run.clients[2].completion_times =
+      Every(absl::Milliseconds(100), absl::ZeroDuration(), absl::Seconds(4));
+  Verdict v = Judge(run, kSettle, kStall);
+  EXPECT_THAT(v.violations,
+              ElementsAre(HasSubstr("client 2 completed nothing"),
+                          HasSubstr("role r2 completed nothing from 3.9s to 10s while the other "
+                                    "roles completed 122 (starved: 5s allowed)")));
+  EXPECT_TRUE(Judge(run, kSettle, kStall, /*judge_timing=*/false).passed);
+  // One role of two clients, one of them stalled: a stall, not a starved role.
+  run.roles = {"r1"};
+  run.clients[2].role = 0;
+  EXPECT_THAT(Judge(run, kSettle, kStall).violations,
+              ElementsAre(HasSubstr("client 2 completed nothing")));
+}
+
+TEST(JudgeTest, WithSeveralDatabasesTheLimitCountsPerDatabase) {
+  RunData run = CleanRunOfRoles();
+  // 6 connections to worker1 in all, 4 and 2 per database: within 4 each.
+  run.workers[0].peak = 6;
+  run.workers[0].peak_per_database = {4, 2};
+  run.workers[1].peak_per_database = {3, 3};
+  EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
+  run.workers[1].peak_per_database = {3, 5};
+  EXPECT_THAT(Judge(run, kSettle, kStall).violations,
+              ElementsAre("worker worker2, database d2: peak of 5 coordinator connections "
+                          "exceeds the limit of 4"));
+  run.workers[1].forced = 1;
+  EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
 }
 
 TEST(JudgeTest, SparseSamplingFails) {
@@ -343,6 +521,48 @@ TEST(ReportTest, JsonEscapesAndCarriesTheFigures) {
   EXPECT_THAT(json, HasSubstr(R"("counters_zero_after_s":0.003)"));
   run.counters_zero_after = std::nullopt;
   EXPECT_THAT(JsonReport({run}, verdict), HasSubstr(R"("counters_zero_after_s":null)"));
+}
+
+TEST(ReportTest, RolesAndDatabasesAreReportedOnlyWhenThereAreSeveral) {
+  RunData run = CleanRunOfRoles();
+  run.clients[0].completed = 100;
+  run.clients[1].completed = 60;
+  run.clients[2].completed = 20;
+  run.clients[2].failed = 3;
+  run.sqlstate_53300_errors = 3;
+  run.workers[0].peak_per_database = {4, 2};
+  const Verdict verdict = Judge(run, kSettle, kStall);
+  const std::string text = TextReport({run}, verdict);
+  EXPECT_THAT(text, HasSubstr("completions, role r1"));
+  EXPECT_THAT(text, HasSubstr("160 (2 clients, 0 failed)"));
+  EXPECT_THAT(text, HasSubstr("completions, role r2"));
+  EXPECT_THAT(text, HasSubstr("20 (1 clients, 3 failed)"));
+  EXPECT_THAT(text, HasSubstr("completions, database d1"));
+  EXPECT_THAT(text, HasSubstr("120 (2 clients, 3 failed)"));
+  EXPECT_THAT(text, HasSubstr("completions, database d2"));
+  EXPECT_THAT(text, HasSubstr("60 (1 clients, 0 failed)"));
+  EXPECT_THAT(text, ContainsRegex("operations failed with SQLSTATE 53300 +3 "));
+  // Per client 80 and 20: 100^2 / (2 * (6400 + 400)) = 0.735.
+  EXPECT_THAT(text, ContainsRegex("Jain's index across roles \\(per client\\) +0\\.735"));
+  EXPECT_THAT(text, HasSubstr("4 (limit 4 per database, max_connections 12)"));
+  EXPECT_THAT(text, HasSubstr("peak connections, worker1, d2"));
+  const std::string json = JsonReport({run}, verdict);
+  EXPECT_THAT(json, HasSubstr(R"("roles":[{"name":"r1","clients":2,"completed":160,"failed":0},)"
+                              R"({"name":"r2","clients":1,"completed":20,"failed":3}])"));
+  EXPECT_THAT(json,
+              HasSubstr(R"("databases":[{"name":"d1","clients":2,"completed":120,"failed":3},)"));
+  EXPECT_THAT(json, HasSubstr(R"("jain_index_roles":0.735294,"sqlstate_53300_errors":3)"));
+  EXPECT_THAT(json, HasSubstr(R"("peak_per_database":[4,2])"));
+
+  // One role in one database: the report is what it was before roles.
+  RunData plain = CleanRun();
+  plain.roles = {"postgres"};
+  plain.databases = {"postgres"};
+  EXPECT_EQ(TextReport({plain}, verdict), TextReport({CleanRun()}, verdict));
+  EXPECT_EQ(JsonReport({plain}, verdict), JsonReport({CleanRun()}, verdict));
+  EXPECT_THAT(TextReport({plain}, verdict), Not(HasSubstr("role")));
+  EXPECT_THAT(TextReport({plain}, verdict), Not(HasSubstr("53300")));
+  EXPECT_THAT(JsonReport({plain}, verdict), Not(HasSubstr("roles")));
 }
 
 TEST(ReportTest, SeriesCsvHasAHeaderAndOneLinePerSample) {

@@ -71,6 +71,16 @@ ABSL_FLAG(int, worker_max_connections, 30,
           "max_connections of the local workers: small, so that throttling matters");
 ABSL_FLAG(int, limit, 20, "connthrottle.max_shared_pool_size for the throttled run");
 ABSL_FLAG(int, clients, 32, "concurrent clients");
+ABSL_FLAG(int, roles, 1,
+          "sql mode: run the clients as this many roles, client i as role i % N. 1: the "
+          "superuser postgres; more: login roles connthrottle_stress_role1..N, made on the "
+          "coordinator and on every worker (if missing) with EXECUTE on run_tasks and "
+          "distribute, SELECT on the shard table and INSERT on the COPY target");
+ABSL_FLAG(int, databases, 1,
+          "sql mode: spread the clients over this many databases, client i in database "
+          "(i / roles) % N: postgres, then connthrottle_stress_db2..N, made on the coordinator "
+          "(with the extension and its catalog of the workers) and on every worker (with the "
+          "shard table and its data) if missing. The limit counts per (node, database)");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(30), "length of each run");
 ABSL_FLAG(std::string, mix, "fanout=2,router=2,copy=1",
           "workload mix as name=weight: fanout (run_tasks on every worker), router (one task "
@@ -97,7 +107,9 @@ ABSL_FLAG(absl::Duration, sample_interval, absl::Milliseconds(10),
 ABSL_FLAG(absl::Duration, statement_timeout, absl::Seconds(20),
           "deadline of one execution; an execution past it counts as hung");
 ABSL_FLAG(absl::Duration, stall_window, absl::Seconds(5),
-          "a client completing nothing for this long is a stall, which fails the run");
+          "a client completing nothing for this long is a stall, and with --roles above 1 a "
+          "role completing nothing for this long while the others complete is starved; "
+          "either fails the run");
 ABSL_FLAG(absl::Duration, settle, absl::Seconds(1),
           "how soon after the clients stop every shared counter must be zero");
 ABSL_FLAG(int, kill_clients, 0,
@@ -167,6 +179,13 @@ struct Cluster {
   Endpoint coordinator;
   std::vector<Endpoint> workers;
   std::vector<int> worker_max_connections;
+  // Who the clients are (--roles, --databases): roles and databases that
+  // exist on the coordinator and on every worker. By default the superuser
+  // postgres in the database postgres, as the driver's own connections.
+  std::vector<std::string> roles = {"postgres"};
+  std::vector<std::string> databases = {"postgres"};
+  // Whether the clients run as roles the driver made, which need grants.
+  bool MadeRoles() const { return roles.size() > 1; }
 
   ~Cluster() { Stop(); }
 
@@ -180,20 +199,26 @@ struct Cluster {
   }
   std::mutex stop_mu;
 
-  ConnParams Params(const Endpoint& e, const std::string& application) const {
+  ConnParams Params(const Endpoint& e, const std::string& application, const std::string& database,
+                    const std::string& user) const {
     ConnParams p;
     p.Set("host", e.host)
         .Set("port", std::to_string(e.port))
-        .Set("dbname", "postgres")
-        .Set("user", "postgres")
+        .Set("dbname", database)
+        .Set("user", user)
         .Set("connect_timeout", "10")
         .Set("application_name", application);
     return p;
   }
 
+  // A connection to `e` as `user` to `database` (by default the driver's
+  // own: the superuser postgres to postgres).
   absl::StatusOr<std::unique_ptr<PgClient>> Connect(const Endpoint& e,
-                                                    const std::string& application) const {
-    absl::StatusOr<std::unique_ptr<PgClient>> c = PgClient::Connect(Params(e, application));
+                                                    const std::string& application,
+                                                    const std::string& database = "postgres",
+                                                    const std::string& user = "postgres") const {
+    absl::StatusOr<std::unique_ptr<PgClient>> c =
+        PgClient::Connect(Params(e, application, database, user));
     if (c.ok()) {
       std::lock_guard<std::mutex> lock(own_mu);
       ++own_connections[{e.host, e.port}];
@@ -221,73 +246,172 @@ void StopCluster() {
   if (Cluster* c = g_cluster.exchange(nullptr)) c->Stop();
 }
 
-std::unique_ptr<Cluster> StartCluster(bool need_coordinator) {
-  auto c = std::make_unique<Cluster>();
-  g_cluster = c.get();
-  if (!absl::GetFlag(FLAGS_coordinator).empty()) {
-    std::optional<Endpoint> coord = ParseEndpoint(absl::GetFlag(FLAGS_coordinator));
-    if (!coord) Die("--coordinator must be host:port");
-    c->coordinator = *coord;
-    for (absl::string_view w :
-         absl::StrSplit(absl::GetFlag(FLAGS_worker_nodes), ',', absl::SkipEmpty())) {
-      std::optional<Endpoint> e = ParseEndpoint(std::string(w));
-      if (!e) Die("--worker_nodes must be host:port,host:port");
-      c->workers.push_back(*e);
-    }
-    if (c->workers.empty()) Die("--coordinator needs --worker_nodes");
-  } else {
-    absl::StatusOr<std::string> root = cluster::MakeServerRoot("connthrottle-stress-");
-    if (!root.ok()) Die(std::string(root.status().message()));
-    c->root = *root;
-    std::fprintf(stderr, "starting a local cluster in %s ...\n", c->root.c_str());
-    for (int w = 0; w < absl::GetFlag(FLAGS_workers); ++w) {
-      cluster::ServerConfig config;
-      config.name = absl::StrCat("worker", w + 1);
-      config.max_connections = absl::GetFlag(FLAGS_worker_max_connections);
-      // Every backend a worker starts is logged ("connection received"):
-      // the report's worker backends per query come from there.
-      config.settings = {{"log_connections", "on"}};
-      auto server = LocalServer::Start(c->root, config);
-      if (!server.ok()) Die(std::string(server.status().message()));
-      c->workers.push_back({(*server)->host(), (*server)->port(), config.name});
-      c->worker_servers.push_back(*std::move(server));
-    }
-    if (need_coordinator) {
-      cluster::ServerConfig config;
-      config.name = "coordinator";
-      config.max_connections = absl::GetFlag(FLAGS_clients) + 20;
-      config.preload_connthrottle = true;
-      config.settings = {{"connthrottle.connection_wait_timeout", "'15s'"},
-                         {"connthrottle.local_node", "'none'"}};
-      auto server = LocalServer::Start(c->root, config);
-      if (!server.ok()) Die(std::string(server.status().message()));
-      c->coordinator = {(*server)->host(), (*server)->port(), "coordinator"};
-      c->coordinator_server = *std::move(server);
-    }
+// The cluster given by --coordinator and --worker_nodes.
+void UseGivenServers(Cluster& c) {
+  std::optional<Endpoint> coord = ParseEndpoint(absl::GetFlag(FLAGS_coordinator));
+  if (!coord) Die("--coordinator must be host:port");
+  c.coordinator = *coord;
+  for (absl::string_view w :
+       absl::StrSplit(absl::GetFlag(FLAGS_worker_nodes), ',', absl::SkipEmpty())) {
+    std::optional<Endpoint> e = ParseEndpoint(std::string(w));
+    if (!e) Die("--worker_nodes must be host:port,host:port");
+    c.workers.push_back(*e);
   }
-  // Shard tables with data on every worker, and the COPY target.
-  for (const Endpoint& w : c->workers) {
-    auto client = c->Connect(w, "connthrottle-setup");
-    if (!client.ok()) Die(std::string(client.status().message()));
-    MustExec(**client,
+  if (c.workers.empty()) Die("--coordinator needs --worker_nodes");
+}
+
+// Starts --workers local workers and, when asked, a coordinator with the
+// extension preloaded, in a new directory that Stop() removes.
+void StartLocalServers(Cluster& c, bool need_coordinator) {
+  absl::StatusOr<std::string> root = cluster::MakeServerRoot("connthrottle-stress-");
+  if (!root.ok()) Die(std::string(root.status().message()));
+  c.root = *root;
+  std::fprintf(stderr, "starting a local cluster in %s ...\n", c.root.c_str());
+  for (int w = 0; w < absl::GetFlag(FLAGS_workers); ++w) {
+    cluster::ServerConfig config;
+    config.name = absl::StrCat("worker", w + 1);
+    config.max_connections = absl::GetFlag(FLAGS_worker_max_connections);
+    // Every backend a worker starts is logged ("connection received"):
+    // the report's worker backends per query come from there.
+    config.settings = {{"log_connections", "on"}};
+    auto server = LocalServer::Start(c.root, config);
+    if (!server.ok()) Die(std::string(server.status().message()));
+    c.workers.push_back({(*server)->host(), (*server)->port(), config.name});
+    c.worker_servers.push_back(*std::move(server));
+  }
+  if (need_coordinator) {
+    cluster::ServerConfig config;
+    config.name = "coordinator";
+    config.max_connections = absl::GetFlag(FLAGS_clients) + 20;
+    config.preload_connthrottle = true;
+    config.settings = {{"connthrottle.connection_wait_timeout", "'15s'"},
+                       {"connthrottle.local_node", "'none'"}};
+    auto server = LocalServer::Start(c.root, config);
+    if (!server.ok()) Die(std::string(server.status().message()));
+    c.coordinator = {(*server)->host(), (*server)->port(), "coordinator"};
+    c.coordinator_server = *std::move(server);
+  }
+}
+
+// The roles of --roles: the superuser postgres alone, or roles the driver
+// makes. (The names are SQL identifiers as they are: they are pasted into
+// statements.)
+std::vector<std::string> RoleNames(int n) {
+  if (n <= 1) return {"postgres"};
+  std::vector<std::string> names;
+  for (int r = 1; r <= n; ++r) names.push_back(absl::StrCat("connthrottle_stress_role", r));
+  return names;
+}
+
+// The databases of --databases: postgres, then databases the driver makes.
+std::vector<std::string> DatabaseNames(int n) {
+  std::vector<std::string> names = {"postgres"};
+  for (int d = 2; d <= n; ++d) names.push_back(absl::StrCat("connthrottle_stress_db", d));
+  return names;
+}
+
+std::unique_ptr<PgClient> MustConnect(const Cluster& c, const Endpoint& e,
+                                      const std::string& database = "postgres") {
+  auto client = c.Connect(e, "connthrottle-setup", database);
+  if (!client.ok()) Die(std::string(client.status().message()));
+  return *std::move(client);
+}
+
+// Whether the catalog query `sql` (a count, with `name` as $1) counts
+// `name`.
+bool Exists(PgClient& client, const std::string& sql, const std::string& name) {
+  absl::StatusOr<cluster::QueryResult> r = client.Query(sql, {name});
+  if (!r.ok()) Die(std::string(r.status().message()));
+  return r->Value() != "0";
+}
+
+// Makes the clients' login roles on `server` where they are missing (a
+// cluster given with --coordinator may have them from an earlier run, and a
+// worker may be the same server as another node). Roles belong to the
+// whole server: once per server.
+void CreateRoles(const Cluster& c, const Endpoint& server) {
+  if (!c.MadeRoles()) return;
+  std::unique_ptr<PgClient> client = MustConnect(c, server);
+  for (const std::string& role : c.roles) {
+    if (Exists(*client, "SELECT count(*) FROM pg_roles WHERE rolname = $1", role)) continue;
+    MustExec(*client, absl::StrCat("CREATE ROLE ", role, " LOGIN"));
+  }
+}
+
+// Makes the clients' databases but postgres on `server` where they are
+// missing.
+void CreateDatabases(const Cluster& c, const Endpoint& server) {
+  if (c.databases.size() <= 1) return;
+  std::unique_ptr<PgClient> client = MustConnect(c, server);
+  for (size_t d = 1; d < c.databases.size(); ++d) {
+    if (Exists(*client, "SELECT count(*) FROM pg_database WHERE datname = $1", c.databases[d])) {
+      continue;
+    }
+    MustExec(*client, absl::StrCat("CREATE DATABASE ", c.databases[d]));
+  }
+}
+
+// Readies worker `w`: the clients' roles, and in each of their databases
+// the shard table with data and the COPY target, which the roles may read
+// and write. Returns the worker's max_connections.
+int PrepareWorker(const Cluster& c, const Endpoint& w) {
+  CreateRoles(c, w);
+  CreateDatabases(c, w);
+  int max_connections = 0;
+  for (const std::string& database : c.databases) {
+    std::unique_ptr<PgClient> client = MustConnect(c, w, database);
+    MustExec(*client,
              "DROP TABLE IF EXISTS shard, items; "
              "CREATE TABLE shard (id int PRIMARY KEY, payload text); "
              "INSERT INTO shard SELECT g, md5(g::text) FROM generate_series(1, 20000) g; "
              "CREATE TABLE items (id int, name text); ANALYZE shard");
-    c->worker_max_connections.push_back(
-        std::atoi((*client)->QueryValue("SHOW max_connections")->c_str()));
+    if (c.MadeRoles()) {
+      const std::string roles = absl::StrJoin(c.roles, ", ");
+      MustExec(*client, absl::StrCat("GRANT SELECT ON shard TO ", roles,
+                                     "; GRANT INSERT ON items TO ", roles));
+    }
+    max_connections = std::atoi(client->QueryValue("SHOW max_connections")->c_str());
   }
-  if (need_coordinator) {
-    auto client = c->Connect(c->coordinator, "connthrottle-setup");
-    if (!client.ok()) Die(std::string(client.status().message()));
-    MustExec(**client, "CREATE EXTENSION IF NOT EXISTS connthrottle");
-    MustExec(**client, "DELETE FROM connthrottle.worker_node");
-    for (const Endpoint& w : c->workers) {
-      absl::StatusOr<cluster::QueryResult> r = (*client)->Query(
-          "SELECT connthrottle.add_node($1, $2)", {w.host, std::to_string(w.port)});
+  return max_connections;
+}
+
+// Readies the coordinator: the clients' roles, and in each of their
+// databases the extension and its catalog of the workers (both are per
+// database), with the roles allowed to run the workload's functions. A role
+// that is not a superuser may only reach nodes of the catalog.
+void PrepareCoordinator(const Cluster& c) {
+  CreateRoles(c, c.coordinator);
+  CreateDatabases(c, c.coordinator);
+  for (const std::string& database : c.databases) {
+    std::unique_ptr<PgClient> client = MustConnect(c, c.coordinator, database);
+    MustExec(*client, "CREATE EXTENSION IF NOT EXISTS connthrottle");
+    MustExec(*client, "DELETE FROM connthrottle.worker_node");
+    for (const Endpoint& w : c.workers) {
+      absl::StatusOr<cluster::QueryResult> r =
+          client->Query("SELECT connthrottle.add_node($1, $2)", {w.host, std::to_string(w.port)});
       if (!r.ok()) Die(std::string(r.status().message()));
     }
+    if (c.MadeRoles()) {
+      MustExec(*client, absl::StrCat("GRANT EXECUTE ON FUNCTION "
+                                     "connthrottle.run_tasks(text[], integer[], text[], boolean), "
+                                     "connthrottle.distribute(text, text, text[], integer[]) TO ",
+                                     absl::StrJoin(c.roles, ", ")));
+    }
   }
+}
+
+std::unique_ptr<Cluster> StartCluster(bool need_coordinator) {
+  auto c = std::make_unique<Cluster>();
+  g_cluster = c.get();
+  c->roles = RoleNames(absl::GetFlag(FLAGS_roles));
+  c->databases = DatabaseNames(absl::GetFlag(FLAGS_databases));
+  if (!absl::GetFlag(FLAGS_coordinator).empty()) {
+    UseGivenServers(*c);
+  } else {
+    StartLocalServers(*c, need_coordinator);
+  }
+  for (const Endpoint& w : c->workers) c->worker_max_connections.push_back(PrepareWorker(*c, w));
+  if (need_coordinator) PrepareCoordinator(*c);
   return c;
 }
 
@@ -354,6 +478,9 @@ struct OpOutcome {
   bool hung = false;
   int64_t micros = 0;
   std::string error;  // the first error seen, when !ok
+  // The SQLSTATE of `error` where known ("" for distribute's per-node
+  // errors, which carry none).
+  std::string sqlstate;
 };
 
 std::string ArrayLiteral(const std::vector<std::string>& items) {
@@ -370,19 +497,26 @@ std::string FanoutTask(int key, int t) {
   return absl::StrCat("SELECT count(*) FROM shard WHERE id % 16 = ", (key + t) % 16);
 }
 
-// One sql-mode client: a coordinator session.
+// One sql-mode client: a coordinator session, as the role and in the
+// database AssignClient gives client `index`.
 class SqlClient {
  public:
   SqlClient(const Cluster& cluster, int index, uint64_t seed)
-      : cluster_(cluster), index_(index), rng_(seed) {}
+      : cluster_(cluster),
+        index_(index),
+        group_(AssignClient(index, static_cast<int>(cluster.roles.size()),
+                            static_cast<int>(cluster.databases.size()))),
+        rng_(seed) {}
 
   OpOutcome Run(Op op) {
     OpOutcome out;
     if (client_ == nullptr) {
-      auto c = cluster_.Connect(cluster_.coordinator, absl::StrCat("stress-client-", index_));
+      auto c = cluster_.Connect(cluster_.coordinator, absl::StrCat("stress-client-", index_),
+                                cluster_.databases[group_.database], cluster_.roles[group_.role]);
       if (!c.ok()) {
         out.error = std::string(c.status().message());
-        out.too_many_clients = TooManyClients(cluster::SqlState(c.status()), out.error);
+        out.sqlstate = cluster::SqlState(c.status());
+        out.too_many_clients = TooManyClients(out.sqlstate, out.error);
         return out;
       }
       client_ = *std::move(c);
@@ -441,6 +575,7 @@ class SqlClient {
         message = message.substr(at + 10);
       }
       out.error = absl::StrCat(state, " ", message);
+      out.sqlstate = state;
       out.too_many_clients = TooManyClients(state, message);
       out.hung = state == "57014" && message.find("statement timeout") != std::string::npos;
       if (state.empty() || state == "57P01" || state.rfind("08", 0) == 0) client_.reset();
@@ -451,6 +586,8 @@ class SqlClient {
     out.too_many_clients = TooManyClients("", errors);
     out.ok = failed == "0";
     if (!out.ok) out.error = errors.substr(0, errors.find("; "));  // the first task's
+    // run_tasks' errors start with their SQLSTATE (see the query).
+    if (!out.ok && op != Op::kCopy) out.sqlstate = out.error.substr(0, out.error.find(' '));
     out.hung = out.micros > absl::ToInt64Microseconds(absl::GetFlag(FLAGS_statement_timeout));
     return out;
   }
@@ -461,6 +598,7 @@ class SqlClient {
  private:
   const Cluster& cluster_;
   int index_;
+  ClientGroup group_;
   std::mt19937_64 rng_;
   std::unique_ptr<PgClient> client_;
 };
@@ -612,7 +750,16 @@ pid_t SpawnLibraryClient(int index, const std::string& segment,
 class Sampler {
  public:
   Sampler(const Cluster& cluster, absl::Duration interval)
-      : cluster_(cluster), interval_(interval) {
+      : cluster_(cluster), interval_(interval), databases_(cluster.databases.size()) {
+    if (databases_ > 1) {
+      per_database_query_ = "SELECT count(*)";
+      for (size_t d = 1; d <= databases_; ++d) {
+        absl::StrAppend(&per_database_query_, ", count(*) FILTER (WHERE datname = $", d, ")");
+      }
+      absl::StrAppend(&per_database_query_,
+                      " FROM pg_stat_activity WHERE application_name = 'connthrottle'");
+      per_database_params_.assign(cluster.databases.begin(), cluster.databases.end());
+    }
     for (const Endpoint& w : cluster.workers) {
       auto c = cluster.Connect(w, "connthrottle-monitor");
       if (!c.ok()) Die(std::string(c.status().message()));
@@ -653,6 +800,28 @@ class Sampler {
   }
   static constexpr int kMonitorNice = -10;
 
+  // Connections from the coordinator (application_name connthrottle, as the
+  // extension names them) that `client`'s worker has now in all, and with
+  // several databases per database: the limit counts per (node, database).
+  // False when the query failed.
+  bool Count(PgClient& client, int* total, std::vector<int>* per_database) const {
+    if (databases_ <= 1) {
+      absl::StatusOr<std::string> v = client.QueryValue(
+          "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle'");
+      if (!v.ok()) return false;
+      *total = std::atoi(v->c_str());
+      return true;
+    }
+    absl::StatusOr<cluster::QueryResult> r =
+        client.Query(per_database_query_, per_database_params_);
+    if (!r.ok() || r->rows.size() != 1 || r->rows[0].size() != databases_ + 1) return false;
+    *total = std::atoi(r->rows[0][0].value_or("0").c_str());
+    for (size_t d = 1; d <= databases_; ++d) {
+      per_database->push_back(std::atoi(r->rows[0][d].value_or("0").c_str()));
+    }
+    return true;
+  }
+
   void Loop() {
     if (geteuid() == 0) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kMonitorNice);
     while (!stop_) {
@@ -661,12 +830,11 @@ class Sampler {
       s.at = tick - start_;
       for (size_t w = 0; w < clients_.size(); ++w) {
         int n = -1;
+        std::vector<int> per_database;
         if (clients_[w] != nullptr) {
-          absl::StatusOr<std::string> v = clients_[w]->QueryValue(
-              "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle'");
-          if (v.ok()) {
-            n = std::atoi(v->c_str());
-          } else {
+          if (!Count(*clients_[w], &n, &per_database)) {
+            n = -1;
+            per_database.clear();
             clients_[w].reset();  // the worker restarted: reconnect next time
           }
         } else {
@@ -677,6 +845,10 @@ class Sampler {
           }
         }
         s.coordinator_connections.push_back(std::max(n, 0));
+        if (databases_ > 1) {
+          per_database.resize(databases_, 0);
+          s.per_database.push_back(std::move(per_database));
+        }
       }
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -689,6 +861,9 @@ class Sampler {
 
   const Cluster& cluster_;
   absl::Duration interval_;
+  const size_t databases_;
+  std::string per_database_query_;  // with several databases
+  std::vector<std::optional<std::string>> per_database_params_;
   std::vector<std::unique_ptr<PgClient>> clients_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
@@ -756,6 +931,117 @@ void SetLimit(const Cluster& cluster, int limit, const std::string& transport) {
 
 // ---- one run ----------------------------------------------------------------------
 
+// Each worker's figures as they stand before a run with `limit`: the
+// counters the run's figures are the difference from.
+std::vector<WorkerFigures> WorkerFiguresBefore(const Cluster& cluster, int limit) {
+  std::vector<WorkerFigures> workers;
+  for (size_t w = 0; w < cluster.workers.size(); ++w) {
+    WorkerFigures f;
+    f.name = cluster.workers[w].name;
+    f.limit = limit;
+    f.max_connections = cluster.worker_max_connections[w];
+    f.sessions_opened = -SessionsOpened(cluster, cluster.workers[w]);
+    f.backends_started = BackendsStarted(cluster, w);
+    workers.push_back(f);
+  }
+  return workers;
+}
+
+// Completes run.workers once the clients are done and run.samples taken:
+// the peaks (per database too when there are several), the sessions and
+// the backends the run cost each worker.
+void WorkerFiguresAfter(const Cluster& cluster, RunData& run) {
+  const std::vector<int> peaks = PeakPerWorker(run.samples, run.workers.size());
+  for (size_t w = 0; w < run.workers.size(); ++w) run.workers[w].peak = peaks[w];
+  if (cluster.databases.size() > 1) {
+    std::vector<std::vector<int>> per_database =
+        PeakPerWorkerAndDatabase(run.samples, run.workers.size(), cluster.databases.size());
+    for (size_t w = 0; w < run.workers.size(); ++w) {
+      run.workers[w].peak_per_database = std::move(per_database[w]);
+    }
+  }
+  for (size_t w = 0; w < cluster.workers.size(); ++w) {
+    run.workers[w].sessions_opened += SessionsOpened(cluster, cluster.workers[w]);
+    // The workers log a backend's start as it happens; the clients are done
+    // and have closed their connections, so the log is complete now.
+    const int64_t before = run.workers[w].backends_started;
+    const int64_t after = BackendsStarted(cluster, w);
+    run.workers[w].backends_started = before < 0 || after < 0 ? -1 : after - before;
+  }
+}
+
+// The roles and databases of a sql-mode run's clients, as SqlClient took
+// them from AssignClient.
+void RecordGroups(const Cluster& cluster, RunData& run) {
+  run.roles = cluster.roles;
+  run.databases = cluster.databases;
+  for (size_t c = 0; c < run.clients.size(); ++c) {
+    const ClientGroup g = AssignClient(static_cast<int>(c), static_cast<int>(cluster.roles.size()),
+                                       static_cast<int>(cluster.databases.size()));
+    run.clients[c].role = g.role;
+    run.clients[c].database = g.database;
+  }
+}
+
+// Library mode, once the client processes are gone: how long until every
+// counter of the run's segment is zero (reclaiming the killed clients'
+// slots), or what was left after 5 x --settle.
+void AwaitLibraryCountersZero(SharedSegment& segment, Owner& observer, RunData& run) {
+  const absl::Time stopped = absl::Now();
+  for (;;) {
+    observer.ReclaimDeadOwners();
+    std::vector<KeyStats> left = segment.table().Snapshot();
+    absl::Duration after = absl::Now() - stopped;
+    if (left.empty()) {
+      run.counters_zero_after = after;
+      break;
+    }
+    if (after > absl::GetFlag(FLAGS_settle) * 5) {
+      for (const KeyStats& k : left) {
+        absl::StrAppend(&run.counters_left, k.host, ":", k.port, "=", k.connections, " ");
+      }
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));  // polling the table, bounded
+  }
+}
+
+// SQL mode, once the client sessions are closed: how long until the
+// coordinator's counters hold nothing but the shared pool's connections,
+// or what was left after 5 x --settle; then the forced connections.
+void AwaitSqlCountersZero(const Cluster& cluster, RunData& run) {
+  const absl::Time stopped = absl::Now();
+  auto c = cluster.Connect(cluster.coordinator, "connthrottle-monitor");
+  for (;;) {
+    absl::StatusOr<cluster::QueryResult> left =
+        // Every slot given back, but those of the shared pool's
+        // connections, which outlive the run (pool_idle_timeout).
+        c.ok() ? (*c)->Query(
+                     "SELECT host || ':' || port || '=' || connections || '+' || waiters "
+                     "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
+                     "FROM connthrottle.nodes) <> (SELECT connections FROM "
+                     "connthrottle.pool_stats())")
+               : absl::StatusOr<cluster::QueryResult>(c.status());
+    absl::Duration after = absl::Now() - stopped;
+    if (left.ok() && left->rows.empty()) {
+      run.counters_zero_after = after;
+      break;
+    }
+    if (after > absl::GetFlag(FLAGS_settle) * 5) {
+      if (left.ok()) {
+        for (const auto& row : left->rows) absl::StrAppend(&run.counters_left, *row[0], " ");
+      }
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));  // polling the coordinator, bounded
+  }
+  if (c.ok()) {
+    absl::StatusOr<std::string> forced =
+        (*c)->QueryValue("SELECT coalesce(max(forced), 0) FROM connthrottle.nodes");
+    for (WorkerFigures& w : run.workers) w.forced = forced.ok() ? std::atoi(forced->c_str()) : 0;
+  }
+}
+
 struct Progress {
   std::atomic<int64_t> completed{0};
   std::mutex mu;
@@ -791,15 +1077,7 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
   RunData run;
   run.label = label;
   run.sample_interval = absl::GetFlag(FLAGS_sample_interval);
-  for (size_t w = 0; w < cluster.workers.size(); ++w) {
-    WorkerFigures f;
-    f.name = cluster.workers[w].name;
-    f.limit = limit;
-    f.max_connections = cluster.worker_max_connections[w];
-    f.sessions_opened = -SessionsOpened(cluster, cluster.workers[w]);
-    f.backends_started = BackendsStarted(cluster, w);
-    run.workers.push_back(f);
-  }
+  run.workers = WorkerFiguresBefore(cluster, limit);
   SetLimit(cluster, limit, transport);
   const std::pair<int64_t, int64_t> waits_before =
       library ? std::pair<int64_t, int64_t>{0, 0} : WaitFigures(cluster);
@@ -839,7 +1117,7 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
   std::vector<ClientFigures> figures(nclients);
   std::vector<LatencyRecorder> latencies(nclients);
   std::vector<std::map<std::string, LatencyRecorder>> latencies_by_kind(nclients);
-  std::atomic<int64_t> too_many{0}, other_errors{0}, hung{0}, queries{0};
+  std::atomic<int64_t> too_many{0}, other_errors{0}, hung{0}, queries{0}, sqlstate_53300{0};
   std::mutex pid_mu;
   std::mutex errors_mu;
   const absl::Time start = absl::Now();
@@ -870,6 +1148,7 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
             NoteError(run, o.error);
           }
           if (o.too_many_clients) ++too_many;
+          if (o.sqlstate == "53300") ++sqlstate_53300;
           if (o.hung) ++hung;
           latencies[c].Add(o.micros);
           latencies_by_kind[c][OpName(op)].Add(o.micros);
@@ -945,29 +1224,12 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
   run.duration = absl::Now() - start;
 
   // Stop the clients, then time how long until every shared counter is zero.
-  absl::Time stopped;
   if (library) {
     results->stop.store(1);
     for (pid_t pid : pids) {
       if (pid > 0) waitpid(pid, nullptr, 0);
     }
-    stopped = absl::Now();
-    for (;;) {
-      observer->ReclaimDeadOwners();
-      std::vector<KeyStats> left = segment->table().Snapshot();
-      absl::Duration after = absl::Now() - stopped;
-      if (left.empty()) {
-        run.counters_zero_after = after;
-        break;
-      }
-      if (after > absl::GetFlag(FLAGS_settle) * 5) {
-        for (const KeyStats& k : left) {
-          absl::StrAppend(&run.counters_left, k.host, ":", k.port, "=", k.connections, " ");
-        }
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(5));  // polling the table, bounded
-    }
+    AwaitLibraryCountersZero(*segment, *observer, run);
     for (int c = 0; c < nclients; ++c) {
       ClientSlot& slot = results->clients[c];
       figures[c].completed = slot.completed.load();
@@ -997,60 +1259,24 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
     (void)SharedSegment::Remove(segment_name);
   } else {
     for (std::thread& t : threads) t.join();
-    stopped = absl::Now();
-    auto c = cluster.Connect(cluster.coordinator, "connthrottle-monitor");
-    for (;;) {
-      absl::StatusOr<cluster::QueryResult> left =
-          // Every slot given back, but those of the shared pool's
-          // connections, which outlive the run (pool_idle_timeout).
-          c.ok() ? (*c)->Query(
-                       "SELECT host || ':' || port || '=' || connections || '+' || waiters "
-                       "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
-                       "FROM connthrottle.nodes) <> (SELECT connections FROM "
-                       "connthrottle.pool_stats())")
-                 : absl::StatusOr<cluster::QueryResult>(c.status());
-      absl::Duration after = absl::Now() - stopped;
-      if (left.ok() && left->rows.empty()) {
-        run.counters_zero_after = after;
-        break;
-      }
-      if (after > absl::GetFlag(FLAGS_settle) * 5) {
-        if (left.ok()) {
-          for (const auto& row : left->rows) absl::StrAppend(&run.counters_left, *row[0], " ");
-        }
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(5));  // polling the coordinator, bounded
-    }
+    AwaitSqlCountersZero(cluster, run);
     const std::pair<int64_t, int64_t> waits_after = WaitFigures(cluster);
     if (waits_before.first >= 0 && waits_after.first >= 0) {
       run.waits = waits_after.first - waits_before.first;
       run.wakeups = waits_after.second - waits_before.second;
     }
-    if (c.ok()) {
-      absl::StatusOr<std::string> forced =
-          (*c)->QueryValue("SELECT coalesce(max(forced), 0) FROM connthrottle.nodes");
-      for (WorkerFigures& w : run.workers) w.forced = forced.ok() ? std::atoi(forced->c_str()) : 0;
-    }
   }
   sampler.Stop();
   run.samples = sampler.samples();
-  const std::vector<int> peaks = PeakPerWorker(run.samples, run.workers.size());
-  for (size_t w = 0; w < run.workers.size(); ++w) run.workers[w].peak = peaks[w];
-  for (size_t w = 0; w < cluster.workers.size(); ++w) {
-    run.workers[w].sessions_opened += SessionsOpened(cluster, cluster.workers[w]);
-    // The workers log a backend's start as it happens; the clients are done
-    // and have closed their connections, so the log is complete now.
-    const int64_t before = run.workers[w].backends_started;
-    const int64_t after = BackendsStarted(cluster, w);
-    run.workers[w].backends_started = before < 0 || after < 0 ? -1 : after - before;
-  }
+  WorkerFiguresAfter(cluster, run);
   run.clients = std::move(figures);
+  if (!library) RecordGroups(cluster, run);
   for (const LatencyRecorder& l : latencies) run.latency.Merge(l);
   for (const auto& kinds : latencies_by_kind) {
     for (const auto& [kind, l] : kinds) run.latency_by_kind[kind].Merge(l);
   }
   run.too_many_clients_errors = too_many.load();
+  run.sqlstate_53300_errors = sqlstate_53300.load();
   run.other_errors = other_errors.load();
   run.hung = hung.load();
   run.queries = queries.load();
@@ -1060,6 +1286,45 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
 void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream out(path);
   out << text;
+}
+
+// Refuses --roles and --databases that cannot be run: below 1, in library
+// mode (no coordinator sessions), or with fewer clients than combinations
+// (some role would not run in some database).
+void CheckRolesAndDatabases(bool library) {
+  const int64_t roles = absl::GetFlag(FLAGS_roles);
+  const int64_t databases = absl::GetFlag(FLAGS_databases);
+  if (roles < 1 || databases < 1) Die("--roles and --databases must be at least 1");
+  if (library && (roles > 1 || databases > 1)) Die("--roles and --databases are for sql mode");
+  if (roles * databases > absl::GetFlag(FLAGS_clients)) {
+    Die("--clients must be at least --roles x --databases, so that every role runs in every "
+        "database");
+  }
+}
+
+// The limit counts per (node, database), so several databases may together
+// open more connections to a worker than it accepts from the clients' roles
+// (max_connections, less superuser_reserved_connections for roles that are
+// not superusers). The worker refuses those with "too many clients", which
+// the shared pool retries without the clients seeing an error: says so
+// before the run. Nothing to say, and no connection, with the defaults.
+void WarnIfWorkersMayRefuse(const Cluster& cluster) {
+  if (!cluster.MadeRoles() && cluster.databases.size() <= 1) return;
+  const int64_t most = int64_t{absl::GetFlag(FLAGS_limit)} * cluster.databases.size();
+  for (const Endpoint& w : cluster.workers) {
+    std::unique_ptr<PgClient> client = MustConnect(cluster, w);
+    int accepts = std::atoi(client->QueryValue("SHOW max_connections").value_or("0").c_str());
+    if (cluster.MadeRoles()) {
+      accepts -= std::atoi(
+          client->QueryValue("SHOW superuser_reserved_connections").value_or("0").c_str());
+    }
+    if (most <= accepts) continue;
+    std::fprintf(stderr,
+                 "note: the limit counts per (node, database): %zu x %d may be %lld connections "
+                 "to %s, which accepts %d from the clients' roles; it will refuse the rest\n",
+                 cluster.databases.size(), absl::GetFlag(FLAGS_limit), static_cast<long long>(most),
+                 w.name.c_str(), accepts);
+  }
 }
 
 int Main() {
@@ -1080,11 +1345,13 @@ int Main() {
     Die("--tasks_per_worker must be 1..1000");
   }
   if (absl::GetFlag(FLAGS_duration) <= absl::ZeroDuration()) Die("--duration must be positive");
+  CheckRolesAndDatabases(library);
   uint64_t seed = absl::GetFlag(FLAGS_seed);
   if (seed == 0) seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
 
   (void)Mix::Parse(absl::GetFlag(FLAGS_mix), library);  // bad input fails before anything starts
   std::unique_ptr<Cluster> cluster = StartCluster(/*need_coordinator=*/!library);
+  WarnIfWorkersMayRefuse(*cluster);
   std::vector<RunData> runs;
   std::fprintf(stderr, "throttled run: %d clients, limit %d, %s ...\n",
                absl::GetFlag(FLAGS_clients), absl::GetFlag(FLAGS_limit),
