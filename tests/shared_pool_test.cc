@@ -500,11 +500,12 @@ TEST_F(SharedPoolTest, ACancelledTasksConnectionStaysInThePool) {
 TEST_F(SharedPoolTest, AConnectionLeftInATransactionIsNotReused) {
   const NodeAddress n1 = Addr(*w1_);
   auto s = PoolSession(Settings(1));
-  absl::StatusOr<ExecutionResult> r =
-      s->transport->Execute({Task{n1, "BEGIN; SELECT pg_backend_pid()"}});
+  absl::StatusOr<ExecutionResult> r = s->transport->Execute(
+      {Task{n1, "BEGIN; SET LOCAL work_mem = '77kB'; SELECT pg_backend_pid()"}});
   ASSERT_TRUE(r.ok()) << r.status();
   const int pid = Pid(r->tasks[0]);
-  r = s->transport->Execute({Task{n1, "SELECT pg_backend_pid(), now() = statement_timestamp()"}});
+  r = s->transport->Execute(
+      {Task{n1, "SELECT pg_backend_pid(), current_setting('work_mem') <> '77kB'"}});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_NE(Pid(r->tasks[0]), pid);
   EXPECT_EQ(r->tasks[0].rows[0][1], "t")
