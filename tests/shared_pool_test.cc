@@ -813,7 +813,8 @@ TEST_F(TwoPoolsTest, BusyPoolsConvergeToFairShares) {
     rb = b->transport->Execute(
         std::vector<Task>(8, Task{n1, "SELECT pg_advisory_xact_lock_shared(4252)"}));
   });
-  ASSERT_TRUE(PollUntil([&] { return pool_->stats().optional_refused > 0; }));
+  // B's tasks are queued beside A's 40 (not merely submitted).
+  ASSERT_TRUE(PollUntil([&] { return pool_->Queued()[n1] == 48; })) << pool_->Queued()[n1];
   // A's first four tasks end: with two pools busy, each gets two of the four.
   ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_unlock(4251)").ok());
   EXPECT_TRUE(PollUntil([&] { return ConnectionsOf("pool_b") == 2; }))

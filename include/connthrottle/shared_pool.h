@@ -36,15 +36,20 @@
 //     sequence state or prepared statement a task leaves behind reaches
 //     another task (its own session's included). A connection a task left
 //     inside a transaction, or whose DISCARD ALL failed, is closed instead.
+//     A single-statement task and its reset go in one write (libpq pipeline
+//     mode, extended protocol: task, Sync, DISCARD ALL, Sync); a task of
+//     several statements, or with a parameter symbol ($1), runs with the
+//     simple protocol and its reset follows in a round trip of its own.
 //     The pool prepares no statements of its own, so there is nothing a
 //     task could replace. Notifications a task LISTENs for are read and
 //     dropped with its results (tasks have no way to receive them).
 //   * Pools of one node key (host, port, database) share its slots: a pool
 //     refused a slot while another pool of the key holds an idle connection
 //     gets that connection's slot at once (the idle one is closed); with k
-//     pools busy, a pool below min(limit / k, max_pool_size) that is refused
-//     a slot makes the pools above limit / k give one connection back each
-//     as a task ends, so busy pools converge to fair shares.
+//     pools busy, while a pool with queued tasks is below min(limit / k,
+//     max_pool_size) no pool grows past that, and the pools above limit / k
+//     give one connection back each as a task ends: busy pools converge to
+//     fair shares.
 //   * Memory: the results a pool holds (read and not yet taken by their
 //     sessions) stay within result_memory; a task whose result would go
 //     beyond fails with 54000 naming result_memory_setting. An allocation

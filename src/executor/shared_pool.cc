@@ -279,10 +279,10 @@ struct SharedPool::Loop {
     Publish(absl::Now());
   }
 
-  template <typename Step>
-  void Guarded(Step step) {
+  template <typename Body>
+  void Guarded(Body body) {
     try {
-      step();
+      body();
     } catch (const std::bad_alloc&) {
       ++stats.out_of_memory;
     }
@@ -535,11 +535,10 @@ struct SharedPool::Loop {
   // connection parameters) take slots from one counter. With k of them
   // busy, a pool's fair share is limit / k connections (at least one, at
   // most its cap). While a pool with queued tasks is below its share, no
-  // pool grows beyond the share; and once such a pool was refused a slot,
-  // the pools above the share give one connection back each as a task ends
-  // (`surplus`). Idle connections of pools with nothing queued go at once
-  // to any pool refused a slot, below its share or not: a slot that serves
-  // nobody is wasted.
+  // pool grows beyond the share, and the pools above limit / k give one
+  // connection back each as a task ends (`surplus`). Idle connections of pools with nothing queued
+  // go at once to any pool refused a slot, below its share or not: a slot that serves nobody is
+  // wasted.
   void Rebalance(absl::Time now) {
     if (regroup) Regroup();
     for (const std::vector<Pool*>& group : shared_keys) {
@@ -554,12 +553,9 @@ struct SharedPool::Loop {
       if (busy == 0) continue;
       const int fair = static_cast<int>(limit.max()) / busy;
       const int share = std::min(std::max(fair, 1), options.max_pool_size);
-      bool below = false, refused_below = false;
+      bool below = false;
       for (Pool* p : group) {
-        if (p->queued > 0 && LiveConnections(*p) < share) {
-          below = true;
-          refused_below = refused_below || p->wants_slot;
-        }
+        if (p->queued > 0 && LiveConnections(*p) < share) below = true;
         if (!p->wants_slot) continue;
         if (Conn* idle = LongestIdle(group, p)) {
           idle->c->state = State::kBroken;
@@ -569,8 +565,9 @@ struct SharedPool::Loop {
       }
       for (Pool* p : group) {
         Reap(*p);
-        if (below) p->share = share;
-        if (refused_below) p->surplus = std::max(0, LiveConnections(*p) - fair);
+        if (!below) continue;
+        p->share = share;
+        p->surplus = std::max(0, LiveConnections(*p) - fair);
       }
     }
   }

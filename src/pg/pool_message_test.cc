@@ -63,9 +63,10 @@ TEST(PoolMessageTest, ATruncatedOrForeignMessageIsAnErrorNotARead) {
     EXPECT_FALSE(DecodeRequest(part.data(), part.size()).ok()) << cut;
   }
   EXPECT_FALSE(DecodeResponse(area.data(), n).ok()) << "a request read as a response";
-  // A count far larger than the bytes that follow.
+  // A count far larger than the bytes that follow (the task count, after
+  // the magic, the database, max_rows_kept and the wait timeout).
   std::vector<char> lying(area.begin(), area.begin() + n);
-  lying[16] = lying[17] = lying[18] = lying[19] = '\x7f';
+  lying[24] = lying[25] = lying[26] = lying[27] = '\x7f';
   EXPECT_FALSE(DecodeRequest(lying.data(), lying.size()).ok());
 }
 
