@@ -829,5 +829,60 @@ TEST_F(TwoPoolsTest, BusyPoolsConvergeToFairShares) {
   for (const TaskResult& t : rb->tasks) EXPECT_TRUE(t.status.ok()) << t.status;
 }
 
+TEST_F(TwoPoolsTest, ASlotGivenUpForAPoolGoesToItNotToADirectWaiter) {
+  const NodeAddress n1 = Addr(*w1_);
+  SharedPoolOptions options;
+  options.slot_wait_timeout = absl::Minutes(10);
+  Pool(Settings(2), options);
+  // Pool A holds both slots: two tasks wait for lock 1, twenty for lock 2.
+  ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_lock(4253), pg_advisory_lock(4254)").ok());
+  auto a = PoolSession(Settings(2));
+  std::vector<Task> a_tasks(2, Task{n1, "SELECT pg_advisory_xact_lock_shared(4253)"});
+  for (int i = 0; i < 20; ++i)
+    a_tasks.push_back(Task{n1, "SELECT pg_advisory_xact_lock_shared(4254)"});
+  absl::StatusOr<ExecutionResult> ra = absl::UnknownError("not run");
+  std::thread ta([&] { ra = a->transport->Execute(a_tasks); });
+  // A direct-transport session waits for a slot of the node, and so does
+  // pool B.
+  ExecutorOptions direct_options;
+  direct_options.slot_wait_timeout = absl::Minutes(10);
+  Session direct(table(), Settings(2), direct_options);
+  absl::StatusOr<ExecutionResult> rd = absl::UnknownError("not run");
+  std::thread td;
+  auto b = PoolSession(AsB(Settings(2)));
+  absl::StatusOr<ExecutionResult> rb = absl::UnknownError("not run");
+  std::atomic<bool> b_done{false};
+  std::thread tb;
+  absl::Cleanup join = [&] {
+    (void)obs1_->Query("SELECT pg_advisory_unlock_all()");
+    ta.join();
+    if (td.joinable()) td.join();
+    if (tb.joinable()) tb.join();
+  };
+  ASSERT_TRUE(PollUntil([&] { return ConnectionsOf("postgres") == 2; }));
+  td = std::thread([&] { rd = direct.executor.Execute({Task{n1, "SELECT 1"}}); });
+  ASSERT_TRUE(PollUntil([&] {
+    std::optional<KeyStats> k = table().Lookup(KeyOf(n1));
+    return k && k->waiters == 1;
+  }));
+  tb = std::thread([&] {
+    rb = b->transport->Execute({Task{n1, "SELECT current_user"}});
+    b_done = true;
+  });
+  ASSERT_TRUE(PollUntil([&] { return pool_->Queued()[n1] == 21; })) << pool_->Queued()[n1];
+  // A's first two tasks end; A stays busy (lock 2). Its connection above
+  // its share (one of two) goes to B, slot and all: B is served while A
+  // still has work, though a direct waiter queued first for any free slot.
+  ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_unlock(4253)").ok());
+  ASSERT_TRUE(PollUntil([&] { return b_done.load(); }));
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  EXPECT_TRUE(rb->tasks[0].status.ok()) << rb->tasks[0].status;
+  EXPECT_GT(pool_->Queued()[n1], 0) << "A's queue emptied first: the case proves nothing";
+  std::move(join).Invoke();
+  ASSERT_TRUE(rd.ok()) << rd.status();
+  EXPECT_TRUE(rd->tasks[0].status.ok()) << rd->tasks[0].status;
+  direct.executor.CloseIdle();
+}
+
 }  // namespace
 }  // namespace connthrottle::testing

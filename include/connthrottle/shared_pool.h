@@ -47,9 +47,11 @@
 //     refused a slot while another pool of the key holds an idle connection
 //     gets that connection's slot at once (the idle one is closed); with k
 //     pools busy, while a pool with queued tasks is below min(limit / k,
-//     max_pool_size) no pool grows past that, and the pools above limit / k
-//     give one connection back each as a task ends: busy pools converge to
-//     fair shares.
+//     max_pool_size) no pool grows past that, and the pools with two or
+//     more connections more than it close one each as a task ends, its
+//     slot handed straight to it (not through the counter, where a waiting
+//     direct-transport session would take it first): busy pools converge
+//     to fair shares.
 //   * Memory: the results a pool holds (read and not yet taken by their
 //     sessions) stay within result_memory; a task whose result would go
 //     beyond fails with 54000 naming result_memory_setting. An allocation

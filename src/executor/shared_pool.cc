@@ -183,6 +183,8 @@ struct SharedPool::Loop {
   // (pipelined).
   enum class Step { kTask, kTaskSync, kReset, kResetSync };
 
+  struct Pool;
+
   struct Conn {
     std::unique_ptr<Connection> c;
     std::shared_ptr<Batch> batch;  // whose task it runs while busy with one
@@ -194,6 +196,7 @@ struct SharedPool::Loop {
     bool reset_ok = false;     // its DISCARD ALL succeeded
     bool pipelined = false;    // task and reset went in one pipeline
     bool run_simple = false;   // the pipelined task had several statements: run it again
+    Pool* give_to = nullptr;   // closed for this pool of the same key: its slot goes there
     absl::Time idle_since;
     absl::Time sent;
   };
@@ -232,6 +235,7 @@ struct SharedPool::Loop {
     // give back as tasks end for such a pool.
     int share = std::numeric_limits<int>::max();
     int surplus = 0;
+    Pool* surplus_to = nullptr;  // the pool below its share that gets them
     // Cost model. A pooled connection lives long, so what it costs (a
     // connect, a worker backend) is weighed against the waiting it saves
     // over time: the integral of the queue's length since the pool last
@@ -263,7 +267,7 @@ struct SharedPool::Loop {
       // Each step stands alone: an allocation failure in one (its tasks
       // failed where they could be told) must not end the loop, which every
       // session depends on.
-      Guarded([&] { Rebalance(now); });
+      Guarded([&] { Rebalance(); });
       for (auto& [name, pool] : pools) Guarded([&] { Service(pool, now); });
       regroup |= std::erase_if(pools, [](const auto& p) {
                    return p.second.conns.empty() && p.second.queues.empty();
@@ -534,16 +538,17 @@ struct SharedPool::Loop {
   // Pools of one key (the same node and database: other roles, other
   // connection parameters) take slots from one counter. With k of them
   // busy, a pool's fair share is limit / k connections (at least one, at
-  // most its cap). While a pool with queued tasks is below its share, no
-  // pool grows beyond the share, and the pools above limit / k give one
-  // connection back each as a task ends (`surplus`). Idle connections of pools with nothing queued
-  // go at once to any pool refused a slot, below its share or not: a slot that serves nobody is
-  // wasted.
-  void Rebalance(absl::Time now) {
+  // most its cap). While a pool with queued tasks is below its share,
+  // no pool grows beyond the share, and the pools above limit / k close one connection each as a
+  // task ends (`surplus`), its slot going to the pool furthest below its share (Reap). Idle
+  // connections of pools with nothing queued go at once, slot and all, to any pool refused a slot,
+  // below its share or not: a slot that serves nobody is wasted.
+  void Rebalance() {
     if (regroup) Regroup();
     for (const std::vector<Pool*>& group : shared_keys) {
       for (Pool* p : group) {
         p->surplus = 0;
+        p->surplus_to = nullptr;
         p->share = std::numeric_limits<int>::max();
       }
       const Limit limit = sp.limit_(group.front()->node, group.front()->local);
@@ -553,21 +558,45 @@ struct SharedPool::Loop {
       if (busy == 0) continue;
       const int fair = static_cast<int>(limit.max()) / busy;
       const int share = std::min(std::max(fair, 1), options.max_pool_size);
-      bool below = false;
+      Pool* neediest = nullptr;  // the pool with queued tasks furthest below its share
+      int neediest_live = share;
       for (Pool* p : group) {
-        if (p->queued > 0 && LiveConnections(*p) < share) below = true;
-        if (!p->wants_slot) continue;
+        const int live = LiveConnections(*p);
+        if (p->queued > 0 && live < neediest_live) {
+          neediest = p;
+          neediest_live = live;
+        }
+        if (!p->wants_slot || live >= options.max_pool_size) continue;
         if (Conn* idle = LongestIdle(group, p)) {
           idle->c->state = State::kBroken;
+          idle->give_to = p;
           ++stats.closed_for_pools;
-          p->retry_at = now;  // the slot is given back below: try for it at once
         }
       }
-      for (Pool* p : group) {
-        Reap(*p);
-        if (!below) continue;
-        p->share = share;
-        p->surplus = std::max(0, LiveConnections(*p) - fair);
+      for (Pool* p : group) Reap(*p);
+      if (neediest == nullptr) continue;
+      // One connection at a time from the pool that has most to the
+      // neediest, while that levels them (a difference of two or more) and
+      // the neediest is below its share: the node's other holders (direct
+      // sessions, COPY) may leave the pools less than limit / k each, and
+      // a handed-over slot costs a new connection, so no more moves than
+      // that.
+      int needy = LiveConnections(*neediest);
+      for (Pool* p : group) p->share = share;
+      while (needy < share) {
+        Pool* donor = nullptr;
+        int most = needy + 1;
+        for (Pool* p : group) {
+          const int left = LiveConnections(*p) - p->surplus;
+          if (p != neediest && left > most) {
+            donor = p;
+            most = left;
+          }
+        }
+        if (donor == nullptr) break;
+        ++donor->surplus;
+        donor->surplus_to = neediest;
+        ++needy;
       }
     }
   }
@@ -783,15 +812,27 @@ struct SharedPool::Loop {
 
   void Reap(Pool& pool) {
     std::vector<std::unique_ptr<Connection>> closing;
+    std::vector<std::pair<Pool*, Slot>> handed;
     for (auto& conn : pool.conns) {
       if (conn->c->state == State::kBroken) {
         Uncount(*conn);
+        if (conn->give_to != nullptr) handed.emplace_back(conn->give_to, std::move(conn->c->slot));
         closing.push_back(std::move(conn->c));
       }
     }
     std::erase_if(pool.conns, [](const auto& conn) { return conn->c == nullptr; });
     // The slots are given back once the workers' backends are gone.
     if (!closing.empty()) CloseAll(std::move(closing));
+    // A slot closed for another pool of the key goes to it as it is: given
+    // back and taken again, it would go to a waiter of the direct transport
+    // first, and a pool with no connection could wait for ever. The worker's
+    // backend is gone by now, so the node stays within its limit.
+    for (auto& [to, slot] : handed) {
+      if (to->queued == 0 || LiveConnections(*to) >= options.max_pool_size) continue;  // released
+      ++to->opened_in_interval;
+      to->waited = absl::ZeroDuration();
+      StartConnect(*to, std::move(slot), absl::Now());
+    }
   }
 
   // ---- running tasks ----
@@ -957,9 +998,10 @@ struct SharedPool::Loop {
       c.state = State::kBroken;
       ++stats.closed_over_limit;
     } else if (pool.surplus > 0) {
-      // Another pool of the node is below its fair share and refused a slot.
+      // Another pool of the node is below its fair share: the slot is its.
       --pool.surplus;
       c.state = State::kBroken;
+      conn.give_to = pool.surplus_to;
       ++stats.closed_for_pools;
     } else if (pool.queued > 0 && LiveConnections(pool) > 1 && UnservedWaiters(pool) > 0) {
       // A pool that always has work would otherwise keep its slots for ever
