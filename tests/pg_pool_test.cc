@@ -753,11 +753,15 @@ TEST_F(PgPoolSharingTest, ErrorsATaskRaisesAreItsResultAndNothingRunsTwice) {
       "RAISE EXCEPTION 'not here' USING ERRCODE = 'feature_not_supported'; END $$";
   const std::string missing =
       "DO $$ BEGIN PERFORM nextval('side'); EXECUTE 'EXECUTE no_such_statement'; END $$";
+  // Several statements: refused at Parse in the pipeline (nothing ran),
+  // then run once with the simple protocol.
+  const std::string several = "SELECT nextval('side'); SELECT nextval('side')";
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(OutcomeAs("app", raises), "error 0A000");
     EXPECT_EQ(OutcomeAs("app", missing), "error 26000");
+    EXPECT_EQ(OutcomeAs("app", several), std::to_string(4 * i + 4));
   }
-  EXPECT_EQ(Value(*wobs_[0], "SELECT last_value FROM side"), "6");
+  EXPECT_EQ(Value(*wobs_[0], "SELECT last_value FROM side"), "12");
 }
 
 TEST_F(PgPoolSharingTest, AnIdleOrBusyPoolOfOneRoleDoesNotStarveAnother) {
