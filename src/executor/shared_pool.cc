@@ -570,6 +570,7 @@ struct SharedPool::Loop {
         if (Conn* idle = LongestIdle(group, p)) {
           idle->c->state = State::kBroken;
           idle->give_to = p;
+          p->wants_slot = false;  // one per refusal: asked again if still refused
           ++stats.closed_for_pools;
         }
       }
