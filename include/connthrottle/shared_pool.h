@@ -211,6 +211,7 @@ class SharedPool {
   Owner& owner_;
   LimitFunction limit_;
   SharedPoolOptions options_ ABSL_GUARDED_BY(mu_);
+  uint64_t options_version_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by set_options
   int wake_fd_ = -1;  // eventfd the loop polls: new work, cancels, stop
 
   mutable std::mutex mu_;

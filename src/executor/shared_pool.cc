@@ -252,6 +252,7 @@ struct SharedPool::Loop {
 
   SharedPool& sp;
   SharedPoolOptions options;  // as of the last turn (set_options)
+  uint64_t options_version = 0;
   std::map<std::string, Pool> pools;
   std::vector<std::vector<Pool*>> shared_keys;  // see Regroup
   bool regroup = false;                         // pools came or went since
@@ -304,7 +305,11 @@ struct SharedPool::Loop {
       submitted.swap(sp.submitted_);
       cancelled.swap(sp.cancelled_);
       stopping = sp.stopping_;
-      options = sp.options_;
+      // Copied only when changed: the loop turns once per event.
+      if (options_version != sp.options_version_) {
+        options = sp.options_;
+        options_version = sp.options_version_;
+      }
     }
     for (auto& b : submitted) {
       try {
@@ -1488,6 +1493,7 @@ void SharedPool::set_options(const SharedPoolOptions& options) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     options_ = options;
+    ++options_version_;
   }
   Wake();
 }
