@@ -15,7 +15,7 @@
 // they measure (peaks, connections opened, timings, fairness) are printed for
 // a person to read in `ctest -V`; timing assertions are only liveness bounds.
 
-#include "connthrottle/executor.h"
+#include "connthrottle/executor/executor.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -47,16 +47,16 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "cluster/local_server.h"
-#include "cluster/pg_client.h"
-#include "connthrottle/copy_stream.h"
+#include "tests/testing/local_server.h"
+#include "tests/testing/pg_client.h"
+#include "connthrottle/executor/copy_stream.h"
 #include "connthrottle/counter_table.h"
 #include "connthrottle/limit.h"
 #include "connthrottle/node_key.h"
 #include "connthrottle/owner.h"
 #include "connthrottle/shared_segment.h"
 #include "connthrottle/slot.h"
-#include "connthrottle/standalone_context.h"
+#include "connthrottle/executor/standalone_context.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/heap_table.h"

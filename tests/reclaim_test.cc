@@ -46,8 +46,8 @@
 #include "connthrottle/shared_segment.h"
 #include "connthrottle/slot.h"
 #include "gtest/gtest.h"
-#include "internal/layout.h"
-#include "internal/process_identity.h"
+#include "core/internal/layout.h"
+#include "core/internal/process_identity.h"
 #include "tests/testing/child_process.h"
 
 namespace connthrottle {

@@ -24,7 +24,7 @@
 #include "connthrottle/counter_table.h"
 #include "connthrottle/owner.h"
 #include "gtest/gtest.h"
-#include "internal/layout.h"
+#include "core/internal/layout.h"
 
 namespace connthrottle {
 namespace {

@@ -16,7 +16,7 @@
 // coordinator backend left on the workers (WorkerPairTest::TearDown), after
 // its pool is destroyed. Cases synchronise by awaiting conditions.
 
-#include "connthrottle/shared_pool.h"
+#include "connthrottle/executor/shared_pool.h"
 
 #include <atomic>
 #include <map>
@@ -30,9 +30,9 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "connthrottle/executor.h"
-#include "connthrottle/standalone_context.h"
-#include "connthrottle/transport.h"
+#include "connthrottle/executor/executor.h"
+#include "connthrottle/executor/standalone_context.h"
+#include "connthrottle/executor/transport.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/worker_pair.h"

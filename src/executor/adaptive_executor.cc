@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "connthrottle/counter_table.h"
-#include "connthrottle/executor.h"
+#include "connthrottle/executor/executor.h"
 #include "connthrottle/slot.h"
 #include "executor/connection.h"
 

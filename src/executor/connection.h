@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "connthrottle/executor.h"
+#include "connthrottle/executor/executor.h"
 #include "connthrottle/slot.h"
 
 namespace connthrottle {

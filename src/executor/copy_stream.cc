@@ -1,4 +1,4 @@
-#include "connthrottle/copy_stream.h"
+#include "connthrottle/executor/copy_stream.h"
 
 #include <libpq-fe.h>
 #include <poll.h>

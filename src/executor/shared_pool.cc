@@ -7,7 +7,7 @@
 // Everything else of the loop (pools, connections, their results while they
 // are being read) belongs to the loop's thread alone.
 
-#include "connthrottle/shared_pool.h"
+#include "connthrottle/executor/shared_pool.h"
 
 #include <libpq-fe.h>
 #include <poll.h>

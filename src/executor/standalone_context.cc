@@ -1,4 +1,4 @@
-#include "connthrottle/standalone_context.h"
+#include "connthrottle/executor/standalone_context.h"
 
 namespace connthrottle {
 

@@ -70,7 +70,7 @@ PGDLLEXPORT void connthrottle_communicator_main(Datum arg);
 #include "pg/communicator.h"
 
 #include "pg/guc.h"
-#include "pg/pool_service.h"
+#include "pg/bridge/pool_service.h"
 
 namespace {
 

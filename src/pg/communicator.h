@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "pg/channel_ops.h"
+#include "pg/bridge/channel_ops.h"
 
 namespace connthrottle::pg {
 

@@ -47,7 +47,7 @@ extern "C" {
 
 #include "pg/communicator.h"
 #include "pg/guc.h"
-#include "pg/session.h"
+#include "pg/bridge/session.h"
 
 namespace {
 

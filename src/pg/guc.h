@@ -6,7 +6,7 @@
 
 #include <cstddef>
 
-#include "pg/session.h"
+#include "pg/bridge/session.h"
 
 namespace connthrottle::pg {
 

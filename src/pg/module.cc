@@ -37,7 +37,7 @@ void _PG_init(void);
 
 #include "pg/communicator.h"
 #include "pg/guc.h"
-#include "pg/session.h"
+#include "pg/bridge/session.h"
 
 namespace {
 

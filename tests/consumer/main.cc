@@ -6,9 +6,9 @@
 #include <memory>
 
 #include "connthrottle/counter_table.h"
-#include "connthrottle/executor.h"
+#include "connthrottle/executor/executor.h"
 #include "connthrottle/owner.h"
-#include "connthrottle/standalone_context.h"
+#include "connthrottle/executor/standalone_context.h"
 
 int main() {
   using namespace connthrottle;

@@ -1,6 +1,6 @@
 #include "tests/testing/pauses.h"
 
-#include "internal/test_hooks.h"
+#include "core/internal/test_hooks.h"
 
 namespace connthrottle::testing {
 

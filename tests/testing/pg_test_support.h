@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "cluster/pg_client.h"
+#include "tests/testing/pg_client.h"
 
 namespace connthrottle::cluster {
 

@@ -1,0 +1,262 @@
+// connthrottle/shared_pool.h — long-lived worker connections shared by many
+// sessions, and the transport through which a session uses them.
+//
+// A SharedPool runs one event loop, on a thread of its own, over every
+// connection it holds. Connections are grouped in pools, one per (node,
+// database, connection parameters). Sessions submit their tasks through a
+// SharedPoolTransport and wait for their tasks' turn, never for a slot: no
+// session holds anything while it waits, so there is no hold-and-wait.
+//
+//   * Every connection holds a slot of the shared CounterTable, taken
+//     through the pool's Owner, for as long as it exists: the strict limit,
+//     Holders() and Audit() keep their meaning, with the pool as the holder.
+//   * Fairness: a free connection takes the next task of the next session in
+//     a round-robin over the sessions with tasks queued for its pool, so one
+//     session's thousand tasks do not starve another's one.
+//   * Growth: a pool with tasks queued and no idle connection opens one more
+//     if a slot is free now (an optional acquire: the loop never waits for a
+//     slot; refused, it tries again at the next slow-start interval), at most
+//     k new connections per interval (k grows by one each interval), up to
+//     max_pool_size, and only while the queue would outlast twice a connect
+//     time on the connections it has (measured task and connect times).
+//   * A connection idle for idle_timeout is closed and its slot given back;
+//     so is an idle connection while others queue for a slot of its node
+//     (direct-transport sessions, COPY's reservations): the pool looks every
+//     25 ms and gives back one idle connection per waiter no free slot
+//     serves. A pool that always has work gives one back as a task ends
+//     instead, keeping at least one connection for its own queue.
+//   * After the limit is lowered, connections above it are closed as they
+//     become idle (looked at every 25 ms, and as each task ends).
+//   * A dead connection is found while idle (its socket turns readable) or
+//     just before use, closed and replaced. A task not yet sent moves to
+//     another connection; a task that was running fails with 08006.
+//   * Isolation: every task runs as on a fresh connection. After a task,
+//     its connection runs DISCARD ALL before it serves anyone again, so no
+//     role, setting, temporary table, cursor, LISTEN, advisory lock,
+//     sequence state or prepared statement a task leaves behind reaches
+//     another task (its own session's included). A connection a task left
+//     inside a transaction, or whose DISCARD ALL failed, is closed instead.
+//     A single-statement task and its reset go in one write (libpq pipeline
+//     mode, extended protocol: task, Sync, DISCARD ALL, Sync); a task of
+//     several statements, or with a parameter symbol ($1), runs with the
+//     simple protocol and its reset follows in a round trip of its own.
+//     The pool prepares no statements of its own, so there is nothing a
+//     task could replace. Notifications a task LISTENs for are read and
+//     dropped with its results (tasks have no way to receive them).
+//   * Pools of one node key (host, port, database) share its slots: a pool
+//     refused a slot while another pool of the key holds an idle connection
+//     gets that connection's slot at once (the idle one is closed); with k
+//     pools busy, while a pool with queued tasks is below min(limit / k,
+//     max_pool_size) no pool grows past that, and the pools with two or
+//     more connections more than it close one each as a task ends, its
+//     slot handed straight to it (not through the counter, where a waiting
+//     direct-transport session would take it first): busy pools converge
+//     to fair shares.
+//   * Memory: the results a pool holds (read and not yet taken by their
+//     sessions) stay within result_memory; a task whose result would go
+//     beyond fails with 54000 naming result_memory_setting. An allocation
+//     failure on the loop's thread fails the tasks it concerns with 53200
+//     and the loop goes on.
+//   * Cancel: a session's queued tasks are dropped and its running ones
+//     cancelled (PQcancel); their connections are drained back to idle and
+//     stay in the pool. The session does not wait for the drain.
+//   * Local failover: when a local node's pool cannot get one connection,
+//     its queued tasks go back to their sessions, which run them in-process
+//     (ExecutionContext::RunLocally), as the direct transport does.
+//   * A pool whose node cannot be connected to fails its queued tasks with
+//     08001. While a pool has tasks queued and no connection, each
+//     execution's tasks fail with 53300 once it has waited its own
+//     Submission::slot_wait_timeout (SharedPoolOptions::slot_wait_timeout
+//     when it brings none).
+//
+// Thread-safety: SharedPoolTransports of any threads may use one SharedPool
+// at once; stats() and Connections() may be called from any thread. The
+// pool's Owner is used by the loop's thread only (and by the destructor,
+// after the loop has stopped); it and the limit function must outlive the
+// pool, and the limit function must be callable from the loop's thread.
+
+#ifndef CONNTHROTTLE_EXECUTOR_SHARED_POOL_H_
+#define CONNTHROTTLE_EXECUTOR_SHARED_POOL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "connthrottle/conn_params.h"
+#include "connthrottle/executor/executor.h"
+#include "connthrottle/limit.h"
+#include "connthrottle/owner.h"
+#include "connthrottle/executor/task.h"
+#include "connthrottle/executor/transport.h"
+
+namespace connthrottle {
+
+struct SharedPoolOptions {
+  int max_pool_size = 16;  // connections per pool at most (the limit caps them too)
+  absl::Duration idle_timeout = absl::Seconds(60);     // connthrottle.pool_idle_timeout
+  absl::Duration connect_timeout = absl::Seconds(30);  // node_connection_timeout
+  absl::Duration slow_start_interval = absl::Milliseconds(10);
+  // How long a pool with queued tasks may go without a single connection
+  // because no slot is free before its queued tasks fail with 53300.
+  absl::Duration slot_wait_timeout = absl::Minutes(1);
+  FullTablePolicy when_table_full = FullTablePolicy::kAdmitUncounted;
+  // The most bytes of task results the pool holds at once (read from the
+  // workers and not yet taken by their sessions); named in the error of a
+  // task that would go beyond.
+  size_t result_memory = size_t{256} << 20;
+  std::string result_memory_setting = "SharedPoolOptions::result_memory";
+};
+
+// Cumulative figures of a SharedPool since it started.
+struct SharedPoolStats {
+  int64_t connections_started = 0;    // attempts; each costs the worker a backend
+  int64_t connections_opened = 0;     // established
+  int64_t connections_failed = 0;     // attempts that failed or timed out
+  int64_t closed_idle = 0;            // closed after idle_timeout
+  int64_t closed_dead = 0;            // found dead while idle or before use
+  int64_t closed_in_transaction = 0;  // a task left them inside a transaction
+  int64_t closed_reset_failed = 0;    // their DISCARD ALL after a task failed
+  int64_t closed_for_pools = 0;       // given to another pool of the node (idle or above its share)
+  int64_t closed_for_waiters = 0;     // idle, given back to others waiting for the node
+  int64_t closed_over_limit = 0;      // closed as they went idle after the limit was lowered
+  int64_t optional_refused = 0;       // growth refused: no slot free
+  int64_t tasks_run = 0;              // tasks that ran on a pooled connection
+  int64_t tasks_retried = 0;          // moved to another connection before being sent
+  int64_t tasks_cancelled = 0;        // dropped from the queue or cancelled while running
+  int64_t tasks_handed_back = 0;      // local failover: given back to run in-process
+  int64_t resets = 0;                 // DISCARD ALLs run after tasks
+  int64_t notifications_dropped = 0;  // NOTIFY messages tasks' LISTENs brought in
+  int64_t tasks_over_memory = 0;      // failed with 54000: results beyond result_memory
+  int64_t out_of_memory = 0;          // allocation failures on the loop's thread (53200)
+};
+
+class SharedPool {
+ public:
+  // Where the limit of a node comes from; read at every decision.
+  using LimitFunction = std::function<Limit(const NodeAddress& node, bool local)>;
+
+  // Starts the loop's thread. `owner` takes and holds every connection's slot.
+  SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options = {});
+  SharedPool(const SharedPool&) = delete;
+  SharedPool& operator=(const SharedPool&) = delete;
+  // Stops the loop: tasks still queued or running fail with 08006
+  // ("shared pool shut down"), running queries are cancelled, and every
+  // connection is closed, its slot given back.
+  ~SharedPool();
+
+  SharedPoolStats stats() const;
+  // Connections open now (connecting, idle or busy), per node.
+  std::map<NodeAddress, int> Connections() const;
+  // Tasks waiting for a connection now, per node.
+  std::map<NodeAddress, int> Queued() const;
+
+  // New options while the pool runs (a configuration reload); the loop
+  // applies them at its next turn.
+  void set_options(const SharedPoolOptions& options);
+
+  // ---- Submitting tasks (SharedPoolTransport, the extension's communicator) ----
+
+  // One execution's tasks, and how to reach each task's node.
+  struct Submission {
+    std::vector<Task> tasks;
+    std::vector<ConnParams> params;  // per task
+    std::vector<bool> local;         // per task: its node is this coordinator
+    uint32_t database_id = 0;
+    int64_t max_rows_kept = -1;  // as ExecutorOptions::max_rows_kept
+    // How long the tasks may wait while their pool has no connection before
+    // they fail with 53300 (the session's connthrottle.connection_wait_timeout);
+    // absent: SharedPoolOptions::slot_wait_timeout.
+    std::optional<absl::Duration> slot_wait_timeout;
+  };
+  // What a submitted execution has come to.
+  struct Progress {
+    std::vector<int> handed_back;  // tasks given back since the last look: run them in-process
+    bool settled = false;          // every task has a result or was handed back
+    bool pool_gone = false;        // the pool shut down: no more results will come
+  };
+  struct Batch;  // one execution's tasks; defined in src/executor/shared_pool.cc
+  using Ticket = std::shared_ptr<Batch>;
+
+  // Queues the tasks. `on_change`, when given, is called on the loop's
+  // thread each time the execution progresses (a result settles it, a task
+  // is handed back, the pool stops), with no lock of the pool held. It holds
+  // up the loop while it runs, so it must be quick; it may call Poll and
+  // TakeResults (they take only the execution's own lock).
+  Ticket Submit(Submission submission, std::function<void()> on_change = {});
+  // Takes the progress made so far; Await waits up to `timeout` for some.
+  Progress Poll(const Ticket& ticket);
+  Progress Await(const Ticket& ticket, absl::Duration timeout);
+  // Once settled: the results in task order (handed-back tasks' results are
+  // left for the caller to fill) and tasks_retried. Call once.
+  ExecutionResult TakeResults(const Ticket& ticket);
+  // Drops the execution's queued tasks and cancels its running ones; the
+  // ticket gets no more results.
+  void Cancel(const Ticket& ticket);
+
+ private:
+  struct Loop;
+
+  void Wake();
+
+  Owner& owner_;
+  LimitFunction limit_;
+  SharedPoolOptions options_ ABSL_GUARDED_BY(mu_);
+  uint64_t options_version_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by set_options
+  int wake_fd_ = -1;  // eventfd the loop polls: new work, cancels, stop
+
+  mutable std::mutex mu_;
+  std::vector<std::shared_ptr<Batch>> submitted_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Batch>> cancelled_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  SharedPoolStats stats_ ABSL_GUARDED_BY(mu_);
+  std::map<NodeAddress, int> connections_ ABSL_GUARDED_BY(mu_);
+  std::map<NodeAddress, int> queued_ ABSL_GUARDED_BY(mu_);
+
+  // Bytes of results held for sessions: read by the loop, released as the
+  // sessions take them (TakeResults) or drop their tickets.
+  std::shared_ptr<std::atomic<int64_t>> held_ = std::make_shared<std::atomic<int64_t>>(0);
+
+  std::unique_ptr<Loop> loop_;
+  std::thread thread_;
+};
+
+// The session side of a SharedPool: Execute() submits the tasks and waits,
+// consulting the context's Interrupted() at least every `tick`, for their
+// results. On an interrupt it cancels them and returns Cancelled at once. A
+// SharedPoolTransport belongs to one session (one thread); the pool and the
+// context must outlive it.
+class SharedPoolTransport : public Transport {
+ public:
+  struct Options {
+    absl::Duration tick = absl::Milliseconds(10);
+    int64_t max_rows_kept = -1;                       // as ExecutorOptions::max_rows_kept
+    std::optional<absl::Duration> slot_wait_timeout;  // as Submission::slot_wait_timeout
+  };
+
+  SharedPoolTransport(SharedPool& pool, ExecutionContext& context, Options options);
+  SharedPoolTransport(SharedPool& pool, ExecutionContext& context)
+      : SharedPoolTransport(pool, context, Options{}) {}
+
+  // Connection figures in the result's stats stay zero (connections are the
+  // pool's: SharedPool::stats()); tasks_run_locally and tasks_retried count.
+  absl::StatusOr<ExecutionResult> Execute(std::vector<Task> tasks) override;
+
+ private:
+  SharedPool& pool_;
+  ExecutionContext& context_;
+  Options options_;
+};
+
+}  // namespace connthrottle
+
+#endif  // CONNTHROTTLE_EXECUTOR_SHARED_POOL_H_

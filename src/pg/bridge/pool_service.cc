@@ -1,0 +1,440 @@
+#include "pg/bridge/pool_service.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "connthrottle/executor/shared_pool.h"
+#include "pg/bridge/pool_message.h"
+#include "pg/bridge/process_owner.h"
+
+namespace connthrottle::pg {
+namespace {
+
+constexpr char kSetting[] = "connthrottle.pool_message_bytes";
+// Names what a result did not fit in when it could not wait in parts.
+constexpr char kHeldInFull[] =
+    "connthrottle.pool_message_bytes, and connthrottle.pool_response_memory is taken by results "
+    "sessions have not read yet";
+
+// A response waiting to cross a session's area in parts, counted in
+// `*total` (the bytes held for all sessions) for as long as it exists.
+// Guarded as the requests are.
+class HeldResponse {
+ public:
+  HeldResponse() = default;
+  HeldResponse(size_t size, size_t* total) : bytes_(size, '\0'), total_(total) {
+    *total_ += bytes_.size();
+  }
+  HeldResponse(HeldResponse&& other) noexcept
+      : bytes_(std::move(other.bytes_)), total_(std::exchange(other.total_, nullptr)) {}
+  HeldResponse& operator=(HeldResponse&& other) noexcept {
+    if (this != &other) {
+      Drop();
+      bytes_ = std::move(other.bytes_);
+      total_ = std::exchange(other.total_, nullptr);
+    }
+    return *this;
+  }
+  ~HeldResponse() { Drop(); }
+
+  bool empty() const { return bytes_.empty(); }
+  size_t size() const { return bytes_.size(); }
+  char* data() { return bytes_.data(); }
+
+  void Drop() noexcept {
+    if (total_ != nullptr) *total_ -= bytes_.size();
+    total_ = nullptr;
+    std::string().swap(bytes_);
+  }
+
+ private:
+  std::string bytes_;
+  size_t* total_ = nullptr;
+};
+
+struct Request {
+  uint64_t seq = 0;  // which submission of the slot this is
+  SharedPool::Ticket ticket;
+  std::vector<bool> run_locally;  // tasks handed back so far
+  char* area = nullptr;           // the slot's message area
+  size_t capacity = 0;
+  // A response larger than the area, while it crosses in parts.
+  HeldResponse response;
+  size_t sent = 0;
+};
+
+// The largest response sent in parts: what a backend may allocate at once
+// (PostgreSQL's MaxAllocSize). Beyond it, results are cut to fit the area
+// (54000).
+constexpr size_t kMaxResponseBytes = 0x3fffffff;
+
+// The communicator's state. Main thread only, except where marked.
+struct Service {
+  // Read by the pool's thread (the limit function): guarded.
+  std::mutex settings_mu;
+  PoolServiceSettings settings;
+  std::string local_node;  // settings.settings.local_node points here
+
+  // The requests by session slot: the pool's thread answers them as they
+  // settle (on_change), the main thread adds and withdraws them.
+  std::mutex requests_mu;
+  absl::flat_hash_map<int, Request> requests;
+  uint64_t next_seq = 0;
+  size_t held = 0;                                    // bytes of the requests' responses in parts
+  std::atomic<size_t> held_limit{size_t{256} << 20};  // connthrottle.pool_response_memory
+  AnswerFn answer = nullptr;
+
+  std::unique_ptr<SharedPool> pool;
+};
+
+Service& Svc() {
+  static Service* service = new Service();
+  return *service;
+}
+
+SharedPoolOptions OptionsFrom(const PoolServiceSettings& s) {
+  SharedPoolOptions o;
+  // Per pool (node, database, user): max_adaptive_executor_pool_size, as
+  // for one execution of the direct transport; the limit caps it too.
+  o.max_pool_size = std::max(s.max_pool_size, 1);
+  o.idle_timeout = absl::Milliseconds(std::max(s.pool_idle_timeout_ms, 0));
+  o.connect_timeout = absl::Milliseconds(std::max(s.node_connection_timeout_ms, 10));
+  o.slow_start_interval = absl::Milliseconds(std::max(s.slow_start_interval_ms, 1));
+  o.slot_wait_timeout = s.settings.connection_wait_timeout_ms < 0
+                            ? absl::Hours(24 * 365)
+                            : absl::Milliseconds(s.settings.connection_wait_timeout_ms);
+  o.when_table_full = FullTablePolicyOf(s.settings);
+  o.result_memory = std::max(s.response_memory_bytes, size_t{1} << 20);
+  o.result_memory_setting = "connthrottle.pool_response_memory";
+  return o;
+}
+
+void SetSettings(Service& svc, const PoolServiceSettings& settings) {
+  std::lock_guard<std::mutex> lock(svc.settings_mu);
+  svc.settings = settings;
+  svc.local_node = settings.settings.local_node != nullptr ? settings.settings.local_node : "";
+  svc.settings.settings.local_node = svc.local_node.c_str();
+  svc.held_limit.store(settings.response_memory_bytes, std::memory_order_relaxed);
+}
+
+template <typename Body>
+auto Quietly(Body body, decltype(body()) otherwise) noexcept -> decltype(body()) {
+  try {
+    return body();
+  } catch (...) {
+    return otherwise;
+  }
+}
+
+// Starts the pool on first use. Its thread must never run a PostgreSQL
+// signal handler: it starts with every signal blocked.
+absl::Status EnsurePool(Service& svc) {
+  if (svc.pool) return absl::OkStatus();
+  absl::StatusOr<Owner*> owner = ProcessOwner();
+  if (!owner.ok()) return owner.status();
+  PoolServiceSettings settings;
+  {
+    std::lock_guard<std::mutex> lock(svc.settings_mu);
+    settings = svc.settings;
+  }
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
+  absl::Cleanup restore = [&] { pthread_sigmask(SIG_SETMASK, &before, nullptr); };
+  svc.pool = std::make_unique<SharedPool>(
+      **owner,
+      [&svc](const NodeAddress&, bool local) {
+        std::lock_guard<std::mutex> lock(svc.settings_mu);
+        PoolLimits limits = PoolLimitsOf(svc.settings.settings);
+        return local ? Limit::ForLocal(limits, svc.settings.active_client_backends)
+                     : Limit::ForRemote(limits);
+      },
+      OptionsFrom(settings));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer) noexcept {
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        svc.answer = answer;
+        SetSettings(svc, settings);
+        return 0;
+      },
+      0);
+}
+
+void UpdatePoolService(const PoolServiceSettings& settings) noexcept {
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        SetSettings(svc, settings);
+        if (svc.pool) svc.pool->set_options(OptionsFrom(settings));
+        return 0;
+      },
+      0);
+}
+
+namespace {
+
+// Sends the next part of `req`'s response: true when it was the last (the
+// caller forgets the request).
+bool SendPart(Service& svc, int slot, Request& req) ABSL_EXCLUSIVE_LOCKS_REQUIRED(svc.requests_mu) {
+  const size_t n = std::min(req.capacity, req.response.size() - req.sent);
+  std::memcpy(req.area, req.response.data() + req.sent, n);
+  req.sent += n;
+  svc.answer(slot, n, req.response.size());
+  return req.sent == req.response.size();
+}
+
+// Writes the response of `req` if its tasks are settled and answers its
+// slot: true when that was all of it (the caller forgets the request).
+bool AnswerLocked(Service& svc, int slot, Request& req)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(svc.requests_mu) {
+  if (!req.response.empty()) return false;  // answered already, in parts
+  SharedPool::Progress p = svc.pool->Poll(req.ticket);
+  for (int t : p.handed_back) req.run_locally[t] = true;
+  if (!p.settled) return false;
+  // Settled: from here the request is answered whatever happens (an
+  // exception would leave it unanswered, and its session waiting).
+  try {
+    PoolResponse r;
+    if (p.pool_gone) {
+      r.status = absl::UnavailableError("connthrottle: the communicator's pool shut down");
+      r.sqlstate = "08006";
+    } else {
+      ExecutionResult result = svc.pool->TakeResults(req.ticket);
+      r.tasks = std::move(result.tasks);
+      r.tasks_retried = result.stats.tasks_retried;
+      r.run_locally = std::move(req.run_locally);
+    }
+    // Whole in the area; or cut to fit it (54000 for the values that do
+    // not) when it may not wait in parts: too large for a backend to take
+    // at once, or more than pool_response_memory still has room for.
+    const size_t whole = ResponseBytes(r);
+    const bool fits = whole <= req.capacity;
+    const size_t limit = svc.held_limit.load(std::memory_order_relaxed);
+    const bool may_wait = whole <= kMaxResponseBytes && whole <= limit - std::min(svc.held, limit);
+    if (fits || !may_wait) {
+      const bool memory = !fits && whole <= kMaxResponseBytes;
+      const size_t n = EncodeResponse(r, req.area, req.capacity, memory ? kHeldInFull : kSetting);
+      svc.answer(slot, n, n);
+      return true;
+    }
+    req.response = HeldResponse(whole, &svc.held);
+    EncodeResponse(r, req.response.data(), whole, kSetting);
+  } catch (...) {
+    req.response.Drop();
+    const size_t n = WriteErrorResponse(
+        req.area, req.capacity, static_cast<int>(absl::StatusCode::kResourceExhausted), "53200",
+        "connthrottle: the communicator ran out of memory for this execution's results");
+    svc.answer(slot, n, n);
+    return true;
+  }
+  req.ticket.reset();  // settled, and its results are in `response` now
+  return SendPart(svc, slot, req);
+}
+
+// The pool's on_change, on the pool's thread: the request settled or handed
+// tasks back. `seq` tells a withdrawn request's late report from the slot's
+// current one.
+void OnProgress(Service& svc, int slot, uint64_t seq) noexcept {
+  Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it == svc.requests.end() || it->second.seq != seq) return 0;
+        if (AnswerLocked(svc, slot, it->second)) svc.requests.erase(it);
+        return 0;
+      },
+      0);
+}
+
+}  // namespace
+
+void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
+  Service& svc = Svc();
+  const bool ok = Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        absl::StatusOr<SharedPool::Submission> request = DecodeRequest(area, size);
+        absl::Status pool = request.ok() ? EnsurePool(svc) : absl::OkStatus();
+        if (!request.ok() || !pool.ok() || request->tasks.empty()) {
+          PoolResponse r;
+          r.status = !request.ok() ? request.status() : pool;
+          r.sqlstate = !request.ok() ? "XX001" : pool.ok() ? "" : "55000";
+          const size_t n = EncodeResponse(r, area, capacity, kSetting);
+          svc.answer(slot, n, n);
+          return true;
+        }
+        // A fresh entry: one the slot's last request left (a response in
+        // parts its session gave up on) must not shape this one.
+        Request& entry = svc.requests[slot];
+        if (entry.ticket && svc.pool) svc.pool->Cancel(entry.ticket);
+        entry = Request{};
+        entry.seq = ++svc.next_seq;
+        entry.run_locally.assign(request->tasks.size(), false);
+        entry.area = area;
+        entry.capacity = capacity;
+        // The pool's thread may settle the request before Submit returns:
+        // its on_change waits for this lock, and finds the entry complete.
+        entry.ticket = svc.pool->Submit(
+            *std::move(request), [&svc, slot, seq = entry.seq] { OnProgress(svc, slot, seq); });
+        return true;
+      },
+      false);
+  if (!ok) {
+    Quietly(
+        [&] {
+          std::lock_guard<std::mutex> lock(svc.requests_mu);
+          svc.requests.erase(slot);
+          return 0;
+        },
+        0);
+    const size_t n =
+        WriteErrorResponse(area, capacity, static_cast<int>(absl::StatusCode::kInternal), "XX000",
+                           "connthrottle: the communicator ran out of memory");
+    svc.answer(slot, n, n);
+  }
+}
+
+void CancelInPool(int slot, void (*release)(int slot)) noexcept {
+  Service& svc = Svc();
+  const bool released = Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it != svc.requests.end()) {
+          // Forgotten before the pool is told, so that no exception can leave
+          // an entry the pool's thread would still answer into a freed slot.
+          SharedPool::Ticket ticket = std::move(it->second.ticket);
+          svc.requests.erase(it);
+          Quietly(
+              [&] {
+                if (svc.pool && ticket) svc.pool->Cancel(ticket);
+                return 0;
+              },
+              0);
+        }
+        release(slot);
+        return true;
+      },
+      false);
+  // Only a failing lock gets here: the slot is freed all the same (its
+  // session is gone or has given up on it).
+  if (!released) release(slot);
+}
+
+void AnswerIfDone(int slot) noexcept {
+  Service& svc = Svc();
+  Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it == svc.requests.end() || !svc.pool) return 0;
+        if (AnswerLocked(svc, slot, it->second)) svc.requests.erase(it);
+        return 0;
+      },
+      0);
+}
+
+bool NextPart(int slot) noexcept {
+  Service& svc = Svc();
+  return Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it == svc.requests.end() || it->second.response.empty()) return false;
+        if (SendPart(svc, slot, it->second)) svc.requests.erase(it);
+        return true;
+      },
+      false);
+}
+
+void DetachRequests() noexcept {
+  Service& svc = Svc();
+  Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        svc.requests.clear();
+        return 0;
+      },
+      0);
+}
+
+size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sqlstate,
+                          const char* message) noexcept {
+  return Quietly(
+      [&] {
+        PoolResponse r;
+        r.status = absl::Status(static_cast<absl::StatusCode>(code), message);
+        r.sqlstate = sqlstate;
+        return EncodeResponse(r, area, capacity, kSetting);
+      },
+      size_t{0});
+}
+
+PoolServiceStats PoolStats() noexcept {
+  PoolServiceStats out{};
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        if (!svc.pool) return 0;
+        const SharedPoolStats s = svc.pool->stats();
+        out = {s.connections_started,
+               s.connections_opened,
+               s.connections_failed,
+               s.closed_idle,
+               s.closed_dead,
+               s.closed_in_transaction,
+               s.closed_for_waiters,
+               s.closed_over_limit,
+               s.optional_refused,
+               s.tasks_run,
+               s.tasks_retried,
+               s.tasks_cancelled,
+               s.tasks_handed_back,
+               s.resets,
+               s.closed_reset_failed,
+               s.closed_for_pools,
+               s.notifications_dropped,
+               s.tasks_over_memory,
+               s.out_of_memory,
+               0,
+               0};
+        for (const auto& [node, n] : svc.pool->Connections()) out.connections_now += n;
+        for (const auto& [node, n] : svc.pool->Queued()) out.tasks_queued_now += n;
+        return 0;
+      },
+      0);
+  return out;
+}
+
+void StopPoolService() noexcept {
+  Quietly(
+      [&] {
+        Service& svc = Svc();
+        DetachRequests();
+        svc.pool.reset();
+        return 0;
+      },
+      0);
+}
+
+}  // namespace connthrottle::pg

@@ -1,0 +1,93 @@
+// The communicator's pool, in plain C++ (the PostgreSQL side of the
+// communicator is src/pg/communicator.cc): one SharedPool whose loop runs on
+// a thread of the communicator process, and the requests of the session
+// slots it is working on. Called by the communicator's main thread; the
+// pool's own thread calls only the `answer` function it was given.
+//
+// Like session.h, every function is noexcept and reports failure in an
+// Outcome: no C++ exception reaches PostgreSQL's frames.
+
+#ifndef CONNTHROTTLE_SRC_PG_BRIDGE_POOL_SERVICE_H_
+#define CONNTHROTTLE_SRC_PG_BRIDGE_POOL_SERVICE_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "pg/bridge/session.h"
+
+namespace connthrottle::pg {
+
+// The communicator's configuration: its own GUC values, refreshed after a
+// reload, and the count of active client backends (for the local node's
+// limit), refreshed at every wake-up.
+struct PoolServiceSettings {
+  Settings settings;
+  int active_client_backends = 0;
+  int max_pool_size = 16;  // connthrottle.max_adaptive_executor_pool_size
+  int node_connection_timeout_ms = 30000;
+  int slow_start_interval_ms = 10;
+  int pool_idle_timeout_ms = 60000;
+  // connthrottle.pool_response_memory: the most bytes of responses held for
+  // sessions to read in parts, all sessions together.
+  // Results gathering in the pool are held within the same figure, a budget
+  // of their own.
+  size_t response_memory_bytes = size_t{256} << 20;
+};
+
+// The pool's cumulative figures (SharedPoolStats, as plain integers).
+struct PoolServiceStats {
+  int64_t connections_started, connections_opened, connections_failed, closed_idle, closed_dead,
+      closed_in_transaction, closed_for_waiters, closed_over_limit, optional_refused, tasks_run,
+      tasks_retried, tasks_cancelled, tasks_handed_back, resets, closed_reset_failed,
+      closed_for_pools, notifications_dropped, tasks_over_memory, out_of_memory;
+  int64_t connections_now, tasks_queued_now;
+};
+
+// Marks slot `slot` answered: `size` bytes of its response, which is `total`
+// bytes in all, are in its area (a response larger than the area crosses it
+// in parts, each asked for by the session: NextPart). Called with the
+// service's lock held, on the pool's thread when a request settles or on
+// the main thread: it must only publish the answer and wake the session (no
+// PostgreSQL call that is not async-signal-safe).
+using AnswerFn = void (*)(int slot, size_t size, size_t total);
+
+// Keeps the settings and `answer`. The pool itself (this process registered
+// as an Owner of the counter table, the pool's thread started with every
+// signal blocked) starts with the first request.
+void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer) noexcept;
+// New settings (limits are read at every decision; the idle timeout applies
+// from the next look).
+void UpdatePoolService(const PoolServiceSettings& settings) noexcept;
+
+// Takes slot `slot`'s request from `area` (the slot is already marked
+// running). Its response is written to `area` and `answer` called when its
+// tasks are settled, at once when it cannot be run (malformed, nothing to
+// run), usually on the pool's thread.
+void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept;
+// Withdraws slot `slot`'s request: its queued tasks are dropped, its running
+// ones cancelled; it gets no response. `release` (the slot freed) runs under
+// the service's lock, so that no answer is written after it.
+void CancelInPool(int slot, void (*release)(int slot)) noexcept;
+// Answers slot `slot`'s request if it is settled (a backstop: the pool's
+// thread answers as the request settles).
+void AnswerIfDone(int slot) noexcept;
+// Writes the next part of slot `slot`'s response into its area and answers
+// it (the session took the previous part). The rest waits in the
+// communicator's memory, so a session that reads slowly holds up nobody
+// else: its tasks' connections went back to the pool when they settled.
+// False when the slot has no response in parts (nothing written).
+bool NextPart(int slot) noexcept;
+// Forgets every request, so that the pool's thread answers none of them
+// any more: the communicator answers them itself as it stops.
+void DetachRequests() noexcept;
+// Writes an error response to `area` (the communicator stops); always whole.
+size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sqlstate,
+                          const char* message) noexcept;
+PoolServiceStats PoolStats() noexcept;
+// Stops the pool: every request still held is dropped, running queries are
+// cancelled, every connection is closed and its slot given back.
+void StopPoolService() noexcept;
+
+}  // namespace connthrottle::pg
+
+#endif  // CONNTHROTTLE_SRC_PG_BRIDGE_POOL_SERVICE_H_
