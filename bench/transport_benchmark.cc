@@ -42,13 +42,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "tests/testing/local_server.h"
 #include "connthrottle/counter_table.h"
 #include "connthrottle/executor/executor.h"
-#include "connthrottle/owner.h"
 #include "connthrottle/executor/shared_pool.h"
-#include "connthrottle/shared_segment.h"
 #include "connthrottle/executor/standalone_context.h"
+#include "connthrottle/owner.h"
+#include "connthrottle/shared_segment.h"
+#include "tests/testing/local_server.h"
 
 namespace connthrottle {
 namespace {

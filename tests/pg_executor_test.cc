@@ -44,10 +44,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "tests/testing/local_server.h"
-#include "tests/testing/pg_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/local_server.h"
+#include "tests/testing/pg_client.h"
 #include "tests/testing/pg_test_support.h"
 #include "tests/testing/run_tasks.h"
 

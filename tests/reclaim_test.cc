@@ -45,9 +45,9 @@
 #include "connthrottle/reservation_ledger.h"
 #include "connthrottle/shared_segment.h"
 #include "connthrottle/slot.h"
-#include "gtest/gtest.h"
 #include "core/internal/layout.h"
 #include "core/internal/process_identity.h"
+#include "gtest/gtest.h"
 #include "tests/testing/child_process.h"
 
 namespace connthrottle {

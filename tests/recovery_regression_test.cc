@@ -23,8 +23,8 @@
 #include "absl/time/clock.h"
 #include "connthrottle/counter_table.h"
 #include "connthrottle/owner.h"
-#include "gtest/gtest.h"
 #include "core/internal/layout.h"
+#include "gtest/gtest.h"
 
 namespace connthrottle {
 namespace {

@@ -55,13 +55,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "tests/testing/local_server.h"
-#include "tests/testing/pg_client.h"
 #include "connthrottle/executor/executor.h"
+#include "connthrottle/executor/standalone_context.h"
 #include "connthrottle/owner.h"
 #include "connthrottle/shared_segment.h"
-#include "connthrottle/executor/standalone_context.h"
 #include "stress/run_data.h"
+#include "tests/testing/local_server.h"
+#include "tests/testing/pg_client.h"
 
 ABSL_FLAG(std::string, mode, "sql",
           "sql: clients are coordinator sessions; library: client "

@@ -10,9 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "connthrottle/owner.h"
+#include "core/internal/layout.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "core/internal/layout.h"
 #include "tests/testing/heap_table.h"
 
 namespace connthrottle {

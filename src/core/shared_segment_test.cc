@@ -24,9 +24,9 @@
 #include "absl/time/time.h"
 #include "connthrottle/counter_table.h"
 #include "connthrottle/owner.h"
+#include "core/internal/layout.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "core/internal/layout.h"
 #include "tests/testing/child_process.h"
 #include "tests/testing/heap_table.h"
 

@@ -69,8 +69,8 @@ PGDLLEXPORT void connthrottle_communicator_main(Datum arg);
 
 #include "pg/communicator.h"
 
-#include "pg/guc.h"
 #include "pg/bridge/pool_service.h"
+#include "pg/guc.h"
 
 namespace {
 

@@ -45,9 +45,9 @@ extern "C" {
 // clang-format on
 }
 
+#include "pg/bridge/session.h"
 #include "pg/communicator.h"
 #include "pg/guc.h"
-#include "pg/bridge/session.h"
 
 namespace {
 

@@ -35,9 +35,9 @@ PG_MODULE_MAGIC;
 void _PG_init(void);
 }
 
+#include "pg/bridge/session.h"
 #include "pg/communicator.h"
 #include "pg/guc.h"
-#include "pg/bridge/session.h"
 
 namespace {
 

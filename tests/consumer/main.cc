@@ -7,8 +7,8 @@
 
 #include "connthrottle/counter_table.h"
 #include "connthrottle/executor/executor.h"
-#include "connthrottle/owner.h"
 #include "connthrottle/executor/standalone_context.h"
+#include "connthrottle/owner.h"
 
 int main() {
   using namespace connthrottle;

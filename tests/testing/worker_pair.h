@@ -29,16 +29,16 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "tests/testing/local_server.h"
-#include "tests/testing/pg_client.h"
 #include "connthrottle/counter_table.h"
 #include "connthrottle/executor/executor.h"
+#include "connthrottle/executor/standalone_context.h"
 #include "connthrottle/node_key.h"
 #include "connthrottle/owner.h"
 #include "connthrottle/shared_segment.h"
-#include "connthrottle/executor/standalone_context.h"
 #include "gtest/gtest.h"
 #include "tests/testing/heap_table.h"
+#include "tests/testing/local_server.h"
+#include "tests/testing/pg_client.h"
 
 namespace connthrottle::testing {
 

@@ -59,11 +59,11 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "connthrottle/conn_params.h"
+#include "connthrottle/executor/task.h"
+#include "connthrottle/executor/transport.h"
 #include "connthrottle/limit.h"
 #include "connthrottle/node_key.h"
 #include "connthrottle/owner.h"
-#include "connthrottle/executor/task.h"
-#include "connthrottle/executor/transport.h"
 
 namespace connthrottle {
 

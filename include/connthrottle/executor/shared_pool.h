@@ -94,10 +94,10 @@
 #include "absl/time/time.h"
 #include "connthrottle/conn_params.h"
 #include "connthrottle/executor/executor.h"
-#include "connthrottle/limit.h"
-#include "connthrottle/owner.h"
 #include "connthrottle/executor/task.h"
 #include "connthrottle/executor/transport.h"
+#include "connthrottle/limit.h"
+#include "connthrottle/owner.h"
 
 namespace connthrottle {
 
