@@ -19,7 +19,7 @@
 #include "connthrottle/counter_table.h"
 #include "connthrottle/executor/executor.h"
 #include "connthrottle/slot.h"
-#include "executor/connection.h"
+#include "executor/libpq_conn.h"
 
 namespace connthrottle {
 
@@ -108,21 +108,16 @@ struct ExecutionRun {
     c->id = ex.next_connection_id_++;
     c->node = pool.node;
     c->slot = std::move(slot);
-    c->connect_started = absl::Now();
     ++stats.connections_started;
+    const std::optional<std::string> failed =
+        StartConnecting(*c, ctx.ParamsFor(pool.node), absl::Now());
     stats.started_after[pool.node].push_back(c->connect_started - start);
-    ConnParams params = ctx.ParamsFor(pool.node);
-    c->pg = PQconnectStartParams(params.keywords(), params.values(), /*expand_dbname=*/0);
-    if (c->pg == nullptr || PQstatus(c->pg) == CONNECTION_BAD) {
+    if (failed) {
       ++stats.connections_failed;
-      std::string why = c->pg != nullptr ? Trim(PQerrorMessage(c->pg)) : "out of memory";
       CloseAll(One(std::move(c)), absl::ZeroDuration());
-      OnConnectFailure(pool, why);
+      OnConnectFailure(pool, *failed);
       return;
     }
-    QuietNotices(c->pg);
-    c->state = State::kConnecting;
-    c->poll = PGRES_POLLING_WRITING;
     pool.conns.push_back(std::move(c));
   }
 
@@ -140,9 +135,7 @@ struct ExecutionRun {
     if (any_left) return;
     if (pool.local && FailOverLocally(pool)) return;
     pool.failed = true;
-    FailPending(pool,
-                absl::UnavailableError(
-                    absl::StrCat("could not connect to node ", pool.node.ToString(), ": ", why)),
+    FailPending(pool, CouldNotConnect(pool.node, why),
                 "08001");  // sqlclient_unable_to_establish_sqlconnection
   }
 
@@ -418,43 +411,27 @@ struct ExecutionRun {
   // cancelled and the connection is broken (closed by ReapBroken).
   void FailCopy(Pool& pool, Connection& c, ExecStatusType copy) {
     const int t = c.task;
-    if (copy != PGRES_COPY_IN) {
-      if (PGcancel* cancel = PQgetCancel(c.pg)) {
-        char error[256];
-        PQcancel(cancel, error, sizeof(error));
-        PQfreeCancel(cancel);
-      }
-    } else {
-      PQputCopyEnd(c.pg, "COPY FROM STDIN is not supported in connthrottle tasks");
-      PQflush(c.pg);
-    }
+    absl::Status refused = RefuseCopy(c.pg, pool.node, copy);
     c.task = -1;
     c.state = State::kBroken;
     results[t].run = absl::Now() - run_started_[t];
-    const char* what = copy == PGRES_COPY_IN    ? "COPY FROM STDIN"
-                       : copy == PGRES_COPY_OUT ? "COPY TO STDOUT"
-                                                : "COPY BOTH (replication)";
-    Finish(t,
-           absl::UnimplementedError(absl::StrCat("node ", pool.node.ToString(), ": ", what,
-                                                 " is not supported in tasks; the connection "
-                                                 "was closed")),
-           "0A000");  // feature_not_supported
+    Finish(t, std::move(refused), "0A000");  // feature_not_supported
   }
 
   void Connecting(Pool& pool, Connection& c) {
-    c.poll = PQconnectPoll(c.pg);
-    if (c.poll == PGRES_POLLING_FAILED) {
-      Broken(pool, c, Trim(PQerrorMessage(c.pg)));
-      return;
+    switch (ContinueConnecting(c, absl::Now())) {
+      case ConnectProgress::kPending:
+        return;
+      case ConnectProgress::kFailed:
+        Broken(pool, c, Trim(PQerrorMessage(c.pg)));
+        return;
+      case ConnectProgress::kReady:
+        pool.connect_time_total += c.ready - c.connect_started;
+        ++pool.connects_done;
+        ++stats.connections_opened;
+        stats.ready_after[pool.node].push_back(c.ready - start);
+        return;
     }
-    if (c.poll != PGRES_POLLING_OK) return;
-    PQsetnonblocking(c.pg, 1);
-    c.state = State::kIdle;
-    c.ready = absl::Now();
-    pool.connect_time_total += c.ready - c.connect_started;
-    ++pool.connects_done;
-    ++stats.connections_opened;
-    stats.ready_after[pool.node].push_back(c.ready - start);
   }
 
   void RunOneLocalTask() {
@@ -495,99 +472,106 @@ struct ExecutionRun {
       for (auto& [node, pool] : pools) {
         Dispatch(pool);
         MaybeGrow(pool, now);
-        // A pool whose connections all failed while tasks remain needs a first
-        // connection again: optionally at each interval while other pools
-        // work, and once nothing else is in flight, by waiting in the queue
-        // (optional tries alone could lose to waiters for ever) with only
-        // slots of earlier nodes held.
-        if (!pool.failed && !pool.run_locally && !pool.pending.empty() &&
-            std::none_of(pool.conns.begin(), pool.conns.end(),
-                         [](const auto& c) { return c->state != State::kBroken; }) &&
-            now >= pool.retry_optional_at) {
-          absl::StatusOr<Slot> slot =
-              ex.owner_.TryAcquire(*pool.key, LimitOf(pool), AcquireOptionsNow());
-          if (slot.ok()) {
-            StartConnect(pool, *std::move(slot));
-          } else if (pool.local) {
-            FailOverLocally(pool);
-          } else if (!OtherWorkInFlight(pool)) {
-            CloseIdleAfter(pool);
-            if (absl::Status s = WaitForFirst(pool, start + opt.slot_wait_timeout); !s.ok()) {
-              return s;
-            }
-          } else {
-            pool.retry_optional_at = now + opt.slow_start_interval;
-          }
-        }
+        if (absl::Status s = Reconnect(pool, now); !s.ok()) return s;
         ReapBroken(pool);
       }
       if (remaining == 0) break;
-
       // Wait for sockets, at most a tick (or not at all when local work waits).
-      std::vector<pollfd> fds;
-      std::vector<std::pair<Pool*, Connection*>> owners;
-      absl::Time wake = now + opt.tick;
-      for (auto& [node, pool] : pools) {
-        // Wake for the next slow-start interval only where it can open
-        // something: a pool with nothing left to grow for keeps a stale
-        // interval, which would make this loop spin.
-        if (!pool.failed && !pool.run_locally && !pool.pending.empty()) {
-          const bool no_connection =
-              std::none_of(pool.conns.begin(), pool.conns.end(),
-                           [](const auto& c) { return c->state != State::kBroken; });
-          if (no_connection) {
-            wake = std::min(wake, std::max(pool.retry_optional_at, now));
-          } else if (static_cast<int>(pool.conns.size()) < opt.max_pool_size) {
-            wake = std::min(wake, std::max(pool.interval_start + opt.slow_start_interval, now));
-          }
-        }
-        for (auto& c : pool.conns) {
-          short events = 0;
-          if (c->state == State::kConnecting) {
-            events = c->poll == PGRES_POLLING_READING ? POLLIN : POLLOUT;
-            wake = std::min(wake, c->connect_started + opt.connect_timeout);
-          } else if (c->state == State::kBusy) {
-            events = POLLIN | (c->want_write ? POLLOUT : 0);
-          } else {
-            continue;
-          }
-          fds.push_back({PQsocket(c->pg), events, 0});
-          owners.emplace_back(&pool, c.get());
-        }
-      }
       const bool local_work = LocalWorkPending();
-      int timeout_ms = local_work ? 0
-                                  : static_cast<int>(std::max<int64_t>(
-                                        0, absl::ToInt64Milliseconds(wake - absl::Now()) + 1));
-      if (!fds.empty() || timeout_ms > 0) {
-        poll(fds.data(), fds.size(), timeout_ms);
-      }
-      const absl::Time after = absl::Now();
-      for (size_t i = 0; i < fds.size(); ++i) {
-        auto [pool, c] = owners[i];
-        if (c->state == State::kConnecting) {
-          if (fds[i].revents != 0) {
-            Connecting(*pool, *c);
-          } else if (after - c->connect_started > opt.connect_timeout) {
-            Broken(*pool, *c,
-                   absl::StrCat("timed out after ", absl::FormatDuration(opt.connect_timeout),
-                                " (node_connection_timeout)"));
-          }
-        } else if (c->state == State::kBusy) {
-          if (c->want_write && (fds[i].revents & POLLOUT)) {
-            int flushed = PQflush(c->pg);
-            if (flushed < 0) {
-              Broken(*pool, *c, Trim(PQerrorMessage(c->pg)));
-              continue;
-            }
-            c->want_write = flushed == 1;
-          }
-          if (fds[i].revents & (POLLIN | POLLERR | POLLHUP)) ReadResults(*pool, *c);
-        }
-      }
+      WaitForSockets(now, local_work);
       if (local_work) RunOneLocalTask();
     }
     return absl::OkStatus();
+  }
+
+  // A pool whose connections all failed while tasks remain needs a first
+  // connection again: optionally at each interval while other pools work,
+  // and once nothing else is in flight, by waiting in the queue (optional
+  // tries alone could lose to waiters for ever) with only slots of earlier
+  // nodes held. Returns Cancelled for the caller to stop on.
+  absl::Status Reconnect(Pool& pool, absl::Time now) {
+    if (pool.failed || pool.run_locally || pool.pending.empty() || HasConnection(pool) ||
+        now < pool.retry_optional_at) {
+      return absl::OkStatus();
+    }
+    absl::StatusOr<Slot> slot = ex.owner_.TryAcquire(*pool.key, LimitOf(pool), AcquireOptionsNow());
+    if (slot.ok()) {
+      StartConnect(pool, *std::move(slot));
+    } else if (pool.local) {
+      FailOverLocally(pool);
+    } else if (!OtherWorkInFlight(pool)) {
+      CloseIdleAfter(pool);
+      return WaitForFirst(pool, start + opt.slot_wait_timeout);
+    } else {
+      pool.retry_optional_at = now + opt.slow_start_interval;
+    }
+    return absl::OkStatus();
+  }
+
+  static bool HasConnection(const Pool& pool) {
+    return std::any_of(pool.conns.begin(), pool.conns.end(),
+                       [](const auto& c) { return c->state != State::kBroken; });
+  }
+
+  // When the loop must look again without a socket event: the next
+  // slow-start interval, a retry, a connect timeout. Only where something
+  // can be opened: a pool with nothing left to grow for keeps a stale
+  // interval, which would make the loop spin.
+  absl::Time NextWake(absl::Time now) {
+    absl::Time wake = now + opt.tick;
+    for (auto& [node, pool] : pools) {
+      if (!pool.failed && !pool.run_locally && !pool.pending.empty()) {
+        if (!HasConnection(pool)) {
+          wake = std::min(wake, std::max(pool.retry_optional_at, now));
+        } else if (static_cast<int>(pool.conns.size()) < opt.max_pool_size) {
+          wake = std::min(wake, std::max(pool.interval_start + opt.slow_start_interval, now));
+        }
+      }
+      for (auto& c : pool.conns) {
+        if (c->state == State::kConnecting) {
+          wake = std::min(wake, c->connect_started + opt.connect_timeout);
+        }
+      }
+    }
+    return wake;
+  }
+
+  void WaitForSockets(absl::Time now, bool local_work) {
+    std::vector<pollfd> fds;
+    std::vector<std::pair<Pool*, Connection*>> owners;
+    for (auto& [node, pool] : pools) {
+      for (auto& c : pool.conns) {
+        const short events = AwaitedEvents(*c);
+        if (events == 0) continue;
+        fds.push_back({PQsocket(c->pg), events, 0});
+        owners.emplace_back(&pool, c.get());
+      }
+    }
+    const int timeout_ms =
+        local_work ? 0
+                   : static_cast<int>(std::max<int64_t>(
+                         0, absl::ToInt64Milliseconds(NextWake(now) - absl::Now()) + 1));
+    if (!fds.empty() || timeout_ms > 0) poll(fds.data(), fds.size(), timeout_ms);
+    const absl::Time after = absl::Now();
+    for (size_t i = 0; i < fds.size(); ++i) {
+      HandleEvent(*owners[i].first, *owners[i].second, fds[i].revents, after);
+    }
+  }
+
+  void HandleEvent(Pool& pool, Connection& c, short revents, absl::Time now) {
+    if (c.state == State::kConnecting) {
+      if (revents != 0) {
+        Connecting(pool, c);
+      } else if (now - c.connect_started > opt.connect_timeout) {
+        Broken(pool, c, ConnectTimedOut(opt.connect_timeout));
+      }
+    } else if (c.state == State::kBusy) {
+      if (!FlushWhenWritable(c, revents)) {
+        Broken(pool, c, Trim(PQerrorMessage(c.pg)));
+      } else if (ResultsReadable(revents)) {
+        ReadResults(pool, c);
+      }
+    }
   }
 
   void ReapBroken(Pool& pool) {
@@ -609,11 +593,7 @@ struct ExecutionRun {
     for (auto& [node, pool] : pools) {
       for (auto& c : pool.conns) {
         if (c->state == State::kBusy) {
-          if (PGcancel* cancel = PQgetCancel(c->pg)) {
-            char error[256];
-            PQcancel(cancel, error, sizeof(error));
-            PQfreeCancel(cancel);
-          }
+          SendCancel(c->pg);
         }
         if (c->state == State::kConnecting) NoteAbandoned(pool, *c);
         if (c->state != State::kIdle) closing.push_back(std::move(c));
@@ -707,76 +687,6 @@ absl::StatusOr<ExecutionResult> AdaptiveExecutor::Execute(std::vector<Task> task
   }
   if (!status.ok()) return status;
   return ExecutionResult{std::move(run.results), std::move(run.stats)};
-}
-
-std::unique_ptr<AdaptiveExecutor::Connection> AdaptiveExecutor::TakeCached(const NodeAddress& node,
-                                                                           int* discarded) {
-  auto it = cache_.find(node);
-  if (it == cache_.end()) return nullptr;
-  std::vector<std::unique_ptr<Connection>>& cached = it->second;
-  std::vector<std::unique_ptr<Connection>> dead;
-  std::unique_ptr<Connection> found;
-  const absl::Time now = absl::Now();
-  while (!cached.empty() && found == nullptr) {
-    std::unique_ptr<Connection> c = std::move(cached.back());
-    cached.pop_back();
-    if (IdleConnectionIsDead(c->pg) || now - c->ready >= options_.max_cached_lifetime) {
-      if (IdleConnectionIsDead(c->pg)) ++*discarded;
-      c->state = IdleConnectionIsDead(c->pg) ? State::kBroken : State::kIdle;
-      dead.push_back(std::move(c));
-    } else {
-      owner_.Unpark(c->slot);
-      found = std::move(c);
-    }
-  }
-  if (cached.empty()) cache_.erase(it);
-  if (!dead.empty()) CloseAll(std::move(dead));
-  return found;
-}
-
-std::unique_ptr<AdaptiveExecutor::Connection> AdaptiveExecutor::Cache(
-    std::unique_ptr<Connection> c) {
-  if (c->state != State::kIdle || IdleConnectionIsDead(c->pg) ||
-      absl::Now() - c->ready >= options_.max_cached_lifetime ||
-      CachedConnections(c->node) >= options_.max_cached_per_node) {
-    return c;
-  }
-  // Parked: the key has no waiters and idle caches keep a slot to spare.
-  if (!owner_.Park(c->slot, context_.LimitFor(c->node, context_.IsLocal(c->node)))) return c;
-  c->reused = false;
-  cache_[c->node].push_back(std::move(c));
-  return nullptr;
-}
-
-int AdaptiveExecutor::CloseIdle() {
-  std::vector<std::unique_ptr<Connection>> closing;
-  for (auto& [node, conns] : cache_) {
-    for (auto& c : conns) closing.push_back(std::move(c));
-  }
-  cache_.clear();
-  int n = static_cast<int>(closing.size());
-  CloseAll(std::move(closing));
-  return n;
-}
-
-int AdaptiveExecutor::CloseIdle(const NodeAddress& node) {
-  auto it = cache_.find(node);
-  if (it == cache_.end()) return 0;
-  int n = static_cast<int>(it->second.size());
-  CloseAll(std::move(it->second));
-  cache_.erase(it);
-  return n;
-}
-
-int AdaptiveExecutor::CachedConnections(const NodeAddress& node) const {
-  auto it = cache_.find(node);
-  return it == cache_.end() ? 0 : static_cast<int>(it->second.size());
-}
-
-std::map<NodeAddress, int> AdaptiveExecutor::CachedConnections() const {
-  std::map<NodeAddress, int> out;
-  for (const auto& [node, conns] : cache_) out[node] = static_cast<int>(conns.size());
-  return out;
 }
 
 }  // namespace connthrottle

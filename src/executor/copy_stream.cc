@@ -8,7 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "executor/connection.h"
+#include "executor/libpq_conn.h"
 
 namespace connthrottle {
 namespace {
@@ -146,58 +146,57 @@ absl::StatusOr<std::unique_ptr<CopyStream>> CopyStream::Begin(
   return stream;
 }
 
-absl::Status CopyStream::Open(Target& target) {
+// Connects `target` on its reservation's slot, without blocking and
+// looking at interrupts every tick.
+absl::Status CopyStream::Connect(Target& target) {
   ExecutionContext& ctx = executor_.context_;
+  absl::StatusOr<NodeKey> key =
+      NodeKey::Create(target.node.host, target.node.port, ctx.DatabaseId());
+  std::optional<Slot> slot = ledger_.Consume({*key, 0});
+  if (!slot.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no reservation for node ", target.node.ToString()));
+  }
+  auto c = std::make_unique<AdaptiveExecutor::Connection>();
+  c->id = executor_.next_connection_id_++;
+  c->node = target.node;
+  c->slot = std::move(*slot);
+  ConnParams params = ctx.ParamsFor(target.node);
+  params.Set("connect_timeout", std::to_string(std::max<int64_t>(
+                                    1, absl::ToInt64Seconds(executor_.options_.connect_timeout))));
+  const std::optional<std::string> not_started = StartConnecting(*c, params, absl::Now());
+  // Connect without blocking, looking at interrupts every tick.
+  const absl::Time deadline = c->connect_started + executor_.options_.connect_timeout;
+  absl::Status waited = absl::OkStatus();
+  ConnectProgress progress = not_started ? ConnectProgress::kFailed : ConnectProgress::kPending;
+  while (progress == ConnectProgress::kPending) {
+    waited = WaitSocket(c->pg, AwaitedEvents(*c), interrupted_, deadline);
+    if (!waited.ok()) break;
+    progress = ContinueConnecting(*c, absl::Now());
+  }
+  if (absl::IsCancelled(waited)) {
+    std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> one;
+    one.push_back(std::move(c));
+    CloseAll(std::move(one), absl::ZeroDuration());
+    return waited;
+  }
+  if (progress != ConnectProgress::kReady) {
+    std::string why = not_started   ? *not_started
+                      : waited.ok() ? Trim(PQerrorMessage(c->pg))
+                                    : "timed out (node_connection_timeout)";
+    c->state = AdaptiveExecutor::Connection::State::kBroken;
+    std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> one;
+    one.push_back(std::move(c));
+    CloseAll(std::move(one), absl::ZeroDuration());
+    return CouldNotConnect(target.node, why);
+  }
+  target.conn = std::move(c);
+  return absl::OkStatus();
+}
+
+absl::Status CopyStream::Open(Target& target) {
   if (target.conn == nullptr) {
-    absl::StatusOr<NodeKey> key =
-        NodeKey::Create(target.node.host, target.node.port, ctx.DatabaseId());
-    std::optional<Slot> slot = ledger_.Consume({*key, 0});
-    if (!slot.has_value()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("no reservation for node ", target.node.ToString()));
-    }
-    auto c = std::make_unique<AdaptiveExecutor::Connection>();
-    c->id = executor_.next_connection_id_++;
-    c->node = target.node;
-    c->slot = std::move(*slot);
-    c->connect_started = absl::Now();
-    ConnParams params = ctx.ParamsFor(target.node);
-    params.Set("connect_timeout",
-               std::to_string(
-                   std::max<int64_t>(1, absl::ToInt64Seconds(executor_.options_.connect_timeout))));
-    c->pg = PQconnectStartParams(params.keywords(), params.values(), 0);
-    // Connect without blocking, looking at interrupts every tick.
-    const absl::Time deadline = c->connect_started + executor_.options_.connect_timeout;
-    absl::Status waited = absl::OkStatus();
-    for (PostgresPollingStatusType poll_status = PGRES_POLLING_WRITING;
-         c->pg != nullptr && PQstatus(c->pg) != CONNECTION_BAD && poll_status != PGRES_POLLING_OK &&
-         poll_status != PGRES_POLLING_FAILED;) {
-      waited = WaitSocket(c->pg, poll_status == PGRES_POLLING_READING ? POLLIN : POLLOUT,
-                          interrupted_, deadline);
-      if (!waited.ok()) break;
-      poll_status = PQconnectPoll(c->pg);
-    }
-    if (absl::IsCancelled(waited)) {
-      std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> one;
-      one.push_back(std::move(c));
-      CloseAll(std::move(one), absl::ZeroDuration());
-      return waited;
-    }
-    if (c->pg == nullptr || PQstatus(c->pg) != CONNECTION_OK) {
-      std::string why = c->pg == nullptr ? "out of memory"
-                        : waited.ok()    ? Trim(PQerrorMessage(c->pg))
-                                         : "timed out (node_connection_timeout)";
-      c->state = AdaptiveExecutor::Connection::State::kBroken;
-      std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> one;
-      one.push_back(std::move(c));
-      CloseAll(std::move(one), absl::ZeroDuration());
-      return absl::UnavailableError(
-          absl::StrCat("could not connect to node ", target.node.ToString(), ": ", why));
-    }
-    QuietNotices(c->pg);
-    c->state = AdaptiveExecutor::Connection::State::kIdle;
-    c->ready = absl::Now();
-    target.conn = std::move(c);
+    if (absl::Status s = Connect(target); !s.ok()) return s;
   }
   PGconn* pg = target.conn->pg;
   // Non-blocking from here on: the COPY may wait for a lock on the worker,
@@ -332,11 +331,7 @@ CopyStream::~CopyStream() {
       // its COPY (which may be waiting for a lock and read nothing), then
       // close. Otherwise closing is enough. Either way CloseAll waits a
       // bounded time for the worker backend to go.
-      if (PGcancel* cancel = PQgetCancel(target->conn->pg)) {
-        char error[256];
-        PQcancel(cancel, error, sizeof(error));
-        PQfreeCancel(cancel);
-      }
+      SendCancel(target->conn->pg);
     }
     closing.push_back(std::move(target->conn));
   }

@@ -78,6 +78,7 @@ class CopyStream {
  private:
   struct Target;
   CopyStream(AdaptiveExecutor& executor, std::vector<NodeAddress> nodes, std::string copy_sql);
+  absl::Status Connect(Target& target);
   absl::Status Open(Target& target);
 
   AdaptiveExecutor& executor_;

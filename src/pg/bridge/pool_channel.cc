@@ -8,7 +8,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "executor/connection.h"
+#include "executor/libpq_conn.h"
 #include "pg/bridge/pool_message.h"
 
 namespace connthrottle::pg {

@@ -1,4 +1,4 @@
-#include "executor/connection.h"
+#include "executor/libpq_conn.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -30,6 +30,81 @@ bool IdleConnectionIsDead(PGconn* pg) {
   pollfd p{PQsocket(pg), POLLIN, 0};
   if (p.fd < 0) return true;
   return poll(&p, 1, 0) != 0;
+}
+
+std::optional<std::string> StartConnecting(AdaptiveExecutor::Connection& c,
+                                           const ConnParams& params, absl::Time now) {
+  using State = AdaptiveExecutor::Connection::State;
+  c.connect_started = now;
+  c.pg = PQconnectStartParams(params.keywords(), params.values(), /*expand_dbname=*/0);
+  if (c.pg == nullptr || PQstatus(c.pg) == CONNECTION_BAD) {
+    c.state = State::kBroken;
+    return c.pg != nullptr ? Trim(PQerrorMessage(c.pg)) : "out of memory";
+  }
+  QuietNotices(c.pg);
+  c.state = State::kConnecting;
+  c.poll = PGRES_POLLING_WRITING;
+  return std::nullopt;
+}
+
+ConnectProgress ContinueConnecting(AdaptiveExecutor::Connection& c, absl::Time now) {
+  c.poll = PQconnectPoll(c.pg);
+  if (c.poll == PGRES_POLLING_FAILED) return ConnectProgress::kFailed;
+  if (c.poll != PGRES_POLLING_OK) return ConnectProgress::kPending;
+  PQsetnonblocking(c.pg, 1);
+  c.state = AdaptiveExecutor::Connection::State::kIdle;
+  c.ready = now;
+  return ConnectProgress::kReady;
+}
+
+std::string ConnectTimedOut(absl::Duration timeout) {
+  return absl::StrCat("timed out after ", absl::FormatDuration(timeout),
+                      " (node_connection_timeout)");
+}
+
+absl::Status CouldNotConnect(const NodeAddress& node, const std::string& why) {
+  return absl::UnavailableError(
+      absl::StrCat("could not connect to node ", node.ToString(), ": ", why));
+}
+
+short AwaitedEvents(const AdaptiveExecutor::Connection& c) {
+  using State = AdaptiveExecutor::Connection::State;
+  if (c.state == State::kConnecting) return c.poll == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+  if (c.state == State::kBusy) return POLLIN | (c.want_write ? POLLOUT : 0);
+  return 0;
+}
+
+bool FlushWhenWritable(AdaptiveExecutor::Connection& c, short revents) {
+  if (!c.want_write || !(revents & POLLOUT)) return true;
+  const int flushed = PQflush(c.pg);
+  if (flushed < 0) return false;
+  c.want_write = flushed == 1;
+  return true;
+}
+
+bool ResultsReadable(short revents) { return (revents & (POLLIN | POLLERR | POLLHUP)) != 0; }
+
+void SendCancel(PGconn* pg) {
+  if (PGcancel* cancel = PQgetCancel(pg)) {
+    char error[256];
+    PQcancel(cancel, error, sizeof(error));
+    PQfreeCancel(cancel);
+  }
+}
+
+absl::Status RefuseCopy(PGconn* pg, const NodeAddress& node, ExecStatusType copy) {
+  if (copy == PGRES_COPY_IN) {
+    PQputCopyEnd(pg, "COPY FROM STDIN is not supported in connthrottle tasks");
+    PQflush(pg);
+  } else {
+    SendCancel(pg);
+  }
+  const char* what = copy == PGRES_COPY_IN    ? "COPY FROM STDIN"
+                     : copy == PGRES_COPY_OUT ? "COPY TO STDOUT"
+                                              : "COPY BOTH (replication)";
+  return absl::UnimplementedError(absl::StrCat("node ", node.ToString(), ": ", what,
+                                               " is not supported in tasks; the connection "
+                                               "was closed"));
 }
 
 Fold FoldResult(const PGresult* res, const NodeAddress& node, int64_t max_rows_kept,

@@ -1,17 +1,23 @@
-// One libpq connection of the adaptive executor and the slot it holds.
-// Internal to src/executor.
+// libpq_conn.h — one libpq connection and the slot it holds, and each libpq
+// action the executor's transports take on one (connect, poll, cancel, read a
+// result, refuse a COPY, close), written once for the adaptive executor, the
+// shared pool's loop and CopyStream. Internal to src/executor; not
+// thread-safe: a connection belongs to one thread at a time.
 
-#ifndef CONNTHROTTLE_SRC_EXECUTOR_CONNECTION_H_
-#define CONNTHROTTLE_SRC_EXECUTOR_CONNECTION_H_
+#ifndef CONNTHROTTLE_SRC_EXECUTOR_LIBPQ_CONN_H_
+#define CONNTHROTTLE_SRC_EXECUTOR_LIBPQ_CONN_H_
 
 #include <libpq-fe.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "connthrottle/conn_params.h"
 #include "connthrottle/executor/executor.h"
 #include "connthrottle/slot.h"
 
@@ -39,6 +45,48 @@ struct AdaptiveExecutor::Connection {
   Connection& operator=(const Connection&) = delete;
   ~Connection();  // closes abruptly if CloseAll did not run
 };
+
+// Starts connecting `c` (its id, node and slot already set) with `params`,
+// without blocking: kConnecting, to be driven by ContinueConnecting when its
+// socket is ready for `c.poll`. When libpq cannot even start (out of memory,
+// bad parameters) `c` is kBroken and the reason is returned.
+std::optional<std::string> StartConnecting(AdaptiveExecutor::Connection& c,
+                                           const ConnParams& params, absl::Time now);
+
+enum class ConnectProgress { kPending, kReady, kFailed };
+
+// One step of the connection's handshake, after its socket was ready: on
+// kReady it is non-blocking and kIdle, `ready` set to `now`; on kFailed
+// libpq's message says why (the caller decides what the failure means).
+ConnectProgress ContinueConnecting(AdaptiveExecutor::Connection& c, absl::Time now);
+
+// The message of a connect attempt given up after `timeout`.
+std::string ConnectTimedOut(absl::Duration timeout);
+
+// What a task's pool reports when it has no connection at all: 08001.
+absl::Status CouldNotConnect(const NodeAddress& node, const std::string& why);
+
+// The socket events a connection waits for now: a connect's next step, or a
+// busy connection's results (and the rest of its query, while unsent); 0
+// otherwise.
+short AwaitedEvents(const AdaptiveExecutor::Connection& c);
+
+// A busy connection's socket reported `revents`: the rest of its query
+// is flushed if the socket is writable. False when that failed (libpq's
+// message says why).
+bool FlushWhenWritable(AdaptiveExecutor::Connection& c, short revents);
+
+// Whether a busy connection's socket has results (or an error) to read.
+bool ResultsReadable(short revents);
+
+// Asks the worker to cancel what `pg` runs. PostgreSQL 15's libpq has only
+// the blocking cancel: one short connection to the worker's postmaster.
+void SendCancel(PGconn* pg);
+
+// A task entered COPY, which tasks cannot do: the worker's COPY is ended
+// (COPY FROM STDIN with an error, others cancelled) and the task's error is
+// returned (0A000, kFeatureNotSupported). The connection must be closed.
+absl::Status RefuseCopy(PGconn* pg, const NodeAddress& node, ExecStatusType copy);
 
 // Drops the notices a worker sends (libpq would print them on stderr, which
 // in a PostgreSQL backend is the server log): a task's outcome is its result
@@ -81,4 +129,4 @@ void CloseAll(std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> connect
 
 }  // namespace connthrottle
 
-#endif  // CONNTHROTTLE_SRC_EXECUTOR_CONNECTION_H_
+#endif  // CONNTHROTTLE_SRC_EXECUTOR_LIBPQ_CONN_H_
