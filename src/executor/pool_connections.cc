@@ -2,6 +2,7 @@
 // connecting, closing and reaping. See pool_loop.h for the loop's state and who owns it.
 
 #include <algorithm>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -123,41 +124,18 @@ void SharedPool::Loop::ConnectFailed(Pool& pool, Conn& conn, const std::string& 
 }
 
 void SharedPool::Loop::Close(Conn& conn, CloseReason why, Pool* to) {
+  // The counter of each reason, in CloseReason's order (null: none).
+  static constexpr int64_t SharedPoolStats::*kCounters[] = {
+      &SharedPoolStats::connections_failed,    &SharedPoolStats::closed_idle,
+      &SharedPoolStats::closed_over_limit,     &SharedPoolStats::closed_for_waiters,
+      &SharedPoolStats::closed_for_pools,      &SharedPoolStats::closed_dead,
+      &SharedPoolStats::closed_in_transaction, &SharedPoolStats::closed_reset_failed,
+      &SharedPoolStats::out_of_memory,         nullptr,
+  };
+  static_assert(std::size(kCounters) == static_cast<size_t>(CloseReason::kTaskFailed) + 1);
   conn.c->state = State::kBroken;
   conn.give_to = to;
-  int64_t* counter = nullptr;
-  switch (why) {
-    case CloseReason::kConnectFailed:
-      counter = &stats.connections_failed;
-      break;
-    case CloseReason::kIdleTimeout:
-      counter = &stats.closed_idle;
-      break;
-    case CloseReason::kOverLimit:
-      counter = &stats.closed_over_limit;
-      break;
-    case CloseReason::kForWaiters:
-      counter = &stats.closed_for_waiters;
-      break;
-    case CloseReason::kForPool:
-      counter = &stats.closed_for_pools;
-      break;
-    case CloseReason::kDead:
-      counter = &stats.closed_dead;
-      break;
-    case CloseReason::kInTransaction:
-      counter = &stats.closed_in_transaction;
-      break;
-    case CloseReason::kResetFailed:
-      counter = &stats.closed_reset_failed;
-      break;
-    case CloseReason::kOutOfMemory:
-      counter = &stats.out_of_memory;
-      break;
-    case CloseReason::kTaskFailed:
-      break;
-  }
-  if (counter != nullptr) ++*counter;
+  if (int64_t SharedPoolStats::*counter = kCounters[static_cast<int>(why)]) ++(stats.*counter);
 }
 
 void SharedPool::Loop::ExpireIdle(Pool& pool, absl::Time now) {
