@@ -59,6 +59,8 @@
 #include "connthrottle/executor/standalone_context.h"
 #include "connthrottle/owner.h"
 #include "connthrottle/shared_segment.h"
+#include "stress/cluster.h"
+#include "stress/options.h"
 #include "stress/run_data.h"
 #include "tests/testing/local_server.h"
 #include "tests/testing/pg_client.h"
@@ -131,288 +133,9 @@ ABSL_FLAG(std::string, internal_segment, "", "internal: library-mode segment nam
 namespace connthrottle::stress {
 namespace {
 
-using cluster::LocalServer;
-using cluster::PgClient;
-
-struct Endpoint {
-  std::string host;
-  int port = 0;
-  std::string name;
-};
-
-std::optional<Endpoint> ParseEndpoint(const std::string& text) {
-  size_t colon = text.rfind(':');
-  Endpoint e;
-  if (colon == std::string::npos || !absl::SimpleAtoi(text.substr(colon + 1), &e.port)) {
-    return std::nullopt;
-  }
-  e.host = text.substr(0, colon);
-  e.name = text;
-  return e;
-}
-
-struct Cluster;
-// The cluster this process started, stopped and removed by Die() too.
-std::atomic<Cluster*> g_cluster{nullptr};
-// Set by SIGINT or SIGTERM: the run stops early, the cluster is removed.
-std::atomic<bool> g_interrupted{false};
-
-void StopCluster();
-
-[[noreturn]] void Die(const std::string& message) {
-  std::fprintf(stderr, "connthrottle-stress: %s\n", message.c_str());
-  StopCluster();
-  std::exit(2);
-}
-
 bool TooManyClients(const std::string& sqlstate, const std::string& message) {
   return sqlstate == "53300" || message.find("too many clients") != std::string::npos ||
          message.find("remaining connection slots") != std::string::npos;
-}
-
-// ---- the cluster ------------------------------------------------------------
-
-struct Cluster {
-  std::string root;  // our own cluster's directory, "" for a given one
-  std::unique_ptr<LocalServer> coordinator_server;
-  std::vector<std::unique_ptr<LocalServer>> worker_servers;
-  Endpoint coordinator;
-  std::vector<Endpoint> workers;
-  std::vector<int> worker_max_connections;
-  // Who the clients are (--roles, --databases): roles and databases that
-  // exist on the coordinator and on every worker. By default the superuser
-  // postgres in the database postgres, as the driver's own connections.
-  std::vector<std::string> roles = {"postgres"};
-  std::vector<std::string> databases = {"postgres"};
-  // Whether the clients run as roles the driver made, which need grants.
-  bool MadeRoles() const { return roles.size() > 1; }
-
-  ~Cluster() { Stop(); }
-
-  // Stops our own servers and removes their directory. Idempotent.
-  void Stop() {
-    std::lock_guard<std::mutex> lock(stop_mu);
-    worker_servers.clear();
-    coordinator_server.reset();
-    if (!root.empty()) cluster::RemoveTree(root);
-    root.clear();
-  }
-  std::mutex stop_mu;
-
-  ConnParams Params(const Endpoint& e, const std::string& application, const std::string& database,
-                    const std::string& user) const {
-    ConnParams p;
-    p.Set("host", e.host)
-        .Set("port", std::to_string(e.port))
-        .Set("dbname", database)
-        .Set("user", user)
-        .Set("connect_timeout", "10")
-        .Set("application_name", application);
-    return p;
-  }
-
-  // A connection to `e` as `user` to `database` (by default the driver's
-  // own: the superuser postgres to postgres).
-  absl::StatusOr<std::unique_ptr<PgClient>> Connect(const Endpoint& e,
-                                                    const std::string& application,
-                                                    const std::string& database = "postgres",
-                                                    const std::string& user = "postgres") const {
-    absl::StatusOr<std::unique_ptr<PgClient>> c =
-        PgClient::Connect(Params(e, application, database, user));
-    if (c.ok()) {
-      std::lock_guard<std::mutex> lock(own_mu);
-      ++own_connections[{e.host, e.port}];
-    }
-    return c;
-  }
-
-  // Connections the driver itself (monitor, setup, faults) opened to `e`:
-  // they are not the workload's, and are subtracted from what a worker saw.
-  int64_t OwnConnections(const Endpoint& e) const {
-    std::lock_guard<std::mutex> lock(own_mu);
-    auto it = own_connections.find({e.host, e.port});
-    return it == own_connections.end() ? 0 : it->second;
-  }
-  mutable std::mutex own_mu;
-  mutable std::map<std::pair<std::string, int>, int64_t> own_connections;
-};
-
-void MustExec(PgClient& client, const std::string& sql) {
-  absl::Status s = client.Exec(sql);
-  if (!s.ok()) Die(std::string(s.message()));
-}
-
-void StopCluster() {
-  if (Cluster* c = g_cluster.exchange(nullptr)) c->Stop();
-}
-
-// The cluster given by --coordinator and --worker_nodes.
-void UseGivenServers(Cluster& c) {
-  std::optional<Endpoint> coord = ParseEndpoint(absl::GetFlag(FLAGS_coordinator));
-  if (!coord) Die("--coordinator must be host:port");
-  c.coordinator = *coord;
-  for (absl::string_view w :
-       absl::StrSplit(absl::GetFlag(FLAGS_worker_nodes), ',', absl::SkipEmpty())) {
-    std::optional<Endpoint> e = ParseEndpoint(std::string(w));
-    if (!e) Die("--worker_nodes must be host:port,host:port");
-    c.workers.push_back(*e);
-  }
-  if (c.workers.empty()) Die("--coordinator needs --worker_nodes");
-}
-
-// Starts --workers local workers and, when asked, a coordinator with the
-// extension preloaded, in a new directory that Stop() removes.
-void StartLocalServers(Cluster& c, bool need_coordinator) {
-  absl::StatusOr<std::string> root = cluster::MakeServerRoot("connthrottle-stress-");
-  if (!root.ok()) Die(std::string(root.status().message()));
-  c.root = *root;
-  std::fprintf(stderr, "starting a local cluster in %s ...\n", c.root.c_str());
-  for (int w = 0; w < absl::GetFlag(FLAGS_workers); ++w) {
-    cluster::ServerConfig config;
-    config.name = absl::StrCat("worker", w + 1);
-    config.max_connections = absl::GetFlag(FLAGS_worker_max_connections);
-    // Every backend a worker starts is logged ("connection received"):
-    // the report's worker backends per query come from there.
-    config.settings = {{"log_connections", "on"}};
-    auto server = LocalServer::Start(c.root, config);
-    if (!server.ok()) Die(std::string(server.status().message()));
-    c.workers.push_back({(*server)->host(), (*server)->port(), config.name});
-    c.worker_servers.push_back(*std::move(server));
-  }
-  if (need_coordinator) {
-    cluster::ServerConfig config;
-    config.name = "coordinator";
-    config.max_connections = absl::GetFlag(FLAGS_clients) + 20;
-    config.preload_connthrottle = true;
-    config.settings = {{"connthrottle.connection_wait_timeout", "'15s'"},
-                       {"connthrottle.local_node", "'none'"}};
-    auto server = LocalServer::Start(c.root, config);
-    if (!server.ok()) Die(std::string(server.status().message()));
-    c.coordinator = {(*server)->host(), (*server)->port(), "coordinator"};
-    c.coordinator_server = *std::move(server);
-  }
-}
-
-// The roles of --roles: the superuser postgres alone, or roles the driver
-// makes. (The names are SQL identifiers as they are: they are pasted into
-// statements.)
-std::vector<std::string> RoleNames(int n) {
-  if (n <= 1) return {"postgres"};
-  std::vector<std::string> names;
-  for (int r = 1; r <= n; ++r) names.push_back(absl::StrCat("connthrottle_stress_role", r));
-  return names;
-}
-
-// The databases of --databases: postgres, then databases the driver makes.
-std::vector<std::string> DatabaseNames(int n) {
-  std::vector<std::string> names = {"postgres"};
-  for (int d = 2; d <= n; ++d) names.push_back(absl::StrCat("connthrottle_stress_db", d));
-  return names;
-}
-
-std::unique_ptr<PgClient> MustConnect(const Cluster& c, const Endpoint& e,
-                                      const std::string& database = "postgres") {
-  auto client = c.Connect(e, "connthrottle-setup", database);
-  if (!client.ok()) Die(std::string(client.status().message()));
-  return *std::move(client);
-}
-
-// Whether the catalog query `sql` (a count, with `name` as $1) counts
-// `name`.
-bool Exists(PgClient& client, const std::string& sql, const std::string& name) {
-  absl::StatusOr<cluster::QueryResult> r = client.Query(sql, {name});
-  if (!r.ok()) Die(std::string(r.status().message()));
-  return r->Value() != "0";
-}
-
-// Makes the clients' login roles on `server` where they are missing (a
-// cluster given with --coordinator may have them from an earlier run, and a
-// worker may be the same server as another node). Roles belong to the
-// whole server: once per server.
-void CreateRoles(const Cluster& c, const Endpoint& server) {
-  if (!c.MadeRoles()) return;
-  std::unique_ptr<PgClient> client = MustConnect(c, server);
-  for (const std::string& role : c.roles) {
-    if (Exists(*client, "SELECT count(*) FROM pg_roles WHERE rolname = $1", role)) continue;
-    MustExec(*client, absl::StrCat("CREATE ROLE ", role, " LOGIN"));
-  }
-}
-
-// Makes the clients' databases but postgres on `server` where they are
-// missing.
-void CreateDatabases(const Cluster& c, const Endpoint& server) {
-  if (c.databases.size() <= 1) return;
-  std::unique_ptr<PgClient> client = MustConnect(c, server);
-  for (size_t d = 1; d < c.databases.size(); ++d) {
-    if (Exists(*client, "SELECT count(*) FROM pg_database WHERE datname = $1", c.databases[d])) {
-      continue;
-    }
-    MustExec(*client, absl::StrCat("CREATE DATABASE ", c.databases[d]));
-  }
-}
-
-// Readies worker `w`: the clients' roles, and in each of their databases
-// the shard table with data and the COPY target, which the roles may read
-// and write. Returns the worker's max_connections.
-int PrepareWorker(const Cluster& c, const Endpoint& w) {
-  CreateRoles(c, w);
-  CreateDatabases(c, w);
-  int max_connections = 0;
-  for (const std::string& database : c.databases) {
-    std::unique_ptr<PgClient> client = MustConnect(c, w, database);
-    MustExec(*client,
-             "DROP TABLE IF EXISTS shard, items; "
-             "CREATE TABLE shard (id int PRIMARY KEY, payload text); "
-             "INSERT INTO shard SELECT g, md5(g::text) FROM generate_series(1, 20000) g; "
-             "CREATE TABLE items (id int, name text); ANALYZE shard");
-    if (c.MadeRoles()) {
-      const std::string roles = absl::StrJoin(c.roles, ", ");
-      MustExec(*client, absl::StrCat("GRANT SELECT ON shard TO ", roles,
-                                     "; GRANT INSERT ON items TO ", roles));
-    }
-    max_connections = std::atoi(client->QueryValue("SHOW max_connections")->c_str());
-  }
-  return max_connections;
-}
-
-// Readies the coordinator: the clients' roles, and in each of their
-// databases the extension and its catalog of the workers (both are per
-// database), with the roles allowed to run the workload's functions. A role
-// that is not a superuser may only reach nodes of the catalog.
-void PrepareCoordinator(const Cluster& c) {
-  CreateRoles(c, c.coordinator);
-  CreateDatabases(c, c.coordinator);
-  for (const std::string& database : c.databases) {
-    std::unique_ptr<PgClient> client = MustConnect(c, c.coordinator, database);
-    MustExec(*client, "CREATE EXTENSION IF NOT EXISTS connthrottle");
-    MustExec(*client, "DELETE FROM connthrottle.worker_node");
-    for (const Endpoint& w : c.workers) {
-      absl::StatusOr<cluster::QueryResult> r =
-          client->Query("SELECT connthrottle.add_node($1, $2)", {w.host, std::to_string(w.port)});
-      if (!r.ok()) Die(std::string(r.status().message()));
-    }
-    if (c.MadeRoles()) {
-      MustExec(*client, absl::StrCat("GRANT EXECUTE ON FUNCTION "
-                                     "connthrottle.run_tasks(text[], integer[], text[], boolean), "
-                                     "connthrottle.distribute(text, text, text[], integer[]) TO ",
-                                     absl::StrJoin(c.roles, ", ")));
-    }
-  }
-}
-
-std::unique_ptr<Cluster> StartCluster(bool need_coordinator) {
-  auto c = std::make_unique<Cluster>();
-  g_cluster = c.get();
-  c->roles = RoleNames(absl::GetFlag(FLAGS_roles));
-  c->databases = DatabaseNames(absl::GetFlag(FLAGS_databases));
-  if (!absl::GetFlag(FLAGS_coordinator).empty()) {
-    UseGivenServers(*c);
-  } else {
-    StartLocalServers(*c, need_coordinator);
-  }
-  for (const Endpoint& w : c->workers) c->worker_max_connections.push_back(PrepareWorker(*c, w));
-  if (need_coordinator) PrepareCoordinator(*c);
-  return c;
 }
 
 // ---- the workload -------------------------------------------------------------
@@ -896,39 +619,6 @@ int64_t SessionsOpened(const Cluster& cluster, const Endpoint& w) {
   return v.ok() ? std::atoll(v->c_str()) : 0;
 }
 
-// The coordinator's cumulative (waited, wakeups), or (-1, -1).
-std::pair<int64_t, int64_t> WaitFigures(const Cluster& cluster) {
-  auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
-  if (!c.ok()) return {-1, -1};
-  absl::StatusOr<cluster::QueryResult> r =
-      (*c)->Query("SELECT waited, wakeups FROM connthrottle.table_stats()");
-  if (!r.ok() || r->rows.size() != 1 || !r->rows[0][0] || !r->rows[0][1]) return {-1, -1};
-  return {std::atoll(r->rows[0][0]->c_str()), std::atoll(r->rows[0][1]->c_str())};
-}
-
-// The limit and the transport of the next run (a reload).
-void SetLimit(const Cluster& cluster, int limit, const std::string& transport) {
-  if (cluster.coordinator.port == 0) return;
-  auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
-  if (!c.ok()) Die(std::string(c.status().message()));
-  MustExec(**c, absl::StrCat("ALTER SYSTEM SET connthrottle.max_shared_pool_size = ", limit));
-  MustExec(**c, absl::StrCat("ALTER SYSTEM SET connthrottle.executor_transport = ", transport));
-  MustExec(**c, "SELECT pg_reload_conf()");
-  // The reload is asynchronous: wait until a new session sees the value.
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < give_up) {
-    auto probe = cluster.Connect(cluster.coordinator, "connthrottle-setup");
-    if (probe.ok() &&
-        (*probe)->QueryValue("SHOW connthrottle.max_shared_pool_size").value_or("") ==
-            std::to_string(limit) &&
-        (*probe)->QueryValue("SHOW connthrottle.executor_transport").value_or("") == transport) {
-      return;
-    }
-    absl::SleepFor(absl::Milliseconds(20));  // polling the server, bounded
-  }
-  Die("the coordinator did not apply the new limit and transport within 10 s");
-}
-
 // ---- one run ----------------------------------------------------------------------
 
 // Each worker's figures as they stand before a run with `limit`: the
@@ -1302,32 +992,44 @@ void CheckRolesAndDatabases(bool library) {
   }
 }
 
-// The limit counts per (node, database), so several databases may together
-// open more connections to a worker than it accepts from the clients' roles
-// (max_connections, less superuser_reserved_connections for roles that are
-// not superusers). The worker refuses those with "too many clients", which
-// the shared pool retries without the clients seeing an error: says so
-// before the run. Nothing to say, and no connection, with the defaults.
-void WarnIfWorkersMayRefuse(const Cluster& cluster) {
-  if (!cluster.MadeRoles() && cluster.databases.size() <= 1) return;
-  const int64_t most = int64_t{absl::GetFlag(FLAGS_limit)} * cluster.databases.size();
-  for (const Endpoint& w : cluster.workers) {
-    std::unique_ptr<PgClient> client = MustConnect(cluster, w);
-    int accepts = std::atoi(client->QueryValue("SHOW max_connections").value_or("0").c_str());
-    if (cluster.MadeRoles()) {
-      accepts -= std::atoi(
-          client->QueryValue("SHOW superuser_reserved_connections").value_or("0").c_str());
-    }
-    if (most <= accepts) continue;
-    std::fprintf(stderr,
-                 "note: the limit counts per (node, database): %zu x %d may be %lld connections "
-                 "to %s, which accepts %d from the clients' roles; it will refuse the rest\n",
-                 cluster.databases.size(), absl::GetFlag(FLAGS_limit), static_cast<long long>(most),
-                 w.name.c_str(), accepts);
-  }
+// The flags, read once.
+Options OptionsFromFlags() {
+  Options o;
+  o.mode = absl::GetFlag(FLAGS_mode);
+  o.workers = absl::GetFlag(FLAGS_workers);
+  o.worker_max_connections = absl::GetFlag(FLAGS_worker_max_connections);
+  o.limit = absl::GetFlag(FLAGS_limit);
+  o.clients = absl::GetFlag(FLAGS_clients);
+  o.roles = absl::GetFlag(FLAGS_roles);
+  o.databases = absl::GetFlag(FLAGS_databases);
+  o.duration = absl::GetFlag(FLAGS_duration);
+  o.mix = absl::GetFlag(FLAGS_mix);
+  o.tasks_per_worker = absl::GetFlag(FLAGS_tasks_per_worker);
+  o.fanout_task = absl::GetFlag(FLAGS_fanout_task);
+  o.coordinator = absl::GetFlag(FLAGS_coordinator);
+  o.worker_nodes = absl::GetFlag(FLAGS_worker_nodes);
+  o.transport = absl::GetFlag(FLAGS_transport);
+  o.compare_transports = absl::GetFlag(FLAGS_compare_transports);
+  o.compare_unthrottled = absl::GetFlag(FLAGS_compare_unthrottled);
+  o.out = absl::GetFlag(FLAGS_out);
+  o.json = absl::GetFlag(FLAGS_json);
+  o.progress = absl::GetFlag(FLAGS_progress);
+  o.sample_interval = absl::GetFlag(FLAGS_sample_interval);
+  o.statement_timeout = absl::GetFlag(FLAGS_statement_timeout);
+  o.stall_window = absl::GetFlag(FLAGS_stall_window);
+  o.settle = absl::GetFlag(FLAGS_settle);
+  o.kill_clients = absl::GetFlag(FLAGS_kill_clients);
+  o.terminate_coordinator_backends = absl::GetFlag(FLAGS_terminate_coordinator_backends);
+  o.terminate_worker_backends = absl::GetFlag(FLAGS_terminate_worker_backends);
+  o.restart_worker = absl::GetFlag(FLAGS_restart_worker);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.judge_timing = absl::GetFlag(FLAGS_judge_timing);
+  o.internal_segment = absl::GetFlag(FLAGS_internal_segment);
+  return o;
 }
 
 int Main() {
+  const Options options = OptionsFromFlags();
   const bool library = absl::GetFlag(FLAGS_mode) == "library";
   if (!library && absl::GetFlag(FLAGS_mode) != "sql") Die("--mode is sql or library");
   if (absl::GetFlag(FLAGS_clients) < 1 || absl::GetFlag(FLAGS_clients) > kMaxClients) {
@@ -1350,8 +1052,8 @@ int Main() {
   if (seed == 0) seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
 
   (void)Mix::Parse(absl::GetFlag(FLAGS_mix), library);  // bad input fails before anything starts
-  std::unique_ptr<Cluster> cluster = StartCluster(/*need_coordinator=*/!library);
-  WarnIfWorkersMayRefuse(*cluster);
+  std::unique_ptr<Cluster> cluster = StartCluster(options, /*need_coordinator=*/!library);
+  WarnIfWorkersMayRefuse(*cluster, options.limit);
   std::vector<RunData> runs;
   std::fprintf(stderr, "throttled run: %d clients, limit %d, %s ...\n",
                absl::GetFlag(FLAGS_clients), absl::GetFlag(FLAGS_limit),
@@ -1374,7 +1076,6 @@ int Main() {
   runs.push_back(Run(*cluster, label(transport), absl::GetFlag(FLAGS_limit), transport, seed));
   if (g_interrupted) {
     std::fprintf(stderr, "interrupted: the cluster is stopped and removed\n");
-    g_cluster = nullptr;
     cluster.reset();
     return 130;
   }
@@ -1423,7 +1124,6 @@ int Main() {
   std::fflush(stderr);
   std::printf("%s", absl::GetFlag(FLAGS_json) ? json.c_str() : text.c_str());
   std::fflush(stdout);
-  g_cluster = nullptr;
   cluster.reset();
   return verdict.passed && !g_interrupted ? 0 : 1;
 }
