@@ -59,10 +59,13 @@
 #include "connthrottle/executor/standalone_context.h"
 #include "connthrottle/owner.h"
 #include "connthrottle/shared_segment.h"
+#include "stress/clients.h"
 #include "stress/cluster.h"
+#include "stress/library_clients.h"
 #include "stress/options.h"
 #include "stress/run_data.h"
 #include "stress/sampler.h"
+#include "stress/sql_clients.h"
 #include "tests/testing/local_server.h"
 #include "tests/testing/pg_client.h"
 
@@ -134,341 +137,6 @@ ABSL_FLAG(std::string, internal_segment, "", "internal: library-mode segment nam
 namespace connthrottle::stress {
 namespace {
 
-bool TooManyClients(const std::string& sqlstate, const std::string& message) {
-  return sqlstate == "53300" || message.find("too many clients") != std::string::npos ||
-         message.find("remaining connection slots") != std::string::npos;
-}
-
-// ---- the workload -------------------------------------------------------------
-
-enum class Op { kFanout, kRouter, kCopy };
-
-struct Mix {
-  std::vector<std::pair<Op, int>> weights;
-  int total = 0;
-
-  static Mix Parse(const std::string& text, bool library) {
-    Mix m;
-    for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-      std::vector<std::string> kv = absl::StrSplit(part, '=');
-      int weight = 1;
-      if (kv.size() == 2 && !absl::SimpleAtoi(kv[1], &weight)) Die("bad --mix weight");
-      Op op;
-      if (kv[0] == "fanout") {
-        op = Op::kFanout;
-      } else if (kv[0] == "router") {
-        op = Op::kRouter;
-      } else if (kv[0] == "copy") {
-        if (library) continue;  // COPY is exercised through the extension
-        op = Op::kCopy;
-      } else {
-        Die(absl::StrCat("unknown --mix workload '", kv[0], "'"));
-      }
-      if (weight > 0) {
-        m.weights.emplace_back(op, weight);
-        m.total += weight;
-      }
-    }
-    if (m.total == 0) Die("--mix selects no workload");
-    return m;
-  }
-
-  Op Pick(std::mt19937_64& rng) const {
-    int r = static_cast<int>(rng() % static_cast<uint64_t>(total));
-    for (const auto& [op, w] : weights) {
-      if (r < w) return op;
-      r -= w;
-    }
-    return weights.back().first;
-  }
-};
-
-// What one operation came to.
-const char* OpName(Op op) {
-  switch (op) {
-    case Op::kFanout:
-      return "fanout";
-    case Op::kRouter:
-      return "router";
-    case Op::kCopy:
-      return "copy";
-  }
-  return "?";
-}
-
-struct OpOutcome {
-  bool ok = false;
-  bool too_many_clients = false;
-  bool hung = false;
-  int64_t micros = 0;
-  std::string error;  // the first error seen, when !ok
-  // The SQLSTATE of `error` where known ("" for distribute's per-node
-  // errors, which carry none).
-  std::string sqlstate;
-};
-
-std::string ArrayLiteral(const std::vector<std::string>& items) {
-  std::vector<std::string> quoted;
-  for (const std::string& i : items) quoted.push_back(absl::StrCat("\"", i, "\""));
-  return absl::StrCat("{", absl::StrJoin(quoted, ","), "}");
-}
-
-// The SQL of fan-out task t of an execution keyed `key` (--fanout_task).
-std::string FanoutTask(int key, int t) {
-  if (absl::GetFlag(FLAGS_fanout_task) == "short") {
-    return absl::StrCat("SELECT payload FROM shard WHERE id = ", (key + t * 997) % 20000 + 1);
-  }
-  return absl::StrCat("SELECT count(*) FROM shard WHERE id % 16 = ", (key + t) % 16);
-}
-
-// One sql-mode client: a coordinator session, as the role and in the
-// database AssignClient gives client `index`.
-class SqlClient {
- public:
-  SqlClient(const Cluster& cluster, int index, uint64_t seed)
-      : cluster_(cluster),
-        index_(index),
-        group_(AssignClient(index, static_cast<int>(cluster.roles.size()),
-                            static_cast<int>(cluster.databases.size()))),
-        rng_(seed) {}
-
-  OpOutcome Run(Op op) {
-    OpOutcome out;
-    if (client_ == nullptr) {
-      auto c = cluster_.Connect(cluster_.coordinator, absl::StrCat("stress-client-", index_),
-                                cluster_.databases[group_.database], cluster_.roles[group_.role]);
-      if (!c.ok()) {
-        out.error = std::string(c.status().message());
-        out.sqlstate = cluster::SqlState(c.status());
-        out.too_many_clients = TooManyClients(out.sqlstate, out.error);
-        return out;
-      }
-      client_ = *std::move(c);
-      (void)client_->Exec(
-          absl::StrCat("SET statement_timeout = ",
-                       absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_statement_timeout))));
-    }
-    std::vector<std::string> hosts, ports, commands;
-    std::string sql;
-    const int key = static_cast<int>(rng_() % 20000) + 1;
-    switch (op) {
-      case Op::kFanout:
-        for (const Endpoint& w : cluster_.workers) {
-          for (int t = 0; t < absl::GetFlag(FLAGS_tasks_per_worker); ++t) {
-            hosts.push_back(w.host);
-            ports.push_back(std::to_string(w.port));
-            commands.push_back(FanoutTask(key, t));
-          }
-        }
-        break;
-      case Op::kRouter: {
-        const Endpoint& w = cluster_.workers[rng_() % cluster_.workers.size()];
-        hosts.push_back(w.host);
-        ports.push_back(std::to_string(w.port));
-        commands.push_back(absl::StrCat("SELECT payload FROM shard WHERE id = ", key));
-        break;
-      }
-      case Op::kCopy:
-        for (const Endpoint& w : cluster_.workers) {
-          hosts.push_back(w.host);
-          ports.push_back(std::to_string(w.port));
-        }
-        break;
-    }
-    const absl::Time start = absl::Now();
-    absl::StatusOr<cluster::QueryResult> r;
-    if (op == Op::kCopy) {
-      r = client_->Query(
-          "SELECT count(*) FILTER (WHERE NOT success), coalesce(string_agg(error, '; '), '') "
-          "FROM connthrottle.distribute('SELECT g, ''row '' || g FROM generate_series(1, 200) g',"
-          " 'items', $1::text[], $2::int[])",
-          {ArrayLiteral(hosts), ArrayLiteral(ports)});
-    } else {
-      r = client_->Query(
-          "SELECT count(*) FILTER (WHERE NOT success), "
-          "coalesce(string_agg(coalesce(sqlstate, '') || ' ' || error, '; '), '') "
-          "FROM connthrottle.run_tasks($1::text[], $2::int[], $3::text[])",
-          {ArrayLiteral(hosts), ArrayLiteral(ports), ArrayLiteral(commands)});
-    }
-    out.micros = absl::ToInt64Microseconds(absl::Now() - start);
-    if (!r.ok()) {
-      const std::string state = cluster::SqlState(r.status());
-      std::string message(r.status().message());
-      // The server's words only, not the driver's own query text.
-      if (size_t at = message.find("\" failed: "); at != std::string::npos) {
-        message = message.substr(at + 10);
-      }
-      out.error = absl::StrCat(state, " ", message);
-      out.sqlstate = state;
-      out.too_many_clients = TooManyClients(state, message);
-      out.hung = state == "57014" && message.find("statement timeout") != std::string::npos;
-      if (state.empty() || state == "57P01" || state.rfind("08", 0) == 0) client_.reset();
-      return out;
-    }
-    const std::string failed = r->rows[0][0].value_or("0");
-    const std::string errors = r->rows[0][1].value_or("");
-    out.too_many_clients = TooManyClients("", errors);
-    out.ok = failed == "0";
-    if (!out.ok) out.error = errors.substr(0, errors.find("; "));  // the first task's
-    // run_tasks' errors start with their SQLSTATE (see the query).
-    if (!out.ok && op != Op::kCopy) out.sqlstate = out.error.substr(0, out.error.find(' '));
-    out.hung = out.micros > absl::ToInt64Microseconds(absl::GetFlag(FLAGS_statement_timeout));
-    return out;
-  }
-
-  int BackendPid() const { return client_ != nullptr ? client_->BackendPid() : 0; }
-  void Disconnect() { client_.reset(); }
-
- private:
-  const Cluster& cluster_;
-  int index_;
-  ClientGroup group_;
-  std::mt19937_64 rng_;
-  std::unique_ptr<PgClient> client_;
-};
-
-// ---- library mode: shared results of client processes -----------------------
-
-constexpr int kMaxClients = 256;
-constexpr int kBuckets = 3600 * 10;     // completions per 100 ms, for an hour
-constexpr int kLatencySamples = 20000;  // per client, latest kept
-
-struct ClientSlot {
-  std::atomic<int64_t> completed;
-  std::atomic<int64_t> failed;
-  std::atomic<int64_t> too_many_clients;
-  std::atomic<int64_t> hung;
-  std::atomic<int64_t> latencies_written;
-  char last_error[256];  // written by the client only, read after it exited
-  std::atomic<int64_t> latency_us[kLatencySamples];
-  std::atomic<int32_t> per_bucket[kBuckets];
-};
-
-struct SharedResults {
-  std::atomic<int> stop;
-  std::atomic<int64_t> start_ns;  // CLOCK_REALTIME of the run's start
-  ClientSlot clients[kMaxClients];
-};
-
-std::string ResultsPath(const std::string& segment) {
-  return absl::StrCat("/dev/shm/", segment, "-results");
-}
-
-SharedResults* MapResults(const std::string& segment, bool create) {
-  const std::string path = ResultsPath(segment);
-  int fd = open(path.c_str(), O_RDWR | (create ? O_CREAT | O_TRUNC : 0) | O_CLOEXEC, 0600);
-  if (fd < 0) Die(absl::StrCat("cannot open ", path));
-  if (create && ftruncate(fd, sizeof(SharedResults)) != 0) Die("ftruncate failed");
-  void* p = mmap(nullptr, sizeof(SharedResults), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (p == MAP_FAILED) Die("mmap failed");
-  return static_cast<SharedResults*>(p);
-}
-
-std::vector<NodeAddress> WorkerAddresses(const std::string& list) {
-  std::vector<NodeAddress> out;
-  for (absl::string_view w : absl::StrSplit(list, ',', absl::SkipEmpty())) {
-    std::optional<Endpoint> e = ParseEndpoint(std::string(w));
-    if (e) out.push_back({e->host, e->port});
-  }
-  return out;
-}
-
-// The body of a library-mode client process.
-int RunLibraryClient(int index) {
-  const std::string segment_name = absl::GetFlag(FLAGS_internal_segment);
-  auto segment = SharedSegment::Attach(segment_name);
-  if (!segment.ok()) return 10;
-  SharedResults* results = MapResults(segment_name, false);
-  ClientSlot& me = results->clients[index];
-  auto owner = (*segment)->table().RegisterOwner();
-  if (!owner.ok()) return 11;
-  StandaloneContext::Settings settings;
-  settings.application_name = "connthrottle";
-  settings.limits.max_shared_pool_size = absl::GetFlag(FLAGS_limit);
-  StandaloneContext context(settings);
-  ExecutorOptions options;
-  options.slot_wait_timeout = absl::GetFlag(FLAGS_statement_timeout);
-  AdaptiveExecutor executor(**owner, context, options);
-  const std::vector<NodeAddress> workers = WorkerAddresses(absl::GetFlag(FLAGS_worker_nodes));
-  const Mix mix = Mix::Parse(absl::GetFlag(FLAGS_mix), /*library=*/true);
-  std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) * 7919 + static_cast<uint64_t>(getpid()));
-  while (!results->stop.load()) {
-    std::vector<Task> tasks;
-    const int key = static_cast<int>(rng() % 20000) + 1;
-    if (mix.Pick(rng) == Op::kFanout) {
-      for (const NodeAddress& w : workers) {
-        for (int t = 0; t < absl::GetFlag(FLAGS_tasks_per_worker); ++t) {
-          tasks.push_back({w, FanoutTask(key, t)});
-        }
-      }
-    } else {
-      tasks.push_back({workers[rng() % workers.size()],
-                       absl::StrCat("SELECT payload FROM shard WHERE id = ", key)});
-    }
-    const absl::Time start = absl::Now();
-    absl::StatusOr<ExecutionResult> r = executor.Execute(std::move(tasks));
-    const absl::Time end = absl::Now();
-    const int64_t micros = absl::ToInt64Microseconds(end - start);
-    bool ok = r.ok();
-    bool too_many = false;
-    if (r.ok()) {
-      for (const TaskResult& t : r->tasks) {
-        ok = ok && t.status.ok();
-        too_many = too_many || TooManyClients(t.sqlstate, std::string(t.status.message()));
-      }
-    }
-    if (ok) {
-      me.completed.fetch_add(1);
-      int64_t bucket = (absl::ToUnixNanos(end) - results->start_ns.load()) / 100'000'000;
-      if (bucket >= 0 && bucket < kBuckets) me.per_bucket[bucket].fetch_add(1);
-    } else {
-      me.failed.fetch_add(1);
-    }
-    if (!ok) {
-      std::string error = r.ok() ? std::string() : std::string(r.status().message());
-      for (size_t i = 0; r.ok() && i < r->tasks.size() && error.empty(); ++i) {
-        if (!r->tasks[i].status.ok()) {
-          error = absl::StrCat(r->tasks[i].sqlstate, " ", r->tasks[i].status.message());
-        }
-      }
-      std::snprintf(me.last_error, sizeof(me.last_error), "%s", error.c_str());
-    }
-    if (too_many) me.too_many_clients.fetch_add(1);
-    if (end - start > absl::GetFlag(FLAGS_statement_timeout)) me.hung.fetch_add(1);
-    int64_t n = me.latencies_written.fetch_add(1);
-    me.latency_us[n % kLatencySamples].store(micros);
-  }
-  return 0;
-}
-
-pid_t SpawnLibraryClient(int index, const std::string& segment,
-                         const std::vector<Endpoint>& workers, int limit, uint64_t seed) {
-  std::vector<std::string> hosts;
-  for (const Endpoint& w : workers) hosts.push_back(absl::StrCat(w.host, ":", w.port));
-  std::vector<std::string> args = {
-      "/proc/self/exe",
-      absl::StrCat("--internal_library_client=", index),
-      absl::StrCat("--internal_segment=", segment),
-      absl::StrCat("--worker_nodes=", absl::StrJoin(hosts, ",")),
-      absl::StrCat("--limit=", limit),
-      absl::StrCat("--mix=", absl::GetFlag(FLAGS_mix)),
-      absl::StrCat("--tasks_per_worker=", absl::GetFlag(FLAGS_tasks_per_worker)),
-      absl::StrCat("--fanout_task=", absl::GetFlag(FLAGS_fanout_task)),
-      absl::StrCat("--statement_timeout=",
-                   absl::FormatDuration(absl::GetFlag(FLAGS_statement_timeout))),
-      absl::StrCat("--seed=", seed + static_cast<uint64_t>(index))};
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    execv("/proc/self/exe", argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
 // Backends worker `w` started for the workload so far: "connection received"
 // lines in its log, less the driver's own connections; -1 for a worker the
 // driver did not start (it cannot read that log).
@@ -533,84 +201,6 @@ void WorkerFiguresAfter(const Cluster& cluster, RunData& run) {
   }
 }
 
-// The roles and databases of a sql-mode run's clients, as SqlClient took
-// them from AssignClient.
-void RecordGroups(const Cluster& cluster, RunData& run) {
-  run.roles = cluster.roles;
-  run.databases = cluster.databases;
-  for (size_t c = 0; c < run.clients.size(); ++c) {
-    const ClientGroup g = AssignClient(static_cast<int>(c), static_cast<int>(cluster.roles.size()),
-                                       static_cast<int>(cluster.databases.size()));
-    run.clients[c].role = g.role;
-    run.clients[c].database = g.database;
-  }
-}
-
-// Library mode, once the client processes are gone: how long until every
-// counter of the run's segment is zero (reclaiming the killed clients'
-// slots), or what was left after 5 x --settle.
-void AwaitLibraryCountersZero(SharedSegment& segment, Owner& observer, RunData& run) {
-  const absl::Time stopped = absl::Now();
-  for (;;) {
-    observer.ReclaimDeadOwners();
-    std::vector<KeyStats> left = segment.table().Snapshot();
-    absl::Duration after = absl::Now() - stopped;
-    if (left.empty()) {
-      run.counters_zero_after = after;
-      break;
-    }
-    if (after > absl::GetFlag(FLAGS_settle) * 5) {
-      for (const KeyStats& k : left) {
-        absl::StrAppend(&run.counters_left, k.host, ":", k.port, "=", k.connections, " ");
-      }
-      break;
-    }
-    absl::SleepFor(absl::Milliseconds(5));  // polling the table, bounded
-  }
-}
-
-// SQL mode, once the client sessions are closed: how long until the
-// coordinator's counters hold nothing but the shared pool's connections,
-// or what was left after 5 x --settle; then the forced connections.
-void AwaitSqlCountersZero(const Cluster& cluster, RunData& run) {
-  const absl::Time stopped = absl::Now();
-  auto c = cluster.Connect(cluster.coordinator, "connthrottle-monitor");
-  for (;;) {
-    absl::StatusOr<cluster::QueryResult> left =
-        // Every slot given back, but those of the shared pool's
-        // connections, which outlive the run (pool_idle_timeout).
-        c.ok() ? (*c)->Query(
-                     "SELECT host || ':' || port || '=' || connections || '+' || waiters "
-                     "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
-                     "FROM connthrottle.nodes) <> (SELECT connections FROM "
-                     "connthrottle.pool_stats())")
-               : absl::StatusOr<cluster::QueryResult>(c.status());
-    absl::Duration after = absl::Now() - stopped;
-    if (left.ok() && left->rows.empty()) {
-      run.counters_zero_after = after;
-      break;
-    }
-    if (after > absl::GetFlag(FLAGS_settle) * 5) {
-      if (left.ok()) {
-        for (const auto& row : left->rows) absl::StrAppend(&run.counters_left, *row[0], " ");
-      }
-      break;
-    }
-    absl::SleepFor(absl::Milliseconds(5));  // polling the coordinator, bounded
-  }
-  if (c.ok()) {
-    absl::StatusOr<std::string> forced =
-        (*c)->QueryValue("SELECT coalesce(max(forced), 0) FROM connthrottle.nodes");
-    for (WorkerFigures& w : run.workers) w.forced = forced.ok() ? std::atoi(forced->c_str()) : 0;
-  }
-}
-
-struct Progress {
-  std::atomic<int64_t> completed{0};
-  std::mutex mu;
-  LatencyRecorder recent;
-};
-
 void ShowProgress(absl::Duration elapsed, absl::Duration total, Progress& progress,
                   const std::vector<int>& latest, const std::vector<WorkerFigures>& workers) {
   int64_t p50 = 0, p99 = 0;
@@ -632,96 +222,29 @@ void ShowProgress(absl::Duration elapsed, absl::Duration total, Progress& progre
   std::fflush(stderr);
 }
 
-RunData Run(Cluster& cluster, const std::string& label, int limit, const std::string& transport,
-            uint64_t seed) {
-  const bool library = absl::GetFlag(FLAGS_mode) == "library";
-  const int nclients = std::min(absl::GetFlag(FLAGS_clients), kMaxClients);
-  const absl::Duration duration = absl::GetFlag(FLAGS_duration);
+RunData Run(Cluster& cluster, const Options& options, const std::string& label, int limit,
+            const std::string& transport, uint64_t seed) {
+  const bool library = options.library();
+  const int nclients = std::min(options.clients, kMaxClients);
+  const absl::Duration duration = options.duration;
   RunData run;
   run.label = label;
-  run.sample_interval = absl::GetFlag(FLAGS_sample_interval);
+  run.sample_interval = options.sample_interval;
   run.workers = WorkerFiguresBefore(cluster, limit);
   SetLimit(cluster, limit, transport);
-  const std::pair<int64_t, int64_t> waits_before =
-      library ? std::pair<int64_t, int64_t>{0, 0} : WaitFigures(cluster);
   std::mt19937_64 rng(seed);
   Sampler sampler(cluster, run.sample_interval);
-  Progress progress;
-  const bool show_progress = absl::GetFlag(FLAGS_progress) && isatty(2);
-
-  // Library mode: the segment, the shared results and the client processes.
-  std::string segment_name = absl::StrCat("connthrottle-stress-", getpid(), "-", label);
-  std::unique_ptr<SharedSegment> segment;
-  SharedResults* results = nullptr;
-  std::vector<pid_t> pids(nclients, 0);
-  std::unique_ptr<Owner> observer;
-  if (library) {
-    (void)SharedSegment::Remove(segment_name);
-    auto s = SharedSegment::CreateOrAttach(
-        segment_name, {.capacity = 64, .max_owners = static_cast<uint32_t>(nclients + 16)});
-    if (!s.ok()) Die(std::string(s.status().message()));
-    segment = *std::move(s);
-    auto o = segment->table().RegisterOwner();
-    if (!o.ok()) Die(std::string(o.status().message()));
-    observer = *std::move(o);
-    results = MapResults(segment_name, true);
-    results->stop.store(0);
-    results->start_ns.store(absl::ToUnixNanos(absl::Now()));
-    for (int c = 0; c < nclients; ++c) {
-      pids[c] = SpawnLibraryClient(c, segment_name, cluster.workers, limit, seed);
-    }
-  }
-
-  // SQL mode: client threads.
-  const Mix mix = Mix::Parse(absl::GetFlag(FLAGS_mix), library);
+  const bool show_progress = options.progress && isatty(2);
   std::atomic<bool> stop{false};
-  std::vector<std::unique_ptr<SqlClient>> sql_clients;
-  std::vector<std::thread> threads;
-  std::vector<ClientFigures> figures(nclients);
-  std::vector<LatencyRecorder> latencies(nclients);
-  std::vector<std::map<std::string, LatencyRecorder>> latencies_by_kind(nclients);
-  std::atomic<int64_t> too_many{0}, other_errors{0}, hung{0}, queries{0}, sqlstate_53300{0};
-  std::mutex pid_mu;
-  std::mutex errors_mu;
+  std::unique_ptr<Clients> clients;
+  if (library) {
+    clients = std::make_unique<LibraryClients>(cluster, options, label, limit, seed, nclients);
+  } else {
+    clients = std::make_unique<SqlClients>(cluster, options, nclients, seed, stop, run);
+  }
   const absl::Time start = absl::Now();
   sampler.Start(start);
-  if (!library) {
-    for (int c = 0; c < nclients; ++c) {
-      sql_clients.push_back(std::make_unique<SqlClient>(cluster, c, seed + c));
-    }
-    for (int c = 0; c < nclients; ++c) {
-      threads.emplace_back([&, c] {
-        std::mt19937_64 local(seed * 31 + c);
-        while (!stop.load()) {
-          const Op op = mix.Pick(local);
-          OpOutcome o = sql_clients[c]->Run(op);
-          if (stop.load() && !o.ok) break;  // interrupted by the end of the run
-          if (o.ok) {
-            ++figures[c].completed;
-            figures[c].completion_times.push_back(absl::Now() - start);
-            ++queries;
-            progress.completed.fetch_add(1);
-          } else {
-            ++figures[c].failed;
-            if (figures[c].failures.size() < kMaxFailuresKept) {
-              figures[c].failures.emplace_back(absl::Now() - start, o.error);
-            }
-            if (!o.too_many_clients && !o.hung) ++other_errors;
-            std::lock_guard<std::mutex> lock(errors_mu);
-            NoteError(run, o.error);
-          }
-          if (o.too_many_clients) ++too_many;
-          if (o.sqlstate == "53300") ++sqlstate_53300;
-          if (o.hung) ++hung;
-          latencies[c].Add(o.micros);
-          latencies_by_kind[c][OpName(op)].Add(o.micros);
-          std::lock_guard<std::mutex> lock(progress.mu);
-          progress.recent.Add(o.micros);
-        }
-        sql_clients[c]->Disconnect();
-      });
-    }
-  }
+  clients->Start(start);
 
   // Faults, spread over the middle of the run.
   std::thread faults([&] {
@@ -731,10 +254,10 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
         plan.emplace_back(duration * (0.1 + 0.8 * static_cast<double>(rng() % 1000) / 1000), what);
       }
     };
-    spread(library ? absl::GetFlag(FLAGS_kill_clients) : 0, 0);
-    spread(library ? 0 : absl::GetFlag(FLAGS_terminate_coordinator_backends), 1);
-    spread(absl::GetFlag(FLAGS_terminate_worker_backends), 2);
-    if (absl::GetFlag(FLAGS_restart_worker) && !cluster.worker_servers.empty()) {
+    spread(library ? options.kill_clients : 0, 0);
+    spread(library ? 0 : options.terminate_coordinator_backends, 1);
+    spread(options.terminate_worker_backends, 2);
+    if (options.restart_worker && !cluster.worker_servers.empty()) {
       plan.emplace_back(duration / 2, 3);
     }
     std::sort(plan.begin(), plan.end());
@@ -742,15 +265,11 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
       while (!stop.load() && absl::Now() - start < when) absl::SleepFor(absl::Milliseconds(5));
       if (stop.load()) return;
       if (what == 0) {
-        int c = static_cast<int>(rng() % nclients);
-        std::lock_guard<std::mutex> lock(pid_mu);
-        if (pids[c] > 0 && kill(pids[c], SIGKILL) == 0) {
-          waitpid(pids[c], nullptr, 0);
+        if (clients->KillAndReplace(static_cast<int>(rng() % nclients), rng)) {
           ++run.faults.clients_killed;
-          pids[c] = SpawnLibraryClient(c, segment_name, cluster.workers, limit, seed + rng());
         }
       } else if (what == 1) {
-        int pid = sql_clients[rng() % nclients]->BackendPid();
+        int pid = clients->BackendPid(static_cast<int>(rng() % nclients));
         auto admin = cluster.Connect(cluster.coordinator, "connthrottle-faults");
         if (pid > 0 && admin.ok() &&
             (*admin)->Exec(absl::StrCat("SELECT pg_terminate_backend(", pid, ")")).ok()) {
@@ -778,8 +297,10 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
   // The run, with its progress line.
   while (absl::Now() - start < duration && !g_interrupted) {
     absl::SleepFor(std::min(absl::Seconds(1), duration - (absl::Now() - start)));
-    if (show_progress)
-      ShowProgress(absl::Now() - start, duration, progress, sampler.latest(), run.workers);
+    if (show_progress) {
+      ShowProgress(absl::Now() - start, duration, clients->progress(), sampler.latest(),
+                   run.workers);
+    }
   }
   if (show_progress) std::fprintf(stderr, "\n");
   stop = true;
@@ -787,62 +308,10 @@ RunData Run(Cluster& cluster, const std::string& label, int limit, const std::st
   run.duration = absl::Now() - start;
 
   // Stop the clients, then time how long until every shared counter is zero.
-  if (library) {
-    results->stop.store(1);
-    for (pid_t pid : pids) {
-      if (pid > 0) waitpid(pid, nullptr, 0);
-    }
-    AwaitLibraryCountersZero(*segment, *observer, run);
-    for (int c = 0; c < nclients; ++c) {
-      ClientSlot& slot = results->clients[c];
-      figures[c].completed = slot.completed.load();
-      figures[c].failed = slot.failed.load();
-      for (int b = 0; b < kBuckets; ++b) {
-        for (int32_t i = 0; i < slot.per_bucket[b].load(); ++i) {
-          figures[c].completion_times.push_back(absl::Milliseconds(100 * b + 50));
-        }
-      }
-      too_many += slot.too_many_clients.load();
-      hung += slot.hung.load();
-      other_errors += slot.failed.load();
-      // Client processes keep only their last error: it stands for them all.
-      if (slot.failed.load() > 0)
-        NoteError(run, absl::StrCat("(a client's last) ", slot.last_error));
-      queries += slot.completed.load();
-      int64_t n = std::min<int64_t>(slot.latencies_written.load(), kLatencySamples);
-      for (int64_t i = 0; i < n; ++i) latencies[c].Add(slot.latency_us[i].load());
-    }
-    const TableStats table = segment->table().Stats();  // the segment is this run's
-    run.waits = static_cast<int64_t>(table.waited);
-    run.wakeups = static_cast<int64_t>(table.wakeups);
-    observer.reset();
-    munmap(results, sizeof(SharedResults));
-    unlink(ResultsPath(segment_name).c_str());
-    segment.reset();
-    (void)SharedSegment::Remove(segment_name);
-  } else {
-    for (std::thread& t : threads) t.join();
-    AwaitSqlCountersZero(cluster, run);
-    const std::pair<int64_t, int64_t> waits_after = WaitFigures(cluster);
-    if (waits_before.first >= 0 && waits_after.first >= 0) {
-      run.waits = waits_after.first - waits_before.first;
-      run.wakeups = waits_after.second - waits_before.second;
-    }
-  }
+  clients->Finish(run);
   sampler.Stop();
   run.samples = sampler.samples();
   WorkerFiguresAfter(cluster, run);
-  run.clients = std::move(figures);
-  if (!library) RecordGroups(cluster, run);
-  for (const LatencyRecorder& l : latencies) run.latency.Merge(l);
-  for (const auto& kinds : latencies_by_kind) {
-    for (const auto& [kind, l] : kinds) run.latency_by_kind[kind].Merge(l);
-  }
-  run.too_many_clients_errors = too_many.load();
-  run.sqlstate_53300_errors = sqlstate_53300.load();
-  run.other_errors = other_errors.load();
-  run.hung = hung.load();
-  run.queries = queries.load();
   return run;
 }
 
@@ -946,7 +415,8 @@ int Main() {
   auto label = [](const std::string& t) {
     return t == "direct" ? std::string("throttled") : absl::StrCat("throttled, ", t);
   };
-  runs.push_back(Run(*cluster, label(transport), absl::GetFlag(FLAGS_limit), transport, seed));
+  runs.push_back(
+      Run(*cluster, options, label(transport), absl::GetFlag(FLAGS_limit), transport, seed));
   if (g_interrupted) {
     std::fprintf(stderr, "interrupted: the cluster is stopped and removed\n");
     cluster.reset();
@@ -956,11 +426,11 @@ int Main() {
   if (absl::GetFlag(FLAGS_compare_unthrottled)) {
     std::fprintf(stderr, "unthrottled run (max_shared_pool_size = -1, direct) ...\n");
     runs.insert(transport == "direct" ? runs.end() : runs.begin(),
-                Run(*cluster, "unthrottled", -1, "direct", seed));
+                Run(*cluster, options, "unthrottled", -1, "direct", seed));
   }
   if (absl::GetFlag(FLAGS_compare_transports) && !g_interrupted) {
     std::fprintf(stderr, "throttled run through %s ...\n", other.c_str());
-    runs.push_back(Run(*cluster, label(other), absl::GetFlag(FLAGS_limit), other, seed));
+    runs.push_back(Run(*cluster, options, label(other), absl::GetFlag(FLAGS_limit), other, seed));
   }
   // Every throttled run is judged; the unthrottled one is the baseline.
   Verdict verdict;
@@ -1016,7 +486,8 @@ int main(int argc, char** argv) {
       "[--flags]   (--help lists them)");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_internal_library_client) >= 0) {
-    return connthrottle::stress::RunLibraryClient(absl::GetFlag(FLAGS_internal_library_client));
+    return connthrottle::stress::RunLibraryClient(connthrottle::stress::OptionsFromFlags(),
+                                                  absl::GetFlag(FLAGS_internal_library_client));
   }
   signal(SIGPIPE, SIG_IGN);
   struct sigaction stop = {};
