@@ -61,6 +61,7 @@
 #include "connthrottle/shared_segment.h"
 #include "stress/clients.h"
 #include "stress/cluster.h"
+#include "stress/faults.h"
 #include "stress/library_clients.h"
 #include "stress/options.h"
 #include "stress/run_data.h"
@@ -232,7 +233,6 @@ RunData Run(Cluster& cluster, const Options& options, const std::string& label, 
   run.sample_interval = options.sample_interval;
   run.workers = WorkerFiguresBefore(cluster, limit);
   SetLimit(cluster, limit, transport);
-  std::mt19937_64 rng(seed);
   Sampler sampler(cluster, run.sample_interval);
   const bool show_progress = options.progress && isatty(2);
   std::atomic<bool> stop{false};
@@ -246,53 +246,8 @@ RunData Run(Cluster& cluster, const Options& options, const std::string& label, 
   sampler.Start(start);
   clients->Start(start);
 
-  // Faults, spread over the middle of the run.
-  std::thread faults([&] {
-    std::vector<std::pair<absl::Duration, int>> plan;  // (when, what)
-    auto spread = [&](int n, int what) {
-      for (int i = 0; i < n; ++i) {
-        plan.emplace_back(duration * (0.1 + 0.8 * static_cast<double>(rng() % 1000) / 1000), what);
-      }
-    };
-    spread(library ? options.kill_clients : 0, 0);
-    spread(library ? 0 : options.terminate_coordinator_backends, 1);
-    spread(options.terminate_worker_backends, 2);
-    if (options.restart_worker && !cluster.worker_servers.empty()) {
-      plan.emplace_back(duration / 2, 3);
-    }
-    std::sort(plan.begin(), plan.end());
-    for (const auto& [when, what] : plan) {
-      while (!stop.load() && absl::Now() - start < when) absl::SleepFor(absl::Milliseconds(5));
-      if (stop.load()) return;
-      if (what == 0) {
-        if (clients->KillAndReplace(static_cast<int>(rng() % nclients), rng)) {
-          ++run.faults.clients_killed;
-        }
-      } else if (what == 1) {
-        int pid = clients->BackendPid(static_cast<int>(rng() % nclients));
-        auto admin = cluster.Connect(cluster.coordinator, "connthrottle-faults");
-        if (pid > 0 && admin.ok() &&
-            (*admin)->Exec(absl::StrCat("SELECT pg_terminate_backend(", pid, ")")).ok()) {
-          ++run.faults.coordinator_backends_terminated;
-        }
-      } else if (what == 2) {
-        const Endpoint& w = cluster.workers[rng() % cluster.workers.size()];
-        auto admin = cluster.Connect(w, "connthrottle-faults");
-        if (admin.ok()) {
-          absl::StatusOr<std::string> n = (*admin)->QueryValue(
-              "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity "
-              "WHERE application_name = 'connthrottle' ORDER BY random() LIMIT 1) p");
-          if (n.ok() && *n == "1") ++run.faults.worker_backends_terminated;
-        }
-      } else if (what == 3) {
-        LocalServer& w = *cluster.worker_servers[rng() % cluster.worker_servers.size()];
-        if (w.Stop().ok()) {
-          absl::SleepFor(absl::Seconds(2));  // the outage itself
-          if (w.StartAgain().ok()) ++run.faults.worker_restarts;
-        }
-      }
-    }
-  });
+  FaultInjector faults(cluster, *clients, run.faults, seed);
+  faults.Start(options, start, stop);
 
   // The run, with its progress line.
   while (absl::Now() - start < duration && !g_interrupted) {
@@ -304,7 +259,7 @@ RunData Run(Cluster& cluster, const Options& options, const std::string& label, 
   }
   if (show_progress) std::fprintf(stderr, "\n");
   stop = true;
-  faults.join();
+  faults.Join();
   run.duration = absl::Now() - start;
 
   // Stop the clients, then time how long until every shared counter is zero.
