@@ -48,21 +48,17 @@ std::vector<std::pair<absl::Duration, Fault>> FaultInjector::Plan(const Options&
   return plan;
 }
 
+// Does `fault` and counts it if it was done.
 void FaultInjector::Inject(Fault fault) {
-  switch (fault) {
-    case Fault::kKillClient:
-      if (KillClient()) ++counts_.clients_killed;
-      break;
-    case Fault::kTerminateCoordinatorBackend:
-      if (TerminateCoordinatorBackend()) ++counts_.coordinator_backends_terminated;
-      break;
-    case Fault::kTerminateWorkerBackend:
-      if (TerminateWorkerBackend()) ++counts_.worker_backends_terminated;
-      break;
-    case Fault::kRestartWorker:
-      if (RestartWorker()) ++counts_.worker_restarts;
-      break;
+  FaultFigures& n = counts_;
+  if (fault == Fault::kKillClient && KillClient()) ++n.clients_killed;
+  if (fault == Fault::kTerminateCoordinatorBackend && TerminateCoordinatorBackend()) {
+    ++n.coordinator_backends_terminated;
   }
+  if (fault == Fault::kTerminateWorkerBackend && TerminateWorkerBackend()) {
+    ++n.worker_backends_terminated;
+  }
+  if (fault == Fault::kRestartWorker && RestartWorker()) ++n.worker_restarts;
 }
 
 bool FaultInjector::KillClient() {
