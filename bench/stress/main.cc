@@ -25,6 +25,7 @@
 #include "stress/cluster.h"
 #include "stress/library_clients.h"
 #include "stress/options.h"
+#include "stress/report.h"
 #include "stress/run.h"
 #include "stress/run_data.h"
 #include "stress/workload.h"

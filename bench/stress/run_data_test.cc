@@ -8,6 +8,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "stress/report.h"
 
 namespace connthrottle::stress {
 namespace {
