@@ -1,3 +1,7 @@
+// The logic of run_data.h: latency percentiles, fairness, client groups,
+// sampling gaps, stalls, starvation and the error tally, and Judge, one
+// function per family of invariants.
+
 #include "stress/run_data.h"
 
 #include <algorithm>

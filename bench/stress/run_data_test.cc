@@ -1,3 +1,7 @@
+// The tests of run_data.h: percentiles, fairness, stalls and starvation on
+// made-up series (test_runs.h), client assignment, and every invariant Judge
+// checks, passing and failing.
+
 #include "stress/run_data.h"
 
 #include <algorithm>
