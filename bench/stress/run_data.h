@@ -1,7 +1,7 @@
 // The stress driver's record of one run and the pure logic over it:
-// percentiles, fairness, stalls, the invariant verdicts and the report. No
-// servers, threads or clocks here, so all of it is unit-tested
-// (run_data_test.cc).
+// percentiles, fairness, stalls and the invariant verdicts (the report of it
+// is report.h). No servers, threads or clocks here, so all of it is
+// unit-tested (run_data_test.cc).
 
 #ifndef CONNTHROTTLE_BENCH_STRESS_RUN_DATA_H_
 #define CONNTHROTTLE_BENCH_STRESS_RUN_DATA_H_
@@ -155,6 +155,9 @@ struct RunData {
   std::string counters_left;
 };
 
+// A duration as a person reads it: "1.234s", "10.4ms".
+std::string HumanDuration(absl::Duration d);
+
 inline constexpr absl::Duration kMaxSampleInterval = absl::Milliseconds(20);
 // A scheduler hiccup on a loaded machine is tolerated; a stuck monitor is not.
 inline constexpr absl::Duration kMaxSampleGap = absl::Milliseconds(200);
@@ -236,18 +239,6 @@ struct Verdict {
 // measure the machine rather than connthrottle. The smoke tests run so.
 Verdict Judge(const RunData& run, absl::Duration settle, absl::Duration stall_window,
               bool judge_timing = true);
-
-// A human-readable report: the figures of each run side by side and the
-// verdict of the throttled one.
-std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict);
-// The same as JSON.
-std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict);
-// The connection time series of a run: "seconds,worker1,worker2,...".
-std::string SeriesCsv(const RunData& run);
-// A gnuplot script that draws the CSV files of `runs` against each worker's
-// limit into `png`.
-std::string GnuplotScript(const std::vector<RunData>& runs,
-                          const std::vector<std::string>& csv_files, const std::string& png);
 
 }  // namespace connthrottle::stress
 

@@ -1,0 +1,332 @@
+// The stress driver's cluster: starting local servers or taking given ones,
+// readying every node for the clients (roles, databases, shard tables, the
+// extension's catalog), and removing what the driver started, on Die too.
+
+#include "stress/cluster.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+
+namespace connthrottle::stress {
+
+std::atomic<bool> g_interrupted{false};
+
+namespace {
+
+// The cluster this process started, stopped and removed by Die() too.
+std::atomic<Cluster*> g_cluster{nullptr};
+
+void StopCluster() {
+  if (Cluster* c = g_cluster.exchange(nullptr)) c->Stop();
+}
+
+}  // namespace
+
+[[noreturn]] void Die(const std::string& message) {
+  std::fprintf(stderr, "connthrottle-stress: %s\n", message.c_str());
+  StopCluster();
+  std::exit(2);
+}
+
+std::optional<Endpoint> ParseEndpoint(const std::string& text) {
+  size_t colon = text.rfind(':');
+  Endpoint e;
+  if (colon == std::string::npos || !absl::SimpleAtoi(text.substr(colon + 1), &e.port)) {
+    return std::nullopt;
+  }
+  e.host = text.substr(0, colon);
+  e.name = text;
+  return e;
+}
+
+// ---- the cluster -------------------------------------------------------------
+
+Cluster::~Cluster() {
+  Cluster* self = this;
+  g_cluster.compare_exchange_strong(self, nullptr);
+  Stop();
+}
+
+void Cluster::Stop() {
+  std::lock_guard<std::mutex> lock(stop_mu);
+  worker_servers.clear();
+  coordinator_server.reset();
+  if (!root.empty()) cluster::RemoveTree(root);
+  root.clear();
+}
+
+ConnParams Cluster::Params(const Endpoint& e, const std::string& application,
+                           const std::string& database, const std::string& user) const {
+  ConnParams p;
+  p.Set("host", e.host)
+      .Set("port", std::to_string(e.port))
+      .Set("dbname", database)
+      .Set("user", user)
+      .Set("connect_timeout", "10")
+      .Set("application_name", application);
+  return p;
+}
+
+absl::StatusOr<std::unique_ptr<PgClient>> Cluster::Connect(const Endpoint& e,
+                                                           const std::string& application,
+                                                           const std::string& database,
+                                                           const std::string& user) const {
+  absl::StatusOr<std::unique_ptr<PgClient>> c =
+      PgClient::Connect(Params(e, application, database, user));
+  if (c.ok()) {
+    std::lock_guard<std::mutex> lock(own_mu);
+    ++own_connections[{e.host, e.port}];
+  }
+  return c;
+}
+
+int64_t Cluster::OwnConnections(const Endpoint& e) const {
+  std::lock_guard<std::mutex> lock(own_mu);
+  auto it = own_connections.find({e.host, e.port});
+  return it == own_connections.end() ? 0 : it->second;
+}
+
+void MustExec(PgClient& client, const std::string& sql) {
+  absl::Status s = client.Exec(sql);
+  if (!s.ok()) Die(std::string(s.message()));
+}
+
+std::unique_ptr<PgClient> MustConnect(const Cluster& c, const Endpoint& e,
+                                      const std::string& database) {
+  auto client = c.Connect(e, "connthrottle-setup", database);
+  if (!client.ok()) Die(std::string(client.status().message()));
+  return *std::move(client);
+}
+
+// ---- starting it ---------------------------------------------------------------
+
+namespace {
+
+// The cluster given by --coordinator and --worker_nodes.
+void UseGivenServers(const Options& options, Cluster& c) {
+  std::optional<Endpoint> coord = ParseEndpoint(options.coordinator);
+  if (!coord) Die("--coordinator must be host:port");
+  c.coordinator = *coord;
+  for (absl::string_view w : absl::StrSplit(options.worker_nodes, ',', absl::SkipEmpty())) {
+    std::optional<Endpoint> e = ParseEndpoint(std::string(w));
+    if (!e) Die("--worker_nodes must be host:port,host:port");
+    c.workers.push_back(*e);
+  }
+  if (c.workers.empty()) Die("--coordinator needs --worker_nodes");
+}
+
+// Starts --workers local workers and, when asked, a coordinator with the
+// extension preloaded, in a new directory that Stop() removes.
+void StartLocalServers(const Options& options, Cluster& c, bool need_coordinator) {
+  absl::StatusOr<std::string> root = cluster::MakeServerRoot("connthrottle-stress-");
+  if (!root.ok()) Die(std::string(root.status().message()));
+  c.root = *root;
+  std::fprintf(stderr, "starting a local cluster in %s ...\n", c.root.c_str());
+  for (int w = 0; w < options.workers; ++w) {
+    cluster::ServerConfig config;
+    config.name = absl::StrCat("worker", w + 1);
+    config.max_connections = options.worker_max_connections;
+    // Every backend a worker starts is logged ("connection received"):
+    // the report's worker backends per query come from there.
+    config.settings = {{"log_connections", "on"}};
+    auto server = LocalServer::Start(c.root, config);
+    if (!server.ok()) Die(std::string(server.status().message()));
+    c.workers.push_back({(*server)->host(), (*server)->port(), config.name});
+    c.worker_servers.push_back(*std::move(server));
+  }
+  if (need_coordinator) {
+    cluster::ServerConfig config;
+    config.name = "coordinator";
+    config.max_connections = options.clients + 20;
+    config.preload_connthrottle = true;
+    config.settings = {{"connthrottle.connection_wait_timeout", "'15s'"},
+                       {"connthrottle.local_node", "'none'"}};
+    auto server = LocalServer::Start(c.root, config);
+    if (!server.ok()) Die(std::string(server.status().message()));
+    c.coordinator = {(*server)->host(), (*server)->port(), "coordinator"};
+    c.coordinator_server = *std::move(server);
+  }
+}
+
+// The roles of --roles: the superuser postgres alone, or roles the driver
+// makes. (The names are SQL identifiers as they are: they are pasted into
+// statements.)
+std::vector<std::string> RoleNames(int n) {
+  if (n <= 1) return {"postgres"};
+  std::vector<std::string> names;
+  for (int r = 1; r <= n; ++r) names.push_back(absl::StrCat("connthrottle_stress_role", r));
+  return names;
+}
+
+// The databases of --databases: postgres, then databases the driver makes.
+std::vector<std::string> DatabaseNames(int n) {
+  std::vector<std::string> names = {"postgres"};
+  for (int d = 2; d <= n; ++d) names.push_back(absl::StrCat("connthrottle_stress_db", d));
+  return names;
+}
+
+// Whether the catalog query `sql` (a count, with `name` as $1) counts
+// `name`.
+bool Exists(PgClient& client, const std::string& sql, const std::string& name) {
+  absl::StatusOr<cluster::QueryResult> r = client.Query(sql, {name});
+  if (!r.ok()) Die(std::string(r.status().message()));
+  return r->Value() != "0";
+}
+
+// Makes the clients' login roles on `server` where they are missing (a
+// cluster given with --coordinator may have them from an earlier run, and a
+// worker may be the same server as another node). Roles belong to the
+// whole server: once per server.
+void CreateRoles(const Cluster& c, const Endpoint& server) {
+  if (!c.MadeRoles()) return;
+  std::unique_ptr<PgClient> client = MustConnect(c, server);
+  for (const std::string& role : c.roles) {
+    if (Exists(*client, "SELECT count(*) FROM pg_roles WHERE rolname = $1", role)) continue;
+    MustExec(*client, absl::StrCat("CREATE ROLE ", role, " LOGIN"));
+  }
+}
+
+// Makes the clients' databases but postgres on `server` where they are
+// missing.
+void CreateDatabases(const Cluster& c, const Endpoint& server) {
+  if (c.databases.size() <= 1) return;
+  std::unique_ptr<PgClient> client = MustConnect(c, server);
+  for (size_t d = 1; d < c.databases.size(); ++d) {
+    if (Exists(*client, "SELECT count(*) FROM pg_database WHERE datname = $1", c.databases[d])) {
+      continue;
+    }
+    MustExec(*client, absl::StrCat("CREATE DATABASE ", c.databases[d]));
+  }
+}
+
+// Readies worker `w`: the clients' roles, and in each of their databases
+// the shard table with data and the COPY target, which the roles may read
+// and write. Returns the worker's max_connections.
+int PrepareWorker(const Cluster& c, const Endpoint& w) {
+  CreateRoles(c, w);
+  CreateDatabases(c, w);
+  int max_connections = 0;
+  for (const std::string& database : c.databases) {
+    std::unique_ptr<PgClient> client = MustConnect(c, w, database);
+    MustExec(*client,
+             "DROP TABLE IF EXISTS shard, items; "
+             "CREATE TABLE shard (id int PRIMARY KEY, payload text); "
+             "INSERT INTO shard SELECT g, md5(g::text) FROM generate_series(1, 20000) g; "
+             "CREATE TABLE items (id int, name text); ANALYZE shard");
+    if (c.MadeRoles()) {
+      const std::string roles = absl::StrJoin(c.roles, ", ");
+      MustExec(*client, absl::StrCat("GRANT SELECT ON shard TO ", roles,
+                                     "; GRANT INSERT ON items TO ", roles));
+    }
+    max_connections = std::atoi(client->QueryValue("SHOW max_connections")->c_str());
+  }
+  return max_connections;
+}
+
+// Readies the coordinator: the clients' roles, and in each of their
+// databases the extension and its catalog of the workers (both are per
+// database), with the roles allowed to run the workload's functions. A role
+// that is not a superuser may only reach nodes of the catalog.
+void PrepareCoordinator(const Cluster& c) {
+  CreateRoles(c, c.coordinator);
+  CreateDatabases(c, c.coordinator);
+  for (const std::string& database : c.databases) {
+    std::unique_ptr<PgClient> client = MustConnect(c, c.coordinator, database);
+    MustExec(*client, "CREATE EXTENSION IF NOT EXISTS connthrottle");
+    MustExec(*client, "DELETE FROM connthrottle.worker_node");
+    for (const Endpoint& w : c.workers) {
+      absl::StatusOr<cluster::QueryResult> r =
+          client->Query("SELECT connthrottle.add_node($1, $2)", {w.host, std::to_string(w.port)});
+      if (!r.ok()) Die(std::string(r.status().message()));
+    }
+    if (c.MadeRoles()) {
+      MustExec(*client, absl::StrCat("GRANT EXECUTE ON FUNCTION "
+                                     "connthrottle.run_tasks(text[], integer[], text[], boolean), "
+                                     "connthrottle.distribute(text, text, text[], integer[]) TO ",
+                                     absl::StrJoin(c.roles, ", ")));
+    }
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Cluster> StartCluster(const Options& options, bool need_coordinator) {
+  auto c = std::make_unique<Cluster>();
+  g_cluster = c.get();
+  c->roles = RoleNames(options.roles);
+  c->databases = DatabaseNames(options.databases);
+  if (!options.coordinator.empty()) {
+    UseGivenServers(options, *c);
+  } else {
+    StartLocalServers(options, *c, need_coordinator);
+  }
+  for (const Endpoint& w : c->workers) c->worker_max_connections.push_back(PrepareWorker(*c, w));
+  if (need_coordinator) PrepareCoordinator(*c);
+  return c;
+}
+
+// The limit counts per (node, database), so several databases may together
+// open more connections to a worker than it accepts from the clients' roles
+// (max_connections, less superuser_reserved_connections for roles that are
+// not superusers). The worker refuses those with "too many clients", which
+// the shared pool retries without the clients seeing an error: says so
+// before the run. Nothing to say, and no connection, with the defaults.
+void WarnIfWorkersMayRefuse(const Cluster& cluster, int limit) {
+  if (!cluster.MadeRoles() && cluster.databases.size() <= 1) return;
+  const int64_t most = int64_t{limit} * cluster.databases.size();
+  for (const Endpoint& w : cluster.workers) {
+    std::unique_ptr<PgClient> client = MustConnect(cluster, w);
+    int accepts = std::atoi(client->QueryValue("SHOW max_connections").value_or("0").c_str());
+    if (cluster.MadeRoles()) {
+      accepts -= std::atoi(
+          client->QueryValue("SHOW superuser_reserved_connections").value_or("0").c_str());
+    }
+    if (most <= accepts) continue;
+    std::fprintf(stderr,
+                 "note: the limit counts per (node, database): %zu x %d may be %lld connections "
+                 "to %s, which accepts %d from the clients' roles; it will refuse the rest\n",
+                 cluster.databases.size(), limit, static_cast<long long>(most), w.name.c_str(),
+                 accepts);
+  }
+}
+
+// ---- the coordinator's settings and counters ---------------------------------
+
+void SetLimit(const Cluster& cluster, int limit, const std::string& transport) {
+  if (cluster.coordinator.port == 0) return;
+  auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
+  if (!c.ok()) Die(std::string(c.status().message()));
+  MustExec(**c, absl::StrCat("ALTER SYSTEM SET connthrottle.max_shared_pool_size = ", limit));
+  MustExec(**c, absl::StrCat("ALTER SYSTEM SET connthrottle.executor_transport = ", transport));
+  MustExec(**c, "SELECT pg_reload_conf()");
+  // The reload is asynchronous: wait until a new session sees the value.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < give_up) {
+    auto probe = cluster.Connect(cluster.coordinator, "connthrottle-setup");
+    if (probe.ok() &&
+        (*probe)->QueryValue("SHOW connthrottle.max_shared_pool_size").value_or("") ==
+            std::to_string(limit) &&
+        (*probe)->QueryValue("SHOW connthrottle.executor_transport").value_or("") == transport) {
+      return;
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // polling the server, bounded
+  }
+  Die("the coordinator did not apply the new limit and transport within 10 s");
+}
+
+std::pair<int64_t, int64_t> WaitFigures(const Cluster& cluster) {
+  auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
+  if (!c.ok()) return {-1, -1};
+  absl::StatusOr<cluster::QueryResult> r =
+      (*c)->Query("SELECT waited, wakeups FROM connthrottle.table_stats()");
+  if (!r.ok() || r->rows.size() != 1 || !r->rows[0][0] || !r->rows[0][1]) return {-1, -1};
+  return {std::atoll(r->rows[0][0]->c_str()), std::atoll(r->rows[0][1]->c_str())};
+}
+
+}  // namespace connthrottle::stress

@@ -1,0 +1,110 @@
+// The cluster the stress driver runs against: a coordinator and its workers,
+// either started here on loopback ports (and removed again, by Die too) or
+// given with --coordinator, and readied for the clients' roles and databases.
+// Also the coordinator's settings and counters that a run reads and sets.
+
+#ifndef CONNTHROTTLE_BENCH_STRESS_CLUSTER_H_
+#define CONNTHROTTLE_BENCH_STRESS_CLUSTER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "stress/options.h"
+#include "tests/testing/local_server.h"
+#include "tests/testing/pg_client.h"
+
+namespace connthrottle::stress {
+
+using cluster::LocalServer;
+using cluster::PgClient;
+
+// Set by SIGINT or SIGTERM: the run stops early, the cluster is removed.
+extern std::atomic<bool> g_interrupted;
+
+// Prints `message`, stops and removes the cluster this process started, and
+// exits with status 2.
+[[noreturn]] void Die(const std::string& message);
+
+struct Endpoint {
+  std::string host;
+  int port = 0;
+  std::string name;
+};
+
+// "host:port", named so; nullopt when it is not.
+std::optional<Endpoint> ParseEndpoint(const std::string& text);
+
+struct Cluster {
+  std::string root;  // our own cluster's directory, "" for a given one
+  std::unique_ptr<LocalServer> coordinator_server;
+  std::vector<std::unique_ptr<LocalServer>> worker_servers;
+  Endpoint coordinator;
+  std::vector<Endpoint> workers;
+  std::vector<int> worker_max_connections;
+  // Who the clients are (--roles, --databases): roles and databases that
+  // exist on the coordinator and on every worker. By default the superuser
+  // postgres in the database postgres, as the driver's own connections.
+  std::vector<std::string> roles = {"postgres"};
+  std::vector<std::string> databases = {"postgres"};
+  // Whether the clients run as roles the driver made, which need grants.
+  bool MadeRoles() const { return roles.size() > 1; }
+
+  // Stops and removes the cluster; Die() no longer does then.
+  ~Cluster();
+
+  // Stops our own servers and removes their directory. Idempotent.
+  void Stop();
+  std::mutex stop_mu;
+
+  ConnParams Params(const Endpoint& e, const std::string& application, const std::string& database,
+                    const std::string& user) const;
+
+  // A connection to `e` as `user` to `database` (by default the driver's
+  // own: the superuser postgres to postgres).
+  absl::StatusOr<std::unique_ptr<PgClient>> Connect(const Endpoint& e,
+                                                    const std::string& application,
+                                                    const std::string& database = "postgres",
+                                                    const std::string& user = "postgres") const;
+
+  // Connections the driver itself (monitor, setup, faults) opened to `e`:
+  // they are not the workload's, and are subtracted from what a worker saw.
+  int64_t OwnConnections(const Endpoint& e) const;
+  mutable std::mutex own_mu;
+  mutable std::map<std::pair<std::string, int>, int64_t> own_connections;
+};
+
+// Runs `sql`, or dies with the error.
+void MustExec(PgClient& client, const std::string& sql);
+
+// The driver's own connection to `e` (as postgres, to `database`), or dies.
+std::unique_ptr<PgClient> MustConnect(const Cluster& c, const Endpoint& e,
+                                      const std::string& database = "postgres");
+
+// The cluster of `options` (--coordinator and --worker_nodes, or else
+// --workers local workers and, with `need_coordinator`, a local coordinator),
+// with the clients' roles and databases, the shard tables on the workers and
+// the extension's catalog of the workers on the coordinator. Die() stops and
+// removes it until it is destroyed.
+std::unique_ptr<Cluster> StartCluster(const Options& options, bool need_coordinator);
+
+// Says before the run when the workers may refuse some of the `limit`
+// connections per (node, database) that the clients' roles may have.
+void WarnIfWorkersMayRefuse(const Cluster& cluster, int limit);
+
+// The limit and the transport of the next run (a reload).
+void SetLimit(const Cluster& cluster, int limit, const std::string& transport);
+
+// The coordinator's cumulative (waited, wakeups), or (-1, -1).
+std::pair<int64_t, int64_t> WaitFigures(const Cluster& cluster);
+
+}  // namespace connthrottle::stress
+
+#endif  // CONNTHROTTLE_BENCH_STRESS_CLUSTER_H_
