@@ -264,8 +264,7 @@ absl::StatusOr<Limit> LimitFor(const NodeKey& key, const Settings& settings,
                                int active_client_backends) {
   absl::StatusOr<bool> local = IsLocal(key, settings);
   if (!local.ok()) return local.status();
-  PoolLimits limits = LimitsOf(settings);
-  return *local ? Limit::ForLocal(limits, active_client_backends) : Limit::ForRemote(limits);
+  return Limit::ForNode(LimitsOf(settings), *local, active_client_backends);
 }
 
 absl::Time Began(const Wait& wait) { return absl::FromUnixMicros(wait.began_us); }
@@ -383,8 +382,7 @@ class PgExecutionContext : public ExecutionContext {
     return local.ok() && *local;
   }
   Limit LimitFor(const NodeAddress&, bool local) override {
-    PoolLimits limits = LimitsOf(settings_);
-    return local ? Limit::ForLocal(limits, active_client_backends_) : Limit::ForRemote(limits);
+    return Limit::ForNode(LimitsOf(settings_), local, active_client_backends_);
   }
   bool Interrupted() override { return cancelled_ || (interrupted_ != nullptr && interrupted_()); }
   FullTablePolicy WhenTableFull() override { return OptionsOf(settings_).when_full; }
