@@ -2,9 +2,9 @@
 //
 // Every function is written in the same shape: read and check the arguments
 // with PostgreSQL calls (which may raise errors), call a noexcept function of
-// session.cc with plain values, then raise its Outcome with ereport. Only
+// the bridge with plain values, then raise its Outcome with ereport. Only
 // plain structs and pointers live in these frames, so an error raised here
-// unwinds nothing that owns a resource; the C++ objects live in session.cc.
+// unwinds nothing that owns a resource; the C++ objects live in the bridge.
 // Functions are not STRICT: a NULL argument is an error with SQLSTATE 22004.
 
 extern "C" {
@@ -45,7 +45,15 @@ extern "C" {
 // clang-format on
 }
 
-#include "pg/bridge/session.h"
+#include "pg/bridge/backend_state.h"
+#include "pg/bridge/distribute.h"
+#include "pg/bridge/local_node.h"
+#include "pg/bridge/outcome.h"
+#include "pg/bridge/reservations.h"
+#include "pg/bridge/settings.h"
+#include "pg/bridge/slots.h"
+#include "pg/bridge/table_stats.h"
+#include "pg/bridge/tasks.h"
 #include "pg/communicator.h"
 #include "pg/guc.h"
 

@@ -6,7 +6,7 @@
 
 #include <cstddef>
 
-#include "pg/bridge/session.h"
+#include "pg/bridge/settings.h"
 
 namespace connthrottle::pg {
 
