@@ -65,6 +65,10 @@ class Limit {
   // backends are active on it now. Local acquires never wait: a waiting
   // acquire under such a limit behaves as an optional one.
   static Limit ForLocal(const PoolLimits& limits, int active_client_backends);
+  // The limit for a node under `limits`: ForLocal when `local` (the node is
+  // the caller's own server), ForRemote otherwise. The one place that makes
+  // this choice; every caller that knows whether a node is local asks here.
+  static Limit ForNode(const PoolLimits& limits, bool local, int active_client_backends);
 
   bool unlimited() const { return max_ == kUnlimited; }
   // The maximum number of slots (meaningless when unlimited()).

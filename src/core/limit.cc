@@ -57,6 +57,10 @@ Limit Limit::ForLocal(const PoolLimits& limits, int active_client_backends) {
   return Limit(max, static_cast<uint32_t>(std::max(active_client_backends, 0)), true);
 }
 
+Limit Limit::ForNode(const PoolLimits& limits, bool local, int active_client_backends) {
+  return local ? ForLocal(limits, active_client_backends) : ForRemote(limits);
+}
+
 std::string Limit::ToString() const {
   if (unlimited()) return "unlimited";
   std::string s = absl::StrCat("at most ", max_);

@@ -249,6 +249,24 @@ TEST(LimitForLocalTest, AppliesEvenWhenRemoteThrottlingIsOff) {
   EXPECT_FALSE(limit.Admits(2, 0));
 }
 
+// ---- Limit::ForNode --------------------------------------------------------
+
+TEST(LimitForNodeTest, LocalNodeGetsTheLocalLimit) {
+  PoolLimits limits;
+  limits.max_shared_pool_size = 7;
+  limits.local_shared_pool_size = 3;
+  EXPECT_EQ(Limit::ForNode(limits, /*local=*/true, 1), Limit::ForLocal(limits, 1));
+  EXPECT_TRUE(Limit::ForNode(limits, /*local=*/true, 1).never_waits());
+}
+
+TEST(LimitForNodeTest, OtherNodesGetTheRemoteLimit) {
+  PoolLimits limits;
+  limits.max_shared_pool_size = 7;
+  limits.local_shared_pool_size = 3;
+  EXPECT_EQ(Limit::ForNode(limits, /*local=*/false, 1), Limit::ForRemote(limits));
+  EXPECT_EQ(Limit::ForNode(limits, /*local=*/false, 1).max(), 7u);
+}
+
 // ---- Limit::Admits ---------------------------------------------------------
 
 TEST(LimitAdmitsTest, AdmitsWhileCountIsBelowMax) {

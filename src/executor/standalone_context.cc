@@ -24,8 +24,7 @@ bool StandaloneContext::IsLocal(const NodeAddress& node) {
 
 Limit StandaloneContext::LimitFor(const NodeAddress&, bool local) {
   std::lock_guard<std::mutex> lock(limits_mu_);
-  return local ? Limit::ForLocal(settings_.limits, active_client_backends_.load())
-               : Limit::ForRemote(settings_.limits);
+  return Limit::ForNode(settings_.limits, local, active_client_backends_.load());
 }
 
 TaskResult StandaloneContext::RunLocally(const Task& task) {

@@ -69,6 +69,7 @@ PGDLLEXPORT void connthrottle_communicator_main(Datum arg);
 
 #include "pg/communicator.h"
 
+#include "pg/bridge/backend_state.h"
 #include "pg/bridge/pool_service.h"
 #include "pg/guc.h"
 

@@ -1,12 +1,13 @@
-// The PostgreSQL glue's own interface between its two files (module.cc
-// defines, functions.cc uses). Plain C++: no PostgreSQL header.
+// The settings and backend state module.cc keeps, as the rest of the glue
+// reads them (the SQL functions, sql_call.cc, communicator.cc). Plain C++:
+// no PostgreSQL header.
 
 #ifndef CONNTHROTTLE_SRC_PG_GUC_H_
 #define CONNTHROTTLE_SRC_PG_GUC_H_
 
 #include <cstddef>
 
-#include "pg/bridge/session.h"
+#include "pg/bridge/settings.h"
 
 namespace connthrottle::pg {
 

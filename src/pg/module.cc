@@ -10,8 +10,8 @@
 // everything it holds in a before_shmem_exit callback; a crashed backend
 // makes the postmaster re-initialise shared memory, and the table with it.
 //
-// Only this file and functions.cc include PostgreSQL headers; C++ objects
-// live in session.cc, behind noexcept functions that return plain structs.
+// C++ objects live behind the boundary in src/pg/bridge/, behind noexcept
+// functions that return plain structs (bridge/outcome.h).
 
 extern "C" {
 // postgres.h must come first.
@@ -35,7 +35,10 @@ PG_MODULE_MAGIC;
 void _PG_init(void);
 }
 
-#include "pg/bridge/session.h"
+#include "pg/bridge/backend_state.h"
+#include "pg/bridge/node_conninfo.h"
+#include "pg/bridge/outcome.h"
+#include "pg/bridge/settings.h"
 #include "pg/communicator.h"
 #include "pg/guc.h"
 

@@ -2,6 +2,7 @@
 
 #include <new>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -43,34 +44,8 @@ PoolChannel::PoolChannel(ExecutionContext& context, ChannelOps ops, int64_t max_
 
 absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
   if (tasks.empty()) return ExecutionResult{};
-  SharedPool::Submission request;
-  request.database_id = context_.DatabaseId();
-  request.max_rows_kept = max_rows_kept_;
-  // The session's connection_wait_timeout decides its tasks' 53300, not
-  // the communicator's.
-  request.slot_wait_timeout = claim_timeout_;
-  for (const Task& task : tasks) {
-    request.params.push_back(context_.ParamsFor(task.node));
-    request.local.push_back(context_.IsLocal(task.node));
-  }
-  request.tasks = tasks;
-
-  // The slot: free unless the communicator still drops a cancelled request,
-  // or is restarting (it starts again within a second).
-  const absl::Time claim_deadline = absl::Now() + claim_timeout_;
-  while (true) {
-    ChannelState state = ops_.claim();
-    if (state == ChannelState::kReady) break;
-    if (context_.Interrupted()) return absl::CancelledError("the execution was cancelled");
-    if (absl::Now() >= claim_deadline) {
-      return state == ChannelState::kNotRunning
-                 ? Lost(state)
-                 : WithSqlstate(absl::UnavailableError(
-                                    "the connthrottle communicator did not take this session's "
-                                    "request in time"),
-                                "08006");
-    }
-  }
+  const SharedPool::Submission request = RequestFor(tasks);
+  if (absl::Status claimed = Claim(); !claimed.ok()) return claimed;
   size_t capacity = 0;
   char* area = ops_.area(&capacity);
   absl::StatusOr<size_t> size = EncodeRequest(request, area, capacity);
@@ -82,22 +57,56 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
   }
   const absl::Time submitted = absl::Now();
   ops_.submit(*size);
+  std::string parts;
+  absl::StatusOr<std::string_view> response = AwaitResponse(area, parts);
+  if (!response.ok()) return response.status();
+  return Settle(tasks, *response, submitted);
+}
 
+SharedPool::Submission PoolChannel::RequestFor(const std::vector<Task>& tasks) {
+  SharedPool::Submission request;
+  request.database_id = context_.DatabaseId();
+  request.max_rows_kept = max_rows_kept_;
+  // The session's connection_wait_timeout decides its tasks' 53300, not
+  // the communicator's.
+  request.slot_wait_timeout = claim_timeout_;
+  for (const Task& task : tasks) {
+    request.params.push_back(context_.ParamsFor(task.node));
+    request.local.push_back(context_.IsLocal(task.node));
+  }
+  request.tasks = tasks;
+  return request;
+}
+
+absl::Status PoolChannel::Claim() {
+  // The slot: free unless the communicator still drops a cancelled request,
+  // or is restarting (it starts again within a second).
+  const absl::Time claim_deadline = absl::Now() + claim_timeout_;
+  while (true) {
+    ChannelState state = ops_.claim();
+    if (state == ChannelState::kReady) return absl::OkStatus();
+    if (context_.Interrupted()) return absl::CancelledError("the execution was cancelled");
+    if (absl::Now() >= claim_deadline) {
+      return state == ChannelState::kNotRunning
+                 ? Lost(state)
+                 : WithSqlstate(absl::UnavailableError(
+                                    "the connthrottle communicator did not take this session's "
+                                    "request in time"),
+                                "08006");
+    }
+  }
+}
+
+absl::StatusOr<std::string_view> PoolChannel::AwaitResponse(const char* area, std::string& parts) {
   // The response: in the area when it fits, else gathered from its parts
   // (each read before the next is asked for: a slow session holds up only
   // its own answer).
-  std::string parts;
-  const char* message = nullptr;
-  size_t message_size = 0;
   while (true) {
     size_t size = 0, total = 0;
     ChannelState state = ops_.await(&size, &total);
     if (state == ChannelState::kReady) {
-      if (size == total) {  // whole (an error may also end a response in parts)
-        message = area;
-        message_size = size;
-        break;
-      }
+      // Whole (an error may also end a response in parts).
+      if (size == total) return std::string_view(area, size);
       try {
         if (parts.empty()) parts.reserve(total);
         parts.append(area, size);
@@ -108,15 +117,8 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
                 "connthrottle: no memory for this execution's results (", total, " bytes)")),
             "53200");  // out_of_memory
       }
-      if (parts.size() >= total) {
-        message = parts.data();
-        message_size = parts.size();
-        break;
-      }
-      if (context_.Interrupted()) {
-        ops_.cancel();
-        return absl::CancelledError("the execution was cancelled");
-      }
+      if (parts.size() >= total) return std::string_view(parts);
+      if (context_.Interrupted()) return Withdraw();
       ops_.more();
       continue;
     }
@@ -124,12 +126,19 @@ absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
       ops_.cancel();  // a communicator that starts later must not run it
       return Lost(state);
     }
-    if (context_.Interrupted()) {
-      ops_.cancel();
-      return absl::CancelledError("the execution was cancelled");
-    }
+    if (context_.Interrupted()) return Withdraw();
   }
-  absl::StatusOr<PoolResponse> response = DecodeResponse(message, message_size);
+}
+
+absl::Status PoolChannel::Withdraw() {
+  ops_.cancel();
+  return absl::CancelledError("the execution was cancelled");
+}
+
+absl::StatusOr<ExecutionResult> PoolChannel::Settle(const std::vector<Task>& tasks,
+                                                    std::string_view message,
+                                                    absl::Time submitted) {
+  absl::StatusOr<PoolResponse> response = DecodeResponse(message.data(), message.size());
   if (!response.ok()) return response.status();
   if (!response->status.ok()) return WithSqlstate(response->status, response->sqlstate);
   if (response->tasks.size() != tasks.size()) {

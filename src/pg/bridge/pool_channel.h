@@ -14,11 +14,15 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "connthrottle/executor/executor.h"
+#include "connthrottle/executor/shared_pool.h"
 #include "connthrottle/executor/task.h"
 #include "connthrottle/executor/transport.h"
 #include "pg/bridge/channel_ops.h"
@@ -40,6 +44,20 @@ class PoolChannel : public Transport {
   absl::StatusOr<ExecutionResult> Execute(std::vector<Task> tasks) override;
 
  private:
+  // The request for `tasks`: their connection parameters and which are local.
+  SharedPool::Submission RequestFor(const std::vector<Task>& tasks);
+  // Waits until the session slot is free for a request, up to claim_timeout.
+  absl::Status Claim();
+  // The submitted request's response: in `area` when it came whole, else in
+  // `parts`, gathered from the area part by part.
+  absl::StatusOr<std::string_view> AwaitResponse(const char* area, std::string& parts);
+  // Withdraws the request (the context was interrupted): Cancelled.
+  absl::Status Withdraw();
+  // The execution's result from the response `message`; tasks handed back
+  // run here, through the context.
+  absl::StatusOr<ExecutionResult> Settle(const std::vector<Task>& tasks, std::string_view message,
+                                         absl::Time submitted);
+
   ExecutionContext& context_;
   ChannelOps ops_;
   int64_t max_rows_kept_;

@@ -159,9 +159,8 @@ absl::Status EnsurePool(Service& svc) {
       **owner,
       [&svc](const NodeAddress&, bool local) {
         std::lock_guard<std::mutex> lock(svc.settings_mu);
-        PoolLimits limits = PoolLimitsOf(svc.settings.settings);
-        return local ? Limit::ForLocal(limits, svc.settings.active_client_backends)
-                     : Limit::ForRemote(limits);
+        return Limit::ForNode(PoolLimitsOf(svc.settings.settings), local,
+                              svc.settings.active_client_backends);
       },
       OptionsFrom(settings));
   return absl::OkStatus();

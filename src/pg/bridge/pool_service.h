@@ -4,8 +4,8 @@
 // slots it is working on. Called by the communicator's main thread; the
 // pool's own thread calls only the `answer` function it was given.
 //
-// Like session.h, every function is noexcept and reports failure in an
-// Outcome: no C++ exception reaches PostgreSQL's frames.
+// Like the backend side of the bridge (outcome.h), every function is
+// noexcept: no C++ exception reaches PostgreSQL's frames.
 
 #ifndef CONNTHROTTLE_SRC_PG_BRIDGE_POOL_SERVICE_H_
 #define CONNTHROTTLE_SRC_PG_BRIDGE_POOL_SERVICE_H_
@@ -13,7 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "pg/bridge/session.h"
+#include "pg/bridge/settings.h"
 
 namespace connthrottle::pg {
 
