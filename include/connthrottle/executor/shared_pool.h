@@ -117,27 +117,13 @@ struct SharedPoolOptions {
   std::string result_memory_setting = "SharedPoolOptions::result_memory";
 };
 
-// Cumulative figures of a SharedPool since it started.
+// Cumulative figures of a SharedPool since it started: one per
+// CONNTHROTTLE_POOL_STAT of shared_pool_stats.def, which says what each
+// counts.
 struct SharedPoolStats {
-  int64_t connections_started = 0;    // attempts; each costs the worker a backend
-  int64_t connections_opened = 0;     // established
-  int64_t connections_failed = 0;     // attempts that failed or timed out
-  int64_t closed_idle = 0;            // closed after idle_timeout
-  int64_t closed_dead = 0;            // found dead while idle or before use
-  int64_t closed_in_transaction = 0;  // a task left them inside a transaction
-  int64_t closed_reset_failed = 0;    // their DISCARD ALL after a task failed
-  int64_t closed_for_pools = 0;       // given to another pool of the node (idle or above its share)
-  int64_t closed_for_waiters = 0;     // idle, given back to others waiting for the node
-  int64_t closed_over_limit = 0;      // closed as they went idle after the limit was lowered
-  int64_t optional_refused = 0;       // growth refused: no slot free
-  int64_t tasks_run = 0;              // tasks that ran on a pooled connection
-  int64_t tasks_retried = 0;          // moved to another connection before being sent
-  int64_t tasks_cancelled = 0;        // dropped from the queue or cancelled while running
-  int64_t tasks_handed_back = 0;      // local failover: given back to run in-process
-  int64_t resets = 0;                 // DISCARD ALLs run after tasks
-  int64_t notifications_dropped = 0;  // NOTIFY messages tasks' LISTENs brought in
-  int64_t tasks_over_memory = 0;      // failed with 54000: results beyond result_memory
-  int64_t out_of_memory = 0;          // allocation failures on the loop's thread (53200)
+#define CONNTHROTTLE_POOL_STAT(name) int64_t name = 0;
+#define CONNTHROTTLE_COMMUNICATOR_STAT(name)
+#include "connthrottle/executor/shared_pool_stats.def"
 };
 
 class SharedPool {

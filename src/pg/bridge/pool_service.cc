@@ -390,36 +390,18 @@ size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sql
       size_t{0});
 }
 
-PoolServiceStats PoolStats() noexcept {
-  PoolServiceStats out{};
+PoolStatValues PoolStats() noexcept {
+  PoolStatValues out;
   Quietly(
       [&] {
         Service& svc = Svc();
         if (!svc.pool) return 0;
         const SharedPoolStats s = svc.pool->stats();
-        out = {s.connections_started,
-               s.connections_opened,
-               s.connections_failed,
-               s.closed_idle,
-               s.closed_dead,
-               s.closed_in_transaction,
-               s.closed_for_waiters,
-               s.closed_over_limit,
-               s.optional_refused,
-               s.tasks_run,
-               s.tasks_retried,
-               s.tasks_cancelled,
-               s.tasks_handed_back,
-               s.resets,
-               s.closed_reset_failed,
-               s.closed_for_pools,
-               s.notifications_dropped,
-               s.tasks_over_memory,
-               s.out_of_memory,
-               0,
-               0};
-        for (const auto& [node, n] : svc.pool->Connections()) out.connections_now += n;
-        for (const auto& [node, n] : svc.pool->Queued()) out.tasks_queued_now += n;
+#define CONNTHROTTLE_POOL_STAT(name) out[PoolStat::name] = s.name;
+#define CONNTHROTTLE_COMMUNICATOR_STAT(name)
+#include "connthrottle/executor/shared_pool_stats.def"
+        for (const auto& [node, n] : svc.pool->Connections()) out[PoolStat::connections] += n;
+        for (const auto& [node, n] : svc.pool->Queued()) out[PoolStat::tasks_queued] += n;
         return 0;
       },
       0);
