@@ -160,8 +160,7 @@ connthrottle::pg::PoolServiceSettings ServiceSettings() {
   s.max_pool_size = e.max_pool_size;
   s.node_connection_timeout_ms = e.node_connection_timeout_ms;
   s.slow_start_interval_ms = e.slow_start_interval_ms;
-  s.pool_idle_timeout_ms = connthrottle::pg::PoolIdleTimeoutMs();
-  s.response_memory_bytes = connthrottle::pg::PoolResponseMemoryBytes();
+  s.pool = connthrottle::pg::CurrentPoolSettings();
   return s;
 }
 

@@ -101,20 +101,31 @@
 
 namespace connthrottle {
 
+// How an option of shared_pool_settings.def comes from its setting's
+// integer, by the setting's unit: its type and value.
+namespace pool_setting_unit {
+inline absl::Duration ms(int value) { return absl::Milliseconds(value); }
+inline size_t kB(int value) { return static_cast<size_t>(value) * 1024; }
+inline int count(int value) { return value; }
+}  // namespace pool_setting_unit
+
 struct SharedPoolOptions {
   int max_pool_size = 16;  // connections per pool at most (the limit caps them too)
-  absl::Duration idle_timeout = absl::Seconds(60);     // connthrottle.pool_idle_timeout
   absl::Duration connect_timeout = absl::Seconds(30);  // node_connection_timeout
   absl::Duration slow_start_interval = absl::Milliseconds(10);
   // How long a pool with queued tasks may go without a single connection
   // because no slot is free before its queued tasks fail with 53300.
   absl::Duration slot_wait_timeout = absl::Minutes(1);
   FullTablePolicy when_table_full = FullTablePolicy::kAdmitUncounted;
-  // The most bytes of task results the pool holds at once (read from the
-  // workers and not yet taken by their sessions); named in the error of a
-  // task that would go beyond.
-  size_t result_memory = size_t{256} << 20;
+  // Named in the error of a task whose results would go beyond result_memory.
   std::string result_memory_setting = "SharedPoolOptions::result_memory";
+
+  // The members the extension fills from its settings (idle_timeout,
+  // result_memory, ...), declared with what they mean in
+  // shared_pool_settings.def.
+#define CONNTHROTTLE_POOL_SETTING(field, unit, default_value, ...) \
+  decltype(pool_setting_unit::unit(0)) field = pool_setting_unit::unit(default_value);
+#include "connthrottle/executor/shared_pool_settings.def"
 };
 
 // Cumulative figures of a SharedPool since it started: one per

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "pg/bridge/pool_settings.h"
 #include "pg/bridge/pool_stats.h"
 #include "pg/bridge/session.h"
 
@@ -27,12 +28,10 @@ struct PoolServiceSettings {
   int max_pool_size = 16;  // connthrottle.max_adaptive_executor_pool_size
   int node_connection_timeout_ms = 30000;
   int slow_start_interval_ms = 10;
-  int pool_idle_timeout_ms = 60000;
-  // connthrottle.pool_response_memory: the most bytes of responses held for
-  // sessions to read in parts, all sessions together.
-  // Results gathering in the pool are held within the same figure, a budget
-  // of their own.
-  size_t response_memory_bytes = size_t{256} << 20;
+  // The settings shared_pool_settings.def declares. pool_response_memory is
+  // also the most bytes of responses held for sessions to read in parts,
+  // all sessions together.
+  PoolSettings pool;
 };
 
 // Marks slot `slot` answered: `size` bytes of its response, which is `total`
