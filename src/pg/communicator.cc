@@ -76,6 +76,7 @@ PGDLLEXPORT void connthrottle_communicator_main(Datum arg);
 namespace {
 
 using connthrottle::pg::ChannelState;
+using connthrottle::pg::PoolStat;
 
 enum SlotState : uint32 { kFree = 0, kSubmitted = 1, kRunning = 2, kDone = 3, kMore = 4 };
 
@@ -92,9 +93,6 @@ struct Slot {
   uint64 total;             // bytes of the whole response
 };
 
-// The statistics the communicator publishes, one counter each.
-constexpr int kStatCount = 22;
-
 struct Header {
   pg_atomic_uint32 epoch;        // bumped by every communicator start
   pg_atomic_uint32 pid;          // the running communicator's pid, 0 when none
@@ -102,7 +100,7 @@ struct Header {
   Latch* latch;                  // the running communicator's latch
   uint32 slots;
   uint64 area_bytes;
-  pg_atomic_uint64 stats[kStatCount];
+  pg_atomic_uint64 stats[connthrottle::pg::kPoolStatCount];  // pool_stats.h, in its order
 };
 
 // The pending bitmap: one bit per slot, after the header.
@@ -163,8 +161,7 @@ connthrottle::pg::PoolServiceSettings ServiceSettings() {
   s.max_pool_size = e.max_pool_size;
   s.node_connection_timeout_ms = e.node_connection_timeout_ms;
   s.slow_start_interval_ms = e.slow_start_interval_ms;
-  s.pool_idle_timeout_ms = connthrottle::pg::PoolIdleTimeoutMs();
-  s.response_memory_bytes = connthrottle::pg::PoolResponseMemoryBytes();
+  s.pool = connthrottle::pg::CurrentPoolSettings();
   return s;
 }
 
@@ -279,31 +276,10 @@ void ServeAll() {
 }
 
 void PublishStats() {
-  const connthrottle::pg::PoolServiceStats s = connthrottle::pg::PoolStats();
-  const int64 values[kStatCount] = {s.connections_now,
-                                    s.tasks_queued_now,
-                                    s.connections_started,
-                                    s.connections_opened,
-                                    s.connections_failed,
-                                    s.closed_idle,
-                                    s.closed_dead,
-                                    s.closed_in_transaction,
-                                    s.closed_for_waiters,
-                                    s.optional_refused,
-                                    s.tasks_run,
-                                    s.tasks_retried,
-                                    s.tasks_cancelled,
-                                    s.tasks_handed_back,
-                                    s.closed_over_limit,
-                                    static_cast<int64>(reloads),
-                                    s.resets,
-                                    s.closed_reset_failed,
-                                    s.closed_for_pools,
-                                    s.notifications_dropped,
-                                    s.tasks_over_memory,
-                                    s.out_of_memory};
-  for (int k = 0; k < kStatCount; ++k) {
-    pg_atomic_write_u64(&header->stats[k], static_cast<uint64>(values[k]));
+  connthrottle::pg::PoolStatValues figures = connthrottle::pg::PoolStats();
+  figures[PoolStat::reloads] = static_cast<int64>(reloads);
+  for (int k = 0; k < connthrottle::pg::kPoolStatCount; ++k) {
+    pg_atomic_write_u64(&header->stats[k], static_cast<uint64>(figures.values[k]));
   }
 }
 
@@ -329,7 +305,9 @@ void CommunicatorExit(int, Datum) {
   }
   connthrottle::pg::StopPoolService();
   connthrottle::pg::BackendExit();
-  for (int k = 0; k < 2; ++k) pg_atomic_write_u64(&header->stats[k], 0);  // nothing open now
+  // Nothing open or queued now.
+  pg_atomic_write_u64(&header->stats[static_cast<int>(PoolStat::connections)], 0);
+  pg_atomic_write_u64(&header->stats[static_cast<int>(PoolStat::tasks_queued)], 0);
 }
 
 // ---- a backend's slot ----
@@ -547,30 +525,8 @@ CommunicatorStats ReadCommunicatorStats() {
   if (header == nullptr) return out;
   out.pid = static_cast<int>(pg_atomic_read_u32(&header->pid));
   out.epoch = pg_atomic_read_u32(&header->epoch);
-  int64_t* fields[] = {&out.connections,
-                       &out.tasks_queued,
-                       &out.connections_started,
-                       &out.connections_opened,
-                       &out.connections_failed,
-                       &out.closed_idle,
-                       &out.closed_dead,
-                       &out.closed_in_transaction,
-                       &out.closed_for_waiters,
-                       &out.optional_refused,
-                       &out.tasks_run,
-                       &out.tasks_retried,
-                       &out.tasks_cancelled,
-                       &out.tasks_handed_back,
-                       &out.closed_over_limit,
-                       &out.reloads,
-                       &out.resets,
-                       &out.closed_reset_failed,
-                       &out.closed_for_pools,
-                       &out.notifications_dropped,
-                       &out.tasks_over_memory,
-                       &out.out_of_memory};
-  for (int k = 0; k < kStatCount; ++k) {
-    *fields[k] = static_cast<int64_t>(pg_atomic_read_u64(&header->stats[k]));
+  for (int k = 0; k < kPoolStatCount; ++k) {
+    out.figures.values[k] = static_cast<int64_t>(pg_atomic_read_u64(&header->stats[k]));
   }
   return out;
 }

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "pg/bridge/channel_ops.h"
+#include "pg/bridge/pool_stats.h"
 
 namespace connthrottle::pg {
 
@@ -34,11 +35,7 @@ void RethrowChannelError();
 struct CommunicatorStats {
   int pid;         // 0: not running
   uint32_t epoch;  // how many times it started
-  int64_t connections, tasks_queued, connections_started, connections_opened, connections_failed,
-      closed_idle, closed_dead, closed_in_transaction, closed_for_waiters, optional_refused,
-      tasks_run, tasks_retried, tasks_cancelled, tasks_handed_back, closed_over_limit, reloads,
-      resets, closed_reset_failed, closed_for_pools, notifications_dropped, tasks_over_memory,
-      out_of_memory;
+  PoolStatValues figures;
 };
 CommunicatorStats ReadCommunicatorStats();
 

@@ -138,39 +138,29 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
-// pool_stats() returns one row: the communicator and its shared pool
+// pool_stats() returns one row: the communicator (pid, starts) and the
+// figures it published, in the order of pool_stats.h (the SQL script's
+// columns come from the same list)
 Datum connthrottle_pool_stats(PG_FUNCTION_ARGS) {
+  constexpr int kColumns = 2 + connthrottle::pg::kPoolStatCount;
   RequireTable();
   TupleDesc desc = RecordResult(fcinfo, "pool_stats");
+  // A script older than the library shows the columns it has; a newer one
+  // would read past the values.
+  if (desc->natts > kColumns) {
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("connthrottle: pool_stats has %d columns, this library fills %d",
+                           desc->natts, kColumns)));
+  }
   const connthrottle::pg::CommunicatorStats c = connthrottle::pg::ReadCommunicatorStats();
-  Datum values[24] = {
-      Int32GetDatum(c.pid),
-      Int64GetDatum(static_cast<int64>(c.epoch)),
-      Int64GetDatum(c.connections),
-      Int64GetDatum(c.tasks_queued),
-      Int64GetDatum(c.connections_started),
-      Int64GetDatum(c.connections_opened),
-      Int64GetDatum(c.connections_failed),
-      Int64GetDatum(c.closed_idle),
-      Int64GetDatum(c.closed_dead),
-      Int64GetDatum(c.closed_in_transaction),
-      Int64GetDatum(c.closed_for_waiters),
-      Int64GetDatum(c.optional_refused),
-      Int64GetDatum(c.tasks_run),
-      Int64GetDatum(c.tasks_retried),
-      Int64GetDatum(c.tasks_cancelled),
-      Int64GetDatum(c.tasks_handed_back),
-      Int64GetDatum(c.closed_over_limit),
-      Int64GetDatum(c.reloads),
-      Int64GetDatum(c.resets),
-      Int64GetDatum(c.closed_reset_failed),
-      Int64GetDatum(c.closed_for_pools),
-      Int64GetDatum(c.notifications_dropped),
-      Int64GetDatum(c.tasks_over_memory),
-      Int64GetDatum(c.out_of_memory),
-  };
-  bool nulls[24] = {false};
+  Datum values[kColumns];
+  bool nulls[kColumns] = {false};
+  values[0] = Int32GetDatum(c.pid);
   nulls[0] = c.pid == 0;
+  values[1] = Int64GetDatum(static_cast<int64>(c.epoch));
+  for (int k = 0; k < connthrottle::pg::kPoolStatCount; ++k) {
+    values[2 + k] = Int64GetDatum(c.figures.values[k]);
+  }
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 
+#include "pg/bridge/pool_settings.h"
 #include "pg/bridge/settings.h"
 
 namespace connthrottle::pg {
@@ -21,10 +22,8 @@ int ActiveClientBackends();
 
 // connthrottle.executor_transport is 'shared_pool'.
 bool UseSharedPool();
-// connthrottle.pool_idle_timeout, in milliseconds.
-int PoolIdleTimeoutMs();
-// connthrottle.pool_response_memory, in bytes.
-size_t PoolResponseMemoryBytes();
+// The settings shared_pool_settings.def declares, as they are now.
+PoolSettings CurrentPoolSettings();
 
 // Registers the before_shmem_exit callback that gives back what this backend
 // holds; called before its first slot or reservation.

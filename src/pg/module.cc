@@ -60,9 +60,9 @@ int executor_slow_start_interval_ms = 10;
 char* node_conninfo = nullptr;
 enum Transport : int { kDirect = 0, kSharedPool = 1 };
 int executor_transport = kSharedPool;
-int pool_idle_timeout_ms = 60 * 1000;
 int pool_message_bytes = 64 * 1024;
-int pool_response_memory_kb = 256 * 1024;
+// The settings shared_pool_settings.def declares, one member each.
+connthrottle::pg::PoolSettings pool_settings;
 
 const struct config_enum_entry kTransports[] = {
     {"direct", kDirect, false},
@@ -189,6 +189,22 @@ void AssignLimit(int, void*) {
   if (IsUnderPostmaster && connthrottle::pg::TableReady()) connthrottle::pg::WakeAllWaiters();
 }
 
+// The GUC flags of a pool setting's unit (shared_pool_settings.def).
+#define CONNTHROTTLE_GUC_UNIT_ms GUC_UNIT_MS
+#define CONNTHROTTLE_GUC_UNIT_kB GUC_UNIT_KB
+#define CONNTHROTTLE_GUC_UNIT_count 0
+
+// The settings shared_pool_settings.def declares. PGC_SIGHUP: the
+// communicator reads the server's configuration, never a session's SET.
+void DefinePoolSettings() {
+#define CONNTHROTTLE_POOL_SETTING(field, unit, default_value, min, max, name, description,      \
+                                  details)                                                      \
+  DefineCustomIntVariable(name, description, details, &pool_settings.field, default_value, min, \
+                          max, PGC_SIGHUP, CONNTHROTTLE_GUC_UNIT_##unit, nullptr, nullptr,      \
+                          nullptr);
+#include "connthrottle/executor/shared_pool_settings.def"
+}
+
 }  // namespace
 
 namespace connthrottle::pg {
@@ -237,8 +253,7 @@ ExecutorSettings CurrentExecutorSettings() {
 }
 
 bool UseSharedPool() { return executor_transport == kSharedPool; }
-int PoolIdleTimeoutMs() { return pool_idle_timeout_ms; }
-size_t PoolResponseMemoryBytes() { return static_cast<size_t>(pool_response_memory_kb) * 1024; }
+PoolSettings CurrentPoolSettings() { return pool_settings; }
 
 void EnsureBackendExitCallback() {
   if (exit_callback_registered) return;
@@ -329,27 +344,13 @@ void _PG_init(void) {
       "connthrottle communicator, which runs them over long-lived connections shared by all "
       "sessions.",
       &executor_transport, kSharedPool, kTransports, PGC_USERSET, 0, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable(
-      "connthrottle.pool_idle_timeout",
-      "How long a connection of the shared pool may stay idle before it is closed.", nullptr,
-      &pool_idle_timeout_ms, 60 * 1000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
-      nullptr);
+  DefinePoolSettings();
   DefineCustomIntVariable(
       "connthrottle.pool_message_bytes", "Size of each session's message area for the shared pool.",
       "Shared memory holds one area per possible backend. An execution's tasks, and its "
       "results, must fit in it.",
       &pool_message_bytes, 64 * 1024, 4096, 64 * 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_BYTE,
       nullptr, nullptr, nullptr);
-  DefineCustomIntVariable(
-      "connthrottle.pool_response_memory",
-      "Memory the communicator may hold for results: gathering, and waiting to be read in parts.",
-      "A response larger than a session's message area waits in the communicator while the "
-      "session reads it part by part. Beyond this total, a task whose result does not fit in "
-      "the area fails with 54000 instead. 0: every response must fit in the area. Results "
-      "still gathering (an execution's other tasks still running) have a budget of the same "
-      "size, at least 1MB, of their own: a task whose result would go beyond fails with 54000.",
-      &pool_response_memory_kb, 256 * 1024, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_KB, nullptr, nullptr,
-      nullptr);
   MarkGUCPrefixReserved("connthrottle");
 
   prev_shmem_request_hook = shmem_request_hook;

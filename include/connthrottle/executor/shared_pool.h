@@ -101,43 +101,40 @@
 
 namespace connthrottle {
 
+// How an option of shared_pool_settings.def comes from its setting's
+// integer, by the setting's unit: its type and value.
+namespace pool_setting_unit {
+inline absl::Duration ms(int value) { return absl::Milliseconds(value); }
+inline size_t kB(int value) { return static_cast<size_t>(value) * 1024; }
+inline int count(int value) { return value; }
+}  // namespace pool_setting_unit
+
 struct SharedPoolOptions {
   int max_pool_size = 16;  // connections per pool at most (the limit caps them too)
-  absl::Duration idle_timeout = absl::Seconds(60);     // connthrottle.pool_idle_timeout
   absl::Duration connect_timeout = absl::Seconds(30);  // node_connection_timeout
   absl::Duration slow_start_interval = absl::Milliseconds(10);
   // How long a pool with queued tasks may go without a single connection
   // because no slot is free before its queued tasks fail with 53300.
   absl::Duration slot_wait_timeout = absl::Minutes(1);
   FullTablePolicy when_table_full = FullTablePolicy::kAdmitUncounted;
-  // The most bytes of task results the pool holds at once (read from the
-  // workers and not yet taken by their sessions); named in the error of a
-  // task that would go beyond.
-  size_t result_memory = size_t{256} << 20;
+  // Named in the error of a task whose results would go beyond result_memory.
   std::string result_memory_setting = "SharedPoolOptions::result_memory";
+
+  // The members the extension fills from its settings (idle_timeout,
+  // result_memory, ...), declared with what they mean in
+  // shared_pool_settings.def.
+#define CONNTHROTTLE_POOL_SETTING(field, unit, default_value, ...) \
+  decltype(pool_setting_unit::unit(0)) field = pool_setting_unit::unit(default_value);
+#include "connthrottle/executor/shared_pool_settings.def"
 };
 
-// Cumulative figures of a SharedPool since it started.
+// Cumulative figures of a SharedPool since it started: one per
+// CONNTHROTTLE_POOL_STAT of shared_pool_stats.def, which says what each
+// counts.
 struct SharedPoolStats {
-  int64_t connections_started = 0;    // attempts; each costs the worker a backend
-  int64_t connections_opened = 0;     // established
-  int64_t connections_failed = 0;     // attempts that failed or timed out
-  int64_t closed_idle = 0;            // closed after idle_timeout
-  int64_t closed_dead = 0;            // found dead while idle or before use
-  int64_t closed_in_transaction = 0;  // a task left them inside a transaction
-  int64_t closed_reset_failed = 0;    // their DISCARD ALL after a task failed
-  int64_t closed_for_pools = 0;       // given to another pool of the node (idle or above its share)
-  int64_t closed_for_waiters = 0;     // idle, given back to others waiting for the node
-  int64_t closed_over_limit = 0;      // closed as they went idle after the limit was lowered
-  int64_t optional_refused = 0;       // growth refused: no slot free
-  int64_t tasks_run = 0;              // tasks that ran on a pooled connection
-  int64_t tasks_retried = 0;          // moved to another connection before being sent
-  int64_t tasks_cancelled = 0;        // dropped from the queue or cancelled while running
-  int64_t tasks_handed_back = 0;      // local failover: given back to run in-process
-  int64_t resets = 0;                 // DISCARD ALLs run after tasks
-  int64_t notifications_dropped = 0;  // NOTIFY messages tasks' LISTENs brought in
-  int64_t tasks_over_memory = 0;      // failed with 54000: results beyond result_memory
-  int64_t out_of_memory = 0;          // allocation failures on the loop's thread (53200)
+#define CONNTHROTTLE_POOL_STAT(name) int64_t name = 0;
+#define CONNTHROTTLE_COMMUNICATOR_STAT(name)
+#include "connthrottle/executor/shared_pool_stats.def"
 };
 
 class SharedPool {

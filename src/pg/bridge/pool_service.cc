@@ -94,8 +94,8 @@ struct Service {
   std::mutex requests_mu;
   absl::flat_hash_map<int, Request> requests;
   uint64_t next_seq = 0;
-  size_t held = 0;                                    // bytes of the requests' responses in parts
-  std::atomic<size_t> held_limit{size_t{256} << 20};  // connthrottle.pool_response_memory
+  size_t held = 0;  // bytes of the requests' responses in parts
+  std::atomic<size_t> held_limit{SharedPoolOptions{}.result_memory};  // pool_response_memory
   AnswerFn answer = nullptr;
 
   std::unique_ptr<SharedPool> pool;
@@ -106,20 +106,28 @@ Service& Svc() {
   return *service;
 }
 
-SharedPoolOptions OptionsFrom(const PoolServiceSettings& s) {
+// The options shared_pool_settings.def declares, as their settings give them.
+SharedPoolOptions DeclaredOptions(const PoolSettings& from) {
   SharedPoolOptions o;
+#define CONNTHROTTLE_POOL_SETTING(field, unit, ...) o.field = pool_setting_unit::unit(from.field);
+#include "connthrottle/executor/shared_pool_settings.def"
+  return o;
+}
+
+SharedPoolOptions OptionsFrom(const PoolServiceSettings& s) {
+  SharedPoolOptions o = DeclaredOptions(s.pool);
   // Per pool (node, database, user): max_adaptive_executor_pool_size, as
   // for one execution of the direct transport; the limit caps it too.
   o.max_pool_size = std::max(s.max_pool_size, 1);
-  o.idle_timeout = absl::Milliseconds(std::max(s.pool_idle_timeout_ms, 0));
   o.connect_timeout = absl::Milliseconds(std::max(s.node_connection_timeout_ms, 10));
   o.slow_start_interval = absl::Milliseconds(std::max(s.slow_start_interval_ms, 1));
   o.slot_wait_timeout = s.settings.connection_wait_timeout_ms < 0
                             ? absl::Hours(24 * 365)
                             : absl::Milliseconds(s.settings.connection_wait_timeout_ms);
   o.when_table_full = FullTablePolicyOf(s.settings);
-  o.result_memory = std::max(s.response_memory_bytes, size_t{1} << 20);
-  o.result_memory_setting = "connthrottle.pool_response_memory";
+  // Results still gathering have a budget of their own, at least 1MB.
+  o.result_memory = std::max(o.result_memory, size_t{1} << 20);
+  o.result_memory_setting = pool_setting_name::result_memory;
   return o;
 }
 
@@ -128,7 +136,8 @@ void SetSettings(Service& svc, const PoolServiceSettings& settings) {
   svc.settings = settings;
   svc.local_node = settings.settings.local_node != nullptr ? settings.settings.local_node : "";
   svc.settings.settings.local_node = svc.local_node.c_str();
-  svc.held_limit.store(settings.response_memory_bytes, std::memory_order_relaxed);
+  // Responses held in parts: pool_response_memory as set (0: none).
+  svc.held_limit.store(DeclaredOptions(settings.pool).result_memory, std::memory_order_relaxed);
 }
 
 template <typename Body>
@@ -389,36 +398,18 @@ size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sql
       size_t{0});
 }
 
-PoolServiceStats PoolStats() noexcept {
-  PoolServiceStats out{};
+PoolStatValues PoolStats() noexcept {
+  PoolStatValues out;
   Quietly(
       [&] {
         Service& svc = Svc();
         if (!svc.pool) return 0;
         const SharedPoolStats s = svc.pool->stats();
-        out = {s.connections_started,
-               s.connections_opened,
-               s.connections_failed,
-               s.closed_idle,
-               s.closed_dead,
-               s.closed_in_transaction,
-               s.closed_for_waiters,
-               s.closed_over_limit,
-               s.optional_refused,
-               s.tasks_run,
-               s.tasks_retried,
-               s.tasks_cancelled,
-               s.tasks_handed_back,
-               s.resets,
-               s.closed_reset_failed,
-               s.closed_for_pools,
-               s.notifications_dropped,
-               s.tasks_over_memory,
-               s.out_of_memory,
-               0,
-               0};
-        for (const auto& [node, n] : svc.pool->Connections()) out.connections_now += n;
-        for (const auto& [node, n] : svc.pool->Queued()) out.tasks_queued_now += n;
+#define CONNTHROTTLE_POOL_STAT(name) out[PoolStat::name] = s.name;
+#define CONNTHROTTLE_COMMUNICATOR_STAT(name)
+#include "connthrottle/executor/shared_pool_stats.def"
+        for (const auto& [node, n] : svc.pool->Connections()) out[PoolStat::connections] += n;
+        for (const auto& [node, n] : svc.pool->Queued()) out[PoolStat::tasks_queued] += n;
         return 0;
       },
       0);

@@ -13,6 +13,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "pg/bridge/pool_settings.h"
+#include "pg/bridge/pool_stats.h"
 #include "pg/bridge/settings.h"
 
 namespace connthrottle::pg {
@@ -26,21 +28,10 @@ struct PoolServiceSettings {
   int max_pool_size = 16;  // connthrottle.max_adaptive_executor_pool_size
   int node_connection_timeout_ms = 30000;
   int slow_start_interval_ms = 10;
-  int pool_idle_timeout_ms = 60000;
-  // connthrottle.pool_response_memory: the most bytes of responses held for
-  // sessions to read in parts, all sessions together.
-  // Results gathering in the pool are held within the same figure, a budget
-  // of their own.
-  size_t response_memory_bytes = size_t{256} << 20;
-};
-
-// The pool's cumulative figures (SharedPoolStats, as plain integers).
-struct PoolServiceStats {
-  int64_t connections_started, connections_opened, connections_failed, closed_idle, closed_dead,
-      closed_in_transaction, closed_for_waiters, closed_over_limit, optional_refused, tasks_run,
-      tasks_retried, tasks_cancelled, tasks_handed_back, resets, closed_reset_failed,
-      closed_for_pools, notifications_dropped, tasks_over_memory, out_of_memory;
-  int64_t connections_now, tasks_queued_now;
+  // The settings shared_pool_settings.def declares. pool_response_memory is
+  // also the most bytes of responses held for sessions to read in parts,
+  // all sessions together.
+  PoolSettings pool;
 };
 
 // Marks slot `slot` answered: `size` bytes of its response, which is `total`
@@ -83,7 +74,10 @@ void DetachRequests() noexcept;
 // Writes an error response to `area` (the communicator stops); always whole.
 size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sqlstate,
                           const char* message) noexcept;
-PoolServiceStats PoolStats() noexcept;
+// The pool's figures now: its counters and the connections and queued tasks
+// it has (the communicator fills in its own, reloads). All zero before the
+// pool's first request.
+PoolStatValues PoolStats() noexcept;
 // Stops the pool: every request still held is dropped, running queries are
 // cancelled, every connection is closed and its slot given back.
 void StopPoolService() noexcept;
