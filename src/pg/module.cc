@@ -261,12 +261,9 @@ void EnsureBackendExitCallback() {
   exit_callback_registered = true;
 }
 
-}  // namespace connthrottle::pg
-
-void _PG_init(void) {
-  // Shared memory can only be had at server start.
-  if (!process_shared_preload_libraries_in_progress) return;
-
+// The settings of the shared counter table: limits, the table, waiting,
+// the local node.
+void DefineThrottlingSettings() {
   DefineCustomIntVariable(
       "connthrottle.max_shared_pool_size",
       "Maximum number of connections to each worker node across all backends.",
@@ -304,6 +301,12 @@ void _PG_init(void) {
       "Empty detects it: this server's port on a host that resolves to this machine. "
       "'none' treats no node as local; 'host:port' names it.",
       &local_node, "", PGC_SIGHUP, 0, CheckLocalNode, nullptr, nullptr);
+}
+
+// The settings of the executor's transports: the direct one's pools and
+// cache, connecting, the shared pool (DefinePoolSettings: from
+// shared_pool_settings.def) and its message area.
+void DefineExecutorSettings() {
   DefineCustomIntVariable(
       "connthrottle.max_adaptive_executor_pool_size",
       "Maximum number of connections one execution opens to each worker node.",
@@ -351,6 +354,18 @@ void _PG_init(void) {
       "results, must fit in it.",
       &pool_message_bytes, 64 * 1024, 4096, 64 * 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_BYTE,
       nullptr, nullptr, nullptr);
+}
+
+}  // namespace connthrottle::pg
+
+void _PG_init(void) {
+  using connthrottle::pg::DefineExecutorSettings;
+  using connthrottle::pg::DefineThrottlingSettings;
+  // Shared memory can only be had at server start.
+  if (!process_shared_preload_libraries_in_progress) return;
+
+  DefineThrottlingSettings();
+  DefineExecutorSettings();
   MarkGUCPrefixReserved("connthrottle");
 
   prev_shmem_request_hook = shmem_request_hook;

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "connthrottle/executor/shared_pool.h"
+#include "pg/bridge/internal/settings.h"
 #include "pg/bridge/pool_message.h"
 #include "pg/bridge/process_owner.h"
 
@@ -121,9 +122,7 @@ SharedPoolOptions OptionsFrom(const PoolServiceSettings& s) {
   o.max_pool_size = std::max(s.max_pool_size, 1);
   o.connect_timeout = absl::Milliseconds(std::max(s.node_connection_timeout_ms, 10));
   o.slow_start_interval = absl::Milliseconds(std::max(s.slow_start_interval_ms, 1));
-  o.slot_wait_timeout = s.settings.connection_wait_timeout_ms < 0
-                            ? absl::Hours(24 * 365)
-                            : absl::Milliseconds(s.settings.connection_wait_timeout_ms);
+  o.slot_wait_timeout = WaitTimeout(s.settings);
   o.when_table_full = FullTablePolicyOf(s.settings);
   // Results still gathering have a budget of their own, at least 1MB.
   o.result_memory = std::max(o.result_memory, size_t{1} << 20);
