@@ -17,6 +17,7 @@
 #include "connthrottle/owner.h"
 #include "core/internal/futex.h"
 #include "core/internal/layout.h"
+#include "core/internal/memory_order.h"
 #include "core/internal/owner_ops.h"
 #include "core/internal/process_identity.h"
 
@@ -28,10 +29,6 @@ using internal::OwnerAt;
 using internal::TableHeader;
 
 namespace {
-
-constexpr auto kRelaxed = std::memory_order_relaxed;
-constexpr auto kAcquire = std::memory_order_acquire;
-constexpr auto kRelease = std::memory_order_release;
 
 // Refuse layouts larger than this: a typo, not a configuration.
 constexpr uint64_t kMaxRegionBytes = uint64_t{16} << 30;

@@ -13,6 +13,7 @@
 
 #include "absl/base/optimization.h"
 #include "core/internal/layout.h"
+#include "core/internal/memory_order.h"
 #include "core/internal/owner_ops.h"
 
 namespace connthrottle {
@@ -20,10 +21,6 @@ namespace connthrottle {
 using internal::Word;
 
 namespace {
-constexpr auto kRelaxed = std::memory_order_relaxed;
-constexpr auto kAcquire = std::memory_order_acquire;
-constexpr auto kRelease = std::memory_order_release;
-constexpr auto kAcqRel = std::memory_order_acq_rel;
 
 // Bumped in every forked child: an Owner registered before the fork belongs
 // to the parent, and the child must neither use nor release it.

@@ -127,6 +127,7 @@
 #include "absl/strings/str_join.h"
 #include "core/internal/backoff.h"
 #include "core/internal/futex.h"
+#include "core/internal/memory_order.h"
 #include "core/internal/test_hooks.h"
 
 namespace connthrottle {
@@ -152,11 +153,6 @@ using internal::OwnerAt;
 using internal::Word;
 
 namespace {
-
-constexpr auto kRelaxed = std::memory_order_relaxed;
-constexpr auto kAcquire = std::memory_order_acquire;
-constexpr auto kRelease = std::memory_order_release;
-constexpr auto kAcqRel = std::memory_order_acq_rel;
 
 void AddTo(std::atomic<uint64_t>& counter, uint64_t delta) {
   if (delta != 0) counter.store(counter.load(kRelaxed) + delta, kRelaxed);

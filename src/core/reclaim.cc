@@ -69,6 +69,7 @@
 
 #include "core/internal/backoff.h"
 #include "core/internal/futex.h"
+#include "core/internal/memory_order.h"
 #include "core/internal/owner_ops.h"
 #include "core/internal/process_identity.h"
 #include "core/internal/test_hooks.h"
@@ -80,9 +81,6 @@ using internal::EntryAt;
 using internal::OwnerAt;
 
 namespace {
-
-constexpr auto kRelaxed = std::memory_order_relaxed;
-constexpr auto kAcquire = std::memory_order_acquire;
 
 int64_t MonotonicNanos() {
   timespec ts;
