@@ -411,11 +411,11 @@ struct ExecutionRun {
   // cancelled and the connection is broken (closed by ReapBroken).
   void FailCopy(Pool& pool, Connection& c, ExecStatusType copy) {
     const int t = c.task;
-    absl::Status refused = RefuseCopy(c.pg, pool.node, copy);
+    StopCopy(c.pg, copy);
     c.task = -1;
     c.state = State::kBroken;
     results[t].run = absl::Now() - run_started_[t];
-    Finish(t, std::move(refused), "0A000");  // feature_not_supported
+    Finish(t, CopyRefused(pool.node, copy), "0A000");  // feature_not_supported
   }
 
   void Connecting(Pool& pool, Connection& c) {

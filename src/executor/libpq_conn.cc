@@ -92,13 +92,16 @@ void SendCancel(PGconn* pg) {
   }
 }
 
-absl::Status RefuseCopy(PGconn* pg, const NodeAddress& node, ExecStatusType copy) {
+void StopCopy(PGconn* pg, ExecStatusType copy) {
   if (copy == PGRES_COPY_IN) {
     PQputCopyEnd(pg, "COPY FROM STDIN is not supported in connthrottle tasks");
     PQflush(pg);
   } else {
     SendCancel(pg);
   }
+}
+
+absl::Status CopyRefused(const NodeAddress& node, ExecStatusType copy) {
   const char* what = copy == PGRES_COPY_IN    ? "COPY FROM STDIN"
                      : copy == PGRES_COPY_OUT ? "COPY TO STDOUT"
                                               : "COPY BOTH (replication)";

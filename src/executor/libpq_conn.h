@@ -84,9 +84,12 @@ bool ResultsReadable(short revents);
 void SendCancel(PGconn* pg);
 
 // A task entered COPY, which tasks cannot do: the worker's COPY is ended
-// (COPY FROM STDIN with an error, others cancelled) and the task's error is
-// returned (0A000, kFeatureNotSupported). The connection must be closed.
-absl::Status RefuseCopy(PGconn* pg, const NodeAddress& node, ExecStatusType copy);
+// (COPY FROM STDIN with an error, others cancelled). The connection must be
+// closed.
+void StopCopy(PGconn* pg, ExecStatusType copy);
+
+// The task's error for that: 0A000 (kUnimplemented), naming the node.
+absl::Status CopyRefused(const NodeAddress& node, ExecStatusType copy);
 
 // Drops the notices a worker sends (libpq would print them on stderr, which
 // in a PostgreSQL backend is the server log): a task's outcome is its result

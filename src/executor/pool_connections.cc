@@ -77,36 +77,27 @@ void SharedPool::Loop::StartConnect(Pool& pool, Slot slot, absl::Time now) {
   c.id = next_connection_id++;
   c.node = pool.node;
   c.slot = std::move(slot);
-  c.connect_started = now;
   ++stats.connections_started;
-  c.pg = PQconnectStartParams(pool.params.keywords(), pool.params.values(), /*expand_dbname=*/0);
-  if (c.pg == nullptr || PQstatus(c.pg) == CONNECTION_BAD) {
-    std::string why = c.pg != nullptr ? Trim(PQerrorMessage(c.pg)) : "out of memory";
-    pool.conns.push_back(std::move(conn));
-    ConnectFailed(pool, *pool.conns.back(), why);
-    return;
-  }
-  QuietNotices(c.pg);
-  c.state = State::kConnecting;
-  c.poll = PGRES_POLLING_WRITING;
+  const std::optional<std::string> failed = StartConnecting(c, pool.params, now);
   pool.conns.push_back(std::move(conn));
+  if (failed) ConnectFailed(pool, *pool.conns.back(), *failed);
 }
 
 void SharedPool::Loop::Connecting(Pool& pool, Conn& conn, absl::Time now) {
   Connection& c = *conn.c;
-  c.poll = PQconnectPoll(c.pg);
-  if (c.poll == PGRES_POLLING_FAILED) {
-    ConnectFailed(pool, conn, Trim(PQerrorMessage(c.pg)));
-    return;
+  switch (ContinueConnecting(c, now)) {
+    case ConnectProgress::kPending:
+      return;
+    case ConnectProgress::kFailed:
+      ConnectFailed(pool, conn, Trim(PQerrorMessage(c.pg)));
+      return;
+    case ConnectProgress::kReady:
+      conn.idle_since = now;
+      pool.connect_time_total += now - c.connect_started;
+      ++pool.connects_done;
+      ++stats.connections_opened;
+      return;
   }
-  if (c.poll != PGRES_POLLING_OK) return;
-  PQsetnonblocking(c.pg, 1);
-  c.state = State::kIdle;
-  c.ready = now;
-  conn.idle_since = now;
-  pool.connect_time_total += now - c.connect_started;
-  ++pool.connects_done;
-  ++stats.connections_opened;
 }
 
 // A connection attempt failed: it is closed. With no other connection

@@ -97,7 +97,7 @@ void SharedPool::Loop::Enqueue(const std::shared_ptr<Batch>& b) {
     const Task& task = b->tasks[t];
     absl::StatusOr<NodeKey> key = NodeKey::Create(task.node.host, task.node.port, b->database_id);
     if (!key.ok()) {
-      Fail(*b, t, key.status(), "22023");  // invalid_parameter_value
+      FailTask(*b, t, key.status(), "22023");  // invalid_parameter_value
       continue;
     }
     Pool& pool = pools[PoolName(task.node, b->database_id, b->params[t])];
@@ -144,7 +144,7 @@ void SharedPool::Loop::FailOutOfMemory(Batch& b, int t) {
   // No allocation on this path: the status is made once.
   static const absl::Status* const kOutOfMemory = new absl::Status(
       absl::ResourceExhaustedError("the connthrottle shared pool ran out of memory for this task"));
-  Fail(b, t, *kOutOfMemory, "53200");  // out_of_memory
+  FailTask(b, t, *kOutOfMemory, "53200");  // out_of_memory
 }
 
 // The session gave up on `b`: its queued tasks are dropped, its running
@@ -289,7 +289,7 @@ void SharedPool::Loop::Shutdown() {
       if (conn->c->state == State::kBusy) {
         SendCancel(conn->c->pg);
         if (conn->batch != nullptr && !conn->cancelling) {
-          Fail(*conn->batch, conn->task, gone, "08006");
+          FailTask(*conn->batch, conn->task, gone, "08006");
         }
       }
       Uncount(*conn);

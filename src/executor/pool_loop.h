@@ -89,10 +89,10 @@ struct SharedPool::Batch {
 // Sets task `t`'s result and wakes the session when it was the last.
 // `bytes` of the result are counted in the pool's held figure already; from
 // here the batch gives them back.
-void Finish(SharedPool::Batch& b, int t, TaskResult result, int64_t bytes = 0);
+void SettleTask(SharedPool::Batch& b, int t, TaskResult result, int64_t bytes = 0);
 
 // Fails task `t` with `status` and `sqlstate`.
-void Fail(SharedPool::Batch& b, int t, absl::Status status, const char* sqlstate);
+void FailTask(SharedPool::Batch& b, int t, absl::Status status, const char* sqlstate);
 
 struct SharedPool::Loop {
   using Batch = SharedPool::Batch;

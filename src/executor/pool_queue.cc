@@ -57,7 +57,7 @@ void SharedPool::Loop::FailQueued(Pool& pool, const absl::Status& why, const cha
   while (true) {
     auto [b, t] = NextTask(pool);
     if (b == nullptr) break;
-    Fail(*b, t, why, sqlstate);
+    FailTask(*b, t, why, sqlstate);
   }
 }
 
@@ -85,7 +85,7 @@ void SharedPool::Loop::FailStarved(Pool& pool, absl::Time now) {
         absl::StrCat("no connection slot to node ", pool.node.ToString(), " became free within ",
                      absl::FormatDuration(WaitTimeoutOf(*it->batch)), " (its wait timeout; ",
                      sp.limit_(pool.node, pool.local).ToString(), ")"));
-    for (int t : it->tasks) Fail(*it->batch, t, why, "53300");  // too_many_connections
+    for (int t : it->tasks) FailTask(*it->batch, t, why, "53300");  // too_many_connections
     pool.queued -= static_cast<int>(it->tasks.size());
     it = pool.queues.erase(it);
   }
@@ -98,11 +98,11 @@ void SharedPool::Loop::HandBack(Pool& pool) {
     auto [b, t] = NextTask(pool);
     if (b == nullptr) break;
     if (!b->tasks[t].allow_local) {
-      Fail(*b, t,
-           absl::UnavailableError(absl::StrCat("no connection to the local node ",
-                                               pool.node.ToString(),
-                                               " is allowed now and the task may not run locally")),
-           "53300");  // too_many_connections
+      FailTask(*b, t,
+               absl::UnavailableError(
+                   absl::StrCat("no connection to the local node ", pool.node.ToString(),
+                                " is allowed now and the task may not run locally")),
+               "53300");  // too_many_connections
       continue;
     }
     ++stats.tasks_handed_back;

@@ -12,6 +12,8 @@ namespace connthrottle {
 // starts afresh).
 constexpr size_t kMaxSimpleOnly = 512;
 
+namespace {
+
 // What one value of a kept row costs the pool, beyond its bytes.
 constexpr int64_t kValueOverhead = sizeof(std::optional<std::string>);
 
@@ -24,6 +26,8 @@ int64_t RowBytes(const TaskResult& r, size_t from) {
   }
   return bytes;
 }
+
+}  // namespace
 
 void SharedPool::Loop::ReadResults(Pool& pool, Conn& conn, absl::Time now) {
   Connection& c = *conn.c;
@@ -162,10 +166,10 @@ void SharedPool::Loop::PipelineDone(Pool& pool, Conn& conn, absl::Time now) {
 void SharedPool::Loop::Lost(Pool& pool, Conn& conn, const std::string& why) {
   Close(conn, conn.step != Step::kTask ? CloseReason::kDead : CloseReason::kTaskFailed);
   if (conn.batch != nullptr && !conn.cancelling) {
-    Fail(*conn.batch, conn.task,
-         absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
-                                             " was lost while running the task: ", why)),
-         "08006");  // connection_failure
+    FailTask(*conn.batch, conn.task,
+             absl::UnavailableError(absl::StrCat("connection to node ", pool.node.ToString(),
+                                                 " was lost while running the task: ", why)),
+             "08006");  // connection_failure
   }
   conn.batch = nullptr;
   conn.task = -1;
@@ -174,10 +178,11 @@ void SharedPool::Loop::Lost(Pool& pool, Conn& conn, const std::string& why) {
 // A task entered COPY, which tasks cannot do: it fails with 0A000 and its
 // connection is closed (the worker's COPY stopped first).
 void SharedPool::Loop::FailCopy(Pool& pool, Conn& conn, ExecStatusType copy) {
-  absl::Status refused = RefuseCopy(conn.c->pg, pool.node, copy);
+  StopCopy(conn.c->pg, copy);
   Close(conn, CloseReason::kTaskFailed);
   if (conn.batch != nullptr && !conn.cancelling) {
-    Fail(*conn.batch, conn.task, std::move(refused), "0A000");  // feature_not_supported
+    FailTask(*conn.batch, conn.task, CopyRefused(pool.node, copy),
+             "0A000");  // feature_not_supported
   }
   conn.batch = nullptr;
   conn.task = -1;
@@ -229,13 +234,13 @@ void SharedPool::Loop::FailOverMemory(Pool& pool, Conn& conn) {
   Uncount(conn);
   SendCancel(conn.c->pg);
   conn.cancelling = true;
-  Fail(*conn.batch, conn.task,
-       absl::ResourceExhaustedError(absl::StrCat("node ", pool.node.ToString(),
-                                                 ": the task's result would take the results the "
-                                                 "shared pool holds beyond ",
-                                                 options.result_memory_setting, " (",
-                                                 options.result_memory, " bytes)")),
-       "54000");  // program_limit_exceeded
+  FailTask(*conn.batch, conn.task,
+           absl::ResourceExhaustedError(
+               absl::StrCat("node ", pool.node.ToString(),
+                            ": the task's result would take the results the "
+                            "shared pool holds beyond ",
+                            options.result_memory_setting, " (", options.result_memory, " bytes)")),
+           "54000");  // program_limit_exceeded
 }
 
 void SharedPool::Loop::DropNotifications(PGconn* pg) {

@@ -116,7 +116,7 @@ void SharedPool::Loop::FinishTask(Conn& conn, absl::Time now) {
     conn.result.run = now - conn.sent;
     ++stats.tasks_run;
     const int64_t bytes = std::exchange(conn.result_bytes, 0);
-    Finish(*conn.batch, conn.task, std::move(conn.result), bytes);
+    SettleTask(*conn.batch, conn.task, std::move(conn.result), bytes);
   }
   conn.batch = nullptr;
   conn.task = -1;

@@ -15,7 +15,7 @@
 
 namespace connthrottle {
 
-void Finish(SharedPool::Batch& b, int t, TaskResult result, int64_t bytes) {
+void SettleTask(SharedPool::Batch& b, int t, TaskResult result, int64_t bytes) {
   result.node = b.tasks[t].node;
   bool last;
   {
@@ -28,11 +28,11 @@ void Finish(SharedPool::Batch& b, int t, TaskResult result, int64_t bytes) {
   if (last) b.Notify();
 }
 
-void Fail(SharedPool::Batch& b, int t, absl::Status status, const char* sqlstate) {
+void FailTask(SharedPool::Batch& b, int t, absl::Status status, const char* sqlstate) {
   TaskResult r;
   r.status = std::move(status);
   r.sqlstate = sqlstate;
-  Finish(b, t, std::move(r));
+  SettleTask(b, t, std::move(r));
 }
 
 // ---- SharedPool ----
