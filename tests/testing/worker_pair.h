@@ -35,6 +35,7 @@
 #include "connthrottle/node_key.h"
 #include "connthrottle/owner.h"
 #include "connthrottle/shared_segment.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/heap_table.h"
 #include "tests/testing/local_server.h"
