@@ -19,7 +19,7 @@
 // Every acquire returns a move-only Slot that gives the slot back exactly
 // once: by Slot::Release() or on destruction.
 //
-// Promises (each is tested, see counter_table_test.cc):
+// Promises (each is tested, see src/core/counter_table_*_test.cc):
 //   * Strict limit: optional and waiting acquires never raise a key's count to
 //     more than the limit in force at that decision, under any interleaving of
 //     threads and processes. Only forced acquires may exceed it.
