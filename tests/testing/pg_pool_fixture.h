@@ -73,15 +73,10 @@ class PgPoolTest : public ::testing::Test {
       }
       workers_[i] = w->release();
     }
-    for (const std::string& sql :
-         {std::string("CREATE EXTENSION connthrottle"),
-          absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", workers_[0]->port(), ")"),
-          absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", workers_[1]->port(), ")")}) {
-      absl::StatusOr<QueryResult> r = (*c)->Query(sql);
-      if (!r.ok()) {
-        *startup_error_ = r.status().ToString();
-        return;
-      }
+    if (absl::Status s = AddExtensionAndWorkers(**c, {workers_[0]->port(), workers_[1]->port()});
+        !s.ok()) {
+      *startup_error_ = s.ToString();
+      return;
     }
     coordinator_ = c->release();
   }

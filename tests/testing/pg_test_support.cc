@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace connthrottle::cluster {
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
@@ -14,6 +16,17 @@ bool PollUntil(const std::function<bool()>& condition, Clock::duration timeout) 
     if (Clock::now() > deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+}
+
+absl::Status AddExtensionAndWorkers(LocalServer& coordinator, const std::vector<int>& ports) {
+  std::vector<std::string> statements = {"CREATE EXTENSION connthrottle"};
+  for (int port : ports) {
+    statements.push_back(absl::StrCat("SELECT connthrottle.add_node('127.0.0.1', ", port, ")"));
+  }
+  for (const std::string& sql : statements) {
+    if (absl::StatusOr<QueryResult> r = coordinator.Query(sql); !r.ok()) return r.status();
+  }
+  return absl::OkStatus();
 }
 
 void Report(const std::string& what, const std::string& figure) {

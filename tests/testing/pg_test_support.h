@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "tests/testing/local_server.h"
 #include "tests/testing/pg_client.h"
 
 namespace connthrottle::cluster {
@@ -29,6 +30,10 @@ double Ms(Clock::duration d);
 // synchronisation.
 bool PollUntil(const std::function<bool()>& condition,
                Clock::duration timeout = std::chrono::seconds(60));
+
+// On a new coordinator: CREATE EXTENSION connthrottle, then each of `ports`
+// added as a worker node on 127.0.0.1, in that order. The first error.
+absl::Status AddExtensionAndWorkers(LocalServer& coordinator, const std::vector<int>& ports);
 
 // Prints "[ FIGURE   ] what: figure", beside gtest's own lines.
 void Report(const std::string& what, const std::string& figure);
