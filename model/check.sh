@@ -12,10 +12,19 @@
 #   model/check.sh --bug      ABA_BUG, LOCK_OWNER and NO_JUDGE_HAZARD: spin
 #                             must find a second believed holder of an
 #                             entry lock
+#   model/check.sh --wakeup   model/wakeup.pml alone (below)
+#
+# Every mode first checks model/wakeup.pml (issue 27's eventfd hand-off,
+# exhaustive, a few seconds): the protocol must pass with 2 and 3 backends
+# and with the sweep, and spin must find the lost wake-up in
+# BUG_EXCHANGE_BEFORE_READ and BUG_WRITE_BEFORE_BIT (by the sleeping
+# assertion and, separately, as an invalid end state) and the double take
+# in BUG_NO_CAS.
 #
 # Work files go to a temporary directory (or $MODEL_WORKDIR).
 set -eu
 MODEL=$(cd "$(dirname "$0")" && pwd)/connthrottle.pml
+WAKEUP=$(cd "$(dirname "$0")" && pwd)/wakeup.pml
 MODE=${1:---quick}
 WORK=${MODEL_WORKDIR:-$(mktemp -d)}
 [ -n "${MODEL_WORKDIR:-}" ] || trap 'rm -rf "$WORK"' EXIT
@@ -56,11 +65,66 @@ run() {
   # shellcheck disable=SC2086
   (cd "$dir" && $limit ./pan -m1000000 $runflags >out 2>&1) || true
   end=$(date +%s)
-  stored=$(sed -n 's/^ *\([0-9.e+]*\) states, stored.*/\1/p' "$dir/out")
-  depth=$(sed -n 's/.*depth reached \([0-9]*\).*/\1/p' "$dir/out")
-  errors=$(sed -n 's/.*errors: \([0-9]*\).*/\1/p' "$dir/out")
-  elapsed=$(sed -n 's/^pan: elapsed time \([0-9.e+]*\).*/\1/p' "$dir/out")
-  echo "$name ($kind $*): states stored $stored, depth $depth, errors ${errors:-?}, pan ${elapsed:-?} s (wall $((end - start)) s)"
+  figures "$name" "$kind $*" "$((end - start))"
+}
+
+# figures NAME WHAT WALL: spin's figures from $WORK/NAME/out.
+figures() {
+  out=$WORK/$1/out
+  stored=$(sed -n 's/^ *\([0-9.e+]*\) states, stored.*/\1/p' "$out")
+  depth=$(sed -n 's/.*depth reached \([0-9]*\).*/\1/p' "$out")
+  errors=$(sed -n 's/.*errors: \([0-9]*\).*/\1/p' "$out")
+  elapsed=$(sed -n 's/^pan: elapsed time \([0-9.e+]*\).*/\1/p' "$out")
+  echo "$1 ($2): states stored $stored, depth $depth, errors ${errors:-?}, pan ${elapsed:-?} s (wall $3 s)"
+}
+
+# wakeup NAME PANFLAGS DEFINES...: an exhaustive safety search of
+# wakeup.pml (assertions and invalid end states). PANFLAGS: "-A" ignores
+# assertions, "-E" invalid end states, "-" neither. Small: no compression.
+wakeup() {
+  name=$1 panflags=$2
+  shift 2
+  [ "$panflags" = - ] && panflags=""
+  dir=$WORK/$name
+  mkdir -p "$dir"
+  cp "$WAKEUP" "$dir/"
+  echo "spin $* -t -p wakeup.pml" >"$dir/replay"
+  (cd "$dir" && spin "$@" -a wakeup.pml >spin.out 2>&1) || { cat "$dir/spin.out"; return 1; }
+  (cd "$dir" && $CC -O2 -w -DSAFETY -DMEMLIM="$MEMLIM" -o pan pan.c)
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  (cd "$dir" && ./pan -m100000 $panflags >out 2>&1) || true
+  end=$(date +%s)
+  figures "$name" "wakeup.pml $* pan${panflags:+ $panflags}" "$((end - start))"
+}
+
+# expect_found NAME PATTERN WHAT: spin must report PATTERN in a bug variant.
+expect_found() {
+  if grep -q "$2" "$WORK/$1/out"; then
+    echo "ok: $1: spin found $3"
+  else
+    echo "FAIL: $1: spin did not find $3"
+    status=1
+  fi
+}
+
+# model/wakeup.pml (README, "wakeup.pml"): exhaustive, a few seconds.
+check_wakeup() {
+  SEARCH=exhaustive
+  lost='assertion violated ((efd>0)'
+  wakeup wakeup_nb2 - -DNB=2 -DREQS=3 && expect_pass wakeup_nb2
+  wakeup wakeup_nb3 - -DNB=3 -DREQS=3 && expect_pass wakeup_nb3
+  wakeup wakeup_sweep - -DSWEEP -DNB=2 -DREQS=3 && expect_pass wakeup_sweep
+  wakeup exchange_before_read_sleep -E -DBUG_EXCHANGE_BEFORE_READ &&
+    expect_found exchange_before_read_sleep "$lost" "the pool asleep with a written request unseen"
+  wakeup exchange_before_read_end -A -DBUG_EXCHANGE_BEFORE_READ &&
+    expect_found exchange_before_read_end "invalid end state" "a backend waiting for ever (invalid end state)"
+  wakeup write_before_bit_sleep -E -DBUG_WRITE_BEFORE_BIT &&
+    expect_found write_before_bit_sleep "$lost" "the pool asleep with a written request unseen"
+  wakeup write_before_bit_end -A -DBUG_WRITE_BEFORE_BIT &&
+    expect_found write_before_bit_end "invalid end state" "a backend waiting for ever (invalid end state)"
+  wakeup no_cas - -DSWEEP -DBUG_NO_CAS &&
+    expect_found no_cas 'assertion violated (takes\[i\]<=1)' "one request taken twice"
 }
 
 incomplete() { grep -q "Search not completed" "$WORK/$1/out"; }
@@ -70,8 +134,13 @@ expect_pass() {
   if failed "$1" || { [ "$SEARCH" = exhaustive ] && incomplete "$1"; }; then
     echo "FAIL: $1"
     grep -E "violated|acceptance cycle|invalid end state|Search not completed|error" "$WORK/$1/out" | head -5
-    echo "  replay: set MODEL_WORKDIR to keep the work files, then" \
-      "(cd \$MODEL_WORKDIR/$1 && spin -t -p connthrottle.pml)"
+    if [ -f "$WORK/$1/replay" ]; then
+      echo "  replay: set MODEL_WORKDIR to keep the work files, then" \
+        "(cd \$MODEL_WORKDIR/$1 && $(cat "$WORK/$1/replay"))"
+    else
+      echo "  replay: set MODEL_WORKDIR to keep the work files, then" \
+        "(cd \$MODEL_WORKDIR/$1 && spin -t -p connthrottle.pml)"
+    fi
     status=1
   fi
 }
@@ -90,6 +159,11 @@ SEARCH=exhaustive
 BUDGET=${MODEL_BUDGET:-50}  # seconds per bitstate run in --quick
 BUG_LIMIT=600               # seconds a bug variant may take to be refuted
 case "$MODE" in
+  --quick|--full|--bug|--wakeup) check_wakeup ;;
+esac
+SEARCH=exhaustive
+case "$MODE" in
+  --wakeup) ;;
   --quick)
     # Not exhaustive (see README): the bug variants, which spin refutes in
     # seconds, then time-boxed supertrace runs.
@@ -116,7 +190,7 @@ case "$MODE" in
     run no_judge_hazard safety -DNO_JUDGE_HAZARD -DOPS=1 -DMAXDEATH=1 && expect_violation no_judge_hazard
     ;;
   *)
-    echo "usage: $0 [--quick|--full|--bug]" >&2
+    echo "usage: $0 [--quick|--full|--bug|--wakeup]" >&2
     exit 2
     ;;
 esac
