@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -30,7 +31,12 @@ std::string PoolName(const NodeAddress& node, uint32_t database, const ConnParam
   return name;
 }
 
+// The pool whose ExternalWork::serve this thread is running, if any.
+thread_local const SharedPool* serving_pool = nullptr;
+
 }  // namespace
+
+bool ServingOnLoopThread(const SharedPool& sp) { return serving_pool == &sp; }
 
 // How often a pool with idle connections looks for others waiting for its
 // node's slots.
@@ -58,10 +64,27 @@ void SharedPool::Loop::Run() {
   Publish(absl::Now());
 }
 
-// New batches and cancels; false when the pool is stopping.
-bool SharedPool::Loop::TakeInbox() {
+// Work from outside (ExternalWork): drained first, then served, so that
+// what is published during `serve` makes the descriptor readable again.
+void SharedPool::Loop::ServeExternal() {
+  if (!sp.external_.serve || !std::exchange(external_ready, false)) return;
   uint64_t count;
-  while (read(sp.wake_fd_, &count, sizeof(count)) > 0) {
+  if (sp.external_.fd >= 0) {
+    [[maybe_unused]] ssize_t n = read(sp.external_.fd, &count, sizeof(count));
+  }
+  serving_pool = &sp;
+  Guarded([&] { sp.external_.serve(); });
+  serving_pool = nullptr;
+}
+
+// New batches and cancels (ServeExternal's too); false when the pool is
+// stopping.
+bool SharedPool::Loop::TakeInbox() {
+  ServeExternal();
+  // One read drains an eventfd.
+  uint64_t count;
+  if (std::exchange(inbox_ready, false) && sp.wake_fd_ >= 0) {
+    [[maybe_unused]] ssize_t n = read(sp.wake_fd_, &count, sizeof(count));
   }
   std::vector<std::shared_ptr<Batch>> submitted, cancelled;
   bool stopping;
@@ -229,8 +252,9 @@ absl::Time SharedPool::Loop::NextWake(absl::Time now) const {
 // cancel, new options, the end) or NextWake, then handles what happened.
 // Idle connections are watched too: a worker closing one is seen at once.
 void SharedPool::Loop::WaitForEvents(absl::Time now) {
-  std::vector<pollfd> fds{{sp.wake_fd_, POLLIN, 0}};
-  std::vector<std::pair<Pool*, Conn*>> owners{{nullptr, nullptr}};
+  std::vector<pollfd> fds{{sp.wake_fd_, POLLIN, 0}, {sp.external_.fd, POLLIN, 0}};
+  std::vector<std::pair<Pool*, Conn*>> owners{{nullptr, nullptr}, {nullptr, nullptr}};
+  const size_t first_conn = fds.size();  // poll ignores a negative descriptor
   for (auto& [name, pool] : pools) {
     for (auto& conn : pool.conns) {
       const Connection& c = *conn->c;
@@ -247,10 +271,13 @@ void SharedPool::Loop::WaitForEvents(absl::Time now) {
   if (poll(fds.data(), fds.size(), timeout_ms) < 0) {
     // EINTR, or a failure (ENOMEM) that a short pause may outlast.
     if (errno != EINTR) absl::SleepFor(absl::Milliseconds(1));
+    inbox_ready = external_ready = true;
     return;
   }
+  inbox_ready = sp.wake_fd_ < 0 || fds[0].revents != 0;
+  external_ready = sp.external_.fd < 0 || fds[1].revents != 0;
   const absl::Time after = absl::Now();
-  for (size_t i = 1; i < fds.size(); ++i) {
+  for (size_t i = first_conn; i < fds.size(); ++i) {
     auto [pool, conn] = owners[i];
     try {
       HandleEvent(*pool, *conn, fds[i].revents, after);

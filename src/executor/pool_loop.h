@@ -94,6 +94,10 @@ void SettleTask(SharedPool::Batch& b, int t, TaskResult result, int64_t bytes = 
 // Fails task `t` with `status` and `sqlstate`.
 void FailTask(SharedPool::Batch& b, int t, absl::Status status, const char* sqlstate);
 
+// Whether this thread is `sp`'s loop running its ExternalWork::serve (a
+// Submit or Cancel there needs no wake-up: the inbox is taken next).
+bool ServingOnLoopThread(const SharedPool& sp);
+
 struct SharedPool::Loop {
   using Batch = SharedPool::Batch;
   using Connection = AdaptiveExecutor::Connection;
@@ -195,6 +199,9 @@ struct SharedPool::Loop {
   SharedPoolStats stats;
   int next_connection_id = 0;
   absl::Time published_at = absl::InfinitePast();
+  // What the last poll found readable (both, before the first).
+  bool inbox_ready = true;
+  bool external_ready = true;
 
   template <typename Body>
   void Guarded(Body body) {
@@ -214,6 +221,7 @@ struct SharedPool::Loop {
 
   void Run();
   bool TakeInbox();
+  void ServeExternal();
   void Enqueue(const std::shared_ptr<Batch>& b);
   void FailUnqueued(Batch& b);
   static void FailOutOfMemory(Batch& b, int t);

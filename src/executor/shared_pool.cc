@@ -38,7 +38,11 @@ void FailTask(SharedPool::Batch& b, int t, absl::Status status, const char* sqls
 // ---- SharedPool ----
 
 SharedPool::SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options)
-    : owner_(owner), limit_(std::move(limit)), options_(options) {
+    : SharedPool(owner, std::move(limit), options, ExternalWork{}) {}
+
+SharedPool::SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options,
+                       ExternalWork external)
+    : owner_(owner), limit_(std::move(limit)), options_(options), external_(std::move(external)) {
   // Without it (no file descriptor left) the loop polls for new work every
   // few milliseconds instead of being woken.
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -58,7 +62,8 @@ SharedPool::~SharedPool() {
 }
 
 void SharedPool::Wake() {
-  if (wake_fd_ < 0) return;
+  // Inside ExternalWork::serve the loop takes its inbox right after.
+  if (wake_fd_ < 0 || ServingOnLoopThread(*this)) return;
   const uint64_t one = 1;
   // A full counter (never in practice) still leaves the fd readable.
   [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));

@@ -142,8 +142,24 @@ class SharedPool {
   // Where the limit of a node comes from; read at every decision.
   using LimitFunction = std::function<Limit(const NodeAddress& node, bool local)>;
 
+  // Work that reaches the pool from outside this process's threads (the
+  // extension's backends): whenever `fd` is readable the loop reads it once
+  // (an eventfd: the read drains it) and then calls `serve` on the loop's
+  // own thread, with no lock of the pool held. `serve` may Submit and
+  // Cancel; what it submits is taken in the same turn, without another
+  // wake-up. Because the read comes first, work published while `serve`
+  // runs and signalled on `fd` afterwards is served at the next turn: a
+  // publisher that makes its work visible and then writes to `fd` is never
+  // missed. `fd` stays the caller's (it is not closed); without one (-1)
+  // `serve` is called at every turn.
+  struct ExternalWork {
+    int fd = -1;
+    std::function<void()> serve;
+  };
+
   // Starts the loop's thread. `owner` takes and holds every connection's slot.
   SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options = {});
+  SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options, ExternalWork external);
   SharedPool(const SharedPool&) = delete;
   SharedPool& operator=(const SharedPool&) = delete;
   // Stops the loop: tasks still queued or running fail with 08006
@@ -210,6 +226,7 @@ class SharedPool {
   SharedPoolOptions options_ ABSL_GUARDED_BY(mu_);
   uint64_t options_version_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by set_options
   int wake_fd_ = -1;  // eventfd the loop polls: new work, cancels, stop
+  const ExternalWork external_;
 
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<Batch>> submitted_ ABSL_GUARDED_BY(mu_);
