@@ -18,21 +18,36 @@
 // A backend withdraws a request (cancel, statement_timeout, terminate, exit)
 // by writing its id to `cancel` and waking the communicator, without
 // waiting: the communicator cancels the tasks and frees the slot, and the
-// backend's next request waits for that (claim). Every change of state is
-// followed by setting the other side's latch. A backend that submits or
-// withdraws or asks for a response's next part also sets its bit in the
-// header's `pending` bitmap, so that the
-// communicator looks at those slots only, not at all MaxBackends of them.
+// backend's next request waits for that (claim). A backend that submits or
+// withdraws or asks for a response's next part sets its bit in the header's
+// `pending` bitmap (a full barrier), so that the communicator looks at
+// those slots only, not at all MaxBackends of them, and then writes to the
+// header's eventfd (`wake_fd`); the communicator answers by setting the
+// backend's latch.
 //
-// The communicator's thread model: its main thread (this file) waits on its
-// latch and takes the requests into the pool; the pool runs on a thread of
-// its own (pool_service.cc, plain C++, all signals blocked), and answers a
+// The communicator's thread model: the pool runs on a thread of its own
+// (pool_service.cc, plain C++, all signals blocked). That thread polls the
+// eventfd beside its connections and serves the slots itself (ServePending:
+// drain the eventfd, then take the bitmap, so that a bit set after the take
+// comes with a write after the drain: model/wakeup.pml), and answers a
 // request on that thread as it settles (AnswerSlot), under the service's
-// lock, which the main thread's withdrawals take too. That thread calls no
-// PostgreSQL function but SetLatch of a backend's latch, which touches only
-// that latch in shared memory and sends a signal (it is async-signal-safe
-// by design). One hand-over fewer than answering through the main thread:
-// the 64-client router's p50 is the figure it moves (bench/pgbench.sh).
+// lock. A request crosses one wake-up each way: backend -> pool's thread ->
+// backend. The main thread (this file's loop) keeps what only it may do:
+// configuration reloads, the figures, SIGTERM and postmaster death, and a
+// sweep of every slot every 100 ms in case a wake-up went missing; it
+// serves the slots itself only while the pool's thread cannot (the pool
+// could not start, or there is no eventfd: EXEC_BACKEND builds, or
+// eventfd() failed in the postmaster; backends then set its latch). Both
+// servers take `serving`, so a slot is served by one thread at a time.
+//
+// What the pool's thread runs of this file is the exception to "no
+// PostgreSQL API off the main thread", and why it is safe: the slots'
+// pg_atomic_* operations and barriers, which compile to inline atomic
+// instructions (the emulation with spinlocks is refused below), and
+// SetLatch of a backend's latch, which touches only that latch in shared
+// memory and sends a signal (it is async-signal-safe by design). No
+// allocation in PostgreSQL's memory contexts, no ereport, no lock of the
+// server's.
 //
 // Failure: on SIGTERM (pg_terminate_backend, shutdown) the communicator
 // answers every request it holds with 57P01, closes its connections (giving
@@ -69,9 +84,22 @@ PGDLLEXPORT void connthrottle_communicator_main(Datum arg);
 
 #include "pg/communicator.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <mutex>
+
 #include "pg/bridge/backend_state.h"
 #include "pg/bridge/pool_service.h"
 #include "pg/guc.h"
+
+// The pool's thread runs ServePending (see above): only real atomics.
+#if defined(PG_HAVE_ATOMIC_U32_SIMULATION) || defined(PG_HAVE_ATOMIC_U64_SIMULATION) || \
+    defined(PG_HAVE_ATOMIC_FLAG_SIMULATION)
+#error "connthrottle's communicator needs native atomics (its pool's thread serves the slots)"
+#endif
 
 namespace {
 
@@ -98,6 +126,7 @@ struct Header {
   pg_atomic_uint32 pid;          // the running communicator's pid, 0 when none
   pg_atomic_uint32 terminating;  // it was told to stop
   Latch* latch;                  // the running communicator's latch
+  int wake_fd;                   // the eventfd backends write to; -1: set the latch instead
   uint32 slots;
   uint64 area_bytes;
   pg_atomic_uint64 stats[connthrottle::pg::kPoolStatCount];  // pool_stats.h, in its order
@@ -141,10 +170,18 @@ void MarkPending(const Slot* slot) {
 
 char* AreaOf(Slot* slot) { return reinterpret_cast<char*>(slot) + MAXALIGN(sizeof(Slot)); }
 
+// In the postmaster: the eventfd of the shared memory it made last (a
+// restart after a crash makes another).
+int postmaster_wake_fd = -1;
+
 // ---- the communicator ----
 
 volatile sig_atomic_t got_sigterm = false;
 uint64 reloads = 0;  // configuration reloads applied since the communicator started
+// Requests taken by the pool's thread and by the main thread (under
+// `serving`; read by PublishStats).
+std::atomic<uint64> requests_taken{0};
+std::atomic<uint64> requests_swept{0};
 
 void OnSigterm(SIGNAL_ARGS) {
   int save_errno = errno;
@@ -212,8 +249,9 @@ void AnswerLost(Slot* slot, const char* why) {
   Answer(slot, n, n);
 }
 
-// Slot i's new or withdrawn request, if it has one.
-void ServeSlot(uint32 i) {
+// Slot i's new or withdrawn request, if it has one; `taken` counts the
+// requests this server takes.
+void ServeSlot(uint32 i, std::atomic<uint64>& taken) {
   Slot* slot = SlotAt(i);
   const uint32 state = pg_atomic_read_u32(&slot->state);
   if (!Held(state)) return;
@@ -247,11 +285,18 @@ void ServeSlot(uint32 i) {
   }
   // Running before the pool sees it: the pool's thread may answer it at once.
   pg_atomic_write_u32(&slot->state, kRunning);
+  taken.fetch_add(1, std::memory_order_relaxed);
   connthrottle::pg::SubmitToPool(static_cast<int>(i), AreaOf(slot), slot->size, header->area_bytes);
 }
 
-// The slots whose bit is set in the pending bitmap.
-void ServePending() {
+// Serialises the slots' servers (the pool's thread, the main thread's sweep);
+// `serving_stopped` is set as the communicator exits, from when on only the
+// exit answers.
+std::mutex serving;
+bool serving_stopped = false;
+
+// The slots whose bit is set in the pending bitmap. Under `serving`.
+void ServePending(std::atomic<uint64>& taken) {
   const uint32 words = PendingWords(header->slots);
   for (uint32 w = 0; w < words; ++w) {
     uint64 bits = pg_atomic_exchange_u64(&Pending()[w], 0);
@@ -259,16 +304,36 @@ void ServePending() {
       const int b = __builtin_ctzll(bits);
       bits &= bits - 1;
       const uint32 i = w * 64 + static_cast<uint32>(b);
-      if (i < header->slots) ServeSlot(i);
+      if (i < header->slots) ServeSlot(i, taken);
     }
   }
+}
+
+// The slots' wake-up: drained, then served (the order model/wakeup.pml
+// checks). The pool's thread calls it when the eventfd is readable; the
+// main thread while the pool's thread does not serve.
+void DrainAndServe() {
+  if (header->wake_fd >= 0) {
+    uint64 count;
+    [[maybe_unused]] ssize_t n = read(header->wake_fd, &count, sizeof(count));
+  }
+  std::lock_guard<std::mutex> lock(serving);
+  if (!serving_stopped) ServePending(requests_swept);
+}
+
+// The pool's thread's serve: the pool drained the eventfd before it.
+void ServeFromPool() {
+  std::lock_guard<std::mutex> lock(serving);
+  if (!serving_stopped) ServePending(requests_taken);
 }
 
 // Every slot, in case a bit or a progress report went missing (about every
 // 100 ms).
 void ServeAll() {
+  std::lock_guard<std::mutex> lock(serving);
+  if (serving_stopped) return;
   for (uint32 i = 0; i < header->slots; ++i) {
-    ServeSlot(i);
+    ServeSlot(i, requests_swept);
     if (pg_atomic_read_u32(&SlotAt(i)->state) == kRunning) {
       connthrottle::pg::AnswerIfDone(static_cast<int>(i));
     }
@@ -278,6 +343,8 @@ void ServeAll() {
 void PublishStats() {
   connthrottle::pg::PoolStatValues figures = connthrottle::pg::PoolStats();
   figures[PoolStat::reloads] = static_cast<int64>(reloads);
+  figures[PoolStat::requests_taken] = static_cast<int64>(requests_taken.load());
+  figures[PoolStat::requests_swept] = static_cast<int64>(requests_swept.load());
   for (int k = 0; k < connthrottle::pg::kPoolStatCount; ++k) {
     pg_atomic_write_u64(&header->stats[k], static_cast<uint64>(figures.values[k]));
   }
@@ -291,6 +358,10 @@ void CommunicatorExit(int, Datum) {
   pg_atomic_write_u32(&header->pid, 0);
   const bool terminated = got_sigterm;
   // From here on only this thread answers.
+  {
+    std::lock_guard<std::mutex> lock(serving);
+    serving_stopped = true;
+  }
   connthrottle::pg::DetachRequests();
   for (uint32 i = 0; i < header->slots; ++i) {
     Slot* slot = SlotAt(i);
@@ -330,7 +401,18 @@ bool CommunicatorRunning() {
   return running;
 }
 
-// Returns false on postmaster death.
+// Tells the communicator that this backend's slot has news (its bit is set
+// already): its pool's thread polls the eventfd.
+void WakeCommunicator() {
+  if (header->wake_fd >= 0) {
+    const uint64 one = 1;
+    while (write(header->wake_fd, &one, sizeof(one)) < 0 && errno == EINTR) {
+    }
+  } else if (CommunicatorRunning()) {
+    SetLatch(header->latch);
+  }
+}
+
 // An error WaitLatch raised (it raises only when epoll fails), kept until
 // the C++ frames above have returned (RethrowChannelError).
 ErrorData* channel_error = nullptr;
@@ -378,7 +460,7 @@ void Withdraw() {
   // (kMore -> kDone) meanwhile.
   if (HoldsAPart(slot)) pg_atomic_write_u32(&slot->state, kMore);
   MarkPending(slot);
-  if (CommunicatorRunning()) SetLatch(header->latch);
+  WakeCommunicator();
 }
 
 void BackendExitWithdraw(int, Datum) { Withdraw(); }
@@ -420,7 +502,7 @@ void OpsSubmit(size_t size) {
   pg_write_barrier();
   pg_atomic_write_u32(&slot->state, kSubmitted);
   MarkPending(slot);
-  if (CommunicatorRunning()) SetLatch(header->latch);
+  WakeCommunicator();
 }
 
 // The response (or its part) stays in the area, the slot kDone, until the
@@ -452,7 +534,7 @@ void OpsMore() {
   pg_memory_barrier();  // the part is read before the communicator may overwrite it
   pg_atomic_write_u32(&slot->state, kMore);
   MarkPending(slot);
-  if (CommunicatorRunning()) SetLatch(header->latch);
+  WakeCommunicator();
 }
 
 }  // namespace
@@ -480,6 +562,15 @@ void CommunicatorShmemInit() {
   header->area_bytes = static_cast<uint64>(message_bytes);
   for (auto& s : header->stats) pg_atomic_init_u64(&s, 0);
   for (uint32 w = 0; w < PendingWords(header->slots); ++w) pg_atomic_init_u64(&Pending()[w], 0);
+#ifndef EXEC_BACKEND
+  // Made here, in the postmaster, so that every backend and the
+  // communicator, forked from it, have it open under the same number.
+  if (postmaster_wake_fd >= 0) close(postmaster_wake_fd);
+  postmaster_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  header->wake_fd = postmaster_wake_fd;
+#else
+  header->wake_fd = -1;  // not inherited: the backends set the latch
+#endif
   for (uint32 i = 0; i < header->slots; ++i) {
     pg_atomic_init_u32(&SlotAt(i)->state, kFree);
     pg_atomic_init_u32(&SlotAt(i)->cancel, 0);
@@ -555,14 +646,19 @@ void connthrottle_communicator_main(Datum) {
   }
   header->latch = MyLatch;
   before_shmem_exit(CommunicatorExit, 0);
-  connthrottle::pg::StartPoolService(ServiceSettings(), AnswerSlot);
+  connthrottle::pg::StartPoolService(ServiceSettings(), AnswerSlot,
+                                     {header->wake_fd, ServeFromPool});
   pg_write_barrier();
   pg_atomic_write_u32(&header->pid, static_cast<uint32>(MyProcPid));
 
   TimestampTz refreshed = GetCurrentTimestamp();
   while (!got_sigterm) {
-    const int rc =
-        WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_POSTMASTER_DEATH, 100, PG_WAIT_EXTENSION);
+    // The slots are the pool's thread's; this thread serves them only while
+    // that one cannot, woken by the eventfd (or, without one, its latch).
+    const bool serve_here = !connthrottle::pg::PoolServesSlots();
+    const int events = WL_LATCH_SET | WL_TIMEOUT | WL_POSTMASTER_DEATH |
+                       (serve_here && header->wake_fd >= 0 ? WL_SOCKET_READABLE : 0);
+    const int rc = WaitLatchOrSocket(MyLatch, events, header->wake_fd, 100, PG_WAIT_EXTENSION);
     if (rc & WL_POSTMASTER_DEATH) proc_exit(1);
     ResetLatch(MyLatch);
     if (got_sigterm) break;
@@ -581,7 +677,7 @@ void connthrottle_communicator_main(Datum) {
       PublishStats();
       refreshed = now;
     }
-    ServePending();
+    if (serve_here) DrainAndServe();
   }
   pg_atomic_write_u32(&header->terminating, 1);
   proc_exit(1);  // CommunicatorExit answers, closes and gives back; restarted in a second

@@ -98,7 +98,11 @@ struct Service {
   size_t held = 0;  // bytes of the requests' responses in parts
   std::atomic<size_t> held_limit{SharedPoolOptions{}.result_memory};  // pool_response_memory
   AnswerFn answer = nullptr;
+  SlotWakeup wakeup;
 
+  // Made and reset by the main thread; read by the pool's thread while it
+  // runs (its thread starts after it is set and is joined before it is
+  // reset).
   std::unique_ptr<SharedPool> pool;
 };
 
@@ -163,6 +167,10 @@ absl::Status EnsurePool(Service& svc) {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &before);
   absl::Cleanup restore = [&] { pthread_sigmask(SIG_SETMASK, &before, nullptr); };
+  SharedPool::ExternalWork slots;
+  if (svc.wakeup.fd >= 0 && svc.wakeup.serve != nullptr) {
+    slots = {svc.wakeup.fd, svc.wakeup.serve};
+  }
   svc.pool = std::make_unique<SharedPool>(
       **owner,
       [&svc](const NodeAddress&, bool local) {
@@ -170,21 +178,29 @@ absl::Status EnsurePool(Service& svc) {
         return Limit::ForNode(PoolLimitsOf(svc.settings.settings), local,
                               svc.settings.active_client_backends);
       },
-      OptionsFrom(settings));
+      OptionsFrom(settings), std::move(slots));
   return absl::OkStatus();
 }
 
 }  // namespace
 
-void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer) noexcept {
+void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer,
+                      SlotWakeup wakeup) noexcept {
   Quietly(
       [&] {
         Service& svc = Svc();
         svc.answer = answer;
+        svc.wakeup = wakeup;
         SetSettings(svc, settings);
-        return 0;
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        return EnsurePool(svc).ok();
       },
-      0);
+      false);
+}
+
+bool PoolServesSlots() noexcept {
+  const Service& svc = Svc();
+  return svc.pool != nullptr && svc.wakeup.fd >= 0 && svc.wakeup.serve != nullptr;
 }
 
 void UpdatePoolService(const PoolServiceSettings& settings) noexcept {

@@ -42,10 +42,27 @@ struct PoolServiceSettings {
 // PostgreSQL call that is not async-signal-safe).
 using AnswerFn = void (*)(int slot, size_t size, size_t total);
 
-// Keeps the settings and `answer`. The pool itself (this process registered
-// as an Owner of the counter table, the pool's thread started with every
-// signal blocked) starts with the first request.
-void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer) noexcept;
+// The sessions' wake-up: an eventfd every backend writes to after it
+// published a request (or a withdrawal) in its slot, and the function that
+// serves the slots. The pool's thread polls `fd` and, once it has drained
+// it, calls `serve` (never concurrently with itself; the caller serialises
+// it with any other server of the slots).
+struct SlotWakeup {
+  int fd = -1;
+  void (*serve)() = nullptr;
+};
+
+// Keeps the settings and `answer`, and starts the pool (this process
+// registered as an Owner of the counter table, the pool's thread started
+// with every signal blocked) serving the slots on its own thread, woken
+// by `wakeup.fd`. When the pool cannot start (every owner place taken),
+// each request tries again (SubmitToPool), and the slots are served by
+// whoever calls `wakeup.serve` meanwhile: PoolServesSlots says which.
+void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer,
+                      SlotWakeup wakeup) noexcept;
+// Whether the pool's thread serves the slots (it runs, and `wakeup.fd` was
+// given); otherwise the communicator's main thread must.
+bool PoolServesSlots() noexcept;
 // New settings (limits are read at every decision; the idle timeout applies
 // from the next look).
 void UpdatePoolService(const PoolServiceSettings& settings) noexcept;
@@ -53,14 +70,16 @@ void UpdatePoolService(const PoolServiceSettings& settings) noexcept;
 // Takes slot `slot`'s request from `area` (the slot is already marked
 // running). Its response is written to `area` and `answer` called when its
 // tasks are settled, at once when it cannot be run (malformed, nothing to
-// run), usually on the pool's thread.
+// run), usually on the pool's thread. Called by `wakeup.serve`, on the
+// pool's thread or the main thread.
 void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept;
 // Withdraws slot `slot`'s request: its queued tasks are dropped, its running
 // ones cancelled; it gets no response. `release` (the slot freed) runs under
 // the service's lock, so that no answer is written after it.
 void CancelInPool(int slot, void (*release)(int slot)) noexcept;
 // Answers slot `slot`'s request if it is settled (a backstop: the pool's
-// thread answers as the request settles).
+// thread answers as the request settles). CancelInPool, AnswerIfDone and
+// NextPart, like SubmitToPool, are called by the slots' server.
 void AnswerIfDone(int slot) noexcept;
 // Writes the next part of slot `slot`'s response into its area and answers
 // it (the session took the previous part). The rest waits in the
