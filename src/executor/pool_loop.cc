@@ -252,8 +252,11 @@ absl::Time SharedPool::Loop::NextWake(absl::Time now) const {
 // cancel, new options, the end) or NextWake, then handles what happened.
 // Idle connections are watched too: a worker closing one is seen at once.
 void SharedPool::Loop::WaitForEvents(absl::Time now) {
-  std::vector<pollfd> fds{{sp.wake_fd_, POLLIN, 0}, {sp.external_.fd, POLLIN, 0}};
-  std::vector<std::pair<Pool*, Conn*>> owners{{nullptr, nullptr}, {nullptr, nullptr}};
+  // Kept between turns: the loop turns once per event.
+  std::vector<pollfd>& fds = poll_fds;
+  std::vector<std::pair<Pool*, Conn*>>& owners = poll_owners;
+  fds.assign({{sp.wake_fd_, POLLIN, 0}, {sp.external_.fd, POLLIN, 0}});
+  owners.assign(2, {nullptr, nullptr});
   const size_t first_conn = fds.size();  // poll ignores a negative descriptor
   for (auto& [name, pool] : pools) {
     for (auto& conn : pool.conns) {

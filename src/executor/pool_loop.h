@@ -16,6 +16,7 @@
 #define CONNTHROTTLE_SRC_EXECUTOR_POOL_LOOP_H_
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -199,6 +200,9 @@ struct SharedPool::Loop {
   SharedPoolStats stats;
   int next_connection_id = 0;
   absl::Time published_at = absl::InfinitePast();
+  // WaitForEvents' descriptors and whose each is, reused turn after turn.
+  std::vector<pollfd> poll_fds;
+  std::vector<std::pair<Pool*, Conn*>> poll_owners;
   // What the last poll found readable (both, before the first).
   bool inbox_ready = true;
   bool external_ready = true;
