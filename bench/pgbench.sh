@@ -128,6 +128,33 @@ SELECT sum(rows) FROM connthrottle.distribute('SELECT g, ''row '' || g FROM gene
   'copy_target', ARRAY['127.0.0.1', '127.0.0.1'], ARRAY[$W1, $W2]);
 EOF
 
+# CPU time (clock ticks) a server has used so far, its exited backends
+# included (the postmaster's cutime/cstime), and the communicator's alone:
+# "total communicator".
+cpu_of() {  # server name
+  pm=$(head -1 "$WORK/$1/postmaster.pid")
+  total=0 comm=0
+  for pid in "$pm" $(pgrep -P "$pm"); do
+    # Fields after the command's closing parenthesis: utime is the 12th.
+    t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk -v pm="$pm" -v p="$pid" \
+      '{ print $12 + $13 + (p == pm ? $14 + $15 : 0) }') || t=0
+    total=$((total + ${t:-0}))
+    grep -q 'connthrottle communicator' "/proc/$pid/cmdline" 2>/dev/null && comm=$((comm + ${t:-0}))
+  done
+  echo "$total $comm"
+}
+cpu_now() {  # coordinator-without-communicator communicator workers
+  set -- $(cpu_of coordinator) $(cpu_of worker1) $(cpu_of worker2)
+  echo "$(($1 - $2)) $2 $(($3 + $5))"
+}
+# Microseconds per transaction from two cpu_now samples: "coordinator
+# backends/communicator/workers".
+cpu_per() {  # transactions before... after...
+  awk -v n="$1" -v hz="$(getconf CLK_TCK)" -v b1="$2" -v b2="$3" -v b3="$4" -v a1="$5" -v a2="$6" -v a3="$7" \
+    'BEGIN { if (n <= 0) { print "-"; exit }
+      f = 1e6 / hz / n; printf "%.0f/%.0f/%.0f", (a1 - b1) * f, (a2 - b2) * f, (a3 - b3) * f }'
+}
+
 received() {  # connection attempts the workers have logged so far
   cat "$WORK/worker1.log" "$WORK/worker2.log" | grep -c "connection received" || true
 }
@@ -191,12 +218,12 @@ spread() {
 }
 ratio() { awk -v t="$1" -v u="$2" 'BEGIN {if (t != "-" && u > 0) printf "%.2f", t / u; else print "-"}'; }
 
-echo "| workload | clients | direct TPS | pool TPS | unthrottled TPS | pool / unthrottled | pool / direct | p50 ms, direct / pool / unthrottled | worker backends per transaction, direct / pool / unthrottled | failed, direct / pool / unthrottled | peak connections, busiest worker, direct / pool | Jain, direct / pool / unthrottled | longest idle client s, direct / pool / unthrottled |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |"
+echo "| workload | clients | direct TPS | pool TPS | unthrottled TPS | pool / unthrottled | pool / direct | p50 ms, direct / pool / unthrottled | worker backends per transaction, direct / pool / unthrottled | failed, direct / pool / unthrottled | peak connections, busiest worker, direct / pool | Jain, direct / pool / unthrottled | longest idle client s, direct / pool / unthrottled | CPU µs per transaction (coordinator backends/communicator/workers), direct / pool |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- | --- |"
 for w in $WORKLOADS; do
   for c in $CLIENTS; do
     for mode in direct pool unthrottled; do
-      eval "tps_$mode='' p50_$mode='' per_$mode='' failed_$mode='' peak_$mode='' jain_$mode='' idle_$mode=''"
+      eval "tps_$mode='' p50_$mode='' per_$mode='' failed_$mode='' peak_$mode='' jain_$mode='' idle_$mode='' cpu_$mode=''"
     done
     # The modes take turns run by run, so that a drift of the machine's
     # speed falls on all of them.
@@ -216,6 +243,7 @@ for w in $WORKLOADS; do
         "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 -T "$WARMUP" \
           -f "$WORK/$w.sql" postgres >/dev/null 2>&1 || true
         before=$(received)
+        cpu_before=$(cpu_now)
         rm -f "$WORK"/pgbench_log.* "$WORK"/peak.*
         touch "$WORK/sampling"
         sample_peak
@@ -223,6 +251,7 @@ for w in $WORKLOADS; do
         (cd "$WORK" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CPORT" -U postgres -c "$c" -j 2 \
           -T "$DURATION" -f "$WORK/$w.sql" -l --log-prefix=pgbench_log postgres \
           >"$out" 2>&1) || true
+        cpu_after=$(cpu_now)
         rm -f "$WORK/sampling"
         wait
         after=$(received)
@@ -235,11 +264,12 @@ for w in $WORKLOADS; do
         # Per-transaction log: the third field is the latency in microseconds.
         p50=$(cat "$WORK"/pgbench_log.* 2>/dev/null | awk '{print $3}' | sort -n |
           awk '{a[NR] = $1} END {if (NR) printf "%.1f", a[int((NR + 1) / 2)] / 1000; else print "-"}')
+        cpu=$(cpu_per "${n:-0}" $cpu_before $cpu_after)
         per=$(awk -v b="$before" -v a="$after" -v n="${n:-0}" 'BEGIN {if (n > 0) printf "%.3f", (a - b) / n; else print "-"}')
         eval "tps_$mode=\"\$tps_$mode \${tps:-0}\" p50_$mode=\"\$p50_$mode \$p50\"
           per_$mode=\"\$per_$mode \$per\" failed_$mode=\"\$failed_$mode \${failed:-0}\"
           peak_$mode=\"\$peak_$mode \${peak:--}\" jain_$mode=\"\$jain_$mode \$jain\"
-          idle_$mode=\"\$idle_$mode \$idle\""
+          idle_$mode=\"\$idle_$mode \$idle\" cpu_$mode=\"\$cpu_$mode \$cpu\""
       done
     done
     # TPS: median (range); p50: median; worker backends per transaction,
@@ -260,7 +290,11 @@ for w in $WORKLOADS; do
       eval "JAIN_$mode=\$(summary min %.3f \"\$@\")"
       eval "set -- \$idle_$mode"
       eval "IDLE_$mode=\$(summary max %.1f \"\$@\")"
+      # CPU: the run whose total is the median.
+      eval "set -- \$cpu_$mode"
+      eval "CPU_$mode=\$(printf '%s\n' \"\$@\" | grep / | awk -F/ '{ print \$1 + \$2 + \$3, \$0 }' | sort -n |
+        awk '{ a[NR] = \$2 } END { print NR ? a[int((NR + 1) / 2)] : \"-\" }')"
     done
-    echo "| $w | $c | $TPS_direct | $TPS_pool | $TPS_unthrottled | $(ratio "$MED_pool" "$MED_unthrottled") | $(ratio "$MED_pool" "$MED_direct") | $P50_direct / $P50_pool / $P50_unthrottled | $PER_direct / $PER_pool / $PER_unthrottled | $FAILED_direct / $FAILED_pool / $FAILED_unthrottled | $PEAK_direct / $PEAK_pool | $JAIN_direct / $JAIN_pool / $JAIN_unthrottled | $IDLE_direct / $IDLE_pool / $IDLE_unthrottled |"
+    echo "| $w | $c | $TPS_direct | $TPS_pool | $TPS_unthrottled | $(ratio "$MED_pool" "$MED_unthrottled") | $(ratio "$MED_pool" "$MED_direct") | $P50_direct / $P50_pool / $P50_unthrottled | $PER_direct / $PER_pool / $PER_unthrottled | $FAILED_direct / $FAILED_pool / $FAILED_unthrottled | $PEAK_direct / $PEAK_pool | $JAIN_direct / $JAIN_pool / $JAIN_unthrottled | $IDLE_direct / $IDLE_pool / $IDLE_unthrottled | $CPU_direct / $CPU_pool |"
   done
 done
