@@ -11,8 +11,10 @@
 # connections on the busiest worker (its pg_stat_activity, sampled every
 # 50 ms by one psql session per worker), Jain's fairness index over the
 # clients' completed transactions and the longest time a client completed
-# nothing (both from pgbench's per-transaction log), with the date, commit
-# and machine. distribute (copy) always uses the direct transport. Each cell
+# nothing (both from pgbench's per-transaction log), the CPU time per
+# transaction of the coordinator's backends, the communicator and the
+# workers (from /proc: each server's processes, its exited backends
+# included), with the date, commit and machine. distribute (copy) always uses the direct transport. Each cell
 # runs RUNS times (3), the modes taking turns; TPS is printed as the median
 # (min-max), the other columns as the median (p50) or the worst run. All
 # cells at 3 runs take about 55 minutes.
