@@ -14,6 +14,13 @@
  *                    thread reads (drains) the eventfd, then exchanges the
  *                    bitmap with 0, then takes each slot whose bit it got
  *                    with a compare-and-swap kSubmitted -> kRunning.
+ *                    (The code makes the take atomic another way: both
+ *                    servers hold one mutex, `serving` in communicator.cc,
+ *                    from reading the slot's state to storing kRunning, so
+ *                    a load-then-store under it is this CAS. The mutex also
+ *                    covers the withdrawal's store kSubmitted -> kFree,
+ *                    which a CAS on the state alone could not tell from the
+ *                    slot's next request: ABA.)
  *   NB=n             backends, each with its own slot (2 or 3; default 2)
  *   REQS=n           requests each backend submits in a row (default 2)
  *   SWEEP            also the main thread's sweep (ServeAll): a second

@@ -2,8 +2,11 @@
 // (SharedPool::ExternalWork: the extension's backends write an eventfd the
 // loop polls): `serve` runs on the loop's thread only when the descriptor
 // was signalled, the descriptor is drained before `serve` runs (so work
-// published while `serve` runs is not missed), and what `serve` submits or
-// cancels is taken without another wake-up.
+// published while `serve` runs is not missed), and `serve` may submit and
+// cancel on the loop's own thread.
+//
+// What `serve` touches lives in the fixture, not in the test's body: the
+// pool (and its thread) lives until TearDown.
 
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -63,6 +66,13 @@ class ExternalWorkTest : public SharedPoolTest {
   int fd_ = -1;
   std::mutex mu_;
   std::condition_variable changed_;
+  // Guarded by mu_.
+  int calls_ = 0;
+  bool publish_ = false;
+  int published_in_ = 0;  // the call during which work was published
+  int asked_ = 0, done_ = 0;
+  SharedPool* pool_ptr_ = nullptr;
+  SharedPool::Ticket answer_, sleeper_;
 };
 
 // The order that makes the hand-off safe: a request published after the
@@ -70,38 +80,35 @@ class ExternalWorkTest : public SharedPoolTest {
 // loop serves again. Draining after `serve` would eat that write, and the
 // loop would sleep with the request unserved.
 TEST_F(ExternalWorkTest, WorkSignalledWhileServingIsServedAtTheNextTurn) {
-  int calls = 0;
-  bool publish = true;
-  int published_in = 0;  // the call during which the work was published
-  Signal();              // before the pool: its first turn drains it and serves
-  PoolServing([&] {
+  publish_ = true;
+  Signal();  // before the pool: its first turn drains it and serves
+  PoolServing([this] {
     std::lock_guard<std::mutex> lock(mu_);
-    ++calls;
-    if (std::exchange(publish, false)) {
-      published_in = calls;
+    ++calls_;
+    if (std::exchange(publish_, false)) {
+      published_in_ = calls_;
       Signal();
     }
     changed_.notify_all();
   });
   std::unique_lock<std::mutex> lock(mu_);
   EXPECT_TRUE(changed_.wait_for(lock, std::chrono::seconds(60),
-                                [&] { return published_in > 0 && calls > published_in; }))
-      << "calls " << calls << ", published during call " << published_in;
+                                [&] { return published_in_ > 0 && calls_ > published_in_; }))
+      << "calls " << calls_ << ", published during call " << published_in_;
 }
 
 // `serve` is the loop's to call when the descriptor is signalled, not at
 // every turn: work the pool's own inbox brings turns the loop without it.
 TEST_F(ExternalWorkTest, ServeRunsOnlyWhenTheDescriptorIsSignalled) {
-  int calls = 0;
   Signal();  // drained by the pool's first turn, and never again signalled
-  SharedPool& pool = PoolServing([&] {
+  SharedPool& pool = PoolServing([this] {
     std::lock_guard<std::mutex> lock(mu_);
-    ++calls;
+    ++calls_;
     changed_.notify_all();
   });
   {
     std::unique_lock<std::mutex> lock(mu_);
-    ASSERT_TRUE(changed_.wait_for(lock, std::chrono::seconds(60), [&] { return calls > 0; }));
+    ASSERT_TRUE(changed_.wait_for(lock, std::chrono::seconds(60), [&] { return calls_ > 0; }));
   }
   for (int i = 0; i < 3; ++i) {
     SharedPool::Ticket t = pool.Submit(One("SELECT 1"));
@@ -109,38 +116,41 @@ TEST_F(ExternalWorkTest, ServeRunsOnlyWhenTheDescriptorIsSignalled) {
     EXPECT_TRUE(pool.TakeResults(t).tasks[0].status.ok());
   }
   std::lock_guard<std::mutex> lock(mu_);
-  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(calls_, 1);
 }
 
-// What `serve` submits runs, and what it cancels stops, with no write to
-// the pool's own eventfd (Submit and Cancel on the loop's thread).
+// What `serve` submits runs, and what it cancels stops: Submit and Cancel
+// on the loop's own thread (where they skip the pool's wake-up, since the
+// loop takes its inbox right after `serve`).
 TEST_F(ExternalWorkTest, ServeSubmitsAndCancelsOnTheLoopsThread) {
-  int asked = 0, done = 0;  // steps: 1 submits two tasks, 2 cancels the sleeper
-  SharedPool::Ticket answer, sleeper;
-  SharedPool* pool = nullptr;
-  SharedPool& p = PoolServing([&] {
+  SharedPool& p = PoolServing([this] {
     std::lock_guard<std::mutex> lock(mu_);
-    for (; done < asked; ++done) {
-      if (done == 0) {
-        answer = pool->Submit(One("SELECT 42"));
-        sleeper = pool->Submit(One("SELECT pg_sleep(600)"));
+    for (; done_ < asked_; ++done_) {
+      if (done_ == 0) {
+        answer_ = pool_ptr_->Submit(One("SELECT 42"));
+        sleeper_ = pool_ptr_->Submit(One("SELECT pg_sleep(600)"));
       } else {
-        pool->Cancel(sleeper);
+        pool_ptr_->Cancel(sleeper_);
       }
     }
     changed_.notify_all();
   });
-  auto step = [&](int n) {
+  auto step = [&](int n) {  // steps: 1 submits two tasks, 2 cancels the sleeper
     {
       std::lock_guard<std::mutex> lock(mu_);
-      pool = &p;
-      asked = n;
+      pool_ptr_ = &p;
+      asked_ = n;
     }
     Signal();
     std::unique_lock<std::mutex> lock(mu_);
-    return changed_.wait_for(lock, std::chrono::seconds(60), [&] { return done == n; });
+    return changed_.wait_for(lock, std::chrono::seconds(60), [&] { return done_ == n; });
   };
   ASSERT_TRUE(step(1));
+  SharedPool::Ticket answer;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    answer = answer_;
+  }
   ASSERT_TRUE(p.Await(answer, absl::Seconds(60)).settled);
   ExecutionResult r = p.TakeResults(answer);
   ASSERT_TRUE(r.tasks[0].status.ok()) << r.tasks[0].status;

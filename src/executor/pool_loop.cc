@@ -255,7 +255,9 @@ void SharedPool::Loop::WaitForEvents(absl::Time now) {
   // Kept between turns: the loop turns once per event.
   std::vector<pollfd>& fds = poll_fds;
   std::vector<std::pair<Pool*, Conn*>>& owners = poll_owners;
-  fds.assign({{sp.wake_fd_, POLLIN, 0}, {sp.external_.fd, POLLIN, 0}});
+  // An external descriptor without `serve` would stay readable: not polled.
+  const int external_fd = sp.external_.serve ? sp.external_.fd : -1;
+  fds.assign({{sp.wake_fd_, POLLIN, 0}, {external_fd, POLLIN, 0}});
   owners.assign(2, {nullptr, nullptr});
   const size_t first_conn = fds.size();  // poll ignores a negative descriptor
   for (auto& [name, pool] : pools) {
@@ -273,8 +275,9 @@ void SharedPool::Loop::WaitForEvents(absl::Time now) {
       static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wait) + 1));
   if (poll(fds.data(), fds.size(), timeout_ms) < 0) {
     // EINTR, or a failure (ENOMEM) that a short pause may outlast.
+    // The descriptors are level-triggered: what is readable now, the next
+    // poll reports.
     if (errno != EINTR) absl::SleepFor(absl::Milliseconds(1));
-    inbox_ready = external_ready = true;
     return;
   }
   inbox_ready = sp.wake_fd_ < 0 || fds[0].revents != 0;
