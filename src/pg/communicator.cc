@@ -267,10 +267,21 @@ void ServeSlot(uint32 i, std::atomic<uint64>& taken) {
   }
   if (state == kRunning) return;
   if (state == kMore) {
+    const uint32 id = slot->request_id;  // the backend's until the part is in
     // None after a restart: the parts were an earlier communicator's.
     if (!connthrottle::pg::NextPart(static_cast<int>(i))) {
       AnswerLost(slot, "connthrottle: the communicator lost the rest of this response");
+      return;
     }
+    // A withdrawal made while this part was sent found the slot kMore, not a
+    // part to hand back, and left it: its rest is dropped here, or it would
+    // stay held (pool_response_memory) until the slot's next request. A
+    // withdrawal after this look finds the part (kDone) and hands the slot
+    // back as kMore (Withdraw). Each side stores, then fences, then loads
+    // what the other stored: one of them sees the other.
+    pg_memory_barrier();
+    if (pg_atomic_read_u32(&slot->cancel) == id)
+      connthrottle::pg::DropResponse(static_cast<int>(i));
     return;
   }
   // Submitted to an earlier communicator (the backend has been told so, or

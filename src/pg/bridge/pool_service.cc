@@ -390,6 +390,18 @@ bool NextPart(int slot) noexcept {
       false);
 }
 
+void DropResponse(int slot) noexcept {
+  Service& svc = Svc();
+  Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.requests.find(slot);
+        if (it != svc.requests.end() && !it->second.response.empty()) svc.requests.erase(it);
+        return 0;
+      },
+      0);
+}
+
 void DetachRequests() noexcept {
   Service& svc = Svc();
   Quietly(

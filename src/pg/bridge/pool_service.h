@@ -87,6 +87,9 @@ void AnswerIfDone(int slot) noexcept;
 // else: its tasks' connections went back to the pool when they settled.
 // False when the slot has no response in parts (nothing written).
 bool NextPart(int slot) noexcept;
+// Drops the rest of slot `slot`'s response in parts (its session withdrew
+// while a part was being sent); nothing is written to the slot.
+void DropResponse(int slot) noexcept;
 // Forgets every request, so that the pool's thread answers none of them
 // any more: the communicator answers them itself as it stops.
 void DetachRequests() noexcept;
