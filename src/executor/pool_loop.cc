@@ -67,11 +67,9 @@ void SharedPool::Loop::Run() {
 // Work from outside (ExternalWork): drained first, then served, so that
 // what is published during `serve` makes the descriptor readable again.
 void SharedPool::Loop::ServeExternal() {
-  if (!sp.external_.serve || !std::exchange(external_ready, false)) return;
+  if (!std::exchange(external_ready, false)) return;
   uint64_t count;
-  if (sp.external_.fd >= 0) {
-    [[maybe_unused]] ssize_t n = read(sp.external_.fd, &count, sizeof(count));
-  }
+  [[maybe_unused]] ssize_t n = read(sp.external_.fd, &count, sizeof(count));
   serving_pool = &sp;
   Guarded([&] { sp.external_.serve(); });
   serving_pool = nullptr;
@@ -255,9 +253,7 @@ void SharedPool::Loop::WaitForEvents(absl::Time now) {
   // Kept between turns: the loop turns once per event.
   std::vector<pollfd>& fds = poll_fds;
   std::vector<std::pair<Pool*, Conn*>>& owners = poll_owners;
-  // An external descriptor without `serve` would stay readable: not polled.
-  const int external_fd = sp.external_.serve ? sp.external_.fd : -1;
-  fds.assign({{sp.wake_fd_, POLLIN, 0}, {external_fd, POLLIN, 0}});
+  fds.assign({{sp.wake_fd_, POLLIN, 0}, {sp.external_.fd, POLLIN, 0}});
   owners.assign(2, {nullptr, nullptr});
   const size_t first_conn = fds.size();  // poll ignores a negative descriptor
   for (auto& [name, pool] : pools) {
@@ -281,7 +277,7 @@ void SharedPool::Loop::WaitForEvents(absl::Time now) {
     return;
   }
   inbox_ready = sp.wake_fd_ < 0 || fds[0].revents != 0;
-  external_ready = sp.external_.fd < 0 || fds[1].revents != 0;
+  external_ready = fds[1].revents != 0;
   const absl::Time after = absl::Now();
   for (size_t i = first_conn; i < fds.size(); ++i) {
     auto [pool, conn] = owners[i];

@@ -189,7 +189,8 @@ struct SharedPool::Loop {
     kTaskFailed,     // no counter: lost while running a task, or the task entered COPY
   };
 
-  explicit Loop(SharedPool& pool) : sp(pool), options(pool.options_) {}
+  explicit Loop(SharedPool& pool)
+      : sp(pool), options(pool.options_), external_ready(pool.external_.fd >= 0) {}
 
   SharedPool& sp;
   SharedPoolOptions options;  // as of the last turn (set_options)
@@ -203,9 +204,10 @@ struct SharedPool::Loop {
   // WaitForEvents' descriptors and whose each is, reused turn after turn.
   std::vector<pollfd> poll_fds;
   std::vector<std::pair<Pool*, Conn*>> poll_owners;
-  // What the last poll found readable (both, before the first).
+  // What the last poll found readable (both, before the first; the external
+  // descriptor only when there is one).
   bool inbox_ready = true;
-  bool external_ready = true;
+  bool external_ready;
 
   template <typename Body>
   void Guarded(Body body) {

@@ -42,7 +42,11 @@ SharedPool::SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions opti
 
 SharedPool::SharedPool(Owner& owner, LimitFunction limit, SharedPoolOptions options,
                        ExternalWork external)
-    : owner_(owner), limit_(std::move(limit)), options_(options), external_(std::move(external)) {
+    : owner_(owner),
+      limit_(std::move(limit)),
+      options_(options),
+      // Both or neither (shared_pool.h): one without the other is none.
+      external_(external.fd >= 0 && external.serve ? std::move(external) : ExternalWork{}) {
   // Without it (no file descriptor left) the loop polls for new work every
   // few milliseconds instead of being woken.
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -320,22 +320,24 @@ void ServePending(std::atomic<uint64>& taken) {
   }
 }
 
-// The slots' wake-up: drained, then served (the order model/wakeup.pml
-// checks). The pool's thread calls it when the eventfd is readable; the
-// main thread while the pool's thread does not serve.
+// ServePending under `serving`, unless the communicator is exiting.
+void ServePendingLocked(std::atomic<uint64>& taken) {
+  std::lock_guard<std::mutex> lock(serving);
+  if (!serving_stopped) ServePending(taken);
+}
+
+// The pool's thread's serve: the pool drained the eventfd before it (the
+// order model/wakeup.pml checks).
+void ServeFromPool() { ServePendingLocked(requests_taken); }
+
+// The main thread's, while the pool's thread does not serve: drained, then
+// served, in the same order.
 void DrainAndServe() {
   if (header->wake_fd >= 0) {
     uint64 count;
     [[maybe_unused]] ssize_t n = read(header->wake_fd, &count, sizeof(count));
   }
-  std::lock_guard<std::mutex> lock(serving);
-  if (!serving_stopped) ServePending(requests_swept);
-}
-
-// The pool's thread's serve: the pool drained the eventfd before it.
-void ServeFromPool() {
-  std::lock_guard<std::mutex> lock(serving);
-  if (!serving_stopped) ServePending(requests_taken);
+  ServePendingLocked(requests_swept);
 }
 
 // Every slot, in case a bit or a progress report went missing (about every

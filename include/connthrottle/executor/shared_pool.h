@@ -150,8 +150,8 @@ class SharedPool {
   // wake-up. Because the read comes first, work published while `serve`
   // runs and signalled on `fd` afterwards is served at the next turn: a
   // publisher that makes its work visible and then writes to `fd` is never
-  // missed. `fd` stays the caller's (it is not closed); without one (-1)
-  // `serve` is called at every turn.
+  // missed. `fd` stays the caller's (it is not closed). Both or neither:
+  // without a descriptor or without `serve` there is no external work.
   struct ExternalWork {
     int fd = -1;
     std::function<void()> serve;

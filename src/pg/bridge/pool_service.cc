@@ -167,10 +167,7 @@ absl::Status EnsurePool(Service& svc) {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &before);
   absl::Cleanup restore = [&] { pthread_sigmask(SIG_SETMASK, &before, nullptr); };
-  SharedPool::ExternalWork slots;
-  if (svc.wakeup.fd >= 0 && svc.wakeup.serve != nullptr) {
-    slots = {svc.wakeup.fd, svc.wakeup.serve};
-  }
+  SharedPool::ExternalWork slots{svc.wakeup.fd, svc.wakeup.serve};  // none without both
   svc.pool = std::make_unique<SharedPool>(
       **owner,
       [&svc](const NodeAddress&, bool local) {
@@ -178,7 +175,7 @@ absl::Status EnsurePool(Service& svc) {
         return Limit::ForNode(PoolLimitsOf(svc.settings.settings), local,
                               svc.settings.active_client_backends);
       },
-      OptionsFrom(settings), std::move(slots));
+      OptionsFrom(settings), slots);
   return absl::OkStatus();
 }
 
