@@ -5,6 +5,7 @@
 # starts its own PostgreSQL servers as the user `connthrottle`).
 #
 #   ./scripts/figures.sh [RUNS]          (about 4 minutes per table at RUNS=3)
+#   TABLES="demo" ./scripts/figures.sh   (only the tables named)
 #
 # The counter-table benchmark has its own script: ./scripts/bench.sh.
 set -eu
@@ -26,6 +27,7 @@ echo "connthrottle figures: $(date -u '+%Y-%m-%d %H:%M UTC'), commit" \
 table() {
   name=$1
   shift
+  case " ${TABLES:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   echo
   echo "### $name"
   echo "connthrottle-stress --compare_unthrottled $*"
