@@ -23,6 +23,9 @@ void SharedPool::Loop::Grow(Pool& pool, absl::Time now) {
     return;
   }
   if (now < pool.retry_at) return;
+  // A COPY waits for a slot of the node: it has it first (it holds other
+  // nodes while it waits; the pool's tasks hold nothing).
+  if (copy_waiting_keys.contains(pool.key_name)) return;
   pool.wants_slot = false;
   int live = 0, connecting = 0;
   for (const auto& conn : pool.conns) {
@@ -92,6 +95,7 @@ void SharedPool::Loop::Connecting(Pool& pool, Conn& conn, absl::Time now) {
       ConnectFailed(pool, conn, Trim(PQerrorMessage(c.pg)));
       return;
     case ConnectProgress::kReady:
+      if (conn.copy != nullptr) c.state = State::kBusy;  // pinned: the COPY's, not the pool's
       conn.idle_since = now;
       pool.connect_time_total += now - c.connect_started;
       ++pool.connects_done;
@@ -105,6 +109,7 @@ void SharedPool::Loop::Connecting(Pool& pool, Conn& conn, absl::Time now) {
 // in-process).
 void SharedPool::Loop::ConnectFailed(Pool& pool, Conn& conn, const std::string& why) {
   Close(conn, CloseReason::kConnectFailed);
+  if (conn.copy != nullptr) CopyConnectFailed(conn, CouldNotConnect(pool.node, why));
   if (LiveConnections(pool) > 0 || pool.queued == 0) return;
   if (pool.local) {
     HandBack(pool);
@@ -142,6 +147,9 @@ void SharedPool::Loop::Reap(Pool& pool) {
   std::vector<std::pair<Pool*, Slot>> handed;
   for (auto& conn : pool.conns) {
     if (conn->c->state == State::kBroken) {
+      if (conn->copy != nullptr) {  // closed under a COPY: it fails
+        TargetLost(*conn->copy, conn->copy->targets[conn->copy_target], "the connection closed");
+      }
       Uncount(*conn);
       if (conn->give_to != nullptr) handed.emplace_back(conn->give_to, std::move(conn->c->slot));
       closing.push_back(std::move(conn->c));

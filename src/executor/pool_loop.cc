@@ -49,9 +49,11 @@ void SharedPool::Loop::Run() {
     // failed where they could be told) must not end the loop, which every
     // session depends on.
     Guarded([&] { Rebalance(); });
+    // COPYs first: one waiting for a connection takes it before tasks do.
+    ServiceCopies(now);
     for (auto& [name, pool] : pools) Guarded([&] { Service(pool, now); });
     regroup |= std::erase_if(pools, [](const auto& p) {
-                 return p.second.conns.empty() && p.second.queues.empty();
+                 return p.second.conns.empty() && p.second.queues.empty() && p.second.copies == 0;
                }) > 0;
     // The figures for other threads: at most every millisecond while busy
     // (the loop turns once per event), and before any longer sleep.
@@ -85,11 +87,13 @@ bool SharedPool::Loop::TakeInbox() {
     [[maybe_unused]] ssize_t n = read(sp.wake_fd_, &count, sizeof(count));
   }
   std::vector<std::shared_ptr<Batch>> submitted, cancelled;
+  std::vector<std::shared_ptr<Copy>> copy_work;
   bool stopping;
   {
     std::lock_guard<std::mutex> lock(sp.mu_);
     submitted.swap(sp.submitted_);
     cancelled.swap(sp.cancelled_);
+    copy_work.swap(sp.copies_);
     stopping = sp.stopping_;
     // Copied only when changed: the loop turns once per event.
     if (options_version != sp.options_version_) {
@@ -107,7 +111,27 @@ bool SharedPool::Loop::TakeInbox() {
     }
   }
   for (auto& b : cancelled) Guarded([&] { Cancel(*b); });
+  const absl::Time now = absl::Now();
+  for (auto& copy : copy_work) Guarded([&] { TakeCopy(copy, now); });
   return !stopping;
+}
+
+// The pool of (node, database, parameters), made on first use.
+SharedPool::Loop::Pool& SharedPool::Loop::PoolFor(const NodeAddress& node, uint32_t database,
+                                                  const ConnParams& params, bool local,
+                                                  const NodeKey& key, absl::Time now) {
+  Pool& pool = pools[PoolName(node, database, params)];
+  if (!pool.key) {
+    regroup = true;
+    pool.node = node;
+    pool.key = key;
+    pool.key_name = absl::StrCat(node.host, ":", node.port, "/", database);
+    pool.params = params;
+    pool.local = local;
+    pool.interval_start = now;
+    pool.waited_at = now;
+  }
+  return pool;
 }
 
 void SharedPool::Loop::Enqueue(const std::shared_ptr<Batch>& b) {
@@ -121,17 +145,7 @@ void SharedPool::Loop::Enqueue(const std::shared_ptr<Batch>& b) {
       FailTask(*b, t, key.status(), "22023");  // invalid_parameter_value
       continue;
     }
-    Pool& pool = pools[PoolName(task.node, b->database_id, b->params[t])];
-    if (!pool.key) {
-      regroup = true;
-      pool.node = task.node;
-      pool.key = *key;
-      pool.key_name = absl::StrCat(task.node.host, ":", task.node.port, "/", b->database_id);
-      pool.params = b->params[t];
-      pool.local = b->local[t] != 0;
-      pool.interval_start = now;
-      pool.waited_at = now;
-    }
+    Pool& pool = PoolFor(task.node, b->database_id, b->params[t], b->local[t] != 0, *key, now);
     per_pool[&pool].push_back(t);
   }
   for (auto& [pool, tasks] : per_pool) {
@@ -223,6 +237,12 @@ absl::Time SharedPool::Loop::NextWake(absl::Time now) const {
   // Without an eventfd (none could be made) new work is found by polling.
   absl::Time wake = now + (sp.wake_fd_ >= 0 ? absl::Seconds(1) : absl::Milliseconds(5));
   const SharedPoolOptions& opt = options;
+  for (const CopyRun& run : copies) {
+    if (!run.waiting) continue;
+    const absl::Duration timeout =
+        run.copy->request.slot_wait_timeout.value_or(opt.slot_wait_timeout);
+    wake = std::min({wake, now + opt.slow_start_interval, *run.wait_began + timeout});
+  }
   for (const auto& [name, pool] : pools) {
     if (pool.queued > 0) {
       const int live = LiveConnections(pool);
@@ -298,6 +318,8 @@ void SharedPool::Loop::HandleEvent(Pool& pool, Conn& conn, short revents, absl::
     } else if (now - c.connect_started > opt.connect_timeout) {
       ConnectFailed(pool, conn, ConnectTimedOut(opt.connect_timeout));
     }
+  } else if (conn.copy != nullptr) {
+    CopyEvent(conn, revents, now);
   } else if (c.state == State::kBusy) {
     if (!FlushWhenWritable(c, revents)) {
       Lost(pool, conn, Trim(PQerrorMessage(c.pg)));
@@ -312,6 +334,7 @@ void SharedPool::Loop::HandleEvent(Pool& pool, Conn& conn, short revents, absl::
 void SharedPool::Loop::Shutdown() {
   const absl::Status gone = absl::UnavailableError("the connthrottle shared pool shut down");
   std::vector<std::unique_ptr<Connection>> closing;
+  ShutdownCopies();
   for (auto& [name, pool] : pools) {
     FailQueued(pool, gone, "08006");
     for (auto& conn : pool.conns) {
@@ -328,9 +351,22 @@ void SharedPool::Loop::Shutdown() {
   pools.clear();
   CloseAll(std::move(closing));
   std::vector<std::shared_ptr<Batch>> late;
+  std::vector<std::shared_ptr<Copy>> late_copies;
   {
     std::lock_guard<std::mutex> lock(sp.mu_);
     late.swap(sp.submitted_);
+    late_copies.swap(sp.copies_);
+  }
+  for (auto& copy : late_copies) {
+    {
+      std::lock_guard<std::mutex> lock(copy->mu);
+      if (copy->over) continue;
+      copy->over = true;
+      copy->status = gone;
+      copy->sqlstate = "08006";
+      copy->done = copy->asked;
+    }
+    copy->Notify();
   }
   for (auto& b : late) {
     {

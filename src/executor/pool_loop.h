@@ -24,12 +24,14 @@
 #include <deque>
 #include <functional>
 #include <limits>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -87,6 +89,38 @@ struct SharedPool::Batch {
   }
 };
 
+// One COPY (OpenCopy). The session asks for its steps and reads their
+// outcome under Copy::mu; the loop's own state of it (SharedPool::Loop::
+// CopyRun) is the loop's alone.
+struct SharedPool::Copy {
+  // Written by the session before OpenCopy; read-only afterwards.
+  CopyRequest request;
+  absl::Time submitted;
+
+  // Set by the session when it gives up on the COPY.
+  std::atomic<bool> cancelled{false};
+
+  std::mutex mu;
+  std::condition_variable changed;  // a step done, the COPY failed or over
+  // Steps asked for (Open is the first) and steps the loop completed.
+  int asked ABSL_GUARDED_BY(mu) = 1;
+  int done ABSL_GUARDED_BY(mu) = 0;
+  bool finish_asked ABSL_GUARDED_BY(mu) = false;
+  std::vector<CopyPart> chunk ABSL_GUARDED_BY(mu);  // SendCopy's, until the loop takes it
+  bool over ABSL_GUARDED_BY(mu) = false;            // failed, cancelled or finished
+  absl::Status status ABSL_GUARDED_BY(mu);
+  std::string sqlstate ABSL_GUARDED_BY(mu);
+  std::vector<CopyNodeResult> results ABSL_GUARDED_BY(mu);
+
+  // Called after each change, on the loop's thread, with no lock held.
+  std::function<void()> on_change;
+
+  void Notify() {
+    changed.notify_all();
+    if (on_change) on_change();
+  }
+};
+
 // Sets task `t`'s result and wakes the session when it was the last.
 // `bytes` of the result are counted in the pool's held figure already; from
 // here the batch gives them back.
@@ -110,6 +144,7 @@ struct SharedPool::Loop {
   enum class Step { kTask, kTaskSync, kReset, kResetSync };
 
   struct Pool;
+  struct CopyRun;
 
   struct Conn {
     std::unique_ptr<Connection> c;
@@ -123,6 +158,8 @@ struct SharedPool::Loop {
     bool pipelined = false;    // task and reset went in one pipeline
     bool run_simple = false;   // the pipelined task had several statements: run it again
     Pool* give_to = nullptr;   // closed for this pool of the same key: its slot goes there
+    CopyRun* copy = nullptr;   // the COPY it is pinned to (state kBusy once connected)
+    int copy_target = -1;      // which of the COPY's nodes it serves
     absl::Time idle_since;
     absl::Time sent;
   };
@@ -172,6 +209,40 @@ struct SharedPool::Loop {
     int64_t connects_done = 0;
     // Task texts of several statements: they take the simple protocol.
     absl::flat_hash_set<std::string> simple_only;
+    int copies = 0;  // COPYs with a node in it: it stays while they do
+  };
+
+  // One COPY's node (pool_copy.cc): waiting for a connection, pinned, its
+  // COPY starting, in COPY, ending, done.
+  struct CopyTarget {
+    enum class Phase { kWaiting, kPinned, kStarting, kIn, kEnding, kDone };
+    Pool* pool = nullptr;
+    std::optional<NodeKey> key;
+    Conn* conn = nullptr;  // pinned: its Conn::copy is this COPY
+    Phase phase = Phase::kWaiting;
+    std::string_view pending;  // of the chunk being sent: not yet given to libpq
+    bool flushed = true;       // what libpq was given has reached the worker
+    bool started = false;
+    int64_t rows = 0;
+    absl::Status status;  // this node's outcome
+    std::string sqlstate;
+    std::string command_tag;
+  };
+
+  using Phase = CopyTarget::Phase;
+
+  // The loop's side of a COPY.
+  struct CopyRun {
+    enum class Stage { kOpening, kReady, kSending, kFinishing, kAborting };
+    std::shared_ptr<Copy> copy;
+    std::vector<CopyTarget> targets;  // in the request's order
+    std::vector<int> order;           // the targets in the global node order
+    int reserved = 0;                 // of `order`: pinned
+    int step = 0;                     // the last step taken from the session
+    Stage stage = Stage::kOpening;
+    std::optional<absl::Time> wait_began;  // waited for a slot since
+    bool waiting = false;                  // its next node has no connection yet
+    bool failed = false;                   // told the session it failed
   };
 
   // Why a pooled connection is closed: each reason has its counter in
@@ -201,6 +272,14 @@ struct SharedPool::Loop {
   SharedPoolStats stats;
   int next_connection_id = 0;
   absl::Time published_at = absl::InfinitePast();
+  // The COPYs (pool_copy.cc): a list, so that a pinned Conn's CopyRun* stays
+  // valid; the keys and pools a COPY waits for a connection of, made again
+  // each turn (Grow does not take a slot a waiting COPY needs; Release gives
+  // a waiting COPY's key its connection).
+  using Stage = CopyRun::Stage;
+  std::list<CopyRun> copies;
+  absl::flat_hash_set<std::string> copy_waiting_keys;
+  absl::flat_hash_set<const Pool*> copy_waiting_pools;
   // WaitForEvents' descriptors and whose each is, reused turn after turn.
   std::vector<pollfd> poll_fds;
   std::vector<std::pair<Pool*, Conn*>> poll_owners;
@@ -238,6 +317,35 @@ struct SharedPool::Loop {
   void HandleEvent(Pool& pool, Conn& conn, short revents, absl::Time now);
   void Shutdown();
   void Publish(absl::Time now);
+
+  // ---- pool_copy.cc: COPY: reserving in the global order, pinning, streaming with backpressure,
+  // ending, aborting ----
+
+  Pool& PoolFor(const NodeAddress& node, uint32_t database, const ConnParams& params, bool local,
+                const NodeKey& key, absl::Time now);
+  void TakeCopy(const std::shared_ptr<Copy>& copy, absl::Time now);
+  void StartCopy(const std::shared_ptr<Copy>& copy, absl::Time now);
+  void TakeStep(CopyRun& run);
+  void ServiceCopies(absl::Time now);
+  bool Advance(CopyRun& run, absl::Time now);
+  void Reserve(CopyRun& run, absl::Time now);
+  Conn* IdleConnection(Pool& pool);
+  void Pin(CopyRun& run, int t, Conn& conn);
+  void Unpin(CopyTarget& target, absl::Time now);
+  void Pump(CopyRun& run, CopyTarget& target, absl::Time now);
+  void StartNodeCopy(CopyRun& run, CopyTarget& target);
+  void ReadCopyResults(CopyRun& run, CopyTarget& target, absl::Time now);
+  void PutData(CopyRun& run, CopyTarget& target);
+  void EndNodeCopy(CopyRun& run, CopyTarget& target, const char* error);
+  void ReleaseTarget(CopyTarget& target, absl::Time now);
+  void TargetLost(CopyRun& run, CopyTarget& target, const std::string& why);
+  void FailCopyRun(CopyRun& run, absl::Status status, const char* sqlstate);
+  void StepDone(CopyRun& run);
+  void FinishCopyRun(CopyRun& run);
+  void CopyEvent(Conn& conn, short revents, absl::Time now);
+  void CopyConnectFailed(Conn& conn, absl::Status why);
+  bool CopyWaitsFor(const Pool& pool) const;
+  void ShutdownCopies();
 
   // ---- pool_queue.cc: the queue: the round-robin over sessions, requeue, failing and handing back
   // queued tasks ----

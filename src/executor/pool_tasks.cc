@@ -167,6 +167,9 @@ void SharedPool::Loop::Release(Pool& pool, Conn& conn, absl::Time now) {
     // while others wait for the node: it gives one back as a task ends,
     // keeping at least one connection for its own queue.
     Close(conn, CloseReason::kForWaiters);
+  } else if (CopyWaitsFor(pool)) {
+    // A COPY waits for the node, for another pool of it: the slot is its.
+    Close(conn, CloseReason::kForWaiters);
   } else {
     c.state = State::kIdle;
   }

@@ -150,6 +150,114 @@ void SharedPool::Cancel(const Ticket& ticket) {
   Wake();
 }
 
+// ---- COPY ----
+
+SharedPool::CopyTicket SharedPool::OpenCopy(CopyRequest request, std::function<void()> on_change) {
+  auto copy = std::make_shared<Copy>();
+  const size_t n = request.nodes.size();
+  request.params.resize(n);
+  request.local.resize(n, false);
+  copy->request = std::move(request);
+  copy->on_change = std::move(on_change);
+  copy->submitted = absl::Now();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) {
+      std::lock_guard<std::mutex> copy_lock(copy->mu);
+      copy->over = true;
+      copy->status = absl::UnavailableError("the connthrottle shared pool shut down");
+      copy->sqlstate = "08006";
+      copy->done = copy->asked;
+      return copy;
+    }
+    copies_.push_back(copy);
+  }
+  Wake();
+  return copy;
+}
+
+namespace {
+
+// Asks for the COPY's next step, if the last is done and it is not over.
+absl::Status AskStep(SharedPool::Copy& copy, std::vector<SharedPool::CopyPart>* chunk)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(copy.mu) {
+  if (copy.over) {
+    return absl::FailedPreconditionError(copy.status.ok() ? "the COPY is over"
+                                                          : copy.status.message());
+  }
+  if (copy.done != copy.asked) {
+    return absl::FailedPreconditionError("the COPY's last step is not done");
+  }
+  ++copy.asked;
+  if (chunk != nullptr) {
+    copy.chunk = std::move(*chunk);
+  } else {
+    copy.finish_asked = true;
+  }
+  return absl::OkStatus();
+}
+
+SharedPool::CopyProgress TakeCopyProgress(SharedPool::Copy& copy)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(copy.mu) {
+  SharedPool::CopyProgress p;
+  p.done = copy.done == copy.asked;
+  p.status = copy.status;
+  p.sqlstate = copy.sqlstate;
+  p.results = std::move(copy.results);
+  return p;
+}
+
+}  // namespace
+
+absl::Status SharedPool::SendCopy(const CopyTicket& ticket, std::vector<CopyPart> chunk) {
+  {
+    std::lock_guard<std::mutex> lock(ticket->mu);
+    if (absl::Status s = AskStep(*ticket, &chunk); !s.ok()) return s;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    copies_.push_back(ticket);
+  }
+  Wake();
+  return absl::OkStatus();
+}
+
+absl::Status SharedPool::FinishCopy(const CopyTicket& ticket) {
+  {
+    std::lock_guard<std::mutex> lock(ticket->mu);
+    if (absl::Status s = AskStep(*ticket, nullptr); !s.ok()) return s;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    copies_.push_back(ticket);
+  }
+  Wake();
+  return absl::OkStatus();
+}
+
+SharedPool::CopyProgress SharedPool::PollCopy(const CopyTicket& ticket) {
+  std::lock_guard<std::mutex> lock(ticket->mu);
+  return TakeCopyProgress(*ticket);
+}
+
+SharedPool::CopyProgress SharedPool::AwaitCopy(const CopyTicket& ticket, absl::Duration timeout) {
+  Copy& copy = *ticket;
+  std::unique_lock<std::mutex> lock(copy.mu);
+  copy.changed.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                        [&] { return copy.done == copy.asked; });
+  return TakeCopyProgress(copy);
+}
+
+void SharedPool::CancelCopy(const CopyTicket& ticket) {
+  ticket->cancelled.store(true);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    copies_.push_back(ticket);
+  }
+  Wake();
+}
+
 void SharedPool::set_options(const SharedPoolOptions& options) {
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -86,10 +86,12 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "connthrottle/conn_params.h"
@@ -216,6 +218,70 @@ class SharedPool {
   // ticket gets no more results.
   void Cancel(const Ticket& ticket);
 
+  // ---- COPY through the pool (pool_copy.cc; a session's side: pooled_copy.h) ----
+  //
+  // One COPY ... FROM STDIN to several nodes on pooled connections, pinned to
+  // it from OpenCopy until it ends. Open takes one connection per node in the
+  // global node order (NodeKey's), all or nothing, before any row: an idle
+  // connection of the node's pool, else one opened on a slot free now. A node
+  // with neither makes the COPY wait for that node only (it holds the nodes
+  // before it, as ReservationLedger::ReserveAll does): the node's next
+  // connection to finish a task is pinned to it, the pool does not grow for
+  // its own tasks meanwhile, and after the wait timeout it fails with 53300
+  // (everything given back). A node's COPY starts with its first data. Each
+  // chunk is acknowledged once it is flushed to every node: the pool holds no
+  // copy of it, and a worker that reads slowly holds up that COPY only. At
+  // the end each node's COPY commits or fails on its own (its own
+  // transaction on the worker); its connection then runs DISCARD ALL and
+  // goes back to its pool. A connection lost, a node refused or a worker's
+  // error before the end fails the COPY as a whole; cancelling it ends every
+  // node's COPY with an error, so that nothing is committed.
+  struct CopyRequest {
+    std::vector<NodeAddress> nodes;  // no node twice
+    std::vector<ConnParams> params;  // per node
+    std::vector<bool> local;         // per node: this coordinator
+    uint32_t database_id = 0;
+    std::string copy_sql;                             // COPY ... FROM STDIN
+    std::optional<absl::Duration> slot_wait_timeout;  // as Submission's
+  };
+  // Whole rows in COPY's text format for nodes[node]: the bytes stay the
+  // caller's, unchanged, until the step is done.
+  struct CopyPart {
+    int node = 0;
+    std::string_view data;
+  };
+  struct CopyNodeResult {
+    NodeAddress node;
+    int64_t rows = 0;      // rows sent (lines of COPY data)
+    bool started = false;  // data came for it, so its COPY ran
+    absl::Status status;   // its COPY's outcome
+    std::string sqlstate;
+    std::string command_tag;  // "COPY n"
+  };
+  struct CopyProgress {
+    bool done = false;    // the last step (open, send, finish) is complete
+    absl::Status status;  // not OK: the COPY failed or was cancelled, and is over
+    std::string sqlstate;
+    std::vector<CopyNodeResult> results;  // once FinishCopy's step is done
+  };
+  struct Copy;  // defined in src/executor/pool_loop.h
+  using CopyTicket = std::shared_ptr<Copy>;
+
+  // Opens the COPY: its first step, Open, is done once every node's
+  // connection is pinned to it. `on_change` as for Submit. Then, one step at
+  // a time: SendCopy with a chunk (at most one part per node), and
+  // FinishCopy, whose step's progress brings the results. Either is
+  // FailedPrecondition (nothing done) while the last step is not done or
+  // the COPY is over. Poll and Await report on the last step (results are
+  // taken once). CancelCopy at any time, and before the ticket is dropped
+  // unless it finished: the pool otherwise keeps the COPY's connections.
+  CopyTicket OpenCopy(CopyRequest request, std::function<void()> on_change = {});
+  absl::Status SendCopy(const CopyTicket& ticket, std::vector<CopyPart> chunk);
+  absl::Status FinishCopy(const CopyTicket& ticket);
+  CopyProgress PollCopy(const CopyTicket& ticket);
+  CopyProgress AwaitCopy(const CopyTicket& ticket, absl::Duration timeout);
+  void CancelCopy(const CopyTicket& ticket);
+
  private:
   struct Loop;
 
@@ -231,6 +297,7 @@ class SharedPool {
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<Batch>> submitted_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<Batch>> cancelled_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Copy>> copies_ ABSL_GUARDED_BY(mu_);  // with a new step or cancel
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   SharedPoolStats stats_ ABSL_GUARDED_BY(mu_);
   std::map<NodeAddress, int> connections_ ABSL_GUARDED_BY(mu_);
