@@ -117,8 +117,12 @@ struct Slot {
   uint32 request_id;        // written by the backend before kSubmitted
   uint32 epoch;             // the communicator's epoch when submitted
   pg_atomic_uint64 latch;   // the Latch* of the backend using the slot
-  uint64 size;              // bytes of the request, then of the response's part
-  uint64 total;             // bytes of the whole response
+  // Set by a communicator that stopped while the slot's session had a COPY
+  // open in its pool (a ChannelState: kTerminated or kRestarted); taken by
+  // the session's next COPY step (OpsLostCopy).
+  pg_atomic_uint32 copy_lost;
+  uint64 size;   // bytes of the request, then of the response's part
+  uint64 total;  // bytes of the whole response
 };
 
 struct Header {
@@ -375,6 +379,12 @@ void CommunicatorExit(int, Datum) {
     std::lock_guard<std::mutex> lock(serving);
     serving_stopped = true;
   }
+  // Sessions with a COPY open between two of its steps: their next step
+  // hears that it was lost, and how.
+  static uint32 lost_as;
+  lost_as = static_cast<uint32>(terminated ? ChannelState::kTerminated : ChannelState::kRestarted);
+  connthrottle::pg::ForEachOpenCopy(
+      [](int i) { pg_atomic_write_u32(&SlotAt(static_cast<uint32>(i))->copy_lost, lost_as); });
   connthrottle::pg::DetachRequests();
   for (uint32 i = 0; i < header->slots; ++i) {
     Slot* slot = SlotAt(i);
@@ -542,6 +552,11 @@ ChannelState OpsAwait(size_t* size, size_t* total) {
   return ChannelState::kPending;
 }
 
+ChannelState OpsLostCopy() {
+  const uint32 lost = pg_atomic_exchange_u32(&MySlot()->copy_lost, 0);
+  return lost == 0 ? ChannelState::kReady : static_cast<ChannelState>(lost);
+}
+
 void OpsMore() {
   Slot* slot = MySlot();
   pg_memory_barrier();  // the part is read before the communicator may overwrite it
@@ -588,6 +603,7 @@ void CommunicatorShmemInit() {
     pg_atomic_init_u32(&SlotAt(i)->state, kFree);
     pg_atomic_init_u32(&SlotAt(i)->cancel, 0);
     pg_atomic_init_u64(&SlotAt(i)->latch, 0);
+    pg_atomic_init_u32(&SlotAt(i)->copy_lost, 0);
   }
 }
 
@@ -614,7 +630,7 @@ ChannelOps BackendChannelOps() {
     before_shmem_exit(BackendExitWithdraw, 0);
     backend_exit_registered = true;
   }
-  return {OpsArea, OpsClaim, OpsSubmit, OpsAwait, OpsMore, Withdraw};
+  return {OpsArea, OpsClaim, OpsSubmit, OpsAwait, OpsMore, Withdraw, OpsLostCopy};
 }
 
 void RethrowChannelError() {

@@ -157,6 +157,7 @@ int NodeForRow(const char* first, int nodes) {
 // statement_timeout, termination); the end of the transaction then abandons
 // the stream, cancelling the workers' COPY.
 void RaiseDistributeOutcome(pg::Settings* settings, const pg::Outcome& o) {
+  pg::RethrowChannelError();  // a wait on the latch that failed (shared pool)
   if (o.interrupted) pg::RaiseExecutorInterrupt(settings);
   pg::Raise(o);
 }
@@ -223,12 +224,24 @@ void Distribute(const pg::NodeRef* nodes, int count, const char* query, const ch
                 const pg::DistributeRow** rows, int* nrows) {
   pg::Settings settings = pg::CurrentSettings();
   pg::ExecutorSettings executor = ExecutorSettingsNow();
-  pg::Wait wait = pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
-  pg::WaitInterruptibly(&settings, [&](const pg::Settings& now) {
-    return pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, now, executor,
-                               pg::ActiveClientBackends(), wait, pg::InterruptCheck,
-                               pg::ExecutorInterruptCheck);
-  });
+  if (pg::UseSharedPool() && pg::ChannelAvailable()) {
+    // The communicator waits for the nodes' connections; this backend waits
+    // for its answer, looking at interrupts.
+    const pg::ChannelOps channel = pg::BackendChannelOps();
+    pgstat_report_wait_start(PG_WAIT_EXTENSION);
+    const pg::Outcome o =
+        pg::BeginPooledDistribute(nodes, count, copy_sql, MyDatabaseId, settings, executor,
+                                  pg::ActiveClientBackends(), pg::ExecutorInterruptCheck, channel);
+    pgstat_report_wait_end();
+    RaiseDistributeOutcome(&settings, o);
+  } else {
+    pg::Wait wait = pg::BeginWait(settings.connection_wait_timeout_ms, /*from_setting=*/true);
+    pg::WaitInterruptibly(&settings, [&](const pg::Settings& now) {
+      return pg::BeginDistribute(nodes, count, copy_sql, MyDatabaseId, now, executor,
+                                 pg::ActiveClientBackends(), wait, pg::InterruptCheck,
+                                 pg::ExecutorInterruptCheck);
+    });
+  }
   SendQueryRows(query, count, &settings);
   RaiseDistributeOutcome(&settings, pg::FinishDistribute(rows, nrows));
 }

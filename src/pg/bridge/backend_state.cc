@@ -106,6 +106,7 @@ void EndTransaction() {
     State& s = S();
     if (s.ledger) s.ledger->EndTransaction();
     s.copy.reset();  // an unfinished distribution is abandoned
+    s.pool_copy.reset();
     ForgetResults();
     return Outcome{};
   });
@@ -115,6 +116,7 @@ void BackendExit() {
   Guard([] {
     State& s = S();
     s.copy.reset();
+    s.pool_copy.reset();
     s.executor.reset();  // closes cached connections, giving back their slots
     s.held.clear();
     s.ledger.reset();  // gives back unused reservations

@@ -36,6 +36,10 @@ struct ChannelOps {
   // Withdraws the request: the communicator drops its queued tasks and
   // cancels its running ones. Does not wait.
   void (*cancel)();
+  // Whether the COPY this session has open was lost with a communicator
+  // that stopped between two of its steps: kTerminated (told to stop) or
+  // kRestarted; kReady when not. Reading it clears it.
+  ChannelState (*lost_copy)();
 };
 
 }  // namespace connthrottle::pg

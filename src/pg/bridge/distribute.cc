@@ -12,6 +12,7 @@
 #include "pg/bridge/internal/backend_state.h"
 #include "pg/bridge/internal/execution_context.h"
 #include "pg/bridge/internal/outcome.h"
+#include "pg/bridge/internal/settings.h"
 
 namespace connthrottle::pg {
 
@@ -40,9 +41,39 @@ Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, u
   });
 }
 
+Outcome BeginPooledDistribute(const NodeRef* nodes, int count, const char* copy_sql,
+                              uint32_t database, const Settings& settings,
+                              const ExecutorSettings& executor, int active_client_backends,
+                              bool (*interrupted)(), const ChannelOps& channel) {
+  return Guard([&] {
+    ForgetResults();
+    if (!TableReady()) return NotReady();
+    State& s = S();
+    s.copy.reset();
+    s.pool_copy.reset();
+    absl::StatusOr<PgExecutionContext*> context =
+        MyContext(database, settings, executor, active_client_backends, interrupted, nullptr);
+    if (!context.ok()) return FromStatus(context.status(), kConfigurationLimitExceeded);
+    std::vector<NodeAddress> targets;
+    for (int i = 0; i < count; ++i) targets.push_back({nodes[i].host, nodes[i].port});
+    absl::StatusOr<std::unique_ptr<PoolCopyChannel>> copy = PoolCopyChannel::Begin(
+        **context, channel, std::move(targets), copy_sql, WaitTimeout(settings));
+    if (absl::IsCancelled(copy.status())) return Interrupted();
+    if (!copy.ok()) return FromStatus(copy.status());
+    s.pool_copy = *std::move(copy);
+    return Outcome{};
+  });
+}
+
 Outcome DistributeOne(int node, const char* row, size_t length) {
   return Guard([&] {
     State& s = S();
+    if (s.pool_copy) {
+      absl::Status status =
+          s.pool_copy->Send(static_cast<size_t>(node), std::string_view(row, length));
+      if (absl::IsCancelled(status)) return Interrupted();
+      return FromStatus(status);
+    }
     if (!s.copy) return Fail(kObjectNotInPrerequisiteState, "connthrottle: no distribution open");
     absl::Status status = s.copy->Send(static_cast<size_t>(node), std::string_view(row, length));
     if (absl::IsCancelled(status)) return Interrupted();
@@ -55,6 +86,20 @@ Outcome FinishDistribute(const DistributeRow** rows, int* count) {
     *rows = nullptr;
     *count = 0;
     State& s = S();
+    if (s.pool_copy) {
+      absl::StatusOr<std::vector<SharedPool::CopyNodeResult>> results = s.pool_copy->Finish();
+      s.pool_copy.reset();  // over, or abandoned: the communicator ends every node's COPY
+      if (absl::IsCancelled(results.status())) return Interrupted();
+      if (!results.ok()) return FromStatus(results.status());
+      for (const SharedPool::CopyNodeResult& r : *results) {
+        s.distribute_rows.push_back(
+            {Keep(r.node.host), r.node.port, r.rows, r.status.ok(),
+             r.status.ok() ? nullptr : Keep(std::string(r.status.message()))});
+      }
+      *rows = s.distribute_rows.data();
+      *count = static_cast<int>(s.distribute_rows.size());
+      return Outcome{};
+    }
     if (!s.copy) return Fail(kObjectNotInPrerequisiteState, "connthrottle: no distribution open");
     absl::StatusOr<std::vector<CopyStream::NodeResult>> results = s.copy->Finish();
     if (absl::IsCancelled(results.status())) {

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "pg/bridge/channel_ops.h"
 #include "pg/bridge/outcome.h"
 #include "pg/bridge/reservations.h"
 #include "pg/bridge/settings.h"
@@ -32,6 +33,15 @@ Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, u
                         const Settings& settings, const ExecutorSettings& executor,
                         int active_client_backends, Wait& wait, bool (*interrupted)(),
                         bool (*stream_interrupted)());
+// The same through the communicator's shared pool (`channel`: this
+// backend's slot): the communicator pins a pooled connection per node, in
+// the global order, waiting up to connection_wait_timeout (53300); returns
+// with interrupted set when `interrupted` fired (the COPY withdrawn).
+// DistributeOne and FinishDistribute then go through the pool too.
+Outcome BeginPooledDistribute(const NodeRef* nodes, int count, const char* copy_sql,
+                              uint32_t database, const Settings& settings,
+                              const ExecutorSettings& executor, int active_client_backends,
+                              bool (*interrupted)(), const ChannelOps& channel);
 // DistributeOne and FinishDistribute wait on the workers' sockets looking at
 // `stream_interrupted` (given to BeginDistribute) every 10 ms; when it fires
 // they return with interrupted set (for DistributeOne the stream stays, to

@@ -13,14 +13,12 @@
 #include "pg/bridge/pool_message.h"
 
 namespace connthrottle::pg {
-namespace {
-
-absl::Status WithSqlstate(absl::Status status, const std::string& sqlstate) {
+absl::Status PoolChannel::WithSqlstate(absl::Status status, const std::string& sqlstate) {
   if (sqlstate.size() == 5) status.SetPayload(kSqlstatePayload, absl::Cord(sqlstate));
   return status;
 }
 
-absl::Status Lost(ChannelState state) {
+absl::Status PoolChannel::Lost(ChannelState state) {
   switch (state) {
     case ChannelState::kTerminated:
       return WithSqlstate(absl::UnavailableError("the connthrottle communicator was terminated "
@@ -36,8 +34,6 @@ absl::Status Lost(ChannelState state) {
   }
 }
 
-}  // namespace
-
 PoolChannel::PoolChannel(ExecutionContext& context, ChannelOps ops, int64_t max_rows_kept,
                          absl::Duration claim_timeout)
     : context_(context), ops_(ops), max_rows_kept_(max_rows_kept), claim_timeout_(claim_timeout) {}
@@ -45,22 +41,33 @@ PoolChannel::PoolChannel(ExecutionContext& context, ChannelOps ops, int64_t max_
 absl::StatusOr<ExecutionResult> PoolChannel::Execute(std::vector<Task> tasks) {
   if (tasks.empty()) return ExecutionResult{};
   const SharedPool::Submission request = RequestFor(tasks);
+  const absl::Time submitted = absl::Now();
+  absl::StatusOr<PoolResponse> response =
+      Call([&](char* area, size_t capacity) { return EncodeRequest(request, area, capacity); });
+  if (!response.ok()) return response.status();
+  return Settle(tasks, *std::move(response), submitted);
+}
+
+absl::StatusOr<PoolResponse> PoolChannel::Call(
+    absl::FunctionRef<absl::StatusOr<size_t>(char* area, size_t capacity)> encode) {
   if (absl::Status claimed = Claim(); !claimed.ok()) return claimed;
   size_t capacity = 0;
   char* area = ops_.area(&capacity);
-  absl::StatusOr<size_t> size = EncodeRequest(request, area, capacity);
+  absl::StatusOr<size_t> size = encode(area, capacity);
   if (!size.ok()) {
     return WithSqlstate(
         absl::ResourceExhaustedError(
             absl::StrCat(size.status().message(), ", more than connthrottle.pool_message_bytes")),
         "54000");
   }
-  const absl::Time submitted = absl::Now();
   ops_.submit(*size);
   std::string parts;
-  absl::StatusOr<std::string_view> response = AwaitResponse(area, parts);
+  absl::StatusOr<std::string_view> message = AwaitResponse(area, parts);
+  if (!message.ok()) return message.status();
+  absl::StatusOr<PoolResponse> response = DecodeResponse(message->data(), message->size());
   if (!response.ok()) return response.status();
-  return Settle(tasks, *response, submitted);
+  if (!response->status.ok()) return WithSqlstate(response->status, response->sqlstate);
+  return response;
 }
 
 SharedPool::Submission PoolChannel::RequestFor(const std::vector<Task>& tasks) {
@@ -136,20 +143,16 @@ absl::Status PoolChannel::Withdraw() {
 }
 
 absl::StatusOr<ExecutionResult> PoolChannel::Settle(const std::vector<Task>& tasks,
-                                                    std::string_view message,
-                                                    absl::Time submitted) {
-  absl::StatusOr<PoolResponse> response = DecodeResponse(message.data(), message.size());
-  if (!response.ok()) return response.status();
-  if (!response->status.ok()) return WithSqlstate(response->status, response->sqlstate);
-  if (response->tasks.size() != tasks.size()) {
+                                                    PoolResponse response, absl::Time submitted) {
+  if (response.tasks.size() != tasks.size()) {
     return absl::DataLossError("connthrottle: the communicator answered for other tasks");
   }
   ExecutionResult out;
-  out.tasks = std::move(response->tasks);
-  out.stats.tasks_retried = response->tasks_retried;
+  out.tasks = std::move(response.tasks);
+  out.stats.tasks_retried = response.tasks_retried;
   // Local failover: tasks the local node's pool could not connect for.
   for (size_t t = 0; t < tasks.size(); ++t) {
-    if (!response->run_locally[t]) continue;
+    if (!response.run_locally[t]) continue;
     out.tasks[t] = RunHandedBack(context_, tasks[t], submitted);
     ++out.stats.tasks_run_locally;
   }

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -26,6 +27,7 @@
 #include "connthrottle/executor/task.h"
 #include "connthrottle/executor/transport.h"
 #include "pg/bridge/channel_ops.h"
+#include "pg/bridge/pool_message.h"
 
 namespace connthrottle::pg {
 
@@ -43,6 +45,18 @@ class PoolChannel : public Transport {
   // (54000) when the tasks do not fit in the slot.
   absl::StatusOr<ExecutionResult> Execute(std::vector<Task> tasks) override;
 
+  // One request through the slot, of any kind: claims the slot, `encode`
+  // writes the request into the area (its size; an error stops the call),
+  // submits it and waits for the response, decoded. A response that is an
+  // error comes back as that error, with its SQLSTATE. Errors as Execute's.
+  absl::StatusOr<PoolResponse> Call(
+      absl::FunctionRef<absl::StatusOr<size_t>(char* area, size_t capacity)> encode);
+
+  // `status` with `sqlstate` as its kSqlstatePayload.
+  static absl::Status WithSqlstate(absl::Status status, const std::string& sqlstate);
+  // The error of a communicator lost in `state` (restarted, terminated, not running).
+  static absl::Status Lost(ChannelState state);
+
  private:
   // The request for `tasks`: their connection parameters and which are local.
   SharedPool::Submission RequestFor(const std::vector<Task>& tasks);
@@ -53,9 +67,9 @@ class PoolChannel : public Transport {
   absl::StatusOr<std::string_view> AwaitResponse(const char* area, std::string& parts);
   // Withdraws the request (the context was interrupted): Cancelled.
   absl::Status Withdraw();
-  // The execution's result from the response `message`; tasks handed back
-  // run here, through the context.
-  absl::StatusOr<ExecutionResult> Settle(const std::vector<Task>& tasks, std::string_view message,
+  // The execution's result from `response`; tasks handed back run here,
+  // through the context.
+  absl::StatusOr<ExecutionResult> Settle(const std::vector<Task>& tasks, PoolResponse response,
                                          absl::Time submitted);
 
   ExecutionContext& context_;

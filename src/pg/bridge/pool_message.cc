@@ -9,91 +9,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "pg/bridge/message_codec.h"
 
 namespace connthrottle::pg {
 namespace {
 
 constexpr uint32_t kRequestMagic = 0x43545251;   // "CTRQ"
 constexpr uint32_t kResponseMagic = 0x43545253;  // "CTRS"
-
-// Appends to a fixed area; once something does not fit, every later write
-// is dropped and ok() stays false. With a null area it only counts.
-class Writer {
- public:
-  Writer(char* out, size_t capacity) : out_(out), capacity_(capacity) {}
-
-  template <typename T>
-  void Put(T value) {
-    Bytes(&value, sizeof(value));
-  }
-  void String(absl::string_view s) {
-    Put(static_cast<uint32_t>(s.size()));
-    Bytes(s.data(), s.size());
-  }
-  bool ok() const { return ok_; }
-  size_t size() const { return size_; }
-
- private:
-  void Bytes(const void* p, size_t n) {
-    if (!ok_ || n > capacity_ - size_) {
-      ok_ = false;
-      return;
-    }
-    // An empty string's data() may be null: no memcpy of 0 bytes.
-    if (n > 0 && out_ != nullptr) std::memcpy(out_ + size_, p, n);
-    size_ += n;
-  }
-
-  char* out_;
-  size_t capacity_;
-  size_t size_ = 0;
-  bool ok_ = true;
-};
-
-// Reads what Writer wrote; any read past the end sets !ok() and yields zeros.
-class Reader {
- public:
-  Reader(const char* in, size_t size) : in_(in), size_(size) {}
-
-  template <typename T>
-  T Get() {
-    T value{};
-    Bytes(&value, sizeof(value));
-    return value;
-  }
-  std::string String() {
-    const uint32_t n = Get<uint32_t>();
-    if (!ok_ || n > size_ - pos_) {
-      ok_ = false;
-      return {};
-    }
-    std::string s(in_ + pos_, n);
-    pos_ += n;
-    return s;
-  }
-  bool ok() const { return ok_; }
-  // Counts, checked against the bytes left (each item takes at least `min` bytes).
-  uint32_t Count(size_t min) {
-    const uint32_t n = Get<uint32_t>();
-    if (ok_ && min > 0 && n > (size_ - pos_) / min) ok_ = false;
-    return ok_ ? n : 0;
-  }
-
- private:
-  void Bytes(void* p, size_t n) {
-    if (!ok_ || n > size_ - pos_) {
-      ok_ = false;
-      return;
-    }
-    std::memcpy(p, in_ + pos_, n);
-    pos_ += n;
-  }
-
-  const char* in_;
-  size_t size_;
-  size_t pos_ = 0;
-  bool ok_ = true;
-};
 
 absl::Status Torn(const char* what) {
   return absl::DataLossError(absl::StrCat("connthrottle: a malformed ", what, " message"));

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "connthrottle/executor/shared_pool.h"
+#include "pg/bridge/copy_message.h"
 #include "pg/bridge/internal/settings.h"
 #include "pg/bridge/pool_message.h"
 #include "pg/bridge/process_owner.h"
@@ -78,6 +79,20 @@ struct Request {
   size_t sent = 0;
 };
 
+// A slot's COPY (distribute), from its open to its end: between its
+// requests the slot is the session's, the COPY the pool's.
+struct CopyEntry {
+  uint64_t seq = 0;
+  SharedPool::CopyTicket ticket;
+  char* area = nullptr;  // the slot's message area
+  size_t capacity = 0;
+  bool answering = false;  // a request of the slot awaits the COPY's step
+  bool finishing = false;  // that request is the end: answered with the results
+  // The session withdrew while a chunk was being sent: the slot is freed
+  // once the pool has let go of the chunk (which is in the slot's area).
+  void (*release)(int slot) = nullptr;
+};
+
 // The largest response sent in parts: what a backend may allocate at once
 // (PostgreSQL's MaxAllocSize). Beyond it, results are cut to fit the area
 // (54000).
@@ -94,6 +109,7 @@ struct Service {
   // settle (on_change), the main thread adds and withdraws them.
   std::mutex requests_mu;
   absl::flat_hash_map<int, Request> requests;
+  absl::flat_hash_map<int, CopyEntry> copies;
   uint64_t next_seq = 0;
   size_t held = 0;  // bytes of the requests' responses in parts
   std::atomic<size_t> held_limit{SharedPoolOptions{}.result_memory};  // pool_response_memory
@@ -286,6 +302,118 @@ void OnProgress(Service& svc, int slot, uint64_t seq) noexcept {
       0);
 }
 
+// Answers the slot's request waiting for its COPY's step, if the step is
+// done: true when the COPY is over (the caller forgets it).
+bool AnswerCopyLocked(Service& svc, int slot, CopyEntry& e)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(svc.requests_mu) {
+  SharedPool::CopyProgress p = svc.pool->PollCopy(e.ticket);
+  if (e.release != nullptr) {
+    // Withdrawn: once the pool is done with the chunk (the step is over,
+    // the COPY failed), the slot is freed, unanswered.
+    if (!p.done && p.status.ok()) return false;
+    e.release(slot);
+    return true;
+  }
+  if (!e.answering || !p.done) return false;
+  e.answering = false;
+  PoolResponse r;
+  bool over = false;
+  if (!p.status.ok()) {
+    r.status = p.status;
+    r.sqlstate = p.sqlstate;
+    over = true;
+  } else if (e.finishing) {
+    r = CopyResultsResponse(std::move(p.results));
+    over = true;
+  }
+  const size_t n = EncodeResponse(r, e.area, e.capacity, kSetting);
+  svc.answer(slot, n, n);
+  return over;
+}
+
+// The pool's on_change for a COPY, on the pool's thread.
+void OnCopyProgress(Service& svc, int slot, uint64_t seq) noexcept {
+  Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.copies.find(slot);
+        if (it == svc.copies.end() || it->second.seq != seq) return 0;
+        if (AnswerCopyLocked(svc, slot, it->second)) svc.copies.erase(it);
+        return 0;
+      },
+      0);
+}
+
+// Answers `slot` at once: OK, or `status` with `sqlstate`.
+void AnswerNow(Service& svc, int slot, char* area, size_t capacity, absl::Status status,
+               const char* sqlstate) {
+  PoolResponse r;
+  r.status = std::move(status);
+  if (!r.status.ok()) r.sqlstate = sqlstate;
+  const size_t n = EncodeResponse(r, area, capacity, kSetting);
+  svc.answer(slot, n, n);
+}
+
+// A COPY request of `slot`: open, a chunk, end or abort. Under requests_mu.
+void SubmitCopyLocked(Service& svc, int slot, MessageKind kind, char* area, size_t size,
+                      size_t capacity) ABSL_EXCLUSIVE_LOCKS_REQUIRED(svc.requests_mu) {
+  auto it = svc.copies.find(slot);
+  if (kind == MessageKind::kCopyOpen) {
+    absl::StatusOr<SharedPool::CopyRequest> request = DecodeCopyOpen(area, size);
+    absl::Status pool = request.ok() ? EnsurePool(svc) : absl::OkStatus();
+    if (!request.ok() || !pool.ok()) {
+      AnswerNow(svc, slot, area, capacity, !request.ok() ? request.status() : pool,
+                !request.ok() ? "XX001" : "55000");
+      return;
+    }
+    // One the slot's session abandoned without a word (it cannot, but a
+    // stale COPY must not hold connections).
+    if (it != svc.copies.end()) svc.pool->CancelCopy(it->second.ticket);
+    CopyEntry& e = svc.copies[slot];
+    e = CopyEntry{};
+    e.seq = ++svc.next_seq;
+    e.area = area;
+    e.capacity = capacity;
+    e.answering = true;
+    e.ticket = svc.pool->OpenCopy(*std::move(request),
+                                  [&svc, slot, seq = e.seq] { OnCopyProgress(svc, slot, seq); });
+    return;
+  }
+  if (it == svc.copies.end()) {
+    // Its COPY ended (an error it was told of), or an earlier communicator had it.
+    AnswerNow(svc, slot, area, capacity,
+              absl::UnavailableError("connthrottle: the communicator has no COPY open for this "
+                                     "session (it restarted during the COPY)"),
+              "08006");
+    return;
+  }
+  CopyEntry& e = it->second;
+  if (kind == MessageKind::kCopyAbort) {
+    svc.pool->CancelCopy(e.ticket);
+    svc.copies.erase(it);
+    AnswerNow(svc, slot, area, capacity, absl::OkStatus(), "");
+    return;
+  }
+  absl::Status asked;
+  e.answering = true;
+  if (kind == MessageKind::kCopyEnd) {
+    e.finishing = true;
+    asked = svc.pool->FinishCopy(e.ticket);
+  } else {
+    absl::StatusOr<std::vector<SharedPool::CopyPart>> chunk = DecodeCopyChunk(area, size);
+    asked = chunk.ok() ? svc.pool->SendCopy(e.ticket, *std::move(chunk)) : chunk.status();
+  }
+  if (!asked.ok()) {
+    // Over already (failed; the error is the COPY's), or a malformed request.
+    e.answering = false;
+    SharedPool::CopyProgress p = svc.pool->PollCopy(e.ticket);
+    if (p.status.ok()) svc.pool->CancelCopy(e.ticket);
+    AnswerNow(svc, slot, area, capacity, p.status.ok() ? asked : p.status,
+              p.status.ok() ? "XX001" : p.sqlstate.c_str());
+    svc.copies.erase(it);
+  }
+}
+
 }  // namespace
 
 void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
@@ -293,6 +421,16 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
   const bool ok = Quietly(
       [&] {
         std::lock_guard<std::mutex> lock(svc.requests_mu);
+        const MessageKind kind = KindOf(area, size);
+        if (kind != MessageKind::kTasks && kind != MessageKind::kUnknown) {
+          SubmitCopyLocked(svc, slot, kind, area, size, capacity);
+          return true;
+        }
+        // Tasks: any COPY the slot's session left open is over.
+        if (auto it = svc.copies.find(slot); it != svc.copies.end()) {
+          if (svc.pool) svc.pool->CancelCopy(it->second.ticket);
+          svc.copies.erase(it);
+        }
         absl::StatusOr<SharedPool::Submission> request = DecodeRequest(area, size);
         absl::Status pool = request.ok() ? EnsurePool(svc) : absl::OkStatus();
         if (!request.ok() || !pool.ok() || request->tasks.empty()) {
@@ -339,6 +477,15 @@ void CancelInPool(int slot, void (*release)(int slot)) noexcept {
   const bool released = Quietly(
       [&] {
         std::lock_guard<std::mutex> lock(svc.requests_mu);
+        if (auto c = svc.copies.find(slot); c != svc.copies.end()) {
+          // The COPY is cancelled; the slot is freed once the pool no longer
+          // reads a chunk from its area.
+          CopyEntry& e = c->second;
+          e.release = release;
+          if (svc.pool) svc.pool->CancelCopy(e.ticket);
+          if (!svc.pool || AnswerCopyLocked(svc, slot, e)) svc.copies.erase(c);
+          return true;
+        }
         auto it = svc.requests.find(slot);
         if (it != svc.requests.end()) {
           // Forgotten before the pool is told, so that no exception can leave
@@ -366,8 +513,13 @@ void AnswerIfDone(int slot) noexcept {
   Quietly(
       [&] {
         std::lock_guard<std::mutex> lock(svc.requests_mu);
+        if (!svc.pool) return 0;
+        if (auto c = svc.copies.find(slot); c != svc.copies.end()) {
+          if (AnswerCopyLocked(svc, slot, c->second)) svc.copies.erase(c);
+          return 0;
+        }
         auto it = svc.requests.find(slot);
-        if (it == svc.requests.end() || !svc.pool) return 0;
+        if (it == svc.requests.end()) return 0;
         if (AnswerLocked(svc, slot, it->second)) svc.requests.erase(it);
         return 0;
       },
@@ -405,6 +557,18 @@ void DetachRequests() noexcept {
       [&] {
         std::lock_guard<std::mutex> lock(svc.requests_mu);
         svc.requests.clear();
+        svc.copies.clear();
+        return 0;
+      },
+      0);
+}
+
+void ForEachOpenCopy(void (*fn)(int slot)) noexcept {
+  Service& svc = Svc();
+  Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        for (const auto& [slot, entry] : svc.copies) fn(slot);
         return 0;
       },
       0);

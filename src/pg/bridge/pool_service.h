@@ -68,14 +68,17 @@ bool PoolServesSlots() noexcept;
 void UpdatePoolService(const PoolServiceSettings& settings) noexcept;
 
 // Takes slot `slot`'s request from `area` (the slot is already marked
-// running). Its response is written to `area` and `answer` called when its
-// tasks are settled, at once when it cannot be run (malformed, nothing to
-// run), usually on the pool's thread. Called by `wakeup.serve`, on the
-// pool's thread or the main thread.
+// running): tasks (pool_message.h), or a step of the slot's COPY
+// (copy_message.h: open, a chunk, end, abort), whose chunk the pool reads
+// from `area` until the step is answered. Its response is written to `area` and `answer` called
+// when its tasks are settled, at once when it cannot be run (malformed, nothing to run), usually on
+// the pool's thread. Called by `wakeup.serve`, on the pool's thread or the main thread.
 void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept;
 // Withdraws slot `slot`'s request: its queued tasks are dropped, its running
-// ones cancelled; it gets no response. `release` (the slot freed) runs under
-// the service's lock, so that no answer is written after it.
+// ones cancelled (its COPY, if it has one, cancelled); it gets no response.
+// `release` (the slot freed) runs under the service's lock, so that no
+// answer is written after it; for a COPY, once the pool no longer reads its
+// chunk from the slot's area (maybe later, on the pool's thread).
 void CancelInPool(int slot, void (*release)(int slot)) noexcept;
 // Answers slot `slot`'s request if it is settled (a backstop: the pool's
 // thread answers as the request settles). CancelInPool, AnswerIfDone and
@@ -93,6 +96,9 @@ void DropResponse(int slot) noexcept;
 // Forgets every request, so that the pool's thread answers none of them
 // any more: the communicator answers them itself as it stops.
 void DetachRequests() noexcept;
+// Calls `fn` with each slot whose session has a COPY open in the pool (the
+// communicator, as it stops, tells those sessions their COPY is lost).
+void ForEachOpenCopy(void (*fn)(int slot)) noexcept;
 // Writes an error response to `area` (the communicator stops); always whole.
 size_t WriteErrorResponse(char* area, size_t capacity, int code, const char* sqlstate,
                           const char* message) noexcept;

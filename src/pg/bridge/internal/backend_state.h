@@ -27,6 +27,7 @@
 #include "connthrottle/slot.h"
 #include "pg/bridge/backend_state.h"
 #include "pg/bridge/distribute.h"
+#include "pg/bridge/pool_copy_channel.h"
 #include "pg/bridge/process_owner.h"
 #include "pg/bridge/settings.h"
 #include "pg/bridge/table_stats.h"
@@ -49,7 +50,8 @@ struct State {
   std::unique_ptr<ReservationLedger> ledger;  // made with the owner
   std::unique_ptr<PgExecutionContext> context;
   std::unique_ptr<AdaptiveExecutor> executor;  // its cached connections hold slots
-  std::unique_ptr<CopyStream> copy;            // the open distribution, if any
+  std::unique_ptr<CopyStream> copy;            // the open distribution, if any (direct)
+  std::unique_ptr<PoolCopyChannel> pool_copy;  // the open distribution, if any (shared pool)
   // Strings behind the rows handed to the glue, valid until the next call.
   std::deque<std::string> strings;
   std::vector<TaskRow> task_rows;

@@ -1,0 +1,113 @@
+#include "pg/bridge/pool_copy_channel.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "pg/bridge/copy_message.h"
+
+namespace connthrottle::pg {
+
+PoolCopyChannel::PoolCopyChannel(ExecutionContext& context, ChannelOps ops, size_t nodes,
+                                 absl::Duration wait_timeout)
+    : ops_(ops), channel_(context, ops, /*max_rows_kept=*/0, wait_timeout), gathered_(nodes) {
+  ops_.area(&capacity_);
+}
+
+absl::StatusOr<std::unique_ptr<PoolCopyChannel>> PoolCopyChannel::Begin(
+    ExecutionContext& context, ChannelOps ops, std::vector<NodeAddress> nodes, std::string copy_sql,
+    absl::Duration wait_timeout) {
+  auto copy = std::unique_ptr<PoolCopyChannel>(
+      new PoolCopyChannel(context, ops, nodes.size(), wait_timeout));
+  SharedPool::CopyRequest request;
+  request.database_id = context.DatabaseId();
+  request.copy_sql = std::move(copy_sql);
+  request.slot_wait_timeout = wait_timeout;
+  for (const NodeAddress& node : nodes) {
+    request.params.push_back(context.ParamsFor(node));
+    request.local.push_back(context.IsLocal(node));
+  }
+  request.nodes = std::move(nodes);
+  ops.lost_copy();  // what an earlier COPY of this slot left
+  copy->open_ = true;
+  absl::StatusOr<PoolResponse> opened = copy->Step(
+      [&](char* area, size_t capacity) { return EncodeCopyOpen(request, area, capacity); });
+  if (!opened.ok()) return opened.status();
+  return copy;
+}
+
+PoolCopyChannel::~PoolCopyChannel() {
+  if (!open_) return;
+  // Between two steps the slot is ours: an abort, not waited for (the
+  // session's next request claims the slot once it is answered).
+  if (ops_.claim() != ChannelState::kReady) return;
+  size_t capacity = 0;
+  char* area = ops_.area(&capacity);
+  if (const size_t n = EncodeCopyControl(MessageKind::kCopyAbort, area, capacity); n > 0) {
+    ops_.submit(n);
+  }
+}
+
+absl::StatusOr<PoolResponse> PoolCopyChannel::Step(
+    absl::FunctionRef<absl::StatusOr<size_t>(char* area, size_t capacity)> encode) {
+  if (ChannelState lost = ops_.lost_copy(); lost != ChannelState::kReady) {
+    open_ = false;
+    return PoolChannel::WithSqlstate(
+        absl::UnavailableError(
+            absl::StrCat("the connthrottle communicator ",
+                         lost == ChannelState::kTerminated ? "was terminated" : "restarted",
+                         " during this COPY; every node's COPY was rolled back")),
+        lost == ChannelState::kTerminated ? "57P01" : "08006");
+  }
+  absl::StatusOr<PoolResponse> response = channel_.Call(encode);
+  // An error ends the COPY on the communicator's side. A withdrawn step
+  // (Cancelled) cancels it too, unless the step was answered just before the
+  // withdrawal: the destructor's abort covers that (an abort of a COPY the
+  // communicator no longer has is answered and changes nothing).
+  if (!response.ok() && !absl::IsCancelled(response.status())) open_ = false;
+  return response;
+}
+
+absl::Status PoolCopyChannel::Send(size_t node, std::string_view row) {
+  if (!open_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
+  if (node >= gathered_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("no node ", node, " in this COPY"));
+  }
+  const size_t room = capacity_ - std::min(capacity_, CopyChunkOverhead(gathered_.size()));
+  if (row.size() > room) {
+    return PoolChannel::WithSqlstate(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "a row of ", row.size(), " bytes does not fit in connthrottle.pool_message_bytes (",
+            capacity_, " bytes)")),
+        "54000");
+  }
+  if (gathered_bytes_ + row.size() > room) {
+    if (absl::Status s = SendGathered(); !s.ok()) return s;
+  }
+  gathered_[node].append(row);
+  gathered_bytes_ += row.size();
+  return absl::OkStatus();
+}
+
+absl::Status PoolCopyChannel::SendGathered() {
+  if (gathered_bytes_ == 0) return absl::OkStatus();
+  absl::StatusOr<PoolResponse> sent =
+      Step([&](char* area, size_t capacity) { return EncodeCopyChunk(gathered_, area, capacity); });
+  if (!sent.ok()) return sent.status();
+  for (std::string& g : gathered_) g.clear();
+  gathered_bytes_ = 0;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<SharedPool::CopyNodeResult>> PoolCopyChannel::Finish() {
+  if (!open_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
+  if (absl::Status s = SendGathered(); !s.ok()) return s;
+  absl::StatusOr<PoolResponse> ended =
+      Step([&](char* area, size_t capacity) -> absl::StatusOr<size_t> {
+        return EncodeCopyControl(MessageKind::kCopyEnd, area, capacity);
+      });
+  if (!ended.ok()) return ended.status();
+  open_ = false;
+  return CopyResultsOf(*std::move(ended));
+}
+
+}  // namespace connthrottle::pg
