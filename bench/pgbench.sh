@@ -14,7 +14,7 @@
 # nothing (both from pgbench's per-transaction log), the CPU time per
 # transaction of the coordinator's backends, the communicator and the
 # workers (from /proc: each server's processes, its exited backends
-# included), with the date, commit and machine. distribute (copy) always uses the direct transport. Each cell
+# included), with the date, commit and machine. Each cell
 # runs RUNS times (3), the modes taking turns; TPS is printed as the median
 # (min-max), the other columns as the median (p50) or the worst run. All
 # cells at 3 runs take about 55 minutes.
@@ -27,7 +27,8 @@
 #
 # Workloads: fanout (one run_tasks of 32 tasks, a count(*) per shard),
 # router (one run_tasks of one single-row task on a random shard), copy
-# (distribute of 1,000 rows over both workers). Needs the extension
+# (distribute of COPY_ROWS rows, 1,000 unless set, over both workers;
+# through the pool in `pool` mode, as run_tasks). Needs the extension
 # installed (scripts/demo.sh or `cmake --install build --component
 # postgresql`) and pgbench (postgresql-client-15). As root the servers run as
 # the user `connthrottle` (scripts/install-deps.sh creates it).
@@ -43,6 +44,7 @@ WORKLOADS=${WORKLOADS:-"fanout router copy"}
 # of the medians.
 RUNS=${RUNS:-3}
 MODES=${MODES:-"direct pool unthrottled"}
+COPY_ROWS=${COPY_ROWS:-1000}
 LIMIT=${LIMIT:-40}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=$(pg_config --bindir)
@@ -126,7 +128,7 @@ SELECT result FROM connthrottle.run_tasks(ARRAY['127.0.0.1'], ARRAY[:port],
   ARRAY['SELECT v FROM shard_' || :s || ' WHERE id = ' || :id]);
 EOF
 cat >"$WORK/copy.sql" <<EOF
-SELECT sum(rows) FROM connthrottle.distribute('SELECT g, ''row '' || g FROM generate_series(1, 1000) g',
+SELECT sum(rows) FROM connthrottle.distribute('SELECT g, ''row '' || g FROM generate_series(1, $COPY_ROWS) g',
   'copy_target', ARRAY['127.0.0.1', '127.0.0.1'], ARRAY[$W1, $W2]);
 EOF
 
@@ -163,7 +165,7 @@ received() {  # connection attempts the workers have logged so far
 
 echo "connthrottle pgbench: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$SRC" describe --always --dirty --abbrev=7 2>/dev/null || echo '?')," \
   "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run after ${WARMUP} s of warm-up, $RUNS run(s) per cell"
+echo "limit $LIMIT, workers' max_connections 60, 32 shards over 2 workers, ${DURATION} s per run after ${WARMUP} s of warm-up, $RUNS run(s) per cell, copy of $COPY_ROWS rows"
 echo
 # The peak of connthrottle's connections on either worker, sampled until the
 # file $WORK/sampling disappears.

@@ -108,10 +108,6 @@ void SharedPool::Loop::TakeStep(CopyRun& run) {
     finish = copy.finish_asked;
     chunk.swap(copy.chunk);
   }
-  if (finish) {
-    run.stage = Stage::kFinishing;
-    return;
-  }
   for (const CopyPart& part : chunk) {
     if (part.node < 0 || part.node >= static_cast<int>(run.targets.size()) ||
         !run.targets[part.node].pending.empty()) {
@@ -123,7 +119,7 @@ void SharedPool::Loop::TakeStep(CopyRun& run) {
     }
     run.targets[part.node].pending = part.data;
   }
-  run.stage = Stage::kSending;
+  run.stage = finish ? Stage::kFinishing : Stage::kSending;
 }
 
 // Each turn, before the pools are served: a COPY waiting for a connection
@@ -293,7 +289,8 @@ void SharedPool::Loop::Pump(CopyRun& run, CopyTarget& target, absl::Time now) {
   Connection& c = *target.conn->c;
   switch (target.phase) {
     case Phase::kPinned:
-      if (run.stage == Stage::kAborting || run.stage == Stage::kFinishing) {
+      if (run.stage == Stage::kAborting ||
+          (run.stage == Stage::kFinishing && target.pending.empty())) {
         Unpin(target, now);
       } else if (c.state != State::kConnecting && !target.pending.empty()) {
         StartNodeCopy(run, target);

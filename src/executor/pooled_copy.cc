@@ -55,11 +55,16 @@ absl::StatusOr<SharedPool::CopyProgress> PooledCopy::Await() {
   }
 }
 
-absl::Status PooledCopy::SendGathered() {
+std::vector<SharedPool::CopyPart> PooledCopy::Gathered() const {
   std::vector<SharedPool::CopyPart> chunk;
   for (size_t n = 0; n < gathered_.size(); ++n) {
     if (!gathered_[n].empty()) chunk.push_back({static_cast<int>(n), gathered_[n]});
   }
+  return chunk;
+}
+
+absl::Status PooledCopy::SendGathered() {
+  std::vector<SharedPool::CopyPart> chunk = Gathered();
   if (chunk.empty()) return absl::OkStatus();
   if (absl::Status s = pool_.SendCopy(ticket_, std::move(chunk)); !s.ok()) return s;
   absl::StatusOr<SharedPool::CopyProgress> sent = Await();
@@ -82,8 +87,8 @@ absl::Status PooledCopy::Send(size_t node, std::string_view row) {
 
 absl::StatusOr<std::vector<SharedPool::CopyNodeResult>> PooledCopy::Finish() {
   if (over_) return absl::FailedPreconditionError("the COPY is over");
-  if (absl::Status s = SendGathered(); !s.ok()) return s;
-  if (absl::Status s = pool_.FinishCopy(ticket_); !s.ok()) return s;
+  // The last rows go with the end: one step.
+  if (absl::Status s = pool_.FinishCopy(ticket_, Gathered()); !s.ok()) return s;
   absl::StatusOr<SharedPool::CopyProgress> finished = Await();
   over_ = true;
   if (!finished.ok()) return finished.status();

@@ -179,7 +179,7 @@ SharedPool::CopyTicket SharedPool::OpenCopy(CopyRequest request, std::function<v
 namespace {
 
 // Asks for the COPY's next step, if the last is done and it is not over.
-absl::Status AskStep(SharedPool::Copy& copy, std::vector<SharedPool::CopyPart>* chunk)
+absl::Status AskStep(SharedPool::Copy& copy, std::vector<SharedPool::CopyPart> chunk, bool finish)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(copy.mu) {
   if (copy.over) {
     return absl::FailedPreconditionError(copy.status.ok() ? "the COPY is over"
@@ -189,11 +189,8 @@ absl::Status AskStep(SharedPool::Copy& copy, std::vector<SharedPool::CopyPart>* 
     return absl::FailedPreconditionError("the COPY's last step is not done");
   }
   ++copy.asked;
-  if (chunk != nullptr) {
-    copy.chunk = std::move(*chunk);
-  } else {
-    copy.finish_asked = true;
-  }
+  copy.chunk = std::move(chunk);
+  copy.finish_asked = finish;
   return absl::OkStatus();
 }
 
@@ -212,7 +209,7 @@ SharedPool::CopyProgress TakeCopyProgress(SharedPool::Copy& copy)
 absl::Status SharedPool::SendCopy(const CopyTicket& ticket, std::vector<CopyPart> chunk) {
   {
     std::lock_guard<std::mutex> lock(ticket->mu);
-    if (absl::Status s = AskStep(*ticket, &chunk); !s.ok()) return s;
+    if (absl::Status s = AskStep(*ticket, std::move(chunk), false); !s.ok()) return s;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -222,10 +219,10 @@ absl::Status SharedPool::SendCopy(const CopyTicket& ticket, std::vector<CopyPart
   return absl::OkStatus();
 }
 
-absl::Status SharedPool::FinishCopy(const CopyTicket& ticket) {
+absl::Status SharedPool::FinishCopy(const CopyTicket& ticket, std::vector<CopyPart> last) {
   {
     std::lock_guard<std::mutex> lock(ticket->mu);
-    if (absl::Status s = AskStep(*ticket, nullptr); !s.ok()) return s;
+    if (absl::Status s = AskStep(*ticket, std::move(last), true); !s.ok()) return s;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);

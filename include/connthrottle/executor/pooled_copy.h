@@ -71,6 +71,7 @@ class PooledCopy {
   PooledCopy(SharedPool& pool, ExecutionContext& context, size_t nodes, Options options);
   // Waits for the step asked last; its progress.
   absl::StatusOr<SharedPool::CopyProgress> Await();
+  std::vector<SharedPool::CopyPart> Gathered() const;
   absl::Status SendGathered();
 
   SharedPool& pool_;

@@ -270,14 +270,15 @@ class SharedPool {
   // Opens the COPY: its first step, Open, is done once every node's
   // connection is pinned to it. `on_change` as for Submit. Then, one step at
   // a time: SendCopy with a chunk (at most one part per node), and
-  // FinishCopy, whose step's progress brings the results. Either is
+  // FinishCopy with the last chunk (maybe empty), whose step's progress
+  // brings the results. Either is
   // FailedPrecondition (nothing done) while the last step is not done or
   // the COPY is over. Poll and Await report on the last step (results are
   // taken once). CancelCopy at any time, and before the ticket is dropped
   // unless it finished: the pool otherwise keeps the COPY's connections.
   CopyTicket OpenCopy(CopyRequest request, std::function<void()> on_change = {});
   absl::Status SendCopy(const CopyTicket& ticket, std::vector<CopyPart> chunk);
-  absl::Status FinishCopy(const CopyTicket& ticket);
+  absl::Status FinishCopy(const CopyTicket& ticket, std::vector<CopyPart> last = {});
   CopyProgress PollCopy(const CopyTicket& ticket);
   CopyProgress AwaitCopy(const CopyTicket& ticket, absl::Duration timeout);
   void CancelCopy(const CopyTicket& ticket);

@@ -102,10 +102,10 @@ absl::StatusOr<SharedPool::CopyRequest> DecodeCopyOpen(const char* in, size_t si
 
 size_t CopyChunkOverhead(size_t parts) { return 8 + parts * 8; }
 
-absl::StatusOr<size_t> EncodeCopyChunk(const std::vector<std::string>& per_node, char* out,
-                                       size_t capacity) {
+absl::StatusOr<size_t> EncodeCopyChunk(MessageKind kind, const std::vector<std::string>& per_node,
+                                       char* out, size_t capacity) {
   Writer w(out, capacity);
-  w.Put(kCopyDataMagic);
+  w.Put(kind == MessageKind::kCopyEnd ? kCopyEndMagic : kCopyDataMagic);
   uint32_t parts = 0;
   for (const std::string& rows : per_node) parts += rows.empty() ? 0 : 1;
   w.Put(parts);
@@ -123,7 +123,9 @@ absl::StatusOr<size_t> EncodeCopyChunk(const std::vector<std::string>& per_node,
 
 absl::StatusOr<std::vector<SharedPool::CopyPart>> DecodeCopyChunk(const char* in, size_t size) {
   Reader r(in, size);
-  if (r.Get<uint32_t>() != kCopyDataMagic) return Torn("COPY data");
+  if (const uint32_t magic = r.Get<uint32_t>(); magic != kCopyDataMagic && magic != kCopyEndMagic) {
+    return Torn("COPY data");
+  }
   std::vector<SharedPool::CopyPart> parts;
   const uint32_t n = r.Count(8);
   for (uint32_t i = 0; i < n && r.ok(); ++i) {
@@ -137,9 +139,9 @@ absl::StatusOr<std::vector<SharedPool::CopyPart>> DecodeCopyChunk(const char* in
   return parts;
 }
 
-size_t EncodeCopyControl(MessageKind kind, char* out, size_t capacity) {
+size_t EncodeCopyAbort(char* out, size_t capacity) {
   Writer w(out, capacity);
-  w.Put(kind == MessageKind::kCopyEnd ? kCopyEndMagic : kCopyAbortMagic);
+  w.Put(kCopyAbortMagic);
   return w.ok() ? w.size() : 0;
 }
 

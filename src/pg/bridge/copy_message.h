@@ -30,14 +30,16 @@ absl::StatusOr<SharedPool::CopyRequest> DecodeCopyOpen(const char* in, size_t si
 
 // The bytes a chunk takes beyond its rows, with `parts` parts.
 size_t CopyChunkOverhead(size_t parts);
-// A chunk: the non-empty strings of `per_node` (rows of node i), one part each.
-absl::StatusOr<size_t> EncodeCopyChunk(const std::vector<std::string>& per_node, char* out,
-                                       size_t capacity);
-// The chunk's parts, pointing into `in` (no copy): valid while `in` is unchanged.
+// A chunk (kCopyData), or the last one with the end (kCopyEnd): the
+// non-empty strings of `per_node` (rows of node i), one part each.
+absl::StatusOr<size_t> EncodeCopyChunk(MessageKind kind, const std::vector<std::string>& per_node,
+                                       char* out, size_t capacity);
+// A chunk's parts (kCopyData or kCopyEnd), pointing into `in` (no copy):
+// valid while `in` is unchanged.
 absl::StatusOr<std::vector<SharedPool::CopyPart>> DecodeCopyChunk(const char* in, size_t size);
 
-// End (kCopyEnd) or abort (kCopyAbort): the kind alone.
-size_t EncodeCopyControl(MessageKind kind, char* out, size_t capacity);
+// An abort (kCopyAbort): the kind alone.
+size_t EncodeCopyAbort(char* out, size_t capacity);
 
 // The end's response: a TaskResult per node, in the request's order, with
 // its status, sqlstate, command tag, rows sent (row_count) and whether its

@@ -42,7 +42,7 @@ PoolCopyChannel::~PoolCopyChannel() {
   if (ops_.claim() != ChannelState::kReady) return;
   size_t capacity = 0;
   char* area = ops_.area(&capacity);
-  if (const size_t n = EncodeCopyControl(MessageKind::kCopyAbort, area, capacity); n > 0) {
+  if (const size_t n = EncodeCopyAbort(area, capacity); n > 0) {
     ops_.submit(n);
   }
 }
@@ -90,8 +90,9 @@ absl::Status PoolCopyChannel::Send(size_t node, std::string_view row) {
 
 absl::Status PoolCopyChannel::SendGathered() {
   if (gathered_bytes_ == 0) return absl::OkStatus();
-  absl::StatusOr<PoolResponse> sent =
-      Step([&](char* area, size_t capacity) { return EncodeCopyChunk(gathered_, area, capacity); });
+  absl::StatusOr<PoolResponse> sent = Step([&](char* area, size_t capacity) {
+    return EncodeCopyChunk(MessageKind::kCopyData, gathered_, area, capacity);
+  });
   if (!sent.ok()) return sent.status();
   for (std::string& g : gathered_) g.clear();
   gathered_bytes_ = 0;
@@ -100,11 +101,10 @@ absl::Status PoolCopyChannel::SendGathered() {
 
 absl::StatusOr<std::vector<SharedPool::CopyNodeResult>> PoolCopyChannel::Finish() {
   if (!open_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
-  if (absl::Status s = SendGathered(); !s.ok()) return s;
-  absl::StatusOr<PoolResponse> ended =
-      Step([&](char* area, size_t capacity) -> absl::StatusOr<size_t> {
-        return EncodeCopyControl(MessageKind::kCopyEnd, area, capacity);
-      });
+  // The last rows go with the end: one step.
+  absl::StatusOr<PoolResponse> ended = Step([&](char* area, size_t capacity) {
+    return EncodeCopyChunk(MessageKind::kCopyEnd, gathered_, area, capacity);
+  });
   if (!ended.ok()) return ended.status();
   open_ = false;
   return CopyResultsOf(*std::move(ended));

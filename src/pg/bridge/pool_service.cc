@@ -396,12 +396,14 @@ void SubmitCopyLocked(Service& svc, int slot, MessageKind kind, char* area, size
   }
   absl::Status asked;
   e.answering = true;
-  if (kind == MessageKind::kCopyEnd) {
-    e.finishing = true;
-    asked = svc.pool->FinishCopy(e.ticket);
+  e.finishing = kind == MessageKind::kCopyEnd;
+  absl::StatusOr<std::vector<SharedPool::CopyPart>> chunk = DecodeCopyChunk(area, size);
+  if (!chunk.ok()) {
+    asked = chunk.status();
+  } else if (e.finishing) {
+    asked = svc.pool->FinishCopy(e.ticket, *std::move(chunk));
   } else {
-    absl::StatusOr<std::vector<SharedPool::CopyPart>> chunk = DecodeCopyChunk(area, size);
-    asked = chunk.ok() ? svc.pool->SendCopy(e.ticket, *std::move(chunk)) : chunk.status();
+    asked = svc.pool->SendCopy(e.ticket, *std::move(chunk));
   }
   if (!asked.ok()) {
     // Over already (failed; the error is the COPY's), or a malformed request.
