@@ -173,7 +173,22 @@ bool SharedPool::Loop::Advance(CopyRun& run, absl::Time now) {
       if (all([](const CopyTarget& t) { return t.pending.empty() && t.flushed; })) StepDone(run);
       return false;
     case Stage::kFinishing:
-      if (!all([](const CopyTarget& t) { return t.phase == Phase::kDone; })) return false;
+      // No node's COPY ends before every node's has taken its last rows: a
+      // node refusing its COPY (or lost) until then fails the COPY as a
+      // whole, with nothing committed anywhere.
+      if (all([](const CopyTarget& t) {
+            return t.phase == Phase::kDone || t.phase == Phase::kEnding ||
+                   (t.phase == Phase::kIn && t.pending.empty() && t.flushed);
+          })) {
+        for (CopyTarget& t : run.targets) {
+          if (run.stage != Stage::kFinishing) break;  // one was lost: the rest abort
+          if (t.phase == Phase::kIn) EndNodeCopy(run, t, nullptr);
+        }
+      }
+      if (run.stage != Stage::kFinishing ||
+          !all([](const CopyTarget& t) { return t.phase == Phase::kDone; })) {
+        return false;
+      }
       FinishCopyRun(run);
       return true;
     case Stage::kAborting:
@@ -306,9 +321,6 @@ void SharedPool::Loop::Pump(CopyRun& run, CopyTarget& target, absl::Time now) {
         return;
       }
       PutData(run, target);
-      if (target.phase == Phase::kIn && run.stage == Stage::kFinishing && target.flushed) {
-        EndNodeCopy(run, target, nullptr);
-      }
       return;
     case Phase::kEnding:
       ReadCopyResults(run, target, now);

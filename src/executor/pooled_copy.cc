@@ -63,10 +63,18 @@ std::vector<SharedPool::CopyPart> PooledCopy::Gathered() const {
   return chunk;
 }
 
+// A step the pool refused: the COPY failed between two steps (its error and
+// SQLSTATE), or it is over.
+absl::Status PooledCopy::Refused(absl::Status status) {
+  over_ = true;
+  sqlstate_ = pool_.PollCopy(ticket_).sqlstate;
+  return status;
+}
+
 absl::Status PooledCopy::SendGathered() {
   std::vector<SharedPool::CopyPart> chunk = Gathered();
   if (chunk.empty()) return absl::OkStatus();
-  if (absl::Status s = pool_.SendCopy(ticket_, std::move(chunk)); !s.ok()) return s;
+  if (absl::Status s = pool_.SendCopy(ticket_, std::move(chunk)); !s.ok()) return Refused(s);
   absl::StatusOr<SharedPool::CopyProgress> sent = Await();
   if (!sent.ok()) return sent.status();
   for (std::string& g : gathered_) g.clear();
@@ -88,7 +96,7 @@ absl::Status PooledCopy::Send(size_t node, std::string_view row) {
 absl::StatusOr<std::vector<SharedPool::CopyNodeResult>> PooledCopy::Finish() {
   if (over_) return absl::FailedPreconditionError("the COPY is over");
   // The last rows go with the end: one step.
-  if (absl::Status s = pool_.FinishCopy(ticket_, Gathered()); !s.ok()) return s;
+  if (absl::Status s = pool_.FinishCopy(ticket_, Gathered()); !s.ok()) return Refused(s);
   absl::StatusOr<SharedPool::CopyProgress> finished = Await();
   over_ = true;
   if (!finished.ok()) return finished.status();

@@ -182,8 +182,8 @@ namespace {
 absl::Status AskStep(SharedPool::Copy& copy, std::vector<SharedPool::CopyPart> chunk, bool finish)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(copy.mu) {
   if (copy.over) {
-    return absl::FailedPreconditionError(copy.status.ok() ? "the COPY is over"
-                                                          : copy.status.message());
+    // Failed meanwhile (between two steps): its own error.
+    return copy.status.ok() ? absl::FailedPreconditionError("the COPY is over") : copy.status;
   }
   if (copy.done != copy.asked) {
     return absl::FailedPreconditionError("the COPY's last step is not done");

@@ -73,6 +73,7 @@ class PooledCopy {
   absl::StatusOr<SharedPool::CopyProgress> Await();
   std::vector<SharedPool::CopyPart> Gathered() const;
   absl::Status SendGathered();
+  absl::Status Refused(absl::Status status);
 
   SharedPool& pool_;
   ExecutionContext& context_;

@@ -271,11 +271,14 @@ class SharedPool {
   // connection is pinned to it. `on_change` as for Submit. Then, one step at
   // a time: SendCopy with a chunk (at most one part per node), and
   // FinishCopy with the last chunk (maybe empty), whose step's progress
-  // brings the results. Either is
-  // FailedPrecondition (nothing done) while the last step is not done or
-  // the COPY is over. Poll and Await report on the last step (results are
-  // taken once). CancelCopy at any time, and before the ticket is dropped
-  // unless it finished: the pool otherwise keeps the COPY's connections.
+  // brings the results. Either refuses (nothing done) while the last step is
+  // not done (FailedPrecondition) or once the COPY is over: its own error
+  // when it failed between two steps (PollCopy has its SQLSTATE). Poll and
+  // Await report on the last step (results are taken once). CancelCopy at
+  // any time, and before the ticket is dropped unless it finished: the pool
+  // otherwise keeps the COPY's connections. No node's COPY ends before every
+  // node has taken its last rows, so an error before then (a node refusing
+  // its COPY, a lost connection) leaves nothing committed anywhere.
   CopyTicket OpenCopy(CopyRequest request, std::function<void()> on_change = {});
   absl::Status SendCopy(const CopyTicket& ticket, std::vector<CopyPart> chunk);
   absl::Status FinishCopy(const CopyTicket& ticket, std::vector<CopyPart> last = {});
