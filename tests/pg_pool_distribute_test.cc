@@ -57,8 +57,11 @@ TEST_F(PgPoolCopyTest, DistributeRunsOnPooledConnections) {
   std::unique_ptr<PgClient> session = Connect();
   ASSERT_NE(session, nullptr);
   // Warm: a pooled connection to each worker.
+  const int64_t resets = Stat("resets");
   ASSERT_TRUE(RunTasks(*session, {On(0, "SELECT 1"), On(1, "SELECT 1")}).ok());
   ASSERT_TRUE(PollUntil([&] { return Stat("connections") >= 2; }));
+  // Both idle again (reset): a COPY started now could find neither free.
+  ASSERT_TRUE(Grew("resets", resets, 2));
   const int64_t started = Stat("connections_started");
   const int64_t finished = Stat("copies_finished");
   const int64_t rows = Stat("copy_rows");

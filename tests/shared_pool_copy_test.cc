@@ -83,6 +83,8 @@ TEST_F(PoolCopyTest, EveryRowLandsOnItsNodeOverPooledConnections) {
   EXPECT_EQ(started, 2);
   r = CopyRows(pool, context, {n2, n1}, "pc_rows", 10);
   ASSERT_TRUE(r.ok()) << r.status();
+  // Both reset again (a task sent meanwhile could make the pool grow).
+  ASSERT_TRUE(PollUntil([&] { return pool.stats().resets >= 4; }));
   SharedPoolTransport transport(pool, context);
   absl::StatusOr<ExecutionResult> e = transport.Execute({Task{n1, "SELECT 1"}});
   ASSERT_TRUE(e.ok()) << e.status();
@@ -240,7 +242,8 @@ TEST_F(PoolCopyTest, ACancelledCopyCommitsNothingAndItsConnectionsStayUsable) {
   }));
   EXPECT_EQ(Count(*obs1_, "pc_cancel"), 0);
   EXPECT_EQ(Count(*obs2_, "pc_cancel"), 0);
-  // The connections went back to the pool and serve the next COPY.
+  // The connections went back to the pool, reset, and serve the next COPY.
+  ASSERT_TRUE(PollUntil([&] { return pool.stats().resets >= 2; }));
   absl::StatusOr<std::vector<SharedPool::CopyNodeResult>> r =
       CopyRows(pool, context, {n1, n2}, "pc_cancel", 6);
   ASSERT_TRUE(r.ok()) << r.status();

@@ -17,6 +17,12 @@ int SharedPool::Loop::LiveConnections(const Pool& pool) {
   }));
 }
 
+int SharedPool::Loop::TaskConnections(const Pool& pool) {
+  return static_cast<int>(std::count_if(pool.conns.begin(), pool.conns.end(), [](const auto& c) {
+    return c->c->state != State::kBroken && c->copy == nullptr;
+  }));
+}
+
 void SharedPool::Loop::Grow(Pool& pool, absl::Time now) {
   if (pool.queued == 0) {
     pool.wants_slot = false;

@@ -138,8 +138,10 @@ void SharedPool::Loop::ServiceCopies(absl::Time now) {
     }
     if (run.waiting) {
       const CopyTarget& next = run.targets[run.order[run.reserved]];
-      copy_waiting_keys.insert(next.pool->key_name);
-      copy_waiting_pools.insert(next.pool);
+      Guarded([&] {
+        copy_waiting_keys.insert(next.pool->key_name);
+        copy_waiting_pools.insert(next.pool);
+      });
     }
     ++it;
   }
@@ -365,10 +367,14 @@ void SharedPool::Loop::ReadCopyResults(CopyRun& run, CopyTarget& target, absl::T
       // The statement is over: refused before COPY began (the error is
       // kept), or the COPY ended.
       const bool refused = target.phase == Phase::kStarting;
-      ReleaseTarget(target, now);
-      if (refused && run.stage != Stage::kAborting) {
-        FailCopyRun(run, target.status, target.sqlstate.c_str());
+      if (refused && target.status.ok()) {  // it ran, but was no COPY FROM STDIN
+        target.status = absl::FailedPreconditionError(
+            absl::StrCat("node ", target.pool->node.ToString(),
+                         ": the statement did not start a COPY FROM STDIN"));
+        target.sqlstate = "0A000";  // feature_not_supported
       }
+      ReleaseTarget(target, now);
+      if (refused) FailCopyRun(run, target.status, target.sqlstate.c_str());
       return;
     }
     const ExecStatusType status = PQresultStatus(res);
@@ -454,6 +460,7 @@ void SharedPool::Loop::EndNodeCopy(CopyRun& run, CopyTarget& target, const char*
   target.pending = {};
   target.flushed = true;
   target.phase = Phase::kEnding;
+  if (error == nullptr) run.ending_sent = true;
 }
 
 // The node's statement is over: its connection resets (DISCARD ALL) and
@@ -476,24 +483,24 @@ void SharedPool::Loop::TargetLost(CopyRun& run, CopyTarget& target, const std::s
   Close(*target.conn, CloseReason::kTaskFailed);
   target.conn->copy = nullptr;
   target.conn = nullptr;
-  const bool ending = target.phase == Phase::kEnding;
   target.phase = Phase::kDone;
   if (target.status.ok()) {
     target.status = absl::UnavailableError(absl::StrCat(
         "connection to node ", target.pool->node.ToString(), " was lost during the COPY: ", why));
     target.sqlstate = "08006";  // connection_failure
   }
-  // Once ended, each node's outcome is its own; before, the COPY fails.
-  if (!(ending && run.stage == Stage::kFinishing)) {
-    FailCopyRun(run, target.status, "08006");
-  }
+  // Before any node was ended the COPY fails; after, this node's outcome is
+  // its own (FailCopyRun).
+  FailCopyRun(run, target.status, "08006");
 }
 
 // The COPY fails as a whole (or is cancelled): the session is told now, and
 // every node's COPY is ended with an error, nothing committed; the
 // connections go back to their pools as that completes.
 void SharedPool::Loop::FailCopyRun(CopyRun& run, absl::Status status, const char* sqlstate) {
-  if (run.stage == Stage::kAborting) return;
+  // Nodes may have committed already: the others are ended too, and each
+  // node's outcome is reported (a cancel now changes nothing).
+  if (run.stage == Stage::kAborting || run.ending_sent) return;
   run.stage = Stage::kAborting;
   run.waiting = false;
   for (CopyTarget& t : run.targets) {
@@ -556,8 +563,14 @@ void SharedPool::Loop::CopyEvent(Conn& conn, short revents, absl::Time now) {
   CopyTarget& target = run.targets[conn.copy_target];
   Connection& c = *conn.c;
   if (target.phase == Phase::kPinned) {
-    // Not in use yet: readable means the worker is closing it.
-    if (revents != 0 && IdleConnectionIsDead(c.pg)) TargetLost(run, target, "closed by the worker");
+    // Not in use yet: a notice or a parameter change, or the worker
+    // closing it.
+    if (revents == 0) return;
+    if (!PQconsumeInput(c.pg) || PQstatus(c.pg) == CONNECTION_BAD) {
+      TargetLost(run, target, "closed by the worker");
+      return;
+    }
+    DropNotifications(c.pg);
     return;
   }
   if ((revents & (POLLIN | POLLERR | POLLHUP)) != 0 && !PQconsumeInput(c.pg)) {

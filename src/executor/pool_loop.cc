@@ -221,7 +221,8 @@ void SharedPool::Loop::Service(Pool& pool, absl::Time now) {
   Grow(pool, now);
   Reap(pool);
   // How long the pool has had tasks queued and no connection at all.
-  if (pool.queued == 0 || LiveConnections(pool) > 0) {
+  // A connection pinned to a COPY serves none of the pool's tasks.
+  if (pool.queued == 0 || TaskConnections(pool) > 0) {
     pool.starving_since = absl::InfiniteFuture();
   } else {
     if (pool.starving_since == absl::InfiniteFuture()) pool.starving_since = now;
@@ -246,7 +247,7 @@ absl::Time SharedPool::Loop::NextWake(absl::Time now) const {
   for (const auto& [name, pool] : pools) {
     if (pool.queued > 0) {
       const int live = LiveConnections(pool);
-      if (live == 0) {
+      if (TaskConnections(pool) == 0) {
         wake = std::min(wake, std::max(pool.retry_at, now));
         for (const Queue& q : pool.queues) wake = std::min(wake, StarvedAt(pool, q));
       } else if (live < opt.max_pool_size) {

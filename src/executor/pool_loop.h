@@ -243,6 +243,9 @@ struct SharedPool::Loop {
     std::optional<absl::Time> wait_began;  // waited for a slot since
     bool waiting = false;                  // its next node has no connection yet
     bool failed = false;                   // told the session it failed
+    // A node was sent CopyDone: from here each node's outcome is its own,
+    // and the COPY no longer fails (or is cancelled) as a whole.
+    bool ending_sent = false;
   };
 
   // Why a pooled connection is closed: each reason has its counter in
@@ -376,6 +379,7 @@ struct SharedPool::Loop {
   // reaping ----
 
   static int LiveConnections(const Pool& pool);
+  static int TaskConnections(const Pool& pool);  // live and not pinned to a COPY
   void Grow(Pool& pool, absl::Time now);
   void StartConnect(Pool& pool, Slot slot, absl::Time now);
   void Connecting(Pool& pool, Conn& conn, absl::Time now);

@@ -43,6 +43,7 @@ void SharedPool::Loop::Rebalance() {
         neediest_live = live;
       }
       if (!p->wants_slot || live >= options.max_pool_size) continue;
+      if (copy_waiting_keys.contains(p->key_name)) continue;  // the COPY has it first
       if (Conn* idle = LongestIdle(group, p)) {
         Close(*idle, CloseReason::kForPool, p);
         p->wants_slot = false;  // one per refusal: asked again if still refused

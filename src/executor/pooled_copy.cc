@@ -48,6 +48,10 @@ absl::StatusOr<SharedPool::CopyProgress> PooledCopy::Await() {
     if (p.done) return p;
     if (context_.Interrupted()) {
       pool_.CancelCopy(ticket_);
+      // The chunk in flight is in gathered_: the pool must let go of it
+      // before this object may go (it does as it takes the cancel).
+      while (!pool_.AwaitCopy(ticket_, options_.tick).done) {
+      }
       over_ = true;
       sqlstate_ = "57014";  // query_canceled
       return absl::CancelledError("the COPY was cancelled");

@@ -265,6 +265,8 @@ void ServeSlot(uint32 i, std::atomic<uint64>& taken) {
     if (state != kSubmitted) {
       connthrottle::pg::CancelInPool(static_cast<int>(i), ReleaseWithdrawn);
     } else {
+      // Not taken yet; a COPY the session had open ends with it.
+      connthrottle::pg::AbandonCopy(static_cast<int>(i));
       ReleaseSlot(static_cast<int>(i));
     }
     return;
@@ -372,20 +374,25 @@ void PublishStats() {
 // holds in the counter table.
 void CommunicatorExit(int, Datum) {
   if (header == nullptr) return;
-  pg_atomic_write_u32(&header->pid, 0);
   const bool terminated = got_sigterm;
+  // Sessions with a COPY open between two of its steps: their next step
+  // hears that it was lost, and how; marked before this communicator is
+  // seen gone, so that no step finds it gone and the mark not yet there.
+  static uint32 lost_as;
+  lost_as = static_cast<uint32>(terminated ? ChannelState::kTerminated : ChannelState::kRestarted);
+  connthrottle::pg::ForEachOpenCopy(
+      [](int i) { pg_atomic_write_u32(&SlotAt(static_cast<uint32>(i))->copy_lost, lost_as); });
+  pg_atomic_write_u32(&header->pid, 0);
   // From here on only this thread answers.
   {
     std::lock_guard<std::mutex> lock(serving);
     serving_stopped = true;
   }
-  // Sessions with a COPY open between two of its steps: their next step
-  // hears that it was lost, and how.
-  static uint32 lost_as;
-  lost_as = static_cast<uint32>(terminated ? ChannelState::kTerminated : ChannelState::kRestarted);
-  connthrottle::pg::ForEachOpenCopy(
-      [](int i) { pg_atomic_write_u32(&SlotAt(static_cast<uint32>(i))->copy_lost, lost_as); });
   connthrottle::pg::DetachRequests();
+  // The pool stops before any held slot is answered: its thread may be
+  // reading a COPY's chunk from a slot's area, which the answer overwrites
+  // and hands back to the session.
+  connthrottle::pg::StopPoolService();
   for (uint32 i = 0; i < header->slots; ++i) {
     Slot* slot = SlotAt(i);
     if (!Held(pg_atomic_read_u32(&slot->state))) continue;
@@ -397,7 +404,6 @@ void CommunicatorExit(int, Datum) {
                    : "connthrottle: the communicator stopped while it ran this execution's tasks");
     Answer(slot, n, n);
   }
-  connthrottle::pg::StopPoolService();
   connthrottle::pg::BackendExit();
   // Nothing open or queued now.
   pg_atomic_write_u64(&header->stats[static_cast<int>(PoolStat::connections)], 0);

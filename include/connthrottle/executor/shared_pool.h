@@ -245,7 +245,8 @@ class SharedPool {
     std::optional<absl::Duration> slot_wait_timeout;  // as Submission's
   };
   // Whole rows in COPY's text format for nodes[node]: the bytes stay the
-  // caller's, unchanged, until the step is done.
+  // caller's, unchanged, until the step is done (after CancelCopy too: the
+  // step is done once the loop has taken the cancel).
   struct CopyPart {
     int node = 0;
     std::string_view data;

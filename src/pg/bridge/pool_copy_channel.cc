@@ -59,16 +59,18 @@ absl::StatusOr<PoolResponse> PoolCopyChannel::Step(
         lost == ChannelState::kTerminated ? "57P01" : "08006");
   }
   absl::StatusOr<PoolResponse> response = channel_.Call(encode);
-  // An error ends the COPY on the communicator's side. A withdrawn step
-  // (Cancelled) cancels it too, unless the step was answered just before the
-  // withdrawal: the destructor's abort covers that (an abort of a COPY the
-  // communicator no longer has is answered and changes nothing).
-  if (!response.ok() && !absl::IsCancelled(response.status())) open_ = false;
+  // After an error the COPY is over for this session. The communicator
+  // ended it if the error was its answer, or if the step was withdrawn (a
+  // cancel); but a step answered just before its withdrawal, or never
+  // submitted (no slot in time), left it open: open_ stays, so that the
+  // destructor sends an abort (which changes nothing for a COPY the
+  // communicator no longer has).
+  if (!response.ok()) failed_ = true;
   return response;
 }
 
 absl::Status PoolCopyChannel::Send(size_t node, std::string_view row) {
-  if (!open_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
+  if (!open_ || failed_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
   if (node >= gathered_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("no node ", node, " in this COPY"));
   }
@@ -100,7 +102,7 @@ absl::Status PoolCopyChannel::SendGathered() {
 }
 
 absl::StatusOr<std::vector<SharedPool::CopyNodeResult>> PoolCopyChannel::Finish() {
-  if (!open_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
+  if (!open_ || failed_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
   // The last rows go with the end: one step.
   absl::StatusOr<PoolResponse> ended = Step([&](char* area, size_t capacity) {
     return EncodeCopyChunk(MessageKind::kCopyEnd, gathered_, area, capacity);

@@ -60,7 +60,8 @@ class PoolCopyChannel {
   std::vector<std::string> gathered_;  // per node
   size_t gathered_bytes_ = 0;
   size_t capacity_ = 0;  // the message area's
-  bool open_ = false;    // the communicator holds the COPY
+  bool open_ = false;    // the communicator may hold the COPY: aborted unless finished
+  bool failed_ = false;  // a step failed: the COPY is over for this session
 };
 
 }  // namespace connthrottle::pg

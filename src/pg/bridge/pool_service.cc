@@ -467,6 +467,7 @@ void SubmitToPool(int slot, char* area, size_t size, size_t capacity) noexcept {
           return 0;
         },
         0);
+    AbandonCopy(slot);  // a COPY step that failed here ends its COPY
     const size_t n =
         WriteErrorResponse(area, capacity, static_cast<int>(absl::StatusCode::kInternal), "XX000",
                            "connthrottle: the communicator ran out of memory");
@@ -560,6 +561,20 @@ void DetachRequests() noexcept {
         std::lock_guard<std::mutex> lock(svc.requests_mu);
         svc.requests.clear();
         svc.copies.clear();
+        return 0;
+      },
+      0);
+}
+
+void AbandonCopy(int slot) noexcept {
+  Service& svc = Svc();
+  Quietly(
+      [&] {
+        std::lock_guard<std::mutex> lock(svc.requests_mu);
+        auto it = svc.copies.find(slot);
+        if (it == svc.copies.end()) return 0;
+        if (svc.pool) svc.pool->CancelCopy(it->second.ticket);
+        svc.copies.erase(it);
         return 0;
       },
       0);

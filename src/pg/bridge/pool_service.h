@@ -96,6 +96,9 @@ void DropResponse(int slot) noexcept;
 // Forgets every request, so that the pool's thread answers none of them
 // any more: the communicator answers them itself as it stops.
 void DetachRequests() noexcept;
+// Cancels slot `slot`'s COPY, if it has one open (its session withdrew a
+// step the communicator had not taken yet).
+void AbandonCopy(int slot) noexcept;
 // Calls `fn` with each slot whose session has a COPY open in the pool (the
 // communicator, as it stops, tells those sessions their COPY is lost).
 void ForEachOpenCopy(void (*fn)(int slot)) noexcept;
