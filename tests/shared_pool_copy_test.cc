@@ -307,5 +307,26 @@ TEST_F(PoolCopyTest, AWorkerBackendKilledMidCopyFailsItWith08006NamingTheNode) {
   EXPECT_EQ(Count(*obs2_, "pc_killed"), 0);
 }
 
+// A COPY holding a pool's only connection does not leave the pool's tasks
+// waiting without end: they fail with 53300 after their wait timeout.
+TEST_F(PoolCopyTest, TasksBehindAPinnedConnectionTimeOut) {
+  const NodeAddress n1 = Addr(*w1_);
+  CreateTable("pc_pinned");
+  SharedPool& pool = Pool(Settings(1));
+  StandaloneContext context(Settings(1));
+  absl::StatusOr<std::unique_ptr<PooledCopy>> copy =
+      PooledCopy::Begin(pool, context, {n1}, "COPY pc_pinned FROM STDIN");
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  SharedPoolTransport::Options impatient;
+  impatient.slot_wait_timeout = absl::Milliseconds(200);
+  SharedPoolTransport transport(pool, context, impatient);
+  absl::StatusOr<ExecutionResult> e = transport.Execute({Task{n1, "SELECT 1"}});
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->tasks[0].sqlstate, "53300") << e->tasks[0].status;
+  ASSERT_TRUE((*copy)->Send(0, "1\tx\n").ok());
+  ASSERT_TRUE((*copy)->Finish().ok());
+  EXPECT_EQ(Count(*obs1_, "pc_pinned"), 1);
+}
+
 }  // namespace
 }  // namespace connthrottle::testing
