@@ -97,6 +97,9 @@ TEST_F(PgPoolCopyTest, CancelTimeoutAndTerminationEndEveryNodesCopyWithNothingCo
     AsyncQuery q(*session, Distribute(kEndless, "pd_stop"));
     ASSERT_TRUE(PollUntil([&] { return both_copying() || q.WaitDone(0s); }));
     ASSERT_FALSE(q.WaitDone(0s)) << q.result().status();
+    // pool_stats() shows it: one COPY, a connection pinned per node.
+    EXPECT_TRUE(
+        PollUntil([&] { return Stat("copies_open") == 1 && Stat("copy_connections") == 2; }));
     const Clock::time_point cancelled = Clock::now();
     ASSERT_TRUE(session->Cancel().ok());
     ASSERT_TRUE(q.WaitDone(60s));
@@ -130,6 +133,7 @@ TEST_F(PgPoolCopyTest, CancelTimeoutAndTerminationEndEveryNodesCopyWithNothingCo
     EXPECT_TRUE(PollUntil(none_copying, 15s)) << "the dead session's COPY still runs";
     EXPECT_EQ(Count(0, "pd_stop") + Count(1, "pd_stop"), 0) << "a terminated COPY committed";
   }
+  EXPECT_TRUE(PollUntil([&] { return Stat("copies_open") == 0 && Stat("copy_connections") == 0; }));
   // The connections are the pool's again: a COPY runs on them.
   std::unique_ptr<PgClient> session = Connect();
   ASSERT_NE(session, nullptr);

@@ -380,6 +380,11 @@ void SharedPool::Loop::Shutdown() {
 
 void SharedPool::Loop::Publish(absl::Time now) {
   published_at = now;
+  stats.copies_open = static_cast<int64_t>(copies.size());
+  stats.copy_connections = 0;
+  for (const CopyRun& run : copies) {
+    for (const CopyTarget& t : run.targets) stats.copy_connections += t.conn != nullptr ? 1 : 0;
+  }
   std::map<NodeAddress, int> connections, queued;
   for (const auto& [name, pool] : pools) {
     const int live = LiveConnections(pool);

@@ -185,7 +185,9 @@ absl::Status AskStep(SharedPool::Copy& copy, std::vector<SharedPool::CopyPart> c
     // Failed meanwhile (between two steps): its own error.
     return copy.status.ok() ? absl::FailedPreconditionError("the COPY is over") : copy.status;
   }
-  if (copy.done != copy.asked) {
+  // One step may wait behind Open (the first chunk sent with the open).
+  const bool behind_open = copy.asked == 1 && copy.done == 0;
+  if (copy.done != copy.asked && !behind_open) {
     return absl::FailedPreconditionError("the COPY's last step is not done");
   }
   ++copy.asked;

@@ -227,7 +227,8 @@ class SharedPool {
   // with neither makes the COPY wait for that node only (it holds the nodes
   // before it, as ReservationLedger::ReserveAll does): the node's next
   // connection to finish a task is pinned to it, the pool does not grow for
-  // its own tasks meanwhile, and after the wait timeout it fails with 53300
+  // its own tasks meanwhile, and once it has waited its wait timeout (from
+  // its first wait, for all its nodes together) it fails with 53300
   // (everything given back). A node's COPY starts with its first data. Each
   // chunk is acknowledged once it is flushed to every node: the pool holds no
   // copy of it, and a worker that reads slowly holds up that COPY only. At
@@ -272,8 +273,10 @@ class SharedPool {
   // connection is pinned to it. `on_change` as for Submit. Then, one step at
   // a time: SendCopy with a chunk (at most one part per node), and
   // FinishCopy with the last chunk (maybe empty), whose step's progress
-  // brings the results. Either refuses (nothing done) while the last step is
-  // not done (FailedPrecondition) or once the COPY is over: its own error
+  // brings the results. The first of them may be asked for right after
+  // OpenCopy, before Open is done: it is taken once the COPY is open, and
+  // Poll and Await then report on it. Either refuses (nothing done) while
+  // the last step is not done (FailedPrecondition) or once the COPY is over: its own error
   // when it failed between two steps (PollCopy has its SQLSTATE). Poll and
   // Await report on the last step (results are taken once). CancelCopy at
   // any time, and before the ticket is dropped unless it finished: the pool

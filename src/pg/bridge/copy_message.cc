@@ -71,7 +71,8 @@ absl::StatusOr<size_t> EncodeCopyOpen(const SharedPool::CopyRequest& request, ch
   return w.size();
 }
 
-absl::StatusOr<SharedPool::CopyRequest> DecodeCopyOpen(const char* in, size_t size) {
+absl::StatusOr<SharedPool::CopyRequest> DecodeCopyOpen(const char* in, size_t size,
+                                                       size_t* consumed) {
   Reader r(in, size);
   if (r.Get<uint32_t>() != kCopyOpenMagic) return Torn("COPY open");
   SharedPool::CopyRequest c;
@@ -97,6 +98,7 @@ absl::StatusOr<SharedPool::CopyRequest> DecodeCopyOpen(const char* in, size_t si
     c.params.push_back(std::move(params));
   }
   if (!r.ok()) return Torn("COPY open");
+  if (consumed != nullptr) *consumed = r.pos();
   return c;
 }
 

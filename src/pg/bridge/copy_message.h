@@ -24,9 +24,13 @@ enum class MessageKind { kTasks, kCopyOpen, kCopyData, kCopyEnd, kCopyAbort, kUn
 // What the request in `in` is, by its magic number.
 MessageKind KindOf(const char* in, size_t size);
 
+// An open may be followed in the same message by the COPY's first chunk (a
+// kCopyData or kCopyEnd message, EncodeCopyChunk's, from `*consumed`): the
+// session's first rows travel with the open.
 absl::StatusOr<size_t> EncodeCopyOpen(const SharedPool::CopyRequest& request, char* out,
                                       size_t capacity);
-absl::StatusOr<SharedPool::CopyRequest> DecodeCopyOpen(const char* in, size_t size);
+absl::StatusOr<SharedPool::CopyRequest> DecodeCopyOpen(const char* in, size_t size,
+                                                       size_t* consumed = nullptr);
 
 // The bytes a chunk takes beyond its rows, with `parts` parts.
 size_t CopyChunkOverhead(size_t parts);

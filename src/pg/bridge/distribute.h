@@ -34,10 +34,12 @@ Outcome BeginDistribute(const NodeRef* nodes, int count, const char* copy_sql, u
                         int active_client_backends, Wait& wait, bool (*interrupted)(),
                         bool (*stream_interrupted)());
 // The same through the communicator's shared pool (`channel`: this
-// backend's slot): the communicator pins a pooled connection per node, in
-// the global order, waiting up to connection_wait_timeout (53300); returns
-// with interrupted set when `interrupted` fired (the COPY withdrawn).
-// DistributeOne and FinishDistribute then go through the pool too.
+// backend's slot). Nothing is asked of the communicator yet: the open goes
+// with the first chunk (DistributeOne when an area's worth is gathered, or
+// FinishDistribute), and the communicator pins a pooled connection per
+// node, in the global order, waiting up to connection_wait_timeout (53300),
+// before it sends any row. DistributeOne and FinishDistribute return with
+// interrupted set when `interrupted` fired (the step withdrawn).
 Outcome BeginPooledDistribute(const NodeRef* nodes, int count, const char* copy_sql,
                               uint32_t database, const Settings& settings,
                               const ExecutorSettings& executor, int active_client_backends,

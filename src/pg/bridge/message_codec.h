@@ -81,6 +81,7 @@ class Reader {
     return s;
   }
   bool ok() const { return ok_; }
+  size_t pos() const { return pos_; }  // bytes read so far
   // Counts, checked against the bytes left (each item takes at least `min` bytes).
   uint32_t Count(size_t min) {
     const uint32_t n = Get<uint32_t>();

@@ -1,5 +1,7 @@
 #include "pg/bridge/pool_copy_channel.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -18,7 +20,7 @@ absl::StatusOr<std::unique_ptr<PoolCopyChannel>> PoolCopyChannel::Begin(
     absl::Duration wait_timeout) {
   auto copy = std::unique_ptr<PoolCopyChannel>(
       new PoolCopyChannel(context, ops, nodes.size(), wait_timeout));
-  SharedPool::CopyRequest request;
+  SharedPool::CopyRequest& request = copy->request_;
   request.database_id = context.DatabaseId();
   request.copy_sql = std::move(copy_sql);
   request.slot_wait_timeout = wait_timeout;
@@ -27,11 +29,20 @@ absl::StatusOr<std::unique_ptr<PoolCopyChannel>> PoolCopyChannel::Begin(
     request.local.push_back(context.IsLocal(node));
   }
   request.nodes = std::move(nodes);
+  // The open travels with the first chunk, in the same area: what is left
+  // of it is the first chunk's room.
+  absl::StatusOr<size_t> open_bytes = EncodeCopyOpen(request, nullptr, SIZE_MAX);
+  if (!open_bytes.ok()) return open_bytes.status();
+  copy->open_bytes_ = *open_bytes;
+  if (copy->open_bytes_ + CopyChunkOverhead(copy->gathered_.size()) >= copy->capacity_) {
+    return PoolChannel::WithSqlstate(
+        absl::ResourceExhaustedError(
+            absl::StrCat("the COPY's nodes and statement (", copy->open_bytes_,
+                         " bytes) leave no room for rows in connthrottle.pool_message_bytes (",
+                         copy->capacity_, " bytes)")),
+        "54000");
+  }
   ops.lost_copy();  // what an earlier COPY of this slot left
-  copy->open_ = true;
-  absl::StatusOr<PoolResponse> opened = copy->Step(
-      [&](char* area, size_t capacity) { return EncodeCopyOpen(request, area, capacity); });
-  if (!opened.ok()) return opened.status();
   return copy;
 }
 
@@ -47,8 +58,7 @@ PoolCopyChannel::~PoolCopyChannel() {
   }
 }
 
-absl::StatusOr<PoolResponse> PoolCopyChannel::Step(
-    absl::FunctionRef<absl::StatusOr<size_t>(char* area, size_t capacity)> encode) {
+absl::StatusOr<PoolResponse> PoolCopyChannel::Step(MessageKind kind) {
   if (ChannelState lost = ops_.lost_copy(); lost != ChannelState::kReady) {
     open_ = false;
     return PoolChannel::WithSqlstate(
@@ -58,7 +68,23 @@ absl::StatusOr<PoolResponse> PoolCopyChannel::Step(
                          " during this COPY; every node's COPY was rolled back")),
         lost == ChannelState::kTerminated ? "57P01" : "08006");
   }
-  absl::StatusOr<PoolResponse> response = channel_.Call(encode);
+  // The first step opens the COPY: the communicator pins the nodes'
+  // connections, then takes the chunk.
+  const bool opening = !open_;
+  open_ = true;
+  absl::StatusOr<PoolResponse> response =
+      channel_.Call([&](char* area, size_t capacity) -> absl::StatusOr<size_t> {
+        size_t opened = 0;
+        if (opening) {
+          absl::StatusOr<size_t> n = EncodeCopyOpen(request_, area, capacity);
+          if (!n.ok()) return n.status();
+          opened = *n;
+        }
+        absl::StatusOr<size_t> n =
+            EncodeCopyChunk(kind, gathered_, area + opened, capacity - opened);
+        if (!n.ok()) return n.status();
+        return opened + *n;
+      });
   // After an error the COPY is over for this session. The communicator
   // ended it if the error was its answer, or if the step was withdrawn (a
   // cancel); but a step answered just before its withdrawal, or never
@@ -70,11 +96,12 @@ absl::StatusOr<PoolResponse> PoolCopyChannel::Step(
 }
 
 absl::Status PoolCopyChannel::Send(size_t node, std::string_view row) {
-  if (!open_ || failed_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
+  if (failed_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
   if (node >= gathered_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("no node ", node, " in this COPY"));
   }
-  const size_t room = capacity_ - std::min(capacity_, CopyChunkOverhead(gathered_.size()));
+  const size_t room = capacity_ - std::min(capacity_, CopyChunkOverhead(gathered_.size()) +
+                                                          (open_ ? 0 : open_bytes_));
   if (row.size() > room) {
     return PoolChannel::WithSqlstate(
         absl::ResourceExhaustedError(absl::StrCat(
@@ -92,9 +119,7 @@ absl::Status PoolCopyChannel::Send(size_t node, std::string_view row) {
 
 absl::Status PoolCopyChannel::SendGathered() {
   if (gathered_bytes_ == 0) return absl::OkStatus();
-  absl::StatusOr<PoolResponse> sent = Step([&](char* area, size_t capacity) {
-    return EncodeCopyChunk(MessageKind::kCopyData, gathered_, area, capacity);
-  });
+  absl::StatusOr<PoolResponse> sent = Step(MessageKind::kCopyData);
   if (!sent.ok()) return sent.status();
   for (std::string& g : gathered_) g.clear();
   gathered_bytes_ = 0;
@@ -102,13 +127,12 @@ absl::Status PoolCopyChannel::SendGathered() {
 }
 
 absl::StatusOr<std::vector<SharedPool::CopyNodeResult>> PoolCopyChannel::Finish() {
-  if (!open_ || failed_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
+  if (failed_ || finished_) return absl::FailedPreconditionError("connthrottle: the COPY is over");
   // The last rows go with the end: one step.
-  absl::StatusOr<PoolResponse> ended = Step([&](char* area, size_t capacity) {
-    return EncodeCopyChunk(MessageKind::kCopyEnd, gathered_, area, capacity);
-  });
+  absl::StatusOr<PoolResponse> ended = Step(MessageKind::kCopyEnd);
   if (!ended.ok()) return ended.status();
   open_ = false;
+  finished_ = true;
   return CopyResultsOf(*std::move(ended));
 }
 

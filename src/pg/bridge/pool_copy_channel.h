@@ -1,9 +1,11 @@
 // distribute's COPY through the communicator's shared pool, as a backend
-// sees it: Begin asks the communicator to open the COPY (one pooled
-// connection per node, pinned, in the global order: SharedPool::OpenCopy),
-// Send gathers rows per node, at most one message area's worth, and sends
-// them as one chunk, waiting for its acknowledgement (every node's part
-// flushed to its worker); Finish sends the rest and ends every node's COPY.
+// sees it: Send gathers rows per node, at most one message area's worth,
+// and sends them as one chunk, waiting for its acknowledgement (every
+// node's part flushed to its worker); Finish sends the rest with the end of
+// every node's COPY. The first chunk carries the open: the communicator
+// first pins one pooled connection per node, in the global order, all or
+// nothing (SharedPool::OpenCopy), waiting up to the wait timeout (53300),
+// and only then sends rows. So a small COPY is one round trip.
 // The backend's memory stays within one area, whatever the row count.
 //
 // Errors carry their SQLSTATE (kSqlstatePayload); Cancelled when the
@@ -26,6 +28,7 @@
 #include "connthrottle/executor/executor.h"
 #include "connthrottle/executor/shared_pool.h"
 #include "pg/bridge/channel_ops.h"
+#include "pg/bridge/copy_message.h"
 #include "pg/bridge/pool_channel.h"
 
 namespace connthrottle::pg {
@@ -50,18 +53,21 @@ class PoolCopyChannel {
  private:
   PoolCopyChannel(ExecutionContext& context, ChannelOps ops, size_t nodes,
                   absl::Duration wait_timeout);
-  // One step of the COPY; after an error the communicator holds it no more.
-  absl::StatusOr<PoolResponse> Step(
-      absl::FunctionRef<absl::StatusOr<size_t>(char* area, size_t capacity)> encode);
+  // One step of the COPY: the gathered rows as a chunk (kCopyData) or the
+  // last one with the end (kCopyEnd); the first step carries the open.
+  absl::StatusOr<PoolResponse> Step(MessageKind kind);
   absl::Status SendGathered();
 
   ChannelOps ops_;
   PoolChannel channel_;
   std::vector<std::string> gathered_;  // per node
   size_t gathered_bytes_ = 0;
-  size_t capacity_ = 0;  // the message area's
-  bool open_ = false;    // the communicator may hold the COPY: aborted unless finished
-  bool failed_ = false;  // a step failed: the COPY is over for this session
+  size_t capacity_ = 0;              // the message area's
+  SharedPool::CopyRequest request_;  // sent with the first step
+  size_t open_bytes_ = 0;            // what the open takes of the area
+  bool open_ = false;                // the communicator may hold the COPY: aborted unless finished
+  bool failed_ = false;              // a step failed: the COPY is over for this session
+  bool finished_ = false;
 };
 
 }  // namespace connthrottle::pg

@@ -359,7 +359,17 @@ void SubmitCopyLocked(Service& svc, int slot, MessageKind kind, char* area, size
                       size_t capacity) ABSL_EXCLUSIVE_LOCKS_REQUIRED(svc.requests_mu) {
   auto it = svc.copies.find(slot);
   if (kind == MessageKind::kCopyOpen) {
-    absl::StatusOr<SharedPool::CopyRequest> request = DecodeCopyOpen(area, size);
+    size_t consumed = 0;
+    absl::StatusOr<SharedPool::CopyRequest> request = DecodeCopyOpen(area, size, &consumed);
+    // The first chunk, if it came with the open.
+    const MessageKind then = request.ok() && consumed < size
+                                 ? KindOf(area + consumed, size - consumed)
+                                 : MessageKind::kCopyOpen;
+    absl::StatusOr<std::vector<SharedPool::CopyPart>> chunk =
+        then == MessageKind::kCopyData || then == MessageKind::kCopyEnd
+            ? DecodeCopyChunk(area + consumed, size - consumed)
+            : std::vector<SharedPool::CopyPart>{};
+    if (request.ok() && !chunk.ok()) request = chunk.status();
     absl::Status pool = request.ok() ? EnsurePool(svc) : absl::OkStatus();
     if (!request.ok() || !pool.ok()) {
       AnswerNow(svc, slot, area, capacity, !request.ok() ? request.status() : pool,
@@ -375,8 +385,18 @@ void SubmitCopyLocked(Service& svc, int slot, MessageKind kind, char* area, size
     e.area = area;
     e.capacity = capacity;
     e.answering = true;
+    e.finishing = then == MessageKind::kCopyEnd;
     e.ticket = svc.pool->OpenCopy(*std::move(request),
                                   [&svc, slot, seq = e.seq] { OnCopyProgress(svc, slot, seq); });
+    // Asked for now, taken once the COPY is open; answered when done.
+    absl::Status asked = then == MessageKind::kCopyEnd    ? svc.pool->FinishCopy(e.ticket, *chunk)
+                         : then == MessageKind::kCopyData ? svc.pool->SendCopy(e.ticket, *chunk)
+                                                          : absl::OkStatus();
+    if (!asked.ok()) {  // the pool stopped meanwhile
+      svc.pool->CancelCopy(e.ticket);
+      AnswerNow(svc, slot, area, capacity, asked, "08006");
+      svc.copies.erase(slot);
+    }
     return;
   }
   if (it == svc.copies.end()) {
