@@ -165,6 +165,7 @@ bool SharedPool::Loop::Advance(CopyRun& run, absl::Time now) {
           })) {
         ++stats.copies_opened;
         StepDone(run);
+        return Advance(run, now);  // a step asked for behind Open goes now
       }
       return false;
     case Stage::kReady:
@@ -172,7 +173,10 @@ bool SharedPool::Loop::Advance(CopyRun& run, absl::Time now) {
       if (run.stage != Stage::kReady) return Advance(run, now);
       return false;
     case Stage::kSending:
-      if (all([](const CopyTarget& t) { return t.pending.empty() && t.flushed; })) StepDone(run);
+      if (all([](const CopyTarget& t) { return t.pending.empty() && t.flushed; })) {
+        StepDone(run);
+        return Advance(run, now);
+      }
       return false;
     case Stage::kFinishing:
       // No node's COPY ends before every node's has taken its last rows: a
