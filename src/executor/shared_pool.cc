@@ -209,22 +209,18 @@ SharedPool::CopyProgress TakeCopyProgress(SharedPool::Copy& copy)
 }  // namespace
 
 absl::Status SharedPool::SendCopy(const CopyTicket& ticket, std::vector<CopyPart> chunk) {
-  {
-    std::lock_guard<std::mutex> lock(ticket->mu);
-    if (absl::Status s = AskStep(*ticket, std::move(chunk), false); !s.ok()) return s;
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    copies_.push_back(ticket);
-  }
-  Wake();
-  return absl::OkStatus();
+  return QueueCopyStep(ticket, std::move(chunk), /*finish=*/false);
 }
 
 absl::Status SharedPool::FinishCopy(const CopyTicket& ticket, std::vector<CopyPart> last) {
+  return QueueCopyStep(ticket, std::move(last), /*finish=*/true);
+}
+
+absl::Status SharedPool::QueueCopyStep(const CopyTicket& ticket, std::vector<CopyPart> chunk,
+                                       bool finish) {
   {
     std::lock_guard<std::mutex> lock(ticket->mu);
-    if (absl::Status s = AskStep(*ticket, std::move(last), true); !s.ok()) return s;
+    if (absl::Status s = AskStep(*ticket, std::move(chunk), finish); !s.ok()) return s;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);

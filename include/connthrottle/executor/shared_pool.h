@@ -294,6 +294,8 @@ class SharedPool {
   struct Loop;
 
   void Wake();
+  // SendCopy's and FinishCopy's step: asked for, then put in the inbox.
+  absl::Status QueueCopyStep(const CopyTicket& ticket, std::vector<CopyPart> chunk, bool finish);
 
   Owner& owner_;
   LimitFunction limit_;

@@ -54,15 +54,7 @@ absl::StatusOr<size_t> EncodeCopyOpen(const SharedPool::CopyRequest& request, ch
     w.String(request.nodes[i].host);
     w.Put<int32_t>(request.nodes[i].port);
     w.Put<uint8_t>(i < request.local.size() && request.local[i] ? 1 : 0);
-    const ConnParams empty;
-    const ConnParams& params = i < request.params.size() ? request.params[i] : empty;
-    uint32_t n = 0;
-    for (const char* const* k = params.keywords(); *k != nullptr; ++k) ++n;
-    w.Put(n);
-    for (uint32_t j = 0; j < n; ++j) {
-      w.String(params.keywords()[j]);
-      w.String(params.values()[j]);
-    }
+    PutParams(w, i < request.params.size() ? request.params[i] : ConnParams());
   }
   if (!w.ok()) {
     return absl::ResourceExhaustedError(
@@ -87,13 +79,7 @@ absl::StatusOr<SharedPool::CopyRequest> DecodeCopyOpen(const char* in, size_t si
     node.host = r.String();
     node.port = r.Get<int32_t>();
     c.local.push_back(r.Get<uint8_t>() != 0);
-    ConnParams params;
-    const uint32_t pairs = r.Count(8);
-    for (uint32_t j = 0; j < pairs && r.ok(); ++j) {
-      std::string k = r.String();
-      std::string v = r.String();
-      params.Set(std::move(k), std::move(v));
-    }
+    ConnParams params = GetParams(r);
     c.nodes.push_back(std::move(node));
     c.params.push_back(std::move(params));
   }

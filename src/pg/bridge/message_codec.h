@@ -9,8 +9,10 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "absl/strings/string_view.h"
+#include "connthrottle/conn_params.h"
 
 namespace connthrottle::pg {
 
@@ -104,6 +106,28 @@ class Reader {
   size_t pos_ = 0;
   bool ok_ = true;
 };
+
+// A node's connection parameters, as keyword/value pairs.
+inline void PutParams(Writer& w, const ConnParams& params) {
+  uint32_t n = 0;
+  for (const char* const* k = params.keywords(); *k != nullptr; ++k) ++n;
+  w.Put(n);
+  for (uint32_t j = 0; j < n; ++j) {
+    w.String(params.keywords()[j]);
+    w.String(params.values()[j]);
+  }
+}
+
+inline ConnParams GetParams(Reader& r) {
+  ConnParams params;
+  const uint32_t pairs = r.Count(8);
+  for (uint32_t j = 0; j < pairs && r.ok(); ++j) {
+    std::string k = r.String();
+    std::string v = r.String();
+    params.Set(std::move(k), std::move(v));
+  }
+  return params;
+}
 
 }  // namespace connthrottle::pg
 

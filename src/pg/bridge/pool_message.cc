@@ -83,15 +83,7 @@ absl::StatusOr<size_t> EncodeRequest(const SharedPool::Submission& request, char
     w.String(t.sql);
     w.Put<uint8_t>(t.allow_local ? 1 : 0);
     w.Put<uint8_t>(i < request.local.size() && request.local[i] ? 1 : 0);
-    uint32_t n = 0;
-    const ConnParams empty;
-    const ConnParams& params = i < request.params.size() ? request.params[i] : empty;
-    for (const char* const* k = params.keywords(); *k != nullptr; ++k) ++n;
-    w.Put(n);
-    for (uint32_t j = 0; j < n; ++j) {
-      w.String(params.keywords()[j]);
-      w.String(params.values()[j]);
-    }
+    PutParams(w, i < request.params.size() ? request.params[i] : ConnParams());
   }
   if (!w.ok()) {
     return absl::ResourceExhaustedError(
@@ -117,13 +109,7 @@ absl::StatusOr<SharedPool::Submission> DecodeRequest(const char* in, size_t size
     t.sql = r.String();
     t.allow_local = r.Get<uint8_t>() != 0;
     s.local.push_back(r.Get<uint8_t>() != 0);
-    ConnParams params;
-    const uint32_t pairs = r.Count(8);
-    for (uint32_t j = 0; j < pairs && r.ok(); ++j) {
-      std::string k = r.String();
-      std::string v = r.String();
-      params.Set(std::move(k), std::move(v));
-    }
+    ConnParams params = GetParams(r);
     s.tasks.push_back(std::move(t));
     s.params.push_back(std::move(params));
   }
