@@ -317,7 +317,7 @@ class EntryLockAfterDeathTest : public ::testing::Test {
     auto* h = static_cast<internal::TableHeader*>(table_.region());
     for (uint32_t e = 0; e < h->capacity; ++e) {
       internal::Entry& entry = internal::EntryAt(h, e);
-      if (entry.in_use.load() != 0 && entry.hash.load() == key.hash()) return entry.word;
+      if (entry.in_use.load() != 0 && entry.hash.load() == key.node_hash()) return entry.word;
     }
     ADD_FAILURE() << "no entry for " << key.host();
     return internal::EntryAt(h, 0).word;

@@ -271,15 +271,16 @@ std::unique_ptr<Cluster> StartCluster(const Options& options, bool need_coordina
   return c;
 }
 
-// The limit counts per (node, database), so several databases may together
-// open more connections to a worker than it accepts from the clients' roles
-// (max_connections, less superuser_reserved_connections for roles that are
-// not superusers). The worker refuses those with "too many clients", which
-// the shared pool retries without the clients seeing an error: says so
-// before the run. Nothing to say, and no connection, with the defaults.
+// With roles that are not superusers a worker accepts fewer connections
+// from the clients than max_connections (less superuser_reserved_connections),
+// so a limit set near max_connections may let the coordinator open more
+// than the worker accepts. The worker refuses those with "too many clients",
+// which the shared pool retries without the clients seeing an error: says so
+// before the run. Nothing to say, and no connection, as the superuser. (The
+// limit is the node's across all databases: more databases open no more.)
 void WarnIfWorkersMayRefuse(const Cluster& cluster, int limit) {
-  if (!cluster.MadeRoles() && cluster.databases.size() <= 1) return;
-  const int64_t most = int64_t{limit} * cluster.databases.size();
+  if (!cluster.MadeRoles()) return;
+  const int64_t most = limit;
   for (const Endpoint& w : cluster.workers) {
     std::unique_ptr<PgClient> client = MustConnect(cluster, w);
     int accepts = std::atoi(client->QueryValue("SHOW max_connections").value_or("0").c_str());
@@ -289,10 +290,9 @@ void WarnIfWorkersMayRefuse(const Cluster& cluster, int limit) {
     }
     if (most <= accepts) continue;
     std::fprintf(stderr,
-                 "note: the limit counts per (node, database): %zu x %d may be %lld connections "
-                 "to %s, which accepts %d from the clients' roles; it will refuse the rest\n",
-                 cluster.databases.size(), limit, static_cast<long long>(most), w.name.c_str(),
-                 accepts);
+                 "note: the limit of %lld connections to %s is more than it accepts from the "
+                 "clients' roles (%d); it will refuse the rest\n",
+                 static_cast<long long>(most), w.name.c_str(), accepts);
   }
 }
 

@@ -96,7 +96,7 @@ std::unique_ptr<PgClient> MustConnect(const Cluster& c, const Endpoint& e,
 std::unique_ptr<Cluster> StartCluster(const Options& options, bool need_coordinator);
 
 // Says before the run when the workers may refuse some of the `limit`
-// connections per (node, database) that the clients' roles may have.
+// connections per node that the clients' roles may have.
 void WarnIfWorkersMayRefuse(const Cluster& cluster, int limit);
 
 // The limit and the transport of the next run (a reload).

@@ -74,7 +74,8 @@ ABSL_FLAG(int, databases, 1,
           "sql mode: spread the clients over this many databases, client i in database "
           "(i / roles) % N: postgres, then connthrottle_stress_db2..N, made on the coordinator "
           "(with the extension and its catalog of the workers) and on every worker (with the "
-          "shard table and its data) if missing. The limit counts per (node, database)");
+          "shard table and its data) if missing. The limit counts per node, across databases: the "
+          "monitor judges each worker's connections from every database together");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(30), "length of each run");
 ABSL_FLAG(std::string, mix, "fanout=2,router=2,copy=1",
           "workload mix as name=weight: fanout (run_tasks on every worker), router (one task "

@@ -150,7 +150,7 @@ void AddPeakRows(Table& table, const std::vector<RunData>& runs) {
       if (w >= r.workers.size()) return std::string("-");
       const WorkerFigures& f = r.workers[w];
       return absl::StrCat(f.peak, " (limit ", f.limit < 0 ? "off" : absl::StrCat(f.limit),
-                          f.limit >= 0 && !f.peak_per_database.empty() ? " per database" : "",
+                          f.limit >= 0 && !f.peak_per_database.empty() ? ", all databases" : "",
                           ", max_connections ", f.max_connections, ")");
     });
     for (size_t d = 0; d < runs[0].workers[w].peak_per_database.size(); ++d) {

@@ -93,7 +93,7 @@ TEST(ReportTest, RolesAndDatabasesAreReportedOnlyWhenThereAreSeveral) {
   run.clients[2].completed = 20;
   run.clients[2].failed = 3;
   run.sqlstate_53300_errors = 3;
-  run.workers[0].peak_per_database = {4, 2};
+  run.workers[0].peak_per_database = {3, 1};
   const Verdict verdict = Judge(run, kSettle, kStall);
   const std::string text = TextReport({run}, verdict);
   for (const char* row :
@@ -105,7 +105,7 @@ TEST(ReportTest, RolesAndDatabasesAreReportedOnlyWhenThereAreSeveral) {
   EXPECT_THAT(text, ContainsRegex("operations failed with SQLSTATE 53300 +3 "));
   // Per client 80 and 20: 100^2 / (2 * (6400 + 400)) = 0.735.
   EXPECT_THAT(text, ContainsRegex("Jain's index across roles \\(per client\\) +0\\.735"));
-  EXPECT_THAT(text, HasSubstr("4 (limit 4 per database, max_connections 12)"));
+  EXPECT_THAT(text, HasSubstr("4 (limit 4, all databases, max_connections 12)"));
   EXPECT_THAT(text, HasSubstr("peak connections, worker1, d2"));
   const std::string json = JsonReport({run}, verdict);
   EXPECT_THAT(json, HasSubstr(R"("roles":[{"name":"r1","clients":2,"completed":160,"failed":0},)"
@@ -113,7 +113,7 @@ TEST(ReportTest, RolesAndDatabasesAreReportedOnlyWhenThereAreSeveral) {
   EXPECT_THAT(json,
               HasSubstr(R"("databases":[{"name":"d1","clients":2,"completed":120,"failed":3},)"));
   EXPECT_THAT(json, HasSubstr(R"("jain_index_roles":0.735294,"sqlstate_53300_errors":3)"));
-  EXPECT_THAT(json, HasSubstr(R"("peak_per_database":[4,2])"));
+  EXPECT_THAT(json, HasSubstr(R"("peak_per_database":[3,1])"));
 
   // One role in one database: the report is what it was before roles.
   RunData plain = CleanRun();

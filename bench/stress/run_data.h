@@ -75,8 +75,8 @@ absl::Duration LongestSampleGap(const std::vector<Sample>& samples, absl::Durati
 
 struct WorkerFigures {
   std::string name;
-  // max_shared_pool_size in force (-1: off). It counts per (node, database):
-  // with several databases each may have this many connections.
+  // max_shared_pool_size in force (-1: off): the node's, across all
+  // databases.
   int limit = 0;
   int max_connections = 0;      // the worker's own max_connections
   int peak = 0;                 // peak connections from the coordinator, sampled
@@ -89,7 +89,7 @@ struct WorkerFigures {
   // read the log, i.e. a cluster it did not start).
   int64_t backends_started = -1;
   // The peak per database (RunData::databases' order) when the run used more
-  // than one; empty otherwise. The limit is judged against these then.
+  // than one; empty otherwise. Reported; the limit is judged against `peak`.
   std::vector<int> peak_per_database = {};
 };
 

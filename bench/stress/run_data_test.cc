@@ -354,18 +354,20 @@ TEST(JudgeTest, StarvedRoleFailsOnlyWhenTimingIsJudged) {
               ElementsAre(HasSubstr("client 2 completed nothing")));
 }
 
-TEST(JudgeTest, WithSeveralDatabasesTheLimitCountsPerDatabase) {
+TEST(JudgeTest, WithSeveralDatabasesTheLimitCountsPerNode) {
   RunData run = CleanRunOfRoles();
-  // 6 connections to worker1 in all, 4 and 2 per database: within 4 each.
-  run.workers[0].peak = 6;
-  run.workers[0].peak_per_database = {4, 2};
-  run.workers[1].peak_per_database = {3, 3};
+  // 4 connections to worker1 in all, 3 and 1 per database: within 4.
+  run.workers[0].peak = 4;
+  run.workers[0].peak_per_database = {3, 1};
+  run.workers[1].peak_per_database = {2, 2};
   EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
-  run.workers[1].peak_per_database = {3, 5};
+  // 6 in all, each database within 4: the node's limit is exceeded.
+  run.workers[1].peak = 6;
+  run.workers[1].peak_per_database = {3, 3};
   EXPECT_THAT(Judge(run, kSettle, kStall).violations,
-              ElementsAre("worker worker2, database d2: peak of 5 coordinator connections "
+              ElementsAre("worker worker2: peak of 6 coordinator connections (all databases) "
                           "exceeds the limit of 4"));
-  run.workers[1].forced = 1;
+  run.workers[1].forced = 2;
   EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
 }
 

@@ -68,7 +68,7 @@ void Sampler::Boost(const PgClient& client) const {
 
 // Connections from the coordinator (application_name connthrottle, as the
 // extension names them) that `client`'s worker has now in all, and with
-// several databases per database: the limit counts per (node, database).
+// several databases per database (reported; the limit counts per node).
 // False when the query failed.
 bool Sampler::Count(PgClient& client, int* total, std::vector<int>* per_database) const {
   if (databases_ <= 1) {

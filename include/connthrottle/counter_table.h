@@ -1,11 +1,11 @@
 // connthrottle/counter_table.h — the shared per-node connection counters.
 //
 // A CounterTable is a fixed-capacity table of counters, one entry per busy
-// NodeKey, placed in a memory region that someone else owns: PostgreSQL shared
-// memory, a POSIX shared memory segment (shared_segment.h) or plain heap
-// memory in tests. Every process and thread that maps the region shares the
-// counters. Before a participant opens a connection to a node it takes a slot
-// for the node's key; when the connection closes it gives the slot back.
+// node (host, port; every database of a node shares its entry, node_key.h), placed in a memory
+// region that someone else owns: PostgreSQL shared memory, a POSIX shared memory segment
+// (shared_segment.h) or plain heap memory in tests. Every process and thread that maps the region
+// shares the counters. Before a participant opens a connection to a node it takes a slot for the
+// node's key; when the connection closes it gives the slot back.
 //
 // Participants register as Owners. An Owner takes slots with one of three
 // explicit intents — there is no default path that skips counting:
@@ -135,24 +135,22 @@ struct AcquireOptions {
   std::optional<absl::Time> wait_began;
 };
 
-// What one registered owner holds on, or waits for, one key.
+// What one registered owner holds on, or waits for, one node.
 struct Holding {
   int pid = 0;  // the owner's process
   std::string host;
   int port = 0;
-  uint32_t database = 0;
   uint32_t connections = 0;  // slots held, of every kind
   uint32_t forced = 0;       // of which forced
   uint32_t reserved = 0;     // of which reservations
   bool waiting = false;      // queued for a slot of this key now
 };
 
-// One busy key, read without locking but consistently: the counts agree
+// One busy node, read without locking but consistently: the counts agree
 // with each other (a read that raced with a change is retried).
 struct KeyStats {
   std::string host;
   int port = 0;
-  uint32_t database = 0;
   uint32_t connections = 0;  // slots held, of every kind
   uint32_t forced = 0;       // of which taken by forced acquires
   uint32_t reserved = 0;     // of which taken as reservations

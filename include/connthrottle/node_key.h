@@ -1,9 +1,12 @@
-// connthrottle/node_key.h — the unit a shared connection counter is kept for.
+// connthrottle/node_key.h — a worker node and a database on it.
 //
 // A NodeKey names one worker endpoint and one database on it: (host, port,
-// database id). Keys are validated once, when they are made, and carry their
-// hash so that the hot path of the counter table never re-validates or
-// re-hashes them.
+// database id). The shared counters are kept per *node* (host, port): a
+// worker has one max_connections whichever database a connection is to, so
+// keys that differ only in their database share one counter and one limit.
+// The database still tells connections apart (pools, reservations). Keys are
+// validated once, when they are made, and carry their hashes so that the hot
+// path of the counter table never re-validates or re-hashes them.
 //
 // Keys are ordered by host, then port, then database. That order is the
 // *global order* in which reservations are taken (see reservation_ledger.h):
@@ -39,13 +42,23 @@ class NodeKey {
   int port() const { return port_; }
   uint32_t database() const { return database_; }
 
-  // A 64-bit hash of (host, port, database). It places the key in the shared
-  // table, so it is the same in every process and every build of one table
-  // layout version (unlike absl::Hash, which is seeded per process).
+  // A 64-bit hash of (host, port, database), the same in every process.
   uint64_t hash() const { return hash_; }
+  // A 64-bit hash of the node (host, port) alone. It places the node's
+  // counter in the shared table, so it is the same in every process and
+  // every build of one table layout version (unlike absl::Hash, which is
+  // seeded per process).
+  uint64_t node_hash() const { return node_hash_; }
+  // Whether both keys name the same node (host, port), whatever database.
+  bool SameNode(const NodeKey& other) const {
+    return node_hash_ == other.node_hash_ && port_ == other.port_ &&
+           padded_host_ == other.padded_host_;
+  }
 
   // "host:port/database", for messages.
   std::string ToString() const;
+  // "host:port": the node, whose counter every database of it shares.
+  std::string NodeName() const;
 
   friend bool operator==(const NodeKey& a, const NodeKey& b) {
     return a.hash_ == b.hash_ && a.port_ == b.port_ && a.database_ == b.database_ &&
@@ -64,17 +77,15 @@ class NodeKey {
   friend class OwnerOps;
   NodeKey(std::string_view host, uint16_t port, uint32_t database);
 
-  // How the shared table stores and compares a key: the host as zero-padded
-  // 64-bit words, and (port, host length, database) packed in one word.
+  // How the shared table stores and compares a node: the host as zero-padded
+  // 64-bit words, and (port, host length) packed in one word.
   size_t host_words() const { return padded_host_.size() / 8; }
   uint64_t host_word(size_t i) const {
     uint64_t word;
     std::memcpy(&word, padded_host_.data() + 8 * i, sizeof(word));
     return word;
   }
-  uint64_t meta() const {
-    return uint64_t{port_} | (uint64_t{host_len_} << 16) | (uint64_t{database_} << 32);
-  }
+  uint64_t node_meta() const { return uint64_t{port_} | (uint64_t{host_len_} << 16); }
   // Unique within the process for each key made by Create; copies share it.
   // Owners cache "this key lives in that entry" under it (owner.h).
   uint64_t id() const { return id_; }
@@ -84,6 +95,7 @@ class NodeKey {
   uint16_t port_;
   uint32_t database_;
   uint64_t hash_;
+  uint64_t node_hash_;
   uint64_t id_;
 };
 

@@ -10,7 +10,10 @@
 //     other waits for. All or nothing: if any wait fails, the slots taken by
 //     that call are given back.
 //   * At most one reservation per (node, database, user); a target the session
-//     already has a connection to needs none and is skipped.
+//     already has a connection to needs none and is skipped. One call names
+//     each node (host, port) once: its databases and users share one counter
+//     (node_key.h), so a second slot of it would be waited for while holding
+//     the first.
 //   * Consume hands a reservation's Slot to the connection being opened. The
 //     shared counters are not touched again: the slot was counted when it was
 //     reserved and stays counted (as SlotKind::kReservation) until the
@@ -63,7 +66,8 @@ class ReservationLedger {
   // (see Owner::AcquireWaiting) or a refusal, every slot this call took is
   // given back and the error names the node. `options` apply to every
   // acquire (its `reservation` is implied): with FullTablePolicy::kRefuse a
-  // full table refuses the reservation.
+  // full table refuses the reservation. InvalidArgument, with nothing taken,
+  // when two targets are of one node (host, port).
   absl::Status ReserveAll(std::vector<ReservationKey> targets,
                           absl::FunctionRef<Limit(const NodeKey&)> limit, absl::Time deadline,
                           absl::FunctionRef<bool()> interrupted,

@@ -1,6 +1,8 @@
 // CounterTable's acquires of every kind (optional, forced, unlimited,
-// reservation, local): what each counts and where each stops.
+// reservation, local): what each counts and where each stops; the databases
+// of a node sharing its counter.
 
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -27,7 +29,7 @@ TEST(CounterTableTest, OptionalAcquireStopsAtTheLimit) {
   }
   absl::StatusOr<Slot> refused = owner->TryAcquire(key, Limit::AtMost(3));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(Message(refused.status()), HasSubstr("worker-1:5432/1"));
+  EXPECT_THAT(Message(refused.status()), HasSubstr("node worker-1:5432: "));
   EXPECT_THAT(Message(refused.status()), HasSubstr("3 in use"));
   EXPECT_EQ(t->ConnectionCount(key), 3u);
   slots.pop_back();
@@ -36,14 +38,53 @@ TEST(CounterTableTest, OptionalAcquireStopsAtTheLimit) {
   EXPECT_EQ(StatsOf(t.table(), key)->refused, 1u);
 }
 
-TEST(CounterTableTest, KeysAreCountedSeparately) {
+TEST(CounterTableTest, NodesAreCountedSeparately) {
   HeapTable t;
   auto owner = *t->RegisterOwner();
   Slot a = *owner->TryAcquire(Key("h", 5432, 1), Limit::AtMost(1));
   Slot b = *owner->TryAcquire(Key("h", 5433, 1), Limit::AtMost(1));
-  Slot c = *owner->TryAcquire(Key("h", 5432, 2), Limit::AtMost(1));
+  Slot c = *owner->TryAcquire(Key("h2", 5432, 1), Limit::AtMost(1));
   EXPECT_FALSE(owner->TryAcquire(Key("h", 5432, 1), Limit::AtMost(1)).ok());
   EXPECT_EQ(t->Snapshot().size(), 3u);
+}
+
+// A worker has one max_connections: the databases of a node share its
+// counter and its limit, through the hot path (cached entries) and the
+// slow one, and its entry is dropped when the last of them gives back.
+TEST(CounterTableTest, DatabasesOfANodeShareItsCounter) {
+  HeapTable t;
+  auto owner = *t->RegisterOwner();
+  auto other = *t->RegisterOwner();
+  const NodeKey db1 = Key("h", 5432, 1), db2 = Key("h", 5432, 2), db3 = Key("h", 5432, 3);
+  absl::StatusOr<Slot> a = owner->TryAcquire(db1, Limit::AtMost(3));
+  absl::StatusOr<Slot> b = other->TryAcquire(db2, Limit::AtMost(3));
+  absl::StatusOr<Slot> c = owner->TryAcquire(db2, Limit::AtMost(3));
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(t->ConnectionCount(db3), 3u);
+  absl::StatusOr<Slot> refused = other->TryAcquire(db3, Limit::AtMost(3));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused.status().message(), HasSubstr("node h:5432: 3 in use"));
+  // A waiting acquire of another database is woken by the release of one.
+  absl::StatusOr<Slot> waited;
+  std::thread waiter([&] {
+    waited = other->AcquireWaiting(db3, Limit::AtMost(3), WaiterDeadline(), NoPolling());
+  });
+  AwaitCondition([&] { return t->LookupCounts(db1)->waiters == 1; });
+  a->Release();
+  waiter.join();
+  ASSERT_TRUE(waited.ok()) << waited.status();
+  ASSERT_EQ(t->Snapshot().size(), 1u);
+  EXPECT_EQ(t->Snapshot()[0].connections, 3u);
+  std::vector<Holding> holders = t->Holders();
+  ASSERT_EQ(holders.size(), 2u);
+  EXPECT_EQ(holders[0].connections + holders[1].connections, 3u);
+  EXPECT_TRUE(t->Audit().ok());
+  b->Release();
+  c->Release();
+  waited->Release();
+  EXPECT_FALSE(t->Lookup(db1).has_value());
+  EXPECT_EQ(t->Stats().entries_created, 1u);
+  EXPECT_TRUE(t->Audit().ok());
 }
 
 TEST(CounterTableTest, ZeroLimitRefusesWithoutCreatingAnEntry) {

@@ -19,7 +19,7 @@ namespace {
 // The key's row of Snapshot(), which Lookup must agree with.
 std::optional<KeyStats> SnapshotRow(CounterTable& table, const NodeKey& key) {
   for (KeyStats& k : table.Snapshot()) {
-    if (k.host == key.host() && k.port == key.port() && k.database == key.database()) return k;
+    if (k.host == key.host() && k.port == key.port()) return k;
   }
   return std::nullopt;
 }

@@ -24,7 +24,7 @@ TEST(CounterTableWaitTest, DeadlinePassesWithDeadlineExceeded) {
   absl::StatusOr<Slot> s =
       waiter->AcquireWaiting(key, Limit::AtMost(1), absl::Now() + absl::Milliseconds(50));
   EXPECT_EQ(s.status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(Message(s.status()), HasSubstr("slow:5432/1"));
+  EXPECT_THAT(Message(s.status()), HasSubstr("node slow:5432 became"));
   KeyStats k = *StatsOf(t.table(), key);
   EXPECT_EQ(k.waiters, 0u);
   EXPECT_EQ(k.waited, 1u);

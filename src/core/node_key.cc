@@ -9,8 +9,9 @@
 namespace connthrottle {
 namespace {
 
-// The key hash places keys in the shared index, so every process must compute
-// the same value: absl::Hash is seeded per process and cannot be used. This is
+// The node hash places nodes in the shared index, so every process must
+// compute the same value: absl::Hash is seeded per process and cannot be used.
+// This is
 // FNV-1a over the bytes followed by the murmur3 finaliser; it runs once per
 // NodeKey, never on the acquire path. Changing it changes the table layout
 // (bump internal::kLayoutVersion).
@@ -29,14 +30,22 @@ uint64_t Mix(uint64_t h) {
 // Ids start at 1: 0 marks an empty slot in an owner's entry cache.
 std::atomic<uint64_t> next_id{1};
 
-uint64_t StableHash(std::string_view host, uint16_t port, uint32_t database) {
+uint64_t HostHash(std::string_view host) {
   uint64_t h = 0xcbf29ce484222325ULL;
   for (unsigned char c : host) {
     h ^= c;
     h *= 0x100000001b3ULL;
   }
-  h ^= (uint64_t{port} << 32) | database;
-  return Mix(h);
+  return h;
+}
+
+// The node's hash places its counter in the shared table.
+uint64_t NodeHash(std::string_view host, uint16_t port) {
+  return Mix(HostHash(host) ^ (uint64_t{port} << 32));
+}
+
+uint64_t KeyHash(std::string_view host, uint16_t port, uint32_t database) {
+  return Mix(HostHash(host) ^ ((uint64_t{port} << 32) | database));
 }
 
 }  // namespace
@@ -64,7 +73,8 @@ NodeKey::NodeKey(std::string_view host, uint16_t port, uint32_t database)
       host_len_(static_cast<uint16_t>(host.size())),
       port_(port),
       database_(database),
-      hash_(StableHash(host, port, database)),
+      hash_(KeyHash(host, port, database)),
+      node_hash_(NodeHash(host, port)),
       id_(next_id.fetch_add(1, std::memory_order_relaxed)) {
   padded_host_.resize((host.size() + 7) / 8 * 8, '\0');
 }
@@ -72,6 +82,8 @@ NodeKey::NodeKey(std::string_view host, uint16_t port, uint32_t database)
 std::string NodeKey::ToString() const {
   return absl::StrCat(View(host()), ":", port_, "/", database_);
 }
+
+std::string NodeKey::NodeName() const { return absl::StrCat(View(host()), ":", port_); }
 
 std::strong_ordering operator<=>(const NodeKey& a, const NodeKey& b) {
   if (auto c = a.host().compare(b.host()); c != 0) {

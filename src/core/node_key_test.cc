@@ -33,6 +33,7 @@ constexpr char kHashChildEnv[] = "CONNTHROTTLE_NODE_KEY_TEST_HASH_CHILD";
 // with (so absl::Hash differs between two processes exactly when it does).
 struct Hashes {
   uint64_t node_key = 0;
+  uint64_t node = 0;
   uint64_t seed_address = 0;
 };
 
@@ -41,7 +42,8 @@ const int kSeedLike = 0;
 Hashes ComputeHashes() {
   absl::StatusOr<NodeKey> key = NodeKey::Create("worker-1.example", 6432, 16384);
   if (!key.ok()) std::abort();
-  return Hashes{key->hash(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&kSeedLike))};
+  return Hashes{key->hash(), key->node_hash(),
+                static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&kSeedLike))};
 }
 
 // When this binary is re-executed by HashIsTheSameInAFreshlyExecutedProcess,
@@ -307,14 +309,29 @@ TEST(NodeKeyHashTest, LowBitsSpreadOverBuckets) {
   }
 }
 
-// The hash places keys in the shared table, so a change to it is a layout
-// change: if this test fails, bump internal::kLayoutVersion (layout.h) and
-// update the pinned values together.
+// The node hash places nodes in the shared table, so a change to it is a
+// layout change: if this test fails, bump internal::kLayoutVersion
+// (layout.h) and update the pinned values together.
 TEST(NodeKeyHashTest, HashIsPinnedToKnownValues) {
   // FNV-1a over the host bytes, xor (port << 32 | database), murmur3 fmix64;
-  // values computed independently of this library.
+  // the node's without the database; values computed independently of this
+  // library.
   EXPECT_EQ(MustCreate("worker-1", 5432, 1).hash(), 0x790d708230fa9546ULL);
   EXPECT_EQ(MustCreate("10.0.0.7", 6432, 16384).hash(), 0xc083a0c307d51f09ULL);
+  EXPECT_EQ(MustCreate("worker-1", 5432, 1).node_hash(), 0x6c674464dc5e306eULL);
+  EXPECT_EQ(MustCreate("10.0.0.7", 6432, 16384).node_hash(), 0xc124d40f21c32d5aULL);
+}
+
+// The counters are kept per node: every database of a node has its hash.
+TEST(NodeKeyHashTest, NodeHashIgnoresTheDatabaseOnly) {
+  const NodeKey a = MustCreate("w", 5432, 1);
+  EXPECT_EQ(MustCreate("w", 5432, 2).node_hash(), a.node_hash());
+  EXPECT_EQ(MustCreate("w", 5432, UINT32_MAX).node_hash(), a.node_hash());
+  EXPECT_NE(MustCreate("w", 5433, 1).node_hash(), a.node_hash());
+  EXPECT_NE(MustCreate("v", 5432, 1).node_hash(), a.node_hash());
+  EXPECT_TRUE(MustCreate("w", 5432, 2).SameNode(a));
+  EXPECT_FALSE(MustCreate("w", 5433, 1).SameNode(a));
+  EXPECT_FALSE(MustCreate("ww", 5432, 1).SameNode(a));
 }
 
 TEST(NodeKeyHashTest, HashIsTheSameInAForkedProcess) {
@@ -324,6 +341,7 @@ TEST(NodeKeyHashTest, HashIsTheSameInAForkedProcess) {
     return WriteAll(fd, &h, sizeof(h)) ? 0 : 1;
   });
   EXPECT_EQ(child.node_key, parent.node_key);
+  EXPECT_EQ(child.node, parent.node);
 }
 
 // A forked child shares its parent's address space layout, so even a seeded
@@ -338,6 +356,7 @@ TEST(NodeKeyHashTest, HashIsTheSameInAFreshlyExecutedProcess) {
     return 3;  // exec failed
   });
   EXPECT_EQ(child.node_key, parent.node_key);
+  EXPECT_EQ(child.node, parent.node);
   if (child.seed_address == parent.seed_address) {
     std::fprintf(stderr,
                  "note: global addresses agreed across exec (ASLR off?), so this run could not "
@@ -346,6 +365,10 @@ TEST(NodeKeyHashTest, HashIsTheSameInAFreshlyExecutedProcess) {
 }
 
 // ---- ToString -------------------------------------------------------------
+
+TEST(NodeKeyToStringTest, NodeNameIsHostColonPort) {
+  EXPECT_EQ(MustCreate("worker-1", 5432, 16384).NodeName(), "worker-1:5432");
+}
 
 TEST(NodeKeyToStringTest, FormatsAsHostColonPortSlashDatabase) {
   EXPECT_EQ(MustCreate("worker-1", 5432, 16384).ToString(), "worker-1:5432/16384");

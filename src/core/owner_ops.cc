@@ -377,7 +377,8 @@ void OwnerOps::UnlockStructure() { h_->structure_lock.store(0, kRelease); }
 
 bool OwnerOps::KeyMatches(uint32_t e, const NodeKey& key) const {
   const Entry& entry = owner_.entries_[e];
-  if (entry.hash.load(kRelaxed) != key.hash() || entry.meta.load(kRelaxed) != key.meta()) {
+  if (entry.hash.load(kRelaxed) != key.node_hash() ||
+      entry.meta.load(kRelaxed) != key.node_meta()) {
     return false;
   }
   const internal::EntryKey& stored = internal::KeyAt(h_, e);
@@ -390,7 +391,7 @@ bool OwnerOps::KeyMatches(uint32_t e, const NodeKey& key) const {
 
 std::optional<uint32_t> OwnerOps::FindLive(const NodeKey& key) {
   const uint32_t mask = h_->index_buckets - 1;
-  const uint32_t tag = static_cast<uint32_t>(key.hash());
+  const uint32_t tag = static_cast<uint32_t>(key.node_hash());
   Bucket* buckets = Buckets(h_);
   uint32_t i = tag & mask;
   for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
@@ -411,7 +412,7 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
   LockStructure();
   // Under the structure lock the index is exact: a miss here is a real miss.
   const uint32_t mask = h_->index_buckets - 1;
-  const uint32_t tag = static_cast<uint32_t>(key.hash());
+  const uint32_t tag = static_cast<uint32_t>(key.node_hash());
   Bucket* buckets = Buckets(h_);
   uint32_t i = tag & mask;
   for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
@@ -443,8 +444,8 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
   // The entry is not in use, so no reader looks at its key until the unlock
   // below publishes it live with a new tag.
   internal::EntryKey& cold = internal::KeyAt(h_, e);
-  entry.hash.store(key.hash(), kRelaxed);
-  entry.meta.store(key.meta(), kRelaxed);
+  entry.hash.store(key.node_hash(), kRelaxed);
+  entry.meta.store(key.node_meta(), kRelaxed);
   for (size_t w = 0; w < internal::kHostWords; ++w) {
     cold.host[w].store(w < key.host_words() ? key.host_word(w) : 0, kRelaxed);
   }
@@ -463,7 +464,7 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
       Word::WithTag(Word::Tag(w) + 1) | Word::kLive | Word::kLocked | (w & Word::kStampMask),
       kRelaxed);
   owner_.locked_count_ = 0;
-  InsertBucketLocked(e, key.hash());
+  InsertBucketLocked(e, key.node_hash());
   h_->live_entries.fetch_add(1, kRelaxed);
   h_->entries_created.fetch_add(1, kRelaxed);
   UnlockStructure();
@@ -687,7 +688,7 @@ void OwnerOps::RepairIndexLocked() {
 
 absl::Status OwnerOps::Refusal(const NodeKey& key, Limit limit, const EntryCounts& counts) const {
   return absl::ResourceExhaustedError(
-      absl::StrCat("no free connection slot for node ", key.ToString(), ": ", counts.count,
+      absl::StrCat("no free connection slot for node ", key.NodeName(), ": ", counts.count,
                    " in use, ", counts.waiters, " waiting, limit ", limit.ToString()));
 }
 
@@ -695,7 +696,7 @@ absl::StatusOr<Slot> OwnerOps::TableFull(const NodeKey& key, const AcquireOption
   if (options.when_full == FullTablePolicy::kRefuse) {
     absl::Status full = absl::ResourceExhaustedError(
         absl::StrCat("the connection counter table is full (", h_->capacity,
-                     " busy nodes); cannot count a connection to ", key.ToString()));
+                     " busy nodes); cannot count a connection to ", key.NodeName()));
     full.SetPayload(kTableFullPayload, absl::Cord("full"));
     return full;
   }
@@ -814,12 +815,12 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
       absl::Time now = absl::Now();
       if (interrupted()) {
         gave_up = absl::CancelledError(absl::StrCat("wait for a connection slot to node ",
-                                                    key.ToString(), " was interrupted"));
+                                                    key.NodeName(), " was interrupted"));
         break;
       }
       if (now >= deadline) {
         gave_up = absl::DeadlineExceededError(
-            absl::StrCat("no connection slot to node ", key.ToString(), " became free within ",
+            absl::StrCat("no connection slot to node ", key.NodeName(), " became free within ",
                          absl::FormatDuration(now - start), " (limit ", limit.ToString(), ")"));
         break;
       }

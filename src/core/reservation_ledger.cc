@@ -13,6 +13,18 @@ absl::Status ReservationLedger::ReserveAll(
   // The global order; duplicates collapse to one reservation.
   std::sort(targets.begin(), targets.end());
   targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+  // A node's databases and users share its counter: a second slot of a node
+  // would be waited for while holding the first, which two sessions could
+  // each do with one slot of the node left. (Sorted: a node's targets are
+  // adjacent.)
+  for (size_t i = 1; i < targets.size(); ++i) {
+    if (targets[i].node.SameNode(targets[i - 1].node)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("node ", targets[i].node.NodeName(), " is named twice in one reservation (",
+                       targets[i - 1].node.ToString(), " and ", targets[i].node.ToString(),
+                       "): the databases and roles of a node share its connection slots"));
+    }
+  }
 
   std::vector<ReservationKey> taken;
   for (const ReservationKey& target : targets) {

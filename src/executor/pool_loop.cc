@@ -125,7 +125,7 @@ SharedPool::Loop::Pool& SharedPool::Loop::PoolFor(const NodeAddress& node, uint3
     regroup = true;
     pool.node = node;
     pool.key = key;
-    pool.key_name = absl::StrCat(node.host, ":", node.port, "/", database);
+    pool.key_name = key.NodeName();
     pool.params = params;
     pool.local = local;
     pool.interval_start = now;

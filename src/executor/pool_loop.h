@@ -173,7 +173,7 @@ struct SharedPool::Loop {
   struct Pool {
     NodeAddress node;
     std::optional<NodeKey> key;
-    std::string key_name;  // the counter table's key: pools with the same share its slots
+    std::string key_name;  // the node (host:port): pools of one node share its slots
     ConnParams params;
     bool local = false;
     // The round-robin over sessions. After a session is served it stays at

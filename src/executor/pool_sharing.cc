@@ -1,4 +1,4 @@
-// pool_sharing.cc — the shared pool's loop: sharing a node's slots: between pools of a key, with
+// pool_sharing.cc — the shared pool's loop: sharing a node's slots: between pools of a node, with
 // the node's other waiters, within a lowered limit. See pool_loop.h for the loop's state and who
 // owns it.
 
@@ -11,8 +11,8 @@
 
 namespace connthrottle {
 
-// Pools of one key (the same node and database: other roles, other
-// connection parameters) take slots from one counter. With k of them
+// Pools of one node (its databases, roles and connection parameters) take
+// slots from one counter. With k of them
 // busy, a pool's fair share is limit / k connections (at least one, at
 // most its cap). While a pool with queued tasks is below its share,
 // no pool grows beyond the share, and the pools above limit / k close one connection each as a

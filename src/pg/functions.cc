@@ -62,9 +62,8 @@ Datum connthrottle_assert_preloaded(PG_FUNCTION_ARGS) {
   PG_RETURN_VOID();
 }
 
-// node_stats() returns setof (host, port, database, database_oid, connections,
-// forced, reserved, waiters, acquired, refused, waited, wait_time,
-// forced_total, wakeups, cached)
+// node_stats() returns setof (host, port, connections, forced, reserved,
+// waiters, acquired, refused, waited, wait_time, forced_total, wakeups, cached)
 Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
   RequireTable();
   const int max = static_cast<int>(connthrottle::pg::Capacity());
@@ -72,43 +71,40 @@ Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
       palloc(sizeof(connthrottle::pg::NodeRow) * (max > 0 ? max : 1)));
   int count = 0;
   Raise(connthrottle::pg::NodeStats(rows, max, &count));
-  return ReturnRows<15>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
+  return ReturnRows<13>(fcinfo, count, [&](int i, Datum* values, bool*) {
     const connthrottle::pg::NodeRow& r = rows[i];
     values[0] = CStringGetTextDatum(r.host);
     values[1] = Int32GetDatum(r.port);
-    DatabaseName(r.database, &values[2], &nulls[2]);
-    values[3] = ObjectIdGetDatum(r.database);
-    values[4] = Int32GetDatum(static_cast<int32>(r.connections));
-    values[5] = Int32GetDatum(static_cast<int32>(r.forced));
-    values[6] = Int32GetDatum(static_cast<int32>(r.reserved));
-    values[7] = Int32GetDatum(static_cast<int32>(r.waiters));
-    values[8] = Int64GetDatum(static_cast<int64>(r.acquired));
-    values[9] = Int64GetDatum(static_cast<int64>(r.refused));
-    values[10] = Int64GetDatum(static_cast<int64>(r.waited));
-    values[11] = MicrosecondsInterval(r.wait_time_us);
-    values[12] = Int64GetDatum(static_cast<int64>(r.forced_total));
-    values[13] = Int64GetDatum(static_cast<int64>(r.wakeups));
-    values[14] = Int32GetDatum(static_cast<int32>(r.cached));
+    values[2] = Int32GetDatum(static_cast<int32>(r.connections));
+    values[3] = Int32GetDatum(static_cast<int32>(r.forced));
+    values[4] = Int32GetDatum(static_cast<int32>(r.reserved));
+    values[5] = Int32GetDatum(static_cast<int32>(r.waiters));
+    values[6] = Int64GetDatum(static_cast<int64>(r.acquired));
+    values[7] = Int64GetDatum(static_cast<int64>(r.refused));
+    values[8] = Int64GetDatum(static_cast<int64>(r.waited));
+    values[9] = MicrosecondsInterval(r.wait_time_us);
+    values[10] = Int64GetDatum(static_cast<int64>(r.forced_total));
+    values[11] = Int64GetDatum(static_cast<int64>(r.wakeups));
+    values[12] = Int32GetDatum(static_cast<int32>(r.cached));
   });
 }
 
-// holders() returns setof (pid, host, port, database, connections, forced,
-// reserved, waiting)
+// holders() returns setof (pid, host, port, connections, forced, reserved,
+// waiting)
 Datum connthrottle_holders(PG_FUNCTION_ARGS) {
   RequireTable();
   const connthrottle::pg::HolderRow* rows = nullptr;
   int count = 0;
   Raise(connthrottle::pg::Holders(&rows, &count));
-  return ReturnRows<8>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
+  return ReturnRows<7>(fcinfo, count, [&](int i, Datum* values, bool*) {
     const connthrottle::pg::HolderRow& r = rows[i];
     values[0] = Int32GetDatum(r.pid);
     values[1] = CStringGetTextDatum(r.host);
     values[2] = Int32GetDatum(r.port);
-    DatabaseName(r.database, &values[3], &nulls[3]);
-    values[4] = Int32GetDatum(static_cast<int32>(r.connections));
-    values[5] = Int32GetDatum(static_cast<int32>(r.forced));
-    values[6] = Int32GetDatum(static_cast<int32>(r.reserved));
-    values[7] = BoolGetDatum(r.waiting);
+    values[3] = Int32GetDatum(static_cast<int32>(r.connections));
+    values[4] = Int32GetDatum(static_cast<int32>(r.forced));
+    values[5] = Int32GetDatum(static_cast<int32>(r.reserved));
+    values[6] = BoolGetDatum(r.waiting);
   });
 }
 

@@ -266,7 +266,8 @@ void EnsureBackendExitCallback() {
 void DefineThrottlingSettings() {
   DefineCustomIntVariable(
       "connthrottle.max_shared_pool_size",
-      "Maximum number of connections to each worker node across all backends.",
+      "Maximum number of connections to each worker node across all backends, databases "
+      "and roles.",
       "-1 turns throttling off (connections are still counted); 0 uses max_connections.",
       &max_shared_pool_size, 0, -1, (1 << 20) - 1, PGC_SIGHUP, 0, nullptr,
       [](int newval, void* extra) { AssignLimit(newval, extra); }, nullptr);
@@ -278,12 +279,12 @@ void DefineThrottlingSettings() {
       "connection to the local node may be opened.",
       &local_shared_pool_size, 0, -1, (1 << 20) - 1, PGC_SIGHUP, 0, nullptr,
       [](int newval, void* extra) { AssignLimit(newval, extra); }, nullptr);
-  DefineCustomIntVariable(
-      "connthrottle.max_tracked_nodes",
-      "Number of (node, database) pairs that can have connections counted at once.",
-      "Shared memory is reserved for this many keys at server start; needs "
-      "max_tracked_nodes * (128 + 16 * MaxBackends) bytes, roughly.",
-      &max_tracked_nodes, 1024, 1, 1 << 20, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("connthrottle.max_tracked_nodes",
+                          "Number of worker nodes that can have connections counted at once.",
+                          "Shared memory is reserved for this many nodes at server start; needs "
+                          "max_tracked_nodes * (128 + 16 * MaxBackends) bytes, roughly.",
+                          &max_tracked_nodes, 1024, 1, 1 << 20, PGC_POSTMASTER, 0, nullptr, nullptr,
+                          nullptr);
   DefineCustomEnumVariable(
       "connthrottle.full_table_policy",
       "What a connection to a new node does when max_tracked_nodes are all busy.",

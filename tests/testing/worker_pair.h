@@ -160,15 +160,15 @@ inline int UnusedPort() {
 inline std::string Describe(const std::vector<KeyStats>& keys) {
   std::vector<std::string> out;
   for (const KeyStats& k : keys) {
-    out.push_back(absl::StrCat(k.host, ":", k.port, "/", k.database, " connections ", k.connections,
-                               " reserved ", k.reserved, " waiters ", k.waiters));
+    out.push_back(absl::StrCat(k.host, ":", k.port, " connections ", k.connections, " reserved ",
+                               k.reserved, " waiters ", k.waiters));
   }
   return out.empty() ? "none" : absl::StrJoin(out, "; ");
 }
 
 inline std::optional<KeyStats> StatsOf(const CounterTable& table, const NodeAddress& node) {
   for (const KeyStats& k : table.Snapshot()) {
-    if (k.host == node.host && k.port == node.port && k.database == 1) return k;
+    if (k.host == node.host && k.port == node.port) return k;
   }
   return std::nullopt;
 }

@@ -16,7 +16,6 @@ template <typename Row, typename Figures>
 void CopyKeyFigures(Row& row, const Figures& f) {
   CopyHost(row.host, f.host);
   row.port = f.port;
-  row.database = f.database;
   row.connections = f.connections;
   row.forced = f.forced;
   row.reserved = f.reserved;

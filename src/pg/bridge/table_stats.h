@@ -16,20 +16,18 @@ namespace connthrottle::pg {
 struct NodeRow {
   char host[256];
   int port;
-  uint32_t database;
   uint32_t connections, forced, reserved, waiters;
   uint64_t acquired, refused, waited, forced_total, wakeups;
   uint32_t cached;  // of connections: parked in sessions' caches
   int64_t wait_time_us;
 };
-// Copies up to `max` busy keys into `out`.
+// Copies up to `max` busy nodes into `out`.
 Outcome NodeStats(NodeRow* out, int max, int* count);
 
 struct HolderRow {
   int pid;
   char host[256];
   int port;
-  uint32_t database;
   uint32_t connections, forced, reserved;
   bool waiting;
 };

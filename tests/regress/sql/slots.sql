@@ -19,30 +19,28 @@ SELECT connthrottle.try_acquire('slot-a', 5432);
 SELECT connthrottle.try_acquire('slot-a', 5432);
 -- A forced acquire is granted above the limit and counted as forced.
 SELECT connthrottle.force_acquire('slot-a', 5432);
--- Another database of the same node is another key, with its own limit.
+-- Another database of the same node shares the node's limit: refused too.
 SELECT connthrottle.try_acquire('slot-a', 5432, 'postgres');
--- Every column of node_stats (database_oid compared, wait_time exact: no
--- acquire here ever waits).
-SELECT host, port, database,
-       database_oid = (SELECT oid FROM pg_database WHERE datname = database) AS database_oid_ok,
-       connections, forced,
+-- Another node has its own.
+SELECT connthrottle.try_acquire('slot-b', 5432, 'postgres');
+-- Every column of node_stats (wait_time exact: no acquire here ever waits).
+SELECT host, port, connections, forced,
        reserved, waiters, acquired, refused, waited, wait_time, forced_total, wakeups
-  FROM connthrottle.node_stats() ORDER BY host, port, database;
+  FROM connthrottle.node_stats() ORDER BY host, port;
 -- The nodes view shows the same.
 \d connthrottle.nodes
-SELECT host, port, database, connections, forced, reserved, waiters, acquired, refused
-  FROM connthrottle.nodes ORDER BY host, port, database;
+SELECT host, port, connections, forced, reserved, waiters, acquired, refused
+  FROM connthrottle.nodes ORDER BY host, port;
 -- This session's slots, oldest first.
 SELECT * FROM connthrottle.session_slots();
 -- The holders view names this backend for each node it holds slots of.
-SELECT pid = pg_backend_pid() AS me, host, port, database, connections, forced, reserved,
-       waiting
-  FROM connthrottle.holders ORDER BY host, port, database;
+SELECT pid = pg_backend_pid() AS me, host, port, connections, forced, reserved, waiting
+  FROM connthrottle.holders ORDER BY host, port;
 SELECT connthrottle.audit();
 -- release() gives back the most recent slot for the node: the forced one.
 SELECT connthrottle.release('slot-a', 5432);
-SELECT host, database, connections, forced, acquired, refused, forced_total
-  FROM connthrottle.node_stats() ORDER BY host, port, database;
+SELECT host, connections, forced, acquired, refused, forced_total
+  FROM connthrottle.node_stats() ORDER BY host, port;
 SELECT * FROM connthrottle.session_slots();
 -- Still at the limit (2 connections): refused.
 SELECT connthrottle.try_acquire('slot-a', 5432);
@@ -50,10 +48,10 @@ SELECT connthrottle.try_acquire('slot-a', 5432);
 SELECT connthrottle.release('slot-a', 5432);
 SELECT connthrottle.try_acquire('slot-a', 5432);
 -- Nothing held for these: release() says so and changes nothing.
-SELECT connthrottle.release('slot-b', 5432);
+SELECT connthrottle.release('slot-c', 5432);
 SELECT connthrottle.release('slot-a', 5433);
 SELECT connthrottle.release('slot-a', 5432, 'template1');
-SELECT host, database, connections FROM connthrottle.node_stats() ORDER BY host, port, database;
+SELECT host, connections FROM connthrottle.node_stats() ORDER BY host, port;
 -- release_all() gives back everything and says how many.
 SELECT connthrottle.release_all();
 SELECT connthrottle.release_all();

@@ -1,0 +1,206 @@
+// max_shared_pool_size is a limit per worker node (host, port) across every
+// database of the coordinator (issue 28, part A): sessions of two databases
+// together never have more than the limit of connections on a worker,
+// sampled from the worker's own pg_stat_activity, on both transports.
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <latch>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "gtest/gtest.h"
+#include "tests/testing/pg_client.h"
+#include "tests/testing/pg_executor_fixture.h"
+#include "tests/testing/pg_test_support.h"
+#include "tests/testing/run_tasks.h"
+
+namespace connthrottle::cluster {
+namespace {
+
+using namespace std::chrono_literals;
+
+// The second database, made on the coordinator (with the extension) and on
+// both workers (tasks connect to the database of the same name).
+constexpr char kSecondDatabase[] = "node_limit_second";
+
+class PgNodeLimitTest : public PgExecutorTest {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(PgExecutorTest::SetUp());
+    ASSERT_NO_FATAL_FAILURE(MakeDatabase(*obs_, /*with_extension=*/true));
+    for (auto& w : wobs_) ASSERT_NO_FATAL_FAILURE(MakeDatabase(*w, /*with_extension=*/false));
+  }
+
+  // Connects to the coordinator's database `database`.
+  static std::unique_ptr<PgClient> ConnectTo(const std::string& database) {
+    absl::StatusOr<std::unique_ptr<PgClient>> c = coordinator_->Connect(database);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+ private:
+  void MakeDatabase(PgClient& server, bool with_extension) {
+    if (Value(server, "SELECT count(*) FROM pg_database WHERE datname = $1",
+              {std::string(kSecondDatabase)}) == "0") {
+      ASSERT_TRUE(server.Exec(absl::StrCat("CREATE DATABASE ", kSecondDatabase)).ok());
+    }
+    if (!with_extension) return;
+    std::unique_ptr<PgClient> c = ConnectTo(kSecondDatabase);
+    ASSERT_NE(c, nullptr);
+    ASSERT_TRUE(c->Exec("CREATE EXTENSION IF NOT EXISTS connthrottle").ok());
+  }
+};
+
+// A slot taken in one database counts against the node for every other:
+// with the node at its limit through sessions of `postgres`, a session of the
+// second database gets no slot (optional acquire, then a waiting one that
+// times out), and the first release lets its waiting acquire through.
+TEST_P(PgNodeLimitTest, DatabasesOfACoordinatorShareTheNodesSlots) {
+  ASSERT_TRUE(SetSetting("connthrottle.max_shared_pool_size", "2"));
+  std::unique_ptr<PgClient> first = Connect();
+  std::unique_ptr<PgClient> second = ConnectTo(kSecondDatabase);
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(second, nullptr);
+  const std::string node = absl::StrCat("'", Host(), "', ", Port(0));
+  ASSERT_EQ(Value(*first, absl::StrCat("SELECT connthrottle.try_acquire(", node, ")")), "t");
+  ASSERT_EQ(Value(*first, absl::StrCat("SELECT connthrottle.try_acquire(", node, ")")), "t");
+  EXPECT_EQ(Value(*second, absl::StrCat("SELECT connthrottle.try_acquire(", node, ")")), "f");
+  absl::Status timed_out =
+      second->Exec(absl::StrCat("SELECT connthrottle.acquire(", node, ", timeout => '50ms')"));
+  EXPECT_EQ(SqlState(timed_out), "53300") << timed_out;
+  EXPECT_NE(timed_out.message().find(Node(0)), std::string::npos) << timed_out;
+  // One row for the node, both databases' slots in it.
+  EXPECT_EQ(Rows(*obs_, kNodes), absl::StrCat("(127.0.0.1,", Port(0), ",2,0,0,0)"));
+
+  // A waiting acquire of the second database, woken by a release in the first.
+  std::atomic<bool> acquired{false};
+  absl::Status waited;
+  std::thread waiter([&] {
+    waited =
+        second->Exec(absl::StrCat("SELECT connthrottle.acquire(", node, ", timeout => '60s')"));
+    acquired = true;
+  });
+  // (The thread is joined whatever happens: no ASSERT before the join.)
+  EXPECT_TRUE(PollUntil([&] { return WorkerCounters(0).waiters == 1; }));
+  EXPECT_FALSE(acquired.load()) << "the second database's acquire did not wait";
+  EXPECT_TRUE(first->Exec(absl::StrCat("SELECT connthrottle.release(", node, ")")).ok());
+  waiter.join();
+  EXPECT_TRUE(waited.ok()) << waited;
+  EXPECT_EQ(WorkerCounters(0).connections, 2);
+  EXPECT_EQ(Value(*obs_, "SELECT count(*) FROM connthrottle.holders"), "2");
+  EXPECT_TRUE(obs_->Exec("SELECT connthrottle.audit()").ok());
+}
+
+// Sessions of two databases run fan-out work on both workers at once, each
+// database alone enough to fill the limit: the workers' own pg_stat_activity
+// never shows more than the limit of coordinator connections, counting both
+// databases, while both databases have connections there together.
+TEST_P(PgNodeLimitTest, TwoDatabasesNeverExceedTheNodeLimit) {
+  constexpr int kLimit = 3;
+  constexpr int kSessionsPerDatabase = 3;
+  constexpr int kTasks = 12;
+  ASSERT_TRUE(SetSetting("connthrottle.max_shared_pool_size", std::to_string(kLimit)));
+  const std::vector<std::string> databases = {"postgres", kSecondDatabase};
+  std::vector<std::unique_ptr<PgClient>> clients;
+  for (const std::string& db : databases) {
+    for (int i = 0; i < kSessionsPerDatabase; ++i) {
+      clients.push_back(ConnectTo(db));
+      ASSERT_NE(clients.back(), nullptr);
+      ASSERT_TRUE(clients.back()->Exec("SET connthrottle.connection_wait_timeout = '30s'").ok());
+    }
+  }
+  std::vector<std::unique_ptr<PgClient>> samplers;
+  for (int w = 0; w < 2; ++w) {
+    absl::StatusOr<std::unique_ptr<PgClient>> c = workers_[w]->Connect();
+    ASSERT_TRUE(c.ok()) << c.status();
+    samplers.push_back(*std::move(c));
+  }
+  const std::string sample =
+      absl::StrCat(kCoordinatorConnections, " AND datname = 'postgres') AS first, (",
+                   kCoordinatorConnections, " AND datname = '", kSecondDatabase, "') AS second");
+  std::vector<TaskSpec> tasks;
+  for (int i = 0; i < kTasks; ++i) tasks.push_back({Host(), Port(i % 2), "SELECT pg_sleep(0.01)"});
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> peak[2] = {0, 0};
+  std::atomic<int> samples[2] = {0, 0};
+  std::atomic<int> both_at_once[2] = {0, 0};  // samples with both databases connected
+  std::atomic<bool> sample_failed{false};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 2; ++w) {
+    threads.emplace_back([&, w] {
+      while (!stop.load()) {
+        absl::StatusOr<QueryResult> r = samplers[w]->Query(absl::StrCat("SELECT (", sample));
+        if (!r.ok() || r->rows.size() != 1) {
+          sample_failed = true;
+          return;
+        }
+        const int first = ToInt(r->rows[0][0]), second = ToInt(r->rows[0][1]);
+        peak[w] = std::max(peak[w].load(), first + second);
+        if (first > 0 && second > 0) ++both_at_once[w];
+        ++samples[w];
+      }
+    });
+  }
+
+  std::latch go(static_cast<int>(clients.size()));
+  std::vector<std::string> failures(clients.size());
+  std::vector<int> executions(clients.size(), 0);
+  std::vector<std::thread> sessions;
+  for (size_t i = 0; i < clients.size(); ++i) {
+    sessions.emplace_back([&, i] {
+      go.arrive_and_wait();
+      // Until every session has 3 executions, the samplers 100 samples each
+      // and both databases were seen on each worker together; the deadline
+      // only stops a run that never gets there.
+      const Clock::time_point give_up = Clock::now() + 120s;
+      while ((executions[i] < 3 || samples[0].load() < 100 || samples[1].load() < 100 ||
+              both_at_once[0].load() == 0 || both_at_once[1].load() == 0) &&
+             Clock::now() < give_up && failures[i].empty()) {
+        absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(*clients[i], tasks);
+        if (!rows.ok()) {
+          failures[i] = rows.status().ToString();
+          break;
+        }
+        for (const TaskRow& r : *rows) {
+          if (!r.success) failures[i] = ::testing::PrintToString(r);
+        }
+        ++executions[i];
+      }
+    });
+  }
+  for (std::thread& t : sessions) t.join();
+  stop = true;
+  for (std::thread& t : threads) t.join();
+
+  for (size_t i = 0; i < clients.size(); ++i) {
+    EXPECT_EQ(failures[i], "") << "session " << i << " of " << databases[i / kSessionsPerDatabase];
+    EXPECT_GE(executions[i], 3) << "session " << i;
+  }
+  EXPECT_FALSE(sample_failed.load());
+  Report("6 sessions in 2 databases x run_tasks(12 x pg_sleep(0.01)) over 2 workers, limit 3",
+         absl::StrCat(absl::StrJoin(executions, "/"), " executions"));
+  for (int w = 0; w < 2; ++w) {
+    Report(absl::StrCat("worker", w + 1, ": peak coordinator backends, both databases"),
+           absl::StrCat(peak[w].load(), " in ", samples[w].load(), " samples, ",
+                        both_at_once[w].load(), " with both databases connected"));
+    EXPECT_LE(peak[w].load(), kLimit) << "worker " << w + 1 << " saw more coordinator backends";
+    EXPECT_GT(both_at_once[w].load(), 0) << "the databases never overlapped on worker " << w + 1;
+    EXPECT_GE(samples[w].load(), 100);
+  }
+  EXPECT_TRUE(obs_->Exec("SELECT connthrottle.audit()").ok());
+  clients.clear();
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, PgNodeLimitTest, ::testing::Values("direct", "shared_pool"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace connthrottle::cluster
