@@ -87,6 +87,42 @@ TEST_F(ExecutorTest, WorkerStoppedMidRun) {
   EXPECT_EQ(table().ConnectionCount(KeyOf(n3)), 0u);
 }
 
+// At a limit of one, the node's only connection is killed while its task
+// runs: its slot must go to the next task of the same execution. (Were the
+// broken connection's slot kept while the pool asks for a first connection
+// again, the execution would wait for itself until its wait timed out and
+// fail the task with 53300: what WorkerStoppedMidRun saw under load, when
+// all of the node's connections broke in one turn of the loop.)
+TEST_F(ExecutorTest, ABrokenConnectionsSlotGoesToTheNextTaskOfItsNode) {
+  const NodeAddress n1 = Addr(*w1_);
+  Session s(table(), Settings(1));
+  const std::vector<Task> tasks = {Task{n1, "SELECT pg_sleep(600)"}, Task{n1, "SELECT 2"}};
+  absl::StatusOr<ExecutionResult> r = absl::UnknownError("not run");
+  std::atomic<bool> done{false};
+  std::thread runner([&] {
+    r = s.executor.Execute(tasks);
+    done = true;
+  });
+  const bool running =
+      PollUntil([&] { return done || IntValue(*obs1_, kActiveCoordinatorQueries) == 1; });
+  const int killed = IntValue(*obs1_,
+                              "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE application_name = 'connthrottle' AND query LIKE "
+                              "'SELECT pg_sleep(600)%'");
+  const bool returned = PollUntil([&] { return done.load(); }, absl::Seconds(120));
+  if (!returned) s.context.Cancel();  // do not hang the binary
+  runner.join();
+  ASSERT_TRUE(running) << "the first task never ran";
+  ASSERT_EQ(killed, 1);
+  ASSERT_TRUE(returned) << "the execution hung after its connection was killed";
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(r->tasks[0].sqlstate, ::testing::AnyOf("08006", "57P01")) << r->tasks[0].status;
+  EXPECT_TRUE(r->tasks[1].status.ok()) << r->tasks[1].status;
+  EXPECT_EQ(r->stats.waited_for_first, 0) << "the execution waited for a slot it held itself";
+  EXPECT_EQ(table().ConnectionCount(KeyOf(n1)),
+            static_cast<uint32_t>(s.executor.CachedConnections()[n1]));
+}
+
 TEST_F(ExecutorTest, CachedConnectionKilledOnTheWorkerIsDetectedBeforeReuse) {
   const NodeAddress n1 = Addr(*w1_), n2 = Addr(*w2_);
   Session s(table(), Settings(16));

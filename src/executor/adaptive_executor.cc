@@ -471,6 +471,11 @@ struct ExecutionRun {
       const absl::Time now = absl::Now();
       for (auto& [node, pool] : pools) {
         Dispatch(pool);
+        // Broken connections give their slots back before the pool asks for
+        // new ones: a pool whose connections all broke at once (its worker
+        // stopped) would otherwise wait in Reconnect for the slots its own
+        // broken connections hold, until its wait timed out.
+        ReapBroken(pool);
         MaybeGrow(pool, now);
         if (absl::Status s = Reconnect(pool, now); !s.ok()) return s;
         ReapBroken(pool);
