@@ -3,9 +3,11 @@
 # Debian 12 packages. Run as root (or through sudo). Idempotent.
 set -eu
 
+# libkrb5-dev: PostgreSQL's libpq/libpq-be.h, which the worker's admission
+# hook needs (src/pg/admission.cc), includes gssapi.h.
 PACKAGES="build-essential cmake git pkg-config clang-format
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libpq-dev postgresql-15 postgresql-client-15 postgresql-server-dev-15
+  libpq-dev postgresql-15 postgresql-client-15 postgresql-server-dev-15 libkrb5-dev
   gnuplot-nox procps python3 spin"
 
 missing=""

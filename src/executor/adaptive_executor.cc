@@ -48,7 +48,8 @@ struct ExecutionRun {
     int k = 1;
     absl::Time interval_start;
     int opened_in_interval = 0;
-    absl::Time retry_optional_at;  // after a refusal, wait for the next interval
+    absl::Time retry_optional_at;    // after a refusal, wait for the next interval
+    absl::Duration refused_backoff;  // after the worker refused for lack of a slot
     // Cost model.
     absl::Duration task_time_total;
     int tasks_done = 0;
@@ -422,16 +423,46 @@ struct ExecutionRun {
     switch (ContinueConnecting(c, absl::Now())) {
       case ConnectProgress::kPending:
         return;
-      case ConnectProgress::kFailed:
-        Broken(pool, c, Trim(PQerrorMessage(c.pg)));
+      case ConnectProgress::kFailed: {
+        const ConnectError e = ReadConnectError(c.pg);
+        if (e.no_slot()) {
+          RefusedByWorker(pool, c, e);
+        } else {
+          Broken(pool, c, e.message);
+        }
         return;
+      }
       case ConnectProgress::kReady:
+        pool.refused_backoff = absl::ZeroDuration();
         pool.connect_time_total += c.ready - c.connect_started;
         ++pool.connects_done;
         ++stats.connections_opened;
         stats.ready_after[pool.node].push_back(c.ready - start);
         return;
     }
+  }
+
+  // The worker refused the connection for lack of a slot (53300: its
+  // max_connections, or its connthrottle.worker_budget shared with other
+  // coordinators). As after a refused optional acquire, the pool asks again
+  // later, backing off (from one slow-start interval, doubling, to 500 ms: each
+  // try costs the worker a backend start); its other connections serve its
+  // tasks meanwhile. With none, its tasks fail with 53300 only once the
+  // execution has waited its slot wait timeout.
+  void RefusedByWorker(Pool& pool, Connection& c, const ConnectError& e) {
+    c.state = State::kBroken;
+    ++stats.connections_failed;
+    const absl::Time now = absl::Now();
+    pool.refused_backoff =
+        std::clamp(2 * pool.refused_backoff, opt.slow_start_interval, absl::Milliseconds(500));
+    pool.retry_optional_at = now + pool.refused_backoff;
+    if (HasConnection(pool) || now - start < opt.slot_wait_timeout) return;
+    pool.failed = true;
+    FailPending(pool,
+                absl::ResourceExhaustedError(
+                    absl::StrCat("no connection slot at node ", pool.node.ToString(), " within ",
+                                 absl::FormatDuration(opt.slot_wait_timeout), ": ", e.message)),
+                "53300");  // too_many_connections
   }
 
   void RunOneLocalTask() {

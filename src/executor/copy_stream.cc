@@ -182,7 +182,7 @@ absl::Status CopyStream::Connect(Target& target) {
   }
   if (progress != ConnectProgress::kReady) {
     std::string why = not_started   ? *not_started
-                      : waited.ok() ? Trim(PQerrorMessage(c->pg))
+                      : waited.ok() ? ReadConnectError(c->pg).message
                                     : "timed out (node_connection_timeout)";
     c->state = AdaptiveExecutor::Connection::State::kBroken;
     std::vector<std::unique_ptr<AdaptiveExecutor::Connection>> one;

@@ -5,7 +5,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -42,6 +44,9 @@ std::optional<std::string> StartConnecting(AdaptiveExecutor::Connection& c,
     return c.pg != nullptr ? Trim(PQerrorMessage(c.pg)) : "out of memory";
   }
   QuietNotices(c.pg);
+  // The server's refusal then carries its SQLSTATE (ReadConnectError);
+  // back to the default once connected.
+  PQsetErrorVerbosity(c.pg, PQERRORS_VERBOSE);
   c.state = State::kConnecting;
   c.poll = PGRES_POLLING_WRITING;
   return std::nullopt;
@@ -52,9 +57,42 @@ ConnectProgress ContinueConnecting(AdaptiveExecutor::Connection& c, absl::Time n
   if (c.poll == PGRES_POLLING_FAILED) return ConnectProgress::kFailed;
   if (c.poll != PGRES_POLLING_OK) return ConnectProgress::kPending;
   PQsetnonblocking(c.pg, 1);
+  PQsetErrorVerbosity(c.pg, PQERRORS_DEFAULT);
   c.state = AdaptiveExecutor::Connection::State::kIdle;
   c.ready = now;
   return ConnectProgress::kReady;
+}
+
+// A verbose message reads "...FATAL:  53300: text\nDETAIL: ...\nLOCATION:
+// ...": the code after the severity is taken out, and the LOCATION line
+// dropped, which leaves the default message.
+ConnectError ReadConnectError(PGconn* pg) {
+  return ParseConnectError(pg != nullptr ? PQerrorMessage(pg) : "out of memory");
+}
+
+ConnectError ParseConnectError(std::string text) {
+  ConnectError e;
+  for (const char* severity : {"FATAL:  ", "ERROR:  ", "PANIC:  "}) {
+    const size_t at = text.find(severity);
+    if (at == std::string::npos) continue;
+    const size_t code = at + std::strlen(severity);
+    if (code + 7 > text.size() || text.compare(code + 5, 2, ": ") != 0) continue;
+    const std::string candidate = text.substr(code, 5);
+    if (!std::all_of(candidate.begin(), candidate.end(), [](char ch) {
+          return (ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'Z');
+        })) {
+      continue;
+    }
+    e.sqlstate = candidate;
+    text.erase(code, 7);
+    break;
+  }
+  for (size_t at; (at = text.find("LOCATION:  ")) != std::string::npos;) {
+    const size_t end = text.find('\n', at);
+    text.erase(at, end == std::string::npos ? std::string::npos : end - at + 1);
+  }
+  e.message = Trim(std::move(text));
+  return e;
 }
 
 std::string ConnectTimedOut(absl::Duration timeout) {

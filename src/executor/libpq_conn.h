@@ -57,8 +57,24 @@ enum class ConnectProgress { kPending, kReady, kFailed };
 
 // One step of the connection's handshake, after its socket was ready: on
 // kReady it is non-blocking and kIdle, `ready` set to `now`; on kFailed
-// libpq's message says why (the caller decides what the failure means).
+// ConnectError says why (the caller decides what the failure means).
 ConnectProgress ContinueConnecting(AdaptiveExecutor::Connection& c, absl::Time now);
+
+// Why a connect attempt failed: libpq's message as it shows it by default,
+// and the SQLSTATE of the server's refusal when the server sent one (the
+// handshake runs with verbose errors to learn it; empty for a network
+// failure).
+struct ConnectError {
+  std::string message;
+  std::string sqlstate;
+  // The worker refused for lack of a slot (53300): its max_connections, or
+  // its connthrottle.worker_budget. The caller treats it as a refused slot:
+  // it tries again later, and fails tasks only at their wait timeout.
+  bool no_slot() const { return sqlstate == "53300"; }
+};
+ConnectError ReadConnectError(PGconn* pg);
+// The same, from the text of a verbose libpq message.
+ConnectError ParseConnectError(std::string text);
 
 // The message of a connect attempt given up after `timeout`.
 std::string ConnectTimedOut(absl::Duration timeout);

@@ -89,7 +89,7 @@ void SharedPool::Loop::StartConnect(Pool& pool, Slot slot, absl::Time now) {
   ++stats.connections_started;
   const std::optional<std::string> failed = StartConnecting(c, pool.params, now);
   pool.conns.push_back(std::move(conn));
-  if (failed) ConnectFailed(pool, *pool.conns.back(), *failed);
+  if (failed) ConnectFailed(pool, *pool.conns.back(), ConnectError{*failed, ""}, now);
 }
 
 void SharedPool::Loop::Connecting(Pool& pool, Conn& conn, absl::Time now) {
@@ -98,9 +98,10 @@ void SharedPool::Loop::Connecting(Pool& pool, Conn& conn, absl::Time now) {
     case ConnectProgress::kPending:
       return;
     case ConnectProgress::kFailed:
-      ConnectFailed(pool, conn, Trim(PQerrorMessage(c.pg)));
+      ConnectFailed(pool, conn, ReadConnectError(c.pg), now);
       return;
     case ConnectProgress::kReady:
+      pool.refused_backoff = absl::ZeroDuration();
       if (conn.copy != nullptr) c.state = State::kBusy;  // pinned: the COPY's, not the pool's
       conn.idle_since = now;
       pool.connect_time_total += now - c.connect_started;
@@ -112,16 +113,28 @@ void SharedPool::Loop::Connecting(Pool& pool, Conn& conn, absl::Time now) {
 
 // A connection attempt failed: it is closed. With no other connection
 // left, the pool's queued tasks fail (or, for the local node, run
-// in-process).
-void SharedPool::Loop::ConnectFailed(Pool& pool, Conn& conn, const std::string& why) {
+// in-process) — unless the worker refused for lack of a slot (53300: its
+// max_connections, or its connthrottle.worker_budget shared with other
+// coordinators): then, as after a refused optional acquire, the pool asks
+// again later, backing off (from one slow-start interval, doubling, to
+// 500 ms: each try costs the worker a backend start), and its tasks wait,
+// failing with 53300 at their own wait timeout if no connection comes.
+void SharedPool::Loop::ConnectFailed(Pool& pool, Conn& conn, const ConnectError& why,
+                                     absl::Time now) {
   Close(conn, CloseReason::kConnectFailed);
-  if (conn.copy != nullptr) CopyConnectFailed(conn, CouldNotConnect(pool.node, why));
+  if (conn.copy != nullptr) CopyConnectFailed(conn, CouldNotConnect(pool.node, why.message));
+  if (why.no_slot()) {
+    pool.refused_backoff =
+        std::clamp(2 * pool.refused_backoff, options.slow_start_interval, absl::Milliseconds(500));
+    pool.retry_at = now + pool.refused_backoff;
+    return;
+  }
   if (LiveConnections(pool) > 0 || pool.queued == 0) return;
   if (pool.local) {
     HandBack(pool);
     return;
   }
-  FailQueued(pool, CouldNotConnect(pool.node, why),
+  FailQueued(pool, CouldNotConnect(pool.node, why.message),
              "08001");  // sqlclient_unable_to_establish_sqlconnection
 }
 

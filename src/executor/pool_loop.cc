@@ -221,8 +221,19 @@ void SharedPool::Loop::Service(Pool& pool, absl::Time now) {
   Grow(pool, now);
   Reap(pool);
   // How long the pool has had tasks queued and no connection at all.
-  // A connection pinned to a COPY serves none of the pool's tasks.
-  if (pool.queued == 0 || TaskConnections(pool) > 0) {
+  // A connection pinned to a COPY serves none of the pool's tasks. While
+  // the worker refuses the pool's connections for lack of a slot, one
+  // still connecting does not count either: each retry would otherwise
+  // restart the wait.
+  const bool refused = pool.refused_backoff > absl::ZeroDuration();
+  const bool served =
+      refused ? std::any_of(pool.conns.begin(), pool.conns.end(),
+                            [](const auto& c) {
+                              return c->copy == nullptr &&
+                                     (c->c->state == State::kIdle || c->c->state == State::kBusy);
+                            })
+              : TaskConnections(pool) > 0;
+  if (pool.queued == 0 || served) {
     pool.starving_since = absl::InfiniteFuture();
   } else {
     if (pool.starving_since == absl::InfiniteFuture()) pool.starving_since = now;
@@ -317,7 +328,7 @@ void SharedPool::Loop::HandleEvent(Pool& pool, Conn& conn, short revents, absl::
     if (revents != 0) {
       Connecting(pool, conn, now);
     } else if (now - c.connect_started > opt.connect_timeout) {
-      ConnectFailed(pool, conn, ConnectTimedOut(opt.connect_timeout));
+      ConnectFailed(pool, conn, ConnectError{ConnectTimedOut(opt.connect_timeout), ""}, now);
     }
   } else if (conn.copy != nullptr) {
     CopyEvent(conn, revents, now);

@@ -188,7 +188,8 @@ struct SharedPool::Loop {
     int k = 1;
     absl::Time interval_start;
     int opened_in_interval = 0;
-    absl::Time retry_at;                                 // after a refused slot: the next interval
+    absl::Time retry_at;             // after a refused slot: the next interval
+    absl::Duration refused_backoff;  // after the worker refused a connection for lack of a slot
     absl::Time starving_since = absl::InfiniteFuture();  // tasks queued, no connection
     absl::Time next_yield_check;  // when to look for waiters to yield idle connections to
     // Its last try for one more connection was refused: no slot was free.
@@ -383,7 +384,7 @@ struct SharedPool::Loop {
   void Grow(Pool& pool, absl::Time now);
   void StartConnect(Pool& pool, Slot slot, absl::Time now);
   void Connecting(Pool& pool, Conn& conn, absl::Time now);
-  void ConnectFailed(Pool& pool, Conn& conn, const std::string& why);
+  void ConnectFailed(Pool& pool, Conn& conn, const ConnectError& why, absl::Time now);
   void ExpireIdle(Pool& pool, absl::Time now);
   void Reap(Pool& pool);
   void IdleReadable(Conn& conn);

@@ -23,6 +23,7 @@ extern "C" {
 // clang-format on
 }
 
+#include "pg/admission.h"
 #include "pg/bridge/local_node.h"
 #include "pg/bridge/reservations.h"
 #include "pg/bridge/table_stats.h"
@@ -54,6 +55,7 @@ PG_FUNCTION_INFO_V1(connthrottle_node_stats);
 PG_FUNCTION_INFO_V1(connthrottle_holders);
 PG_FUNCTION_INFO_V1(connthrottle_table_stats);
 PG_FUNCTION_INFO_V1(connthrottle_pool_stats);
+PG_FUNCTION_INFO_V1(connthrottle_worker_admission);
 PG_FUNCTION_INFO_V1(connthrottle_is_local_node);
 PG_FUNCTION_INFO_V1(connthrottle_audit);
 
@@ -131,6 +133,23 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
       Int64GetDatum(static_cast<int64>(t.wakeups)),
   };
   bool nulls[14] = {false};
+  PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+// worker_admission() returns one row: this server's budget of coordinator
+// connections (NULL when off), the coordinator connections open now, and
+// those admitted and refused since the server started (admission.h)
+Datum connthrottle_worker_admission(PG_FUNCTION_ARGS) {
+  RequireTable();
+  TupleDesc desc = RecordResult(fcinfo, "worker_admission");
+  const connthrottle::pg::AdmissionFigures f = connthrottle::pg::ReadAdmission();
+  Datum values[4] = {
+      Int32GetDatum(f.budget),
+      Int32GetDatum(static_cast<int32>(f.connections)),
+      Int64GetDatum(static_cast<int64>(f.admitted)),
+      Int64GetDatum(static_cast<int64>(f.refused)),
+  };
+  bool nulls[4] = {f.budget < 0, false, false, false};
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

@@ -35,6 +35,7 @@ PG_MODULE_MAGIC;
 void _PG_init(void);
 }
 
+#include "pg/admission.h"
 #include "pg/bridge/backend_state.h"
 #include "pg/bridge/node_conninfo.h"
 #include "pg/bridge/outcome.h"
@@ -94,6 +95,7 @@ void ShmemRequest() {
   RequestAddinShmemSpace(add_size(TableBytes(), 64));
   connthrottle::pg::SetPoolMessageBytes(pool_message_bytes);
   RequestAddinShmemSpace(connthrottle::pg::CommunicatorShmemBytes());
+  RequestAddinShmemSpace(connthrottle::pg::AdmissionShmemBytes());
 }
 
 void ShmemStartup() {
@@ -107,6 +109,7 @@ void ShmemStartup() {
       aligned, bytes, static_cast<uint32_t>(max_tracked_nodes), table_owners, found);
   connthrottle::pg::SetPoolMessageBytes(pool_message_bytes);
   connthrottle::pg::CommunicatorShmemInit();
+  connthrottle::pg::AdmissionShmemInit();
   LWLockRelease(AddinShmemInitLock);
   if (!outcome.ok()) {
     ereport(FATAL, (errcode(outcome.sqlstate), errmsg("%s", outcome.message)));
@@ -367,6 +370,7 @@ void _PG_init(void) {
 
   DefineThrottlingSettings();
   DefineExecutorSettings();
+  connthrottle::pg::RegisterAdmission();
   MarkGUCPrefixReserved("connthrottle");
 
   prev_shmem_request_hook = shmem_request_hook;

@@ -69,7 +69,12 @@ ConnParams PgExecutionContext::ParamsFor(const NodeAddress& node) {
       .Set("port", std::to_string(node.port))
       .Set("dbname", dbname_)
       .Set("user", user_)
-      .Set("application_name", "connthrottle");
+      .Set("application_name", "connthrottle")
+      // Marks the connection as a coordinator's: a worker running
+      // connthrottle counts it against its connthrottle.worker_budget
+      // (admission.h). A worker without connthrottle keeps it as a
+      // placeholder setting. node_conninfo cannot override it.
+      .Set("options", "-c connthrottle.coordinator=on");
   for (const auto& [k, v] : conninfo_) p.Set(k, v);
   // Text comes back in the coordinator's encoding (the glue still
   // verifies it): a worker's own default is its database's encoding.
