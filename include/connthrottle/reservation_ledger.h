@@ -67,7 +67,10 @@ class ReservationLedger {
   // given back and the error names the node. `options` apply to every
   // acquire (its `reservation` is implied): with FullTablePolicy::kRefuse a
   // full table refuses the reservation. InvalidArgument, with nothing taken,
-  // when two targets are of one node (host, port).
+  // when two targets are of one node (host, port). A node the ledger holds
+  // a reservation of already (another database or user) is taken only if a
+  // slot is free now (ResourceExhausted otherwise): no wait holds a slot of
+  // the node it waits for.
   absl::Status ReserveAll(std::vector<ReservationKey> targets,
                           absl::FunctionRef<Limit(const NodeKey&)> limit, absl::Time deadline,
                           absl::FunctionRef<bool()> interrupted,

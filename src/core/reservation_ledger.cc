@@ -31,8 +31,17 @@ absl::Status ReservationLedger::ReserveAll(
     if (items_.contains(target) || has_connection(target)) continue;
     AcquireOptions reservation = options;
     reservation.reservation = true;
-    absl::StatusOr<Slot> slot = owner_.AcquireWaiting(
-        target.node, [&] { return limit(target.node); }, deadline, interrupted, reservation);
+    // A node this session has reserved already (for another database or
+    // user, in an earlier call) is not waited for: the wait would hold one of
+    // the node's slots while waiting for another.
+    const bool holds_node = std::any_of(items_.begin(), items_.end(), [&](const auto& item) {
+      return item.first.node.SameNode(target.node);
+    });
+    absl::StatusOr<Slot> slot =
+        holds_node ? owner_.TryAcquire(target.node, limit(target.node), reservation)
+                   : owner_.AcquireWaiting(
+                         target.node, [&] { return limit(target.node); }, deadline, interrupted,
+                         reservation);
     if (!slot.ok()) {
       for (const ReservationKey& undo : taken) items_.erase(undo);  // Slot gives back
       absl::Status error(slot.status().code(),

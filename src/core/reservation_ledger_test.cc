@@ -114,6 +114,23 @@ TEST_F(ReservationLedgerTest, ReserveAllRefusesANodeNamedTwiceTakingNothing) {
   }
 }
 
+// Holding node a's slot (database 1), a later call for database 2 of it does
+// not wait for the slot the ledger holds: refused at once, nothing kept.
+TEST_F(ReservationLedgerTest, AReservedNodeIsNotWaitedForAgain) {
+  ReservationLedger ledger(*owner_);
+  auto one = [](const NodeKey&) { return Limit::AtMost(1); };
+  ASSERT_TRUE(
+      ledger.ReserveAll({RK("a", 5432, 1)}, one, Soon(), NeverInterrupted, NotConnected).ok());
+  // (Were it waited for, this would end in DeadlineExceeded and count a wait.)
+  absl::Status s =
+      ledger.ReserveAll({RK("b"), RK("a", 5432, 2)}, one, absl::Now() + absl::Seconds(2),
+                        NeverInterrupted, NotConnected);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(Count("a"), 1u);
+  EXPECT_EQ(Count("b"), 0u);
+  EXPECT_EQ(table_->Stats().waited, 0u);
+}
+
 TEST_F(ReservationLedgerTest, ReserveAllReservesSeparatelyPerPort) {
   ReservationLedger ledger(*owner_);
   ASSERT_TRUE(ReserveAll(ledger, {RK("a", 5432, 1), RK("a", 5433, 1)}).ok());

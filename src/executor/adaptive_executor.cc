@@ -425,7 +425,9 @@ struct ExecutionRun {
         return;
       case ConnectProgress::kFailed: {
         const ConnectError e = ReadConnectError(c.pg);
-        if (e.no_slot()) {
+        // The local node refusing is handled as any failure: its tasks run
+        // in-process at once rather than wait for a backend of this server.
+        if (e.no_slot() && !pool.local) {
           RefusedByWorker(pool, c, e);
         } else {
           Broken(pool, c, e.message);
@@ -453,8 +455,7 @@ struct ExecutionRun {
     c.state = State::kBroken;
     ++stats.connections_failed;
     const absl::Time now = absl::Now();
-    pool.refused_backoff =
-        std::clamp(2 * pool.refused_backoff, opt.slow_start_interval, absl::Milliseconds(500));
+    pool.refused_backoff = NoSlotBackoff(pool.refused_backoff, opt.slow_start_interval);
     pool.retry_optional_at = now + pool.refused_backoff;
     if (HasConnection(pool) || now - start < opt.slot_wait_timeout) return;
     pool.failed = true;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -70,29 +71,66 @@ ConnectError ReadConnectError(PGconn* pg) {
   return ParseConnectError(pg != nullptr ? PQerrorMessage(pg) : "out of memory");
 }
 
+namespace {
+
+bool IsSqlState(std::string_view s) {
+  return s.size() == 5 && std::all_of(s.begin(), s.end(), [](char ch) {
+           return (ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'Z');
+         });
+}
+
+// A verbose message's location line, "LOCATION:  function, file.c:123" (the
+// label in the client's language).
+bool IsLocationLine(std::string_view line) {
+  const size_t label = line.find(":  ");
+  if (label == std::string_view::npos) return false;
+  const std::string_view rest = line.substr(label + 3);
+  const size_t comma = rest.find(", ");
+  const size_t colon = rest.rfind(':');
+  if (comma == std::string_view::npos || colon == std::string_view::npos || colon < comma ||
+      colon + 1 == rest.size() || rest.substr(comma + 2).find(' ') != std::string_view::npos) {
+    return false;
+  }
+  const std::string_view line_number = rest.substr(colon + 1);
+  return std::all_of(line_number.begin(), line_number.end(),
+                     [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+}  // namespace
+
+// libpq writes each server error as "SEVERITY:  CODE: text" when verbose,
+// one per attempt it made (another address, SSL then not): every code is
+// taken out, the last one kept, whatever the (translated) severity word;
+// the location lines are dropped. What is left is the default message.
 ConnectError ParseConnectError(std::string text) {
   ConnectError e;
-  for (const char* severity : {"FATAL:  ", "ERROR:  ", "PANIC:  "}) {
-    const size_t at = text.find(severity);
-    if (at == std::string::npos) continue;
-    const size_t code = at + std::strlen(severity);
-    if (code + 7 > text.size() || text.compare(code + 5, 2, ": ") != 0) continue;
-    const std::string candidate = text.substr(code, 5);
-    if (!std::all_of(candidate.begin(), candidate.end(), [](char ch) {
-          return (ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'Z');
-        })) {
-      continue;
+  for (size_t from = 0;;) {
+    const size_t at = text.find(":  ", from);
+    if (at == std::string::npos) break;
+    const size_t code = at + 3;
+    if (code + 7 <= text.size() && text.compare(code + 5, 2, ": ") == 0 &&
+        IsSqlState(std::string_view(text).substr(code, 5))) {
+      e.sqlstate = text.substr(code, 5);
+      text.erase(code, 7);
     }
-    e.sqlstate = candidate;
-    text.erase(code, 7);
-    break;
+    from = code;
   }
-  for (size_t at; (at = text.find("LOCATION:  ")) != std::string::npos;) {
-    const size_t end = text.find('\n', at);
-    text.erase(at, end == std::string::npos ? std::string::npos : end - at + 1);
+  std::string message;
+  for (std::string_view rest = text; !rest.empty();) {
+    const size_t end = rest.find('\n');
+    const std::string_view line = rest.substr(0, end);
+    rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 1);
+    if (IsLocationLine(line)) continue;
+    message.append(line);
+    if (end != std::string_view::npos) message += '\n';
   }
-  e.message = Trim(std::move(text));
+  e.message = Trim(std::move(message));
   return e;
+}
+
+absl::Duration NoSlotBackoff(absl::Duration previous, absl::Duration slow_start) {
+  return std::min(std::max(2 * previous, slow_start),
+                  std::max(absl::Milliseconds(500), slow_start));
 }
 
 std::string ConnectTimedOut(absl::Duration timeout) {

@@ -73,6 +73,11 @@ struct ConnectError {
   bool no_slot() const { return sqlstate == "53300"; }
 };
 ConnectError ReadConnectError(PGconn* pg);
+// How long to wait before asking a worker that refused for lack of a slot
+// again: one slow-start interval, doubling at each refusal in a row (each
+// try costs the worker a backend start), at most 500 ms (or the interval,
+// when that is longer). `previous` is zero after a connect that succeeded.
+absl::Duration NoSlotBackoff(absl::Duration previous, absl::Duration slow_start);
 // The same, from the text of a verbose libpq message.
 ConnectError ParseConnectError(std::string text);
 

@@ -118,14 +118,19 @@ void SharedPool::Loop::Connecting(Pool& pool, Conn& conn, absl::Time now) {
 // coordinators): then, as after a refused optional acquire, the pool asks
 // again later, backing off (from one slow-start interval, doubling, to
 // 500 ms: each try costs the worker a backend start), and its tasks wait,
-// failing with 53300 at their own wait timeout if no connection comes.
+// failing with 53300 at their own wait timeout if no connection comes. A
+// COPY fails at once (with 53300 then): it holds its other nodes meanwhile.
 void SharedPool::Loop::ConnectFailed(Pool& pool, Conn& conn, const ConnectError& why,
                                      absl::Time now) {
   Close(conn, CloseReason::kConnectFailed);
-  if (conn.copy != nullptr) CopyConnectFailed(conn, CouldNotConnect(pool.node, why.message));
-  if (why.no_slot()) {
-    pool.refused_backoff =
-        std::clamp(2 * pool.refused_backoff, options.slow_start_interval, absl::Milliseconds(500));
+  if (conn.copy != nullptr) {
+    CopyConnectFailed(conn, CouldNotConnect(pool.node, why.message),
+                      why.no_slot() ? "53300" : "08001");
+  }
+  // The local node refusing is handled as any failure: the tasks run
+  // in-process at once rather than wait for a backend of this server.
+  if (why.no_slot() && !pool.local) {
+    pool.refused_backoff = NoSlotBackoff(pool.refused_backoff, options.slow_start_interval);
     pool.retry_at = now + pool.refused_backoff;
     return;
   }

@@ -588,16 +588,17 @@ void SharedPool::Loop::CopyEvent(Conn& conn, short revents, absl::Time now) {
   Pump(run, target, now);
 }
 
-// A pinned connection could not be made: the COPY fails with 08001.
-void SharedPool::Loop::CopyConnectFailed(Conn& conn, absl::Status why) {
+// A pinned connection could not be made: the COPY fails with `sqlstate`
+// (08001, or 53300 when the worker refused for lack of a slot).
+void SharedPool::Loop::CopyConnectFailed(Conn& conn, absl::Status why, const char* sqlstate) {
   CopyRun& run = *conn.copy;
   CopyTarget& target = run.targets[conn.copy_target];
   conn.copy = nullptr;
   target.conn = nullptr;
   target.phase = Phase::kDone;
   target.status = why;
-  target.sqlstate = "08001";
-  FailCopyRun(run, std::move(why), "08001");  // sqlclient_unable_to_establish_sqlconnection
+  target.sqlstate = sqlstate;
+  FailCopyRun(run, std::move(why), sqlstate);
 }
 
 // Whether a COPY waits for a connection of `pool`'s node that `pool` itself

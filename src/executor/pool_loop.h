@@ -347,7 +347,7 @@ struct SharedPool::Loop {
   void StepDone(CopyRun& run);
   void FinishCopyRun(CopyRun& run);
   void CopyEvent(Conn& conn, short revents, absl::Time now);
-  void CopyConnectFailed(Conn& conn, absl::Status why);
+  void CopyConnectFailed(Conn& conn, absl::Status why, const char* sqlstate);
   bool CopyWaitsFor(const Pool& pool) const;
   void ShutdownCopies();
 

@@ -113,7 +113,7 @@ Datum connthrottle_holders(PG_FUNCTION_ARGS) {
 // table_stats() returns one row of table-wide figures
 Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
   RequireTable();
-  TupleDesc desc = RecordResult(fcinfo, "table_stats");
+  TupleDesc desc = RecordResult(fcinfo, "table_stats", 14);
   connthrottle::pg::TableRow t{};
   Raise(connthrottle::pg::TableStatistics(&t));
   Datum values[14] = {
@@ -141,7 +141,7 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
 // those admitted and refused since the server started (admission.h)
 Datum connthrottle_worker_admission(PG_FUNCTION_ARGS) {
   RequireTable();
-  TupleDesc desc = RecordResult(fcinfo, "worker_admission");
+  TupleDesc desc = RecordResult(fcinfo, "worker_admission", 4);
   const connthrottle::pg::AdmissionFigures f = connthrottle::pg::ReadAdmission();
   Datum values[4] = {
       Int32GetDatum(f.budget),

@@ -7,6 +7,7 @@ extern "C" {
 #include "commands/dbcommands.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 // clang-format on
 }
@@ -15,13 +16,24 @@ extern "C" {
 
 namespace connthrottle::pg {
 
-TupleDesc RecordResult(FunctionCallInfo fcinfo, const char* function) {
+TupleDesc RecordResult(FunctionCallInfo fcinfo, const char* function, int columns) {
   TupleDesc desc;
   if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE) {
     ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                     errmsg("connthrottle: %s must return a record", function)));
   }
+  if (columns >= 0) RequireColumns(fcinfo, desc, columns);
   return BlessTupleDesc(desc);
+}
+
+void RequireColumns(FunctionCallInfo fcinfo, TupleDesc desc, int columns) {
+  if (desc->natts == columns) return;
+  const char* name = get_func_name(fcinfo->flinfo->fn_oid);
+  ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                  errmsg("connthrottle: %s returns %d columns where this library fills %d",
+                         name != nullptr ? name : "the function", desc->natts, columns),
+                  errhint("The extension's SQL objects are from another version of connthrottle: "
+                          "DROP EXTENSION connthrottle and CREATE EXTENSION connthrottle again.")));
 }
 
 void DatabaseName(Oid db, Datum* value, bool* isnull) {

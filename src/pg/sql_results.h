@@ -22,12 +22,20 @@ extern "C" {
 
 namespace connthrottle::pg {
 
+// 55000 unless `desc` has `columns` columns: the function's SQL declaration
+// is from another version of the extension than this library, which would
+// otherwise read or write past its values.
+void RequireColumns(FunctionCallInfo fcinfo, TupleDesc desc, int columns);
+
 // Returns `count` rows from a set-returning function in materialize mode:
 // fill(i, values, nulls) sets row i's N columns (nulls start false).
+// The function's declared columns must be N (55000 otherwise: its SQL
+// objects are from another version of the extension than this library).
 template <int N, typename Fill>
 Datum ReturnRows(FunctionCallInfo fcinfo, int count, Fill fill) {
   InitMaterializedSRF(fcinfo, 0);
   ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  RequireColumns(fcinfo, rsinfo->setDesc, N);
   for (int i = 0; i < count; ++i) {
     Datum values[N];
     bool nulls[N] = {};
@@ -60,7 +68,8 @@ Datum ReturnSessionRows(FunctionCallInfo fcinfo, Outcome (*list)(Row*, int, int*
 
 // The tuple descriptor of `function`, which returns one record (0A000 when
 // the caller does not take one).
-TupleDesc RecordResult(FunctionCallInfo fcinfo, const char* function);
+// With `columns` >= 0, the record must have that many (see RequireColumns).
+TupleDesc RecordResult(FunctionCallInfo fcinfo, const char* function, int columns = -1);
 
 // Text, or NULL for a null pointer.
 void TextOrNull(const char* text, Datum* value, bool* isnull);
