@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <latch>
 #include <memory>
 #include <string>
 #include <thread>
@@ -23,8 +21,6 @@
 
 namespace connthrottle::cluster {
 namespace {
-
-using namespace std::chrono_literals;
 
 // The second database, made on the coordinator (with the extension) and on
 // both workers (tasks connect to the database of the same name).
@@ -150,33 +146,14 @@ TEST_P(PgNodeLimitTest, TwoDatabasesNeverExceedTheNodeLimit) {
     });
   }
 
-  std::latch go(static_cast<int>(clients.size()));
-  std::vector<std::string> failures(clients.size());
-  std::vector<int> executions(clients.size(), 0);
-  std::vector<std::thread> sessions;
-  for (size_t i = 0; i < clients.size(); ++i) {
-    sessions.emplace_back([&, i] {
-      go.arrive_and_wait();
-      // Until every session has 3 executions, the samplers 100 samples each
-      // and both databases were seen on each worker together; the deadline
-      // only stops a run that never gets there.
-      const Clock::time_point give_up = Clock::now() + 120s;
-      while ((executions[i] < 3 || samples[0].load() < 100 || samples[1].load() < 100 ||
-              both_at_once[0].load() == 0 || both_at_once[1].load() == 0) &&
-             Clock::now() < give_up && failures[i].empty()) {
-        absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(*clients[i], tasks);
-        if (!rows.ok()) {
-          failures[i] = rows.status().ToString();
-          break;
-        }
-        for (const TaskRow& r : *rows) {
-          if (!r.success) failures[i] = ::testing::PrintToString(r);
-        }
-        ++executions[i];
-      }
-    });
-  }
-  for (std::thread& t : sessions) t.join();
+  // Until every session has 3 executions, the samplers 100 samples each and
+  // both databases were seen on each worker together.
+  const SessionRuns runs = RunSessionsUntil(clients, tasks, 3, [&] {
+    return samples[0].load() < 100 || samples[1].load() < 100 || both_at_once[0].load() == 0 ||
+           both_at_once[1].load() == 0;
+  });
+  const std::vector<std::string>& failures = runs.failures;
+  const std::vector<int>& executions = runs.executions;
   stop = true;
   for (std::thread& t : threads) t.join();
 

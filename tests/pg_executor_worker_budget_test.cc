@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <latch>
 #include <memory>
 #include <string>
 #include <thread>
@@ -24,8 +22,6 @@
 
 namespace connthrottle::cluster {
 namespace {
-
-using namespace std::chrono_literals;
 
 constexpr int kBudget = 2;
 
@@ -149,31 +145,11 @@ TEST_P(PgWorkerBudgetTest, CoordinatorWaitsForTheWorkersBudget) {
       ++samples;
     }
   });
-  std::latch go(kSessions);
-  std::vector<std::string> failures(kSessions);
-  std::vector<int> executions(kSessions, 0);
-  std::vector<std::thread> sessions;
-  for (int i = 0; i < kSessions; ++i) {
-    sessions.emplace_back([&, i] {
-      go.arrive_and_wait();
-      // Until every session has 3 executions and the worker refused at
-      // least once (the budget bound); the deadline only stops a hang.
-      const Clock::time_point give_up = Clock::now() + 120s;
-      while ((executions[i] < 3 || samples.load() < 100) && Clock::now() < give_up &&
-             failures[i].empty()) {
-        absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(*clients[i], tasks);
-        if (!rows.ok()) {
-          failures[i] = rows.status().ToString();
-          break;
-        }
-        for (const TaskRow& r : *rows) {
-          if (!r.success) failures[i] = ::testing::PrintToString(r);
-        }
-        ++executions[i];
-      }
-    });
-  }
-  for (std::thread& t : sessions) t.join();
+  // Until every session has 3 executions and the sampler 100 samples.
+  const SessionRuns runs =
+      RunSessionsUntil(clients, tasks, 3, [&] { return samples.load() < 100; });
+  const std::vector<std::string>& failures = runs.failures;
+  const std::vector<int>& executions = runs.executions;
   stop = true;
   sampling.join();
   for (int i = 0; i < kSessions; ++i) {

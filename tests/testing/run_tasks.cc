@@ -1,5 +1,9 @@
 #include "tests/testing/run_tasks.h"
 
+#include <chrono>
+#include <latch>
+#include <sstream>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -70,6 +74,37 @@ absl::StatusOr<std::vector<TaskRow>> RunTasks(PgClient& c, const std::vector<Tas
     rows.push_back(std::move(t));
   }
   return rows;
+}
+
+SessionRuns RunSessionsUntil(std::vector<std::unique_ptr<PgClient>>& clients,
+                             const std::vector<TaskSpec>& tasks, int min_executions,
+                             const std::function<bool()>& more) {
+  SessionRuns out{std::vector<std::string>(clients.size()), std::vector<int>(clients.size(), 0)};
+  std::latch go(static_cast<std::ptrdiff_t>(clients.size()));
+  std::vector<std::thread> sessions;
+  for (size_t i = 0; i < clients.size(); ++i) {
+    sessions.emplace_back([&, i] {
+      go.arrive_and_wait();
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+      while ((out.executions[i] < min_executions || more()) &&
+             std::chrono::steady_clock::now() < give_up && out.failures[i].empty()) {
+        absl::StatusOr<std::vector<TaskRow>> rows = RunTasks(*clients[i], tasks);
+        if (!rows.ok()) {
+          out.failures[i] = rows.status().ToString();
+          break;
+        }
+        for (const TaskRow& r : *rows) {
+          if (r.success) continue;
+          std::ostringstream failure;
+          failure << r;
+          out.failures[i] = failure.str();
+        }
+        ++out.executions[i];
+      }
+    });
+  }
+  for (std::thread& t : sessions) t.join();
+  return out;
 }
 
 }  // namespace connthrottle::cluster

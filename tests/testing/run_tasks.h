@@ -4,6 +4,8 @@
 #ifndef CONNTHROTTLE_TESTS_TESTING_RUN_TASKS_H_
 #define CONNTHROTTLE_TESTS_TESTING_RUN_TASKS_H_
 
+#include <functional>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -42,6 +44,20 @@ std::vector<std::optional<std::string>> RunTasksParams(const std::vector<TaskSpe
 
 // Runs the tasks through connthrottle.run_tasks on `c`; rows in task order.
 absl::StatusOr<std::vector<TaskRow>> RunTasks(PgClient& c, const std::vector<TaskSpec>& tasks);
+
+// Each session's outcome in RunSessionsUntil: the first failure ("" when
+// none) and how many executions it completed.
+struct SessionRuns {
+  std::vector<std::string> failures;
+  std::vector<int> executions;
+};
+// Runs `tasks` through every client at once (they start together), each
+// again and again until it has completed `min_executions` and `more()` is
+// false, or a task fails, or 120 s pass (that deadline only stops a run
+// that never gets there).
+SessionRuns RunSessionsUntil(std::vector<std::unique_ptr<PgClient>>& clients,
+                             const std::vector<TaskSpec>& tasks, int min_executions,
+                             const std::function<bool()>& more);
 
 }  // namespace connthrottle::cluster
 
