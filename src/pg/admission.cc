@@ -1,5 +1,7 @@
-// admission.cc — the worker's budget of coordinator connections: see
-// admission.h.
+// admission.cc — the worker's budget of coordinator connections and its
+// leases, PostgreSQL's side: settings, shared memory, the authentication
+// hook and the exit callback. See admission.h; the accounting is
+// bridge/leases.h over core/lease_table.h.
 
 extern "C" {
 // postgres.h must come first.
@@ -9,7 +11,6 @@ extern "C" {
 #include "libpq/auth.h"
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
-#include "port/atomics.h"
 #include "postmaster/postmaster.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
@@ -20,34 +21,34 @@ extern "C" {
 #include "pg/admission.h"
 
 #include <cstring>
+#include <ctime>
 
 namespace connthrottle::pg {
 namespace {
 
 constexpr char kCoordinatorOption[] = "connthrottle.coordinator";
 
-struct AdmissionShared {
-  pg_atomic_uint32 connections;
-  pg_atomic_uint64 admitted;
-  pg_atomic_uint64 refused;
-};
-
-AdmissionShared* shared = nullptr;
 int worker_budget = -1;
-char* coordinator = nullptr;  // what a coordinator connection set; unused by the server
-bool admitted_here = false;   // this backend holds one of the counted connections
+int max_coordinators = 8;
+int lease_duration_ms = 3000;
+int unleased_connections = -1;
+char* coordinator = nullptr;  // what a coordinator connection set; read from the port
+bool shmem_ready = false;
 ClientAuthentication_hook_type prev_client_authentication_hook = nullptr;
 
-// Whether the startup packet's options (`-c name=value`, `--name=value`)
-// set connthrottle.coordinator.
-bool IsCoordinatorConnection(const Port* port) {
-  if (port->cmdline_options == nullptr) return false;
+LeaseLayout Layout() { return {max_coordinators, MaxBackends}; }
+
+// The value the startup packet's options (`-c name=value`, `--name=value`)
+// give connthrottle.coordinator, or nullptr. Points into palloc'd memory.
+const char* CoordinatorOption(const Port* port) {
+  if (port->cmdline_options == nullptr) return nullptr;
   const size_t length = strlen(port->cmdline_options);
   // pg_split_opts writes at most one argument per two bytes of the string.
   char** argv = static_cast<char**>(palloc((length / 2 + 2) * sizeof(char*)));
   int argc = 0;
   pg_split_opts(argv, &argc, port->cmdline_options);
   const size_t name_length = strlen(kCoordinatorOption);
+  const char* found = nullptr;
   for (int i = 0; i < argc; ++i) {
     const char* setting = argv[i];
     if (strcmp(setting, "-c") == 0 && i + 1 < argc) {
@@ -60,58 +61,60 @@ bool IsCoordinatorConnection(const Port* port) {
       continue;
     }
     if (strncmp(setting, kCoordinatorOption, name_length) == 0 && setting[name_length] == '=') {
-      return true;
+      found = setting + name_length + 1;  // the last one wins, as for the setting itself
     }
   }
-  return false;
+  return found;
 }
 
 // After every shared-memory exit callback (pgstat's, ProcKill): the
 // connection is no longer in pg_stat_activity when it stops counting.
-void ReleaseAdmission(int, Datum) {
-  if (!admitted_here || shared == nullptr) return;
-  admitted_here = false;
-  pg_atomic_fetch_sub_u32(&shared->connections, 1);
-}
+void ReleaseAdmission(int, Datum) { ConnectionGone(); }
 
 void Authenticate(Port* port, int status) {
   if (prev_client_authentication_hook != nullptr) prev_client_authentication_hook(port, status);
-  if (status != STATUS_OK || shared == nullptr || !IsCoordinatorConnection(port)) return;
+  if (status != STATUS_OK || !shmem_ready) return;
+  const char* value = CoordinatorOption(port);
+  if (value == nullptr) return;
   // Registered before the count is taken, so that nothing between the two
-  // can leave a count behind (the callback does nothing until admitted).
+  // can leave a count behind (ConnectionGone does nothing until admitted).
   on_proc_exit(ReleaseAdmission, 0);
-  const int budget = worker_budget;
-  uint32 n = pg_atomic_read_u32(&shared->connections);
-  for (;;) {
-    if (budget >= 0 && n >= static_cast<uint32>(budget)) {
-      pg_atomic_fetch_add_u64(&shared->refused, 1);
-      ereport(FATAL,
-              (errcode(ERRCODE_TOO_MANY_CONNECTIONS),
-               errmsg("connthrottle: this worker's budget of %d coordinator connections is in use",
-                      budget),
-               errdetail("connthrottle.worker_budget is %d; %u coordinator connections are open.",
-                         budget, n),
-               errhint("The coordinator waits for a slot and tries again; raise "
-                       "connthrottle.worker_budget on this worker for more.")));
-    }
-    if (pg_atomic_compare_exchange_u32(&shared->connections, &n, n + 1)) break;
-  }
-  admitted_here = true;
-  pg_atomic_fetch_add_u64(&shared->admitted, 1);
+  const LeaseConfig config = CurrentLeaseConfig();
+  char message[256];
+  int live = 0;
+  if (AdmitConnection(value, MyProcPid, config, message, sizeof(message), &live)) return;
+  ereport(FATAL, (errcode(ERRCODE_TOO_MANY_CONNECTIONS), errmsg("%s", message),
+                  errdetail("connthrottle.worker_budget is %d; %d coordinator connections are "
+                            "open.",
+                            config.budget, live),
+                  errhint("The coordinator waits for a slot and tries again; raise "
+                          "connthrottle.worker_budget on this worker for more.")));
 }
 
 }  // namespace
 
-size_t AdmissionShmemBytes() { return MAXALIGN(sizeof(AdmissionShared)); }
+size_t AdmissionShmemBytes() { return add_size(LeaseShmemBytes(Layout()), 64); }
 
 void AdmissionShmemInit() {
   bool found = false;
-  shared = static_cast<AdmissionShared*>(
-      ShmemInitStruct("connthrottle admission", AdmissionShmemBytes(), &found));
-  if (found) return;
-  pg_atomic_init_u32(&shared->connections, 0);
-  pg_atomic_init_u64(&shared->admitted, 0);
-  pg_atomic_init_u64(&shared->refused, 0);
+  char* raw =
+      static_cast<char*>(ShmemInitStruct("connthrottle admission", AdmissionShmemBytes(), &found));
+  char* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t{63});
+  // A new number per server instance (and crash-restart): a coordinator
+  // that sees another one renews before it trusts what it opened.
+  uint64_t instance = 0;
+  while (!found && instance == 0) {
+    if (!pg_strong_random(&instance, sizeof(instance))) {
+      instance = static_cast<uint64_t>(time(nullptr));
+    }
+    instance &= INT64_MAX;  // a positive bigint in SQL
+  }
+  LeaseShmemAttach(aligned, Layout(), instance, found);
+  shmem_ready = true;
+}
+
+LeaseConfig CurrentLeaseConfig() {
+  return {worker_budget, unleased_connections, lease_duration_ms};
 }
 
 void RegisterAdmission() {
@@ -119,14 +122,34 @@ void RegisterAdmission() {
       "connthrottle.worker_budget",
       "Coordinator connections this server admits at once, from every coordinator together.",
       "Counted are connections whose startup options set connthrottle.coordinator (every "
-      "connection of connthrottle's executor and shared pool); those beyond the budget are "
-      "refused at authentication with SQLSTATE 53300. -1 admits all (they are still counted).",
+      "connection of connthrottle's executor and shared pool); those beyond the budget, or "
+      "beyond their coordinator's lease, are refused at authentication with SQLSTATE 53300. "
+      "-1 admits all (they are still counted).",
       &worker_budget, -1, -1, MAX_BACKENDS, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.max_coordinators", "Coordinator incarnations that may hold leases at once.",
+      "Each holds a lease record from its first lease_renew until its grants have ended and its "
+      "connections are gone.",
+      &max_coordinators, 8, 1, 1024, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.lease_duration", "How long a lease of this worker's budget lasts.",
+      "A grant ends this long after the lease_renew that made it; coordinators renew every "
+      "third of it.",
+      &lease_duration_ms, 3000, 300, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+      nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.unleased_connections",
+      "Coordinator connections admitted without a lease, within the budget.",
+      "Connections that name no coordinator with a lease (older coordinators, those with leases "
+      "off). -1: as many as the budget leaves; then the budget bounds them, and a coordinator "
+      "may be refused within its lease while they hold it.",
+      &unleased_connections, -1, -1, MAX_BACKENDS, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   DefineCustomStringVariable(
       "connthrottle.coordinator",
       "Set by connthrottle's coordinators on the connections they open to workers.",
       "A worker running connthrottle counts such connections against "
-      "connthrottle.worker_budget.",
+      "connthrottle.worker_budget; '<id>/<incarnation>' counts against that coordinator's "
+      "lease.",
       &coordinator, "", PGC_BACKEND, 0, nullptr, nullptr, nullptr);
   prev_client_authentication_hook = ClientAuthentication_hook;
   ClientAuthentication_hook = Authenticate;
@@ -135,10 +158,16 @@ void RegisterAdmission() {
 AdmissionFigures ReadAdmission() {
   AdmissionFigures f;
   f.budget = worker_budget;
-  if (shared == nullptr) return f;
-  f.connections = pg_atomic_read_u32(&shared->connections);
-  f.admitted = pg_atomic_read_u64(&shared->admitted);
-  f.refused = pg_atomic_read_u64(&shared->refused);
+  const LeaseFiguresPlain t = ReadLeaseFigures();
+  f.connections = t.connections;
+  f.admitted = t.admitted;
+  f.refused = t.refused;
+  f.unleased = t.unleased;
+  f.reserved = t.reserved;
+  f.coordinators = t.coordinators;
+  f.refused_lease = t.refused_lease;
+  f.refused_unleased = t.refused_unleased;
+  f.instance = t.instance;
   return f;
 }
 

@@ -1,27 +1,37 @@
-// admission.h — the worker's side of the budget (issue 28, step 5 of
-// docs/budget.md): a server that runs connthrottle counts the coordinator
-// connections it has admitted, from every coordinator together, and refuses
-// at authentication (FATAL, 53300) any beyond connthrottle.worker_budget.
+// admission.h — the worker's side of the budget (issue 28, steps 5 and 6
+// of docs/budget.md): a server that runs connthrottle counts the coordinator
+// connections it has admitted, from every coordinator together, leases
+// parts of connthrottle.worker_budget to coordinators (lease_renew), and
+// refuses at authentication (FATAL, 53300) any connection beyond the budget
+// or beyond its coordinator's lease. The accounting is core/lease_table.h's.
 //
 // A coordinator connection is one whose startup options set
-// connthrottle.coordinator (every connection connthrottle's executor and
-// shared pool open carries it; node_conninfo cannot remove it, as it
-// refuses `options`). A connection is counted from its admission until its
-// process has left pg_stat_activity and given back its PGPROC (an
-// on_proc_exit callback, which runs after every shared-memory exit
-// callback), so the workers' pg_stat_activity never shows more than the
-// budget of them. With the budget off (-1) they are still counted, so that
-// turning it on is exact. A crash-restart of the server ends every backend
-// and starts the count again from zero.
+// connthrottle.coordinator: "<id>/<incarnation>" names a leasing
+// coordinator, any other value ("on", which connthrottle's executor and
+// shared pool send until their lease holder exists) an unleased one.
+// node_conninfo refuses `options`, so a coordinator cannot drop it. A
+// connection is counted from its admission until its process has left
+// pg_stat_activity and given back its PGPROC (an on_proc_exit callback,
+// which runs after every shared-memory exit callback), so the worker's
+// pg_stat_activity never shows more than the budget of them. With the
+// budget off (-1) they are still counted, so that turning it on is exact.
+// A crash-restart of the server ends every backend and starts from an
+// empty table under a new instance number.
 //
-// Process-safety: one atomic counter in shared memory; admission is a
-// compare-and-swap below the budget, so concurrent admissions never pass it.
+// The lease manager, a background worker, ends grants when their time is
+// up and terminates the ghosts of a coordinator whose every grant has
+// ended (dead, cut off, or paused past its deadline).
+//
+// Process-safety: bridge/leases.h's (one spinlock of its own, which an
+// exit callback after ProcKill can take without a PGPROC).
 
 #ifndef CONNTHROTTLE_SRC_PG_ADMISSION_H_
 #define CONNTHROTTLE_SRC_PG_ADMISSION_H_
 
 #include <cstddef>
 #include <cstdint>
+
+#include "pg/bridge/leases.h"
 
 namespace connthrottle::pg {
 
@@ -35,13 +45,22 @@ void AdmissionShmemInit();
 void RegisterAdmission();
 
 struct AdmissionFigures {
-  int budget = -1;           // connthrottle.worker_budget in this backend
-  uint32_t connections = 0;  // coordinator connections admitted and not gone
-  uint64_t admitted = 0;     // since the server (re)started
-  uint64_t refused = 0;      // refused for the budget, since then
+  int budget = -1;                // connthrottle.worker_budget in this backend
+  uint32_t connections = 0;       // coordinator connections admitted and not gone
+  uint64_t admitted = 0;          // since the server (re)started
+  uint64_t refused = 0;           // refused (every reason), since then
+  uint32_t unleased = 0;          // of `connections`, those counted without a lease
+  uint32_t reserved = 0;          // Σ max(live, grant) over coordinators, and the unleased
+  uint32_t coordinators = 0;      // lease records in use
+  uint64_t refused_lease = 0;     // beyond the coordinator's lease
+  uint64_t refused_unleased = 0;  // beyond connthrottle.unleased_connections
+  uint64_t instance = 0;          // this server instance's number for leases
 };
-// The counter's figures (zeros before shared memory is set up).
+// The table's figures (zeros before shared memory is set up).
 AdmissionFigures ReadAdmission();
+
+// The lease settings of this backend (for lease_renew).
+LeaseConfig CurrentLeaseConfig();
 
 }  // namespace connthrottle::pg
 

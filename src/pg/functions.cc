@@ -137,19 +137,26 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
 }
 
 // worker_admission() returns one row: this server's budget of coordinator
-// connections (NULL when off), the coordinator connections open now, and
-// those admitted and refused since the server started (admission.h)
+// connections (NULL when off), the coordinator connections open now, those
+// admitted and refused since the server started, and its leases' figures
+// (admission.h)
 Datum connthrottle_worker_admission(PG_FUNCTION_ARGS) {
   RequireTable();
-  TupleDesc desc = RecordResult(fcinfo, "worker_admission", 4);
+  TupleDesc desc = RecordResult(fcinfo, "worker_admission", 10);
   const connthrottle::pg::AdmissionFigures f = connthrottle::pg::ReadAdmission();
-  Datum values[4] = {
+  Datum values[10] = {
       Int32GetDatum(f.budget),
       Int32GetDatum(static_cast<int32>(f.connections)),
       Int64GetDatum(static_cast<int64>(f.admitted)),
       Int64GetDatum(static_cast<int64>(f.refused)),
+      Int32GetDatum(static_cast<int32>(f.unleased)),
+      Int32GetDatum(static_cast<int32>(f.reserved)),
+      Int32GetDatum(static_cast<int32>(f.coordinators)),
+      Int64GetDatum(static_cast<int64>(f.refused_lease)),
+      Int64GetDatum(static_cast<int64>(f.refused_unleased)),
+      Int64GetDatum(static_cast<int64>(f.instance)),
   };
-  bool nulls[4] = {f.budget < 0, false, false, false};
+  bool nulls[10] = {f.budget < 0};
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

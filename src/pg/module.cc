@@ -36,6 +36,7 @@ void _PG_init(void);
 }
 
 #include "pg/admission.h"
+#include "pg/lease_manager.h"
 #include "pg/bridge/backend_state.h"
 #include "pg/bridge/node_conninfo.h"
 #include "pg/bridge/outcome.h"
@@ -379,4 +380,5 @@ void _PG_init(void) {
   shmem_startup_hook = ShmemStartup;
   RegisterXactCallback(TransactionEnd, nullptr);
   connthrottle::pg::RegisterCommunicator();
+  connthrottle::pg::RegisterLeaseManager();
 }

@@ -113,6 +113,17 @@ absl::StatusOr<std::string> PgClient::QueryValue(const std::string& sql) {
 
 int PgClient::BackendPid() const { return conn_ != nullptr ? PQbackendPID(conn_) : 0; }
 
+std::vector<std::string> PgClient::TakeNotifications() {
+  std::vector<std::string> out;
+  if (conn_ == nullptr) return out;
+  PQconsumeInput(conn_);
+  while (PGnotify* n = PQnotifies(conn_)) {
+    out.emplace_back(n->extra);
+    PQfreemem(n);
+  }
+  return out;
+}
+
 absl::Status PgClient::Cancel() {
   if (conn_ == nullptr) return absl::FailedPreconditionError("connection abandoned");
   PGcancel* cancel = PQgetCancel(conn_);

@@ -60,6 +60,9 @@ class PgClient {
   absl::Status Cancel();
   // Closes the socket without saying goodbye, as a crashed client would.
   void Abandon();
+  // The payloads of the notifications (LISTEN) received so far and not
+  // yet taken, reading what the server has sent without waiting.
+  std::vector<std::string> TakeNotifications();
 
  private:
   explicit PgClient(pg_conn* conn) : conn_(conn) {}

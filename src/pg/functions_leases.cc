@@ -1,0 +1,125 @@
+// functions_leases.cc — the SQL functions of a worker's leases (issue 28,
+// docs/budget.md): lease_renew, called by a coordinator's lease holder over
+// its lease connection, and leases(), which shows the table. The
+// accounting is admission.h's (core/lease_table.h). Written in the shape
+// of functions.cc: arguments read and checked here, the bridge called with
+// plain values, its result raised or returned.
+
+extern "C" {
+// postgres.h must come first.
+// clang-format off
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "commands/async.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+// clang-format on
+}
+
+#include <algorithm>
+#include <cstring>
+
+#include "pg/admission.h"
+#include "pg/sql_args.h"
+#include "pg/sql_call.h"
+#include "pg/sql_results.h"
+
+namespace {
+
+using connthrottle::pg::IntArg;
+using connthrottle::pg::RequireNotNull;
+
+// A bigint argument that must be at least `min` (22023 otherwise).
+uint64_t CountArg(FunctionCallInfo fcinfo, int n, const char* name, int64 min) {
+  RequireNotNull(fcinfo, n, name);
+  const int64 v = PG_GETARG_INT64(n);
+  if (v < min) {
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("connthrottle: %s must be at least " INT64_FORMAT ", not " INT64_FORMAT,
+                           name, min, v)));
+  }
+  return static_cast<uint64_t>(v);
+}
+
+}  // namespace
+
+extern "C" {
+
+PG_FUNCTION_INFO_V1(connthrottle_lease_renew);
+PG_FUNCTION_INFO_V1(connthrottle_leases);
+
+// lease_renew(coordinator_id, incarnation, instance_seen, seq, acked, open,
+// demand, cap, release) returns (worker_instance, reply_seq, granted,
+// duration_ms, others_want_more, budget_off). The coordinators a shrink
+// needs are notified on channel connthrottle_lease (payload: their id)
+// when the call's transaction commits.
+Datum connthrottle_lease_renew(PG_FUNCTION_ARGS) {
+  connthrottle::pg::RequireTable();
+  connthrottle::pg::RenewArgs args{};
+  const char* id = connthrottle::pg::TextArg(fcinfo, 0, "coordinator_id");
+  if (strlen(id) == 0 || strlen(id) >= sizeof(args.id) || strchr(id, '/') != nullptr) {
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("connthrottle: a coordinator id has 1 to %d bytes and no '/'",
+                           static_cast<int>(sizeof(args.id) - 1))));
+  }
+  memcpy(args.id, id, strlen(id));
+  args.incarnation = CountArg(fcinfo, 1, "incarnation", 1);
+  args.instance_seen = CountArg(fcinfo, 2, "instance_seen", 0);
+  args.seq = CountArg(fcinfo, 3, "seq", 1);
+  args.acked = CountArg(fcinfo, 4, "acked", 0);
+  args.open = IntArg(fcinfo, 5, "open");
+  args.demand = IntArg(fcinfo, 6, "demand");
+  args.cap = IntArg(fcinfo, 7, "cap");
+  RequireNotNull(fcinfo, 8, "release");
+  args.release = PG_GETARG_BOOL(8);
+  TupleDesc desc = connthrottle::pg::RecordResult(fcinfo, "lease_renew", 6);
+
+  const connthrottle::pg::RenewResult r =
+      connthrottle::pg::RenewLease(args, connthrottle::pg::CurrentLeaseConfig());
+  if (!r.ok) {
+    ereport(ERROR, (errcode(r.invalid ? ERRCODE_INVALID_PARAMETER_VALUE
+                            : r.stale ? ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+                                      : ERRCODE_TOO_MANY_CONNECTIONS),
+                    errmsg("connthrottle: %s", r.message)));
+  }
+  for (int i = 0; i < r.notify_count; ++i) Async_Notify("connthrottle_lease", r.notify[i]);
+  Datum values[6] = {
+      Int64GetDatum(static_cast<int64>(r.instance)),
+      Int64GetDatum(static_cast<int64>(r.seq)),
+      Int32GetDatum(r.grant),
+      Int32GetDatum(r.duration_ms),
+      BoolGetDatum(r.others_want_more),
+      BoolGetDatum(r.budget_off),
+  };
+  bool nulls[6] = {false};
+  PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+// leases() returns setof (coordinator_id, incarnation, held, pending, live,
+// demand, cap, fair_share, ends_in, renewals, refusals, ghosts_ended)
+Datum connthrottle_leases(PG_FUNCTION_ARGS) {
+  connthrottle::pg::RequireTable();
+  constexpr int kMax = 1024;
+  auto* rows = static_cast<connthrottle::pg::LeaseRowPlain*>(
+      palloc(sizeof(connthrottle::pg::LeaseRowPlain) * kMax));
+  const int count = std::min(connthrottle::pg::ListLeases(rows, kMax), kMax);
+  return connthrottle::pg::ReturnRows<12>(fcinfo, count, [&](int i, Datum* v, bool*) {
+    const connthrottle::pg::LeaseRowPlain& r = rows[i];
+    v[0] = CStringGetTextDatum(r.id);
+    v[1] = Int64GetDatum(static_cast<int64>(r.incarnation));
+    v[2] = Int32GetDatum(r.held);
+    v[3] = Int32GetDatum(r.pending);
+    v[4] = Int32GetDatum(r.live);
+    v[5] = Int32GetDatum(r.demand);
+    v[6] = Int32GetDatum(r.cap);
+    v[7] = Int32GetDatum(r.fair_share);
+    v[8] = connthrottle::pg::MicrosecondsInterval(r.ends_in_ms * 1000);
+    v[9] = Int64GetDatum(static_cast<int64>(r.renewals));
+    v[10] = Int64GetDatum(static_cast<int64>(r.refusals));
+    v[11] = Int64GetDatum(static_cast<int64>(r.ghosts_ended));
+  });
+}
+
+}  // extern "C"
