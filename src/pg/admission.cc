@@ -32,7 +32,8 @@ int worker_budget = -1;
 int max_coordinators = 8;
 int lease_duration_ms = 3000;
 int unleased_connections = -1;
-char* coordinator = nullptr;  // what a coordinator connection set; read from the port
+char* coordinator = nullptr;      // what a coordinator connection set; read from the port
+char* connection_kind = nullptr;  // 'lease' on a coordinator's lease connection
 bool shmem_ready = false;
 ClientAuthentication_hook_type prev_client_authentication_hook = nullptr;
 
@@ -151,6 +152,12 @@ void RegisterAdmission() {
       "connthrottle.worker_budget; '<id>/<incarnation>' counts against that coordinator's "
       "lease.",
       &coordinator, "", PGC_BACKEND, 0, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable(
+      "connthrottle.connection_kind",
+      "Set to 'lease' by connthrottle's coordinators on their lease connections.",
+      "A lease connection is not a coordinator connection: it is not counted against "
+      "connthrottle.worker_budget.",
+      &connection_kind, "", PGC_BACKEND, 0, nullptr, nullptr, nullptr);
   prev_client_authentication_hook = ClientAuthentication_hook;
   ClientAuthentication_hook = Authenticate;
 }
