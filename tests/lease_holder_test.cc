@@ -146,8 +146,12 @@ TEST_F(LeaseHolderTest, LeasesAndRenewsWithTheDeadlineCountedFromTheSend) {
 }
 
 TEST_F(LeaseHolderTest, TwoHoldersShareTheBudgetAndAnIdleOnesShareFlowsToTheBusyOne) {
-  LeaseHolder a(Options("a", worker_->port()));
-  LeaseHolder b(Options("b", worker_->port()));
+  // Leases required (worker_leases = on): no connection before the first
+  // grant, so the limits are the leases' from the start.
+  LeaseHolderOptions oa = Options("a", worker_->port()), ob = Options("b", worker_->port());
+  oa.required = ob.required = true;
+  LeaseHolder a(oa);
+  LeaseHolder b(ob);
   auto limit = [](LeaseHolder& h) { return h.view(LeaseHolder::Now()).limit; };
   // Coordinator side of the bound: the limits together never exceed B.
   int peak = 0;
@@ -213,6 +217,13 @@ TEST_F(LeaseHolderTest, AWorkerRestartIsANewInstance) {
   ASSERT_TRUE(Drive({&a}, [&] { return a.view(LeaseHolder::Now()).state == LeaseState::kLeased; }));
   const uint64_t first = a.view(LeaseHolder::Now()).instance;
   ASSERT_TRUE(worker_->Stop().ok());
+  // Its lease connection is gone: it opens nothing new until it knows
+  // what the worker (perhaps a new instance) grants.
+  ASSERT_TRUE(Drive({&a}, [&] {
+    const LeaseState st = a.view(LeaseHolder::Now()).state;
+    return st == LeaseState::kVerify || st == LeaseState::kLapsed;
+  }));
+  EXPECT_EQ(a.view(LeaseHolder::Now()).limit, 0);
   ASSERT_TRUE(worker_->StartAgain().ok());
   ASSERT_TRUE(Drive({&a}, [&] {
     const LeaseView v = a.view(LeaseHolder::Now());

@@ -107,8 +107,9 @@ TEST_P(PgWorkerBudgetTest, WorkerRefusesCoordinatorConnectionsBeyondItsBudget) {
   EXPECT_EQ(Admission().at(1), kBudget + 1);
 }
 
-// A coordinator whose limit for the node (6) is above the worker's budget
-// (2): its sessions' tasks all succeed, waiting for the budget, and the
+// A coordinator without leases (worker_leases = off) whose limit for the
+// node (6) is above the worker's budget (2): its sessions' tasks all
+// succeed, waiting for the budget, and the
 // worker's own pg_stat_activity never shows more than the budget of
 // coordinator connections. On the direct transport sessions keep no idle
 // connection here: one cached by an idle session would hold the worker's
@@ -117,6 +118,9 @@ TEST_P(PgWorkerBudgetTest, CoordinatorWaitsForTheWorkersBudget) {
   constexpr int kSessions = 4;
   constexpr int kTasks = 6;
   ASSERT_TRUE(SetSetting("connthrottle.max_shared_pool_size", "6"));
+  // The worker's admission alone: with leases the coordinator would wait on
+  // its own side and the worker would refuse nothing to show.
+  ASSERT_TRUE(SetSetting("connthrottle.worker_leases", "off"));
   if (!OnSharedPool()) {
     ASSERT_TRUE(SetSetting("connthrottle.max_cached_conns_per_worker", "0"));
   }

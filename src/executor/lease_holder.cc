@@ -44,6 +44,8 @@ const char* LeaseStateName(LeaseState s) {
       return "probing";
     case LeaseState::kLeased:
       return "leased";
+    case LeaseState::kVerify:
+      return "verify";
     case LeaseState::kLapsed:
       return "lapsed";
     case LeaseState::kUnmanaged:
@@ -110,6 +112,9 @@ void LeaseHolder::Fail(int64_t now, std::string why, bool unmanaged) {
     return;
   }
   if (view_.state == LeaseState::kProbing) view_.state = LeaseState::kUnknown;
+  // A worker that restarted has no grant for us: open nothing new under
+  // the old one until a reply on the next connection says what it is.
+  if (had_connection && view_.state == LeaseState::kLeased) view_.state = LeaseState::kVerify;
   // Try again within a renewal period (1 s before the first reply).
   const int64_t period = view_.duration > 0 ? view_.duration / 3 : kSecond;
   next_attempt_ = now + std::min(period, kSecond);
@@ -118,7 +123,7 @@ void LeaseHolder::Fail(int64_t now, std::string why, bool unmanaged) {
 bool LeaseHolder::RenewDue(int64_t now) const {
   if (fresh_) return true;
   if (view_.state == LeaseState::kUnmanaged) return now >= sent_at_ + options_.unmanaged_retry_ns;
-  if (view_.state != LeaseState::kLeased) return true;
+  if (view_.state != LeaseState::kLeased) return true;  // verify, lapsed, probing, unknown
   if (notified_ || now >= sent_at_ + view_.duration / 3) return true;
   if (now < sent_at_ + options_.renew_min_ns) return false;
   // Early: to grow while the worker may have more, or to give back what
@@ -239,13 +244,16 @@ int64_t LeaseHolder::Step(int64_t now) {
   if (conn_ == Conn::kAwaiting) {
     const int64_t period = view_.duration > 0 ? view_.duration / 3 : kSecond;
     reply_timeout = sent_at_ + period;
-    if (view_.state == LeaseState::kLeased) reply_timeout = std::min(reply_timeout, view_.deadline);
+    if (view_.state == LeaseState::kLeased || view_.state == LeaseState::kVerify) {
+      reply_timeout = std::min(reply_timeout, view_.deadline);
+    }
     if (now >= reply_timeout) {
       Fail(now, "the worker did not answer a lease request in time", false);
       reply_timeout = INT64_MAX;
     }
   }
-  if (view_.state == LeaseState::kLeased && now >= view_.deadline) {
+  if ((view_.state == LeaseState::kLeased || view_.state == LeaseState::kVerify) &&
+      now >= view_.deadline) {
     view_.state = LeaseState::kLapsed;
   }
 
@@ -254,7 +262,9 @@ int64_t LeaseHolder::Step(int64_t now) {
   if (conn_ == Conn::kConnecting)
     next = std::min(next, conn_started_ + options_.connect_timeout_ns);
   next = std::min(next, reply_timeout);
-  if (view_.state == LeaseState::kLeased) next = std::min(next, view_.deadline);
+  if (view_.state == LeaseState::kLeased || view_.state == LeaseState::kVerify) {
+    next = std::min(next, view_.deadline);
+  }
   return next;
 }
 
@@ -269,7 +279,13 @@ LeaseView LeaseHolder::view(int64_t now) const {
         v.limit = 0;
       }
       break;
+    case LeaseState::kVerify:
+      v.limit = 0;
+      if (now >= v.deadline) v.state = LeaseState::kLapsed;
+      break;
     case LeaseState::kProbing:
+      v.limit = options_.required ? 0 : options_.cap;
+      break;
     case LeaseState::kLapsed:
       v.limit = 0;
       break;

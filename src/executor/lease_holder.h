@@ -17,13 +17,17 @@
 //     on a fresh connection or after the previous reply);
 //   * a request unanswered for min(R, time left) replaces the connection:
 //     no wait on the worker is unbounded.
-// States: kProbing (no answer yet: limit 0), kLeased (limit min(cap,
+// States: kProbing (no answer yet: limit cap, as without leases, or 0 when
+// `required`), kLeased (limit min(cap,
 // grant) until the deadline), kLapsed (deadline passed without a renewal:
 // limit 0), kUnmanaged (the worker has no budget or no connthrottle:
 // limit cap; asked again every minute), kUnknown (never reached: limit cap
-// unless `required`, asked again every R). A reply from another worker
-// instance (a restart) counts in `instance_changes`: what was opened
-// under the old one is gone.
+// unless `required`, asked again every R), kVerify (the lease connection
+// failed while leased: the worker may have restarted and granted nothing;
+// limit 0 for new connections, those open are kept, until a reply to a
+// request sent since, or the deadline). A reply from another worker
+// instance (a restart) counts in `instance_changes`: what was opened under
+// the old one is gone.
 //
 // Not thread-safe: one thread drives it (Step) and reads it (view).
 // Times are CLOCK_BOOTTIME nanoseconds (LeaseHolder::Now()).
@@ -51,7 +55,7 @@ struct LeaseHolderOptions {
   int64_t unmanaged_retry_ns = 60'000'000'000;  // ask an unmanaged worker again
 };
 
-enum class LeaseState { kProbing, kLeased, kLapsed, kUnmanaged, kUnknown };
+enum class LeaseState { kProbing, kLeased, kVerify, kLapsed, kUnmanaged, kUnknown };
 const char* LeaseStateName(LeaseState s);
 
 struct LeaseView {

@@ -392,6 +392,9 @@ void CommunicatorExit(int, Datum) {
   // The pool stops before any held slot is answered: its thread may be
   // reading a COPY's chunk from a slot's area, which the answer overwrites
   // and hands back to the session.
+  // The leases go back first (the lease service reads the pool's queues);
+  // the connections still open count at the workers until they close.
+  connthrottle::pg::StopLeaseService();
   connthrottle::pg::StopPoolService();
   for (uint32 i = 0; i < header->slots; ++i) {
     Slot* slot = SlotAt(i);
@@ -683,6 +686,7 @@ void connthrottle_communicator_main(Datum) {
   before_shmem_exit(CommunicatorExit, 0);
   connthrottle::pg::StartPoolService(ServiceSettings(), AnswerSlot,
                                      {header->wake_fd, ServeFromPool});
+  connthrottle::pg::StartLeaseService(connthrottle::pg::CurrentLeaseServiceSettings());
   pg_write_barrier();
   pg_atomic_write_u32(&header->pid, static_cast<uint32>(MyProcPid));
 
@@ -708,6 +712,7 @@ void connthrottle_communicator_main(Datum) {
         ++reloads;
       }
       connthrottle::pg::UpdatePoolService(ServiceSettings());
+      connthrottle::pg::UpdateLeaseService(connthrottle::pg::CurrentLeaseServiceSettings());
       ServeAll();
       PublishStats();
       refreshed = now;

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 
+#include "pg/bridge/lease_service.h"
 #include "pg/bridge/pool_settings.h"
 #include "pg/bridge/settings.h"
 
@@ -24,6 +25,8 @@ int ActiveClientBackends();
 bool UseSharedPool();
 // The settings shared_pool_settings.def declares, as they are now.
 PoolSettings CurrentPoolSettings();
+// The lease service's settings (connthrottle.worker_leases and the rest).
+LeaseServiceSettings CurrentLeaseServiceSettings();
 
 // Registers the before_shmem_exit callback that gives back what this backend
 // holds; called before its first slot or reservation.

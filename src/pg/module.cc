@@ -36,13 +36,14 @@ void _PG_init(void);
 }
 
 #include "pg/admission.h"
-#include "pg/lease_manager.h"
 #include "pg/bridge/backend_state.h"
+#include "pg/bridge/lease_board.h"
 #include "pg/bridge/node_conninfo.h"
 #include "pg/bridge/outcome.h"
 #include "pg/bridge/settings.h"
 #include "pg/communicator.h"
 #include "pg/guc.h"
+#include "pg/lease_manager.h"
 
 namespace {
 
@@ -63,12 +64,23 @@ char* node_conninfo = nullptr;
 enum Transport : int { kDirect = 0, kSharedPool = 1 };
 int executor_transport = kSharedPool;
 int pool_message_bytes = 64 * 1024;
+int worker_leases = static_cast<int>(connthrottle::pg::LeaseMode::kAuto);
+char* lease_database = nullptr;
+char* lease_user = nullptr;
+char* coordinator_id = nullptr;
 // The settings shared_pool_settings.def declares, one member each.
 connthrottle::pg::PoolSettings pool_settings;
 
 const struct config_enum_entry kTransports[] = {
     {"direct", kDirect, false},
     {"shared_pool", kSharedPool, false},
+    {nullptr, 0, false},
+};
+
+const struct config_enum_entry kLeaseModes[] = {
+    {"off", static_cast<int>(connthrottle::pg::LeaseMode::kOff), false},
+    {"auto", static_cast<int>(connthrottle::pg::LeaseMode::kAuto), false},
+    {"on", static_cast<int>(connthrottle::pg::LeaseMode::kOn), false},
     {nullptr, 0, false},
 };
 
@@ -97,6 +109,39 @@ void ShmemRequest() {
   connthrottle::pg::SetPoolMessageBytes(pool_message_bytes);
   RequestAddinShmemSpace(connthrottle::pg::CommunicatorShmemBytes());
   RequestAddinShmemSpace(connthrottle::pg::AdmissionShmemBytes());
+  RequestAddinShmemSpace(add_size(connthrottle::pg::LeaseBoardBytes(), 64));
+}
+
+// This coordinator's name at the workers: connthrottle.coordinator_id, or
+// "<host name>:<port>".
+void CoordinatorName(char* out, size_t size) {
+  if (coordinator_id != nullptr && coordinator_id[0] != '\0') {
+    snprintf(out, size, "%s", coordinator_id);
+    return;
+  }
+  char host[256] = "coordinator";
+  (void)gethostname(host, sizeof(host) - 1);
+  host[sizeof(host) - 1] = '\0';
+  snprintf(out, size, "%.50s:%d", host, PostPortNumber);
+}
+
+void LeaseBoardInit() {
+  bool found = false;
+  char* raw = static_cast<char*>(ShmemInitStruct(
+      "connthrottle lease board", add_size(connthrottle::pg::LeaseBoardBytes(), 64), &found));
+  char* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t{63});
+  char id[64];
+  CoordinatorName(id, sizeof(id));
+  // A new incarnation at every start and crash-restart: the workers' grants
+  // to the one before end on their own.
+  uint64 incarnation = 0;
+  while (!found && incarnation == 0) {
+    if (!pg_strong_random(&incarnation, sizeof(incarnation))) {
+      incarnation = static_cast<uint64>(GetCurrentTimestamp());
+    }
+    incarnation &= PG_INT64_MAX;
+  }
+  connthrottle::pg::LeaseBoardAttach(aligned, found, id, incarnation);
 }
 
 void ShmemStartup() {
@@ -111,6 +156,7 @@ void ShmemStartup() {
   connthrottle::pg::SetPoolMessageBytes(pool_message_bytes);
   connthrottle::pg::CommunicatorShmemInit();
   connthrottle::pg::AdmissionShmemInit();
+  LeaseBoardInit();
   LWLockRelease(AddinShmemInitLock);
   if (!outcome.ok()) {
     ereport(FATAL, (errcode(outcome.sqlstate), errmsg("%s", outcome.message)));
@@ -259,6 +305,19 @@ ExecutorSettings CurrentExecutorSettings() {
 bool UseSharedPool() { return executor_transport == kSharedPool; }
 PoolSettings CurrentPoolSettings() { return pool_settings; }
 
+LeaseServiceSettings CurrentLeaseServiceSettings() {
+  LeaseServiceSettings l;
+  l.mode = static_cast<LeaseMode>(worker_leases);
+  // What a lease may reach: the node's limit under max_shared_pool_size
+  // (-1 off and 0 derive: max_connections).
+  l.cap = max_shared_pool_size > 0 ? max_shared_pool_size : MaxConnections;
+  snprintf(l.database, sizeof(l.database), "%s", lease_database != nullptr ? lease_database : "");
+  snprintf(l.user, sizeof(l.user), "%s", lease_user != nullptr ? lease_user : "");
+  l.idle_release_ms = 10000;
+  l.connect_timeout_ms = node_connection_timeout_ms;
+  return l;
+}
+
 void EnsureBackendExitCallback() {
   if (exit_callback_registered) return;
   before_shmem_exit(OnBackendExit, 0);
@@ -268,6 +327,34 @@ void EnsureBackendExitCallback() {
 // The settings of the shared counter table: limits, the table, waiting,
 // the local node.
 void DefineThrottlingSettings() {
+  DefineCustomEnumVariable(
+      "connthrottle.worker_leases",
+      "Whether this coordinator leases its connections from workers that keep a budget.",
+      "auto: the communicator asks every worker it uses for a lease and holds its connections "
+      "to it within the lease where the worker keeps a budget (connthrottle.worker_budget), as "
+      "without leases elsewhere. on: no connection to a worker without a lease. off: never ask.",
+      &worker_leases, static_cast<int>(connthrottle::pg::LeaseMode::kAuto), kLeaseModes, PGC_SIGHUP,
+      0, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable("connthrottle.lease_database",
+                             "Database the lease connection to each worker logs in to.", nullptr,
+                             &lease_database, "postgres", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable(
+      "connthrottle.lease_user", "Role the lease connection to each worker logs in as.",
+      "Empty: libpq's default (the server's operating-system user). It needs EXECUTE on "
+      "connthrottle.lease_renew on the workers.",
+      &lease_user, "", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable(
+      "connthrottle.coordinator_id", "This coordinator's name at the workers it leases from.",
+      "Empty: '<host name>:<port>'. At most 63 bytes, without '/'.", &coordinator_id, "",
+      PGC_POSTMASTER, 0,
+      [](char** newval, void**, GucSource) {
+        if (strlen(*newval) > 63 || strchr(*newval, '/') != nullptr) {
+          GUC_check_errdetail("A coordinator id has at most 63 bytes and no '/'.");
+          return false;
+        }
+        return true;
+      },
+      nullptr, nullptr);
   DefineCustomIntVariable(
       "connthrottle.max_shared_pool_size",
       "Maximum number of connections to each worker node across all backends, databases "

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "connthrottle/node_key.h"
 #include "pg/bridge/internal/backend_state.h"
+#include "pg/bridge/internal/lease_limit.h"
 #include "pg/bridge/internal/local_node.h"
 #include "pg/bridge/internal/settings.h"
 #include "pg/bridge/node_conninfo.h"
@@ -70,11 +71,12 @@ ConnParams PgExecutionContext::ParamsFor(const NodeAddress& node) {
       .Set("dbname", dbname_)
       .Set("user", user_)
       .Set("application_name", "connthrottle")
-      // Marks the connection as a coordinator's: a worker running
-      // connthrottle counts it against its connthrottle.worker_budget
-      // (admission.h). A worker without connthrottle keeps it as a
-      // placeholder setting. node_conninfo cannot override it.
-      .Set("options", "-c connthrottle.coordinator=on");
+      // Marks the connection as this coordinator's (id/incarnation): a
+      // worker running connthrottle counts it against the coordinator's
+      // lease and its connthrottle.worker_budget (admission.h). A worker
+      // without connthrottle keeps it as a placeholder setting.
+      // node_conninfo cannot override it.
+      .Set("options", absl::StrCat("-c connthrottle.coordinator=", CoordinatorIdentity()));
   for (const auto& [k, v] : conninfo_) p.Set(k, v);
   // Text comes back in the coordinator's encoding (the glue still
   // verifies it): a worker's own default is its database's encoding.
@@ -89,8 +91,9 @@ bool PgExecutionContext::IsLocal(const NodeAddress& node) {
   return local.ok() && *local;
 }
 
-Limit PgExecutionContext::LimitFor(const NodeAddress&, bool local) {
-  return Limit::ForNode(PoolLimitsOf(settings_), local, active_client_backends_);
+Limit PgExecutionContext::LimitFor(const NodeAddress& node, bool local) {
+  return WithLease(Limit::ForNode(PoolLimitsOf(settings_), local, active_client_backends_),
+                   node.host, node.port, local);
 }
 
 FullTablePolicy PgExecutionContext::WhenTableFull() { return FullTablePolicyOf(settings_); }

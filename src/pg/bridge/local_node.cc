@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "pg/bridge/internal/lease_limit.h"
 #include "pg/bridge/internal/outcome.h"
 #include "pg/bridge/internal/settings.h"
 
@@ -110,7 +111,8 @@ absl::StatusOr<Limit> LimitFor(const NodeKey& key, const Settings& settings,
                                int active_client_backends) {
   absl::StatusOr<bool> local = IsLocal(key, settings);
   if (!local.ok()) return local.status();
-  return Limit::ForNode(PoolLimitsOf(settings), *local, active_client_backends);
+  return WithLease(Limit::ForNode(PoolLimitsOf(settings), *local, active_client_backends),
+                   std::string(key.host()), key.port(), *local);
 }
 
 Outcome IsLocalNode(const char* host, int port, const Settings& settings, bool* local) {

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "connthrottle/executor/shared_pool.h"
 #include "pg/bridge/copy_message.h"
+#include "pg/bridge/internal/lease_limit.h"
 #include "pg/bridge/internal/settings.h"
 #include "pg/bridge/pool_message.h"
 #include "pg/bridge/process_owner.h"
@@ -186,10 +187,13 @@ absl::Status EnsurePool(Service& svc) {
   SharedPool::ExternalWork slots{svc.wakeup.fd, svc.wakeup.serve};  // none without both
   svc.pool = std::make_unique<SharedPool>(
       **owner,
-      [&svc](const NodeAddress&, bool local) {
-        std::lock_guard<std::mutex> lock(svc.settings_mu);
-        return Limit::ForNode(PoolLimitsOf(svc.settings.settings), local,
-                              svc.settings.active_client_backends);
+      [&svc](const NodeAddress& node, bool local) {
+        const Limit limit = [&] {
+          std::lock_guard<std::mutex> lock(svc.settings_mu);
+          return Limit::ForNode(PoolLimitsOf(svc.settings.settings), local,
+                                svc.settings.active_client_backends);
+        }();
+        return WithLease(limit, node.host, node.port, local);
       },
       OptionsFrom(settings), slots);
   return absl::OkStatus();
@@ -214,6 +218,28 @@ void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer,
 bool PoolServesSlots() noexcept {
   const Service& svc = Svc();
   return svc.pool != nullptr && svc.wakeup.fd >= 0 && svc.wakeup.serve != nullptr;
+}
+
+int PoolQueued(const char* host, int port) noexcept {
+  return Quietly(
+      [&] {
+        Service& svc = Svc();
+        // Made once, under requests_mu, and destroyed only by
+        // StopPoolService, after the lease service stopped. Queued() is
+        // called without requests_mu: the pool's own lock comes first.
+        SharedPool* pool = nullptr;
+        {
+          std::lock_guard<std::mutex> lock(svc.requests_mu);
+          pool = svc.pool.get();
+        }
+        if (pool == nullptr) return 0;
+        int queued = 0;
+        for (const auto& [node, n] : pool->Queued()) {
+          if (node.port == port && node.host == host) queued += n;
+        }
+        return queued;
+      },
+      0);
 }
 
 void UpdatePoolService(const PoolServiceSettings& settings) noexcept {

@@ -63,6 +63,10 @@ void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer,
 // Whether the pool's thread serves the slots (it runs, and `wakeup.fd` was
 // given); otherwise the communicator's main thread must.
 bool PoolServesSlots() noexcept;
+// Tasks of the pool queued for node (host, port) now (0 without a pool):
+// the part of a node's demand that waits in the pool, not in the counter
+// table (lease_service.h). Any thread.
+int PoolQueued(const char* host, int port) noexcept;
 // New settings (limits are read at every decision; the idle timeout applies
 // from the next look).
 void UpdatePoolService(const PoolServiceSettings& settings) noexcept;

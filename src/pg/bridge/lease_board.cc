@@ -1,0 +1,149 @@
+// lease_board.cc — the coordinator's lease board: see lease_board.h.
+
+#include "pg/bridge/lease_board.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+namespace connthrottle::pg {
+namespace {
+
+constexpr int kHostWords = 8;  // host names of at most 63 bytes
+
+// A host name packed in words that readers load while the writer may store.
+struct HostName {
+  uint64_t w[kHostWords] = {};
+  explicit HostName(const char* host) { memcpy(w, host, std::min(strlen(host), sizeof(w) - 1)); }
+};
+
+struct Entry {
+  std::atomic<uint32_t> seq{0};  // odd while the writer changes the entry
+  std::atomic<int32_t> port{0};  // 0: free
+  std::atomic<uint64_t> host[kHostWords] = {};
+  std::atomic<int32_t> kind{0};
+  std::atomic<int32_t> limit{0};
+  std::atomic<int32_t> state{0};
+  std::atomic<int64_t> deadline{0};
+};
+
+struct Board {
+  char id[64] = {};
+  uint64_t incarnation = 0;
+  Entry entries[kLeaseBoardNodes];
+};
+
+Board* board = nullptr;
+char identity[96] = "on";
+
+int64_t BootNow() {
+  timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+bool Names(const Entry& e, const HostName& host, int port) {
+  if (e.port.load(std::memory_order_relaxed) != port) return false;
+  for (int i = 0; i < kHostWords; ++i) {
+    if (e.host[i].load(std::memory_order_relaxed) != host.w[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+size_t LeaseBoardBytes() noexcept { return sizeof(Board); }
+
+void LeaseBoardAttach(void* memory, bool found, const char* id, uint64_t incarnation) noexcept {
+  board = static_cast<Board*>(memory);
+  if (!found) {
+    new (board) Board();
+    snprintf(board->id, sizeof(board->id), "%s", id);
+    board->incarnation = incarnation;
+  }
+  snprintf(identity, sizeof(identity), "%s/%llu", board->id,
+           static_cast<unsigned long long>(board->incarnation));
+}
+
+bool LeaseBoardReady() noexcept { return board != nullptr; }
+const char* CoordinatorIdentity() noexcept { return identity; }
+const char* CoordinatorId() noexcept { return board != nullptr ? board->id : ""; }
+uint64_t CoordinatorIncarnation() noexcept { return board != nullptr ? board->incarnation : 0; }
+
+int LeaseLimit(const char* host_name, int port) noexcept {
+  if (board == nullptr || strlen(host_name) >= 8 * kHostWords) return -1;
+  const HostName host(host_name);
+  for (const Entry& e : board->entries) {
+    for (;;) {
+      const uint32_t before = e.seq.load(std::memory_order_acquire);
+      if (before & 1) continue;  // being written: read again
+      if (!Names(e, host, port)) {
+        if (e.seq.load(std::memory_order_acquire) == before) break;  // another node's
+        continue;
+      }
+      const int kind = e.kind.load(std::memory_order_relaxed);
+      const int limit = e.limit.load(std::memory_order_relaxed);
+      const int64_t deadline = e.deadline.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (e.seq.load(std::memory_order_relaxed) != before) continue;
+      switch (static_cast<BoardKind>(kind)) {
+        case BoardKind::kNone:
+          return -1;
+        case BoardKind::kZero:
+          return 0;
+        case BoardKind::kLeased:
+          return BootNow() < deadline ? limit : 0;
+      }
+      return -1;
+    }
+  }
+  return -1;
+}
+
+namespace {
+
+// The writer's side of an entry's seqlock.
+void Write(Entry& e, const HostName& host, int port, const BoardLease& lease) {
+  const uint32_t s = e.seq.load(std::memory_order_relaxed);
+  e.seq.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  for (int i = 0; i < kHostWords; ++i) e.host[i].store(host.w[i], std::memory_order_relaxed);
+  e.port.store(port, std::memory_order_relaxed);
+  e.kind.store(static_cast<int32_t>(lease.kind), std::memory_order_relaxed);
+  e.limit.store(lease.limit, std::memory_order_relaxed);
+  e.state.store(lease.state, std::memory_order_relaxed);
+  e.deadline.store(lease.deadline, std::memory_order_relaxed);
+  e.seq.store(s + 2, std::memory_order_release);
+}
+
+}  // namespace
+
+bool PublishLease(const char* host_name, int port, const BoardLease& lease) noexcept {
+  if (board == nullptr || strlen(host_name) >= 8 * kHostWords) return false;
+  const HostName host(host_name);
+  Entry* free_entry = nullptr;
+  for (Entry& e : board->entries) {
+    if (Names(e, host, port)) {
+      Write(e, host, port, lease);
+      return true;
+    }
+    if (free_entry == nullptr && e.port.load(std::memory_order_relaxed) == 0) free_entry = &e;
+  }
+  if (free_entry == nullptr) return false;
+  Write(*free_entry, host, port, lease);
+  return true;
+}
+
+void RemoveLease(const char* host_name, int port) noexcept {
+  if (board == nullptr || strlen(host_name) >= 8 * kHostWords) return;
+  const HostName host(host_name);
+  for (Entry& e : board->entries) {
+    if (Names(e, host, port)) Write(e, HostName(""), 0, BoardLease{BoardKind::kNone, 0, 0, 0});
+  }
+}
+
+}  // namespace connthrottle::pg

@@ -1,0 +1,196 @@
+// lease_service.cc — the coordinator's lease service: see lease_service.h.
+
+#include "pg/bridge/lease_service.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "executor/lease_holder.h"
+#include "pg/bridge/backend_state.h"
+#include "pg/bridge/lease_board.h"
+#include "pg/bridge/pool_service.h"
+#include "pg/bridge/table_stats.h"
+
+namespace connthrottle::pg {
+namespace {
+
+constexpr int64_t kMs = 1'000'000;
+
+struct Node {
+  std::unique_ptr<LeaseHolder> holder;
+  int64_t busy_at = 0;  // last seen with slots or waiters
+  int published = -1;   // the limit last published (-1: none)
+};
+
+struct Service {
+  std::mutex mu;
+  LeaseServiceSettings settings;
+  std::atomic<bool> stop{false};
+  std::thread thread;
+  int wake_fd[2] = {-1, -1};
+};
+
+Service& Svc() {
+  static Service* svc = new Service;
+  return *svc;
+}
+
+BoardLease ToBoard(const LeaseView& v, LeaseMode mode) {
+  switch (v.state) {
+    case LeaseState::kLeased:
+    case LeaseState::kLapsed:
+      return {BoardKind::kLeased, v.grant, v.deadline, static_cast<int>(v.state)};
+    case LeaseState::kVerify:
+      return {BoardKind::kZero, 0, 0, static_cast<int>(v.state)};
+    case LeaseState::kProbing:
+    case LeaseState::kUnknown:
+      return {mode == LeaseMode::kOn ? BoardKind::kZero : BoardKind::kNone, 0, 0,
+              static_cast<int>(v.state)};
+    case LeaseState::kUnmanaged:
+      break;
+  }
+  return {BoardKind::kNone, 0, 0, static_cast<int>(v.state)};
+}
+
+void Run() {
+  Service& svc = Svc();
+  std::map<std::pair<std::string, int>, Node> nodes;
+  std::vector<NodeRow> rows(1024);
+  while (!svc.stop.load()) {
+    LeaseServiceSettings s;
+    {
+      std::lock_guard<std::mutex> lock(svc.mu);
+      s = svc.settings;
+    }
+    const int64_t now = LeaseHolder::Now();
+    int count = 0;
+    if (s.mode != LeaseMode::kOff &&
+        NodeStats(rows.data(), static_cast<int>(rows.size()), &count).ok()) {
+      for (int i = 0; i < count; ++i) {
+        const NodeRow& r = rows[i];
+        // Demand: connections held, sessions waiting for one, and the
+        // pool's tasks queued for the node.
+        const int busy = static_cast<int>(r.connections + r.waiters) + PoolQueued(r.host, r.port);
+        auto key = std::make_pair(std::string(r.host), r.port);
+        auto it = nodes.find(key);
+        if (it == nodes.end()) {
+          if (busy == 0) continue;
+          LeaseHolderOptions o;
+          o.coordinator_id = CoordinatorId();
+          o.incarnation = CoordinatorIncarnation();
+          o.worker.Set("host", key.first)
+              .Set("port", std::to_string(key.second))
+              .Set("dbname", s.database);
+          if (s.user[0] != '\0') o.worker.Set("user", s.user);
+          o.cap = std::max(1, s.cap);
+          o.required = s.mode == LeaseMode::kOn;
+          o.connect_timeout_ns = static_cast<int64_t>(s.connect_timeout_ms) * kMs;
+          it = nodes.emplace(key, Node{std::make_unique<LeaseHolder>(std::move(o)), now, -1}).first;
+        }
+        if (busy > 0) it->second.busy_at = now;
+        it->second.holder->SetDemand(std::min(busy, std::max(1, s.cap)),
+                                     static_cast<int>(r.connections));
+      }
+    }
+    int64_t next = now + 100 * kMs;
+    bool raised = false;
+    std::vector<pollfd> fds;
+    for (auto it = nodes.begin(); it != nodes.end();) {
+      Node& n = it->second;
+      const auto& [host, port] = it->first;
+      if (s.mode == LeaseMode::kOff ||
+          now - n.busy_at > static_cast<int64_t>(s.idle_release_ms) * kMs) {
+        n.holder->Release(200 * kMs);
+        RemoveLease(host.c_str(), port);
+        if (n.published >= 0) raised = true;  // no lease limit any more
+        it = nodes.erase(it);
+        continue;
+      }
+      next = std::min(next, n.holder->Step(now));
+      const LeaseView v = n.holder->view(LeaseHolder::Now());
+      const BoardLease b = ToBoard(v, s.mode);
+      PublishLease(host.c_str(), port, b);
+      const int limit = b.kind == BoardKind::kNone ? -1 : v.limit;
+      if ((n.published >= 0 && limit < 0) || limit > n.published) raised = true;
+      n.published = limit;
+      if (n.holder->socket() >= 0) {
+        fds.push_back({n.holder->socket(),
+                       static_cast<short>(n.holder->wants_write() ? POLLOUT : POLLIN), 0});
+      }
+      ++it;
+    }
+    if (raised) WakeAllWaiters();
+    fds.push_back({svc.wake_fd[0], POLLIN, 0});
+    const int64_t wait_ms = std::clamp<int64_t>((next - LeaseHolder::Now()) / kMs + 1, 1, 100);
+    if (poll(fds.data(), fds.size(), static_cast<int>(wait_ms)) > 0 &&
+        (fds.back().revents & POLLIN)) {
+      char buf[64];
+      while (read(svc.wake_fd[0], buf, sizeof(buf)) > 0) {
+      }
+    }
+  }
+  for (auto& [key, n] : nodes) {
+    n.holder->Release(200 * kMs);
+    RemoveLease(key.first.c_str(), key.second);
+  }
+}
+
+void Wake() {
+  Service& svc = Svc();
+  if (svc.wake_fd[1] >= 0) (void)!write(svc.wake_fd[1], "x", 1);
+}
+
+}  // namespace
+
+void StartLeaseService(const LeaseServiceSettings& settings) noexcept {
+  Service& svc = Svc();
+  if (svc.thread.joinable() || !LeaseBoardReady()) return;
+  {
+    std::lock_guard<std::mutex> lock(svc.mu);
+    svc.settings = settings;
+  }
+  if (pipe2(svc.wake_fd, O_NONBLOCK | O_CLOEXEC) != 0) return;
+  svc.stop = false;
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
+  try {
+    svc.thread = std::thread(Run);
+  } catch (...) {
+  }
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
+}
+
+void UpdateLeaseService(const LeaseServiceSettings& settings) noexcept {
+  Service& svc = Svc();
+  {
+    std::lock_guard<std::mutex> lock(svc.mu);
+    if (memcmp(&svc.settings, &settings, sizeof(settings)) == 0) return;
+    svc.settings = settings;
+  }
+  Wake();
+}
+
+void StopLeaseService() noexcept {
+  Service& svc = Svc();
+  if (!svc.thread.joinable()) return;
+  svc.stop = true;
+  Wake();
+  svc.thread.join();
+}
+
+}  // namespace connthrottle::pg
