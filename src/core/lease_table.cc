@@ -51,6 +51,14 @@ struct LeaseTable::Backend {
 
 static_assert(std::is_trivially_copyable_v<LeaseTable>);
 
+bool ValidCoordinatorId(std::string_view id) {
+  if (id.empty() || id.size() > kMaxCoordinatorId) return false;
+  for (const char ch : id) {
+    if (ch <= ' ' || ch >= 0x7f || ch == '/' || ch == '\\') return false;
+  }
+  return true;
+}
+
 CoordinatorRef ParseCoordinatorRef(std::string_view value) {
   const size_t slash = value.rfind('/');
   if (slash == std::string_view::npos || slash == 0 || slash > kMaxCoordinatorId) return {};
@@ -60,7 +68,7 @@ CoordinatorRef ParseCoordinatorRef(std::string_view value) {
       incarnation == 0)
     return {};
   const std::string_view id = value.substr(0, slash);
-  if (id.find('/') != std::string_view::npos) return {};
+  if (!ValidCoordinatorId(id)) return {};
   return {id, incarnation};
 }
 
@@ -136,11 +144,10 @@ void LeaseTable::ExpireRecord(Record& r, int64_t now) {
 absl::StatusOr<LeaseReply> LeaseTable::Renew(const LeaseRequest& request,
                                              const LeaseSettings& settings, int64_t now) {
   const CoordinatorRef& c = request.coordinator;
-  if (c.id.empty() || c.id.size() > kMaxCoordinatorId || c.id.find('/') != std::string_view::npos ||
-      c.incarnation == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a lease request needs a coordinator id of 1 to ", kMaxCoordinatorId,
-                     " bytes without '/' and an incarnation other than 0"));
+  if (!ValidCoordinatorId(c.id) || c.incarnation == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a lease request needs a coordinator id of 1 to ", kMaxCoordinatorId,
+        " printable bytes without space, '/' or '\\', and an incarnation other than 0"));
   }
   if (request.seq == 0 || request.cap < 1 || request.demand < 0 || request.open < 0) {
     return absl::InvalidArgumentError(
@@ -151,7 +158,10 @@ absl::StatusOr<LeaseReply> LeaseTable::Renew(const LeaseRequest& request,
   reply.seq = request.seq;
   reply.duration_ns = settings.duration_ns;
   if (settings.budget < 0) {
-    // No budget: nothing to lease; the coordinator keeps its own limit.
+    // No budget: nothing to lease; the coordinator keeps its own limit, and
+    // what it opened under its lease is unleased from now on (not ghosts to
+    // be ended when the grants run out).
+    if (const int had = FindRecord(c); had >= 0) Forget(had);
     reply.budget_off = true;
     reply.grant = request.cap;
     return reply;
@@ -192,11 +202,10 @@ absl::StatusOr<LeaseReply> LeaseTable::Renew(const LeaseRequest& request,
   r.cap = request.cap;
   r.demand = std::min(request.demand, request.cap);
   if (request.release) {
-    r.held = {};
-    r.pending = {};
-    r.target = 0;
+    // Given back: connections still open count as unleased until they
+    // close (the coordinator is closing them, not to be ended as ghosts).
+    Forget(me);
     reply.grant = 0;
-    EndGrants(now);  // frees the record once nothing is live
     return reply;
   }
 
@@ -320,6 +329,18 @@ void LeaseTable::Gone(AdmissionTicket ticket) {
     --unleased_live_;
   }
   b = Backend();
+}
+
+void LeaseTable::Forget(int index) {
+  Backend* b = backends();
+  for (int j = 0; j < max_backends_; ++j) {
+    if (b[j].pid != 0 && b[j].record == index) {
+      b[j].record = -1;
+      b[j].incarnation = 0;
+      ++unleased_live_;
+    }
+  }
+  records()[index] = Record();
 }
 
 void LeaseTable::EndGrants(int64_t now) {

@@ -67,6 +67,12 @@ CoordinatorRef ParseCoordinatorRef(std::string_view value);
 
 inline constexpr size_t kMaxCoordinatorId = 63;
 
+// A coordinator id travels in libpq's `options` (`-c
+// connthrottle.coordinator=<id>/<incarnation>`), which splits at spaces and
+// reads backslashes: 1..kMaxCoordinatorId printable ASCII bytes other than
+// space, '/' and '\'.
+bool ValidCoordinatorId(std::string_view id);
+
 struct LeaseRequest {
   CoordinatorRef coordinator;  // id not empty, incarnation not 0
   uint64_t instance_seen = 0;  // the worker instance of the last reply; 0 at first
@@ -189,6 +195,10 @@ class LeaseTable {
   void ExpireRecord(Record& r, int64_t now);
   // Ends grants whose time is up and frees records with nothing left.
   void EndGrants(int64_t now);
+  // Frees record `index`; its live backends count as unleased from now on
+  // (a release, or the budget turned off: the coordinator keeps using or
+  // closes them; they are no ghosts).
+  void Forget(int index);
 
   int max_coordinators_ = 0;
   int max_backends_ = 0;

@@ -44,7 +44,7 @@ class LeaseTableTest : public ::testing::Test {
     LeaseRequest request;
     request.coordinator = {id, 1};
     request.seq = ++seq;
-    request.acked = ack ? acked_[id] : 0;
+    request.acked = acked_[id];  // the last reply read
     request.demand = demand;
     request.cap = cap;
     absl::StatusOr<LeaseReply> reply = table_->Renew(request, settings_, now_);
@@ -73,7 +73,7 @@ TEST(ParseCoordinatorRefTest, IdAndIncarnationOrUnleased) {
   CoordinatorRef ref = ParseCoordinatorRef("coord-a:5432/123456789");
   EXPECT_EQ(ref.id, "coord-a:5432");
   EXPECT_EQ(ref.incarnation, 123456789u);
-  for (const char* unleased : {"on", "", "/5", "a/0", "a/x", "a/b/5", "a/-1"}) {
+  for (const char* unleased : {"on", "", "/5", "a/0", "a/x", "a/b/5", "a/-1", "a b/5", "a\\b/5"}) {
     EXPECT_TRUE(ParseCoordinatorRef(unleased).id.empty()) << unleased;
   }
   EXPECT_TRUE(ParseCoordinatorRef(std::string(kMaxCoordinatorId + 1, 'x') + "/1").id.empty());
@@ -198,14 +198,49 @@ TEST_F(LeaseTableTest, GhostsHoldTheirPlaceUntilGone) {
 }
 
 TEST_F(LeaseTableTest, ALostReplyIsReplacedAndTheHeldGrantStillCounts) {
-  EXPECT_EQ(Renew("a", 6).grant, 6);
-  for (int i = 0; i < 6; ++i) ASSERT_TRUE(Admit("a").ok());
-  // A reply a never read (ack = false): a keeps using its held grant.
+  EXPECT_EQ(Renew("a", 6).grant, 6);  // read: a holds 6
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(Admit("a").ok());
+  EXPECT_EQ(Renew("b", 6).grant, 0);  // b wants its share; a holds it all
+  // a's next two replies (its fair share, 3) are lost: a still uses 6, so
+  // the worker still counts 6 for it, whatever it granted since.
   Renew("a", 6, 10, /*ack=*/false);
-  now_ += 2 * kSecond;
   Renew("a", 6, 10, /*ack=*/false);
-  // The held grant (6) counted until its end: b gets nothing before it.
   EXPECT_EQ(Renew("b", 6).grant, 0);
+  // a reads one at last and acknowledges it: then b gets the rest.
+  Renew("a", 6);
+  Renew("a", 6);
+  EXPECT_EQ(Renew("b", 6).grant, 3);
+}
+
+// A lease given back, or the budget turned off, while the coordinator
+// still has connections: they count as unleased until they close, and are
+// no ghosts to end.
+TEST_F(LeaseTableTest, ReleasedOrUnbudgetedConnectionsAreNoGhosts) {
+  for (const bool release : {true, false}) {
+    Make();
+    settings_.budget = 6;
+    seq_.clear();
+    acked_.clear();
+    Renew("a", 6);
+    std::vector<AdmissionTicket> open;
+    for (int i = 0; i < 3; ++i) open.push_back(*Admit("a"));
+    LeaseRequest request;
+    request.coordinator = {"a", 1};
+    request.seq = ++seq_["a"];
+    request.acked = acked_["a"];
+    request.cap = 10;
+    request.release = release;
+    if (!release) settings_.budget = -1;
+    ASSERT_TRUE(table_->Renew(request, settings_, now_).ok());
+    EXPECT_EQ(table_->Figures().coordinators, 0) << release;
+    EXPECT_EQ(table_->Figures().unleased_live, 3) << release;
+    now_ += 10 * kSecond;
+    EXPECT_THAT(table_->Expire(now_), IsEmpty()) << release;
+    settings_.budget = 6;
+    EXPECT_TRUE(table_->Audit(settings_).ok()) << table_->Audit(settings_);
+    for (const AdmissionTicket& t : open) table_->Gone(t);
+    EXPECT_EQ(table_->Figures().live, 0);
+  }
 }
 
 TEST_F(LeaseTableTest, ReleaseGivesEverythingBack) {

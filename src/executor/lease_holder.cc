@@ -63,6 +63,11 @@ int64_t LeaseHolder::Now() {
 }
 
 LeaseHolder::LeaseHolder(LeaseHolderOptions options) : options_(std::move(options)) {
+  // Sequence numbers grow across holders of one incarnation too (a
+  // communicator restarted, a node leased again): the worker refuses any
+  // request not newer than the last it saw. The boot clock in nanoseconds
+  // grows faster than any holder sends.
+  seq_ = static_cast<uint64_t>(Now());
   options_.worker.Set("application_name", "connthrottle lease");
   options_.worker.Set("options", "-c connthrottle.connection_kind=lease");
   options_.worker.Set("connect_timeout",
@@ -222,6 +227,7 @@ int64_t LeaseHolder::Step(int64_t now) {
         Fail(now, Trim(PQerrorMessage(pg_)), false);
       } else {
         conn_ = Conn::kListening;
+        sent_at_ = now;  // LISTEN's answer is timed like a request's
         want_write_ = PQflush(pg_) == 1;
         fresh_ = true;  // sequence numbers go on: the worker refuses any it has seen
       }
@@ -241,7 +247,7 @@ int64_t LeaseHolder::Step(int64_t now) {
   // A reply not come within the renewal period, or before the lease ends:
   // the connection is replaced.
   int64_t reply_timeout = INT64_MAX;
-  if (conn_ == Conn::kAwaiting) {
+  if (conn_ == Conn::kAwaiting || conn_ == Conn::kListening) {
     const int64_t period = view_.duration > 0 ? view_.duration / 3 : kSecond;
     reply_timeout = sent_at_ + period;
     if (view_.state == LeaseState::kLeased || view_.state == LeaseState::kVerify) {
@@ -301,6 +307,8 @@ LeaseView LeaseHolder::view(int64_t now) const {
 
 void LeaseHolder::Release(int64_t timeout_ns) {
   const int64_t end = Now() + timeout_ns;
+  // Not connected yet: nothing to send on; the grants run out by themselves.
+  if (conn_ == Conn::kConnecting) Close();
   // Let a request in flight finish first; then send the release.
   bool sent = false;
   while (pg_ != nullptr && Now() < end) {

@@ -22,6 +22,7 @@ extern "C" {
 #include <cstring>
 
 #include "pg/admission.h"
+#include "pg/bridge/lease_board.h"
 #include "pg/sql_args.h"
 #include "pg/sql_call.h"
 #include "pg/sql_results.h"
@@ -59,9 +60,10 @@ Datum connthrottle_lease_renew(PG_FUNCTION_ARGS) {
   connthrottle::pg::RequireTable();
   connthrottle::pg::RenewArgs args{};
   const char* id = connthrottle::pg::TextArg(fcinfo, 0, "coordinator_id");
-  if (strlen(id) == 0 || strlen(id) >= sizeof(args.id) || strchr(id, '/') != nullptr) {
+  if (!connthrottle::pg::IsValidCoordinatorId(id)) {
     ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                    errmsg("connthrottle: a coordinator id has 1 to %d bytes and no '/'",
+                    errmsg("connthrottle: a coordinator id has 1 to %d printable bytes and no "
+                           "space, '/' or '\\'",
                            static_cast<int>(sizeof(args.id) - 1))));
   }
   memcpy(args.id, id, strlen(id));
@@ -79,9 +81,10 @@ Datum connthrottle_lease_renew(PG_FUNCTION_ARGS) {
   const connthrottle::pg::RenewResult r =
       connthrottle::pg::RenewLease(args, connthrottle::pg::CurrentLeaseConfig());
   if (!r.ok) {
-    ereport(ERROR, (errcode(r.invalid ? ERRCODE_INVALID_PARAMETER_VALUE
-                            : r.stale ? ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-                                      : ERRCODE_TOO_MANY_CONNECTIONS),
+    // A request not newer than the last is a bad argument too (22023): 55000
+    // means "connthrottle is not preloaded here" to a lease holder.
+    ereport(ERROR, (errcode(r.invalid || r.stale ? ERRCODE_INVALID_PARAMETER_VALUE
+                                                 : ERRCODE_TOO_MANY_CONNECTIONS),
                     errmsg("connthrottle: %s", r.message)));
   }
   for (int i = 0; i < r.notify_count; ++i) Async_Notify("connthrottle_lease", r.notify[i]);

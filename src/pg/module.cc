@@ -345,11 +345,12 @@ void DefineThrottlingSettings() {
       &lease_user, "", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   DefineCustomStringVariable(
       "connthrottle.coordinator_id", "This coordinator's name at the workers it leases from.",
-      "Empty: '<host name>:<port>'. At most 63 bytes, without '/'.", &coordinator_id, "",
-      PGC_POSTMASTER, 0,
+      "Empty: '<host name>:<port>'. At most 63 printable bytes, without space, '/' or '\\'.",
+      &coordinator_id, "", PGC_POSTMASTER, 0,
       [](char** newval, void**, GucSource) {
-        if (strlen(*newval) > 63 || strchr(*newval, '/') != nullptr) {
-          GUC_check_errdetail("A coordinator id has at most 63 bytes and no '/'.");
+        if (**newval != '\0' && !connthrottle::pg::IsValidCoordinatorId(*newval)) {
+          GUC_check_errdetail(
+              "A coordinator id has at most 63 printable bytes and no space, '/' or '\\'.");
           return false;
         }
         return true;

@@ -2,6 +2,7 @@
 
 #include "pg/bridge/lease_board.h"
 
+#include <sched.h>
 #include <time.h>
 
 #include <algorithm>
@@ -10,10 +11,12 @@
 #include <cstring>
 #include <new>
 
+#include "core/lease_table.h"
+
 namespace connthrottle::pg {
 namespace {
 
-constexpr int kHostWords = 8;  // host names of at most 63 bytes
+constexpr int kHostWords = 32;  // host names of at most 255 bytes (NodeKey's maximum)
 
 // A host name packed in words that readers load while the writer may store.
 struct HostName {
@@ -34,8 +37,12 @@ struct Entry {
 struct Board {
   char id[64] = {};
   uint64_t incarnation = 0;
+  std::atomic<int32_t> mode{0};  // LeaseMode
+  std::atomic<int32_t> used{0};  // entries ever written: readers scan these
   Entry entries[kLeaseBoardNodes];
 };
+
+constexpr int kModeOn = 2;  // LeaseMode::kOn
 
 Board* board = nullptr;
 char identity[96] = "on";
@@ -70,19 +77,29 @@ void LeaseBoardAttach(void* memory, bool found, const char* id, uint64_t incarna
 }
 
 bool LeaseBoardReady() noexcept { return board != nullptr; }
+bool IsValidCoordinatorId(const char* id) noexcept { return ValidCoordinatorId(id); }
 const char* CoordinatorIdentity() noexcept { return identity; }
 const char* CoordinatorId() noexcept { return board != nullptr ? board->id : ""; }
 uint64_t CoordinatorIncarnation() noexcept { return board != nullptr ? board->incarnation : 0; }
 
 int LeaseLimit(const char* host_name, int port) noexcept {
-  if (board == nullptr || strlen(host_name) >= 8 * kHostWords) return -1;
+  if (board == nullptr) return -1;
+  const int unknown = board->mode.load(std::memory_order_relaxed) == kModeOn ? 0 : -1;
+  if (strlen(host_name) >= 8 * kHostWords) return unknown;
   const HostName host(host_name);
-  for (const Entry& e : board->entries) {
-    for (;;) {
+  const int used = board->used.load(std::memory_order_acquire);
+  for (int i = 0; i < used; ++i) {
+    const Entry& e = board->entries[i];
+    for (int spins = 0;; ++spins) {
       const uint32_t before = e.seq.load(std::memory_order_acquire);
-      if (before & 1) continue;  // being written: read again
-      if (!Names(e, host, port)) {
-        if (e.seq.load(std::memory_order_acquire) == before) break;  // another node's
+      if (before & 1) {  // being written: read again
+        if (spins % 64 == 63) sched_yield();
+        continue;
+      }
+      const bool names = Names(e, host, port);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (!names) {
+        if (e.seq.load(std::memory_order_relaxed) == before) break;  // another node's
         continue;
       }
       const int kind = e.kind.load(std::memory_order_relaxed);
@@ -101,7 +118,11 @@ int LeaseLimit(const char* host_name, int port) noexcept {
       return -1;
     }
   }
-  return -1;
+  return unknown;
+}
+
+void SetLeaseBoardMode(int mode) noexcept {
+  if (board != nullptr) board->mode.store(mode, std::memory_order_relaxed);
 }
 
 namespace {
@@ -126,8 +147,10 @@ bool PublishLease(const char* host_name, int port, const BoardLease& lease) noex
   if (board == nullptr || strlen(host_name) >= 8 * kHostWords) return false;
   const HostName host(host_name);
   Entry* free_entry = nullptr;
-  for (Entry& e : board->entries) {
-    if (Names(e, host, port)) {
+  const int used = board->used.load(std::memory_order_relaxed);
+  for (int i = 0; i < kLeaseBoardNodes; ++i) {
+    Entry& e = board->entries[i];
+    if (i < used && Names(e, host, port)) {
       Write(e, host, port, lease);
       return true;
     }
@@ -135,13 +158,19 @@ bool PublishLease(const char* host_name, int port, const BoardLease& lease) noex
   }
   if (free_entry == nullptr) return false;
   Write(*free_entry, host, port, lease);
+  const int index = static_cast<int>(free_entry - board->entries);
+  if (board->used.load(std::memory_order_relaxed) <= index) {
+    board->used.store(index + 1, std::memory_order_release);
+  }
   return true;
 }
 
 void RemoveLease(const char* host_name, int port) noexcept {
   if (board == nullptr || strlen(host_name) >= 8 * kHostWords) return;
   const HostName host(host_name);
-  for (Entry& e : board->entries) {
+  const int used = board->used.load(std::memory_order_relaxed);
+  for (int i = 0; i < used; ++i) {
+    Entry& e = board->entries[i];
     if (Names(e, host, port)) Write(e, HostName(""), 0, BoardLease{BoardKind::kNone, 0, 0, 0});
   }
 }

@@ -21,7 +21,7 @@
 
 namespace connthrottle::pg {
 
-inline constexpr int kLeaseBoardNodes = 256;
+inline constexpr int kLeaseBoardNodes = 1024;
 
 size_t LeaseBoardBytes() noexcept;
 // Lays the board out in `memory` (8-aligned) or attaches to it (`found`).
@@ -29,6 +29,8 @@ size_t LeaseBoardBytes() noexcept;
 // coordinator until the next crash-restart.
 void LeaseBoardAttach(void* memory, bool found, const char* id, uint64_t incarnation) noexcept;
 bool LeaseBoardReady() noexcept;
+// Whether `id` may name a coordinator (core/lease_table.h's ValidCoordinatorId).
+bool IsValidCoordinatorId(const char* id) noexcept;
 
 // The value data connections give connthrottle.coordinator: "<id>/<incarnation>"
 // (a pointer into this process's copy; "on" without a board).
@@ -39,8 +41,12 @@ uint64_t CoordinatorIncarnation() noexcept;
 // What leases say about node (host, port) now: -1 when they do not limit
 // it (no lease service, worker_leases off, a worker without a budget or
 // not reached yet under auto); otherwise the connections allowed (0 once
-// the lease's deadline has passed).
+// the lease's deadline has passed, and for a node without a lease under
+// worker_leases = on).
 int LeaseLimit(const char* host, int port) noexcept;
+// The lease service's mode (LeaseMode as an int): under `on` a node the
+// board does not know gets 0.
+void SetLeaseBoardMode(int mode) noexcept;
 
 // The lease service's side. kind: kNone (no limit), kLeased (grant until
 // deadline), kZero (worker_leases = on without a lease).

@@ -66,45 +66,88 @@ BoardLease ToBoard(const LeaseView& v, LeaseMode mode) {
   return {BoardKind::kNone, 0, 0, static_cast<int>(v.state)};
 }
 
+void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRow>& rows,
+          std::vector<QueuedNode>& queued);
+
 void Run() {
   Service& svc = Svc();
   std::map<std::pair<std::string, int>, Node> nodes;
   std::vector<NodeRow> rows(1024);
+  std::vector<QueuedNode> queued(1024);
   while (!svc.stop.load()) {
+    try {
+      Turn(nodes, rows, queued);
+    } catch (...) {
+      // Out of memory: try again in a moment; the board's deadlines keep
+      // every published lease honest meanwhile.
+      poll(nullptr, 0, 100);
+    }
+  }
+  for (auto& [key, n] : nodes) {
+    n.holder->Release(200 * kMs);
+    RemoveLease(key.first.c_str(), key.second);
+  }
+}
+
+// One pass: every node's demand, holders made, stepped, published; then a
+// wait for their sockets, the next time one asked for, or a wake-up.
+void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRow>& rows,
+          std::vector<QueuedNode>& queued) {
+  Service& svc = Svc();
+  {
     LeaseServiceSettings s;
     {
       std::lock_guard<std::mutex> lock(svc.mu);
       s = svc.settings;
     }
+    SetLeaseBoardMode(static_cast<int>(s.mode));
     const int64_t now = LeaseHolder::Now();
+    // Each node's demand: connections held (less those parked idle in
+    // sessions' caches), sessions waiting for one, and the pool's tasks
+    // queued for it.
+    struct Want {
+      int demand = 0;
+      int open = 0;
+    };
+    std::map<std::pair<std::string, int>, Want> wants;
     int count = 0;
-    if (s.mode != LeaseMode::kOff &&
-        NodeStats(rows.data(), static_cast<int>(rows.size()), &count).ok()) {
-      for (int i = 0; i < count; ++i) {
-        const NodeRow& r = rows[i];
-        // Demand: connections held, sessions waiting for one, and the
-        // pool's tasks queued for the node.
-        const int busy = static_cast<int>(r.connections + r.waiters) + PoolQueued(r.host, r.port);
-        auto key = std::make_pair(std::string(r.host), r.port);
-        auto it = nodes.find(key);
-        if (it == nodes.end()) {
-          if (busy == 0) continue;
-          LeaseHolderOptions o;
-          o.coordinator_id = CoordinatorId();
-          o.incarnation = CoordinatorIncarnation();
-          o.worker.Set("host", key.first)
-              .Set("port", std::to_string(key.second))
-              .Set("dbname", s.database);
-          if (s.user[0] != '\0') o.worker.Set("user", s.user);
-          o.cap = std::max(1, s.cap);
-          o.required = s.mode == LeaseMode::kOn;
-          o.connect_timeout_ns = static_cast<int64_t>(s.connect_timeout_ms) * kMs;
-          it = nodes.emplace(key, Node{std::make_unique<LeaseHolder>(std::move(o)), now, -1}).first;
+    if (s.mode != LeaseMode::kOff) {
+      if (NodeStats(rows.data(), static_cast<int>(rows.size()), &count).ok()) {
+        for (int i = 0; i < count; ++i) {
+          const NodeRow& r = rows[i];
+          Want& w = wants[{std::string(r.host), r.port}];
+          w.open = static_cast<int>(r.connections);
+          w.demand +=
+              static_cast<int>(r.connections - std::min(r.cached, r.connections) + r.waiters);
         }
-        if (busy > 0) it->second.busy_at = now;
-        it->second.holder->SetDemand(std::min(busy, std::max(1, s.cap)),
-                                     static_cast<int>(r.connections));
       }
+      const int n = PoolQueuedNodes(queued.data(), static_cast<int>(queued.size()));
+      for (int i = 0; i < n; ++i)
+        wants[{std::string(queued[i].host), queued[i].port}].demand += queued[i].queued;
+    }
+    for (const auto& [key, w] : wants) {
+      auto it = nodes.find(key);
+      if (it == nodes.end()) {
+        if (w.demand == 0 && w.open == 0) continue;
+        LeaseHolderOptions o;
+        o.coordinator_id = CoordinatorId();
+        o.incarnation = CoordinatorIncarnation();
+        o.worker.Set("host", key.first)
+            .Set("port", std::to_string(key.second))
+            .Set("dbname", s.database);
+        if (s.user[0] != '\0') o.worker.Set("user", s.user);
+        o.cap = std::max(1, s.cap);
+        o.required = s.mode == LeaseMode::kOn;
+        o.connect_timeout_ns = static_cast<int64_t>(s.connect_timeout_ms) * kMs;
+        it = nodes.emplace(key, Node{std::make_unique<LeaseHolder>(std::move(o)), now, -1}).first;
+      }
+      if (w.demand > 0 || w.open > 0) it->second.busy_at = now;
+    }
+    // Nodes not seen in this pass want nothing.
+    for (auto& [key, n] : nodes) {
+      auto w = wants.find(key);
+      const Want want = w == wants.end() ? Want{} : w->second;
+      n.holder->SetDemand(std::min(want.demand, std::max(1, s.cap)), want.open);
     }
     int64_t next = now + 100 * kMs;
     bool raised = false;
@@ -142,10 +185,6 @@ void Run() {
       while (read(svc.wake_fd[0], buf, sizeof(buf)) > 0) {
       }
     }
-  }
-  for (auto& [key, n] : nodes) {
-    n.holder->Release(200 * kMs);
-    RemoveLease(key.first.c_str(), key.second);
   }
 }
 

@@ -79,8 +79,10 @@ int64_t LeaseClockNow() noexcept {
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-bool AdmitConnection(const char* coordinator, int32_t pid, const LeaseConfig& config, char* message,
-                     size_t message_size, int* live) noexcept {
+namespace {
+
+bool AdmitBody(const char* coordinator, int32_t pid, const LeaseConfig& config, char* message,
+               size_t message_size, int* live) {
   if (table == nullptr) return true;
   const CoordinatorRef ref = ParseCoordinatorRef(coordinator);
   TableLock lock;
@@ -97,6 +99,22 @@ bool AdmitConnection(const char* coordinator, int32_t pid, const LeaseConfig& co
   return false;
 }
 
+}  // namespace
+
+// The table's calls allocate (refusal messages, grant vectors): out of
+// memory refuses (admission) or fails the call, and never escapes.
+bool AdmitConnection(const char* coordinator, int32_t pid, const LeaseConfig& config, char* message,
+                     size_t message_size, int* live) noexcept {
+  try {
+    return AdmitBody(coordinator, pid, config, message, message_size, live);
+  } catch (...) {
+    Copy("connthrottle: out of memory while admitting a coordinator connection", message,
+         message_size);
+    *live = 0;
+    return false;
+  }
+}
+
 void ConnectionGone() noexcept {
   if (!admitted_here || table == nullptr) return;
   admitted_here = false;
@@ -104,7 +122,9 @@ void ConnectionGone() noexcept {
   table->Gone(ticket);
 }
 
-RenewResult RenewLease(const RenewArgs& args, const LeaseConfig& config) noexcept {
+namespace {
+
+RenewResult RenewBody(const RenewArgs& args, const LeaseConfig& config) {
   RenewResult out{};
   if (table == nullptr) {
     Copy("connthrottle is not preloaded on this worker", out.message, sizeof(out.message));
@@ -142,12 +162,27 @@ RenewResult RenewLease(const RenewArgs& args, const LeaseConfig& config) noexcep
   return out;
 }
 
+}  // namespace
+
+RenewResult RenewLease(const RenewArgs& args, const LeaseConfig& config) noexcept {
+  try {
+    return RenewBody(args, config);
+  } catch (...) {
+    RenewResult out{};
+    Copy("out of memory while renewing a lease", out.message, sizeof(out.message));
+    return out;
+  }
+}
+
 int64_t EndExpiredLeases() noexcept {
   if (table == nullptr) return INT64_MAX;
   TableLock lock;
   // Signalled under the lock: a ghost's place is freed only by its own exit
   // callback, which takes the lock, so each pid is still that backend's.
-  for (int32_t pid : table->Expire(LeaseClockNow())) kill(pid, SIGTERM);
+  try {
+    for (int32_t pid : table->Expire(LeaseClockNow())) kill(pid, SIGTERM);
+  } catch (...) {  // out of memory: the next tick tries again
+  }
   return table->NextExpiry();
 }
 
@@ -174,9 +209,11 @@ LeaseFiguresPlain ReadLeaseFigures() noexcept {
 int ListLeases(LeaseRowPlain* rows, int max) noexcept {
   if (table == nullptr) return 0;
   std::vector<LeaseRow> all;
-  {
+  try {
     TableLock lock;
     all = table->Rows(LeaseClockNow());
+  } catch (...) {
+    return 0;
   }
   const int n = static_cast<int>(all.size());
   for (int i = 0; i < n && i < max; ++i) {

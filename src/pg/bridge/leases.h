@@ -57,7 +57,7 @@ struct RenewArgs {
 struct RenewResult {
   bool ok;
   bool invalid;  // a malformed request (22023)
-  bool stale;    // not newer than the last (55000); otherwise 53300
+  bool stale;    // not newer than the last (22023 too); otherwise 53300
   char message[256];
   uint64_t instance, seq;
   int grant;

@@ -220,7 +220,7 @@ bool PoolServesSlots() noexcept {
   return svc.pool != nullptr && svc.wakeup.fd >= 0 && svc.wakeup.serve != nullptr;
 }
 
-int PoolQueued(const char* host, int port) noexcept {
+int PoolQueuedNodes(QueuedNode* out, int max) noexcept {
   return Quietly(
       [&] {
         Service& svc = Svc();
@@ -233,11 +233,16 @@ int PoolQueued(const char* host, int port) noexcept {
           pool = svc.pool.get();
         }
         if (pool == nullptr) return 0;
-        int queued = 0;
-        for (const auto& [node, n] : pool->Queued()) {
-          if (node.port == port && node.host == host) queued += n;
+        int n = 0;
+        for (const auto& [node, queued] : pool->Queued()) {
+          if (n == max) break;
+          if (queued <= 0 || node.host.size() >= sizeof(out[n].host)) continue;
+          std::memcpy(out[n].host, node.host.c_str(), node.host.size() + 1);
+          out[n].port = node.port;
+          out[n].queued = queued;
+          ++n;
         }
-        return queued;
+        return n;
       },
       0);
 }

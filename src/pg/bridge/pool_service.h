@@ -63,10 +63,16 @@ void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer,
 // Whether the pool's thread serves the slots (it runs, and `wakeup.fd` was
 // given); otherwise the communicator's main thread must.
 bool PoolServesSlots() noexcept;
-// Tasks of the pool queued for node (host, port) now (0 without a pool):
-// the part of a node's demand that waits in the pool, not in the counter
-// table (lease_service.h). Any thread.
-int PoolQueued(const char* host, int port) noexcept;
+// The pool's tasks queued now, by node: the part of a node's demand that
+// waits in the pool, not in the counter table (lease_service.h). Copies at
+// most `max` nodes; returns how many it copied (0 without a pool). Any
+// thread.
+struct QueuedNode {
+  char host[256];
+  int port;
+  int queued;
+};
+int PoolQueuedNodes(QueuedNode* out, int max) noexcept;
 // New settings (limits are read at every decision; the idle timeout applies
 // from the next look).
 void UpdatePoolService(const PoolServiceSettings& settings) noexcept;
