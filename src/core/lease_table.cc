@@ -3,6 +3,8 @@
 
 #include "core/lease_table.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <climits>
 #include <cstring>
@@ -50,6 +52,12 @@ struct LeaseTable::Backend {
 };
 
 static_assert(std::is_trivially_copyable_v<LeaseTable>);
+
+int64_t BootClockNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
 
 bool ValidCoordinatorId(std::string_view id) {
   if (id.empty() || id.size() > kMaxCoordinatorId) return false;

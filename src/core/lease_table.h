@@ -67,6 +67,10 @@ CoordinatorRef ParseCoordinatorRef(std::string_view value);
 
 inline constexpr size_t kMaxCoordinatorId = 63;
 
+// The clock of every lease, on both sides: CLOCK_BOOTTIME in nanoseconds
+// (not moved by setting the wall clock, running through suspend).
+int64_t BootClockNanos();
+
 // A coordinator id travels in libpq's `options` (`-c
 // connthrottle.coordinator=<id>/<incarnation>`), which splits at spaces and
 // reads backslashes: 1..kMaxCoordinatorId printable ASCII bytes other than

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/lease_table.h"
 
 namespace connthrottle {
 namespace {
@@ -56,11 +57,7 @@ const char* LeaseStateName(LeaseState s) {
   return "?";
 }
 
-int64_t LeaseHolder::Now() {
-  timespec ts;
-  clock_gettime(CLOCK_BOOTTIME, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * kSecond + ts.tv_nsec;
-}
+int64_t LeaseHolder::Now() { return BootClockNanos(); }
 
 LeaseHolder::LeaseHolder(LeaseHolderOptions options) : options_(std::move(options)) {
   // Sequence numbers grow across holders of one incarnation too (a

@@ -162,20 +162,4 @@ void RegisterAdmission() {
   ClientAuthentication_hook = Authenticate;
 }
 
-AdmissionFigures ReadAdmission() {
-  AdmissionFigures f;
-  f.budget = worker_budget;
-  const LeaseFiguresPlain t = ReadLeaseFigures();
-  f.connections = t.connections;
-  f.admitted = t.admitted;
-  f.refused = t.refused;
-  f.unleased = t.unleased;
-  f.reserved = t.reserved;
-  f.coordinators = t.coordinators;
-  f.refused_lease = t.refused_lease;
-  f.refused_unleased = t.refused_unleased;
-  f.instance = t.instance;
-  return f;
-}
-
 }  // namespace connthrottle::pg

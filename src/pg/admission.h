@@ -44,22 +44,7 @@ void AdmissionShmemInit();
 // installs the ClientAuthentication_hook (_PG_init).
 void RegisterAdmission();
 
-struct AdmissionFigures {
-  int budget = -1;                // connthrottle.worker_budget in this backend
-  uint32_t connections = 0;       // coordinator connections admitted and not gone
-  uint64_t admitted = 0;          // since the server (re)started
-  uint64_t refused = 0;           // refused (every reason), since then
-  uint32_t unleased = 0;          // of `connections`, those counted without a lease
-  uint32_t reserved = 0;          // Σ max(live, grant) over coordinators, and the unleased
-  uint32_t coordinators = 0;      // lease records in use
-  uint64_t refused_lease = 0;     // beyond the coordinator's lease
-  uint64_t refused_unleased = 0;  // beyond connthrottle.unleased_connections
-  uint64_t instance = 0;          // this server instance's number for leases
-};
-// The table's figures (zeros before shared memory is set up).
-AdmissionFigures ReadAdmission();
-
-// The lease settings of this backend (for lease_renew).
+// The lease settings of this backend (lease_renew; worker_admission's budget).
 LeaseConfig CurrentLeaseConfig();
 
 }  // namespace connthrottle::pg

@@ -143,9 +143,10 @@ Datum connthrottle_table_stats(PG_FUNCTION_ARGS) {
 Datum connthrottle_worker_admission(PG_FUNCTION_ARGS) {
   RequireTable();
   TupleDesc desc = RecordResult(fcinfo, "worker_admission", 10);
-  const connthrottle::pg::AdmissionFigures f = connthrottle::pg::ReadAdmission();
+  const int budget = connthrottle::pg::CurrentLeaseConfig().budget;
+  const connthrottle::pg::LeaseFiguresPlain f = connthrottle::pg::ReadLeaseFigures();
   Datum values[10] = {
-      Int32GetDatum(f.budget),
+      Int32GetDatum(budget),
       Int32GetDatum(static_cast<int32>(f.connections)),
       Int64GetDatum(static_cast<int64>(f.admitted)),
       Int64GetDatum(static_cast<int64>(f.refused)),
@@ -156,7 +157,7 @@ Datum connthrottle_worker_admission(PG_FUNCTION_ARGS) {
       Int64GetDatum(static_cast<int64>(f.refused_unleased)),
       Int64GetDatum(static_cast<int64>(f.instance)),
   };
-  bool nulls[10] = {f.budget < 0};
+  bool nulls[10] = {budget < 0};
   PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

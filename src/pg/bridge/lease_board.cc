@@ -47,12 +47,6 @@ constexpr int kModeOn = 2;  // LeaseMode::kOn
 Board* board = nullptr;
 char identity[96] = "on";
 
-int64_t BootNow() {
-  timespec ts;
-  clock_gettime(CLOCK_BOOTTIME, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
 bool Names(const Entry& e, const HostName& host, int port) {
   if (e.port.load(std::memory_order_relaxed) != port) return false;
   for (int i = 0; i < kHostWords; ++i) {
@@ -113,7 +107,7 @@ int LeaseLimit(const char* host_name, int port) noexcept {
         case BoardKind::kZero:
           return 0;
         case BoardKind::kLeased:
-          return BootNow() < deadline ? limit : 0;
+          return BootClockNanos() < deadline ? limit : 0;
       }
       return -1;
     }

@@ -73,11 +73,7 @@ void LeaseShmemAttach(void* memory, LeaseLayout layout, uint64_t instance, bool 
       LeaseTable::Create(table_memory, {layout.max_coordinators, layout.max_backends, instance});
 }
 
-int64_t LeaseClockNow() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_BOOTTIME, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
+int64_t LeaseClockNow() noexcept { return BootClockNanos(); }
 
 namespace {
 
