@@ -120,11 +120,13 @@ class PgBudgetTest : public ::testing::TestWithParam<std::string> {
         ++samples_;
         if (n % 10 != 0) continue;
         for (int i = 0; i < 2; ++i) {
-          absl::StatusOr<std::string> l = sampler_client_->QueryValue(absl::StrCat(
-              "SELECT coalesce(max(greatest(held, pending)), -1) FROM connthrottle.leases() "
-              "WHERE coordinator_id = 'c",
+          absl::StatusOr<QueryResult> l = sampler_client_->Query(absl::StrCat(
+              "SELECT coalesce(max(greatest(held, pending)), -1), coalesce(sum(live), 0) "
+              "FROM connthrottle.leases() WHERE coordinator_id = 'c",
               i + 1, "'"));
-          if (l.ok()) lease_[i] = std::max(lease_[i].load(), std::stoi(*l));
+          if (!l.ok() || l->rows.size() != 1) continue;
+          lease_[i] = std::max(lease_[i].load(), std::stoi(l->rows[0][0].value_or("-1")));
+          live_[i] = std::stoi(l->rows[0][1].value_or("0"));
         }
       }
     });
@@ -177,7 +179,8 @@ class PgBudgetTest : public ::testing::TestWithParam<std::string> {
   std::thread sampling_;
   std::atomic<bool> stop_{false};
   std::atomic<int> peak_{0}, samples_{0};
-  std::atomic<int> lease_[2] = {-1, -1};
+  std::atomic<int> lease_[2] = {-1, -1};  // the largest seen
+  std::atomic<int> live_[2] = {0, 0};     // the latest seen
 };
 
 // Both coordinators busy: every task succeeds, the worker never holds more
@@ -222,6 +225,30 @@ TEST_P(PgBudgetTest, AnIdleCoordinatorsShareFlowsToTheBusyOne) {
   StopSampling();
   for (size_t i = 0; i < s1.size(); ++i) EXPECT_EQ(r1.failures[i], "") << "c1 session " << i;
   EXPECT_GE(lease_[0].load(), kBudget - 1) << Leases();
+}
+
+// c2's pool keeps its connections open when it goes idle (a long
+// pool_idle_timeout): they are no demand, so its lease shrinks, its pool
+// closes what is over it, and busy c1 gets the budget less c2's foothold.
+TEST_P(PgBudgetTest, AnIdlePoolsOpenConnectionsGoToTheBusyCoordinator) {
+  if (std::string(GetParam()) != "shared_pool") {
+    GTEST_SKIP() << "direct sessions keep no idle connection here";
+  }
+  ASSERT_TRUE(coordinators_[1]->SetAndReload("connthrottle.pool_idle_timeout", "'10min'").ok());
+  ASSERT_NO_FATAL_FAILURE(StartSampling());
+  // c2 alone, busy until it holds at least 3 connections to the worker.
+  std::vector<std::unique_ptr<PgClient>> s2 = Sessions(1, 4);
+  const SessionRuns r2 = RunSessionsUntil(s2, Tasks(4), 1, [&] { return live_[1].load() < 3; });
+  for (size_t i = 0; i < s2.size(); ++i) ASSERT_EQ(r2.failures[i], "") << "c2 session " << i;
+  ASSERT_GE(live_[1].load(), 3) << Leases();
+  // c2 idle now (its sessions stay open), c1 busy.
+  std::vector<std::unique_ptr<PgClient>> s1 = Sessions(0, 4);
+  const SessionRuns r1 =
+      RunSessionsUntil(s1, Tasks(4), 3, [&] { return lease_[0].load() < kBudget - 1; });
+  StopSampling();
+  for (size_t i = 0; i < s1.size(); ++i) EXPECT_EQ(r1.failures[i], "") << "c1 session " << i;
+  EXPECT_GE(lease_[0].load(), kBudget - 1) << Leases();
+  EXPECT_LE(live_[1].load(), 1) << "c2's idle pool kept its connections: " << Leases();
 }
 
 // A coordinator whose communicator is killed (SIGKILL: the server's

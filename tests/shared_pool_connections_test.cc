@@ -255,6 +255,8 @@ TEST_F(SharedPoolTest, IdleConnectionsAreGivenBackToOthersWaitingForTheNode) {
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(pool_->Connections()[n1], 2);
   ASSERT_EQ(table().ConnectionCount(KeyOf(n1)), 2u);
+  // Both serve no task now: the lease service counts them as no demand.
+  EXPECT_TRUE(PollUntil([&] { return pool_->Idle()[n1] == 2; })) << pool_->Idle()[n1];
   // A direct-transport session now needs a slot of worker1: it queues, and
   // the pool gives one idle connection back instead of keeping it for its
   // idle timeout (60 s). Without that, the wait would end in 53300.

@@ -396,16 +396,22 @@ void SharedPool::Loop::Publish(absl::Time now) {
   for (const CopyRun& run : copies) {
     for (const CopyTarget& t : run.targets) stats.copy_connections += t.conn != nullptr ? 1 : 0;
   }
-  std::map<NodeAddress, int> connections, queued;
+  std::map<NodeAddress, int> connections, queued, idle;
   for (const auto& [name, pool] : pools) {
     const int live = LiveConnections(pool);
     if (live > 0) connections[pool.node] += live;
     if (pool.queued > 0) queued[pool.node] += pool.queued;
+    const int resting =
+        static_cast<int>(std::count_if(pool.conns.begin(), pool.conns.end(), [](const auto& c) {
+          return c->c->state == State::kIdle && c->copy == nullptr;
+        }));
+    if (resting > 0) idle[pool.node] += resting;
   }
   std::lock_guard<std::mutex> lock(sp.mu_);
   sp.stats_ = stats;
   sp.connections_ = std::move(connections);
   sp.queued_ = std::move(queued);
+  sp.idle_ = std::move(idle);
 }
 
 }  // namespace connthrottle

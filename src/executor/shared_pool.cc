@@ -277,6 +277,11 @@ std::map<NodeAddress, int> SharedPool::Queued() const {
   return queued_;
 }
 
+std::map<NodeAddress, int> SharedPool::Idle() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return idle_;
+}
+
 // ---- SharedPoolTransport ----
 
 SharedPoolTransport::SharedPoolTransport(SharedPool& pool, ExecutionContext& context,

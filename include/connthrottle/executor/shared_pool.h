@@ -174,6 +174,9 @@ class SharedPool {
   std::map<NodeAddress, int> Connections() const;
   // Tasks waiting for a connection now, per node.
   std::map<NodeAddress, int> Queued() const;
+  // Connections idle in the pools now (open, no task, no COPY), per node:
+  // what the pool holds without needing it at this moment.
+  std::map<NodeAddress, int> Idle() const;
 
   // New options while the pool runs (a configuration reload); the loop
   // applies them at its next turn.
@@ -312,6 +315,7 @@ class SharedPool {
   SharedPoolStats stats_ ABSL_GUARDED_BY(mu_);
   std::map<NodeAddress, int> connections_ ABSL_GUARDED_BY(mu_);
   std::map<NodeAddress, int> queued_ ABSL_GUARDED_BY(mu_);
+  std::map<NodeAddress, int> idle_ ABSL_GUARDED_BY(mu_);
 
   // Bytes of results held for sessions: read by the loop, released as the
   // sessions take them (TakeResults) or drop their tickets.

@@ -29,11 +29,18 @@ namespace connthrottle::pg {
 namespace {
 
 constexpr int64_t kMs = 1'000'000;
+// How long a node's highest demand is held before a lower one replaces it.
+constexpr int64_t kDemandHold = 1000 * kMs;
 
 struct Node {
   std::unique_ptr<LeaseHolder> holder;
   int64_t busy_at = 0;  // last seen with slots or waiters
   int published = -1;   // the limit last published (-1: none)
+  // The demand told the holder: the highest seen, held for kDemandHold, so
+  // that a pool between two tasks (its connections idle for a moment) does
+  // not give back a share it needs again at once.
+  int held_demand = 0;
+  int64_t held_at = 0;
 };
 
 struct Service {
@@ -67,16 +74,16 @@ BoardLease ToBoard(const LeaseView& v, LeaseMode mode) {
 }
 
 void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRow>& rows,
-          std::vector<QueuedNode>& queued);
+          std::vector<PoolNodeLoad>& load);
 
 void Run() {
   Service& svc = Svc();
   std::map<std::pair<std::string, int>, Node> nodes;
   std::vector<NodeRow> rows(1024);
-  std::vector<QueuedNode> queued(1024);
+  std::vector<PoolNodeLoad> load(1024);
   while (!svc.stop.load()) {
     try {
-      Turn(nodes, rows, queued);
+      Turn(nodes, rows, load);
     } catch (...) {
       // Out of memory: try again in a moment; the board's deadlines keep
       // every published lease honest meanwhile.
@@ -92,7 +99,7 @@ void Run() {
 // One pass: every node's demand, holders made, stepped, published; then a
 // wait for their sockets, the next time one asked for, or a wake-up.
 void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRow>& rows,
-          std::vector<QueuedNode>& queued) {
+          std::vector<PoolNodeLoad>& load) {
   Service& svc = Svc();
   {
     LeaseServiceSettings s;
@@ -103,8 +110,10 @@ void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRo
     SetLeaseBoardMode(static_cast<int>(s.mode));
     const int64_t now = LeaseHolder::Now();
     // Each node's demand: connections held (less those parked idle in
-    // sessions' caches), sessions waiting for one, and the pool's tasks
-    // queued for it.
+    // sessions' caches and those idle in the pool), sessions waiting for
+    // one, and the pool's tasks queued for it. An idle coordinator's open
+    // connections are no demand: its lease shrinks and its pool closes
+    // them (ShrinkToLimit), so that its share goes to those who want it.
     struct Want {
       int demand = 0;
       int open = 0;
@@ -121,9 +130,11 @@ void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRo
               static_cast<int>(r.connections - std::min(r.cached, r.connections) + r.waiters);
         }
       }
-      const int n = PoolQueuedNodes(queued.data(), static_cast<int>(queued.size()));
-      for (int i = 0; i < n; ++i)
-        wants[{std::string(queued[i].host), queued[i].port}].demand += queued[i].queued;
+      const int n = PoolLoad(load.data(), static_cast<int>(load.size()));
+      for (int i = 0; i < n; ++i) {
+        Want& w = wants[{std::string(load[i].host), load[i].port}];
+        w.demand = std::max(0, w.demand + load[i].queued - load[i].idle);
+      }
     }
     for (const auto& [key, w] : wants) {
       auto it = nodes.find(key);
@@ -147,7 +158,11 @@ void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRo
     for (auto& [key, n] : nodes) {
       auto w = wants.find(key);
       const Want want = w == wants.end() ? Want{} : w->second;
-      n.holder->SetDemand(std::min(want.demand, std::max(1, s.cap)), want.open);
+      if (want.demand >= n.held_demand || now - n.held_at > kDemandHold) {
+        n.held_demand = want.demand;
+        n.held_at = now;
+      }
+      n.holder->SetDemand(std::min(n.held_demand, std::max(1, s.cap)), want.open);
     }
     int64_t next = now + 100 * kMs;
     bool raised = false;

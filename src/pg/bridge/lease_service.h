@@ -5,9 +5,11 @@
 // acquire of a slot applies.
 //
 // A worker is used while its node has slots or waiters in the counter
-// table; its demand is those connections and waiters (at most the node's
-// limit under max_shared_pool_size). A lease is given back after the node
-// has been idle for `idle_release_ms`. When a node's limit rises, the
+// table, or tasks queued in the pool; its demand is the connections in use
+// (not those idle in sessions' caches or in the pool), the waiters and the
+// queued tasks, at most the node's limit under max_shared_pool_size, and
+// the highest of it is held for a second. A lease is given back after the
+// node has been idle for `idle_release_ms`. When a node's limit rises, the
 // table's waiters are woken to see it. worker_leases = off holds no lease
 // and clears the board.
 //

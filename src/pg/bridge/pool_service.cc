@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -220,26 +221,31 @@ bool PoolServesSlots() noexcept {
   return svc.pool != nullptr && svc.wakeup.fd >= 0 && svc.wakeup.serve != nullptr;
 }
 
-int PoolQueuedNodes(QueuedNode* out, int max) noexcept {
+int PoolLoad(PoolNodeLoad* out, int max) noexcept {
   return Quietly(
       [&] {
         Service& svc = Svc();
         // Made once, under requests_mu, and destroyed only by
-        // StopPoolService, after the lease service stopped. Queued() is
-        // called without requests_mu: the pool's own lock comes first.
+        // StopPoolService, after the lease service stopped. Queued() and
+        // Idle() are called without requests_mu: the pool's own lock
+        // comes first.
         SharedPool* pool = nullptr;
         {
           std::lock_guard<std::mutex> lock(svc.requests_mu);
           pool = svc.pool.get();
         }
         if (pool == nullptr) return 0;
+        std::map<NodeAddress, std::pair<int, int>> load;  // queued, idle
+        for (const auto& [node, queued] : pool->Queued()) load[node].first = queued;
+        for (const auto& [node, idle] : pool->Idle()) load[node].second = idle;
         int n = 0;
-        for (const auto& [node, queued] : pool->Queued()) {
+        for (const auto& [node, figures] : load) {
           if (n == max) break;
-          if (queued <= 0 || node.host.size() >= sizeof(out[n].host)) continue;
+          if (node.host.size() >= sizeof(out[n].host)) continue;
           std::memcpy(out[n].host, node.host.c_str(), node.host.size() + 1);
           out[n].port = node.port;
-          out[n].queued = queued;
+          out[n].queued = std::max(figures.first, 0);
+          out[n].idle = std::max(figures.second, 0);
           ++n;
         }
         return n;

@@ -63,16 +63,18 @@ void StartPoolService(const PoolServiceSettings& settings, AnswerFn answer,
 // Whether the pool's thread serves the slots (it runs, and `wakeup.fd` was
 // given); otherwise the communicator's main thread must.
 bool PoolServesSlots() noexcept;
-// The pool's tasks queued now, by node: the part of a node's demand that
-// waits in the pool, not in the counter table (lease_service.h). Copies at
-// most `max` nodes; returns how many it copied (0 without a pool). Any
-// thread.
-struct QueuedNode {
+// The pool's load now, by node, for the lease service's demand
+// (lease_service.h): the tasks queued (demand that waits in the pool, not in
+// the counter table) and the connections idle (slots held in the counter
+// table that serve no task now). Copies at most `max` nodes with either;
+// returns how many it copied (0 without a pool). Any thread.
+struct PoolNodeLoad {
   char host[256];
   int port;
   int queued;
+  int idle;
 };
-int PoolQueuedNodes(QueuedNode* out, int max) noexcept;
+int PoolLoad(PoolNodeLoad* out, int max) noexcept;
 // New settings (limits are read at every decision; the idle timeout applies
 // from the next look).
 void UpdatePoolService(const PoolServiceSettings& settings) noexcept;
