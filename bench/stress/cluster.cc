@@ -56,7 +56,7 @@ Cluster::~Cluster() {
 void Cluster::Stop() {
   std::lock_guard<std::mutex> lock(stop_mu);
   worker_servers.clear();
-  coordinator_server.reset();
+  coordinator_servers.clear();
   if (!root.empty()) cluster::RemoveTree(root);
   root.clear();
 }
@@ -112,7 +112,7 @@ namespace {
 void UseGivenServers(const Options& options, Cluster& c) {
   std::optional<Endpoint> coord = ParseEndpoint(options.coordinator);
   if (!coord) Die("--coordinator must be host:port");
-  c.coordinator = *coord;
+  c.coordinators = {*coord};
   for (absl::string_view w : absl::StrSplit(options.worker_nodes, ',', absl::SkipEmpty())) {
     std::optional<Endpoint> e = ParseEndpoint(std::string(w));
     if (!e) Die("--worker_nodes must be host:port,host:port");
@@ -122,11 +122,14 @@ void UseGivenServers(const Options& options, Cluster& c) {
 }
 
 // Starts --workers local workers and, when asked, a coordinator with the
-// extension preloaded, in a new directory that Stop() removes.
+// extension preloaded (or --coordinators of them, each with its id and its
+// connections named apart, leasing from workers that load the extension
+// too), in a new directory that Stop() removes.
 void StartLocalServers(const Options& options, Cluster& c, bool need_coordinator) {
   absl::StatusOr<std::string> root = cluster::MakeServerRoot("connthrottle-stress-");
   if (!root.ok()) Die(std::string(root.status().message()));
   c.root = *root;
+  const bool several = options.several_coordinators();
   std::fprintf(stderr, "starting a local cluster in %s ...\n", c.root.c_str());
   for (int w = 0; w < options.workers; ++w) {
     cluster::ServerConfig config;
@@ -135,22 +138,36 @@ void StartLocalServers(const Options& options, Cluster& c, bool need_coordinator
     // Every backend a worker starts is logged ("connection received"):
     // the report's worker backends per query come from there.
     config.settings = {{"log_connections", "on"}};
+    // Several coordinators: the worker keeps the budget and grants its
+    // leases (set per run, SetLimit), admitting no connection without one.
+    config.preload_connthrottle = several;
+    if (several) config.settings.push_back({"connthrottle.unleased_connections", "0"});
     auto server = LocalServer::Start(c.root, config);
     if (!server.ok()) Die(std::string(server.status().message()));
     c.workers.push_back({(*server)->host(), (*server)->port(), config.name});
     c.worker_servers.push_back(*std::move(server));
   }
-  if (need_coordinator) {
+  if (!need_coordinator) return;
+  for (int i = 0; i < options.coordinators; ++i) {
     cluster::ServerConfig config;
-    config.name = "coordinator";
+    config.name = several ? absl::StrCat("coordinator", i + 1) : "coordinator";
     config.max_connections = options.clients + 20;
     config.preload_connthrottle = true;
     config.settings = {{"connthrottle.connection_wait_timeout", "'15s'"},
                        {"connthrottle.local_node", "'none'"}};
+    if (several) {
+      const std::string id = absl::StrCat("c", i + 1);
+      c.coordinator_ids.push_back(id);
+      config.settings.push_back({"connthrottle.coordinator_id", absl::StrCat("'", id, "'")});
+      // The workers' superuser: the servers run as another OS user.
+      config.settings.push_back({"connthrottle.lease_user", "'postgres'"});
+      config.settings.push_back(
+          {"connthrottle.node_conninfo", absl::StrCat("'application_name=connthrottle/", id, "'")});
+    }
     auto server = LocalServer::Start(c.root, config);
     if (!server.ok()) Die(std::string(server.status().message()));
-    c.coordinator = {(*server)->host(), (*server)->port(), "coordinator"};
-    c.coordinator_server = *std::move(server);
+    c.coordinators.push_back({(*server)->host(), (*server)->port(), config.name});
+    c.coordinator_servers.push_back(*std::move(server));
   }
 }
 
@@ -229,15 +246,15 @@ int PrepareWorker(const Cluster& c, const Endpoint& w) {
   return max_connections;
 }
 
-// Readies the coordinator: the clients' roles, and in each of their
+// Readies a coordinator: the clients' roles, and in each of their
 // databases the extension and its catalog of the workers (both are per
 // database), with the roles allowed to run the workload's functions. A role
 // that is not a superuser may only reach nodes of the catalog.
-void PrepareCoordinator(const Cluster& c) {
-  CreateRoles(c, c.coordinator);
-  CreateDatabases(c, c.coordinator);
+void PrepareCoordinator(const Cluster& c, const Endpoint& coordinator) {
+  CreateRoles(c, coordinator);
+  CreateDatabases(c, coordinator);
   for (const std::string& database : c.databases) {
-    std::unique_ptr<PgClient> client = MustConnect(c, c.coordinator, database);
+    std::unique_ptr<PgClient> client = MustConnect(c, coordinator, database);
     MustExec(*client, "CREATE EXTENSION IF NOT EXISTS connthrottle");
     MustExec(*client, "DELETE FROM connthrottle.worker_node");
     for (const Endpoint& w : c.workers) {
@@ -266,8 +283,14 @@ std::unique_ptr<Cluster> StartCluster(const Options& options, bool need_coordina
   } else {
     StartLocalServers(options, *c, need_coordinator);
   }
-  for (const Endpoint& w : c->workers) c->worker_max_connections.push_back(PrepareWorker(*c, w));
-  if (need_coordinator) PrepareCoordinator(*c);
+  for (const Endpoint& w : c->workers) {
+    c->worker_max_connections.push_back(PrepareWorker(*c, w));
+    // The lease functions live in the extension, in lease_database.
+    if (options.several_coordinators()) {
+      MustExec(*MustConnect(*c, w), "CREATE EXTENSION IF NOT EXISTS connthrottle");
+    }
+  }
+  for (const Endpoint& coordinator : c->coordinators) PrepareCoordinator(*c, coordinator);
   return c;
 }
 
@@ -298,35 +321,71 @@ void WarnIfWorkersMayRefuse(const Cluster& cluster, int limit) {
 
 // ---- the coordinator's settings and counters ---------------------------------
 
-void SetLimit(const Cluster& cluster, int limit, const std::string& transport) {
-  if (cluster.coordinator.port == 0) return;
-  auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
+namespace {
+
+// Sets `settings` on `server` (ALTER SYSTEM, a reload) and waits until a new
+// session sees every value; or dies after 10 s.
+void SetAndAwait(const Cluster& cluster, const Endpoint& server,
+                 const std::vector<std::pair<std::string, std::string>>& settings) {
+  auto c = cluster.Connect(server, "connthrottle-setup");
   if (!c.ok()) Die(std::string(c.status().message()));
-  MustExec(**c, absl::StrCat("ALTER SYSTEM SET connthrottle.max_shared_pool_size = ", limit));
-  MustExec(**c, absl::StrCat("ALTER SYSTEM SET connthrottle.executor_transport = ", transport));
+  for (const auto& [name, value] : settings) {
+    MustExec(**c, absl::StrCat("ALTER SYSTEM SET ", name, " = '", value, "'"));
+  }
   MustExec(**c, "SELECT pg_reload_conf()");
-  // The reload is asynchronous: wait until a new session sees the value.
+  // The reload is asynchronous: wait until a new session sees the values.
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (absl::Now() < give_up) {
-    auto probe = cluster.Connect(cluster.coordinator, "connthrottle-setup");
-    if (probe.ok() &&
-        (*probe)->QueryValue("SHOW connthrottle.max_shared_pool_size").value_or("") ==
-            std::to_string(limit) &&
-        (*probe)->QueryValue("SHOW connthrottle.executor_transport").value_or("") == transport) {
-      return;
+    auto probe = cluster.Connect(server, "connthrottle-setup");
+    bool all = probe.ok();
+    for (size_t i = 0; all && i < settings.size(); ++i) {
+      all = (*probe)->QueryValue(absl::StrCat("SHOW ", settings[i].first)).value_or("") ==
+            settings[i].second;
     }
+    if (all) return;
     absl::SleepFor(absl::Milliseconds(20));  // polling the server, bounded
   }
-  Die("the coordinator did not apply the new limit and transport within 10 s");
+  Die(absl::StrCat(server.name, " did not apply its settings for the run within 10 s"));
+}
+
+}  // namespace
+
+void SetLimit(const Cluster& cluster, int limit, const std::string& transport, int worker_budget) {
+  const bool several = cluster.coordinators.size() > 1;
+  if (several) {
+    for (const Endpoint& w : cluster.workers) {
+      SetAndAwait(cluster, w, {{"connthrottle.worker_budget", absl::StrCat(worker_budget)}});
+    }
+  }
+  for (const Endpoint& coordinator : cluster.coordinators) {
+    std::vector<std::pair<std::string, std::string>> settings = {
+        {"connthrottle.max_shared_pool_size", absl::StrCat(limit)},
+        {"connthrottle.executor_transport", transport}};
+    if (several) {
+      settings.push_back({"connthrottle.worker_leases", worker_budget > 0 ? "on" : "off"});
+    }
+    SetAndAwait(cluster, coordinator, settings);
+  }
+}
+
+std::string CoordinatorApplication(const Cluster& cluster, size_t c) {
+  return c < cluster.coordinator_ids.size()
+             ? absl::StrCat("connthrottle/", cluster.coordinator_ids[c])
+             : std::string("connthrottle");
 }
 
 std::pair<int64_t, int64_t> WaitFigures(const Cluster& cluster) {
-  auto c = cluster.Connect(cluster.coordinator, "connthrottle-setup");
-  if (!c.ok()) return {-1, -1};
-  absl::StatusOr<cluster::QueryResult> r =
-      (*c)->Query("SELECT waited, wakeups FROM connthrottle.table_stats()");
-  if (!r.ok() || r->rows.size() != 1 || !r->rows[0][0] || !r->rows[0][1]) return {-1, -1};
-  return {std::atoll(r->rows[0][0]->c_str()), std::atoll(r->rows[0][1]->c_str())};
+  std::pair<int64_t, int64_t> sum = {0, 0};
+  for (const Endpoint& coordinator : cluster.coordinators) {
+    auto c = cluster.Connect(coordinator, "connthrottle-setup");
+    if (!c.ok()) return {-1, -1};
+    absl::StatusOr<cluster::QueryResult> r =
+        (*c)->Query("SELECT waited, wakeups FROM connthrottle.table_stats()");
+    if (!r.ok() || r->rows.size() != 1 || !r->rows[0][0] || !r->rows[0][1]) return {-1, -1};
+    sum.first += std::atoll(r->rows[0][0]->c_str());
+    sum.second += std::atoll(r->rows[0][1]->c_str());
+  }
+  return sum;
 }
 
 }  // namespace connthrottle::stress

@@ -1,7 +1,8 @@
-// The cluster the stress driver runs against: a coordinator and its workers,
-// either started here on loopback ports (and removed again, by Die too) or
-// given with --coordinator, and readied for the clients' roles and databases.
-// Also the coordinator's settings and counters that a run reads and sets.
+// The cluster the stress driver runs against: a coordinator (or several that
+// share the workers, --coordinators) and its workers, either started here on
+// loopback ports (and removed again, by Die too) or given with --coordinator,
+// and readied for the clients' roles and databases. Also the coordinators'
+// and workers' settings and counters that a run reads and sets.
 
 #ifndef CONNTHROTTLE_BENCH_STRESS_CLUSTER_H_
 #define CONNTHROTTLE_BENCH_STRESS_CLUSTER_H_
@@ -44,9 +45,14 @@ std::optional<Endpoint> ParseEndpoint(const std::string& text);
 
 struct Cluster {
   std::string root;  // our own cluster's directory, "" for a given one
-  std::unique_ptr<LocalServer> coordinator_server;
+  std::vector<std::unique_ptr<LocalServer>> coordinator_servers;
   std::vector<std::unique_ptr<LocalServer>> worker_servers;
-  Endpoint coordinator;
+  // None in library mode; one, or --coordinators of our own.
+  std::vector<Endpoint> coordinators;
+  // With several coordinators, each one's connthrottle.coordinator_id
+  // ("c1".."cN"); its connections to the workers carry the application_name
+  // "connthrottle/" + id, by which the monitor counts them apart.
+  std::vector<std::string> coordinator_ids;
   std::vector<Endpoint> workers;
   std::vector<int> worker_max_connections;
   // Who the clients are (--roles, --databases): roles and databases that
@@ -99,10 +105,16 @@ std::unique_ptr<Cluster> StartCluster(const Options& options, bool need_coordina
 // connections per node that the clients' roles may have.
 void WarnIfWorkersMayRefuse(const Cluster& cluster, int limit);
 
-// The limit and the transport of the next run (a reload).
-void SetLimit(const Cluster& cluster, int limit, const std::string& transport);
+// The limit and the transport of the next run on every coordinator, and
+// with several coordinators the workers' budget (-1: none) and whether the
+// coordinators lease it (a reload each, awaited).
+void SetLimit(const Cluster& cluster, int limit, const std::string& transport,
+              int worker_budget = -1);
 
-// The coordinator's cumulative (waited, wakeups), or (-1, -1).
+// The application_name of coordinator `c`'s connections to the workers.
+std::string CoordinatorApplication(const Cluster& cluster, size_t c);
+
+// The coordinators' cumulative (waited, wakeups) summed, or (-1, -1).
 std::pair<int64_t, int64_t> WaitFigures(const Cluster& cluster);
 
 }  // namespace connthrottle::stress

@@ -67,7 +67,7 @@ bool FaultInjector::KillClient() {
 
 bool FaultInjector::TerminateCoordinatorBackend() {
   int pid = clients_.BackendPid(static_cast<int>(rng_() % clients_.count()));
-  auto admin = cluster_.Connect(cluster_.coordinator, "connthrottle-faults");
+  auto admin = cluster_.Connect(cluster_.coordinators.front(), "connthrottle-faults");
   return pid > 0 && admin.ok() &&
          (*admin)->Exec(absl::StrCat("SELECT pg_terminate_backend(", pid, ")")).ok();
 }
@@ -78,7 +78,8 @@ bool FaultInjector::TerminateWorkerBackend() {
   if (!admin.ok()) return false;
   absl::StatusOr<std::string> n = (*admin)->QueryValue(
       "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity "
-      "WHERE application_name = 'connthrottle' ORDER BY random() LIMIT 1) p");
+      "WHERE application_name = 'connthrottle' OR application_name LIKE 'connthrottle/%' "
+      "ORDER BY random() LIMIT 1) p");
   return n.ok() && *n == "1";
 }
 

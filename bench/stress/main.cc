@@ -76,6 +76,26 @@ ABSL_FLAG(int, databases, 1,
           "(with the extension and its catalog of the workers) and on every worker (with the "
           "shard table and its data) if missing. The limit counts per node, across databases: the "
           "monitor judges each worker's connections from every database together");
+ABSL_FLAG(int, coordinators, 1,
+          "sql mode, local cluster: start this many coordinators that send to the same workers, "
+          "client i on coordinator i % N (coordinator_id c1..cN; their connections to the workers "
+          "are named connthrottle/c1..cN, which the monitor counts apart). With "
+          "--worker_budget they lease it (worker_leases = on) and the monitor judges every "
+          "worker sample's sum over all coordinators against the budget");
+ABSL_FLAG(int, worker_budget, -1,
+          "with --coordinators above 1: connthrottle.worker_budget of every worker, which "
+          "admits no coordinator connection without a lease (unleased_connections = 0); -1: "
+          "none, each coordinator counts alone");
+ABSL_FLAG(absl::Duration, idle_from, absl::ZeroDuration(),
+          "with --coordinators above 1 and --idle_for: when, into each run, the last "
+          "coordinator's clients stop running anything (and close their sessions)");
+ABSL_FLAG(absl::Duration, idle_for, absl::ZeroDuration(),
+          "how long the last coordinator stays idle from --idle_from (inf: to the end); 0: "
+          "never idle");
+ABSL_FLAG(bool, compare_static_split, false,
+          "with --worker_budget: also run the workload on a static split of the budget, as "
+          "without leases (each coordinator's limit budget / coordinators, no worker budget, "
+          "no leases)");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(30), "length of each run");
 ABSL_FLAG(std::string, mix, "fanout=2,router=2,copy=1",
           "workload mix as name=weight: fanout (run_tasks on every worker), router (one task "
@@ -83,7 +103,9 @@ ABSL_FLAG(std::string, mix, "fanout=2,router=2,copy=1",
 ABSL_FLAG(int, tasks_per_worker, 4, "tasks per worker in a fan-out execution");
 ABSL_FLAG(std::string, fanout_task, "scan",
           "what each fan-out task runs: scan (count a sixteenth of the shard table, a few "
-          "ms) or short (a primary-key lookup, well under a millisecond)");
+          "ms), short (a primary-key lookup, well under a millisecond) or sleep (a lookup and "
+          "pg_sleep(0.01): work bound by the connections, not the workers' CPUs, as a remote "
+          "query waiting on I/O)");
 ABSL_FLAG(std::string, coordinator, "",
           "use this coordinator (host:port, with the extension) instead of starting a cluster");
 ABSL_FLAG(std::string, worker_nodes, "", "with --coordinator: the workers as host:port,host:port");
@@ -136,6 +158,11 @@ Options OptionsFromFlags() {
   o.clients = absl::GetFlag(FLAGS_clients);
   o.roles = absl::GetFlag(FLAGS_roles);
   o.databases = absl::GetFlag(FLAGS_databases);
+  o.coordinators = absl::GetFlag(FLAGS_coordinators);
+  o.worker_budget = absl::GetFlag(FLAGS_worker_budget);
+  o.idle_from = absl::GetFlag(FLAGS_idle_from);
+  o.idle_for = absl::GetFlag(FLAGS_idle_for);
+  o.compare_static_split = absl::GetFlag(FLAGS_compare_static_split);
   o.duration = absl::GetFlag(FLAGS_duration);
   o.mix = absl::GetFlag(FLAGS_mix);
   o.tasks_per_worker = absl::GetFlag(FLAGS_tasks_per_worker);
@@ -172,9 +199,35 @@ void CheckRolesAndDatabases(const Options& options) {
   if (options.library() && (roles > 1 || databases > 1)) {
     Die("--roles and --databases are for sql mode");
   }
-  if (roles * databases > options.clients) {
-    Die("--clients must be at least --roles x --databases, so that every role runs in every "
-        "database");
+  if (roles * databases * options.coordinators > options.clients) {
+    Die("--clients must be at least --coordinators x --roles x --databases, so that every role "
+        "runs in every database on every coordinator");
+  }
+}
+
+// Refuses --coordinators, --worker_budget, the idle window and the static
+// split where they cannot be run.
+void CheckCoordinators(const Options& options) {
+  if (options.coordinators < 1 || options.coordinators > 16) Die("--coordinators must be 1..16");
+  const bool several = options.several_coordinators();
+  if (several && options.library()) Die("--coordinators is for sql mode");
+  if (several && !options.coordinator.empty()) {
+    Die("--coordinators starts its own cluster: it does not take --coordinator");
+  }
+  if (several && options.terminate_coordinator_backends > 0) {
+    Die("--terminate_coordinator_backends is for one coordinator");
+  }
+  if (options.worker_budget != -1 && (!several || options.worker_budget < 1)) {
+    Die("--worker_budget is 1 or more, with --coordinators above 1");
+  }
+  if (options.compare_static_split && options.worker_budget < options.coordinators) {
+    Die("--compare_static_split needs a --worker_budget of at least one per coordinator");
+  }
+  if (options.idle_for < absl::ZeroDuration() || options.idle_from < absl::ZeroDuration()) {
+    Die("--idle_from and --idle_for must not be negative");
+  }
+  if (options.idle_for > absl::ZeroDuration() && !several) {
+    Die("--idle_for needs --coordinators above 1 (the last one idles)");
   }
 }
 
@@ -189,14 +242,16 @@ void CheckOptions(const Options& options) {
     Die("--sample_interval must be at most 20ms");
   }
   if (options.limit < 1) Die("--limit must be at least 1");
-  if (options.fanout_task != "scan" && options.fanout_task != "short") {
-    Die("--fanout_task is scan or short");
+  if (options.fanout_task != "scan" && options.fanout_task != "short" &&
+      options.fanout_task != "sleep") {
+    Die("--fanout_task is scan, short or sleep");
   }
   if (options.tasks_per_worker < 1 || options.tasks_per_worker > 1000) {
     Die("--tasks_per_worker must be 1..1000");
   }
   if (options.duration <= absl::ZeroDuration()) Die("--duration must be positive");
   CheckRolesAndDatabases(options);
+  CheckCoordinators(options);
   (void)Mix::Parse(options.mix, options.library());
 }
 
@@ -215,8 +270,10 @@ std::string ThrottledTransport(const Options& options) {
   return transport;
 }
 
-std::string ThrottledLabel(const std::string& transport) {
-  return transport == "direct" ? std::string("throttled") : absl::StrCat("throttled, ", transport);
+std::string ThrottledLabel(const std::string& transport, const Options& options) {
+  const std::string leased = options.worker_budget > 0 ? ", leased" : "";
+  return transport == "direct" ? absl::StrCat("throttled", leased)
+                               : absl::StrCat("throttled, ", transport, leased);
 }
 
 // The throttled run, then those it is compared with; nullopt when the
@@ -229,17 +286,23 @@ std::optional<std::vector<RunData>> RunAll(Cluster& cluster, const Options& opti
   const std::string transport = ThrottledTransport(options);
   const std::string other = transport == "direct" ? "shared_pool" : "direct";
   runs.push_back(
-      Run(cluster, options, {ThrottledLabel(transport), options.limit, transport, seed}));
+      Run(cluster, options, {ThrottledLabel(transport, options), options.limit, transport, seed}));
   if (g_interrupted) return std::nullopt;
   // The shared pool's connections outlive its run: it goes last.
   if (options.compare_unthrottled) {
     std::fprintf(stderr, "unthrottled run (max_shared_pool_size = -1, direct) ...\n");
     runs.insert(transport == "direct" ? runs.end() : runs.begin(),
-                Run(cluster, options, {"unthrottled", -1, "direct", seed}));
+                Run(cluster, options, {"unthrottled", -1, "direct", seed, /*leases=*/false}));
   }
   if (options.compare_transports && !g_interrupted) {
     std::fprintf(stderr, "throttled run through %s ...\n", other.c_str());
-    runs.push_back(Run(cluster, options, {ThrottledLabel(other), options.limit, other, seed}));
+    runs.push_back(
+        Run(cluster, options, {ThrottledLabel(other, options), options.limit, other, seed}));
+  }
+  if (options.compare_static_split && !g_interrupted) {
+    const int share = options.worker_budget / options.coordinators;
+    std::fprintf(stderr, "static split run (limit %d per coordinator, no leases) ...\n", share);
+    runs.push_back(Run(cluster, options, {"static split", share, transport, seed, false}));
   }
   return runs;
 }
@@ -269,13 +332,17 @@ void WriteOutDirectory(const std::string& out, const std::vector<RunData>& runs,
   std::filesystem::create_directories(out);
   WriteFile(absl::StrCat(out, "/report.txt"), text);
   WriteFile(absl::StrCat(out, "/report.json"), json);
-  std::vector<std::string> csvs;
+  std::vector<std::string> csvs, throughputs;
   for (const RunData& r : runs) {
     csvs.push_back(absl::StrCat(out, "/connections-", r.label, ".csv"));
     WriteFile(csvs.back(), SeriesCsv(r));
+    if (r.coordinators.size() > 1) {
+      throughputs.push_back(absl::StrCat(out, "/throughput-", r.label, ".csv"));
+      WriteFile(throughputs.back(), ThroughputCsv(r));
+    }
   }
   const std::string png = absl::StrCat(out, "/chart.png");
-  WriteFile(absl::StrCat(out, "/chart.gnuplot"), GnuplotScript(runs, csvs, png));
+  WriteFile(absl::StrCat(out, "/chart.gnuplot"), GnuplotScript(runs, csvs, png, throughputs));
   const std::string command = absl::StrCat("gnuplot ", out, "/chart.gnuplot 2>/dev/null");
   if (std::system(command.c_str()) == 0) {
     std::fprintf(stderr, "chart: %s\n", png.c_str());

@@ -21,6 +21,11 @@ struct Options {
   int clients = 0;
   int roles = 0;
   int databases = 0;
+  int coordinators = 1;
+  int worker_budget = -1;
+  absl::Duration idle_from;
+  absl::Duration idle_for;
+  bool compare_static_split = false;
   absl::Duration duration;
   std::string mix;
   int tasks_per_worker = 0;
@@ -47,6 +52,8 @@ struct Options {
 
   // --mode=library: client processes use the C++ library, no coordinator.
   bool library() const { return mode == "library"; }
+  // --coordinators above 1: coordinators that share the workers' budget.
+  bool several_coordinators() const { return coordinators > 1; }
 };
 
 }  // namespace connthrottle::stress

@@ -149,10 +149,29 @@ void AddPeakRows(Table& table, const std::vector<RunData>& runs) {
     table.Row(absl::StrCat("peak connections, ", runs[0].workers[w].name), [w](const RunData& r) {
       if (w >= r.workers.size()) return std::string("-");
       const WorkerFigures& f = r.workers[w];
-      return absl::StrCat(f.peak, " (limit ", f.limit < 0 ? "off" : absl::StrCat(f.limit),
-                          f.limit >= 0 && !f.peak_per_database.empty() ? ", all databases" : "",
+      const bool several = !f.peak_per_coordinator.empty();
+      return absl::StrCat(f.peak, several ? " (budget " : " (limit ",
+                          f.limit < 0 ? "off" : absl::StrCat(f.limit),
+                          f.limit >= 0 && several                        ? ", all coordinators"
+                          : f.limit >= 0 && !f.peak_per_database.empty() ? ", all databases"
+                                                                         : "",
                           ", max_connections ", f.max_connections, ")");
     });
+    for (size_t c = 0; c < runs[0].workers[w].peak_per_coordinator.size(); ++c) {
+      const std::string coordinator =
+          c < runs[0].coordinators.size() ? runs[0].coordinators[c] : absl::StrCat(c + 1);
+      table.Row(absl::StrCat("peak connections, ", runs[0].workers[w].name, ", ", coordinator),
+                [w, c](const RunData& r) {
+                  if (w >= r.workers.size() || c >= r.workers[w].peak_per_coordinator.size()) {
+                    return std::string("-");
+                  }
+                  const WorkerFigures& f = r.workers[w];
+                  return absl::StrCat(f.peak_per_coordinator[c], " (limit ",
+                                      f.coordinator_limit < 0 ? std::string("off")
+                                                              : absl::StrCat(f.coordinator_limit),
+                                      ")");
+                });
+    }
     for (size_t d = 0; d < runs[0].workers[w].peak_per_database.size(); ++d) {
       const std::string database =
           d < runs[0].databases.size() ? runs[0].databases[d] : absl::StrCat(d + 1);
@@ -198,6 +217,25 @@ void AddGroupRows(Table& table, const std::string& kind, const std::vector<Group
   }
 }
 
+std::string OptionalSeconds(const std::optional<absl::Duration>& d) {
+  return d.has_value() ? HumanDuration(*d) : std::string("-");
+}
+
+// Several coordinators: each one's completions, Jain's index across them
+// (per client, as for roles) and how fast the budget moved around the idle
+// window.
+void AddCoordinatorRows(Table& table, const std::vector<RunData>& runs) {
+  AddGroupRows(table, "coordinator", PerCoordinator(runs[0]), PerCoordinator);
+  table.Row("Jain's index across coordinators (per client)", [](const RunData& r) {
+    return absl::StrFormat("%.3f", GroupJainIndex(PerCoordinator(r)));
+  });
+  if (!runs[0].idle.has_value()) return;
+  table.Row("idle coordinator's share taken by the others after",
+            [](const RunData& r) { return OptionalSeconds(MeasureShareTimes(r).taken); });
+  table.Row("its share back once busy again after",
+            [](const RunData& r) { return OptionalSeconds(MeasureShareTimes(r).given_back); });
+}
+
 // How evenly the clients (and with several, the roles and databases) fared.
 void AddFairnessRows(Table& table, const std::vector<RunData>& runs) {
   table.Row("per-client completions min/max", [](const RunData& r) {
@@ -213,6 +251,7 @@ void AddFairnessRows(Table& table, const std::vector<RunData>& runs) {
     table.Row("Jain's index across roles (per client)",
               [](const RunData& r) { return absl::StrFormat("%.3f", GroupJainIndex(PerRole(r))); });
   }
+  if (!runs.empty() && runs[0].coordinators.size() > 1) AddCoordinatorRows(table, runs);
 }
 
 // The monitor, the faults and the counters after the run.
@@ -302,6 +341,11 @@ std::string JsonWorkers(const RunData& run) {
         w.peak_per_database.empty() ? ""
                                     : absl::StrCat(",\"peak_per_database\":[",
                                                    absl::StrJoin(w.peak_per_database, ","), "]"),
+        w.peak_per_coordinator.empty()
+            ? ""
+            : absl::StrCat(",\"coordinator_limit\":", w.coordinator_limit,
+                           ",\"peak_per_coordinator\":[",
+                           absl::StrJoin(w.peak_per_coordinator, ","), "]"),
         "}"));
   }
   return absl::StrJoin(workers, ",");
@@ -315,6 +359,25 @@ std::string JsonRolesAndDatabases(const RunData& r) {
                       JsonGroups("databases", PerDatabase(r)),
                       ",\"jain_index_roles\":", GroupJainIndex(PerRole(r)),
                       ",\"sqlstate_53300_errors\":", r.sqlstate_53300_errors);
+}
+
+std::string JsonSeconds(const std::optional<absl::Duration>& d) {
+  return d.has_value() ? absl::StrCat(absl::ToDoubleSeconds(*d)) : std::string("null");
+}
+
+// The coordinators' figures: only with several coordinators.
+std::string JsonCoordinators(const RunData& r) {
+  if (r.coordinators.size() <= 1) return "";
+  const ShareTimes t = MeasureShareTimes(r);
+  std::vector<std::string> series;
+  for (const std::vector<int64_t>& second : ThroughputPerSecond(r)) {
+    series.push_back(absl::StrCat("[", absl::StrJoin(second, ","), "]"));
+  }
+  return absl::StrCat(",", JsonGroups("coordinators", PerCoordinator(r)),
+                      ",\"jain_index_coordinators\":", GroupJainIndex(PerCoordinator(r)),
+                      ",\"share_taken_s\":", JsonSeconds(t.taken),
+                      ",\"share_given_back_s\":", JsonSeconds(t.given_back),
+                      ",\"completions_per_second\":[", absl::StrJoin(series, ","), "]");
 }
 
 // One run's object of the JSON report.
@@ -335,7 +398,7 @@ std::string JsonRun(const RunData& r) {
       ",\"other_errors\":", r.other_errors, ",\"hung\":", r.hung, ",\"workers\":[", JsonWorkers(r),
       "],\"completed_per_client\":[", absl::StrJoin(clients, ","), "],\"errors\":{",
       JsonErrors(r.errors), "},\"jain_index\":", s.jain, JsonRolesAndDatabases(r),
-      ",\"waits\":", r.waits, ",\"wakeups\":", r.wakeups,
+      JsonCoordinators(r), ",\"waits\":", r.waits, ",\"wakeups\":", r.wakeups,
       ",\"worker_sessions_per_query\":", s.sessions_per_query, ",\"worker_backends_per_query\":",
       s.backends_per_query < 0 ? std::string("null") : absl::StrCat(s.backends_per_query),
       ",\"faults\":{\"clients_killed\":", r.faults.clients_killed,
@@ -381,45 +444,106 @@ std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict)
 std::string SeriesCsv(const RunData& run) {
   std::string out = "seconds";
   for (const WorkerFigures& w : run.workers) absl::StrAppend(&out, ",", w.name);
+  const size_t coordinators = run.coordinators.size() > 1 ? run.coordinators.size() : 0;
+  for (const WorkerFigures& w : run.workers) {
+    for (size_t c = 0; c < coordinators; ++c) {
+      absl::StrAppend(&out, ",", w.name, "/", run.coordinators[c]);
+    }
+  }
   absl::StrAppend(&out, "\n");
   for (const Sample& s : run.samples) {
     absl::StrAppend(&out, absl::StrFormat("%.3f", absl::ToDoubleSeconds(s.at)));
     for (int c : s.coordinator_connections) absl::StrAppend(&out, ",", c);
+    for (size_t w = 0; coordinators > 0 && w < run.workers.size(); ++w) {
+      for (size_t c = 0; c < coordinators; ++c) {
+        const bool have = w < s.per_coordinator.size() && c < s.per_coordinator[w].size();
+        absl::StrAppend(&out, ",", have ? s.per_coordinator[w][c] : 0);
+      }
+    }
     absl::StrAppend(&out, "\n");
   }
   return out;
 }
 
+std::string ThroughputCsv(const RunData& run) {
+  std::string out = "second";
+  for (const std::string& c : run.coordinators) absl::StrAppend(&out, ",", c);
+  absl::StrAppend(&out, "\n");
+  const std::vector<std::vector<int64_t>> series = ThroughputPerSecond(run);
+  for (size_t s = 0; s < series.size(); ++s) {
+    absl::StrAppend(&out, s, ",", absl::StrJoin(series[s], ","), "\n");
+  }
+  return out;
+}
+
+namespace {
+
+// The connections plot of `run` from `csv`: each worker's total, and with
+// several coordinators each one's connections to each worker; the limit (or
+// budget) and the workers' max_connections as lines.
+std::string ConnectionsPlot(const RunData& run, const std::string& csv) {
+  int top = 0;
+  for (const WorkerFigures& w : run.workers) top = std::max({top, w.peak, w.max_connections});
+  const bool several = run.coordinators.size() > 1;
+  std::string script = absl::StrCat("set title '", run.label, several ? ": connections" : "", "'\n",
+                                    "set ylabel 'connections from the coordinator",
+                                    several ? "s" : "", "'\n", "set yrange [0:", top + 5, "]\n");
+  std::vector<std::string> plots;
+  for (size_t w = 0; w < run.workers.size(); ++w) {
+    plots.push_back(absl::StrCat("'", csv, "' using 1:", w + 2, " with steps lw 2 title '",
+                                 run.workers[w].name, several ? " (all)" : "", "'"));
+  }
+  for (size_t w = 0; several && w < run.workers.size(); ++w) {
+    for (size_t c = 0; c < run.coordinators.size(); ++c) {
+      const size_t column = 2 + run.workers.size() + w * run.coordinators.size() + c;
+      plots.push_back(absl::StrCat("'", csv, "' using 1:", column, " with steps lw 1 title '",
+                                   run.workers[w].name, " ", run.coordinators[c], "'"));
+    }
+  }
+  if (!run.workers.empty()) {
+    const WorkerFigures& w0 = run.workers[0];
+    const char* limit = several ? "budget" : "limit";
+    if (w0.limit >= 0) {
+      plots.push_back(absl::StrCat(w0.limit, " with lines dt 2 lw 2 lc 'red' title '", limit, " (",
+                                   w0.limit, ")'"));
+    }
+    plots.push_back(absl::StrCat(w0.max_connections,
+                                 " with lines dt 3 lw 1 lc 'black' title 'worker "
+                                 "max_connections (",
+                                 w0.max_connections, ")'"));
+  }
+  return absl::StrCat(script, "plot ", absl::StrJoin(plots, ", \\\n     "), "\n");
+}
+
+// Each coordinator's completions per second, from `csv` (ThroughputCsv).
+std::string ThroughputPlot(const RunData& run, const std::string& csv) {
+  std::vector<std::string> plots;
+  for (size_t c = 0; c < run.coordinators.size(); ++c) {
+    plots.push_back(absl::StrCat("'", csv, "' using 1:", c + 2, " with steps lw 2 title '",
+                                 run.coordinators[c], "'"));
+  }
+  return absl::StrCat("set title '", run.label, ": completions per second'\n",
+                      "set ylabel 'completions per second'\nset yrange [0:*]\n", "plot ",
+                      absl::StrJoin(plots, ", \\\n     "), "\n");
+}
+
+}  // namespace
+
 std::string GnuplotScript(const std::vector<RunData>& runs,
-                          const std::vector<std::string>& csv_files, const std::string& png) {
+                          const std::vector<std::string>& csv_files, const std::string& png,
+                          const std::vector<std::string>& throughput_files) {
+  const bool throughput = !throughput_files.empty();
   std::string script =
-      absl::StrCat("set terminal pngcairo size 1200,", 320 * std::max<size_t>(runs.size(), 1),
-                   " font 'sans,10' noenhanced\n", "set output '", png, "'\n",
-                   "set datafile separator ','\n", "set key outside right\n", "set grid\n",
-                   "set xlabel 'seconds'\n", "set ylabel 'connections from the coordinator'\n");
-  absl::StrAppend(&script, "set multiplot layout ", runs.size(), ",1\n");
+      absl::StrCat("set terminal pngcairo size ", throughput ? 1800 : 1200, ",",
+                   320 * std::max<size_t>(runs.size(), 1), " font 'sans,10' noenhanced\n",
+                   "set output '", png, "'\n", "set datafile separator ','\n",
+                   "set key outside right\n", "set grid\n", "set xlabel 'seconds'\n",
+                   "set multiplot layout ", runs.size(), ",", throughput ? 2 : 1, "\n");
   for (size_t r = 0; r < runs.size(); ++r) {
-    const RunData& run = runs[r];
-    int top = 0;
-    for (const WorkerFigures& w : run.workers) top = std::max({top, w.peak, w.max_connections});
-    absl::StrAppend(&script, "set title '", run.label, "'\n", "set yrange [0:", top + 5, "]\n");
-    std::vector<std::string> plots;
-    for (size_t w = 0; w < run.workers.size(); ++w) {
-      plots.push_back(absl::StrCat("'", csv_files[r], "' using 1:", w + 2,
-                                   " with steps lw 2 title '", run.workers[w].name, "'"));
+    absl::StrAppend(&script, ConnectionsPlot(runs[r], csv_files[r]));
+    if (throughput && r < throughput_files.size()) {
+      absl::StrAppend(&script, ThroughputPlot(runs[r], throughput_files[r]));
     }
-    if (!run.workers.empty()) {
-      const WorkerFigures& w0 = run.workers[0];
-      if (w0.limit >= 0) {
-        plots.push_back(absl::StrCat(w0.limit, " with lines dt 2 lw 2 lc 'red' title 'limit (",
-                                     w0.limit, ")'"));
-      }
-      plots.push_back(absl::StrCat(w0.max_connections,
-                                   " with lines dt 3 lw 1 lc 'black' title 'worker "
-                                   "max_connections (",
-                                   w0.max_connections, ")'"));
-    }
-    absl::StrAppend(&script, "plot ", absl::StrJoin(plots, ", \\\n     "), "\n");
   }
   absl::StrAppend(&script, "unset multiplot\n");
   return script;

@@ -17,12 +17,18 @@ namespace connthrottle::stress {
 std::string TextReport(const std::vector<RunData>& runs, const Verdict& verdict);
 // The same as JSON.
 std::string JsonReport(const std::vector<RunData>& runs, const Verdict& verdict);
-// The connection time series of a run: "seconds,worker1,worker2,...".
+// The connection time series of a run: "seconds,worker1,worker2,...", and
+// with several coordinators then "worker1/c1,worker1/c2,...,worker2/c1,...".
 std::string SeriesCsv(const RunData& run);
+// With several coordinators: each one's completions per second of the run,
+// "second,c1,c2,...".
+std::string ThroughputCsv(const RunData& run);
 // A gnuplot script that draws the CSV files of `runs` against each worker's
-// limit into `png`.
+// limit (or budget) into `png`; with `throughput_files` (ThroughputCsv of
+// each run) each run's coordinators' completions per second beside them.
 std::string GnuplotScript(const std::vector<RunData>& runs,
-                          const std::vector<std::string>& csv_files, const std::string& png);
+                          const std::vector<std::string>& csv_files, const std::string& png,
+                          const std::vector<std::string>& throughput_files = {});
 
 }  // namespace connthrottle::stress
 

@@ -132,6 +132,28 @@ TEST(ReportTest, SeriesCsvHasAHeaderAndOneLinePerSample) {
   EXPECT_EQ(SeriesCsv(run), "seconds,worker1,worker2\n0.010,1,2\n1.500,3,4\n");
 }
 
+TEST(ReportTest, WithCoordinatorsTheSeriesHasEachOnesConnectionsAndThroughput) {
+  RunData run = CleanRunOfCoordinators();
+  run.samples.resize(1);
+  EXPECT_EQ(SeriesCsv(run),
+            "seconds,worker1,worker2,worker1/c1,worker1/c2,worker2/c1,worker2/c2\n"
+            "0.010,8,8,4,4,4,4\n");
+  EXPECT_THAT(ThroughputCsv(run), HasSubstr("second,c1,c2\n0,20,10\n1,20,10\n2,20,0\n"));
+  const std::string text = TextReport({run}, Verdict{});
+  EXPECT_THAT(text, HasSubstr("8 (budget 8, all coordinators"));
+  EXPECT_THAT(text, HasSubstr("completions, coordinator c2"));
+  EXPECT_THAT(text, HasSubstr("Jain's index across coordinators"));
+  const std::string json = JsonReport({run}, Verdict{});
+  EXPECT_THAT(json, HasSubstr(R"("peak_per_coordinator":[7,4])"));
+  EXPECT_THAT(json, HasSubstr(R"("jain_index_coordinators":)"));
+  EXPECT_THAT(json, HasSubstr(R"("share_taken_s":null)"));  // one sample, before the window
+  const std::string script = GnuplotScript({run}, {"/o/t.csv"}, "/o/chart.png", {"/o/q.csv"});
+  EXPECT_THAT(script, HasSubstr("multiplot layout 1,2"));
+  EXPECT_THAT(script, HasSubstr("'/o/t.csv' using 1:7 with steps lw 1 title 'worker2 c2'"));
+  EXPECT_THAT(script, HasSubstr("'/o/q.csv' using 1:3 with steps lw 2 title 'c2'"));
+  EXPECT_THAT(script, HasSubstr("title 'budget (8)'"));
+}
+
 TEST(ReportTest, GnuplotDrawsEachRunAgainstItsLimit) {
   RunData throttled = CleanRun();
   RunData unthrottled = CleanRun();

@@ -48,14 +48,24 @@ int64_t SessionsOpened(const Cluster& cluster, const Endpoint& w) {
   return v.ok() ? std::atoll(v->c_str()) : 0;
 }
 
-// Each worker's figures as they stand before a run with `limit`: the
-// counters the run's figures are the difference from.
-std::vector<WorkerFigures> WorkerFiguresBefore(const Cluster& cluster, int limit) {
+// What a worker's peak is judged against in a run with each coordinator's
+// `limit` and the workers' `budget` (-1: none): one coordinator's limit, or
+// with several the budget, or else the sum of their limits.
+int WorkerLimit(const Cluster& cluster, int limit, int budget) {
+  const int n = static_cast<int>(cluster.coordinators.size());
+  if (n <= 1 || limit < 0) return limit;
+  return budget > 0 ? budget : limit * n;
+}
+
+// Each worker's figures as they stand before a run with `limit` and
+// `budget`: the counters the run's figures are the difference from.
+std::vector<WorkerFigures> WorkerFiguresBefore(const Cluster& cluster, int limit, int budget) {
   std::vector<WorkerFigures> workers;
   for (size_t w = 0; w < cluster.workers.size(); ++w) {
     WorkerFigures f;
     f.name = cluster.workers[w].name;
-    f.limit = limit;
+    f.limit = WorkerLimit(cluster, limit, budget);
+    if (cluster.coordinators.size() > 1) f.coordinator_limit = limit;
     f.max_connections = cluster.worker_max_connections[w];
     f.sessions_opened = -SessionsOpened(cluster, cluster.workers[w]);
     f.backends_started = BackendsStarted(cluster, w);
@@ -75,6 +85,13 @@ void WorkerFiguresAfter(const Cluster& cluster, RunData& run) {
         PeakPerWorkerAndDatabase(run.samples, run.workers.size(), cluster.databases.size());
     for (size_t w = 0; w < run.workers.size(); ++w) {
       run.workers[w].peak_per_database = std::move(per_database[w]);
+    }
+  }
+  if (cluster.coordinators.size() > 1) {
+    std::vector<std::vector<int>> per_coordinator =
+        PeakPerWorkerAndCoordinator(run.samples, run.workers.size(), cluster.coordinators.size());
+    for (size_t w = 0; w < run.workers.size(); ++w) {
+      run.workers[w].peak_per_coordinator = std::move(per_coordinator[w]);
     }
   }
   for (size_t w = 0; w < cluster.workers.size(); ++w) {
@@ -142,8 +159,13 @@ RunData Run(Cluster& cluster, const Options& options, const RunSpec& spec) {
   RunData run;
   run.label = spec.label;
   run.sample_interval = options.sample_interval;
-  run.workers = WorkerFiguresBefore(cluster, spec.limit);
-  SetLimit(cluster, spec.limit, spec.transport);
+  const int budget = spec.leases ? options.worker_budget : -1;
+  run.workers = WorkerFiguresBefore(cluster, spec.limit, budget);
+  run.coordinators = cluster.coordinator_ids;
+  if (options.idle_for > absl::ZeroDuration() && cluster.coordinators.size() > 1) {
+    run.idle = Gap{options.idle_from, options.idle_from + options.idle_for};
+  }
+  SetLimit(cluster, spec.limit, spec.transport, budget);
   Sampler sampler(cluster, run.sample_interval);
   std::atomic<bool> stop{false};
   std::unique_ptr<Clients> clients = MakeClients(cluster, options, spec, stop, run);

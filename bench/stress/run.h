@@ -20,6 +20,10 @@ struct RunSpec {
   int limit = 0;          // connthrottle.max_shared_pool_size (-1: off)
   std::string transport;  // connthrottle.executor_transport: direct or shared_pool
   uint64_t seed = 0;
+  // With several coordinators: whether they lease the workers' budget
+  // (--worker_budget). False: no worker budget, no leases, each coordinator
+  // counts alone (a static split, or unthrottled).
+  bool leases = true;
 };
 
 // Runs the workload of `options` for --duration (less, if interrupted) as

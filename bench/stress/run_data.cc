@@ -91,6 +91,19 @@ std::vector<std::vector<int>> PeakPerWorkerAndDatabase(const std::vector<Sample>
   return peak;
 }
 
+std::vector<std::vector<int>> PeakPerWorkerAndCoordinator(const std::vector<Sample>& samples,
+                                                          size_t workers, size_t coordinators) {
+  std::vector<std::vector<int>> peak(workers, std::vector<int>(coordinators, 0));
+  for (const Sample& s : samples) {
+    for (size_t w = 0; w < workers && w < s.per_coordinator.size(); ++w) {
+      for (size_t c = 0; c < coordinators && c < s.per_coordinator[w].size(); ++c) {
+        peak[w][c] = std::max(peak[w][c], s.per_coordinator[w][c]);
+      }
+    }
+  }
+  return peak;
+}
+
 absl::Duration LongestSampleGap(const std::vector<Sample>& samples, absl::Duration duration) {
   absl::Duration longest = absl::ZeroDuration();
   absl::Duration previous = absl::ZeroDuration();
@@ -110,10 +123,12 @@ bool SeveralRolesOrDatabases(const RunData& run) {
   return run.roles.size() > 1 || run.databases.size() > 1;
 }
 
-ClientGroup AssignClient(int client, int roles, int databases) {
+ClientGroup AssignClient(int client, int roles, int databases, int coordinators) {
   roles = std::max(roles, 1);
   databases = std::max(databases, 1);
-  return {client % roles, (client / roles) % databases};
+  coordinators = std::max(coordinators, 1);
+  const int rest = client / coordinators;
+  return {rest % roles, (rest / roles) % databases, client % coordinators};
 }
 
 namespace {
@@ -143,6 +158,64 @@ std::vector<GroupFigures> PerRole(const RunData& run) {
 
 std::vector<GroupFigures> PerDatabase(const RunData& run) {
   return SumGroups(run, run.databases, [](const ClientFigures& c) { return c.database; });
+}
+
+std::vector<GroupFigures> PerCoordinator(const RunData& run) {
+  return SumGroups(run, run.coordinators, [](const ClientFigures& c) { return c.coordinator; });
+}
+
+namespace {
+
+// The first sample at or after `from` at which `holds` is true of every
+// worker's per-coordinator counts, as a time since `from`.
+template <typename Holds>
+std::optional<absl::Duration> FirstHolding(const RunData& run, absl::Duration from, Holds holds) {
+  for (const Sample& s : run.samples) {
+    if (s.at < from || s.per_coordinator.size() != run.workers.size()) continue;
+    bool all = true;
+    for (size_t w = 0; w < s.per_coordinator.size() && all; ++w) {
+      all = s.per_coordinator[w].size() == run.coordinators.size() &&
+            holds(run.workers[w], s.per_coordinator[w]);
+    }
+    if (all) return s.at - from;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+ShareTimes MeasureShareTimes(const RunData& run) {
+  ShareTimes t;
+  const int n = static_cast<int>(run.coordinators.size());
+  if (n < 2 || !run.idle.has_value() || run.workers.empty()) return t;
+  const size_t last = run.coordinators.size() - 1;
+  t.taken =
+      FirstHolding(run, run.idle->from, [&](const WorkerFigures& w, const std::vector<int>& c) {
+        int others = 0;
+        for (size_t i = 0; i < last; ++i) others += c[i];
+        return w.limit > 0 && others > w.limit * (n - 1) / n;
+      });
+  if (run.idle->to < run.duration) {
+    t.given_back =
+        FirstHolding(run, run.idle->to, [&](const WorkerFigures& w, const std::vector<int>& c) {
+          return w.limit > 0 && c[last] >= w.limit / n;
+        });
+  }
+  return t;
+}
+
+std::vector<std::vector<int64_t>> ThroughputPerSecond(const RunData& run) {
+  const size_t seconds = static_cast<size_t>(std::ceil(absl::ToDoubleSeconds(run.duration)));
+  const size_t n = std::max<size_t>(run.coordinators.size(), 1);
+  std::vector<std::vector<int64_t>> out(seconds, std::vector<int64_t>(n, 0));
+  for (const ClientFigures& c : run.clients) {
+    if (c.coordinator < 0 || static_cast<size_t>(c.coordinator) >= n) continue;
+    for (absl::Duration at : c.completion_times) {
+      const int64_t s = absl::ToInt64Seconds(at);
+      if (s >= 0 && static_cast<size_t>(s) < seconds) ++out[s][c.coordinator];
+    }
+  }
+  return out;
 }
 
 double GroupJainIndex(const std::vector<GroupFigures>& groups) {
@@ -236,12 +309,23 @@ void JudgeMonitor(const RunData& run, Verdict& v) {
 // is the node's, across every database: the peak judged is that of all of
 // them together (the per-database peaks are reported, not judged).
 void JudgeLimits(const RunData& run, Verdict& v) {
+  const bool several = run.coordinators.size() > 1;
   for (const WorkerFigures& w : run.workers) {
     const std::string forced = w.forced > 0 ? absl::StrCat(" + ", w.forced, " forced") : "";
     if (w.limit >= 0 && w.peak > w.limit + w.forced) {
       Fail(v, absl::StrCat("worker ", w.name, ": peak of ", w.peak, " coordinator connections",
-                           w.peak_per_database.empty() ? "" : " (all databases)",
-                           " exceeds the limit of ", w.limit, forced));
+                           several                       ? " (all coordinators)"
+                           : w.peak_per_database.empty() ? ""
+                                                         : " (all databases)",
+                           " exceeds the ", several ? "budget" : "limit", " of ", w.limit, forced));
+    }
+    for (size_t c = 0; c < w.peak_per_coordinator.size() && c < run.coordinators.size(); ++c) {
+      if (w.coordinator_limit < 0 || w.peak_per_coordinator[c] <= w.coordinator_limit + w.forced) {
+        continue;
+      }
+      Fail(v, absl::StrCat("worker ", w.name, ": peak of ", w.peak_per_coordinator[c],
+                           " connections from coordinator ", run.coordinators[c],
+                           " exceeds its limit of ", w.coordinator_limit, forced));
     }
   }
 }
@@ -251,7 +335,9 @@ void JudgeLimits(const RunData& run, Verdict& v) {
 void JudgeStalls(const RunData& run, absl::Duration stall_window, Verdict& v) {
   std::vector<std::vector<absl::Duration>> completions;
   for (const ClientFigures& c : run.clients) completions.push_back(c.completion_times);
+  const int idle = run.idle.has_value() ? static_cast<int>(run.coordinators.size()) - 1 : -1;
   for (int c : StalledClients(completions, run.duration, stall_window)) {
+    if (run.clients[c].coordinator == idle) continue;  // idle on purpose
     const Gap gap = LongestGap(completions[c], run.duration);
     int failed = 0;
     std::string first;

@@ -58,6 +58,9 @@ struct Sample {
   // The same per worker and database (RunData::databases' order) when the
   // run used more than one database; empty otherwise.
   std::vector<std::vector<int>> per_database = {};
+  // The same per worker and coordinator (RunData::coordinators' order) when
+  // the run used more than one coordinator; empty otherwise.
+  std::vector<std::vector<int>> per_coordinator = {};
 };
 
 // The highest count per worker over `samples` (`workers` entries; a sample
@@ -69,14 +72,21 @@ std::vector<int> PeakPerWorker(const std::vector<Sample>& samples, size_t worker
 std::vector<std::vector<int>> PeakPerWorkerAndDatabase(const std::vector<Sample>& samples,
                                                        size_t workers, size_t databases);
 
+// The highest count per worker and coordinator over `samples`'
+// per_coordinator (as PeakPerWorkerAndDatabase).
+std::vector<std::vector<int>> PeakPerWorkerAndCoordinator(const std::vector<Sample>& samples,
+                                                          size_t workers, size_t coordinators);
+
 // The longest time with no sample: between the run's start, consecutive
 // samples and the run's end (`duration`).
 absl::Duration LongestSampleGap(const std::vector<Sample>& samples, absl::Duration duration);
 
 struct WorkerFigures {
   std::string name;
-  // max_shared_pool_size in force (-1: off): the node's, across all
-  // databases.
+  // What the worker's peak is judged against (-1: off). One coordinator:
+  // its max_shared_pool_size, the node's across all databases. Several:
+  // the worker's connthrottle.worker_budget, or with none the sum of the
+  // coordinators' limits.
   int limit = 0;
   int max_connections = 0;      // the worker's own max_connections
   int peak = 0;                 // peak connections from the coordinator, sampled
@@ -91,12 +101,18 @@ struct WorkerFigures {
   // The peak per database (RunData::databases' order) when the run used more
   // than one; empty otherwise. Reported; the limit is judged against `peak`.
   std::vector<int> peak_per_database = {};
+  // With several coordinators: each one's max_shared_pool_size (-1: off)
+  // and its peak here (RunData::coordinators' order), judged against it.
+  int coordinator_limit = -1;
+  std::vector<int> peak_per_coordinator = {};
 };
 
 struct ClientFigures {
-  // Indexes into RunData::roles and RunData::databases (AssignClient).
+  // Indexes into RunData::roles, RunData::databases and
+  // RunData::coordinators (AssignClient).
   int role = 0;
   int database = 0;
+  int coordinator = 0;
   int64_t completed = 0;
   int64_t failed = 0;
   std::vector<absl::Duration> completion_times;
@@ -126,6 +142,11 @@ struct RunData {
   // that no role starved.
   std::vector<std::string> roles;
   std::vector<std::string> databases;
+  // The coordinators the clients used, when more than one (--coordinators),
+  // and when the last of them was idle (--idle_from, --idle_for): its
+  // clients ran nothing then, and are not judged for stalls.
+  std::vector<std::string> coordinators;
+  std::optional<Gap> idle;
   std::vector<Sample> samples;
   LatencyRecorder latency;
   std::map<std::string, LatencyRecorder> latency_by_kind;  // "fanout", "router", "copy"
@@ -165,15 +186,18 @@ inline constexpr absl::Duration kMaxSampleGap = absl::Milliseconds(200);
 // Whether the clients ran as more than one role or in more than one database.
 bool SeveralRolesOrDatabases(const RunData& run);
 
-// The role and database client `client` runs as, of `roles` and `databases`
-// (each at least 1): role client % roles, database (client / roles) %
-// databases. Every roles x databases consecutive clients cover each
-// combination once, and the roles' client counts differ by at most one.
+// The coordinator, role and database client `client` runs on and as, of
+// `coordinators`, `roles` and `databases` (each at least 1): coordinator
+// client % coordinators; of the rest r = client / coordinators, role
+// r % roles and database (r / roles) % databases. Every coordinators x roles
+// x databases consecutive clients cover each combination once, and the
+// coordinators' and roles' client counts differ by at most one.
 struct ClientGroup {
   int role = 0;
   int database = 0;
+  int coordinator = 0;
 };
-ClientGroup AssignClient(int client, int roles, int databases);
+ClientGroup AssignClient(int client, int roles, int databases, int coordinators = 1);
 
 // The clients and completions of one role or one database.
 struct GroupFigures {
@@ -186,6 +210,23 @@ struct GroupFigures {
 // in that order, summing run.clients by their role or database.
 std::vector<GroupFigures> PerRole(const RunData& run);
 std::vector<GroupFigures> PerDatabase(const RunData& run);
+std::vector<GroupFigures> PerCoordinator(const RunData& run);
+
+// How fast a worker's budget moved between coordinators around the last
+// coordinator's idle window (run.idle), from the workers' samples:
+// `taken`, how long after it went idle the others first held more than
+// their static share (budget x others / coordinators, rounded down) on
+// every worker; `given_back`, how long after it came back it first held its
+// own static share (budget / coordinators) on every worker. nullopt: not
+// seen (or no idle window, one coordinator, no budget).
+struct ShareTimes {
+  std::optional<absl::Duration> taken, given_back;
+};
+ShareTimes MeasureShareTimes(const RunData& run);
+
+// Completions per second of each coordinator's clients, in whole seconds
+// of the run: [second][coordinator].
+std::vector<std::vector<int64_t>> ThroughputPerSecond(const RunData& run);
 
 // Jain's index over the groups' completions per client, so that a role with
 // more clients is not favoured for completing more; groups without clients
@@ -226,14 +267,17 @@ struct Verdict {
 // The invariants of DESIGN.md, judged on a throttled run:
 //   the monitor sampled every `kMaxSampleInterval` on average and never
 //   paused longer than `kMaxSampleGap` (else a peak could hide unseen);
-//   peak coordinator connections per worker <= limit + forced;
+//   peak coordinator connections per worker <= limit + forced (with
+//   several coordinators: their sum <= the worker's budget, and each one's
+//   <= its own limit + forced);
 //   no "too many clients" error; no operation hung past its deadline;
 //   every shared counter back to zero within `settle` after the clients stop;
-//   no client stalled for a whole `stall_window`;
+//   no client stalled for a whole `stall_window` (the idle coordinator's
+//   clients are not judged);
 //   with two roles or more, no role starved (StarvedGroups) for a whole
 //   `stall_window`.
-// With several databases the limit is judged per worker and database, as
-// the extension counts it.
+// With several databases the limit is judged per worker across all of
+// them, as the extension counts it (the per-database peaks are reported).
 // With `judge_timing` false the monitor's cadence, stalls and starved roles
 // are not judged (they are still reported): on a shared, busy machine they
 // measure the machine rather than connthrottle. The smoke tests run so.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -139,6 +140,65 @@ TEST(AssignClientTest, RolesRoundRobinAndEveryCombinationCovered) {
   // The defaults: everybody in role 0, database 0.
   EXPECT_EQ(AssignClient(7, 1, 1).role, 0);
   EXPECT_EQ(AssignClient(7, 1, 1).database, 0);
+}
+
+TEST(AssignClientTest, CoordinatorsRoundRobinAndEveryCombinationCovered) {
+  // 2 coordinators x 2 roles x 2 databases over 8 clients: each once.
+  std::map<std::tuple<int, int, int>, int> seen;
+  for (int c = 0; c < 8; ++c) {
+    const ClientGroup g = AssignClient(c, 2, 2, 2);
+    EXPECT_EQ(g.coordinator, c % 2) << c;
+    ++seen[{g.coordinator, g.role, g.database}];
+  }
+  EXPECT_THAT(seen, SizeIs(8));
+  // One coordinator: as before.
+  for (int c = 0; c < 16; ++c) {
+    EXPECT_EQ(AssignClient(c, 4, 2, 1).role, AssignClient(c, 4, 2).role);
+    EXPECT_EQ(AssignClient(c, 4, 2, 1).database, AssignClient(c, 4, 2).database);
+    EXPECT_EQ(AssignClient(c, 4, 2).coordinator, 0);
+  }
+}
+
+TEST(CoordinatorsTest, PerCoordinatorSumsItsClients) {
+  const RunData run = CleanRunOfCoordinators();
+  const std::vector<GroupFigures> c = PerCoordinator(run);
+  ASSERT_THAT(c, SizeIs(2));
+  EXPECT_EQ(c[0].name, "c1");
+  EXPECT_EQ(c[0].clients, 2);
+  EXPECT_EQ(c[0].completed, 200);
+  EXPECT_EQ(c[1].clients, 1);
+  EXPECT_EQ(c[1].completed, 80);
+}
+
+TEST(CoordinatorsTest, ShareTimesAreMeasuredFromTheIdleWindowsEdges) {
+  RunData run = CleanRunOfCoordinators();
+  ShareTimes t = MeasureShareTimes(run);
+  ASSERT_TRUE(t.taken.has_value());
+  EXPECT_EQ(*t.taken, absl::Milliseconds(300));
+  ASSERT_TRUE(t.given_back.has_value());
+  EXPECT_EQ(*t.given_back, absl::Milliseconds(200));
+  // The busy coordinator must hold more than its share on every worker:
+  // on worker2 it holds 4.
+  for (Sample& s : run.samples) {
+    if (s.at >= absl::Milliseconds(2300) && s.at < absl::Milliseconds(4200)) {
+      s.per_coordinator[1] = {4, 4};
+    }
+  }
+  t = MeasureShareTimes(run);
+  EXPECT_FALSE(t.taken.has_value());
+  EXPECT_EQ(*t.given_back, absl::Milliseconds(200));  // worker1 is still 7 + 1 till 4.2 s
+  // No idle window, or one coordinator: nothing measured.
+  run.idle.reset();
+  EXPECT_FALSE(MeasureShareTimes(run).taken.has_value());
+  EXPECT_FALSE(MeasureShareTimes(CleanRun()).given_back.has_value());
+}
+
+TEST(CoordinatorsTest, ThroughputPerSecondCountsEachCoordinatorsCompletions) {
+  const std::vector<std::vector<int64_t>> t = ThroughputPerSecond(CleanRunOfCoordinators());
+  ASSERT_THAT(t, SizeIs(10));
+  EXPECT_THAT(t[0], ElementsAre(20, 10));
+  EXPECT_THAT(t[2], ElementsAre(20, 0));
+  EXPECT_THAT(t[9], ElementsAre(20, 10));
 }
 
 // Clients with the given roles and completions.
@@ -369,6 +429,35 @@ TEST(JudgeTest, WithSeveralDatabasesTheLimitCountsPerNode) {
                           "exceeds the limit of 4"));
   run.workers[1].forced = 2;
   EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
+}
+
+TEST(JudgeTest, WithSeveralCoordinatorsTheirSumCountsAgainstTheBudget) {
+  RunData run = CleanRunOfCoordinators();
+  EXPECT_TRUE(Judge(run, kSettle, kStall).passed) << Judge(run, kSettle, kStall).violations[0];
+  // 9 in all on worker2, each coordinator within its own limit.
+  run.workers[1].peak = 9;
+  EXPECT_THAT(Judge(run, kSettle, kStall).violations,
+              ElementsAre("worker worker2: peak of 9 coordinator connections (all coordinators) "
+                          "exceeds the budget of 8"));
+  // One coordinator over its own limit, the sum within the budget.
+  run.workers[1].peak = 8;
+  run.workers[0].peak_per_coordinator = {9, 0};
+  EXPECT_THAT(Judge(run, kSettle, kStall).violations,
+              ElementsAre("worker worker1: peak of 9 connections from coordinator c1 exceeds its "
+                          "limit of 8"));
+}
+
+TEST(JudgeTest, TheIdleCoordinatorsClientsAreNotStalled) {
+  RunData run = CleanRunOfCoordinators();
+  run.idle = Gap{absl::Seconds(2), absl::Seconds(9)};
+  run.clients[1].completion_times =
+      Every(absl::Milliseconds(100), absl::ZeroDuration(), absl::Seconds(2));
+  EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
+  // A busy coordinator's client that stalls still fails the run.
+  run.clients[0].completion_times =
+      Every(absl::Milliseconds(100), absl::ZeroDuration(), absl::Seconds(2));
+  EXPECT_THAT(Judge(run, kSettle, kStall).violations,
+              ElementsAre(HasSubstr("client 0 completed nothing")));
 }
 
 TEST(JudgeTest, SparseSamplingFails) {

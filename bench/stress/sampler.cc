@@ -1,6 +1,7 @@
 // The monitor's sampling: one connection per worker (reconnected after a
 // restart), raised in priority where the driver may, and one count of the
-// coordinator's connections per worker, and per database, every interval.
+// coordinators' connections per worker, and per database and per
+// coordinator, every interval.
 
 #include "stress/sampler.h"
 
@@ -16,16 +17,27 @@
 namespace connthrottle::stress {
 
 Sampler::Sampler(const Cluster& cluster, absl::Duration interval)
-    : cluster_(cluster), interval_(interval), databases_(cluster.databases.size()) {
+    : cluster_(cluster),
+      interval_(interval),
+      databases_(cluster.databases.size()),
+      coordinators_(cluster.coordinator_ids.size()) {
+  // One row: the total, then with several databases a count per database,
+  // then with several coordinators a count per coordinator.
+  query_ = "SELECT count(*)";
+  int param = 0;
   if (databases_ > 1) {
-    per_database_query_ = "SELECT count(*)";
-    for (size_t d = 1; d <= databases_; ++d) {
-      absl::StrAppend(&per_database_query_, ", count(*) FILTER (WHERE datname = $", d, ")");
+    for (const std::string& database : cluster.databases) {
+      absl::StrAppend(&query_, ", count(*) FILTER (WHERE datname = $", ++param, ")");
+      params_.push_back(database);
     }
-    absl::StrAppend(&per_database_query_,
-                    " FROM pg_stat_activity WHERE application_name = 'connthrottle'");
-    per_database_params_.assign(cluster.databases.begin(), cluster.databases.end());
   }
+  for (size_t c = 0; c < coordinators_; ++c) {
+    absl::StrAppend(&query_, ", count(*) FILTER (WHERE application_name = $", ++param, ")");
+    params_.push_back(CoordinatorApplication(cluster, c));
+  }
+  absl::StrAppend(&query_,
+                  " FROM pg_stat_activity WHERE application_name = 'connthrottle' OR "
+                  "application_name LIKE 'connthrottle/%'");
   for (const Endpoint& w : cluster.workers) {
     auto c = cluster.Connect(w, "connthrottle-monitor");
     if (!c.ok()) Die(std::string(c.status().message()));
@@ -66,24 +78,22 @@ void Sampler::Boost(const PgClient& client) const {
   setpriority(PRIO_PROCESS, static_cast<id_t>(client.BackendPid()), kMonitorNice);
 }
 
-// Connections from the coordinator (application_name connthrottle, as the
-// extension names them) that `client`'s worker has now in all, and with
-// several databases per database (reported; the limit counts per node).
-// False when the query failed.
-bool Sampler::Count(PgClient& client, int* total, std::vector<int>* per_database) const {
-  if (databases_ <= 1) {
-    absl::StatusOr<std::string> v = client.QueryValue(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle'");
-    if (!v.ok()) return false;
-    *total = std::atoi(v->c_str());
-    return true;
-  }
-  absl::StatusOr<cluster::QueryResult> r = client.Query(per_database_query_, per_database_params_);
-  if (!r.ok() || r->rows.size() != 1 || r->rows[0].size() != databases_ + 1) return false;
-  *total = std::atoi(r->rows[0][0].value_or("0").c_str());
-  for (size_t d = 1; d <= databases_; ++d) {
-    per_database->push_back(std::atoi(r->rows[0][d].value_or("0").c_str()));
-  }
+// Connections from the coordinators (application_name connthrottle, or
+// connthrottle/<id> with several, as the extension names them) that
+// `client`'s worker has now in all, and with several databases or
+// coordinators per database and per coordinator. False when the query
+// failed.
+bool Sampler::Count(PgClient& client, int* total, std::vector<int>* per_database,
+                    std::vector<int>* per_coordinator) const {
+  absl::StatusOr<cluster::QueryResult> r = client.Query(query_, params_);
+  const size_t columns = 1 + (databases_ > 1 ? databases_ : 0) + coordinators_;
+  if (!r.ok() || r->rows.size() != 1 || r->rows[0].size() != columns) return false;
+  const std::vector<std::optional<std::string>>& row = r->rows[0];
+  auto at = [&](size_t i) { return std::atoi(row[i].value_or("0").c_str()); };
+  *total = at(0);
+  size_t i = 1;
+  for (; databases_ > 1 && i <= databases_; ++i) per_database->push_back(at(i));
+  for (size_t c = 0; c < coordinators_; ++c) per_coordinator->push_back(at(i++));
   return true;
 }
 
@@ -93,11 +103,12 @@ Sample Sampler::TakeSample() {
   Sample s;
   for (size_t w = 0; w < clients_.size(); ++w) {
     int n = -1;
-    std::vector<int> per_database;
+    std::vector<int> per_database, per_coordinator;
     if (clients_[w] != nullptr) {
-      if (!Count(*clients_[w], &n, &per_database)) {
+      if (!Count(*clients_[w], &n, &per_database, &per_coordinator)) {
         n = -1;
         per_database.clear();
+        per_coordinator.clear();
         clients_[w].reset();  // the worker restarted: reconnect next time
       }
     } else {
@@ -111,6 +122,10 @@ Sample Sampler::TakeSample() {
     if (databases_ > 1) {
       per_database.resize(databases_, 0);
       s.per_database.push_back(std::move(per_database));
+    }
+    if (coordinators_ > 1) {
+      per_coordinator.resize(coordinators_, 0);
+      s.per_coordinator.push_back(std::move(per_coordinator));
     }
   }
   return s;

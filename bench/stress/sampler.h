@@ -1,7 +1,7 @@
 // The monitor: samples every worker's own pg_stat_activity every
 // --sample_interval on a thread of its own, counting the connections the
-// coordinator has open to it (per database too), for the peaks the limit is
-// judged on and for the progress line.
+// coordinators have open to it (per database and per coordinator too), for
+// the peaks the limit is judged on and for the progress line.
 
 #ifndef CONNTHROTTLE_BENCH_STRESS_SAMPLER_H_
 #define CONNTHROTTLE_BENCH_STRESS_SAMPLER_H_
@@ -36,15 +36,17 @@ class Sampler {
  private:
   void Boost(const PgClient& client) const;
   static constexpr int kMonitorNice = -10;
-  bool Count(PgClient& client, int* total, std::vector<int>* per_database) const;
+  bool Count(PgClient& client, int* total, std::vector<int>* per_database,
+             std::vector<int>* per_coordinator) const;
   void Loop();
   Sample TakeSample();
 
   const Cluster& cluster_;
   absl::Duration interval_;
   const size_t databases_;
-  std::string per_database_query_;  // with several databases
-  std::vector<std::optional<std::string>> per_database_params_;
+  const size_t coordinators_;  // 0 with one coordinator (no ids)
+  std::string query_;          // the counts of one sample, per worker
+  std::vector<std::optional<std::string>> params_;
   std::vector<std::unique_ptr<PgClient>> clients_;
   std::thread thread_;
   std::atomic<bool> stop_{false};

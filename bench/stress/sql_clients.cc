@@ -5,6 +5,7 @@
 
 #include "stress/sql_clients.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -40,34 +41,49 @@ struct TaskArrays {
   std::vector<std::string> hosts, ports, commands;
 };
 
-// SQL mode, once the client sessions are closed: how long until the
+// SQL mode, once the client sessions are closed: how long until every
 // coordinator's counters hold nothing but the shared pool's connections,
-// or what was left after 5 x --settle; then the forced connections.
+// or what was left after 5 x --settle; then the forced connections (the
+// most any coordinator forced).
 void AwaitSqlCountersZero(const Cluster& cluster, absl::Duration settle, RunData& run) {
   const absl::Time stopped = absl::Now();
-  auto c = cluster.Connect(cluster.coordinator, "connthrottle-monitor");
+  std::vector<absl::StatusOr<std::unique_ptr<PgClient>>> coordinators;
+  for (const Endpoint& e : cluster.coordinators) {
+    coordinators.push_back(cluster.Connect(e, "connthrottle-monitor"));
+  }
   AwaitCountersZero(
       stopped, settle,
       [&]() -> std::optional<std::string> {
-        if (!c.ok()) return std::nullopt;
-        // Every slot given back, but those of the shared pool's
-        // connections, which outlive the run (pool_idle_timeout).
-        absl::StatusOr<cluster::QueryResult> left = (*c)->Query(
-            "SELECT host || ':' || port || '=' || connections || '+' || waiters "
-            "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
-            "FROM connthrottle.nodes) <> (SELECT connections FROM "
-            "connthrottle.pool_stats())");
-        if (!left.ok()) return std::nullopt;
         std::string text;
-        for (const auto& row : left->rows) absl::StrAppend(&text, *row[0], " ");
+        for (size_t i = 0; i < coordinators.size(); ++i) {
+          if (!coordinators[i].ok()) return std::nullopt;
+          // Every slot given back, but those of the shared pool's
+          // connections, which outlive the run (pool_idle_timeout).
+          absl::StatusOr<cluster::QueryResult> left =
+              (*coordinators[i])
+                  ->Query(
+                      "SELECT host || ':' || port || '=' || connections || '+' || waiters "
+                      "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
+                      "FROM connthrottle.nodes) <> (SELECT connections FROM "
+                      "connthrottle.pool_stats())");
+          if (!left.ok()) return std::nullopt;
+          for (const auto& row : left->rows) {
+            absl::StrAppend(&text,
+                            coordinators.size() > 1 ? cluster.coordinators[i].name + " " : "",
+                            *row[0], " ");
+          }
+        }
         return text;
       },
       run);
-  if (c.ok()) {
-    absl::StatusOr<std::string> forced =
+  int forced = 0;
+  for (auto& c : coordinators) {
+    if (!c.ok()) continue;
+    absl::StatusOr<std::string> v =
         (*c)->QueryValue("SELECT coalesce(max(forced), 0) FROM connthrottle.nodes");
-    for (WorkerFigures& w : run.workers) w.forced = forced.ok() ? std::atoi(forced->c_str()) : 0;
+    if (v.ok()) forced = std::max(forced, std::atoi(v->c_str()));
   }
+  for (WorkerFigures& w : run.workers) w.forced = forced;
 }
 
 }  // namespace
@@ -81,7 +97,8 @@ class SqlSession {
         options_(options),
         index_(index),
         group_(AssignClient(index, static_cast<int>(cluster.roles.size()),
-                            static_cast<int>(cluster.databases.size()))),
+                            static_cast<int>(cluster.databases.size()),
+                            static_cast<int>(cluster.coordinators.size()))),
         rng_(seed) {}
 
   ClientGroup group() const { return group_; }
@@ -108,7 +125,8 @@ class SqlSession {
  private:
   // Opens the session, or says in `out` why it could not.
   bool Connect(OpOutcome& out) {
-    auto c = cluster_.Connect(cluster_.coordinator, absl::StrCat("stress-client-", index_),
+    auto c = cluster_.Connect(cluster_.coordinators[group_.coordinator],
+                              absl::StrCat("stress-client-", index_),
                               cluster_.databases[group_.database], cluster_.roles[group_.role]);
     if (!c.ok()) {
       out.error = std::string(c.status().message());
@@ -198,6 +216,7 @@ SqlClients::SqlClients(const Cluster& cluster, const Options& options, int count
     sessions_.push_back(std::make_unique<SqlSession>(cluster, options, c, seed + c));
     tally_.figures[c].role = sessions_.back()->group().role;
     tally_.figures[c].database = sessions_.back()->group().database;
+    tally_.figures[c].coordinator = sessions_.back()->group().coordinator;
   }
 }
 
@@ -207,9 +226,25 @@ void SqlClients::Start(absl::Time start) {
   for (int c = 0; c < count(); ++c) threads_.emplace_back([this, c, start] { Loop(c, start); });
 }
 
+// Whether client `client` is idle `at` into the run: a client of the last
+// of several coordinators within --idle_from and --idle_for.
+bool SqlClients::Idle(int client, absl::Duration at) const {
+  return options_.idle_for > absl::ZeroDuration() &&
+         sessions_[client]->group().coordinator == options_.coordinators - 1 &&
+         at >= options_.idle_from && at < options_.idle_from + options_.idle_for;
+}
+
 void SqlClients::Loop(int client, absl::Time start) {
   std::mt19937_64 local(seed_ * 31 + client);
   while (!stop_.load()) {
+    if (Idle(client, absl::Now() - start)) {
+      // An idle client runs nothing and holds no session (nor, on the
+      // direct transport, its cached connections); the workload's
+      // pacing, not a synchronisation.
+      sessions_[client]->Disconnect();
+      absl::SleepFor(absl::Milliseconds(50));
+      continue;
+    }
     const Op op = mix_.Pick(local);
     OpOutcome o = sessions_[client]->Run(op);
     if (stop_.load() && !o.ok) break;  // interrupted by the end of the run

@@ -38,6 +38,7 @@ class SqlClients : public Clients {
   int BackendPid(int client) const override;
 
  private:
+  bool Idle(int client, absl::Duration at) const;
   void Loop(int client, absl::Time start);
   void Tally(int client, Op op, const OpOutcome& o, absl::Duration at);
 

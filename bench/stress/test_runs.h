@@ -61,6 +61,38 @@ inline RunData CleanRunOfRoles() {
   return run;
 }
 
+// CleanRun on two coordinators c1 and c2 sharing a budget of 8 per worker,
+// each with a limit of 8: clients 0 and 2 on c1, client 1 on c2; c2 idle
+// from 2 s to 4 s. Its samples: 4 + 4 on both workers, c1 7 + c2 1 from
+// 2.3 s, 4 + 4 again from 4.2 s.
+inline RunData CleanRunOfCoordinators() {
+  RunData run = CleanRun();
+  run.coordinators = {"c1", "c2"};
+  run.idle = Gap{absl::Seconds(2), absl::Seconds(4)};
+  for (WorkerFigures& w : run.workers) {
+    w.limit = 8;
+    w.coordinator_limit = 8;
+    w.peak = 8;
+    w.peak_per_coordinator = {7, 4};
+  }
+  run.clients[1].coordinator = 1;
+  run.clients[1].completion_times =
+      Every(absl::Milliseconds(100), absl::ZeroDuration(), absl::Seconds(2));
+  for (absl::Duration t : Every(absl::Milliseconds(100), absl::Seconds(4), run.duration)) {
+    run.clients[1].completion_times.push_back(t);
+  }
+  run.clients[1].completed = static_cast<int64_t>(run.clients[1].completion_times.size());
+  run.samples.clear();
+  for (int ms = 10; ms <= 10000; ms += 10) {
+    const bool shifted = ms >= 2300 && ms < 4200;
+    const std::vector<int> split = shifted ? std::vector<int>{7, 1} : std::vector<int>{4, 4};
+    Sample s = At(ms, {8, 8});
+    s.per_coordinator = {split, split};
+    run.samples.push_back(s);
+  }
+  return run;
+}
+
 }  // namespace connthrottle::stress
 
 #endif  // CONNTHROTTLE_BENCH_STRESS_TEST_RUNS_H_

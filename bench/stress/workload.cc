@@ -16,6 +16,10 @@ constexpr int kShardRows = 20000;
 
 // The SQL of fan-out task t of an execution keyed `key` (--fanout_task).
 std::string FanoutTask(const Options& options, int key, int t) {
+  if (options.fanout_task == "sleep") {
+    return absl::StrCat("SELECT payload, pg_sleep(0.01) FROM shard WHERE id = ",
+                        (key + t * 997) % kShardRows + 1);
+  }
   if (options.fanout_task == "short") {
     return absl::StrCat("SELECT payload FROM shard WHERE id = ", (key + t * 997) % kShardRows + 1);
   }
