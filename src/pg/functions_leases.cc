@@ -23,6 +23,7 @@ extern "C" {
 
 #include "pg/admission.h"
 #include "pg/bridge/lease_board.h"
+#include "pg/bridge/lease_service.h"
 #include "pg/sql_args.h"
 #include "pg/sql_call.h"
 #include "pg/sql_results.h"
@@ -50,6 +51,7 @@ extern "C" {
 
 PG_FUNCTION_INFO_V1(connthrottle_lease_renew);
 PG_FUNCTION_INFO_V1(connthrottle_leases);
+PG_FUNCTION_INFO_V1(connthrottle_lease_status);
 
 // lease_renew(coordinator_id, incarnation, instance_seen, seq, acked, open,
 // demand, cap, release) returns (worker_instance, reply_seq, granted,
@@ -122,6 +124,47 @@ Datum connthrottle_leases(PG_FUNCTION_ARGS) {
     v[9] = Int64GetDatum(static_cast<int64>(r.renewals));
     v[10] = Int64GetDatum(static_cast<int64>(r.refusals));
     v[11] = Int64GetDatum(static_cast<int64>(r.ghosts_ended));
+  });
+}
+
+// lease_status() returns setof (host, port, state, lease_limit, ends_in,
+// error): this coordinator's lease of each worker it uses, as its lease
+// service last published it. lease_limit is what the lease allows now (NULL:
+// leases do not limit the node); ends_in the time left of a usable lease.
+Datum connthrottle_lease_status(PG_FUNCTION_ARGS) {
+  constexpr int kMax = connthrottle::pg::kLeaseBoardNodes;
+  auto* rows = static_cast<connthrottle::pg::LeaseBoardRow*>(
+      palloc(sizeof(connthrottle::pg::LeaseBoardRow) * kMax));
+  const int count = std::min(connthrottle::pg::ReadLeaseBoard(rows, kMax), kMax);
+  return connthrottle::pg::ReturnRows<6>(fcinfo, count, [&](int i, Datum* v, bool* nulls) {
+    const connthrottle::pg::LeaseBoardRow& r = rows[i];
+    const bool leased = r.lease.kind == connthrottle::pg::BoardKind::kLeased;
+    const bool usable = leased && r.left_ns > 0;
+    v[0] = CStringGetTextDatum(r.host);
+    v[1] = Int32GetDatum(r.port);
+    v[2] = CStringGetTextDatum(leased && !usable ? "lapsed"
+                                                 : connthrottle::pg::LeaseStateText(r.lease.state));
+    switch (r.lease.kind) {
+      case connthrottle::pg::BoardKind::kNone:
+        nulls[3] = true;
+        break;
+      case connthrottle::pg::BoardKind::kZero:
+        v[3] = Int32GetDatum(0);
+        break;
+      case connthrottle::pg::BoardKind::kLeased:
+        v[3] = Int32GetDatum(usable ? r.lease.limit : 0);
+        break;
+    }
+    if (usable) {
+      v[4] = connthrottle::pg::MicrosecondsInterval(r.left_ns / 1000);
+    } else {
+      nulls[4] = true;
+    }
+    if (r.lease.error[0] != '\0') {
+      v[5] = CStringGetTextDatum(r.lease.error);
+    } else {
+      nulls[5] = true;
+    }
   });
 }
 

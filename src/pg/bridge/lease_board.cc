@@ -17,12 +17,16 @@ namespace connthrottle::pg {
 namespace {
 
 constexpr int kHostWords = 32;  // host names of at most 255 bytes (NodeKey's maximum)
+constexpr int kErrorWords = kBoardErrorBytes / 8;
 
-// A host name packed in words that readers load while the writer may store.
-struct HostName {
-  uint64_t w[kHostWords] = {};
-  explicit HostName(const char* host) { memcpy(w, host, std::min(strlen(host), sizeof(w) - 1)); }
+// Text packed in words that readers load while the writer may store: a
+// host name, an error.
+template <int kWords>
+struct Words {
+  uint64_t w[kWords] = {};
+  explicit Words(const char* text) { memcpy(w, text, std::min(strlen(text), sizeof(w) - 1)); }
 };
+using HostName = Words<kHostWords>;
 
 struct Entry {
   std::atomic<uint32_t> seq{0};  // odd while the writer changes the entry
@@ -32,6 +36,7 @@ struct Entry {
   std::atomic<int32_t> limit{0};
   std::atomic<int32_t> state{0};
   std::atomic<int64_t> deadline{0};
+  std::atomic<uint64_t> error[kErrorWords] = {};
 };
 
 struct Board {
@@ -132,6 +137,8 @@ void Write(Entry& e, const HostName& host, int port, const BoardLease& lease) {
   e.limit.store(lease.limit, std::memory_order_relaxed);
   e.state.store(lease.state, std::memory_order_relaxed);
   e.deadline.store(lease.deadline, std::memory_order_relaxed);
+  const Words<kErrorWords> error(lease.error);
+  for (int i = 0; i < kErrorWords; ++i) e.error[i].store(error.w[i], std::memory_order_relaxed);
   e.seq.store(s + 2, std::memory_order_release);
 }
 
@@ -167,6 +174,41 @@ void RemoveLease(const char* host_name, int port) noexcept {
     Entry& e = board->entries[i];
     if (Names(e, host, port)) Write(e, HostName(""), 0, BoardLease{BoardKind::kNone, 0, 0, 0});
   }
+}
+
+int ReadLeaseBoard(LeaseBoardRow* rows, int max) noexcept {
+  if (board == nullptr) return 0;
+  const int used = board->used.load(std::memory_order_acquire);
+  int n = 0;
+  for (int i = 0; i < used && n < max; ++i) {
+    const Entry& e = board->entries[i];
+    LeaseBoardRow& row = rows[n];
+    for (int spins = 0;; ++spins) {
+      const uint32_t before = e.seq.load(std::memory_order_acquire);
+      if (before & 1) {  // being written: read again
+        if (spins % 64 == 63) sched_yield();
+        continue;
+      }
+      uint64_t host[kHostWords], error[kErrorWords];
+      for (int w = 0; w < kHostWords; ++w) host[w] = e.host[w].load(std::memory_order_relaxed);
+      for (int w = 0; w < kErrorWords; ++w) error[w] = e.error[w].load(std::memory_order_relaxed);
+      row.port = e.port.load(std::memory_order_relaxed);
+      row.lease.kind = static_cast<BoardKind>(e.kind.load(std::memory_order_relaxed));
+      row.lease.limit = e.limit.load(std::memory_order_relaxed);
+      row.lease.state = e.state.load(std::memory_order_relaxed);
+      row.lease.deadline = e.deadline.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (e.seq.load(std::memory_order_relaxed) != before) continue;
+      memcpy(row.host, host, sizeof(row.host) - 1);
+      row.host[sizeof(row.host) - 1] = '\0';
+      memcpy(row.lease.error, error, sizeof(row.lease.error) - 1);
+      row.lease.error[sizeof(row.lease.error) - 1] = '\0';
+      row.left_ns = row.lease.deadline - BootClockNanos();
+      break;
+    }
+    if (row.port != 0) ++n;  // a free entry
+  }
+  return n;
 }
 
 }  // namespace connthrottle::pg

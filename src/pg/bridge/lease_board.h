@@ -51,16 +51,30 @@ void SetLeaseBoardMode(int mode) noexcept;
 // The lease service's side. kind: kNone (no limit), kLeased (grant until
 // deadline), kZero (worker_leases = on without a lease).
 enum class BoardKind : int { kNone = 0, kLeased = 1, kZero = 2 };
+inline constexpr size_t kBoardErrorBytes = 128;
 struct BoardLease {
   BoardKind kind;
   int limit;
   int64_t deadline;  // CLOCK_BOOTTIME ns (kLeased)
-  int state;         // LeaseState, for nodes' lease_state
+  int state;         // LeaseState, for lease_status()
+  // Why the lease holder's last attempt failed ("" when it did not), cut to
+  // kBoardErrorBytes - 1 bytes.
+  char error[kBoardErrorBytes] = {};
 };
 // Publishes node (host, port)'s lease; false when the board is full (the
 // node is then not limited by leases: the worker's admission still is).
 bool PublishLease(const char* host, int port, const BoardLease& lease) noexcept;
 void RemoveLease(const char* host, int port) noexcept;
+
+// Every lease on the board now, for lease_status(): at most `max` rows,
+// returns how many it copied. Any process.
+struct LeaseBoardRow {
+  char host[256];
+  int port;
+  BoardLease lease;
+  int64_t left_ns;  // a kLeased lease's deadline less the time of the read
+};
+int ReadLeaseBoard(LeaseBoardRow* rows, int max) noexcept;
 
 }  // namespace connthrottle::pg
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -180,7 +181,8 @@ void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRo
       }
       next = std::min(next, n.holder->Step(now));
       const LeaseView v = n.holder->view(LeaseHolder::Now());
-      const BoardLease b = ToBoard(v, s.mode);
+      BoardLease b = ToBoard(v, s.mode);
+      snprintf(b.error, sizeof(b.error), "%s", v.error.c_str());
       PublishLease(host.c_str(), port, b);
       const int limit = b.kind == BoardKind::kNone ? -1 : v.limit;
       if ((n.published >= 0 && limit < 0) || limit > n.published) raised = true;
@@ -245,6 +247,11 @@ void StopLeaseService() noexcept {
   svc.stop = true;
   Wake();
   svc.thread.join();
+}
+
+const char* LeaseStateText(int state) noexcept {
+  if (state < 0 || state > static_cast<int>(LeaseState::kUnknown)) return "?";
+  return LeaseStateName(static_cast<LeaseState>(state));
 }
 
 }  // namespace connthrottle::pg

@@ -37,6 +37,10 @@ void UpdateLeaseService(const LeaseServiceSettings& settings) noexcept;
 // Gives every lease back (waiting at most a second in all) and stops.
 void StopLeaseService() noexcept;
 
+// The name of a lease state as lease_status() shows it (BoardLease::state:
+// "probing", "leased", "verify", "lapsed", "unmanaged", "unknown").
+const char* LeaseStateText(int state) noexcept;
+
 }  // namespace connthrottle::pg
 
 #endif  // CONNTHROTTLE_SRC_PG_BRIDGE_LEASE_SERVICE_H_
