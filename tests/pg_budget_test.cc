@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
+#include "tests/testing/fault_proxy.h"
 #include "tests/testing/local_server.h"
 #include "tests/testing/pg_client.h"
 #include "tests/testing/pg_test_support.h"
@@ -125,7 +126,8 @@ class PgBudgetTest : public ::testing::TestWithParam<std::string> {
               "FROM connthrottle.leases() WHERE coordinator_id = 'c",
               i + 1, "'"));
           if (!l.ok() || l->rows.size() != 1) continue;
-          lease_[i] = std::max(lease_[i].load(), std::stoi(l->rows[0][0].value_or("-1")));
+          now_lease_[i] = std::stoi(l->rows[0][0].value_or("-1"));
+          lease_[i] = std::max(lease_[i].load(), now_lease_[i].load());
           live_[i] = std::stoi(l->rows[0][1].value_or("0"));
         }
       }
@@ -179,8 +181,9 @@ class PgBudgetTest : public ::testing::TestWithParam<std::string> {
   std::thread sampling_;
   std::atomic<bool> stop_{false};
   std::atomic<int> peak_{0}, samples_{0};
-  std::atomic<int> lease_[2] = {-1, -1};  // the largest seen
-  std::atomic<int> live_[2] = {0, 0};     // the latest seen
+  std::atomic<int> lease_[2] = {-1, -1};      // the largest seen
+  std::atomic<int> live_[2] = {0, 0};         // the latest seen
+  std::atomic<int> now_lease_[2] = {-1, -1};  // the latest seen
 };
 
 // Both coordinators busy: every task succeeds, the worker never holds more
@@ -297,6 +300,59 @@ TEST_P(PgBudgetTest, AKilledCoordinatorsShareGoesBack) {
   StopSampling();
   for (size_t i = 0; i < s1.size(); ++i) EXPECT_EQ(r1.failures[i], "") << "c1 session " << i;
   EXPECT_EQ(lease_[0].load(), kBudget) << Leases();
+}
+
+// c1 reaches the worker through a proxy that then cuts its lease
+// connection off (data connections still flow): c1's lease ends (limit 0,
+// lease_status() says why), the worker ends c1's grant and its
+// connections, c2 gets the whole budget, and once the proxy heals c1 leases
+// and runs again. The worker never holds more than its budget (TearDown).
+TEST_P(PgBudgetTest, AWorkerCutOffFromLeasesIsNeverOverrun) {
+  absl::StatusOr<std::unique_ptr<connthrottle::testing::FaultProxy>> proxy =
+      connthrottle::testing::FaultProxy::Start(worker_->host(), worker_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  const std::vector<TaskSpec> via_proxy(
+      4, TaskSpec{"127.0.0.1", (*proxy)->port(), "SELECT pg_sleep(0.02)"});
+  ASSERT_NO_FATAL_FAILURE(StartSampling());
+  std::vector<std::unique_ptr<PgClient>> s1 = Sessions(0, 2);
+  const SessionRuns before = RunSessionsUntil(s1, via_proxy, 1, [&] { return lease_[0] < 1; });
+  for (size_t i = 0; i < s1.size(); ++i) ASSERT_EQ(before.failures[i], "") << "c1 session " << i;
+
+  (*proxy)->Stall(connthrottle::testing::FaultProxy::Target::kLease);
+  absl::StatusOr<std::unique_ptr<PgClient>> c1 = coordinators_[0]->Connect();
+  ASSERT_TRUE(c1.ok()) << c1.status();
+  std::string seen;
+  EXPECT_TRUE(PollUntil([&] {
+    absl::StatusOr<QueryResult> r = (*c1)->Query(
+        "SELECT state || ' ' || lease_limit || ' ' || (error IS NOT NULL) "
+        "FROM connthrottle.lease_status() WHERE port = $1",
+        {std::to_string((*proxy)->port())});
+    seen = r.ok() && r->rows.size() == 1 ? r->rows[0][0].value_or("NULL") : "no row";
+    return seen == "verify 0 true" || seen == "lapsed 0 true";
+  })) << seen;
+  EXPECT_TRUE(PollUntil([&] {
+    absl::StatusOr<std::string> v = wobs_->QueryValue(
+        "SELECT count(*) FROM connthrottle.leases() WHERE coordinator_id = 'c1' AND "
+        "(held > 0 OR pending > 0 OR live > 0)");
+    return v.ok() && *v == "0";
+  })) << Leases();
+  std::vector<std::unique_ptr<PgClient>> s2 = Sessions(1, 4);
+  const SessionRuns r2 = RunSessionsUntil(s2, Tasks(4), 1, [&] { return now_lease_[1] < kBudget; });
+  for (size_t i = 0; i < s2.size(); ++i) EXPECT_EQ(r2.failures[i], "") << "c2 session " << i;
+  EXPECT_EQ(now_lease_[1].load(), kBudget) << Leases();
+
+  (*proxy)->Heal();
+  s2.clear();  // c2 idle: its share goes back as c1 asks
+  absl::StatusOr<std::vector<TaskRow>> after = RunTasks(*s1[0], via_proxy);
+  ASSERT_TRUE(after.ok()) << after.status();
+  for (const TaskRow& t : *after) EXPECT_TRUE(t.success) << t.error.value_or("");
+  EXPECT_TRUE(PollUntil([&] {
+    absl::StatusOr<std::string> v = (*c1)->QueryValue(absl::StrCat(
+        "SELECT state FROM connthrottle.lease_status() WHERE port = ", (*proxy)->port()));
+    seen = v.ok() ? *v : v.status().ToString();
+    return seen == "leased";
+  })) << seen;
+  StopSampling();
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, PgBudgetTest, ::testing::Values("direct", "shared_pool"),
