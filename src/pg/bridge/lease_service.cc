@@ -91,8 +91,11 @@ void Run() {
       poll(nullptr, 0, 100);
     }
   }
+  // A second for every release together: those not answered by then run
+  // out at the workers by themselves.
+  const int64_t release_by = LeaseHolder::Now() + 1000 * kMs;
   for (auto& [key, n] : nodes) {
-    n.holder->Release(200 * kMs);
+    n.holder->Release(std::max<int64_t>(0, release_by - LeaseHolder::Now()));
     RemoveLease(key.first.c_str(), key.second);
   }
 }
@@ -168,12 +171,17 @@ void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRo
     int64_t next = now + 100 * kMs;
     bool raised = false;
     std::vector<pollfd> fds;
+    // Idle releases wait for the workers' answers 200 ms at most in all,
+    // so that many at once (or unreachable workers) do not hold up the
+    // other leases' renewals; a release not sent or not answered runs out
+    // at its worker by itself.
+    const int64_t release_by = now + 200 * kMs;
     for (auto it = nodes.begin(); it != nodes.end();) {
       Node& n = it->second;
       const auto& [host, port] = it->first;
       if (s.mode == LeaseMode::kOff ||
           now - n.busy_at > static_cast<int64_t>(s.idle_release_ms) * kMs) {
-        n.holder->Release(200 * kMs);
+        n.holder->Release(std::max<int64_t>(0, release_by - LeaseHolder::Now()));
         RemoveLease(host.c_str(), port);
         if (n.published >= 0) raised = true;  // no lease limit any more
         it = nodes.erase(it);
