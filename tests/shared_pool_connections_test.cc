@@ -250,6 +250,9 @@ TEST_F(SharedPoolTest, IdleConnectionsAreGivenBackToOthersWaitingForTheNode) {
       "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'connthrottle' "
       "AND wait_event_type = 'Lock'";
   ASSERT_TRUE(PollUntil([&] { return IntValue(*obs1_, waiting) == 2; }));
+  // Both busy: open, and not idle.
+  EXPECT_TRUE(PollUntil([&] { return pool_->Connections()[n1] == 2 && pool_->Idle()[n1] == 0; }))
+      << pool_->Idle()[n1];
   ASSERT_TRUE(obs1_->Query("SELECT pg_advisory_unlock(4243)").ok());
   std::move(join).Invoke();
   ASSERT_TRUE(r.ok()) << r.status();

@@ -162,7 +162,8 @@ void StartLocalServers(const Options& options, Cluster& c, bool need_coordinator
       // The workers' superuser: the servers run as another OS user.
       config.settings.push_back({"connthrottle.lease_user", "'postgres'"});
       config.settings.push_back(
-          {"connthrottle.node_conninfo", absl::StrCat("'application_name=connthrottle/", id, "'")});
+          {"connthrottle.node_conninfo",
+           absl::StrCat("'application_name=", CoordinatorApplication(c, i), "'")});
     }
     auto server = LocalServer::Start(c.root, config);
     if (!server.ok()) Die(std::string(server.status().message()));
@@ -365,6 +366,25 @@ void SetLimit(const Cluster& cluster, int limit, const std::string& transport, i
       settings.push_back({"connthrottle.worker_leases", worker_budget > 0 ? "on" : "off"});
     }
     SetAndAwait(cluster, coordinator, settings);
+  }
+  // The shared pool keeps its connections across runs: after a run with a
+  // higher limit it closes those over the new one as they go idle. Wait
+  // for that, so that the next run is judged on its own connections.
+  if (limit < 0) return;
+  for (const Endpoint& coordinator : cluster.coordinators) {
+    auto c = cluster.Connect(coordinator, "connthrottle-setup");
+    if (!c.ok()) Die(std::string(c.status().message()));
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (std::atoi((*c)->QueryValue("SELECT coalesce(max(connections - forced), 0) FROM "
+                                      "connthrottle.nodes")
+                         .value_or("0")
+                         .c_str()) > limit) {
+      if (absl::Now() > give_up) {
+        Die(absl::StrCat(coordinator.name, " still holds more connections to a node than the ",
+                         "run's limit of ", limit, " after 10 s"));
+      }
+      absl::SleepFor(absl::Milliseconds(20));  // polling the server, bounded
+    }
   }
 }
 

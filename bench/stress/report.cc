@@ -343,8 +343,8 @@ std::string JsonWorkers(const RunData& run) {
                                                    absl::StrJoin(w.peak_per_database, ","), "]"),
         w.peak_per_coordinator.empty()
             ? ""
-            : absl::StrCat(",\"coordinator_limit\":", w.coordinator_limit,
-                           ",\"peak_per_coordinator\":[",
+            : absl::StrCat(",\"budget\":", w.budget ? "true" : "false", ",\"coordinator_limit\":",
+                           w.coordinator_limit, ",\"peak_per_coordinator\":[",
                            absl::StrJoin(w.peak_per_coordinator, ","), "]"),
         "}"));
   }
@@ -502,7 +502,7 @@ std::string ConnectionsPlot(const RunData& run, const std::string& csv) {
   }
   if (!run.workers.empty()) {
     const WorkerFigures& w0 = run.workers[0];
-    const char* limit = several ? "budget" : "limit";
+    const char* limit = w0.budget ? "budget" : several ? "coordinators' limits" : "limit";
     if (w0.limit >= 0) {
       plots.push_back(absl::StrCat(w0.limit, " with lines dt 2 lw 2 lc 'red' title '", limit, " (",
                                    w0.limit, ")'"));

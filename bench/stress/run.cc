@@ -66,6 +66,7 @@ std::vector<WorkerFigures> WorkerFiguresBefore(const Cluster& cluster, int limit
     f.name = cluster.workers[w].name;
     f.limit = WorkerLimit(cluster, limit, budget);
     if (cluster.coordinators.size() > 1) f.coordinator_limit = limit;
+    f.budget = cluster.coordinators.size() > 1 && limit >= 0 && budget > 0;
     f.max_connections = cluster.worker_max_connections[w];
     f.sessions_opened = -SessionsOpened(cluster, cluster.workers[w]);
     f.backends_started = BackendsStarted(cluster, w);

@@ -166,11 +166,13 @@ std::vector<GroupFigures> PerCoordinator(const RunData& run) {
 
 namespace {
 
-// The first sample at or after `from` at which `holds` is true of every
+// The first sample in [from, to) at which `holds` is true of every
 // worker's per-coordinator counts, as a time since `from`.
 template <typename Holds>
-std::optional<absl::Duration> FirstHolding(const RunData& run, absl::Duration from, Holds holds) {
+std::optional<absl::Duration> FirstHolding(const RunData& run, absl::Duration from,
+                                           absl::Duration to, Holds holds) {
   for (const Sample& s : run.samples) {
+    if (s.at >= to) break;
     if (s.at < from || s.per_coordinator.size() != run.workers.size()) continue;
     bool all = true;
     for (size_t w = 0; w < s.per_coordinator.size() && all; ++w) {
@@ -189,17 +191,17 @@ ShareTimes MeasureShareTimes(const RunData& run) {
   const int n = static_cast<int>(run.coordinators.size());
   if (n < 2 || !run.idle.has_value() || run.workers.empty()) return t;
   const size_t last = run.coordinators.size() - 1;
-  t.taken =
-      FirstHolding(run, run.idle->from, [&](const WorkerFigures& w, const std::vector<int>& c) {
-        int others = 0;
-        for (size_t i = 0; i < last; ++i) others += c[i];
-        return w.limit > 0 && others > w.limit * (n - 1) / n;
-      });
+  t.taken = FirstHolding(run, run.idle->from, run.idle->to,
+                         [&](const WorkerFigures& w, const std::vector<int>& c) {
+                           int others = 0;
+                           for (size_t i = 0; i < last; ++i) others += c[i];
+                           return w.limit > 0 && others > w.limit * (n - 1) / n;
+                         });
   if (run.idle->to < run.duration) {
-    t.given_back =
-        FirstHolding(run, run.idle->to, [&](const WorkerFigures& w, const std::vector<int>& c) {
-          return w.limit > 0 && c[last] >= w.limit / n;
-        });
+    t.given_back = FirstHolding(run, run.idle->to, absl::InfiniteDuration(),
+                                [&](const WorkerFigures& w, const std::vector<int>& c) {
+                                  return w.limit > 0 && c[last] >= w.limit / n;
+                                });
   }
   return t;
 }
@@ -317,7 +319,11 @@ void JudgeLimits(const RunData& run, Verdict& v) {
                            several                       ? " (all coordinators)"
                            : w.peak_per_database.empty() ? ""
                                                          : " (all databases)",
-                           " exceeds the ", several ? "budget" : "limit", " of ", w.limit, forced));
+                           " exceeds the ",
+                           w.budget  ? "budget"
+                           : several ? "coordinators' limits together"
+                                     : "limit",
+                           " of ", w.limit, forced));
     }
     for (size_t c = 0; c < w.peak_per_coordinator.size() && c < run.coordinators.size(); ++c) {
       if (w.coordinator_limit < 0 || w.peak_per_coordinator[c] <= w.coordinator_limit + w.forced) {
@@ -334,10 +340,18 @@ void JudgeLimits(const RunData& run, Verdict& v) {
 // explained by the failures in it.
 void JudgeStalls(const RunData& run, absl::Duration stall_window, Verdict& v) {
   std::vector<std::vector<absl::Duration>> completions;
-  for (const ClientFigures& c : run.clients) completions.push_back(c.completion_times);
   const int idle = run.idle.has_value() ? static_cast<int>(run.coordinators.size()) - 1 : -1;
+  for (const ClientFigures& c : run.clients) {
+    completions.push_back(c.completion_times);
+    if (c.coordinator != idle || stall_window <= absl::ZeroDuration()) continue;
+    // Idle on purpose: the window counts as busy, so that only a stall
+    // before or after it is one.
+    const absl::Duration to = std::min(run.idle->to, run.duration);
+    for (absl::Duration t = run.idle->from; t <= to; t += stall_window / 20) {
+      completions.back().push_back(t);
+    }
+  }
   for (int c : StalledClients(completions, run.duration, stall_window)) {
-    if (run.clients[c].coordinator == idle) continue;  // idle on purpose
     const Gap gap = LongestGap(completions[c], run.duration);
     int failed = 0;
     std::string first;

@@ -105,6 +105,8 @@ struct WorkerFigures {
   // and its peak here (RunData::coordinators' order), judged against it.
   int coordinator_limit = -1;
   std::vector<int> peak_per_coordinator = {};
+  // Whether `limit` is the worker's connthrottle.worker_budget.
+  bool budget = false;
 };
 
 struct ClientFigures {
@@ -191,7 +193,8 @@ bool SeveralRolesOrDatabases(const RunData& run);
 // client % coordinators; of the rest r = client / coordinators, role
 // r % roles and database (r / roles) % databases. Every coordinators x roles
 // x databases consecutive clients cover each combination once, and the
-// coordinators' and roles' client counts differ by at most one.
+// coordinators' client counts differ by at most one (the roles' too with
+// one coordinator).
 struct ClientGroup {
   int role = 0;
   int database = 0;

@@ -186,6 +186,13 @@ TEST(CoordinatorsTest, ShareTimesAreMeasuredFromTheIdleWindowsEdges) {
   }
   t = MeasureShareTimes(run);
   EXPECT_FALSE(t.taken.has_value());
+  // Taken only after the idle window ended: not within it, so not taken.
+  for (Sample& s : run.samples) {
+    if (s.at >= absl::Milliseconds(4200) && s.at < absl::Milliseconds(4300)) {
+      s.per_coordinator = {{7, 1}, {7, 1}};
+    }
+  }
+  EXPECT_FALSE(MeasureShareTimes(run).taken.has_value());
   EXPECT_EQ(*t.given_back, absl::Milliseconds(200));  // worker1 is still 7 + 1 till 4.2 s
   // No idle window, or one coordinator: nothing measured.
   run.idle.reset();
@@ -454,10 +461,16 @@ TEST(JudgeTest, TheIdleCoordinatorsClientsAreNotStalled) {
       Every(absl::Milliseconds(100), absl::ZeroDuration(), absl::Seconds(2));
   EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
   // A busy coordinator's client that stalls still fails the run.
-  run.clients[0].completion_times =
+  RunData busy_stalls = run;
+  busy_stalls.clients[0].completion_times =
       Every(absl::Milliseconds(100), absl::ZeroDuration(), absl::Seconds(2));
-  EXPECT_THAT(Judge(run, kSettle, kStall).violations,
+  EXPECT_THAT(Judge(busy_stalls, kSettle, kStall).violations,
               ElementsAre(HasSubstr("client 0 completed nothing")));
+  // So does the idle coordinator's client that stalls outside its window:
+  // idle from 1 s to 2 s, then nothing to the end.
+  run.idle = Gap{absl::Seconds(1), absl::Seconds(2)};
+  EXPECT_THAT(Judge(run, kSettle, kStall).violations,
+              ElementsAre(HasSubstr("client 1 completed nothing")));
 }
 
 TEST(JudgeTest, SparseSamplingFails) {

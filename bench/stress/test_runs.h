@@ -72,6 +72,7 @@ inline RunData CleanRunOfCoordinators() {
   for (WorkerFigures& w : run.workers) {
     w.limit = 8;
     w.coordinator_limit = 8;
+    w.budget = true;
     w.peak = 8;
     w.peak_per_coordinator = {7, 4};
   }

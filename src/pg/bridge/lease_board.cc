@@ -60,6 +60,22 @@ bool Names(const Entry& e, const HostName& host, int port) {
   return true;
 }
 
+// The reader's side of an entry's seqlock: runs `read` (relaxed loads of
+// the entry) until no write began or ended meanwhile.
+template <typename Read>
+void ReadConsistently(const Entry& e, Read read) {
+  for (int spins = 0;; ++spins) {
+    const uint32_t before = e.seq.load(std::memory_order_acquire);
+    if (before & 1) {  // being written: read again
+      if (spins % 64 == 63) sched_yield();
+      continue;
+    }
+    read();
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (e.seq.load(std::memory_order_relaxed) == before) return;
+  }
+}
+
 }  // namespace
 
 size_t LeaseBoardBytes() noexcept { return sizeof(Board); }
@@ -89,33 +105,26 @@ int LeaseLimit(const char* host_name, int port) noexcept {
   const int used = board->used.load(std::memory_order_acquire);
   for (int i = 0; i < used; ++i) {
     const Entry& e = board->entries[i];
-    for (int spins = 0;; ++spins) {
-      const uint32_t before = e.seq.load(std::memory_order_acquire);
-      if (before & 1) {  // being written: read again
-        if (spins % 64 == 63) sched_yield();
-        continue;
-      }
-      const bool names = Names(e, host, port);
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (!names) {
-        if (e.seq.load(std::memory_order_relaxed) == before) break;  // another node's
-        continue;
-      }
-      const int kind = e.kind.load(std::memory_order_relaxed);
-      const int limit = e.limit.load(std::memory_order_relaxed);
-      const int64_t deadline = e.deadline.load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (e.seq.load(std::memory_order_relaxed) != before) continue;
-      switch (static_cast<BoardKind>(kind)) {
-        case BoardKind::kNone:
-          return -1;
-        case BoardKind::kZero:
-          return 0;
-        case BoardKind::kLeased:
-          return BootClockNanos() < deadline ? limit : 0;
-      }
-      return -1;
+    bool names = false;
+    int kind = 0, limit = 0;
+    int64_t deadline = 0;
+    ReadConsistently(e, [&] {
+      names = Names(e, host, port);
+      if (!names) return;
+      kind = e.kind.load(std::memory_order_relaxed);
+      limit = e.limit.load(std::memory_order_relaxed);
+      deadline = e.deadline.load(std::memory_order_relaxed);
+    });
+    if (!names) continue;  // another node's
+    switch (static_cast<BoardKind>(kind)) {
+      case BoardKind::kNone:
+        return -1;
+      case BoardKind::kZero:
+        return 0;
+      case BoardKind::kLeased:
+        return BootClockNanos() < deadline ? limit : 0;
     }
+    return -1;
   }
   return unknown;
 }
@@ -183,13 +192,8 @@ int ReadLeaseBoard(LeaseBoardRow* rows, int max) noexcept {
   for (int i = 0; i < used && n < max; ++i) {
     const Entry& e = board->entries[i];
     LeaseBoardRow& row = rows[n];
-    for (int spins = 0;; ++spins) {
-      const uint32_t before = e.seq.load(std::memory_order_acquire);
-      if (before & 1) {  // being written: read again
-        if (spins % 64 == 63) sched_yield();
-        continue;
-      }
-      uint64_t host[kHostWords], error[kErrorWords];
+    uint64_t host[kHostWords], error[kErrorWords];
+    ReadConsistently(e, [&] {
       for (int w = 0; w < kHostWords; ++w) host[w] = e.host[w].load(std::memory_order_relaxed);
       for (int w = 0; w < kErrorWords; ++w) error[w] = e.error[w].load(std::memory_order_relaxed);
       row.port = e.port.load(std::memory_order_relaxed);
@@ -197,16 +201,14 @@ int ReadLeaseBoard(LeaseBoardRow* rows, int max) noexcept {
       row.lease.limit = e.limit.load(std::memory_order_relaxed);
       row.lease.state = e.state.load(std::memory_order_relaxed);
       row.lease.deadline = e.deadline.load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (e.seq.load(std::memory_order_relaxed) != before) continue;
-      memcpy(row.host, host, sizeof(row.host) - 1);
-      row.host[sizeof(row.host) - 1] = '\0';
-      memcpy(row.lease.error, error, sizeof(row.lease.error) - 1);
-      row.lease.error[sizeof(row.lease.error) - 1] = '\0';
-      row.left_ns = row.lease.deadline - BootClockNanos();
-      break;
-    }
-    if (row.port != 0) ++n;  // a free entry
+    });
+    if (row.port == 0) continue;  // a free entry
+    memcpy(row.host, host, sizeof(row.host) - 1);
+    row.host[sizeof(row.host) - 1] = '\0';
+    memcpy(row.lease.error, error, sizeof(row.lease.error) - 1);
+    row.lease.error[sizeof(row.lease.error) - 1] = '\0';
+    row.left_ns = row.lease.deadline - BootClockNanos();
+    ++n;
   }
   return n;
 }

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/demand_window.h"
 #include "executor/lease_holder.h"
 #include "pg/bridge/backend_state.h"
 #include "pg/bridge/lease_board.h"
@@ -30,18 +31,16 @@ namespace connthrottle::pg {
 namespace {
 
 constexpr int64_t kMs = 1'000'000;
-// How long a node's highest demand is held before a lower one replaces it.
-constexpr int64_t kDemandHold = 1000 * kMs;
+// The demand told a holder is the highest of the last half second to second.
+constexpr int64_t kDemandBucket = 500 * kMs;
 
 struct Node {
   std::unique_ptr<LeaseHolder> holder;
   int64_t busy_at = 0;  // last seen with slots or waiters
   int published = -1;   // the limit last published (-1: none)
-  // The demand told the holder: the highest seen, held for kDemandHold, so
-  // that a pool between two tasks (its connections idle for a moment) does
-  // not give back a share it needs again at once.
-  int held_demand = 0;
-  int64_t held_at = 0;
+  // The demand told the holder: the highest of the last half second to
+  // second (demand_window.h).
+  DemandWindow demand{kDemandBucket};
 };
 
 struct Service {
@@ -72,6 +71,19 @@ BoardLease ToBoard(const LeaseView& v, LeaseMode mode) {
       break;
   }
   return {BoardKind::kNone, 0, 0, static_cast<int>(v.state)};
+}
+
+// The holder's error for the board, cut to `size` - 1 bytes: a libpq or
+// worker message may be in the worker's encoding and would be cut anywhere,
+// so every byte outside printable ASCII becomes '?' (lease_status() returns
+// it as text in any database's encoding).
+void CopyError(const std::string& error, char* out, size_t size) {
+  const size_t n = std::min(error.size(), size - 1);
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(error[i]);
+    out[i] = c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?';
+  }
+  out[n] = '\0';
 }
 
 void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRow>& rows,
@@ -162,11 +174,8 @@ void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRo
     for (auto& [key, n] : nodes) {
       auto w = wants.find(key);
       const Want want = w == wants.end() ? Want{} : w->second;
-      if (want.demand >= n.held_demand || now - n.held_at > kDemandHold) {
-        n.held_demand = want.demand;
-        n.held_at = now;
-      }
-      n.holder->SetDemand(std::min(n.held_demand, std::max(1, s.cap)), want.open);
+      n.demand.Add(now, want.demand);
+      n.holder->SetDemand(std::min(n.demand.Max(), std::max(1, s.cap)), want.open);
     }
     int64_t next = now + 100 * kMs;
     bool raised = false;
@@ -190,7 +199,7 @@ void Turn(std::map<std::pair<std::string, int>, Node>& nodes, std::vector<NodeRo
       next = std::min(next, n.holder->Step(now));
       const LeaseView v = n.holder->view(LeaseHolder::Now());
       BoardLease b = ToBoard(v, s.mode);
-      snprintf(b.error, sizeof(b.error), "%s", v.error.c_str());
+      CopyError(v.error, b.error, sizeof(b.error));
       PublishLease(host.c_str(), port, b);
       const int limit = b.kind == BoardKind::kNone ? -1 : v.limit;
       if ((n.published >= 0 && limit < 0) || limit > n.published) raised = true;

@@ -8,10 +8,9 @@
 // table, or tasks queued in the pool; its demand is the connections in use
 // (not those idle in sessions' caches or in the pool), the waiters and the
 // queued tasks, at most the node's limit under max_shared_pool_size, and
-// the highest of it is held for a second. A lease is given back after the
-// node has been idle for `idle_release_ms`. When a node's limit rises, the
-// table's waiters are woken to see it. worker_leases = off holds no lease
-// and clears the board.
+// the highest of the last half second to second counts (demand_window.h). A lease is given back
+// after the node has been idle for `idle_release_ms`. When a node's limit rises, the table's
+// waiters are woken to see it. worker_leases = off holds no lease and clears the board.
 //
 // Called by the communicator's main thread (noexcept, plain values; the
 // thread runs with every signal blocked and calls no PostgreSQL function).
