@@ -159,6 +159,14 @@ class PgBudgetTest : public ::testing::TestWithParam<std::string> {
                      id, "'"));
     return v.ok() ? std::stoi(*v) : -2;
   }
+  // Whether the worker counts nothing for coordinator `id`: no grant held
+  // or pending, no connection.
+  bool HoldsNothing(const std::string& id) {
+    absl::StatusOr<std::string> v = wobs_->QueryValue(
+        absl::StrCat("SELECT count(*) FROM connthrottle.leases() WHERE coordinator_id = '", id,
+                     "' AND (held > 0 OR pending > 0 OR live > 0)"));
+    return v.ok() && *v == "0";
+  }
   std::string Leases() {
     absl::StatusOr<QueryResult> r = wobs_->Query(
         "SELECT coordinator_id, held, pending, live, demand, cap FROM connthrottle.leases() "
@@ -288,12 +296,7 @@ TEST_P(PgBudgetTest, AKilledCoordinatorsShareGoesBack) {
   ASSERT_EQ(kill(std::stoi(*pid), SIGKILL), 0);
   s2.clear();
   // The worker ends the old incarnation's grants (2 s) and the record goes.
-  ASSERT_TRUE(PollUntil([&] {
-    absl::StatusOr<std::string> v = wobs_->QueryValue(
-        "SELECT count(*) FROM connthrottle.leases() WHERE coordinator_id = 'c2' AND "
-        "(held > 0 OR pending > 0 OR live > 0)");
-    return v.ok() && *v == "0";
-  })) << Leases();
+  ASSERT_TRUE(PollUntil([&] { return HoldsNothing("c2"); })) << Leases();
   std::vector<std::unique_ptr<PgClient>> s1 = Sessions(0, 4);
   const SessionRuns r1 =
       RunSessionsUntil(s1, Tasks(4), 2, [&] { return lease_[0].load() < kBudget; });
@@ -330,12 +333,7 @@ TEST_P(PgBudgetTest, AWorkerCutOffFromLeasesIsNeverOverrun) {
     seen = r.ok() && r->rows.size() == 1 ? r->rows[0][0].value_or("NULL") : "no row";
     return seen == "verify 0 true" || seen == "lapsed 0 true";
   })) << seen;
-  EXPECT_TRUE(PollUntil([&] {
-    absl::StatusOr<std::string> v = wobs_->QueryValue(
-        "SELECT count(*) FROM connthrottle.leases() WHERE coordinator_id = 'c1' AND "
-        "(held > 0 OR pending > 0 OR live > 0)");
-    return v.ok() && *v == "0";
-  })) << Leases();
+  EXPECT_TRUE(PollUntil([&] { return HoldsNothing("c1"); })) << Leases();
   std::vector<std::unique_ptr<PgClient>> s2 = Sessions(1, 4);
   const SessionRuns r2 = RunSessionsUntil(s2, Tasks(4), 1, [&] { return now_lease_[1] < kBudget; });
   for (size_t i = 0; i < s2.size(); ++i) EXPECT_EQ(r2.failures[i], "") << "c2 session " << i;

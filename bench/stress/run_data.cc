@@ -78,30 +78,36 @@ std::vector<int> PeakPerWorker(const std::vector<Sample>& samples, size_t worker
   return peak;
 }
 
-std::vector<std::vector<int>> PeakPerWorkerAndDatabase(const std::vector<Sample>& samples,
-                                                       size_t workers, size_t databases) {
-  std::vector<std::vector<int>> peak(workers, std::vector<int>(databases, 0));
+namespace {
+
+// The highest count per worker and group over `samples`' `counts` (a
+// Sample's per_database or per_coordinator): `workers` rows of `groups`
+// each, missing columns counting as 0.
+std::vector<std::vector<int>> PeakPerWorkerAndGroup(const std::vector<Sample>& samples,
+                                                    size_t workers, size_t groups,
+                                                    std::vector<std::vector<int>> Sample::*counts) {
+  std::vector<std::vector<int>> peak(workers, std::vector<int>(groups, 0));
   for (const Sample& s : samples) {
-    for (size_t w = 0; w < workers && w < s.per_database.size(); ++w) {
-      for (size_t d = 0; d < databases && d < s.per_database[w].size(); ++d) {
-        peak[w][d] = std::max(peak[w][d], s.per_database[w][d]);
+    const std::vector<std::vector<int>>& per_worker = s.*counts;
+    for (size_t w = 0; w < workers && w < per_worker.size(); ++w) {
+      for (size_t g = 0; g < groups && g < per_worker[w].size(); ++g) {
+        peak[w][g] = std::max(peak[w][g], per_worker[w][g]);
       }
     }
   }
   return peak;
 }
 
+}  // namespace
+
+std::vector<std::vector<int>> PeakPerWorkerAndDatabase(const std::vector<Sample>& samples,
+                                                       size_t workers, size_t databases) {
+  return PeakPerWorkerAndGroup(samples, workers, databases, &Sample::per_database);
+}
+
 std::vector<std::vector<int>> PeakPerWorkerAndCoordinator(const std::vector<Sample>& samples,
                                                           size_t workers, size_t coordinators) {
-  std::vector<std::vector<int>> peak(workers, std::vector<int>(coordinators, 0));
-  for (const Sample& s : samples) {
-    for (size_t w = 0; w < workers && w < s.per_coordinator.size(); ++w) {
-      for (size_t c = 0; c < coordinators && c < s.per_coordinator[w].size(); ++c) {
-        peak[w][c] = std::max(peak[w][c], s.per_coordinator[w][c]);
-      }
-    }
-  }
-  return peak;
+  return PeakPerWorkerAndGroup(samples, workers, coordinators, &Sample::per_coordinator);
 }
 
 absl::Duration LongestSampleGap(const std::vector<Sample>& samples, absl::Duration duration) {
