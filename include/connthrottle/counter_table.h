@@ -1,7 +1,9 @@
 // connthrottle/counter_table.h — the shared per-node connection counters.
 //
 // A CounterTable is a fixed-capacity table of counters, one entry per busy
-// node (host, port; every database of a node shares its entry, node_key.h), placed in a memory
+// node (host, port; every database of a node shares its entry, node_key.h)
+// and, with the optional per-database bound (limit.h), one per busy
+// (node, database) below it; placed in a memory
 // region that someone else owns: PostgreSQL shared memory, a POSIX shared memory segment
 // (shared_segment.h) or plain heap memory in tests. Every process and thread that maps the region
 // shares the counters. Before a participant opens a connection to a node it takes a slot for the
@@ -135,27 +137,30 @@ struct AcquireOptions {
   std::optional<absl::Time> wait_began;
 };
 
-// What one registered owner holds on, or waits for, one node.
+// What one registered owner holds on, or waits for, one counter.
 struct Holding {
   int pid = 0;  // the owner's process
   std::string host;
   int port = 0;
-  uint32_t connections = 0;  // slots held, of every kind
-  uint32_t forced = 0;       // of which forced
-  uint32_t reserved = 0;     // of which reservations
-  bool waiting = false;      // queued for a slot of this key now
+  std::optional<uint32_t> database;  // set for a database's counter, unset for the node's
+  uint32_t connections = 0;          // slots held, of every kind
+  uint32_t forced = 0;               // of which forced
+  uint32_t reserved = 0;             // of which reservations
+  bool waiting = false;              // queued for a slot of this key now
 };
 
-// One busy node, read without locking but consistently: the counts agree
-// with each other (a read that raced with a change is retried).
+// One busy counter (a node's, or a database's on a node), read without
+// locking but consistently: the counts agree with each other (a read that
+// raced with a change is retried).
 struct KeyStats {
   std::string host;
   int port = 0;
-  uint32_t connections = 0;  // slots held, of every kind
-  uint32_t forced = 0;       // of which taken by forced acquires
-  uint32_t reserved = 0;     // of which taken as reservations
-  uint32_t waiters = 0;      // waiting acquires queued now
-  uint32_t parked = 0;       // of connections: idle in a session's cache (Owner::Park)
+  std::optional<uint32_t> database;  // set for a database's counter, unset for the node's
+  uint32_t connections = 0;          // slots held, of every kind
+  uint32_t forced = 0;               // of which taken by forced acquires
+  uint32_t reserved = 0;             // of which taken as reservations
+  uint32_t waiters = 0;              // waiting acquires queued now
+  uint32_t parked = 0;               // of connections: idle in a session's cache (Owner::Park)
   // Cumulative since the entry was created.
   uint64_t acquired = 0;      // slots granted (every kind)
   uint64_t refused = 0;       // optional acquires refused, waits that gave up
@@ -218,16 +223,20 @@ class CounterTable {
   // look after every acquire whether the table was full meanwhile.
   uint64_t FullTableEvents() const;
 
-  // The slots `key` holds now (0 when it is not busy).
-  uint32_t ConnectionCount(const NodeKey& key) const;
-  // `key`'s entry, read consistently without locking; nullopt when the key
-  // is not busy. A lookup in the index: cheap enough to call every tick.
-  std::optional<KeyStats> Lookup(const NodeKey& key) const;
+  // The slots `key`'s node (or with kDatabase, its database on the node)
+  // holds now (0 when it is not busy).
+  uint32_t ConnectionCount(const NodeKey& key, CounterLevel level = CounterLevel::kNode) const;
+  // The entry of `key`'s counter at `level`, read consistently without
+  // locking; nullopt when it is not busy. A lookup in the index: cheap
+  // enough to call every tick.
+  std::optional<KeyStats> Lookup(const NodeKey& key,
+                                 CounterLevel level = CounterLevel::kNode) const;
   // As Lookup, but reads only the key and its counts (connections, forced,
   // reserved, waiters, parked); the cumulative figures are left at zero.
   // For callers that look after every task: it does not sum the per-owner
   // `acquired` cells.
-  std::optional<KeyStats> LookupCounts(const NodeKey& key) const;
+  std::optional<KeyStats> LookupCounts(const NodeKey& key,
+                                       CounterLevel level = CounterLevel::kNode) const;
 
   // Who holds and who waits: one row per live owner and busy key it holds
   // slots of or waits for, ordered by key then pid. Read without locks, for
@@ -256,7 +265,7 @@ class CounterTable {
   friend class Owner;
   friend class OwnerOps;
   explicit CounterTable(internal::TableHeader* header) : header_(header) {}
-  std::optional<KeyStats> Find(const NodeKey& key, bool cumulative) const;
+  std::optional<KeyStats> Find(const NodeKey& key, CounterLevel level, bool cumulative) const;
 
   internal::TableHeader* header_;
 };

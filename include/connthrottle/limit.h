@@ -11,6 +11,16 @@
 //   local_shared_pool_size  -1  never connect to the local node
 //                            0  half of max_client_connections (at least 1)
 //                            n  at most n slots for the local node
+//   max_shared_pool_size_per_database
+//                           -1  off (the default): only the node's limit
+//                            n  also at most n slots per (node, database)
+//
+// The node limit bounds every database of a node together (one worker has
+// one max_connections). The per-database bound is a second, optional level
+// below it: an acquire with a per-database bound takes a slot of the key's
+// database counter, then one of its node counter, and holds both
+// (owner.h, "Two levels"). It applies to the local node too, and not when
+// throttling is off.
 //
 // The local node's limit applies whatever max_shared_pool_size says: turning
 // remote throttling off must not let a coordinator flood itself. It bounds
@@ -35,6 +45,7 @@ inline constexpr int kThrottlingOff = -1;
 inline constexpr int kDeriveFromMaxConnections = 0;
 inline constexpr int kNeverConnectToSelf = -1;
 inline constexpr int kHalfOfMaxClientConnections = 0;
+inline constexpr int kPerDatabaseOff = -1;
 
 // The largest limit and the largest count a key can have (PostgreSQL's own
 // ceiling on max_connections is 262143).
@@ -45,13 +56,16 @@ struct PoolLimits {
   int max_connections = 100;  // the coordinator's max_connections
   int local_shared_pool_size = kHalfOfMaxClientConnections;
   int max_client_connections = 100;
+  int max_shared_pool_size_per_database = kPerDatabaseOff;
 
   // InvalidArgument naming the field when a value is below its special
-  // values, above kMaxSlotsPerKey, or a max_* figure is not positive.
+  // values, above kMaxSlotsPerKey, or a max_* figure is not positive (the
+  // per-database bound is -1 or positive: 0 would refuse every connection).
   absl::Status Validate() const;
 };
 
-// The decision one acquire applies. Cheap to copy (16 bytes).
+// The decision one acquire applies: the node's limit and, optionally, the
+// per-database bound below it. Cheap to copy (16 bytes).
 class Limit {
  public:
   // Admits every acquire; slots are still counted.
@@ -75,6 +89,21 @@ class Limit {
   uint32_t max() const { return max_; }
   bool never_waits() const { return never_waits_; }
 
+  // This limit with a per-database bound of n slots (n == 0 refuses every
+  // acquire). Without one, the database level is not counted at all.
+  constexpr Limit WithPerDatabase(uint32_t n) const {
+    Limit l = *this;
+    l.database_max_ = n;
+    return l;
+  }
+  // This limit with its node maximum lowered to at most n (a lease), keeping
+  // the per-database bound and the local node's figures.
+  Limit CappedAt(uint32_t n) const;
+  bool per_database() const { return database_max_ != kUnlimited; }
+  // The limit of the database level: at most the per-database bound, never
+  // waiting when this one does not. Meaningful only when per_database().
+  constexpr Limit DatabaseLevel() const { return Limit(database_max_, 0, never_waits_); }
+
   // Whether one more slot may be taken when `in_use` slots are held and
   // `queued` waiters are ahead of the caller.
   bool Admits(uint32_t in_use, uint32_t queued) const {
@@ -92,7 +121,8 @@ class Limit {
       : max_(max), external_(external), never_waits_(never_waits) {}
 
   uint32_t max_;
-  uint32_t external_;  // load already on the node that counts against max_
+  uint32_t external_;                   // load already on the node that counts against max_
+  uint32_t database_max_ = kUnlimited;  // the per-database bound, or none
   bool never_waits_;
 };
 

@@ -4,7 +4,9 @@
 // database id). The shared counters are kept per *node* (host, port): a
 // worker has one max_connections whichever database a connection is to, so
 // keys that differ only in their database share one counter and one limit.
-// The database still tells connections apart (pools, reservations). Keys are
+// The database still tells connections apart (pools, reservations), and with
+// the optional per-database bound (limit.h) it names a second counter, below
+// the node's: CounterLevel says which of the two an operation means. Keys are
 // validated once, when they are made, and carry their hashes so that the hot
 // path of the counter table never re-validates or re-hashes them.
 //
@@ -27,6 +29,10 @@
 #include "absl/status/statusor.h"
 
 namespace connthrottle {
+
+// Which counter of a key: its node's (every database of the node together),
+// or its database's on that node (the optional per-database bound).
+enum class CounterLevel : uint8_t { kNode, kDatabase };
 
 class NodeKey {
  public:
@@ -73,12 +79,28 @@ class NodeKey {
   }
 
  private:
+  friend class CounterTable;
   friend class Owner;
   friend class OwnerOps;
+  friend struct CounterKey;
   NodeKey(std::string_view host, uint16_t port, uint32_t database);
 
-  // How the shared table stores and compares a node: the host as zero-padded
-  // 64-bit words, and (port, host length) packed in one word.
+  // How the shared table stores and compares a counter: the host as
+  // zero-padded 64-bit words, and (port, host length) packed in one word; a
+  // database counter adds the flag kDatabaseMeta and the database id.
+  static constexpr uint64_t kDatabaseMeta = uint64_t{1} << 31;
+  uint64_t counter_hash(CounterLevel level) const {
+    return level == CounterLevel::kNode ? node_hash_ : hash_;
+  }
+  uint64_t counter_meta(CounterLevel level) const {
+    return level == CounterLevel::kNode ? node_meta()
+                                        : node_meta() | kDatabaseMeta | (uint64_t{database_} << 32);
+  }
+  // The id an owner caches a counter of this key under: even for the node's,
+  // odd for the database's, so the two never share a cache slot.
+  uint64_t cache_id(CounterLevel level) const {
+    return id_ + (level == CounterLevel::kDatabase ? 1 : 0);
+  }
   size_t host_words() const { return padded_host_.size() / 8; }
   uint64_t host_word(size_t i) const {
     uint64_t word;
@@ -86,8 +108,9 @@ class NodeKey {
     return word;
   }
   uint64_t node_meta() const { return uint64_t{port_} | (uint64_t{host_len_} << 16); }
-  // Unique within the process for each key made by Create; copies share it.
-  // Owners cache "this key lives in that entry" under it (owner.h).
+  // Unique within the process for each key made by Create, and even;
+  // copies share it. Owners cache "this key lives in that entry" under it
+  // (owner.h, and cache_id above).
   uint64_t id() const { return id_; }
 
   std::string padded_host_;  // the host, zero-padded to a multiple of 8 bytes

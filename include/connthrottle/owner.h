@@ -35,6 +35,17 @@ struct OwnerRecord;
 // shared region. Destroying an Owner gives back every slot still recorded
 // against it (Slots must not outlive their Owner) and unregisters it.
 //
+// Two levels. A limit with a per-database bound (Limit::per_database(),
+// limit.h) makes every acquire take two slots, returned as one Slot: one of
+// the key's database counter (against the bound) and one of its node counter
+// (against the node's limit). Optional: the database's slot, then the
+// node's; refused at the node, the database's is given back. Waiting: the
+// database's slot is waited for first, then the node's while holding it (a
+// node slot's holder never waits for a database slot, so the order cannot
+// deadlock). Release gives back the node's, then the database's. Forced and
+// reservation slots are counted at both levels alike; parking checks both.
+// Each level keeps every promise of counter_table.h on its own counter.
+//
 // Thread-compatible: use an Owner from one thread at a time; its Slots are
 // released through it and count as its operations. An Owner belongs to the
 // process that registered it: in a child forked afterwards, its acquires fail
@@ -78,8 +89,12 @@ class Owner {
 
   // Forced acquire: always counted, even above the limit. Fails only when the
   // table is full under FullTablePolicy::kRefuse, or when the key's count
-  // would exceed kMaxSlotsPerKey.
+  // would exceed kMaxSlotsPerKey. The first form counts at the node level;
+  // the second at both when `limit` has a per-database bound (its figures
+  // are not otherwise applied).
   absl::StatusOr<Slot> AcquireForced(const NodeKey& key, const AcquireOptions& options = {});
+  absl::StatusOr<Slot> AcquireForced(const NodeKey& key, Limit limit,
+                                     const AcquireOptions& options = {});
 
   // Gives back every slot recorded against this owner, including those whose
   // Slot objects were lost (for example on a PostgreSQL error path). Returns
@@ -107,19 +122,28 @@ class Owner {
   // Everything TryAcquire's fast path does not handle; out of line.
   absl::StatusOr<Slot> TryAcquireSlow(const NodeKey& key, Limit limit,
                                       const AcquireOptions& options);
+  // TryAcquire under a per-database bound: both levels.
+  absl::StatusOr<Slot> TryAcquireTwoLevel(const NodeKey& key, Limit limit,
+                                          const AcquireOptions& options);
+  // The fast path of an optional acquire on the counter cached under
+  // `cache_id`: true, with the entry in *entry, when one compare-and-swap
+  // took the slot.
+  bool TryFast(uint64_t cache_id, Limit limit, uint32_t* entry);
+  bool ParkEntry(uint32_t entry, Limit limit);
+  void UnparkEntry(uint32_t entry);
 
   // "The key with this NodeKey id lives in that entry, with that tag": lets a
   // repeated acquire skip the index probe and the key comparison. The tag is
   // part of the word the acquire compares-and-swaps, so a stale hint fails
   // safely. Direct-mapped by key id; as many slots as the table has entries
-  // (a power of two, 64 .. 16384), so that every busy key can stay cached.
+  // (a power of two, 64 .. 65536), so that every busy counter can stay cached.
   struct CachedEntry {
     uint64_t key_id = 0;
     uint64_t tag_and_entry = 0;  // the entry's tag << 24 | entry index
     uint64_t tag() const { return tag_and_entry >> 24; }
     uint32_t entry() const { return static_cast<uint32_t>(tag_and_entry & 0xffffff); }
   };
-  CachedEntry& CacheSlot(const NodeKey& key) { return cache_[key.id() & cache_mask_]; }
+  CachedEntry& CacheSlot(uint64_t cache_id) { return cache_[cache_id & cache_mask_]; }
   void UnparkAll();
 
   CounterTable table_;

@@ -122,6 +122,9 @@ bool ReadEntry(TableHeader* h, uint32_t index, KeyStats* out, bool cumulative = 
     out->parked = internal::KeyAt(h, index).parked.load(kRelaxed);
     uint64_t meta = entry.meta.load(kRelaxed);
     out->port = static_cast<int>(internal::MetaPort(meta));
+    out->database = internal::MetaIsDatabase(meta)
+                        ? std::optional<uint32_t>(internal::MetaDatabase(meta))
+                        : std::nullopt;
     uint32_t len = std::min<uint32_t>(internal::MetaHostLen(meta), internal::kHostWords * 8);
     char host[internal::kHostWords * 8];
     const internal::EntryKey& key = internal::KeyAt(h, index);
@@ -354,22 +357,24 @@ TableStats CounterTable::Stats() const {
 
 uint64_t CounterTable::FullTableEvents() const { return header_->full_table_events.load(kRelaxed); }
 
-uint32_t CounterTable::ConnectionCount(const NodeKey& key) const {
-  const std::optional<KeyStats> k = LookupCounts(key);
+uint32_t CounterTable::ConnectionCount(const NodeKey& key, CounterLevel level) const {
+  const std::optional<KeyStats> k = LookupCounts(key, level);
   return k ? k->connections : 0;
 }
 
-std::optional<KeyStats> CounterTable::Lookup(const NodeKey& key) const {
-  return Find(key, /*cumulative=*/true);
+std::optional<KeyStats> CounterTable::Lookup(const NodeKey& key, CounterLevel level) const {
+  return Find(key, level, /*cumulative=*/true);
 }
 
-std::optional<KeyStats> CounterTable::LookupCounts(const NodeKey& key) const {
-  return Find(key, /*cumulative=*/false);
+std::optional<KeyStats> CounterTable::LookupCounts(const NodeKey& key, CounterLevel level) const {
+  return Find(key, level, /*cumulative=*/false);
 }
 
-std::optional<KeyStats> CounterTable::Find(const NodeKey& key, bool cumulative) const {
+std::optional<KeyStats> CounterTable::Find(const NodeKey& key, CounterLevel level,
+                                           bool cumulative) const {
+  const bool per_database = level == CounterLevel::kDatabase;
   const uint32_t mask = header_->index_buckets - 1;
-  const uint32_t tag = static_cast<uint32_t>(key.node_hash());
+  const uint32_t tag = static_cast<uint32_t>(key.counter_hash(level));
   const internal::Bucket* buckets = internal::Buckets(header_);
   uint32_t i = tag & mask;
   for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
@@ -378,7 +383,8 @@ std::optional<KeyStats> CounterTable::Find(const NodeKey& key, bool cumulative) 
     if (static_cast<uint32_t>(value >> 32) != tag) continue;
     KeyStats k;
     if (ReadEntry(header_, static_cast<uint32_t>(value) - 1, &k, cumulative) &&
-        k.host == key.host() && k.port == key.port()) {
+        k.host == key.host() && k.port == key.port() && k.database.has_value() == per_database &&
+        (!per_database || *k.database == key.database())) {
       // A zombie entry (count and waiters at zero, kept for a quick revive)
       // is not busy, as in Snapshot().
       if (k.connections == 0 && k.waiters == 0) return std::nullopt;
@@ -406,12 +412,14 @@ std::vector<Holding> CounterTable::Holders() const {
           internal::Hold::Unpack(internal::CellAt(header_, id, e).hold.load(kAcquire));
       const bool waiting = internal::OwnerAt(header_, id).waiting_on.load(kAcquire) == e + 1;
       if (hold.total == 0 && !waiting) continue;
-      out.push_back({static_cast<int>(internal::PidOf(identity)), key.host, key.port, hold.total,
-                     hold.forced, hold.reserved, waiting});
+      out.push_back({static_cast<int>(internal::PidOf(identity)), key.host, key.port, key.database,
+                     hold.total, hold.forced, hold.reserved, waiting});
     }
   }
+  // A node's row before its databases' (nullopt sorts first).
   std::sort(out.begin(), out.end(), [](const Holding& a, const Holding& b) {
-    return std::tie(a.host, a.port, a.pid) < std::tie(b.host, b.port, b.pid);
+    return std::tie(a.host, a.port, a.database, a.pid) <
+           std::tie(b.host, b.port, b.database, b.pid);
   });
   return out;
 }

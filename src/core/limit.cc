@@ -27,17 +27,37 @@ absl::Status PoolLimits::Validate() const {
       !s.ok()) {
     return s;
   }
-  return CheckSetting("max_client_connections", max_client_connections, 1);
+  if (auto s = CheckSetting("max_client_connections", max_client_connections, 1); !s.ok()) {
+    return s;
+  }
+  if (max_shared_pool_size_per_database == 0) {
+    return absl::InvalidArgumentError(
+        "max_shared_pool_size_per_database = 0 would refuse every connection; "
+        "-1 turns the per-database bound off");
+  }
+  return CheckSetting("max_shared_pool_size_per_database", max_shared_pool_size_per_database,
+                      kPerDatabaseOff);
 }
+
+namespace {
+
+// `limit` with the per-database bound of `limits`, if any.
+Limit PerDatabase(Limit limit, const PoolLimits& limits) {
+  if (limits.max_shared_pool_size_per_database == kPerDatabaseOff) return limit;
+  return limit.WithPerDatabase(static_cast<uint32_t>(limits.max_shared_pool_size_per_database));
+}
+
+}  // namespace
 
 Limit Limit::ForRemote(const PoolLimits& limits) {
   switch (limits.max_shared_pool_size) {
     case kThrottlingOff:
       return Unlimited();
     case kDeriveFromMaxConnections:
-      return AtMost(static_cast<uint32_t>(std::max(limits.max_connections, 1)));
+      return PerDatabase(AtMost(static_cast<uint32_t>(std::max(limits.max_connections, 1))),
+                         limits);
     default:
-      return AtMost(static_cast<uint32_t>(limits.max_shared_pool_size));
+      return PerDatabase(AtMost(static_cast<uint32_t>(limits.max_shared_pool_size)), limits);
   }
 }
 
@@ -54,7 +74,14 @@ Limit Limit::ForLocal(const PoolLimits& limits, int active_client_backends) {
     default:
       max = static_cast<uint32_t>(limits.local_shared_pool_size);
   }
-  return Limit(max, static_cast<uint32_t>(std::max(active_client_backends, 0)), true);
+  return PerDatabase(Limit(max, static_cast<uint32_t>(std::max(active_client_backends, 0)), true),
+                     limits);
+}
+
+Limit Limit::CappedAt(uint32_t n) const {
+  Limit l = *this;
+  l.max_ = unlimited() ? n : std::min(max_, n);
+  return l;
 }
 
 Limit Limit::ForNode(const PoolLimits& limits, bool local, int active_client_backends) {
@@ -65,6 +92,7 @@ std::string Limit::ToString() const {
   if (unlimited()) return "unlimited";
   std::string s = absl::StrCat("at most ", max_);
   if (never_waits_) absl::StrAppend(&s, " (local node, ", external_, " client backends active)");
+  if (per_database()) absl::StrAppend(&s, ", at most ", database_max_, " per database");
   return s;
 }
 

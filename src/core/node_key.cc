@@ -27,8 +27,9 @@ uint64_t Mix(uint64_t h) {
   return h;
 }
 
-// Ids start at 1: 0 marks an empty slot in an owner's entry cache.
-std::atomic<uint64_t> next_id{1};
+// Ids are even and start at 2: 0 marks an empty slot in an owner's entry
+// cache, and id + 1 names the key's database counter (NodeKey::cache_id).
+std::atomic<uint64_t> next_id{2};
 
 uint64_t HostHash(std::string_view host) {
   uint64_t h = 0xcbf29ce484222325ULL;
@@ -75,7 +76,7 @@ NodeKey::NodeKey(std::string_view host, uint16_t port, uint32_t database)
       database_(database),
       hash_(KeyHash(host, port, database)),
       node_hash_(NodeHash(host, port)),
-      id_(next_id.fetch_add(1, std::memory_order_relaxed)) {
+      id_(next_id.fetch_add(2, std::memory_order_relaxed)) {
   padded_host_.resize((host.size() + 7) / 8 * 8, '\0');
 }
 

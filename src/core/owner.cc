@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <bit>
 #include <mutex>
+#include <optional>
 
 #include "absl/base/optimization.h"
 #include "core/internal/layout.h"
@@ -49,10 +50,6 @@ ABSL_ATTRIBUTE_NOINLINE void ReleaseSlowPath(Owner& owner, uint32_t e, SlotKind 
   if (kind == SlotKind::kUncounted) return OwnerOps(owner).ReleaseUncounted();
   OwnerOps(owner).ReleaseSlow(e, kind);
 }
-ABSL_ATTRIBUTE_NOINLINE void ReleaseParkedPath(Owner& owner, Slot& slot) {
-  owner.Unpark(slot);
-  slot.Release();
-}
 ABSL_ATTRIBUTE_NOINLINE void AfterReleasePath(Owner& owner) { OwnerOps(owner).AfterRelease(); }
 }  // namespace
 
@@ -65,7 +62,7 @@ Owner::Owner(CounterTable table, uint32_t id)
       release_epoch_(1),
       fork_generation_(CurrentForkGeneration()) {
   const size_t slots =
-      std::clamp<size_t>(std::bit_ceil(size_t{table.header_->capacity}), 64, 16384);
+      std::clamp<size_t>(std::bit_ceil(size_t{table.header_->capacity}), 64, 65536);
   cache_ = std::make_unique<CachedEntry[]>(slots);
   cache_mask_ = slots - 1;
 }
@@ -83,49 +80,91 @@ Owner::~Owner() {
   record_->identity.store(0, kRelease);
 }
 
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool Owner::TryFast(uint64_t cache_id, Limit limit,
+                                                        uint32_t* entry) {
+  const CachedEntry& cached = CacheSlot(cache_id);
+  if (ABSL_PREDICT_FALSE(cached.key_id != cache_id ||
+                         fork_generation_ != fork_generation.load(kRelaxed))) {
+    return false;
+  }
+  const uint32_t e = cached.entry();
+  std::atomic<uint64_t>& word = entries_[e].word;
+  uint64_t w = word.load(kRelaxed);
+  // Unlocked, nobody queued, still the cached key's tag, and live — or a
+  // zombie of that key (count zero, no flag at all), which the same
+  // compare-and-swap revives: a key whose count keeps falling to zero
+  // costs what a busy key does (issue 14; owner_ops.cc, "Entry lifecycle").
+  constexpr uint64_t kState = ~Word::kCountMask;
+  const uint64_t tag = Word::WithTag(cached.tag());
+  const uint32_t count = Word::Count(w);
+  if (ABSL_PREDICT_TRUE(((w & kState) == (Word::kLive | tag) || w == tag) &&
+                        limit.Admits(count, 0) && count < static_cast<uint32_t>(kMaxSlotsPerKey))) {
+    record_->in_flight.store(e + 1, kRelease);
+    if (ABSL_PREDICT_TRUE(
+            word.compare_exchange_strong(w, (w + 1) | Word::kLive, kAcqRel, kRelaxed))) {
+      internal::Cell& cell = cells_[e];
+      cell.hold.store(cell.hold.load(kRelaxed) + 1, kRelaxed);
+      cell.acquired.store(cell.acquired.load(kRelaxed) + 1, kRelaxed);
+      record_->in_flight.store(0, kRelease);
+      *entry = e;
+      return true;
+    }
+    record_->in_flight.store(0, kRelaxed);
+  }
+  return false;
+}
+
 absl::StatusOr<Slot> Owner::TryAcquire(const NodeKey& key, Limit limit,
                                        const AcquireOptions& options) {
-  const CachedEntry& cached = CacheSlot(key);
-  if (ABSL_PREDICT_TRUE(cached.key_id == key.id() && !options.reservation &&
-                        fork_generation_ == fork_generation.load(kRelaxed))) {
-    const uint32_t e = cached.entry();
-    std::atomic<uint64_t>& word = entries_[e].word;
-    uint64_t w = word.load(kRelaxed);
-    // Unlocked, nobody queued, still the cached key's tag, and live — or a
-    // zombie of that key (count zero, no flag at all), which the same
-    // compare-and-swap revives: a key whose count keeps falling to zero
-    // costs what a busy key does (issue 14; owner_ops.cc, "Entry lifecycle").
-    constexpr uint64_t kState = ~Word::kCountMask;
-    const uint64_t tag = Word::WithTag(cached.tag());
-    const uint32_t count = Word::Count(w);
-    if (ABSL_PREDICT_TRUE(((w & kState) == (Word::kLive | tag) || w == tag) &&
-                          limit.Admits(count, 0) &&
-                          count < static_cast<uint32_t>(kMaxSlotsPerKey))) {
-      record_->in_flight.store(e + 1, kRelease);
-      if (ABSL_PREDICT_TRUE(
-              word.compare_exchange_strong(w, (w + 1) | Word::kLive, kAcqRel, kRelaxed))) {
-        internal::Cell& cell = cells_[e];
-        cell.hold.store(cell.hold.load(kRelaxed) + 1, kRelaxed);
-        cell.acquired.store(cell.acquired.load(kRelaxed) + 1, kRelaxed);
-        record_->in_flight.store(0, kRelease);
-        return Slot(this, e, SlotKind::kConnection, release_epoch_);
-      }
-      record_->in_flight.store(0, kRelaxed);
-    }
+  if (ABSL_PREDICT_FALSE(limit.per_database())) return TryAcquireTwoLevel(key, limit, options);
+  uint32_t e;
+  if (ABSL_PREDICT_TRUE(!options.reservation &&
+                        TryFast(key.cache_id(CounterLevel::kNode), limit, &e))) {
+    return Slot(this, e, SlotKind::kConnection, release_epoch_);
   }
   return TryAcquireSlow(key, limit, options);
+}
+
+ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<Slot> Owner::TryAcquireTwoLevel(
+    const NodeKey& key, Limit limit, const AcquireOptions& options) {
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
+  const Limit db_limit = limit.DatabaseLevel();
+  // The fast path at both levels: two compare-and-swaps, no Status.
+  uint32_t db_entry, node_entry;
+  const bool fast = !options.reservation;
+  std::optional<Slot> db;
+  if (fast && TryFast(key.cache_id(CounterLevel::kDatabase), db_limit, &db_entry)) {
+    if (TryFast(key.cache_id(CounterLevel::kNode), limit, &node_entry)) {
+      return Slot::Join(Slot(this, node_entry, SlotKind::kConnection, release_epoch_),
+                        Slot(this, db_entry, SlotKind::kConnection, release_epoch_));
+    }
+    db = Slot(this, db_entry, SlotKind::kConnection, release_epoch_);
+  } else {
+    absl::StatusOr<Slot> taken =
+        OwnerOps(*this).TryAcquireSlow(CounterKey{key, CounterLevel::kDatabase}, db_limit, options);
+    if (!taken.ok()) return taken;
+    db.emplace(*std::move(taken));
+  }
+  absl::StatusOr<Slot> node;
+  if (fast && TryFast(key.cache_id(CounterLevel::kNode), limit, &node_entry)) {
+    node = Slot(this, node_entry, SlotKind::kConnection, release_epoch_);
+  } else {
+    node = OwnerOps(*this).TryAcquireSlow(CounterKey{key}, limit, options);
+  }
+  if (!node.ok()) return node;  // the database's slot is given back with `db`
+  return Slot::Join(*std::move(node), *std::move(db));
 }
 
 ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<Slot> Owner::TryAcquireSlow(const NodeKey& key, Limit limit,
                                                                    const AcquireOptions& options) {
   if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
-  return OwnerOps(*this).TryAcquireSlow(key, limit, options);
+  return OwnerOps(*this).TryAcquireSlow(CounterKey{key}, limit, options);
 }
 
 void Slot::Release() {
   Owner* owner = owner_;
   if (owner == nullptr) return;
-  if (ABSL_PREDICT_FALSE(parked_)) return ReleaseParkedPath(*owner, *this);
+  if (ABSL_PREDICT_FALSE(parked_ | two_level_)) return ReleaseParkedOrTwoLevel();
   owner_ = nullptr;
   if (epoch_ != owner->release_epoch_ ||
       owner->fork_generation_ != fork_generation.load(kRelaxed)) {
@@ -176,14 +215,22 @@ absl::StatusOr<Slot> Owner::AcquireWaiting(const NodeKey& key, Limit limit, absl
 
 absl::StatusOr<Slot> Owner::AcquireForced(const NodeKey& key, const AcquireOptions& options) {
   if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
-  return OwnerOps(*this).AcquireForced(key, options);
+  return OwnerOps(*this).AcquireForced(CounterKey{key}, options);
 }
 
-bool Owner::Park(Slot& slot, Limit limit) {
-  if (slot.parked_) return true;
-  if (!slot.held() || fork_generation_ != fork_generation.load(kRelaxed)) return false;
-  if (slot.kind_ == SlotKind::kUncounted) return slot.parked_ = true;
-  const uint32_t e = slot.entry_;
+absl::StatusOr<Slot> Owner::AcquireForced(const NodeKey& key, Limit limit,
+                                          const AcquireOptions& options) {
+  if (!limit.per_database()) return AcquireForced(key, options);
+  if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
+  absl::StatusOr<Slot> db =
+      OwnerOps(*this).AcquireForced(CounterKey{key, CounterLevel::kDatabase}, options);
+  if (!db.ok()) return db;
+  absl::StatusOr<Slot> node = OwnerOps(*this).AcquireForced(CounterKey{key}, options);
+  if (!node.ok()) return node;
+  return Slot::Join(std::move(*node), std::move(*db));
+}
+
+bool Owner::ParkEntry(uint32_t e, Limit limit) {
   if (entries_[e].word.load(kAcquire) & Word::kHasWaiters) return false;
   std::atomic<uint32_t>& parked = internal::KeyAt(table_.header_, e).parked;
   uint32_t n = parked.load(kRelaxed);
@@ -191,23 +238,40 @@ bool Owner::Park(Slot& slot, Limit limit) {
     if (!limit.unlimited() && n + 1 >= limit.max()) return false;
   } while (!parked.compare_exchange_weak(n, n + 1, kRelaxed, kRelaxed));
   parked_entries_.push_back(e);
+  return true;
+}
+
+void Owner::UnparkEntry(uint32_t e) {
+  auto it = std::find(parked_entries_.begin(), parked_entries_.end(), e);
+  if (it == parked_entries_.end()) return;
+  parked_entries_.erase(it);
+  std::atomic<uint32_t>& parked = internal::KeyAt(table_.header_, e).parked;
+  uint32_t n = parked.load(kRelaxed);
+  while (n > 0 && !parked.compare_exchange_weak(n, n - 1, kRelaxed, kRelaxed)) {
+  }
+}
+
+bool Owner::Park(Slot& slot, Limit limit) {
+  if (slot.parked_) return true;
+  if (!slot.held() || fork_generation_ != fork_generation.load(kRelaxed)) return false;
+  // Each counted level must admit the park; an uncounted one parks freely.
+  const bool db = slot.two_level_ && slot.db_kind_ != SlotKind::kUncounted;
+  const bool node = slot.kind_ != SlotKind::kUncounted;
+  const Limit db_limit = limit.per_database() ? limit.DatabaseLevel() : Limit::Unlimited();
+  if (db && !ParkEntry(slot.db_entry_, db_limit)) return false;
+  if (node && !ParkEntry(slot.entry_, limit)) {
+    if (db) UnparkEntry(slot.db_entry_);
+    return false;
+  }
   return slot.parked_ = true;
 }
 
 void Owner::Unpark(Slot& slot) {
   if (!slot.parked_) return;
   slot.parked_ = false;
-  if (slot.kind_ == SlotKind::kUncounted || !slot.held() ||
-      fork_generation_ != fork_generation.load(kRelaxed)) {
-    return;
-  }
-  auto it = std::find(parked_entries_.begin(), parked_entries_.end(), slot.entry_);
-  if (it == parked_entries_.end()) return;
-  parked_entries_.erase(it);
-  std::atomic<uint32_t>& parked = internal::KeyAt(table_.header_, slot.entry_).parked;
-  uint32_t n = parked.load(kRelaxed);
-  while (n > 0 && !parked.compare_exchange_weak(n, n - 1, kRelaxed, kRelaxed)) {
-  }
+  if (!slot.held() || fork_generation_ != fork_generation.load(kRelaxed)) return;
+  if (slot.kind_ != SlotKind::kUncounted) UnparkEntry(slot.entry_);
+  if (slot.two_level_ && slot.db_kind_ != SlotKind::kUncounted) UnparkEntry(slot.db_entry_);
 }
 
 uint64_t Owner::ReleaseAll() {
@@ -244,12 +308,28 @@ Slot& Slot::operator=(Slot&& other) noexcept {
   if (this != &other) {
     Release();
     owner_ = std::exchange(other.owner_, nullptr);
-    entry_ = other.entry_;
-    kind_ = other.kind_;
-    parked_ = std::exchange(other.parked_, false);
     epoch_ = other.epoch_;
+    entry_ = other.entry_;
+    db_entry_ = other.db_entry_;
+    kind_ = other.kind_;
+    db_kind_ = other.db_kind_;
+    two_level_ = other.two_level_;
+    parked_ = std::exchange(other.parked_, false);
   }
   return *this;
+}
+
+ABSL_ATTRIBUTE_NOINLINE void Slot::ReleaseParkedOrTwoLevel() {
+  if (parked_) owner_->Unpark(*this);
+  if (two_level_) {
+    // The node's counter first, then the database's (owner.h, "Two levels").
+    Slot db(owner_, db_entry_, db_kind_, epoch_);
+    two_level_ = false;
+    Release();
+    db.Release();
+    return;
+  }
+  Release();
 }
 
 bool Slot::held() const { return owner_ != nullptr && epoch_ == owner_->release_epoch_; }

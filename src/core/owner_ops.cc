@@ -160,8 +160,19 @@ void AddTo(std::atomic<uint64_t>& counter, uint64_t delta) {
 
 }  // namespace
 
-void OwnerOps::Remember(const NodeKey& key, uint32_t entry) {
-  owner_.CacheSlot(key) = {key.id(), (Word::Tag(EntryOf(entry).word.load(kRelaxed)) << 24) | entry};
+std::string CounterKey::Name() const {
+  if (level == CounterLevel::kNode) return absl::StrCat("node ", key.NodeName());
+  return absl::StrCat("database ", key.database(), " on node ", key.NodeName());
+}
+
+std::string CounterKey::LimitText(const Limit& limit) const {
+  if (level == CounterLevel::kNode) return limit.ToString();
+  return absl::StrCat(limit.ToString(), " per database");
+}
+
+void OwnerOps::Remember(CounterKey key, uint32_t entry) {
+  owner_.CacheSlot(key.cache_id()) = {
+      key.cache_id(), (Word::Tag(EntryOf(entry).word.load(kRelaxed)) << 24) | entry};
 }
 
 // ---------------------------------------------------------------------------
@@ -375,23 +386,22 @@ void OwnerOps::UnlockStructure() { h_->structure_lock.store(0, kRelease); }
 // ---------------------------------------------------------------------------
 // Index and lifecycle
 
-bool OwnerOps::KeyMatches(uint32_t e, const NodeKey& key) const {
+bool OwnerOps::KeyMatches(uint32_t e, CounterKey key) const {
   const Entry& entry = owner_.entries_[e];
-  if (entry.hash.load(kRelaxed) != key.node_hash() ||
-      entry.meta.load(kRelaxed) != key.node_meta()) {
+  if (entry.hash.load(kRelaxed) != key.hash() || entry.meta.load(kRelaxed) != key.meta()) {
     return false;
   }
   const internal::EntryKey& stored = internal::KeyAt(h_, e);
-  const size_t words = key.host_words();
+  const size_t words = key.key.host_words();
   for (size_t i = 0; i < words; ++i) {
-    if (stored.host[i].load(kRelaxed) != key.host_word(i)) return false;
+    if (stored.host[i].load(kRelaxed) != key.key.host_word(i)) return false;
   }
   return true;
 }
 
-std::optional<uint32_t> OwnerOps::FindLive(const NodeKey& key) {
+std::optional<uint32_t> OwnerOps::FindLive(CounterKey key) {
   const uint32_t mask = h_->index_buckets - 1;
-  const uint32_t tag = static_cast<uint32_t>(key.node_hash());
+  const uint32_t tag = static_cast<uint32_t>(key.hash());
   Bucket* buckets = Buckets(h_);
   uint32_t i = tag & mask;
   for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
@@ -406,13 +416,13 @@ std::optional<uint32_t> OwnerOps::FindLive(const NodeKey& key) {
   return std::nullopt;
 }
 
-std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
+std::optional<uint32_t> OwnerOps::FindOrInsert(CounterKey key) {
   if (std::optional<uint32_t> found = FindLive(key)) return found;
 
   LockStructure();
   // Under the structure lock the index is exact: a miss here is a real miss.
   const uint32_t mask = h_->index_buckets - 1;
-  const uint32_t tag = static_cast<uint32_t>(key.node_hash());
+  const uint32_t tag = static_cast<uint32_t>(key.hash());
   Bucket* buckets = Buckets(h_);
   uint32_t i = tag & mask;
   for (uint32_t probes = 0; probes <= mask; ++probes, i = (i + 1) & mask) {
@@ -444,10 +454,10 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
   // The entry is not in use, so no reader looks at its key until the unlock
   // below publishes it live with a new tag.
   internal::EntryKey& cold = internal::KeyAt(h_, e);
-  entry.hash.store(key.node_hash(), kRelaxed);
-  entry.meta.store(key.node_meta(), kRelaxed);
+  entry.hash.store(key.hash(), kRelaxed);
+  entry.meta.store(key.meta(), kRelaxed);
   for (size_t w = 0; w < internal::kHostWords; ++w) {
-    cold.host[w].store(w < key.host_words() ? key.host_word(w) : 0, kRelaxed);
+    cold.host[w].store(w < key.key.host_words() ? key.key.host_word(w) : 0, kRelaxed);
   }
   for (auto* counter : {&entry.acquired_base, &entry.refused, &cold.waited, &cold.wait_ns,
                         &cold.forced_total, &cold.wakeups}) {
@@ -464,7 +474,7 @@ std::optional<uint32_t> OwnerOps::FindOrInsert(const NodeKey& key) {
       Word::WithTag(Word::Tag(w) + 1) | Word::kLive | Word::kLocked | (w & Word::kStampMask),
       kRelaxed);
   owner_.locked_count_ = 0;
-  InsertBucketLocked(e, key.node_hash());
+  InsertBucketLocked(e, key.hash());
   h_->live_entries.fetch_add(1, kRelaxed);
   h_->entries_created.fetch_add(1, kRelaxed);
   UnlockStructure();
@@ -686,17 +696,20 @@ void OwnerOps::RepairIndexLocked() {
 // ---------------------------------------------------------------------------
 // Acquire and release
 
-absl::Status OwnerOps::Refusal(const NodeKey& key, Limit limit, const EntryCounts& counts) const {
-  return absl::ResourceExhaustedError(
-      absl::StrCat("no free connection slot for node ", key.NodeName(), ": ", counts.count,
-                   " in use, ", counts.waiters, " waiting, limit ", limit.ToString()));
+absl::Status OwnerOps::Refusal(CounterKey key, Limit limit, const EntryCounts& counts) const {
+  return absl::ResourceExhaustedError(absl::StrCat("no free connection slot for ", key.Name(), ": ",
+                                                   counts.count, " in use, ", counts.waiters,
+                                                   " waiting, limit ", key.LimitText(limit)));
 }
 
-absl::StatusOr<Slot> OwnerOps::TableFull(const NodeKey& key, const AcquireOptions& options) {
+absl::StatusOr<Slot> OwnerOps::TableFull(CounterKey key, const AcquireOptions& options) {
   if (options.when_full == FullTablePolicy::kRefuse) {
     absl::Status full = absl::ResourceExhaustedError(
-        absl::StrCat("the connection counter table is full (", h_->capacity,
-                     " busy nodes); cannot count a connection to ", key.NodeName()));
+        key.level == CounterLevel::kNode
+            ? absl::StrCat("the connection counter table is full (", h_->capacity,
+                           " busy nodes); cannot count a connection to ", key.key.NodeName())
+            : absl::StrCat("the connection counter table is full (", h_->capacity,
+                           " busy counters); cannot count a connection to ", key.Name()));
     full.SetPayload(kTableFullPayload, absl::Cord("full"));
     return full;
   }
@@ -742,7 +755,7 @@ absl::StatusOr<Slot> OwnerOps::Grant(uint32_t e, SlotKind kind, bool dequeue,
   return Slot(&owner_, e, kind, owner_.release_epoch_);
 }
 
-absl::StatusOr<Slot> OwnerOps::TryAcquireSlow(const NodeKey& key, Limit limit,
+absl::StatusOr<Slot> OwnerOps::TryAcquireSlow(CounterKey key, Limit limit,
                                               const AcquireOptions& options) {
   if (!limit.Admits(0, 0)) {
     // Refused whatever the key's count: do not create an entry for it.
@@ -763,7 +776,7 @@ absl::StatusOr<Slot> OwnerOps::TryAcquireSlow(const NodeKey& key, Limit limit,
   return Grant(*e, options.reservation ? SlotKind::kReservation : SlotKind::kConnection, false, {});
 }
 
-absl::StatusOr<Slot> OwnerOps::AcquireForced(const NodeKey& key, const AcquireOptions& options) {
+absl::StatusOr<Slot> OwnerOps::AcquireForced(CounterKey key, const AcquireOptions& options) {
   std::optional<uint32_t> e = FindOrInsert(key);
   if (!e) return TableFull(key, options);
   return Grant(*e, SlotKind::kForced, false, StatDelta{.forced_total = 1});
@@ -774,11 +787,40 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
                                               absl::Time deadline,
                                               absl::FunctionRef<bool()> interrupted,
                                               const AcquireOptions& options) {
-  const SlotKind kind = options.reservation ? SlotKind::kReservation : SlotKind::kConnection;
   // The limit is the caller's code: it is evaluated with no lock held, so a
   // callback that is slow, blocks or throws delays only its caller.
+  const Limit first = limit_now();
+  if (first.never_waits()) return owner_.TryAcquire(key, first, options);
+  if (!first.per_database()) {
+    return AcquireWaitingAt(CounterKey{key}, limit_now, deadline, interrupted, options);
+  }
+  // Two levels (owner.h): the database's slot first, then the node's while
+  // holding it. A holder of a node slot never waits for a database slot, so
+  // the order cannot deadlock; a wait at either level is woken by a release
+  // at that level, the only kind that can make room for it. A bound turned
+  // off during the wait admits at once.
+  absl::StatusOr<Slot> db = AcquireWaitingAt(
+      CounterKey{key, CounterLevel::kDatabase},
+      [&] {
+        const Limit l = limit_now();
+        return l.per_database() ? l.DatabaseLevel() : Limit::Unlimited();
+      },
+      deadline, interrupted, options);
+  if (!db.ok()) return db;
+  absl::StatusOr<Slot> node =
+      AcquireWaitingAt(CounterKey{key}, limit_now, deadline, interrupted, options);
+  if (!node.ok()) return node;  // the database's slot is given back with `db`
+  return Slot::Join(std::move(*node), std::move(*db));
+}
+
+absl::StatusOr<Slot> OwnerOps::AcquireWaitingAt(CounterKey key,
+                                                absl::FunctionRef<Limit()> limit_now,
+                                                absl::Time deadline,
+                                                absl::FunctionRef<bool()> interrupted,
+                                                const AcquireOptions& options) {
+  const SlotKind kind = options.reservation ? SlotKind::kReservation : SlotKind::kConnection;
   Limit limit = limit_now();
-  if (limit.never_waits()) return owner_.TryAcquire(key, limit, options);
+  if (limit.never_waits()) return TryAcquireSlow(key, limit, options);
 
   std::optional<uint32_t> found = FindOrInsert(key);
   if (!found) return TableFull(key, options);
@@ -814,14 +856,14 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
     for (;;) {
       absl::Time now = absl::Now();
       if (interrupted()) {
-        gave_up = absl::CancelledError(absl::StrCat("wait for a connection slot to node ",
-                                                    key.NodeName(), " was interrupted"));
+        gave_up = absl::CancelledError(
+            absl::StrCat("wait for a connection slot to ", key.Name(), " was interrupted"));
         break;
       }
       if (now >= deadline) {
         gave_up = absl::DeadlineExceededError(
-            absl::StrCat("no connection slot to node ", key.NodeName(), " became free within ",
-                         absl::FormatDuration(now - start), " (limit ", limit.ToString(), ")"));
+            absl::StrCat("no connection slot to ", key.Name(), " became free within ",
+                         absl::FormatDuration(now - start), " (limit ", key.LimitText(limit), ")"));
         break;
       }
       if (!recheck) {

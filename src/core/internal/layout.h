@@ -8,8 +8,10 @@
 //   Cell[max_owners][cap]     what each owner holds on each entry, and how
 //                             many slots it has taken there
 //   Bucket[index_buckets]     open-addressing index: hash -> entry
-//   Entry[capacity]           one node's counters: one cache line each
-//   EntryKey[capacity]        the same node's host and cold statistics
+//   Entry[capacity]           one counter: a node's, or with the per-database
+//                             bound a database's on a node (node_key.h,
+//                             CounterLevel); one cache line each
+//   EntryKey[capacity]        the same counter's host and cold statistics
 //
 // Everything is addressed by index, never by pointer, so the region may be
 // mapped at different addresses in different processes. Every field that more
@@ -30,7 +32,7 @@ namespace connthrottle::internal {
 
 inline constexpr uint64_t kMagic = 0x6374687274626c31ULL;  // "cthrtbl1"
 // Bump on any change to this file or to the key hash once released.
-inline constexpr uint32_t kLayoutVersion = 6;
+inline constexpr uint32_t kLayoutVersion = 7;
 inline constexpr size_t kCacheLine = 64;
 
 inline constexpr uint32_t kMaxCapacity = 1u << 24;
@@ -93,7 +95,8 @@ struct alignas(kCacheLine) Entry {
   std::atomic<uint32_t> wake_seq;  // futex word waiters sleep on
   std::atomic<uint32_t> version;   // bumped by every locked change, for readers
   std::atomic<uint64_t> hash;
-  std::atomic<uint64_t> meta;           // port | host length << 16
+  std::atomic<uint64_t> meta;           // port | host length << 16, and for a database
+                                        // counter kMetaDatabase | database << 32
   std::atomic<uint64_t> acquired_base;  // acquisitions folded in from owners' cells
   std::atomic<uint64_t> refused;        // cumulative, under the lock
 };
@@ -115,9 +118,12 @@ struct alignas(kCacheLine) EntryKey {
   std::atomic<uint32_t> parked;
 };
 inline constexpr uint32_t MetaPort(uint64_t meta) { return static_cast<uint32_t>(meta & 0xffff); }
+inline constexpr uint64_t kMetaDatabase = uint64_t{1} << 31;  // NodeKey::kDatabaseMeta
 inline constexpr uint32_t MetaHostLen(uint64_t meta) {
-  return static_cast<uint32_t>((meta >> 16) & 0xffff);
+  return static_cast<uint32_t>((meta >> 16) & 0x7fff);
 }
+inline constexpr bool MetaIsDatabase(uint64_t meta) { return (meta & kMetaDatabase) != 0; }
+inline constexpr uint32_t MetaDatabase(uint64_t meta) { return static_cast<uint32_t>(meta >> 32); }
 
 // ---- Index ----------------------------------------------------------------
 

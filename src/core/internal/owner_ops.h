@@ -45,18 +45,36 @@ struct StatDelta {
   uint64_t wakeups = 0;
 };
 
+// One counter of a key, as the operations below find and name it: the
+// node's, or the database's on the node (node_key.h, CounterLevel).
+struct CounterKey {
+  const NodeKey& key;
+  CounterLevel level = CounterLevel::kNode;
+
+  uint64_t hash() const { return key.counter_hash(level); }
+  uint64_t meta() const { return key.counter_meta(level); }
+  uint64_t cache_id() const { return key.cache_id(level); }
+  // "node h:p", or "database 16384 on node h:p", for messages.
+  std::string Name() const;
+  // `limit` as this level applies it, for messages.
+  std::string LimitText(const Limit& limit) const;
+};
+
 class OwnerOps {
  public:
   explicit OwnerOps(Owner& owner)
       : owner_(owner), h_(owner.table_.header_), self_(*owner.record_) {}
 
   // ---- acquire and release beyond the hot paths (owner.cc) ----
-  absl::StatusOr<Slot> TryAcquireSlow(const NodeKey& key, Limit limit,
-                                      const AcquireOptions& options);
+  // One level: the counter `key` names, against `limit`'s node figures.
+  absl::StatusOr<Slot> TryAcquireSlow(CounterKey key, Limit limit, const AcquireOptions& options);
+  // Both levels when the first limit evaluated has a per-database bound:
+  // the database counter's slot first, then the node's while holding it
+  // (owner.h, "Two levels").
   absl::StatusOr<Slot> AcquireWaiting(const NodeKey& key, absl::FunctionRef<Limit()> limit,
                                       absl::Time deadline, absl::FunctionRef<bool()> interrupted,
                                       const AcquireOptions& options);
-  absl::StatusOr<Slot> AcquireForced(const NodeKey& key, const AcquireOptions& options);
+  absl::StatusOr<Slot> AcquireForced(CounterKey key, const AcquireOptions& options);
   void ReleaseSlow(uint32_t entry, SlotKind kind);
   void ReleaseUncounted();
   // Every 1024th hot-path release: look for dead owners.
@@ -88,7 +106,11 @@ class OwnerOps {
   bool reclaiming() const { return (h_->flags & internal::kFlagReclaimDeadOwners) != 0; }
   internal::Entry& EntryOf(uint32_t entry) { return owner_.entries_[entry]; }
   internal::Cell& MyCell(uint32_t entry) { return owner_.cells_[entry]; }
-  void Remember(const NodeKey& key, uint32_t entry);
+  void Remember(CounterKey key, uint32_t entry);
+  // One level of AcquireWaiting.
+  absl::StatusOr<Slot> AcquireWaitingAt(CounterKey key, absl::FunctionRef<Limit()> limit,
+                                        absl::Time deadline, absl::FunctionRef<bool()> interrupted,
+                                        const AcquireOptions& options);
 
   // ---- the entry lock (a bit of Entry::word, and the holder's stamp) ----
   // Locks the entry; this owner's in_flight names it until Unlock. With
@@ -129,11 +151,11 @@ class OwnerOps {
   void EndJudging();
 
   // ---- index and lifecycle ----
-  bool KeyMatches(uint32_t entry, const NodeKey& key) const;
-  std::optional<uint32_t> FindLive(const NodeKey& key);
+  bool KeyMatches(uint32_t entry, CounterKey key) const;
+  std::optional<uint32_t> FindLive(CounterKey key);
   // The key's entry, locked, created if needed; nullopt when the table is
   // full (the event is counted).
-  std::optional<uint32_t> FindOrInsert(const NodeKey& key);
+  std::optional<uint32_t> FindOrInsert(CounterKey key);
   std::optional<uint32_t> AllocateEntryLocked();
   void InsertBucketLocked(uint32_t entry, uint64_t hash);
   void RemoveBucketLocked(uint32_t entry);
@@ -147,8 +169,8 @@ class OwnerOps {
 
   // ---- shared pieces of the acquire paths ----
   absl::StatusOr<Slot> Grant(uint32_t entry, SlotKind kind, bool dequeue, const StatDelta& stats);
-  absl::StatusOr<Slot> TableFull(const NodeKey& key, const AcquireOptions& options);
-  absl::Status Refusal(const NodeKey& key, Limit limit, const EntryCounts& counts) const;
+  absl::StatusOr<Slot> TableFull(CounterKey key, const AcquireOptions& options);
+  absl::Status Refusal(CounterKey key, Limit limit, const EntryCounts& counts) const;
   // Takes this owner's place in `entry`'s queue away, adding `stats`.
   void LeaveQueue(uint32_t entry, const StatDelta& stats);
 
