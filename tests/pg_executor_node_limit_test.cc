@@ -1,7 +1,9 @@
 // max_shared_pool_size is a limit per worker node (host, port) across every
 // database of the coordinator (issue 28, part A): sessions of two databases
 // together never have more than the limit of connections on a worker,
-// sampled from the worker's own pg_stat_activity, on both transports.
+// sampled from the worker's own pg_stat_activity, on both transports. With
+// max_shared_pool_size_per_database on, each database also stays within its
+// own bound below the node's.
 
 #include <algorithm>
 #include <atomic>
@@ -171,6 +173,144 @@ TEST_P(PgNodeLimitTest, TwoDatabasesNeverExceedTheNodeLimit) {
     EXPECT_LE(peak[w].load(), kLimit) << "worker " << w + 1 << " saw more coordinator backends";
     EXPECT_GT(both_at_once[w].load(), 0) << "the databases never overlapped on worker " << w + 1;
     EXPECT_GE(samples[w].load(), 100);
+  }
+  EXPECT_TRUE(obs_->Exec("SELECT connthrottle.audit()").ok());
+  clients.clear();
+}
+
+// The per-database bound through the SQL slots: a database at its bound is
+// refused and waits while the node has room; another database still gets the
+// node's slots; the node and each database have their rows in nodes and
+// holders; a release in the same database wakes the waiter; 0 is refused.
+TEST_P(PgNodeLimitTest, PerDatabaseBoundHoldsBelowTheNodesLimit) {
+  ASSERT_TRUE(SetSetting("connthrottle.max_shared_pool_size", "3"));
+  ASSERT_TRUE(SetSetting("connthrottle.max_shared_pool_size_per_database", "2"));
+  absl::Status zero =
+      obs_->Exec("ALTER SYSTEM SET connthrottle.max_shared_pool_size_per_database = 0");
+  EXPECT_EQ(SqlState(zero), "22023") << zero;
+  std::unique_ptr<PgClient> first = Connect();
+  std::unique_ptr<PgClient> other = Connect();
+  std::unique_ptr<PgClient> second = ConnectTo(kSecondDatabase);
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(other, nullptr);
+  ASSERT_NE(second, nullptr);
+  const std::string node = absl::StrCat("'", Host(), "', ", Port(0));
+  const std::string try_acquire = absl::StrCat("SELECT connthrottle.try_acquire(", node, ")");
+  ASSERT_EQ(Value(*first, try_acquire), "t");
+  ASSERT_EQ(Value(*first, try_acquire), "t");
+  // postgres is at its bound of 2; the node has a third slot.
+  EXPECT_EQ(Value(*first, try_acquire), "f");
+  absl::Status timed_out =
+      other->Exec(absl::StrCat("SELECT connthrottle.acquire(", node, ", timeout => '50ms')"));
+  EXPECT_EQ(SqlState(timed_out), "53300") << timed_out;
+  EXPECT_NE(timed_out.message().find("per database"), std::string::npos) << timed_out;
+  // The second database takes the node's third slot, and then the node is full.
+  EXPECT_EQ(Value(*second, try_acquire), "t");
+  EXPECT_EQ(Value(*second, try_acquire), "f");
+  EXPECT_EQ(Rows(*obs_,
+                 "SELECT coalesce(database::text, '-'), connections FROM connthrottle.nodes "
+                 "ORDER BY database NULLS FIRST"),
+            absl::StrCat("(-,3) (", kSecondDatabase, ",1) (postgres,2)"));
+  EXPECT_EQ(Value(*obs_,
+                  "SELECT string_agg(coalesce(database::text, '-') || ':' || connections, ',' "
+                  "ORDER BY database NULLS FIRST, connections) FROM connthrottle.holders"),
+            absl::StrCat("-:1,-:2,", kSecondDatabase, ":1,postgres:2"));
+
+  // A waiter of postgres, held up by its database's bound, woken by a release
+  // in postgres (the second database's release would not make room for it).
+  std::atomic<bool> acquired{false};
+  absl::Status waited;
+  std::thread waiter([&] {
+    waited = other->Exec(absl::StrCat("SELECT connthrottle.acquire(", node, ", timeout => '60s')"));
+    acquired = true;
+  });
+  EXPECT_TRUE(PollUntil([&] {
+    return Value(*obs_, "SELECT waiters FROM connthrottle.nodes WHERE database = 'postgres'") ==
+           "1";
+  }));
+  EXPECT_TRUE(second->Exec(absl::StrCat("SELECT connthrottle.release(", node, ")")).ok());
+  // The node has a free slot now, but postgres is still at its bound.
+  EXPECT_EQ(Value(*obs_, "SELECT connections FROM connthrottle.nodes WHERE database IS NULL"), "2");
+  EXPECT_FALSE(acquired.load());
+  EXPECT_TRUE(first->Exec(absl::StrCat("SELECT connthrottle.release(", node, ")")).ok());
+  waiter.join();
+  EXPECT_TRUE(waited.ok()) << waited;
+  EXPECT_EQ(Value(*obs_, "SELECT connections FROM connthrottle.nodes WHERE database IS NULL"), "2");
+  EXPECT_TRUE(obs_->Exec("SELECT connthrottle.audit()").ok());
+}
+
+// Sessions of two databases run fan-out work under a node limit of 4 and a
+// per-database bound of 2, each database enough to fill the node: each
+// worker's own pg_stat_activity never shows more than 2 coordinator
+// connections of one database, nor more than 4 in all.
+TEST_P(PgNodeLimitTest, EachDatabaseStaysWithinItsBound) {
+  constexpr int kLimit = 4;
+  constexpr int kPerDatabase = 2;
+  constexpr int kSessionsPerDatabase = 3;
+  ASSERT_TRUE(SetSetting("connthrottle.max_shared_pool_size", std::to_string(kLimit)));
+  ASSERT_TRUE(
+      SetSetting("connthrottle.max_shared_pool_size_per_database", std::to_string(kPerDatabase)));
+  const std::vector<std::string> databases = {"postgres", kSecondDatabase};
+  std::vector<std::unique_ptr<PgClient>> clients;
+  for (const std::string& db : databases) {
+    for (int i = 0; i < kSessionsPerDatabase; ++i) {
+      clients.push_back(ConnectTo(db));
+      ASSERT_NE(clients.back(), nullptr);
+      ASSERT_TRUE(clients.back()->Exec("SET connthrottle.connection_wait_timeout = '30s'").ok());
+    }
+  }
+  std::vector<std::unique_ptr<PgClient>> samplers;
+  for (int w = 0; w < 2; ++w) {
+    absl::StatusOr<std::unique_ptr<PgClient>> c = workers_[w]->Connect();
+    ASSERT_TRUE(c.ok()) << c.status();
+    samplers.push_back(*std::move(c));
+  }
+  const std::string sample =
+      absl::StrCat(kCoordinatorConnections, " AND datname = 'postgres') AS first, (",
+                   kCoordinatorConnections, " AND datname = '", kSecondDatabase, "') AS second");
+  std::vector<TaskSpec> tasks;
+  for (int i = 0; i < 12; ++i) tasks.push_back({Host(), Port(i % 2), "SELECT pg_sleep(0.01)"});
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> peak[2] = {0, 0}, peak_database[2] = {0, 0};
+  std::atomic<int> samples[2] = {0, 0};
+  std::atomic<int> both_at_once[2] = {0, 0};
+  std::atomic<bool> sample_failed{false};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 2; ++w) {
+    threads.emplace_back([&, w] {
+      while (!stop.load()) {
+        absl::StatusOr<QueryResult> r = samplers[w]->Query(absl::StrCat("SELECT (", sample));
+        if (!r.ok() || r->rows.size() != 1) {
+          sample_failed = true;
+          return;
+        }
+        const int first = ToInt(r->rows[0][0]), second = ToInt(r->rows[0][1]);
+        peak[w] = std::max(peak[w].load(), first + second);
+        peak_database[w] = std::max({peak_database[w].load(), first, second});
+        if (first > 0 && second > 0) ++both_at_once[w];
+        ++samples[w];
+      }
+    });
+  }
+  const SessionRuns runs = RunSessionsUntil(clients, tasks, 3, [&] {
+    return samples[0].load() < 100 || samples[1].load() < 100 || both_at_once[0].load() == 0 ||
+           both_at_once[1].load() == 0;
+  });
+  stop = true;
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < clients.size(); ++i) {
+    EXPECT_EQ(runs.failures[i], "") << "session " << i;
+    EXPECT_GE(runs.executions[i], 3) << "session " << i;
+  }
+  EXPECT_FALSE(sample_failed.load());
+  for (int w = 0; w < 2; ++w) {
+    Report(absl::StrCat("worker", w + 1, ": peak coordinator backends, all / one database"),
+           absl::StrCat(peak[w].load(), " / ", peak_database[w].load(), " in ", samples[w].load(),
+                        " samples (limit ", kLimit, ", per database ", kPerDatabase, ")"));
+    EXPECT_LE(peak[w].load(), kLimit) << "worker " << w + 1;
+    EXPECT_LE(peak_database[w].load(), kPerDatabase) << "worker " << w + 1;
+    EXPECT_GT(both_at_once[w].load(), 0) << "the databases never overlapped on worker " << w + 1;
   }
   EXPECT_TRUE(obs_->Exec("SELECT connthrottle.audit()").ok());
   clients.clear();

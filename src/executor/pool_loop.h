@@ -369,8 +369,12 @@ struct SharedPool::Loop {
   void Rebalance();
   void Regroup();
   static bool Busy(const Pool& pool);
-  static Conn* LongestIdle(const std::vector<Pool*>& group, const Pool* except);
+  // The longest idle connection of the group's pools other than `except`
+  // with nothing queued; with `same_database`, only of `except`'s database.
+  static Conn* LongestIdle(const std::vector<Pool*>& group, const Pool* except,
+                           bool same_database = false);
   int OverLimit(const Pool& pool);
+  bool AtDatabaseBound(const Pool& pool, const Limit& limit);
   void CloseIdle(Pool& pool, int n, CloseReason why);
   void ShrinkToLimit(Pool& pool);
   int UnservedWaiters(const Pool& pool);

@@ -38,13 +38,16 @@ void SharedPool::Loop::Rebalance() {
     int neediest_live = share;
     for (Pool* p : group) {
       const int live = LiveConnections(*p);
-      if (p->queued > 0 && live < neediest_live) {
+      // A pool at its database's bound cannot use a slot of the node's.
+      if (p->queued > 0 && live < neediest_live && !AtDatabaseBound(*p, limit)) {
         neediest = p;
         neediest_live = live;
       }
       if (!p->wants_slot || live >= options.max_pool_size) continue;
       if (copy_waiting_keys.contains(p->key_name)) continue;  // the COPY has it first
-      if (Conn* idle = LongestIdle(group, p)) {
+      // Refused for its database's bound, only an idle connection of the
+      // same database makes room for it.
+      if (Conn* idle = LongestIdle(group, p, AtDatabaseBound(*p, limit))) {
         Close(*idle, CloseReason::kForPool, p);
         p->wants_slot = false;  // one per refusal: asked again if still refused
       }
@@ -98,11 +101,12 @@ bool SharedPool::Loop::Busy(const Pool& pool) {
 // The connection that has been idle longest in the pools of `group` with
 // nothing queued, `except` aside; null if none.
 SharedPool::Loop::Conn* SharedPool::Loop::LongestIdle(const std::vector<Pool*>& group,
-                                                      const Pool* except) {
+                                                      const Pool* except, bool same_database) {
   Conn* best = nullptr;
   for (Pool* p : group) {
     // Its queued tasks take its idle connections in this turn.
     if (p == except || p->queued > 0) continue;
+    if (same_database && p->key->database() != except->key->database()) continue;
     for (auto& conn : p->conns) {
       if (conn->c->state != State::kIdle) continue;
       if (best == nullptr || conn->idle_since < best->idle_since) best = conn.get();
@@ -119,9 +123,23 @@ SharedPool::Loop::Conn* SharedPool::Loop::LongestIdle(const std::vector<Pool*>& 
 int SharedPool::Loop::OverLimit(const Pool& pool) {
   const Limit limit = sp.limit_(pool.node, pool.local);
   if (limit.unlimited()) return 0;
-  const std::optional<KeyStats> key = sp.owner_.table().LookupCounts(*pool.key);
-  if (!key) return 0;
-  return static_cast<int>(key->connections - key->forced) - static_cast<int>(limit.max());
+  auto over = [&](CounterLevel level, const Limit& at) {
+    const std::optional<KeyStats> key = sp.owner_.table().LookupCounts(*pool.key, level);
+    if (!key) return 0;
+    return static_cast<int>(key->connections - key->forced) - static_cast<int>(at.max());
+  };
+  int n = over(CounterLevel::kNode, limit);
+  if (limit.per_database()) n = std::max(n, over(CounterLevel::kDatabase, limit.DatabaseLevel()));
+  return n;
+}
+
+// Whether the pool's database holds all the slots its per-database bound
+// allows (never, with the bound off).
+bool SharedPool::Loop::AtDatabaseBound(const Pool& pool, const Limit& limit) {
+  if (!limit.per_database()) return false;
+  const std::optional<KeyStats> key =
+      sp.owner_.table().LookupCounts(*pool.key, CounterLevel::kDatabase);
+  return key && key->connections >= limit.DatabaseLevel().max();
 }
 
 // Closes up to `n` idle connections for `why`.
@@ -142,12 +160,20 @@ void SharedPool::Loop::ShrinkToLimit(Pool& pool) {
 // transport, COPY's reservations) that no free slot serves: a slot given
 // back a moment ago and not yet taken serves one.
 int SharedPool::Loop::UnservedWaiters(const Pool& pool) {
-  const std::optional<KeyStats> key = sp.owner_.table().LookupCounts(*pool.key);
-  if (!key || key->waiters == 0) return 0;
   const Limit limit = sp.limit_(pool.node, pool.local);
   if (limit.unlimited()) return 0;
-  const int free = std::max(0, static_cast<int>(limit.max()) - static_cast<int>(key->connections));
-  return std::max(0, static_cast<int>(key->waiters) - free);
+  auto unserved = [&](CounterLevel level, const Limit& at) {
+    const std::optional<KeyStats> key = sp.owner_.table().LookupCounts(*pool.key, level);
+    if (!key || key->waiters == 0) return 0;
+    const int free = std::max(0, static_cast<int>(at.max()) - static_cast<int>(key->connections));
+    return std::max(0, static_cast<int>(key->waiters) - free);
+  };
+  int n = unserved(CounterLevel::kNode, limit);
+  // Waiters for the pool's own database are served only by its connections.
+  if (limit.per_database()) {
+    n = std::max(n, unserved(CounterLevel::kDatabase, limit.DatabaseLevel()));
+  }
+  return n;
 }
 
 // While others wait for the node, the pool gives back one idle connection

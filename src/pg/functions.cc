@@ -46,6 +46,18 @@ using connthrottle::pg::RequireCatalogNodes;
 using connthrottle::pg::RequireTable;
 using connthrottle::pg::ReturnRows;
 
+// The database of a database's counter as a `name`; NULL on a node's row
+// (and for a database dropped since).
+template <typename Row>
+void PerDatabase(const Row& r, Datum* value, bool* isnull) {
+  if (!r.per_database) {
+    *value = static_cast<Datum>(0);
+    *isnull = true;
+    return;
+  }
+  DatabaseName(r.database, value, isnull);
+}
+
 }  // namespace
 
 extern "C" {
@@ -65,7 +77,9 @@ Datum connthrottle_assert_preloaded(PG_FUNCTION_ARGS) {
 }
 
 // node_stats() returns setof (host, port, connections, forced, reserved,
-// waiters, acquired, refused, waited, wait_time, forced_total, wakeups, cached)
+// waiters, acquired, refused, waited, wait_time, forced_total, wakeups, cached,
+// database): database is NULL on a node's row, set on a database's counter
+// (max_shared_pool_size_per_database)
 Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
   RequireTable();
   const int max = static_cast<int>(connthrottle::pg::Capacity());
@@ -73,7 +87,7 @@ Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
       palloc(sizeof(connthrottle::pg::NodeRow) * (max > 0 ? max : 1)));
   int count = 0;
   Raise(connthrottle::pg::NodeStats(rows, max, &count));
-  return ReturnRows<13>(fcinfo, count, [&](int i, Datum* values, bool*) {
+  return ReturnRows<14>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     const connthrottle::pg::NodeRow& r = rows[i];
     values[0] = CStringGetTextDatum(r.host);
     values[1] = Int32GetDatum(r.port);
@@ -88,17 +102,18 @@ Datum connthrottle_node_stats(PG_FUNCTION_ARGS) {
     values[10] = Int64GetDatum(static_cast<int64>(r.forced_total));
     values[11] = Int64GetDatum(static_cast<int64>(r.wakeups));
     values[12] = Int32GetDatum(static_cast<int32>(r.cached));
+    PerDatabase(r, &values[13], &nulls[13]);
   });
 }
 
 // holders() returns setof (pid, host, port, connections, forced, reserved,
-// waiting)
+// waiting, database), database as in node_stats()
 Datum connthrottle_holders(PG_FUNCTION_ARGS) {
   RequireTable();
   const connthrottle::pg::HolderRow* rows = nullptr;
   int count = 0;
   Raise(connthrottle::pg::Holders(&rows, &count));
-  return ReturnRows<7>(fcinfo, count, [&](int i, Datum* values, bool*) {
+  return ReturnRows<8>(fcinfo, count, [&](int i, Datum* values, bool* nulls) {
     const connthrottle::pg::HolderRow& r = rows[i];
     values[0] = Int32GetDatum(r.pid);
     values[1] = CStringGetTextDatum(r.host);
@@ -107,6 +122,7 @@ Datum connthrottle_holders(PG_FUNCTION_ARGS) {
     values[4] = Int32GetDatum(static_cast<int32>(r.forced));
     values[5] = Int32GetDatum(static_cast<int32>(r.reserved));
     values[6] = BoolGetDatum(r.waiting);
+    PerDatabase(r, &values[7], &nulls[7]);
   });
 }
 

@@ -50,6 +50,7 @@ namespace {
 using connthrottle::pg::FullTable;
 
 int max_shared_pool_size = 0;
+int max_shared_pool_size_per_database = -1;  // off
 int local_shared_pool_size = 0;
 int max_tracked_nodes = 1024;
 int full_table_policy = static_cast<int>(FullTable::kAdmitUncounted);
@@ -282,6 +283,7 @@ int ActiveClientBackends() {
 Settings CurrentSettings() {
   Settings s;
   s.max_shared_pool_size = max_shared_pool_size;
+  s.max_shared_pool_size_per_database = max_shared_pool_size_per_database;
   s.local_shared_pool_size = local_shared_pool_size;
   s.max_connections = MaxConnections;
   s.full_table = static_cast<FullTable>(full_table_policy);
@@ -362,6 +364,19 @@ void DefineThrottlingSettings() {
       "and roles.",
       "-1 turns throttling off (connections are still counted); 0 uses max_connections.",
       &max_shared_pool_size, 0, -1, (1 << 20) - 1, PGC_SIGHUP, 0, nullptr,
+      [](int newval, void* extra) { AssignLimit(newval, extra); }, nullptr);
+  DefineCustomIntVariable(
+      "connthrottle.max_shared_pool_size_per_database",
+      "Maximum number of connections to each worker node for each database, below "
+      "max_shared_pool_size.",
+      "-1 (the default) turns the per-database bound off. A change applies to connections "
+      "opened after it.",
+      &max_shared_pool_size_per_database, -1, -1, (1 << 20) - 1, PGC_SIGHUP, 0,
+      [](int* newval, void**, GucSource) {
+        if (*newval != 0) return true;
+        GUC_check_errdetail("0 would refuse every connection; -1 turns the bound off.");
+        return false;
+      },
       [](int newval, void* extra) { AssignLimit(newval, extra); }, nullptr);
   DefineCustomIntVariable(
       "connthrottle.local_shared_pool_size",

@@ -14,6 +14,7 @@ PoolLimits PoolLimitsOf(const Settings& settings) {
   limits.max_connections = std::max(settings.max_connections, 1);
   limits.local_shared_pool_size = settings.local_shared_pool_size;
   limits.max_client_connections = std::max(settings.max_connections, 1);
+  limits.max_shared_pool_size_per_database = settings.max_shared_pool_size_per_database;
   return limits;
 }
 

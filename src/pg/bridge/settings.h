@@ -14,6 +14,7 @@ enum class FullTable : int { kAdmitUncounted = 0, kRefuse = 1 };
 // The configuration one call applies: GUC values read by the glue.
 struct Settings {
   int max_shared_pool_size = 0;
+  int max_shared_pool_size_per_database = -1;  // -1: off
   int local_shared_pool_size = 0;
   int max_connections = 100;  // the server's max_connections
   FullTable full_table = FullTable::kAdmitUncounted;

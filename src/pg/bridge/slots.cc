@@ -73,7 +73,9 @@ Outcome AcquireForced(const char* host, int port, uint32_t database, const Setti
   return Guard([&] {
     NodeCall call;
     if (Outcome o = OpenNodeCall(host, port, database, nullptr, 0, call); !o.ok()) return o;
-    absl::StatusOr<Slot> slot = call.owner->AcquireForced(*call.key, AcquireOptionsOf(settings));
+    // Counted for its database too when the per-database bound is on.
+    absl::StatusOr<Slot> slot = call.owner->AcquireForced(
+        *call.key, Limit::ForRemote(PoolLimitsOf(settings)), AcquireOptionsOf(settings));
     if (!slot.ok()) return FromStatus(slot.status(), kConfigurationLimitExceeded);
     S().held.push_back({*std::move(call.key), *std::move(slot)});
     return Outcome{};

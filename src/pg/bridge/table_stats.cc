@@ -19,6 +19,8 @@ void CopyKeyFigures(Row& row, const Figures& f) {
   row.connections = f.connections;
   row.forced = f.forced;
   row.reserved = f.reserved;
+  row.per_database = f.database.has_value();
+  row.database = f.database.value_or(0);
 }
 
 }  // namespace

@@ -20,6 +20,8 @@ struct NodeRow {
   uint64_t acquired, refused, waited, forced_total, wakeups;
   uint32_t cached;  // of connections: parked in sessions' caches
   int64_t wait_time_us;
+  bool per_database;  // a database's counter on the node (database), not the node's
+  uint32_t database;
 };
 // Copies up to `max` busy nodes into `out`.
 Outcome NodeStats(NodeRow* out, int max, int* count);
@@ -30,6 +32,8 @@ struct HolderRow {
   int port;
   uint32_t connections, forced, reserved;
   bool waiting;
+  bool per_database;  // as in NodeRow
+  uint32_t database;
 };
 // Who holds and who waits; *rows stay valid until the next call.
 Outcome Holders(const HolderRow** rows, int* count);

@@ -6,6 +6,7 @@
 CREATE EXTENSION connthrottle;
 \getenv abs_srcdir PG_ABS_SRCDIR
 SHOW connthrottle.max_shared_pool_size;
+SHOW connthrottle.max_shared_pool_size_per_database;
 SHOW connthrottle.local_shared_pool_size;
 SHOW connthrottle.max_tracked_nodes;
 SHOW connthrottle.full_table_policy;
@@ -16,6 +17,7 @@ SHOW connthrottle.local_node;
 SELECT name, setting, unit, context, vartype, source, min_val, max_val, enumvals, boot_val
   FROM pg_settings
  WHERE name IN ('connthrottle.max_shared_pool_size', 'connthrottle.local_shared_pool_size',
+                'connthrottle.max_shared_pool_size_per_database',
                 'connthrottle.max_tracked_nodes', 'connthrottle.full_table_policy',
                 'connthrottle.connection_wait_timeout', 'connthrottle.local_node')
  ORDER BY name;
@@ -23,6 +25,7 @@ SELECT name, setting, unit, context, vartype, source, min_val, max_val, enumvals
 SET connthrottle.no_such_setting = 1;
 -- Server-wide settings cannot be SET in a session.
 SET connthrottle.max_shared_pool_size = 5;
+SET connthrottle.max_shared_pool_size_per_database = 5;
 SET connthrottle.local_shared_pool_size = 5;
 SET connthrottle.full_table_policy = refuse;
 SET connthrottle.local_node = 'none';
@@ -31,6 +34,9 @@ SET connthrottle.max_tracked_nodes = 8;
 ALTER SYSTEM SET connthrottle.max_shared_pool_size = -2;
 ALTER SYSTEM SET connthrottle.max_shared_pool_size = 1048576;
 ALTER SYSTEM SET connthrottle.local_shared_pool_size = -2;
+-- 0 would refuse every connection: -1 is "off".
+ALTER SYSTEM SET connthrottle.max_shared_pool_size_per_database = 0;
+ALTER SYSTEM SET connthrottle.max_shared_pool_size_per_database = -2;
 ALTER SYSTEM SET connthrottle.max_tracked_nodes = 0;
 ALTER SYSTEM SET connthrottle.full_table_policy = 'bogus';
 ALTER SYSTEM SET connthrottle.connection_wait_timeout = -2;

@@ -6,7 +6,6 @@
 #ifndef CONNTHROTTLE_SRC_PG_BRIDGE_INTERNAL_LEASE_LIMIT_H_
 #define CONNTHROTTLE_SRC_PG_BRIDGE_INTERNAL_LEASE_LIMIT_H_
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -19,8 +18,7 @@ inline Limit WithLease(Limit limit, const std::string& host, int port, bool loca
   if (local) return limit;
   const int lease = LeaseLimit(host.c_str(), port);
   if (lease < 0) return limit;
-  const uint32_t n = static_cast<uint32_t>(lease);
-  return Limit::AtMost(limit.unlimited() ? n : std::min(limit.max(), n));
+  return limit.CappedAt(static_cast<uint32_t>(lease));
 }
 
 }  // namespace connthrottle::pg
