@@ -135,8 +135,10 @@ class Owner {
   // "The key with this NodeKey id lives in that entry, with that tag": lets a
   // repeated acquire skip the index probe and the key comparison. The tag is
   // part of the word the acquire compares-and-swaps, so a stale hint fails
-  // safely. Direct-mapped by key id; as many slots as the table has entries
-  // (a power of two, 64 .. 65536), so that every busy counter can stay cached.
+  // safely. Direct-mapped by the counter's cache id (even for a node's, odd
+  // for a database's); twice as many slots as the table has entries (a power
+  // of two, 128 .. 65536), so that every busy counter of either kind can stay
+  // cached.
   struct CachedEntry {
     uint64_t key_id = 0;
     uint64_t tag_and_entry = 0;  // the entry's tag << 24 | entry index

@@ -61,8 +61,10 @@ Owner::Owner(CounterTable table, uint32_t id)
       id_(id),
       release_epoch_(1),
       fork_generation_(CurrentForkGeneration()) {
+  // Twice the table's entries: node counters' ids are even, database
+  // counters' odd (NodeKey::cache_id), so each kind has one slot per entry.
   const size_t slots =
-      std::clamp<size_t>(std::bit_ceil(size_t{table.header_->capacity}), 64, 65536);
+      std::clamp<size_t>(2 * std::bit_ceil(size_t{table.header_->capacity}), 128, 65536);
   cache_ = std::make_unique<CachedEntry[]>(slots);
   cache_mask_ = slots - 1;
 }
