@@ -16,6 +16,15 @@
 //                            increments only below the limit, fetch_sub to
 //                            release. No lookup at all.
 //
+// And for the optional per-database bound (limit.h), where every acquire
+// takes a slot of the key's database counter and one of its node counter:
+//
+//   BM_ConnthrottlePerDatabase_*  the same Owner calls under a limit with a
+//                            per-database bound (busy keys hold their busy
+//                            slot at both levels).
+//   BM_AtomicFloorTwoLevel_* its floor: two bare counters per key (the
+//                            database's, then the node's), each as above.
+//
 // Cases (one iteration = one acquire + one release):
 //
 //   _Optional/busy_keys:N          single thread, round-robin over the N busy
@@ -117,13 +126,22 @@ struct FreeDeleter {
 // kReclaim: the table is set up as a standalone segment's is, tracking
 // owners so that live processes reclaim what dead ones held (issue: exact
 // reclamation); the hot paths are the same, the cost shows here.
-template <bool kReclaim>
+// The limit of every acquire: with kPerDatabase, a per-database bound as
+// large as the node's, so that both levels are counted and never refuse.
+template <bool kPerDatabase>
+Limit BenchLimit() {
+  return kPerDatabase ? Limit::AtMost(kLimit).WithPerDatabase(kLimit) : Limit::AtMost(kLimit);
+}
+
+template <bool kReclaim, bool kPerDatabase = false>
 class ConnthrottleEnv {
  public:
   static absl::StatusOr<std::unique_ptr<ConnthrottleEnv>> Create(int busy_keys, bool busy) {
     auto env = std::unique_ptr<ConnthrottleEnv>(new ConnthrottleEnv());
-    const TableOptions options{
-        .capacity = kCapacity, .max_owners = kMaxOwners, .reclaim_dead_owners = kReclaim};
+    // Two counters per busy key with the per-database bound.
+    const TableOptions options{.capacity = kCapacity * (kPerDatabase ? 2 : 1),
+                               .max_owners = kMaxOwners,
+                               .reclaim_dead_owners = kReclaim};
     absl::StatusOr<size_t> bytes = CounterTable::RequiredBytes(options);
     if (!bytes.ok()) return bytes.status();
     const size_t rounded = (*bytes + 63) / 64 * 64;
@@ -142,11 +160,13 @@ class ConnthrottleEnv {
     if (!setup.ok()) return setup.status();
     env->setup_owner_ = *std::move(setup);
     for (const NodeKey& key : busy ? env->keys_ : std::vector<NodeKey>()) {
-      absl::StatusOr<Slot> slot = env->setup_owner_->TryAcquire(key, Limit::AtMost(kLimit));
+      absl::StatusOr<Slot> slot = env->setup_owner_->TryAcquire(key, BenchLimit<kPerDatabase>());
       if (!slot.ok()) return slot.status();
       env->busy_slots_.push_back(*std::move(slot));
     }
-    if (env->table_->Stats().entries_in_use != static_cast<uint32_t>(busy ? busy_keys : 0)) {
+    const uint32_t levels = kPerDatabase ? 2 : 1;
+    if (env->table_->Stats().entries_in_use !=
+        static_cast<uint32_t>(busy ? busy_keys : 0) * levels) {
       return absl::InternalError("busy keys did not all get an entry");
     }
     return env;
@@ -167,10 +187,12 @@ class ConnthrottleEnv {
   std::vector<Slot> busy_slots_;
 };
 
-template <bool kReclaim>
+template <bool kReclaim, bool kPerDatabase = false>
 struct ConnthrottleImpl {
-  static constexpr const char* kName = kReclaim ? "ConnthrottleReclaiming" : "Connthrottle";
-  using Env = ConnthrottleEnv<kReclaim>;
+  static constexpr const char* kName = kPerDatabase ? "ConnthrottlePerDatabase"
+                                       : kReclaim   ? "ConnthrottleReclaiming"
+                                                    : "Connthrottle";
+  using Env = ConnthrottleEnv<kReclaim, kPerDatabase>;
 
   // One participant per benchmark thread: Owners are thread-compatible.
   class Worker {
@@ -197,7 +219,7 @@ struct ConnthrottleImpl {
 
    private:
     Env& env_;
-    const Limit limit_ = Limit::AtMost(kLimit);
+    const Limit limit_ = BenchLimit<kPerDatabase>();
     std::unique_ptr<Owner> owner_;
     std::string error_;
   };
@@ -205,6 +227,7 @@ struct ConnthrottleImpl {
 
 using Connthrottle = ConnthrottleImpl<false>;
 using ConnthrottleReclaiming = ConnthrottleImpl<true>;
+using ConnthrottlePerDatabase = ConnthrottleImpl<false, true>;
 
 // ---------------------------------------------------------------------------
 // Reference design: one process-shared mutex over a hash table keyed by the
@@ -381,6 +404,56 @@ struct AtomicFloor {
         return false;
       }
       Env::Release(counter);
+      return true;
+    }
+
+   private:
+    Env& env_;
+    std::string error_;
+  };
+};
+
+// The floor of two levels: a database counter and a node counter per key.
+class FloorTwoLevelEnv {
+ public:
+  static absl::StatusOr<std::unique_ptr<FloorTwoLevelEnv>> Create(int busy_keys, bool busy) {
+    auto env = std::unique_ptr<FloorTwoLevelEnv>(new FloorTwoLevelEnv());
+    absl::StatusOr<std::unique_ptr<FloorEnv>> db = FloorEnv::Create(busy_keys, busy);
+    absl::StatusOr<std::unique_ptr<FloorEnv>> node = FloorEnv::Create(busy_keys, busy);
+    if (!db.ok()) return db.status();
+    if (!node.ok()) return node.status();
+    env->db_ = *std::move(db);
+    env->node_ = *std::move(node);
+    return env;
+  }
+  FloorCounter& db(size_t i) { return db_->counter(i); }
+  FloorCounter& node(size_t i) { return node_->counter(i); }
+  uint32_t Count(size_t i) const { return node_->Count(i); }
+
+ private:
+  FloorTwoLevelEnv() = default;
+  std::unique_ptr<FloorEnv> db_, node_;
+};
+
+struct AtomicFloorTwoLevel {
+  static constexpr const char* kName = "AtomicFloorTwoLevel";
+  using Env = FloorTwoLevelEnv;
+
+  class Worker {
+   public:
+    explicit Worker(Env& env) : env_(env) {}
+    const std::string& error() const { return error_; }
+
+    bool AcquireRelease(size_t i) {
+      FloorCounter& db = env_.db(i);
+      FloorCounter& node = env_.node(i);
+      if (ABSL_PREDICT_FALSE(!FloorEnv::TryAcquire(db, kLimit) ||
+                             !FloorEnv::TryAcquire(node, kLimit))) {
+        error_ = "floor acquire refused";
+        return false;
+      }
+      FloorEnv::Release(node);
+      FloorEnv::Release(db);
       return true;
     }
 
@@ -574,6 +647,18 @@ void RegisterAll() {
                                          BM_TwoThreads<ReferenceMutexHash, false, false>);
   RegisterTwoThreads<AtomicFloor>("TwoThreadsFallingToZeroOneKey",
                                   BM_TwoThreads<AtomicFloor, false, false>);
+
+  // The per-database bound on (two counters per acquire), against its floor.
+  RegisterOptional<ConnthrottlePerDatabase>("Optional", BM_Optional<ConnthrottlePerDatabase, true>);
+  RegisterOptional<AtomicFloorTwoLevel>("Optional", BM_Optional<AtomicFloorTwoLevel, true>);
+  RegisterFalling<ConnthrottlePerDatabase>("FallingToZero",
+                                           BM_Optional<ConnthrottlePerDatabase, true, false>);
+  RegisterFalling<AtomicFloorTwoLevel>("FallingToZero",
+                                       BM_Optional<AtomicFloorTwoLevel, true, false>);
+  RegisterTwoThreads<ConnthrottlePerDatabase>("TwoThreadsDistinctKeys",
+                                              BM_TwoThreads<ConnthrottlePerDatabase, true>);
+  RegisterTwoThreads<AtomicFloorTwoLevel>("TwoThreadsDistinctKeys",
+                                          BM_TwoThreads<AtomicFloorTwoLevel, true>);
 
   benchmark::RegisterBenchmark("BM_Connthrottle_WaitHandoff", BM_Connthrottle_WaitHandoff)
       ->Threads(2)

@@ -37,7 +37,12 @@ import statistics
 import sys
 
 IMPLS = ("Connthrottle", "ConnthrottleReclaiming", "ReferenceMutexHash", "AtomicFloor")
-NAME_RE = re.compile(r"^BM_(%s)_([^/]+)(.*)$" % "|".join(IMPLS))
+# The per-database bound (two counters per acquire) and its two-counter floor:
+# a table of their own.
+TWO_LEVEL = ("ConnthrottlePerDatabase", "AtomicFloorTwoLevel")
+NAME_RE = re.compile(r"^BM_(%s)_([^/]+)(.*)$" % "|".join(TWO_LEVEL + IMPLS))
+# Single-thread cases: per-database <= 2.0x its floor.
+TWO_LEVEL_TARGET = {"Optional": 2.0, "FallingToZero": 2.0}
 UNIT_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
 # case family -> (max connthrottle/floor, min reference/connthrottle,
@@ -213,6 +218,8 @@ def main():
             met,
             "%.1f%%" % (100 * max(cvs)) if cvs else "—"))
 
+    missed += two_level_table(cases, order)
+
     for w in warnings:
         print("\nwarning: " + w, end="")
     if warnings:
@@ -221,6 +228,44 @@ def main():
         print("\n%d case(s) miss a target" % missed, file=sys.stderr)
         return 1
     return 0
+
+
+def two_level_table(cases, order):
+    """Prints the per-database bound's table; returns the targets missed."""
+    rows = [(label, c) for label, c in sorted(cases.items(), key=order)
+            if any(i in c for i in TWO_LEVEL)]
+    if not rows:
+        return 0
+    print("\nWith max_shared_pool_size_per_database on (a database counter and a node "
+          "counter per acquire):\n")
+    print("| case | per-database ns/op | two-counter floor ns/op | one level ns/op | "
+          "per-database/two-counter floor (target) | per-database/one level | met | max CV |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    missed = 0
+    for label, c in rows:
+        pd, fl2, one = (c.get(i, {}) for i in TWO_LEVEL + ("Connthrottle",))
+        pd_ns, fl2_ns, one_ns = (r.get("ns") for r in (pd, fl2, one))
+        ratio = pd_ns / fl2_ns if pd_ns and fl2_ns else None
+        vs_one = pd_ns / one_ns if pd_ns and one_ns else None
+        target = TWO_LEVEL_TARGET.get(c["family"])
+        errors = [r["error"] for r in (pd, fl2) if r.get("error")]
+        if errors:
+            met = "error: " + "; ".join(errors)
+            missed += 1
+        elif target is None:
+            met = "—"
+        elif ratio is not None and ratio <= target:
+            met = "yes"
+        else:
+            met = "**no**"
+            missed += 1
+        cvs = [r["cv"] for r in (pd, fl2, one) if r.get("cv") is not None]
+        print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            label, fmt_ns(pd_ns), fmt_ns(fl2_ns), fmt_ns(one_ns),
+            "—" if ratio is None else "%.2fx%s" % (ratio, " (<= %.1fx)" % target if target else ""),
+            "—" if vs_one is None else "%.2fx" % vs_one, met,
+            "%.1f%%" % (100 * max(cvs)) if cvs else "—"))
+    return missed
 
 
 if __name__ == "__main__":
