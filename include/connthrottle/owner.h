@@ -40,9 +40,9 @@ struct OwnerRecord;
 // the key's database counter (against the bound) and one of its node counter
 // (against the node's limit). Optional: the database's slot, then the
 // node's; refused at the node, the database's is given back. Waiting: the
-// database's slot is waited for first, then the node's while holding it (a
-// node slot's holder never waits for a database slot, so the order cannot
-// deadlock). Release gives back the node's, then the database's. Forced and
+// database's slot is waited for first, then the node's while holding it (so
+// no node slot, usable by any database, is held idle waiting for one
+// database's quota). Release gives back the node's, then the database's. Forced and
 // reservation slots are counted at both levels alike; parking checks both.
 // Each level keeps every promise of counter_table.h on its own counter.
 //
@@ -95,6 +95,26 @@ class Owner {
   absl::StatusOr<Slot> AcquireForced(const NodeKey& key, const AcquireOptions& options = {});
   absl::StatusOr<Slot> AcquireForced(const NodeKey& key, Limit limit,
                                      const AcquireOptions& options = {});
+
+  // Counts a slot taken while the per-database bound was off for its key's
+  // database too, if `limit`'s bound admits one more now (an optional
+  // acquire at the database level; the caller keeps the slot either way).
+  // For a holder of a long-lived connection when the bound is turned on: a
+  // slot it cannot count should have its connection closed. True when the
+  // slot is counted at both levels now; false for a parked, uncounted or
+  // empty slot, a limit without the bound, or a refusal.
+  bool CountForDatabase(Slot& slot, const NodeKey& key, Limit limit,
+                        const AcquireOptions& options = {});
+
+  // Hands a slot to a connection of another database of the same node (a
+  // pool giving its slot to another pool): the node's slot stays, and under
+  // `limit`'s per-database bound the slot is counted for `key`'s database
+  // instead of its old one (an optional acquire there, then the old
+  // database's slot given back). False, with the slot unchanged, when the
+  // new database is at its bound (or the slot is empty or parked). `key`
+  // must name another database than the slot's.
+  bool MoveToDatabase(Slot& slot, const NodeKey& key, Limit limit,
+                      const AcquireOptions& options = {});
 
   // Gives back every slot recorded against this owner, including those whose
   // Slot objects were lost (for example on a PostgreSQL error path). Returns

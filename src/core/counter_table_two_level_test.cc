@@ -187,6 +187,51 @@ TEST(CounterTableTwoLevelTest, HoldersListTheNodeRowThenItsDatabases) {
   EXPECT_EQ(rows[1].connections, 1u);
 }
 
+// A slot taken while the bound was off is counted for its database once the
+// bound admits it, and given back at both levels; refused, it stays as it was.
+TEST(CounterTableTwoLevelTest, ASlotTakenWithoutTheBoundCanBeCountedForItsDatabase) {
+  HeapTable t;
+  auto owner = *t->RegisterOwner();
+  NodeKey a = Key("w", 5432, 1);
+  const Limit limit = Limit::AtMost(3).WithPerDatabase(1);
+  Slot old1 = *owner->TryAcquire(a, Limit::AtMost(3));
+  Slot old2 = *owner->TryAcquire(a, Limit::AtMost(3));
+  EXPECT_FALSE(owner->CountForDatabase(old1, a, Limit::AtMost(3)));  // no bound
+  EXPECT_TRUE(owner->CountForDatabase(old1, a, limit));
+  EXPECT_TRUE(old1.two_level());
+  EXPECT_EQ(DbCount(t.table(), a), 1u);
+  EXPECT_FALSE(owner->CountForDatabase(old2, a, limit));  // the database is at its bound
+  EXPECT_FALSE(old2.two_level());
+  EXPECT_TRUE(old2.held());
+  old1.Release();
+  EXPECT_EQ(DbCount(t.table(), a), 0u);
+  EXPECT_EQ(t->ConnectionCount(a), 1u);
+  EXPECT_TRUE(t->Audit().ok());
+}
+
+// A slot handed to another database of the node keeps its node slot and is
+// counted for the new database, or refused when that one is at its bound.
+TEST(CounterTableTwoLevelTest, ASlotMovesToAnotherDatabaseWithinItsBound) {
+  HeapTable t;
+  auto owner = *t->RegisterOwner();
+  NodeKey a = Key("w", 5432, 1);
+  NodeKey b = Key("w", 5432, 2);
+  const Limit limit = Limit::AtMost(3).WithPerDatabase(1);
+  Slot s = *owner->TryAcquire(a, limit);
+  EXPECT_TRUE(owner->MoveToDatabase(s, b, limit));
+  EXPECT_EQ(DbCount(t.table(), a), 0u);
+  EXPECT_EQ(DbCount(t.table(), b), 1u);
+  EXPECT_EQ(t->ConnectionCount(a), 1u);
+  Slot other = *owner->TryAcquire(a, limit);
+  EXPECT_FALSE(owner->MoveToDatabase(other, b, limit));  // b is at its bound
+  EXPECT_EQ(DbCount(t.table(), a), 1u);
+  EXPECT_TRUE(other.two_level());
+  s.Release();
+  other.Release();
+  EXPECT_TRUE(t->Snapshot().empty());
+  EXPECT_TRUE(t->Audit().ok());
+}
+
 TEST(CounterTableTwoLevelTest, ReleaseAllGivesBackBothLevels) {
   HeapTable t;
   auto owner = *t->RegisterOwner();

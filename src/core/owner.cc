@@ -232,6 +232,50 @@ absl::StatusOr<Slot> Owner::AcquireForced(const NodeKey& key, Limit limit,
   return Slot::Join(std::move(*node), std::move(*db));
 }
 
+bool Owner::CountForDatabase(Slot& slot, const NodeKey& key, Limit limit,
+                             const AcquireOptions& options) {
+  if (slot.two_level_) return true;
+  if (!limit.per_database() || !slot.held() || slot.parked_ || slot.kind_ == SlotKind::kUncounted ||
+      slot.owner_ != this) {
+    return false;
+  }
+  AcquireOptions at_database = options;
+  at_database.reservation = slot.kind_ == SlotKind::kReservation;
+  absl::StatusOr<Slot> db =
+      slot.kind_ == SlotKind::kForced
+          ? OwnerOps(*this).AcquireForced(CounterKey{key, CounterLevel::kDatabase}, at_database)
+          : OwnerOps(*this).TryAcquireSlow(CounterKey{key, CounterLevel::kDatabase},
+                                           limit.DatabaseLevel(), at_database);
+  if (!db.ok() || db->kind() == SlotKind::kUncounted) return false;
+  slot = Slot::Join(std::move(slot), *std::move(db));
+  return true;
+}
+
+bool Owner::MoveToDatabase(Slot& slot, const NodeKey& key, Limit limit,
+                           const AcquireOptions& options) {
+  if (!slot.held() || slot.parked_ || slot.owner_ != this) return false;
+  if (!slot.two_level_) return !limit.per_database() || CountForDatabase(slot, key, limit, options);
+  Slot old(this, slot.db_entry_, slot.db_kind_, slot.epoch_);
+  if (!limit.per_database()) {  // the bound is off now: the old level goes
+    slot.two_level_ = false;
+    old.Release();
+    return true;
+  }
+  AcquireOptions at_database = options;
+  at_database.reservation = slot.db_kind_ == SlotKind::kReservation;
+  absl::StatusOr<Slot> db = OwnerOps(*this).TryAcquireSlow(CounterKey{key, CounterLevel::kDatabase},
+                                                           limit.DatabaseLevel(), at_database);
+  if (!db.ok()) {
+    old.owner_ = nullptr;  // still the slot's
+    return false;
+  }
+  slot.db_entry_ = db->entry_;
+  slot.db_kind_ = db->kind_;
+  db->owner_ = nullptr;
+  old.Release();
+  return true;
+}
+
 bool Owner::ParkEntry(uint32_t e, Limit limit) {
   if (entries_[e].word.load(kAcquire) & Word::kHasWaiters) return false;
   std::atomic<uint32_t>& parked = internal::KeyAt(table_.header_, e).parked;

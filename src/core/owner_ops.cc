@@ -795,10 +795,12 @@ absl::StatusOr<Slot> OwnerOps::AcquireWaiting(const NodeKey& key,
     return AcquireWaitingAt(CounterKey{key}, limit_now, deadline, interrupted, options);
   }
   // Two levels (owner.h): the database's slot first, then the node's while
-  // holding it. A holder of a node slot never waits for a database slot, so
-  // the order cannot deadlock; a wait at either level is woken by a release
-  // at that level, the only kind that can make room for it. A bound turned
-  // off during the wait admits at once.
+  // holding it. A holder of a node slot never waits for a database slot;
+  // the other order cannot deadlock either (model/twolevel.pml), but it
+  // would hold a node slot, usable by any database, idle while its holder
+  // waits for one database's quota. A wait at either level is woken by a
+  // release at that level, the only kind that can make room for it. A bound
+  // turned off during the wait admits at once.
   absl::StatusOr<Slot> db = AcquireWaitingAt(
       CounterKey{key, CounterLevel::kDatabase},
       [&] {
