@@ -188,6 +188,12 @@ void SharedPool::Loop::Reap(Pool& pool) {
   // backend is gone by now, so the node stays within its limit.
   for (auto& [to, slot] : handed) {
     if (to->queued == 0 || LiveConnections(*to) >= options.max_pool_size) continue;  // released
+    // Another database: the slot is counted for `to`'s under the
+    // per-database bound, or given back when that one is at its bound.
+    if (to->key->database() != pool.key->database() &&
+        !sp.owner_.MoveToDatabase(slot, *to->key, sp.limit_(to->node, to->local))) {
+      continue;
+    }
     ++to->opened_in_interval;
     to->waited = absl::ZeroDuration();
     StartConnect(*to, std::move(slot), absl::Now());

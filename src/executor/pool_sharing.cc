@@ -153,6 +153,22 @@ void SharedPool::Loop::CloseIdle(Pool& pool, int n, CloseReason why) {
 }
 
 void SharedPool::Loop::ShrinkToLimit(Pool& pool) {
+  // The per-database bound turned on at reload: an idle connection opened
+  // while it was off is counted for its database if the bound admits it,
+  // else closed like one over a lowered limit.
+  const Limit limit = sp.limit_(pool.node, pool.local);
+  if (limit.per_database()) {
+    for (auto& conn : pool.conns) {
+      const Slot& slot = conn->c->slot;
+      if (conn->c->state != State::kIdle || slot.two_level() ||
+          slot.kind() == SlotKind::kUncounted) {
+        continue;
+      }
+      if (!sp.owner_.CountForDatabase(conn->c->slot, *pool.key, limit)) {
+        Close(*conn, CloseReason::kOverLimit);
+      }
+    }
+  }
   CloseIdle(pool, OverLimit(pool), CloseReason::kOverLimit);
 }
 

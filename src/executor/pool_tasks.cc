@@ -26,12 +26,23 @@ namespace connthrottle {
 constexpr char kResetSql[] = "DISCARD ALL";
 
 void SharedPool::Loop::Dispatch(Pool& pool, absl::Time now) {
+  std::optional<Limit> limit;  // read once, if a connection needs it
   for (auto& conn : pool.conns) {
     if (pool.queued == 0) return;
     if (conn->c->state != State::kIdle) continue;
     if (IdleConnectionIsDead(conn->c->pg)) {
       Close(*conn, CloseReason::kDead);
       continue;
+    }
+    // Opened while the per-database bound was off: it runs a task only once
+    // counted for its database (ShrinkToLimit does the same for idle ones).
+    Slot& slot = conn->c->slot;
+    if (!slot.two_level() && slot.kind() != SlotKind::kUncounted) {
+      if (!limit) limit = sp.limit_(pool.node, pool.local);
+      if (limit->per_database() && !sp.owner_.CountForDatabase(slot, *pool.key, *limit)) {
+        Close(*conn, CloseReason::kOverLimit);
+        continue;
+      }
     }
     auto [b, t] = NextTask(pool);
     if (b == nullptr) return;
