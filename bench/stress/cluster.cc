@@ -351,7 +351,8 @@ void SetAndAwait(const Cluster& cluster, const Endpoint& server,
 
 }  // namespace
 
-void SetLimit(const Cluster& cluster, int limit, const std::string& transport, int worker_budget) {
+void SetLimit(const Cluster& cluster, int limit, const std::string& transport, int worker_budget,
+              int per_database_limit) {
   const bool several = cluster.coordinators.size() > 1;
   if (several) {
     for (const Endpoint& w : cluster.workers) {
@@ -361,7 +362,8 @@ void SetLimit(const Cluster& cluster, int limit, const std::string& transport, i
   for (const Endpoint& coordinator : cluster.coordinators) {
     std::vector<std::pair<std::string, std::string>> settings = {
         {"connthrottle.max_shared_pool_size", absl::StrCat(limit)},
-        {"connthrottle.executor_transport", transport}};
+        {"connthrottle.executor_transport", transport},
+        {"connthrottle.max_shared_pool_size_per_database", absl::StrCat(per_database_limit)}};
     if (several) {
       settings.push_back({"connthrottle.worker_leases", worker_budget > 0 ? "on" : "off"});
     }
@@ -376,7 +378,7 @@ void SetLimit(const Cluster& cluster, int limit, const std::string& transport, i
     if (!c.ok()) Die(std::string(c.status().message()));
     const absl::Time give_up = absl::Now() + absl::Seconds(10);
     while (std::atoi((*c)->QueryValue("SELECT coalesce(max(connections - forced), 0) FROM "
-                                      "connthrottle.nodes")
+                                      "connthrottle.nodes WHERE database IS NULL")
                          .value_or("0")
                          .c_str()) > limit) {
       if (absl::Now() > give_up) {

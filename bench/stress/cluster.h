@@ -108,8 +108,9 @@ void WarnIfWorkersMayRefuse(const Cluster& cluster, int limit);
 // The limit and the transport of the next run on every coordinator, and
 // with several coordinators the workers' budget (-1: none) and whether the
 // coordinators lease it (a reload each, awaited).
+// `per_database_limit` is max_shared_pool_size_per_database (-1: off).
 void SetLimit(const Cluster& cluster, int limit, const std::string& transport,
-              int worker_budget = -1);
+              int worker_budget = -1, int per_database_limit = -1);
 
 // The application_name of coordinator `c`'s connections to the workers.
 std::string CoordinatorApplication(const Cluster& cluster, size_t c);

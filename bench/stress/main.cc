@@ -76,6 +76,10 @@ ABSL_FLAG(int, databases, 1,
           "(with the extension and its catalog of the workers) and on every worker (with the "
           "shard table and its data) if missing. The limit counts per node, across databases: the "
           "monitor judges each worker's connections from every database together");
+ABSL_FLAG(int, per_database_limit, -1,
+          "sql mode: connthrottle.max_shared_pool_size_per_database of the throttled runs "
+          "(-1: off). The monitor then also judges each worker's connections of each database "
+          "(of all coordinators together) against it");
 ABSL_FLAG(int, coordinators, 1,
           "sql mode, local cluster: start this many coordinators that send to the same workers, "
           "client i on coordinator i % N (coordinator_id c1..cN; their connections to the workers "
@@ -158,6 +162,7 @@ Options OptionsFromFlags() {
   o.clients = absl::GetFlag(FLAGS_clients);
   o.roles = absl::GetFlag(FLAGS_roles);
   o.databases = absl::GetFlag(FLAGS_databases);
+  o.per_database_limit = absl::GetFlag(FLAGS_per_database_limit);
   o.coordinators = absl::GetFlag(FLAGS_coordinators);
   o.worker_budget = absl::GetFlag(FLAGS_worker_budget);
   o.idle_from = absl::GetFlag(FLAGS_idle_from);
@@ -196,6 +201,12 @@ void CheckRolesAndDatabases(const Options& options) {
   const int64_t roles = options.roles;
   const int64_t databases = options.databases;
   if (roles < 1 || databases < 1) Die("--roles and --databases must be at least 1");
+  if (options.per_database_limit == 0 || options.per_database_limit < -1) {
+    Die("--per_database_limit must be -1 (off) or at least 1");
+  }
+  if (options.per_database_limit > 0 && options.library()) {
+    Die("--per_database_limit is for sql mode");
+  }
   if (options.library() && (roles > 1 || databases > 1)) {
     Die("--roles and --databases are for sql mode");
   }

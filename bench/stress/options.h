@@ -21,6 +21,7 @@ struct Options {
   int clients = 0;
   int roles = 0;
   int databases = 0;
+  int per_database_limit = -1;
   int coordinators = 1;
   int worker_budget = -1;
   absl::Duration idle_from;

@@ -180,7 +180,11 @@ void AddPeakRows(Table& table, const std::vector<RunData>& runs) {
                   if (w >= r.workers.size() || d >= r.workers[w].peak_per_database.size()) {
                     return std::string("-");
                   }
-                  return absl::StrCat(r.workers[w].peak_per_database[d]);
+                  const WorkerFigures& f = r.workers[w];
+                  return absl::StrCat(f.peak_per_database[d],
+                                      f.database_limit < 0 ? std::string()
+                                                           : absl::StrCat(" (per-database bound ",
+                                                                          f.database_limit, ")"));
                 });
     }
   }

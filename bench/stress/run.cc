@@ -59,7 +59,8 @@ int WorkerLimit(const Cluster& cluster, int limit, int budget) {
 
 // Each worker's figures as they stand before a run with `limit` and
 // `budget`: the counters the run's figures are the difference from.
-std::vector<WorkerFigures> WorkerFiguresBefore(const Cluster& cluster, int limit, int budget) {
+std::vector<WorkerFigures> WorkerFiguresBefore(const Cluster& cluster, int limit, int budget,
+                                               int per_database_limit) {
   std::vector<WorkerFigures> workers;
   for (size_t w = 0; w < cluster.workers.size(); ++w) {
     WorkerFigures f;
@@ -67,6 +68,9 @@ std::vector<WorkerFigures> WorkerFiguresBefore(const Cluster& cluster, int limit
     f.limit = WorkerLimit(cluster, limit, budget);
     if (cluster.coordinators.size() > 1) f.coordinator_limit = limit;
     f.budget = cluster.coordinators.size() > 1 && limit >= 0 && budget > 0;
+    if (limit >= 0 && per_database_limit > 0) {
+      f.database_limit = per_database_limit * static_cast<int>(cluster.coordinators.size());
+    }
     f.max_connections = cluster.worker_max_connections[w];
     f.sessions_opened = -SessionsOpened(cluster, cluster.workers[w]);
     f.backends_started = BackendsStarted(cluster, w);
@@ -161,12 +165,12 @@ RunData Run(Cluster& cluster, const Options& options, const RunSpec& spec) {
   run.label = spec.label;
   run.sample_interval = options.sample_interval;
   const int budget = spec.leases ? options.worker_budget : -1;
-  run.workers = WorkerFiguresBefore(cluster, spec.limit, budget);
+  run.workers = WorkerFiguresBefore(cluster, spec.limit, budget, options.per_database_limit);
   run.coordinators = cluster.coordinator_ids;
   if (options.idle_for > absl::ZeroDuration() && cluster.coordinators.size() > 1) {
     run.idle = Gap{options.idle_from, options.idle_from + options.idle_for};
   }
-  SetLimit(cluster, spec.limit, spec.transport, budget);
+  SetLimit(cluster, spec.limit, spec.transport, budget, options.per_database_limit);
   Sampler sampler(cluster, run.sample_interval);
   std::atomic<bool> stop{false};
   std::unique_ptr<Clients> clients = MakeClients(cluster, options, spec, stop, run);

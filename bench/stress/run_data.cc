@@ -315,7 +315,8 @@ void JudgeMonitor(const RunData& run, Verdict& v) {
 
 // Every worker's peak within its limit (and forced connections). The limit
 // is the node's, across every database: the peak judged is that of all of
-// them together (the per-database peaks are reported, not judged).
+// them together; with a per-database bound, each database's peak is judged
+// against it too.
 void JudgeLimits(const RunData& run, Verdict& v) {
   const bool several = run.coordinators.size() > 1;
   for (const WorkerFigures& w : run.workers) {
@@ -330,6 +331,13 @@ void JudgeLimits(const RunData& run, Verdict& v) {
                            : several ? "coordinators' limits together"
                                      : "limit",
                            " of ", w.limit, forced));
+    }
+    for (size_t d = 0; d < w.peak_per_database.size() && w.database_limit >= 0; ++d) {
+      if (w.peak_per_database[d] <= w.database_limit + w.forced) continue;
+      Fail(v, absl::StrCat("worker ", w.name, ": peak of ", w.peak_per_database[d],
+                           " coordinator connections of database ",
+                           d < run.databases.size() ? run.databases[d] : absl::StrCat(d + 1),
+                           " exceeds the per-database bound of ", w.database_limit, forced));
     }
     for (size_t c = 0; c < w.peak_per_coordinator.size() && c < run.coordinators.size(); ++c) {
       if (w.coordinator_limit < 0 || w.peak_per_coordinator[c] <= w.coordinator_limit + w.forced) {

@@ -107,6 +107,9 @@ struct WorkerFigures {
   std::vector<int> peak_per_coordinator = {};
   // Whether `limit` is the worker's connthrottle.worker_budget.
   bool budget = false;
+  // max_shared_pool_size_per_database times the coordinators (-1: off):
+  // each of peak_per_database is judged against it.
+  int database_limit = -1;
 };
 
 struct ClientFigures {

@@ -438,6 +438,21 @@ TEST(JudgeTest, WithSeveralDatabasesTheLimitCountsPerNode) {
   EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
 }
 
+TEST(JudgeTest, APerDatabaseBoundJudgesEachDatabase) {
+  RunData run = CleanRunOfRoles();
+  run.workers[0].peak = 4;
+  run.workers[0].peak_per_database = {2, 2};
+  run.workers[1].peak_per_database = {3, 1};
+  // Without a bound the per-database peaks are reported, not judged.
+  EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
+  for (WorkerFigures& w : run.workers) w.database_limit = 2;
+  EXPECT_THAT(Judge(run, kSettle, kStall).violations,
+              ElementsAre(HasSubstr("worker worker2: peak of 3 coordinator connections of "
+                                    "database")));
+  run.workers[1].forced = 1;
+  EXPECT_TRUE(Judge(run, kSettle, kStall).passed);
+}
+
 TEST(JudgeTest, WithSeveralCoordinatorsTheirSumCountsAgainstTheBudget) {
   RunData run = CleanRunOfCoordinators();
   EXPECT_TRUE(Judge(run, kSettle, kStall).passed) << Judge(run, kSettle, kStall).violations[0];

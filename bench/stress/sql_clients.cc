@@ -58,14 +58,16 @@ void AwaitSqlCountersZero(const Cluster& cluster, absl::Duration settle, RunData
         for (size_t i = 0; i < coordinators.size(); ++i) {
           if (!coordinators[i].ok()) return std::nullopt;
           // Every slot given back, but those of the shared pool's
-          // connections, which outlive the run (pool_idle_timeout).
+          // connections, which outlive the run (pool_idle_timeout). The
+          // nodes' rows (database NULL): a database's row, with the
+          // per-database bound, counts the same slots again.
           absl::StatusOr<cluster::QueryResult> left =
               (*coordinators[i])
                   ->Query(
                       "SELECT host || ':' || port || '=' || connections || '+' || waiters "
-                      "FROM connthrottle.nodes WHERE waiters > 0 OR (SELECT sum(connections) "
-                      "FROM connthrottle.nodes) <> (SELECT connections FROM "
-                      "connthrottle.pool_stats())");
+                      "FROM connthrottle.nodes WHERE waiters > 0 OR (database IS NULL AND "
+                      "(SELECT sum(connections) FROM connthrottle.nodes WHERE database IS NULL) <> "
+                      "(SELECT connections FROM connthrottle.pool_stats()))");
           if (!left.ok()) return std::nullopt;
           for (const auto& row : left->rows) {
             absl::StrAppend(&text,
