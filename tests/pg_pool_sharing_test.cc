@@ -189,6 +189,46 @@ TEST_F(PgPoolSharingTest, AnIdleOrBusyPoolOfOneRoleDoesNotStarveAnother) {
   EXPECT_GE(alice_rounds.load(), 1);
 }
 
+// The same under a per-database bound with room on the node: alice's pool
+// holds both of the database's slots, busy with tasks always queued; bob's
+// pool of the same database, at the database's bound too, gets one of them
+// (Rebalance: a pool at its database's bound takes from its own database).
+TEST_F(PgPoolSharingTest, APoolAtItsDatabasesBoundDoesNotStarveAnotherRoleOfIt) {
+  ASSERT_NO_FATAL_FAILURE(SetSetting("connthrottle.max_shared_pool_size", "10"));
+  ASSERT_NO_FATAL_FAILURE(SetSetting("connthrottle.max_shared_pool_size_per_database", "2"));
+  ASSERT_NO_FATAL_FAILURE(SetSetting("connthrottle.connection_wait_timeout", "10min"));
+  std::unique_ptr<PgClient> bob = SessionAs("bob");
+  ASSERT_NE(bob, nullptr);
+  ASSERT_TRUE(bob->Exec("SET connthrottle.connection_wait_timeout = '10s'").ok());
+  // Two sessions of alice, so that her pool always has tasks queued and
+  // never gives an idle connection away.
+  std::atomic<bool> stop{false};
+  std::atomic<int> alice_rounds{0};
+  std::vector<std::thread> busy;
+  for (int i = 0; i < 2; ++i) {
+    busy.emplace_back([&] {
+      std::unique_ptr<PgClient> a = SessionAs("alice");
+      std::vector<TaskSpec> work(8, On(0, "SELECT pg_sleep(0.05)"));
+      while (a != nullptr && !stop.load() && RunTasks(*a, work).ok()) ++alice_rounds;
+    });
+  }
+  absl::Cleanup join = [&] {
+    stop = true;
+    for (std::thread& t : busy) t.join();
+  };
+  ASSERT_TRUE(PollUntil([&] {
+    return alice_rounds.load() >= 1 && CoordinatorConnectionsOn(0, " AND usename = 'alice'") == 2;
+  }));
+  for (int i = 0; i < 5; ++i) {
+    absl::StatusOr<std::vector<TaskRow>> r = RunTasks(*bob, {On(0, "SELECT current_user")});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE((*r)[0].success) << (*r)[0];
+  }
+  EXPECT_LE(CoordinatorConnectionsOn(0), 2);
+  std::move(join).Invoke();
+  EXPECT_GE(alice_rounds.load(), 1);
+}
+
 // The communicator's resident memory, in kB (its /proc status).
 int64_t ResidentKb(int pid) {
   std::ifstream status(absl::StrCat("/proc/", pid, "/status"));

@@ -101,8 +101,9 @@ class Owner {
   // acquire at the database level; the caller keeps the slot either way).
   // For a holder of a long-lived connection when the bound is turned on: a
   // slot it cannot count should have its connection closed. True when the
-  // slot is counted at both levels now; false for a parked, uncounted or
-  // empty slot, a limit without the bound, or a refusal.
+  // slot is counted at both levels now, or the database level admitted it
+  // uncounted (a full table under kAdmitUncounted); false for a parked,
+  // uncounted or empty slot, a limit without the bound, or a refusal.
   bool CountForDatabase(Slot& slot, const NodeKey& key, Limit limit,
                         const AcquireOptions& options = {});
 

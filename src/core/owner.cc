@@ -130,6 +130,9 @@ absl::StatusOr<Slot> Owner::TryAcquire(const NodeKey& key, Limit limit,
 ABSL_ATTRIBUTE_NOINLINE absl::StatusOr<Slot> Owner::TryAcquireTwoLevel(
     const NodeKey& key, Limit limit, const AcquireOptions& options) {
   if (fork_generation_ != fork_generation.load(kRelaxed)) return ForeignOwner();
+  // Refused at the node whatever its count (the local node never connected
+  // to, say): refused as a one-level acquire, touching no database counter.
+  if (!limit.Admits(0, 0)) return OwnerOps(*this).TryAcquireSlow(CounterKey{key}, limit, options);
   const Limit db_limit = limit.DatabaseLevel();
   // The fast path at both levels: two compare-and-swaps, no Status.
   uint32_t db_entry, node_entry;
@@ -234,11 +237,11 @@ absl::StatusOr<Slot> Owner::AcquireForced(const NodeKey& key, Limit limit,
 
 bool Owner::CountForDatabase(Slot& slot, const NodeKey& key, Limit limit,
                              const AcquireOptions& options) {
-  if (slot.two_level_) return true;
-  if (!limit.per_database() || !slot.held() || slot.parked_ || slot.kind_ == SlotKind::kUncounted ||
-      slot.owner_ != this) {
+  if (!slot.held() || slot.owner_ != this || fork_generation_ != fork_generation.load(kRelaxed)) {
     return false;
   }
+  if (slot.two_level_) return true;
+  if (!limit.per_database() || slot.parked_ || slot.kind_ == SlotKind::kUncounted) return false;
   AcquireOptions at_database = options;
   at_database.reservation = slot.kind_ == SlotKind::kReservation;
   absl::StatusOr<Slot> db =
@@ -246,32 +249,43 @@ bool Owner::CountForDatabase(Slot& slot, const NodeKey& key, Limit limit,
           ? OwnerOps(*this).AcquireForced(CounterKey{key, CounterLevel::kDatabase}, at_database)
           : OwnerOps(*this).TryAcquireSlow(CounterKey{key, CounterLevel::kDatabase},
                                            limit.DatabaseLevel(), at_database);
-  if (!db.ok() || db->kind() == SlotKind::kUncounted) return false;
+  if (!db.ok()) return false;
+  // A full table under kAdmitUncounted: admitted uncounted at that level,
+  // as a new acquire would be; the slot stays one-level.
+  if (db->kind() == SlotKind::kUncounted) return true;
   slot = Slot::Join(std::move(slot), *std::move(db));
   return true;
 }
 
 bool Owner::MoveToDatabase(Slot& slot, const NodeKey& key, Limit limit,
                            const AcquireOptions& options) {
-  if (!slot.held() || slot.parked_ || slot.owner_ != this) return false;
+  if (!slot.held() || slot.parked_ || slot.owner_ != this ||
+      fork_generation_ != fork_generation.load(kRelaxed)) {
+    return false;
+  }
   if (!slot.two_level_) return !limit.per_database() || CountForDatabase(slot, key, limit, options);
-  Slot old(this, slot.db_entry_, slot.db_kind_, slot.epoch_);
-  if (!limit.per_database()) {  // the bound is off now: the old level goes
-    slot.two_level_ = false;
+  if (limit.per_database()) {
+    // The new database's slot first (a forced one as forced); only once it
+    // is held is the old one given back, so a refusal, or an exception from
+    // the acquire, leaves the slot as it was.
+    AcquireOptions at_database = options;
+    at_database.reservation = slot.db_kind_ == SlotKind::kReservation;
+    const CounterKey db_key{key, CounterLevel::kDatabase};
+    absl::StatusOr<Slot> db =
+        slot.db_kind_ == SlotKind::kForced
+            ? OwnerOps(*this).AcquireForced(db_key, at_database)
+            : OwnerOps(*this).TryAcquireSlow(db_key, limit.DatabaseLevel(), at_database);
+    if (!db.ok()) return false;
+    Slot old(this, slot.db_entry_, slot.db_kind_, slot.epoch_);
+    slot.db_entry_ = db->entry_;
+    slot.db_kind_ = db->kind_;
+    db->owner_ = nullptr;
     old.Release();
     return true;
   }
-  AcquireOptions at_database = options;
-  at_database.reservation = slot.db_kind_ == SlotKind::kReservation;
-  absl::StatusOr<Slot> db = OwnerOps(*this).TryAcquireSlow(CounterKey{key, CounterLevel::kDatabase},
-                                                           limit.DatabaseLevel(), at_database);
-  if (!db.ok()) {
-    old.owner_ = nullptr;  // still the slot's
-    return false;
-  }
-  slot.db_entry_ = db->entry_;
-  slot.db_kind_ = db->kind_;
-  db->owner_ = nullptr;
+  // The bound is off now: the old database's slot goes.
+  Slot old(this, slot.db_entry_, slot.db_kind_, slot.epoch_);
+  slot.two_level_ = false;
   old.Release();
   return true;
 }

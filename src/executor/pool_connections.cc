@@ -190,9 +190,12 @@ void SharedPool::Loop::Reap(Pool& pool) {
     if (to->queued == 0 || LiveConnections(*to) >= options.max_pool_size) continue;  // released
     // Another database: the slot is counted for `to`'s under the
     // per-database bound, or given back when that one is at its bound.
-    if (to->key->database() != pool.key->database() &&
-        !sp.owner_.MoveToDatabase(slot, *to->key, sp.limit_(to->node, to->local))) {
-      continue;
+    if (to->key->database() != pool.key->database()) {
+      AcquireOptions acquire;
+      acquire.when_full = options.when_table_full;
+      if (!sp.owner_.MoveToDatabase(slot, *to->key, sp.limit_(to->node, to->local), acquire)) {
+        continue;
+      }
     }
     ++to->opened_in_interval;
     to->waited = absl::ZeroDuration();

@@ -268,12 +268,14 @@ void SharedPool::Loop::Reserve(CopyRun& run, absl::Time now) {
 // An idle connection of `pool` that is alive; dead ones found on the way
 // are closed.
 SharedPool::Loop::Conn* SharedPool::Loop::IdleConnection(Pool& pool) {
+  std::optional<Limit> limit;
   for (auto& conn : pool.conns) {
     if (conn->c->state != State::kIdle) continue;
     if (IdleConnectionIsDead(conn->c->pg)) {
       Close(*conn, CloseReason::kDead);
       continue;
     }
+    if (!CountedForDatabase(pool, *conn, limit)) continue;
     return conn.get();
   }
   return nullptr;

@@ -375,6 +375,7 @@ struct SharedPool::Loop {
                            bool same_database = false);
   int OverLimit(const Pool& pool);
   bool AtDatabaseBound(const Pool& pool, const Limit& limit);
+  bool CountedForDatabase(Pool& pool, Conn& conn, std::optional<Limit>& limit);
   void CloseIdle(Pool& pool, int n, CloseReason why);
   void ShrinkToLimit(Pool& pool);
   int UnservedWaiters(const Pool& pool);

@@ -34,12 +34,20 @@ void SharedPool::Loop::Rebalance() {
     if (busy == 0) continue;
     const int fair = static_cast<int>(limit.max()) / busy;
     const int share = std::min(std::max(fair, 1), options.max_pool_size);
-    Pool* neediest = nullptr;  // the pool with queued tasks furthest below its share
-    int neediest_live = share;
+    // The pool with queued tasks furthest below its share; one at its
+    // database's bound only if no other is below its share (it can take a
+    // slot from a pool of its own database only, below).
+    Pool* neediest = nullptr;
+    Pool* neediest_at_bound = nullptr;
+    int neediest_live = share, neediest_at_bound_live = share;
     for (Pool* p : group) {
       const int live = LiveConnections(*p);
-      // A pool at its database's bound cannot use a slot of the node's.
-      if (p->queued > 0 && live < neediest_live && !AtDatabaseBound(*p, limit)) {
+      if (p->queued > 0 && AtDatabaseBound(*p, limit)) {
+        if (live < neediest_at_bound_live) {
+          neediest_at_bound = p;
+          neediest_at_bound_live = live;
+        }
+      } else if (p->queued > 0 && live < neediest_live) {
         neediest = p;
         neediest_live = live;
       }
@@ -53,6 +61,8 @@ void SharedPool::Loop::Rebalance() {
       }
     }
     for (Pool* p : group) Reap(*p);
+    const bool same_database = neediest == nullptr;
+    if (same_database) neediest = neediest_at_bound;
     if (neediest == nullptr) continue;
     // One connection at a time from the pool that has most to the
     // neediest, while that levels them (a difference of two or more) and
@@ -67,6 +77,7 @@ void SharedPool::Loop::Rebalance() {
       int most = needy + 1;
       for (Pool* p : group) {
         const int left = LiveConnections(*p) - p->surplus;
+        if (same_database && p->key->database() != neediest->key->database()) continue;
         if (p != neediest && left > most) {
           donor = p;
           most = left;
@@ -133,6 +144,22 @@ int SharedPool::Loop::OverLimit(const Pool& pool) {
   return n;
 }
 
+// Whether `conn`, idle, may run a task of `pool`: a connection opened while
+// the per-database bound was off is counted for its database first, or
+// closed when the bound has no room (`limit` is read once, by the first
+// connection that needs it).
+bool SharedPool::Loop::CountedForDatabase(Pool& pool, Conn& conn, std::optional<Limit>& limit) {
+  Slot& slot = conn.c->slot;
+  if (slot.two_level() || slot.kind() == SlotKind::kUncounted) return true;
+  if (!limit) limit = sp.limit_(pool.node, pool.local);
+  if (!limit->per_database()) return true;
+  AcquireOptions acquire;
+  acquire.when_full = options.when_table_full;
+  if (sp.owner_.CountForDatabase(slot, *pool.key, *limit, acquire)) return true;
+  Close(conn, CloseReason::kOverLimit);
+  return false;
+}
+
 // Whether the pool's database holds all the slots its per-database bound
 // allows (never, with the bound off).
 bool SharedPool::Loop::AtDatabaseBound(const Pool& pool, const Limit& limit) {
@@ -156,18 +183,9 @@ void SharedPool::Loop::ShrinkToLimit(Pool& pool) {
   // The per-database bound turned on at reload: an idle connection opened
   // while it was off is counted for its database if the bound admits it,
   // else closed like one over a lowered limit.
-  const Limit limit = sp.limit_(pool.node, pool.local);
-  if (limit.per_database()) {
-    for (auto& conn : pool.conns) {
-      const Slot& slot = conn->c->slot;
-      if (conn->c->state != State::kIdle || slot.two_level() ||
-          slot.kind() == SlotKind::kUncounted) {
-        continue;
-      }
-      if (!sp.owner_.CountForDatabase(conn->c->slot, *pool.key, limit)) {
-        Close(*conn, CloseReason::kOverLimit);
-      }
-    }
+  std::optional<Limit> limit;
+  for (auto& conn : pool.conns) {
+    if (conn->c->state == State::kIdle) CountedForDatabase(pool, *conn, limit);
   }
   CloseIdle(pool, OverLimit(pool), CloseReason::kOverLimit);
 }
@@ -176,19 +194,22 @@ void SharedPool::Loop::ShrinkToLimit(Pool& pool) {
 // transport, COPY's reservations) that no free slot serves: a slot given
 // back a moment ago and not yet taken serves one.
 int SharedPool::Loop::UnservedWaiters(const Pool& pool) {
+  // The counts first: with nobody waiting (the common case) the limit is
+  // not read at all.
+  const std::optional<KeyStats> node = sp.owner_.table().LookupCounts(*pool.key);
+  const std::optional<KeyStats> db =
+      sp.owner_.table().LookupCounts(*pool.key, CounterLevel::kDatabase);
+  if ((!node || node->waiters == 0) && (!db || db->waiters == 0)) return 0;
   const Limit limit = sp.limit_(pool.node, pool.local);
   if (limit.unlimited()) return 0;
-  auto unserved = [&](CounterLevel level, const Limit& at) {
-    const std::optional<KeyStats> key = sp.owner_.table().LookupCounts(*pool.key, level);
+  auto unserved = [](const std::optional<KeyStats>& key, const Limit& at) {
     if (!key || key->waiters == 0) return 0;
     const int free = std::max(0, static_cast<int>(at.max()) - static_cast<int>(key->connections));
     return std::max(0, static_cast<int>(key->waiters) - free);
   };
-  int n = unserved(CounterLevel::kNode, limit);
+  int n = unserved(node, limit);
   // Waiters for the pool's own database are served only by its connections.
-  if (limit.per_database()) {
-    n = std::max(n, unserved(CounterLevel::kDatabase, limit.DatabaseLevel()));
-  }
+  if (limit.per_database()) n = std::max(n, unserved(db, limit.DatabaseLevel()));
   return n;
 }
 

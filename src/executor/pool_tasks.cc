@@ -34,16 +34,7 @@ void SharedPool::Loop::Dispatch(Pool& pool, absl::Time now) {
       Close(*conn, CloseReason::kDead);
       continue;
     }
-    // Opened while the per-database bound was off: it runs a task only once
-    // counted for its database (ShrinkToLimit does the same for idle ones).
-    Slot& slot = conn->c->slot;
-    if (!slot.two_level() && slot.kind() != SlotKind::kUncounted) {
-      if (!limit) limit = sp.limit_(pool.node, pool.local);
-      if (limit->per_database() && !sp.owner_.CountForDatabase(slot, *pool.key, *limit)) {
-        Close(*conn, CloseReason::kOverLimit);
-        continue;
-      }
-    }
+    if (!CountedForDatabase(pool, *conn, limit)) continue;
     auto [b, t] = NextTask(pool);
     if (b == nullptr) return;
     Send(pool, *conn, std::move(b), t, now);
