@@ -119,11 +119,13 @@ class Owner {
 
   // Gives back every slot recorded against this owner, including those whose
   // Slot objects were lost (for example on a PostgreSQL error path). Returns
-  // the number of slots given back. Slot objects still alive become empty
-  // only logically: releasing them afterwards is a no-op.
+  // the number of slots given back, per counter (a two-level Slot counts
+  // twice). Slot objects still alive become empty only logically: releasing
+  // them afterwards is a no-op.
   uint64_t ReleaseAll();
 
-  // Slots currently recorded against this owner (every kind).
+  // Slots currently recorded against this owner (every kind; per counter,
+  // so a two-level Slot counts twice).
   uint64_t SlotsHeld() const;
 
   // With TableOptions::reclaim_dead_owners: checks every registered owner now

@@ -370,7 +370,7 @@ void DefineThrottlingSettings() {
       "Maximum number of connections to each worker node for each database, below "
       "max_shared_pool_size.",
       "-1 (the default) turns the per-database bound off. A change applies to connections "
-      "opened after it.",
+      "opened after it; the shared pool counts or closes its existing ones.",
       &max_shared_pool_size_per_database, -1, -1, (1 << 20) - 1, PGC_SIGHUP, 0,
       [](int* newval, void**, GucSource) {
         if (*newval != 0) return true;
